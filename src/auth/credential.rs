@@ -1,0 +1,138 @@
+//! Pulling the credential and the claimed user id out of request headers.
+//! Pure: the proxy hands in the header values, nothing here does I/O.
+
+use super::Denial;
+use crate::token;
+
+/// The raw header values a request carried; each list holds every occurrence.
+#[derive(Default, Debug)]
+pub struct PresentedHeaders<'a> {
+    pub x_mcp_token: Vec<&'a [u8]>,
+    pub authorization: Vec<&'a [u8]>,
+    pub x_mcp_user_id: Vec<&'a [u8]>,
+}
+
+/// A well-formed token and the user id the client claims, if any.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credential<'a> {
+    pub token: &'a str,
+    pub claimed_user_id: Option<&'a str>,
+}
+
+/// Picks the one credential a request presents. Ambiguity is refused: several
+/// token headers, or `X-MCP-Token` and a Bearer token that differ.
+pub fn extract<'a>(h: &PresentedHeaders<'a>) -> Result<Credential<'a>, Denial> {
+    let header_token = single(&h.x_mcp_token)?;
+    let bearer = match single(&h.authorization)? {
+        None => None,
+        Some(value) => Some(bearer_token(value).ok_or(Denial::Malformed)?),
+    };
+    let token = match (header_token, bearer) {
+        (None, None) => return Err(Denial::Missing),
+        (Some(a), Some(b)) if a != b => return Err(Denial::Malformed),
+        (Some(t), _) | (None, Some(t)) => t,
+    };
+    let token = std::str::from_utf8(token).map_err(|_| Denial::Malformed)?;
+    if !token::is_well_formed(token) {
+        return Err(Denial::Malformed);
+    }
+    let claimed_user_id = match single(&h.x_mcp_user_id)? {
+        None => None,
+        Some(raw) => Some(
+            std::str::from_utf8(raw)
+                .map_err(|_| Denial::UserMismatch)?
+                .trim(),
+        ),
+    };
+    Ok(Credential {
+        token,
+        claimed_user_id,
+    })
+}
+
+fn single<'a>(values: &[&'a [u8]]) -> Result<Option<&'a [u8]>, Denial> {
+    match values {
+        [] => Ok(None),
+        [one] => Ok(Some(trim(one))),
+        _ => Err(Denial::Malformed),
+    }
+}
+
+/// `Bearer <token>`, scheme case-insensitive (RFC 7235), one or more spaces.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = trim(rest);
+    (!token.is_empty() && !token.contains(&b' ')).then_some(token)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &v[start..end.max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok() -> String {
+        format!("mcp_{}", "a".repeat(43))
+    }
+
+    fn headers<'a>(t: &[&'a str], a: &[&'a str], u: &[&'a str]) -> PresentedHeaders<'a> {
+        PresentedHeaders {
+            x_mcp_token: t.iter().map(|s| s.as_bytes()).collect(),
+            authorization: a.iter().map(|s| s.as_bytes()).collect(),
+            x_mcp_user_id: u.iter().map(|s| s.as_bytes()).collect(),
+        }
+    }
+
+    #[test]
+    fn takes_token_from_either_header() {
+        let t = tok();
+        let bearer = format!("Bearer {t}");
+        let lower = format!("bearer   {t} ");
+        for h in [
+            headers(&[&t], &[], &[]),
+            headers(&[], &[&bearer], &[]),
+            headers(&[], &[&lower], &[]),
+            headers(&[&t], &[&bearer], &[]),
+        ] {
+            assert_eq!(extract(&h).unwrap().token, t);
+        }
+    }
+
+    #[test]
+    fn refuses_missing_ambiguous_and_malformed() {
+        let t = tok();
+        let other = format!("Bearer mcp_{}", "b".repeat(43));
+        assert_eq!(extract(&headers(&[], &[], &[])), Err(Denial::Missing));
+        for h in [
+            headers(&[&t, &t], &[], &[]),
+            headers(&[&t], &[&other], &[]),
+            headers(&["mcp_short"], &[], &[]),
+            headers(&[], &["Basic dXNlcjpwYXNz"], &[]),
+            headers(&[], &["Bearer"], &[]),
+            headers(&[], &[&format!("Bearer {t} extra")], &[]),
+            headers(&[&t], &[], &["alice", "bob"]),
+        ] {
+            assert_eq!(extract(&h), Err(Denial::Malformed), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn reports_claimed_user() {
+        let t = tok();
+        let c = extract(&headers(&[&t], &[], &[" alice "])).unwrap();
+        assert_eq!(c.claimed_user_id, Some("alice"));
+    }
+}

@@ -1,0 +1,224 @@
+//! Authentication (DESIGN.md §1 step 2, §2): credential → identity, through the
+//! token cache, failing closed when the store cannot answer.
+
+mod cache;
+pub mod credential;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+
+pub use cache::{Lookup, TokenCache};
+pub use credential::{Credential, PresentedHeaders};
+
+use crate::config::AuthConfig;
+use crate::metrics::METRICS;
+use crate::policy::Identity;
+use crate::store::{Store, TokenChange, TokenStatus};
+use crate::token;
+
+/// Why a request was not authenticated. Each kind has its own metric label,
+/// audit reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    Missing,
+    Malformed,
+    Unknown,
+    Revoked,
+    Expired(String),
+    UserMismatch,
+    /// The store could not be asked and the token is not cached: fail closed.
+    StoreUnavailable,
+}
+
+impl Denial {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::Missing => "missing",
+            Denial::Malformed => "malformed",
+            Denial::Unknown => "unknown",
+            Denial::Revoked => "revoked",
+            Denial::Expired(_) => "expired",
+            Denial::UserMismatch => "user_mismatch",
+            Denial::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::StoreUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// What the client is told. Only a real token's holder can learn that it
+    /// was revoked or expired, so these messages reveal nothing to guessers.
+    pub fn message(&self) -> String {
+        match self {
+            Denial::Missing => "Missing authentication token: send it in the X-MCP-Token header \
+                                or as 'Authorization: Bearer <token>'"
+                .into(),
+            Denial::Malformed => "Invalid authentication token: it must be one value of the form \
+                                  mcp_ followed by 43 characters, in X-MCP-Token or \
+                                  'Authorization: Bearer <token>'"
+                .into(),
+            Denial::Unknown => "Invalid authentication token: it is not known to memgate; \
+                                ask your administrator for a token"
+                .into(),
+            Denial::Revoked => "Authentication token has been disabled; ask your administrator \
+                                to enable it or to issue a new one"
+                .into(),
+            Denial::Expired(on) => {
+                format!("Authentication token expired on {on}; ask your administrator to rotate it")
+            }
+            Denial::UserMismatch => "User ID mismatch: X-MCP-UserID does not match the user \
+                                     this token was issued to"
+                .into(),
+            Denial::StoreUnavailable => "Authentication is temporarily unavailable (token store \
+                                         unreachable); retry shortly"
+                .into(),
+        }
+    }
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    cache: TokenCache,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, cfg: &AuthConfig) -> Self {
+        Authenticator {
+            store,
+            cache: TokenCache::new(
+                cfg.cache_capacity,
+                Duration::from_secs(cfg.cache_ttl_secs),
+                Duration::from_secs(cfg.negative_cache_ttl_secs),
+                Duration::from_secs(cfg.stale_grace_secs),
+            ),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Authenticates the credential headers of one request.
+    pub async fn authenticate(&self, headers: &PresentedHeaders<'_>) -> Result<Identity, Denial> {
+        let result = self.check(headers).await;
+        match &result {
+            Ok(_) => METRICS
+                .auth_decisions
+                .with_label_values(&["allow", "ok"])
+                .inc(),
+            Err(d) => {
+                let result = if *d == Denial::StoreUnavailable {
+                    "error"
+                } else {
+                    "deny"
+                };
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&[result, d.reason()])
+                    .inc();
+            }
+        }
+        result
+    }
+
+    async fn check(&self, headers: &PresentedHeaders<'_>) -> Result<Identity, Denial> {
+        let credential = credential::extract(headers)?;
+        let record = match self.lookup(token::hash(credential.token)).await? {
+            Lookup::Known(record) => record,
+            Lookup::Unknown => return Err(Denial::Unknown),
+        };
+        let now = Utc::now();
+        match record.status(now) {
+            TokenStatus::Active => {}
+            TokenStatus::Revoked => return Err(Denial::Revoked),
+            TokenStatus::Expired => {
+                let on = record
+                    .expires_at
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                return Err(Denial::Expired(on));
+            }
+        }
+        if credential
+            .claimed_user_id
+            .is_some_and(|claimed| claimed != record.user_id)
+        {
+            return Err(Denial::UserMismatch);
+        }
+        Ok(Identity {
+            user_id: record.user_id.clone(),
+            permissions: record.permissions,
+            token_prefix: record.prefix.clone(),
+        })
+    }
+
+    /// Cache first; on a miss one store query however many requests wait for it.
+    pub async fn lookup(&self, key: token::TokenHash) -> Result<Lookup, Denial> {
+        let load = async {
+            let started = self.cache.epoch();
+            match self.store.token_by_hash(&hex::encode(key)).await {
+                Ok(found) => Ok(self.cache.loaded(key, found, started).await),
+                Err(e) => match self.cache.stale_entry(&key).await {
+                    Some(entry) => {
+                        METRICS.auth_cache.with_label_values(&["stale"]).inc();
+                        tracing::warn!(error = %e, "token store unreachable; using a cached token within its grace period");
+                        Ok(entry)
+                    }
+                    None => {
+                        tracing::error!(error = %e, "token store unreachable; refusing an uncached token");
+                        Err(e)
+                    }
+                },
+            }
+        };
+        match self.cache.get_or_load(key, load).await {
+            Ok((lookup, cached)) => {
+                let outcome = match (&lookup, cached) {
+                    (_, false) => "miss",
+                    (Lookup::Known(_), true) => "hit",
+                    (Lookup::Unknown, true) => "negative_hit",
+                };
+                METRICS.auth_cache.with_label_values(&[outcome]).inc();
+                Ok(lookup)
+            }
+            Err(_) => Err(Denial::StoreUnavailable),
+        }
+    }
+
+    /// Applies one change reported by the store's change feed.
+    pub async fn apply_change(&self, change: TokenChange) {
+        match change {
+            TokenChange::Token(hash_hex) => {
+                let mut key = [0u8; 32];
+                if hex::decode_to_slice(&hash_hex, &mut key).is_ok() {
+                    self.cache.invalidate(&key).await;
+                } else {
+                    tracing::warn!("ignoring a token change with a malformed hash");
+                    self.cache.invalidate_fresh();
+                }
+            }
+            TokenChange::Unknown => self.cache.invalidate_fresh(),
+        }
+    }
+
+    /// Follows the store's change feed until the process ends.
+    pub async fn watch_changes(self: Arc<Self>, poll: Duration) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = self.store.clone();
+        let feed = tokio::spawn(async move {
+            store
+                .watch_changes(Arc::new(move |change| drop(tx.send(change))), poll)
+                .await
+        });
+        while let Some(change) = rx.recv().await {
+            self.apply_change(change).await;
+        }
+        feed.abort();
+    }
+}

@@ -1,0 +1,91 @@
+//! The command line (DESIGN.md §8): argument definitions and dispatch helpers.
+//! `main.rs` only parses and calls into here.
+
+pub mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::store::{self, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "memgate",
+    version,
+    about = "Authentication and per-user ownership in front of mem0 and MCP servers",
+    long_about = "memgate takes the ports of an unmodified mem0 REST server and MCP server, \
+                  lets through only requests with a valid token (X-MCP-Token or \
+                  Authorization: Bearer), and keeps each user on their own memories."
+)]
+pub struct Cli {
+    /// Config file [default: ./config.toml]
+    #[arg(long, global = true, env = "MEMGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (migrates the store first)
+    Serve,
+    /// Apply store migrations and exit
+    Migrate,
+    /// Validate the configuration and print it, secrets masked
+    CheckConfig,
+    /// Issue, list, revoke, enable, delete and rotate tokens
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Loads and validates the configuration named on the command line.
+pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
+    Ok(config::load(cli.config.as_deref())?)
+}
+
+/// Opens (and migrates) the store for a one-shot command.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let db = &config.database;
+    let store = store::connect(
+        &db.url,
+        db.max_connections,
+        Duration::from_secs(db.connect_timeout_secs),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            config::mask_url_password(&db.url)
+        )
+    })?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+pub fn check_config(loaded: &config::Loaded) -> String {
+    let source = match &loaded.file {
+        Some(path) => format!(
+            "# effective configuration: {} plus MEMGATE_* overrides",
+            path.display()
+        ),
+        None => {
+            "# effective configuration: built-in defaults plus MEMGATE_* overrides (no config file)"
+                .to_string()
+        }
+    };
+    format!("{source}\n{}", loaded.config.to_masked_toml())
+}

@@ -1,0 +1,371 @@
+//! `memgate token …`: the only place a full token is ever shown (once, on
+//! creation or rotation).
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::policy::Permissions;
+use crate::store::{NewToken, Store, TokenRecord};
+use crate::token;
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a new token (shown once)
+    Create(CreateArgs),
+    /// List tokens (never shows a full token)
+    List {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a token; it stops working within a second
+    Revoke(TargetArgs),
+    /// Re-enable a revoked token
+    Enable(TargetArgs),
+    /// Delete a token for good
+    Delete(TargetArgs),
+    /// Issue a replacement token and revoke the old one
+    Rotate {
+        /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
+        prefix: String,
+        /// Days until the new token expires; 0 = never
+        #[arg(long, default_value_t = 365)]
+        expires_days: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub user_id: String,
+    /// Display name of the holder
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Days until the token expires; 0 = never
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: u32,
+    /// Comma-separated: read, write, admin
+    #[arg(long, default_value = "read,write")]
+    pub permissions: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
+    pub prefix: String,
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// User ids end up in headers and in mem0: printable, trimmed, bounded.
+pub fn validate_user_id(user_id: &str) -> anyhow::Result<()> {
+    if user_id.is_empty() || user_id.len() > 128 {
+        bail!("--user-id must be 1 to 128 bytes long");
+    }
+    if user_id.trim() != user_id || user_id.chars().any(char::is_control) {
+        bail!("--user-id must not contain control characters or surrounding spaces");
+    }
+    Ok(())
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn opt_time(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(time(t)))
+}
+
+fn permission_list(p: Permissions) -> Vec<String> {
+    p.to_string().split(',').map(str::to_string).collect()
+}
+
+fn expiry(days: u32, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (days > 0).then(|| now + Duration::days(i64::from(days)))
+}
+
+fn created_by() -> Option<String> {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A fresh token and the row that stores it.
+fn new_token(
+    user_id: &str,
+    name: Option<String>,
+    email: Option<String>,
+    permissions: Permissions,
+    expires_days: u32,
+) -> anyhow::Result<(String, NewToken)> {
+    let secret = token::generate()
+        .map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
+    let now = Utc::now();
+    let row = NewToken {
+        token_hash: token::hash_hex(&secret),
+        prefix: token::display_prefix(&secret).to_string(),
+        user_id: user_id.to_string(),
+        name,
+        email,
+        permissions,
+        created_at: now,
+        created_by: created_by(),
+        expires_at: expiry(expires_days, now),
+    };
+    Ok((secret, row))
+}
+
+fn created_json(secret: &str, t: &TokenRecord) -> Value {
+    json!({
+        "token": secret,
+        "prefix": t.prefix,
+        "user_id": t.user_id,
+        "name": t.name,
+        "email": t.email,
+        "permissions": permission_list(t.permissions),
+        "created_at": time(t.created_at),
+        "expires_at": opt_time(t.expires_at),
+    })
+}
+
+fn created_text(secret: &str, t: &TokenRecord) -> String {
+    let expires = t.expires_at.map_or("never".to_string(), time);
+    format!(
+        "Created a token for user {} ({}), expires {}.\nToken: {}\nPrefix: {}\n\
+         Store it now: memgate keeps only its hash and cannot show it again.",
+        t.user_id, t.permissions, expires, secret, t.prefix
+    )
+}
+
+fn listed_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
+    json!({
+        "prefix": t.prefix,
+        "user_id": t.user_id,
+        "name": t.name,
+        "email": t.email,
+        "permissions": permission_list(t.permissions),
+        "status": t.status(now).as_str(),
+        "created_at": time(t.created_at),
+        "created_by": t.created_by,
+        "last_used_at": opt_time(t.last_used_at),
+        "expires_at": opt_time(t.expires_at),
+    })
+}
+
+fn table(tokens: &[TokenRecord], now: DateTime<Utc>) -> String {
+    let date =
+        |t: Option<DateTime<Utc>>| t.map_or("-".to_string(), |t| t.format("%Y-%m-%d").to_string());
+    let mut rows = vec![[
+        "PREFIX".to_string(),
+        "USER".into(),
+        "NAME".into(),
+        "PERMISSIONS".into(),
+        "STATUS".into(),
+        "CREATED".into(),
+        "LAST USED".into(),
+        "EXPIRES".into(),
+    ]];
+    for t in tokens {
+        rows.push([
+            t.prefix.clone(),
+            t.user_id.clone(),
+            t.name.clone().unwrap_or_else(|| "-".into()),
+            t.permissions.to_string(),
+            t.status(now).as_str().into(),
+            date(Some(t.created_at)),
+            date(t.last_used_at),
+            t.expires_at.map_or("never".into(), |e| date(Some(e))),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one token `prefix` names. A full token is accepted too (matched by hash).
+async fn resolve(store: &dyn Store, prefix: &str) -> anyhow::Result<TokenRecord> {
+    if token::is_well_formed(prefix) {
+        return store
+            .token_by_hash(&token::hash_hex(prefix))
+            .await?
+            .context("no stored token matches that token");
+    }
+    if !prefix.starts_with(token::TOKEN_PREFIX) || prefix.len() <= token::TOKEN_PREFIX.len() {
+        bail!(
+            "{prefix:?} is not a token prefix: expected mcp_ followed by its first characters, as `memgate token list` shows"
+        );
+    }
+    let mut matches = store.tokens_by_prefix(prefix).await?;
+    match matches.len() {
+        0 => bail!("no token has the prefix {prefix}"),
+        1 => Ok(matches.remove(0)),
+        _ => {
+            let now = Utc::now();
+            let list: Vec<String> = matches
+                .iter()
+                .map(|t| format!("{} ({}, {})", t.prefix, t.user_id, t.status(now).as_str()))
+                .collect();
+            bail!(
+                "prefix {prefix} matches {} tokens, give more characters: {}",
+                matches.len(),
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// Asks on a terminal; refuses without `--yes` anywhere else.
+fn confirm(action: &str, t: &TokenRecord, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to {action} token {} without confirmation: pass --yes",
+            t.prefix
+        );
+    }
+    eprint!("{action} token {} of user {}? [y/N] ", t.prefix, t.user_id);
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed; token {} left unchanged", t.prefix)
+    }
+}
+
+/// Runs one token command and returns what to print on stdout.
+pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String> {
+    let now = Utc::now();
+    match cmd {
+        TokenCommand::Create(args) => {
+            validate_user_id(&args.user_id)?;
+            let permissions = Permissions::parse(&args.permissions)
+                .map_err(|e| anyhow::anyhow!("--permissions: {e}"))?;
+            let (secret, row) = new_token(
+                &args.user_id,
+                args.name,
+                args.email,
+                permissions,
+                args.expires_days,
+            )?;
+            let stored = store.insert_token(&row).await?;
+            Ok(if args.json {
+                created_json(&secret, &stored).to_string()
+            } else {
+                created_text(&secret, &stored)
+            })
+        }
+        TokenCommand::List { user_id, json } => {
+            let tokens = store.tokens(user_id.as_deref()).await?;
+            Ok(if json {
+                Value::Array(tokens.iter().map(|t| listed_json(t, now)).collect()).to_string()
+            } else if tokens.is_empty() {
+                "No tokens.".to_string()
+            } else {
+                table(&tokens, now)
+            })
+        }
+        TokenCommand::Revoke(args) => {
+            let t = resolve(store, &args.prefix).await?;
+            confirm("Revoke", &t, args.yes)?;
+            store.set_enabled(t.id, false).await?;
+            changed(&t, "revoked", args.json)
+        }
+        TokenCommand::Enable(args) => {
+            let t = resolve(store, &args.prefix).await?;
+            store.set_enabled(t.id, true).await?;
+            changed(&t, "enabled", args.json)
+        }
+        TokenCommand::Delete(args) => {
+            let t = resolve(store, &args.prefix).await?;
+            confirm("Delete", &t, args.yes)?;
+            store.delete_token(t.id).await?;
+            changed(&t, "deleted", args.json)
+        }
+        TokenCommand::Rotate {
+            prefix,
+            expires_days,
+            json,
+        } => {
+            let old = resolve(store, &prefix).await?;
+            let (secret, row) = new_token(
+                &old.user_id,
+                old.name.clone(),
+                old.email.clone(),
+                old.permissions,
+                expires_days,
+            )?;
+            let stored = store.rotate_token(old.id, &row).await?;
+            Ok(if json {
+                let mut v = created_json(&secret, &stored);
+                v["revoked_prefix"] = Value::String(old.prefix.clone());
+                v.to_string()
+            } else {
+                format!(
+                    "{}\nRevoked: {}",
+                    created_text(&secret, &stored),
+                    old.prefix
+                )
+            })
+        }
+    }
+}
+
+fn changed(t: &TokenRecord, what: &str, json: bool) -> anyhow::Result<String> {
+    Ok(if json {
+        json!({"prefix": t.prefix, "user_id": t.user_id, "action": what}).to_string()
+    } else {
+        format!("Token {} of user {} {what}.", t.prefix, t.user_id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_user_ids() {
+        assert!(validate_user_id("alice").is_ok());
+        assert!(validate_user_id("josé@example.com").is_ok());
+        for bad in ["", " alice", "alice\n", "a\u{7f}b", &"x".repeat(129)] {
+            assert!(validate_user_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_zero_means_never() {
+        let now = Utc::now();
+        assert_eq!(expiry(0, now), None);
+        assert_eq!(expiry(365, now), Some(now + Duration::days(365)));
+    }
+}

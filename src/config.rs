@@ -1,0 +1,525 @@
+//! Configuration: `config.toml` plus `MEMGATE_SECTION__KEY` environment overrides,
+//! validated up front so a bad value stops memgate before any port is bound
+//! (DESIGN.md §9). Every error names the offending key.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "config.toml";
+const ENV_PREFIX: &str = "MEMGATE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub mcp: ListenerConfig,
+    pub mem0: ListenerConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    /// Connecting to the store and waiting for a pooled connection give up after this.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://memgate.db?mode=rwc".into(),
+            max_connections: 10,
+            connect_timeout_secs: 3,
+        }
+    }
+}
+
+/// One proxied listener (`[mcp]` or `[mem0]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub connect_timeout_secs: u64,
+    /// Longest silence allowed while reading from the upstream (also between SSE events).
+    pub read_timeout_secs: u64,
+    /// Pass `X-MCP-Token` / `Authorization` on to the upstream (off: they are removed).
+    pub forward_credentials: bool,
+}
+
+impl ListenerConfig {
+    fn with(port: u16, upstream: &str) -> Self {
+        ListenerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            upstream: upstream.into(),
+            connect_timeout_secs: 5,
+            read_timeout_secs: 600,
+            forward_credentials: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: DatabaseConfig::default(),
+            mcp: ListenerConfig::with(8080, "http://127.0.0.1:8081"),
+            mem0: ListenerConfig::with(8000, "http://127.0.0.1:8001"),
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a token looked up in the store is trusted without asking again (0 = no cache).
+    pub cache_ttl_secs: u64,
+    /// How long an unknown token is remembered as unknown.
+    pub negative_cache_ttl_secs: u64,
+    /// While the store is unreachable, tokens seen within this long keep working.
+    pub stale_grace_secs: u64,
+    /// Most tokens held in the cache at once.
+    pub cache_capacity: u64,
+    /// SQLite only: how often the token change counter is polled for revocations.
+    pub change_poll_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cache_ttl_secs: 30,
+            negative_cache_ttl_secs: 5,
+            stale_grace_secs: 300,
+            cache_capacity: 100_000,
+            change_poll_ms: 250,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads per listener.
+    pub threads: usize,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish.
+    pub grace_period_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: 2,
+            grace_period_secs: 30,
+        }
+    }
+}
+
+/// Where the effective configuration came from, for `check-config`.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file that was read, or `None` when the default path did not exist.
+    pub file: Option<PathBuf>,
+}
+
+/// The config file to read: `--config`, else `MEMGATE_CONFIG`, else `./config.toml`.
+/// A file named explicitly must exist; the default one may be absent.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env_vars: Vec<(String, String)> = std::env::vars().collect();
+    let (path, required) = match explicit {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let config = from_parts(text.as_deref(), &path.display().to_string(), &env_vars)?;
+    Ok(Loaded {
+        config,
+        file: text.map(|_| path),
+    })
+}
+
+/// Builds a validated config from file text (if any) and environment variables.
+pub fn from_parts(
+    file_text: Option<&str>,
+    file_name: &str,
+    env_vars: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    // Defaults, then the file, then the environment: each layer overrides keys
+    // of the one below, so a file may set one key of a section and keep the rest.
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| invalid("(defaults)", e.to_string()))?;
+    let mut table = defaults.clone();
+    if let Some(text) = file_text {
+        let file: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: file_name.into(),
+                message: e.message().to_string(),
+            })?;
+        overlay(&mut table, file);
+    }
+    apply_env(&mut table, &defaults, env_vars)?;
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Applies `MEMGATE_SECTION__KEY=value` overrides. The value is read with the
+/// type the key has in the defaults, so `MEMGATE_MEM0__UPSTREAM=123` stays a string.
+fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    env_vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    for (name, value) in env_vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if rest == "CONFIG" || rest == "LOG" {
+            continue;
+        }
+        let Some((section, key)) = rest.split_once("__") else {
+            return Err(invalid(
+                name,
+                "expected MEMGATE_SECTION__KEY (two underscores between section and key)",
+            ));
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let Some(default) = defaults
+            .get(&section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(&key))
+        else {
+            return Err(invalid(
+                name,
+                format!("there is no config key {section}.{key}"),
+            ));
+        };
+        let typed = typed_env_value(default, value).ok_or_else(|| {
+            invalid(
+                name,
+                format!("{value:?} is not a valid value for {section}.{key}"),
+            )
+        })?;
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(invalid(section, "must be a table"));
+        };
+        section_table.insert(key, typed);
+    }
+    Ok(())
+}
+
+/// Merges `top` into `base`, table by table.
+fn overlay(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => overlay(below, above),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn typed_env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
+    Some(match default {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
+        _ => {
+            let wrapped: toml::Table = format!("v = {raw}").parse().ok()?;
+            wrapped.get("v")?.clone()
+        }
+    })
+}
+
+/// A parsed upstream address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Upstream {
+    pub fn parse(key: &str, text: &str) -> Result<Upstream, ConfigError> {
+        let url = url::Url::parse(text).map_err(|e| invalid(key, format!("{text:?}: {e}")))?;
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(invalid(
+                    key,
+                    format!("scheme {other:?} is not http or https"),
+                ));
+            }
+        };
+        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+            return Err(invalid(
+                key,
+                "must be scheme://host:port only (no path, query or credentials)",
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(invalid(key, "has no host")),
+        };
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| invalid(key, "has no port"))?;
+        Ok(Upstream { host, port, tls })
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.database.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "database.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        for (name, listener) in [("mcp", &self.mcp), ("mem0", &self.mem0)] {
+            Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
+            if listener.connect_timeout_secs == 0 {
+                return Err(invalid(
+                    format!("{name}.connect_timeout_secs"),
+                    "must be at least 1",
+                ));
+            }
+            if listener.read_timeout_secs == 0 {
+                return Err(invalid(
+                    format!("{name}.read_timeout_secs"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (key, addr) in [
+            ("mcp.listen", self.mcp.listen),
+            ("mem0.listen", self.mem0.listen),
+            ("admin.listen", self.admin.listen),
+        ] {
+            if !seen.insert(addr) {
+                return Err(invalid(key, format!("{addr} is used by another listener")));
+            }
+        }
+        if self.auth.cache_capacity == 0 {
+            return Err(invalid("auth.cache_capacity", "must be at least 1"));
+        }
+        if self.auth.change_poll_ms == 0 || self.auth.change_poll_ms > 1000 {
+            return Err(invalid(
+                "auth.change_poll_ms",
+                "must be between 1 and 1000 (revocations must apply within a second)",
+            ));
+        }
+        if self.server.threads == 0 {
+            return Err(invalid("server.threads", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = mask_url_password(&shown.database.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Replaces the password of a URL (`postgres://u:secret@h/db`) with `****`.
+pub fn mask_url_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("****"));
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_design() {
+        let c = from_parts(None, "none", &[]).unwrap();
+        assert_eq!(c.database.url, "sqlite://memgate.db?mode=rwc");
+        assert_eq!(c.mcp.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.mcp.upstream, "http://127.0.0.1:8081");
+        assert_eq!(c.mem0.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.auth.cache_ttl_secs, 30);
+    }
+
+    #[test]
+    fn shipped_config_file_parses_to_the_defaults() {
+        let text = include_str!("../config.toml");
+        let c = from_parts(Some(text), "config.toml", &[]).unwrap();
+        assert_eq!(
+            toml::to_string(&c).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn env_overrides_use_the_key_type() {
+        let c = from_parts(
+            Some("[mem0]\nlisten = \"127.0.0.1:7000\"\nupstream = \"http://a:1\"\n"),
+            "f",
+            &env(&[
+                ("MEMGATE_MEM0__UPSTREAM", "http://mem0:8000"),
+                ("MEMGATE_AUTH__CACHE_TTL_SECS", "7"),
+                ("MEMGATE_MCP__FORWARD_CREDENTIALS", "true"),
+                ("MEMGATE_CONFIG", "ignored.toml"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mem0.upstream, "http://mem0:8000");
+        assert_eq!(c.mem0.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.auth.cache_ttl_secs, 7);
+        assert!(c.mcp.forward_credentials);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            (
+                "[mcp]\nlisten = \"nope\"\nupstream = \"http://a:1\"",
+                &[],
+                "mcp.listen",
+            ),
+            ("[auth]\ncache_ttl_secs = \"x\"", &[], "auth.cache_ttl_secs"),
+            ("[auth]\nbogus = 1", &[], "auth"),
+            (
+                "",
+                &[("MEMGATE_AUTH__CACHE_TTL_SECS", "soon")],
+                "MEMGATE_AUTH__CACHE_TTL_SECS",
+            ),
+            ("", &[("MEMGATE_AUTH__NOPE", "1")], "MEMGATE_AUTH__NOPE"),
+            (
+                "",
+                &[("MEMGATE_MEM0__UPSTREAM", "ftp://x")],
+                "mem0.upstream",
+            ),
+            (
+                "",
+                &[("MEMGATE_DATABASE__URL", "mysql://x")],
+                "database.url",
+            ),
+            (
+                "",
+                &[("MEMGATE_ADMIN__LISTEN", "127.0.0.1:8000")],
+                "admin.listen",
+            ),
+            ("", &[("MEMGATE_SERVER__THREADS", "0")], "server.threads"),
+        ];
+        for (text, vars, key) in cases {
+            let err = from_parts(Some(text), "f", &env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn masks_database_password() {
+        let mut c = Config::default();
+        c.database.url = "postgres://memgate:s3cret@db:5432/memgate".into();
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("memgate:****@db"));
+    }
+
+    #[test]
+    fn parses_upstreams() {
+        let u = Upstream::parse("k", "https://mem0.internal").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.tls),
+            ("mem0.internal", 443, true)
+        );
+        assert!(Upstream::parse("k", "http://x:1/prefix").is_err());
+        assert!(Upstream::parse("k", "http://u:p@x:1").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! memgate: authentication and per-user ownership in front of unmodified mem0
+//! and MCP servers. See DESIGN.md for the contract; §10 maps it onto these modules.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod token;

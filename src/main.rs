@@ -1,0 +1,62 @@
+//! The `memgate` binary: parse the command line, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use memgate::cli::{self, Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve);
+    init_logging(cli.log_format, if serving { "info" } else { "warn" });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let loaded = cli::load_config(&cli)?;
+    let config = loaded.config.clone();
+    match cli.command {
+        Command::CheckConfig => {
+            println!("{}", cli::check_config(&loaded));
+            Ok(())
+        }
+        // pingora builds its own runtimes, so serve must not run inside one.
+        Command::Serve => memgate::server::run(config),
+        Command::Migrate => one_shot(async move {
+            cli::open_store(&config).await?;
+            Ok("Migrations applied.".to_string())
+        }),
+        Command::Token(cmd) => one_shot(async move {
+            let store = cli::open_store(&config).await?;
+            cli::token::run(store.as_ref(), cmd).await
+        }),
+    }
+}
+
+/// Runs a one-shot command on a small runtime and prints its output.
+fn one_shot(fut: impl Future<Output = anyhow::Result<String>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(fut)?;
+    println!("{out}");
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Every Prometheus metric memgate exports, declared once with its help text
+//! (DESIGN.md §7), and the text rendering served on the admin listener.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// `listener`, `route`, `status`.
+    pub requests: IntCounterVec,
+    /// `listener`.
+    pub request_duration: HistogramVec,
+    /// `listener`.
+    pub upstream_duration: HistogramVec,
+    /// `result` (allow|deny|error), `reason`.
+    pub auth_decisions: IntCounterVec,
+    /// `outcome` (hit|miss|negative_hit|stale).
+    pub auth_cache: IntCounterVec,
+    /// `op`.
+    pub store_queries: IntCounterVec,
+    pub store_errors: IntCounter,
+    /// `version`, always 1.
+    pub build_info: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help).namespace("memgate"), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, metric)
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help)
+        .namespace("memgate")
+        .buckets(LATENCY_BUCKETS.to_vec());
+    let metric = HistogramVec::new(opts, labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, metric)
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric registered twice: {e}"));
+    metric
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let store_errors = register(
+            &r,
+            IntCounter::with_opts(
+                Opts::new("store_errors_total", "Store queries that failed.").namespace("memgate"),
+            )
+            .unwrap_or_else(|e| panic!("metric store_errors_total is malformed: {e}")),
+        );
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("build_info", "memgate build; the value is always 1.")
+                    .namespace("memgate"),
+                &["version"],
+            )
+            .unwrap_or_else(|e| panic!("metric build_info is malformed: {e}")),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "requests_total",
+                "Requests answered, by listener, route and HTTP status.",
+                &["listener", "route", "status"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "request_duration_seconds",
+                "Time from request received to response finished, by listener.",
+                &["listener"],
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response header, by listener.",
+                &["listener"],
+            ),
+            auth_decisions: counter_vec(
+                &r,
+                "auth_decisions_total",
+                "Authentication outcomes: result allow|deny|error and the reason.",
+                &["result", "reason"],
+            ),
+            auth_cache: counter_vec(
+                &r,
+                "auth_cache_total",
+                "Token cache lookups: hit, miss, negative_hit (known unknown) or stale (store down).",
+                &["outcome"],
+            ),
+            store_queries: counter_vec(
+                &r,
+                "store_queries_total",
+                "Queries sent to the token store, by operation.",
+                &["op"],
+            ),
+            store_errors,
+            build_info,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_declared_names_with_help() {
+        METRICS.store_queries.with_label_values(&["ping"]).inc();
+        let text = METRICS.render();
+        assert!(text.contains("# HELP memgate_store_queries_total"));
+        assert!(text.contains("memgate_build_info{version="));
+    }
+}

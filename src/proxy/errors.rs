@@ -1,0 +1,110 @@
+//! Error responses in each listener's format: FastAPI-shaped `{"detail": …}`
+//! on the mem0 listener, a JSON-RPC error object on the MCP listener
+//! (DESIGN.md §4, §5).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::json;
+
+use super::Listener;
+
+/// The JSON-RPC error code for an HTTP status: `-32000 - n` for 4xx statuses
+/// (401 → -32001, 403 → -32003), `-32050 - n` for 5xx, and the standard
+/// "Invalid Request" for 400.
+fn jsonrpc_code(status: u16) -> i64 {
+    match status {
+        400 => -32600,
+        401..=499 => -32000 - i64::from(status - 400),
+        500..=599 => -32050 - i64::from(status - 500),
+        _ => -32000,
+    }
+}
+
+/// The body of an error response on `listener`.
+pub fn error_body(
+    listener: Listener,
+    status: u16,
+    message: &str,
+    rpc_id: &serde_json::Value,
+) -> Bytes {
+    let body = match listener {
+        Listener::Mcp => json!({
+            "jsonrpc": "2.0",
+            "id": rpc_id,
+            "error": { "code": jsonrpc_code(status), "message": message },
+        }),
+        Listener::Mem0 | Listener::Admin => json!({ "detail": message }),
+    };
+    Bytes::from(body.to_string())
+}
+
+/// Writes a complete JSON response.
+pub async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra_headers: &[(&'static str, String)],
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in extra_headers {
+        header.insert_header(*name, value.as_str())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Writes an error response in the listener's format. 401s on the MCP listener
+/// carry the `WWW-Authenticate` challenge MCP clients look for.
+pub async fn respond_error(
+    session: &mut Session,
+    listener: Listener,
+    status: u16,
+    message: &str,
+) -> Result<()> {
+    let body = error_body(listener, status, message, &serde_json::Value::Null);
+    let mut extra = Vec::new();
+    if status == 401 {
+        extra.push(("www-authenticate", "Bearer realm=\"memgate\"".to_string()));
+    }
+    if status == 503 {
+        extra.push(("retry-after", "1".to_string()));
+    }
+    respond_json(session, status, body, &extra).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem0_errors_are_fastapi_shaped() {
+        let body = error_body(
+            Listener::Mem0,
+            401,
+            "Invalid authentication token",
+            &serde_json::Value::Null,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"detail": "Invalid authentication token"}));
+    }
+
+    #[test]
+    fn mcp_errors_are_jsonrpc_errors() {
+        let body = error_body(Listener::Mcp, 401, "nope", &json!(7));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32001);
+        assert_eq!(v["error"]["message"], "nope");
+        assert_eq!(jsonrpc_code(403), -32003);
+        assert_eq!(jsonrpc_code(502), -32052);
+        assert_eq!(jsonrpc_code(400), -32600);
+    }
+}

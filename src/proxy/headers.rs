@@ -1,0 +1,111 @@
+//! Header hygiene (DESIGN.md §1 step 5): identity headers a client sent are
+//! never believed or forwarded, in any spelling; the trusted ones are injected.
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+use crate::policy::Identity;
+
+/// Lower-cased with `-` and `_` removed, so `X_MCP_UserID`, `x-mcp-user-id`
+/// and `X-MCP-UserID` all compare equal.
+fn squash(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Headers that claim an identity: memgate sets these itself.
+pub fn is_identity_header(name: &str) -> bool {
+    let s = squash(name);
+    s == "xmcpuserid" || s.starts_with("xmemgate")
+}
+
+/// Headers that carry a credential.
+pub fn is_credential_header(name: &str) -> bool {
+    let s = squash(name);
+    s == "xmcptoken" || s == "authorization"
+}
+
+/// Removes client identity headers (and credentials unless forwarded), then
+/// injects the identity memgate established.
+pub fn rewrite(
+    req: &mut RequestHeader,
+    identity: &Identity,
+    scope: &str,
+    forward_credentials: bool,
+) -> Result<()> {
+    let doomed: Vec<String> = req
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|n| is_identity_header(n) || (!forward_credentials && is_credential_header(n)))
+        .map(str::to_string)
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+    req.insert_header("X-MCP-UserID", identity.user_id.as_str())?;
+    req.insert_header("X-Memgate-Scope", scope)?;
+    req.insert_header("X-Memgate-Token-Prefix", identity.token_prefix.as_str())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Permissions;
+
+    #[test]
+    fn recognises_every_spelling() {
+        for n in [
+            "X-MCP-UserID",
+            "x_mcp_userid",
+            "X-Mcp-User-Id",
+            "X_MEMGATE_SCOPE",
+            "x-memgate-anything",
+        ] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["X-MCP-Token", "x_mcp_token", "Authorization"] {
+            assert!(is_credential_header(n), "{n}");
+        }
+        for n in ["x-mcp-project", "content-type", "mcp-session-id"] {
+            assert!(!is_identity_header(n) && !is_credential_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn strips_and_injects() {
+        let mut req = RequestHeader::build("GET", b"/memories", None).unwrap();
+        for (n, v) in [
+            ("X-MCP-UserID", "mallory"),
+            ("x_mcp_userid", "mallory"),
+            ("X-Memgate-Scope", "mallory"),
+            ("X-MCP-Token", "secret"),
+            ("Authorization", "Bearer secret"),
+            ("Accept", "application/json"),
+        ] {
+            req.append_header(n, v).unwrap();
+        }
+        let id = Identity {
+            user_id: "alice".into(),
+            permissions: Permissions::READ_WRITE,
+            token_prefix: "mcp_abcdefgh".into(),
+        };
+        rewrite(&mut req, &id, "alice", false).unwrap();
+        let get = |n: &str| {
+            req.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("x-mcp-userid"), ["alice"]);
+        assert_eq!(get("x_mcp_userid"), Vec::<String>::new());
+        assert_eq!(get("x-memgate-scope"), ["alice"]);
+        assert_eq!(get("x-memgate-token-prefix"), ["mcp_abcdefgh"]);
+        assert!(get("x-mcp-token").is_empty() && get("authorization").is_empty());
+        assert_eq!(get("accept"), ["application/json"]);
+    }
+}

@@ -1,0 +1,254 @@
+//! The pingora glue: one `Gate` per proxied listener. Each hook is short and
+//! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
+//! routes (DESIGN.md §1, §10).
+
+pub mod errors;
+pub mod headers;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::auth::{Authenticator, PresentedHeaders};
+use crate::metrics::METRICS;
+use crate::policy::Identity;
+use upstream::UpstreamTarget;
+
+/// Which listener a request arrived on; decides the error format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Mcp,
+    Mem0,
+    Admin,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Mcp => "mcp",
+            Listener::Mem0 => "mem0",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+/// What one phase of a request learns for the next.
+pub struct RequestCtx {
+    started: Instant,
+    identity: Option<Identity>,
+    /// Metric label for the route; "denied" until a request is let through.
+    route: &'static str,
+    upstream_started: Option<Instant>,
+}
+
+pub struct Gate {
+    listener: Listener,
+    auth: Arc<Authenticator>,
+    upstream: UpstreamTarget,
+    forward_credentials: bool,
+}
+
+impl Gate {
+    pub fn new(
+        listener: Listener,
+        auth: Arc<Authenticator>,
+        upstream: UpstreamTarget,
+        forward_credentials: bool,
+    ) -> Self {
+        Gate {
+            listener,
+            auth,
+            upstream,
+            forward_credentials,
+        }
+    }
+}
+
+fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
+    let all = |name: &str| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
+    };
+    PresentedHeaders {
+        x_mcp_token: all("x-mcp-token"),
+        authorization: all("authorization"),
+        x_mcp_user_id: all("x-mcp-userid"),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            identity: None,
+            route: "denied",
+            upstream_started: None,
+        }
+    }
+
+    /// Authenticates before anything is forwarded or any body is read.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let outcome = self
+            .auth
+            .authenticate(&presented(session.req_header()))
+            .await;
+        match outcome {
+            Ok(identity) => {
+                ctx.identity = Some(identity);
+                ctx.route = self.listener.as_str();
+                Ok(false)
+            }
+            Err(denial) => {
+                errors::respond_error(session, self.listener, denial.status(), &denial.message())
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started = Some(Instant::now());
+        self.upstream.peer().await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // request_filter only lets authenticated requests reach this point.
+        let Some(identity) = ctx.identity.as_ref() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "unauthenticated request reached the upstream phase",
+            );
+        };
+        // Until isolation modes land, the scope is the token's own user id.
+        headers::rewrite(
+            upstream_request,
+            identity,
+            &identity.user_id,
+            self.forward_credentials,
+        )?;
+        upstream_request.insert_header("host", self.upstream.authority())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(at) = ctx.upstream_started {
+            METRICS
+                .upstream_duration
+                .with_label_values(&[self.listener.as_str()])
+                .observe(at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, message) = failure_response(self.listener, e);
+        if code > 0 && session.response_written().is_none() {
+            if let Err(write_err) =
+                errors::respond_error(session, self.listener, code, &message).await
+            {
+                tracing::debug!(error = %write_err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let listener = self.listener.as_str();
+        METRICS
+            .requests
+            .with_label_values(&[listener, ctx.route, status_label(status)])
+            .inc();
+        METRICS
+            .request_duration
+            .with_label_values(&[listener])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            tracing::info!(listener, status, error = %e, "request failed");
+        }
+    }
+}
+
+/// The status and message for a request that could not be proxied.
+fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
+    use pingora::ErrorSource;
+    let name = listener.as_str();
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, format!("Request failed with status {code}")),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            (504, format!("The {name} upstream did not answer in time"))
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, format!("The {name} upstream is unreachable or failed")),
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    (0, String::new())
+                }
+                _ => (400, "Malformed request".into()),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => (500, "Internal error in memgate".into()),
+        },
+    }
+}
+
+/// Static labels keep the status label set small and allocation-free.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

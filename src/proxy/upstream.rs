@@ -1,0 +1,96 @@
+//! Where a listener forwards to: the configured upstream, resolved through DNS
+//! at most every few seconds (containers move), never on the request thread.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pingora::prelude::*;
+
+use crate::config::{ListenerConfig, Upstream};
+
+const DNS_TTL: Duration = Duration::from_secs(10);
+
+pub struct UpstreamTarget {
+    upstream: Upstream,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    resolved: Mutex<Option<(Instant, SocketAddr)>>,
+}
+
+impl UpstreamTarget {
+    pub fn new(
+        key: &str,
+        cfg: &ListenerConfig,
+    ) -> std::result::Result<Self, crate::config::ConfigError> {
+        let upstream = Upstream::parse(key, &cfg.upstream)?;
+        let fixed = upstream
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| (Instant::now(), SocketAddr::new(ip, upstream.port)));
+        Ok(UpstreamTarget {
+            upstream,
+            connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
+            read_timeout: Duration::from_secs(cfg.read_timeout_secs),
+            resolved: Mutex::new(fixed),
+        })
+    }
+
+    fn is_literal(&self) -> bool {
+        self.upstream.host.parse::<IpAddr>().is_ok()
+    }
+
+    async fn address(&self) -> Result<SocketAddr> {
+        if let Ok(guard) = self.resolved.lock() {
+            if let Some((at, addr)) = *guard {
+                if self.is_literal() || at.elapsed() < DNS_TTL {
+                    return Ok(addr);
+                }
+            }
+        }
+        let host = (self.upstream.host.as_str(), self.upstream.port);
+        let addr = tokio::net::lookup_host(host)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    format!("cannot resolve upstream host {}", self.upstream.host),
+                )
+            })?;
+        if let Ok(mut guard) = self.resolved.lock() {
+            *guard = Some((Instant::now(), addr));
+        }
+        Ok(addr)
+    }
+
+    /// The peer for one request, with the listener's timeouts.
+    pub async fn peer(&self) -> Result<Box<HttpPeer>> {
+        let addr = self.address().await?;
+        let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    /// `host:port` as the upstream expects it in the `Host` header.
+    pub fn authority(&self) -> String {
+        let host = &self.upstream.host;
+        let default_port = if self.upstream.tls { 443 } else { 80 };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        if self.upstream.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.upstream.port)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The token store: one `Store` trait, a SQLite implementation (the embedded
+//! default) and a PostgreSQL one. Both use the same SQL (`$N` placeholders work
+//! in both), written once in [`queries`]; they differ in migrations and in how a
+//! running server learns that a token changed (SQLite: a polled change log;
+//! PostgreSQL: `LISTEN/NOTIFY`).
+
+mod postgres;
+mod queries;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::policy::Permissions;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unreachable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Query(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("stored token {prefix} is corrupt: {reason}")]
+    Corrupt { prefix: String, reason: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+/// A stored token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub token_hash: String,
+    pub prefix: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub permissions: Permissions,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl TokenStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStatus::Active => "active",
+            TokenStatus::Revoked => "revoked",
+            TokenStatus::Expired => "expired",
+        }
+    }
+}
+
+impl TokenRecord {
+    /// Revocation wins over expiry: a revoked token says so even after it expires.
+    pub fn status(&self, now: DateTime<Utc>) -> TokenStatus {
+        if !self.enabled {
+            TokenStatus::Revoked
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            TokenStatus::Expired
+        } else {
+            TokenStatus::Active
+        }
+    }
+}
+
+/// What `token create` stores.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub token_hash: String,
+    pub prefix: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub permissions: Permissions,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A change a running server must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenChange {
+    /// The token with this SHA-256 hash (hex) was created, changed or deleted.
+    Token(String),
+    /// Changes may have been missed (e.g. the notification connection dropped).
+    Unknown,
+}
+
+pub type ChangeHandler = Arc<dyn Fn(TokenChange) + Send + Sync>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Cheap reachability check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Tokens whose display prefix starts with `prefix`.
+    async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
+    /// Returns false when no such token exists.
+    async fn set_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError>;
+    async fn delete_token(&self, id: i64) -> Result<bool, StoreError>;
+    /// Disables `old_id` and inserts `new` in one transaction.
+    async fn rotate_token(&self, old_id: i64, new: &NewToken) -> Result<TokenRecord, StoreError>;
+    /// Runs until the process ends, calling `on_change` for every token change
+    /// made by any process. `poll` is the SQLite polling interval.
+    async fn watch_changes(&self, on_change: ChangeHandler, poll: Duration);
+}
+
+/// Opens the store named by `database.url`.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    connect_timeout: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            SqliteStore::connect(url, max_connections, connect_timeout).await?,
+        ))
+    } else {
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections, connect_timeout).await?,
+        ))
+    }
+}

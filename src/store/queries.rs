@@ -1,0 +1,192 @@
+//! The token SQL shared by both backends. `$N` placeholders are understood by
+//! PostgreSQL and by SQLite, so each statement is written once and expanded
+//! into both `Store` implementations by [`token_queries!`].
+
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, TokenRecord};
+use crate::policy::Permissions;
+
+macro_rules! token_columns {
+    () => {
+        "id, token_hash, prefix, user_id, name, email, permissions, enabled, \
+         created_at, created_by, expires_at, last_used_at"
+    };
+}
+pub(crate) use token_columns;
+
+/// One row of `tokens`, as both backends decode it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    id: i64,
+    token_hash: String,
+    prefix: String,
+    user_id: String,
+    name: Option<String>,
+    email: Option<String>,
+    permissions: String,
+    enabled: bool,
+    created_at: DateTime<Utc>,
+    created_by: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl TokenRow {
+    pub(crate) fn into_record(self) -> Result<TokenRecord, StoreError> {
+        let permissions =
+            Permissions::parse(&self.permissions).map_err(|reason| StoreError::Corrupt {
+                prefix: self.prefix.clone(),
+                reason,
+            })?;
+        Ok(TokenRecord {
+            id: self.id,
+            token_hash: self.token_hash,
+            prefix: self.prefix,
+            user_id: self.user_id,
+            name: self.name,
+            email: self.email,
+            permissions,
+            enabled: self.enabled,
+            created_at: self.created_at,
+            created_by: self.created_by,
+            expires_at: self.expires_at,
+            last_used_at: self.last_used_at,
+        })
+    }
+}
+
+/// Counts a query and turns its error into a `StoreError`, counting that too.
+pub(crate) fn observed<T>(
+    op: &'static str,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    crate::metrics::METRICS
+        .store_queries
+        .with_label_values(&[op])
+        .inc();
+    result.map_err(|e| {
+        crate::metrics::METRICS.store_errors.inc();
+        StoreError::from(e)
+    })
+}
+
+/// `insert_row(executor, &NewToken)` for one backend's database type, usable
+/// on a pool or inside a transaction.
+macro_rules! insert_row_fn {
+    ($db:ty) => {
+        async fn insert_row<'e, E>(executor: E, token: &NewToken) -> Result<TokenRow, sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query_as::<_, TokenRow>(concat!(
+                "INSERT INTO tokens (token_hash, prefix, user_id, name, email, permissions, \
+                 enabled, created_at, created_by, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9) RETURNING ",
+                token_columns!()
+            ))
+            .bind(&token.token_hash)
+            .bind(&token.prefix)
+            .bind(&token.user_id)
+            .bind(&token.name)
+            .bind(&token.email)
+            .bind(token.permissions.to_string())
+            .bind(token.created_at)
+            .bind(&token.created_by)
+            .bind(token.expires_at)
+            .fetch_one(executor)
+            .await
+        }
+    };
+}
+pub(crate) use insert_row_fn;
+
+/// `impl Store for $ty`: the token methods, identical for both backends
+/// (`self.pool`), plus the backend's own methods given in braces.
+macro_rules! impl_store {
+    ($ty:ty, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl Store for $ty {
+        $($own)*
+        async fn ping(&self) -> Result<(), StoreError> {
+            let r = sqlx::query("SELECT 1").execute(&self.pool).await;
+            observed("ping", r).map(|_| ())
+        }
+
+        async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+            let r = sqlx::query_as::<_, TokenRow>(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM tokens WHERE token_hash = $1"
+            ))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await;
+            observed("token_by_hash", r)?.map(TokenRow::into_record).transpose()
+        }
+
+        async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+            let r = sqlx::query_as::<_, TokenRow>(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM tokens WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at, id"
+            ))
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await;
+            observed("tokens", r)?.into_iter().map(TokenRow::into_record).collect()
+        }
+
+        async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError> {
+            // substr instead of LIKE: `_` is both a token character and a LIKE wildcard.
+            let r = sqlx::query_as::<_, TokenRow>(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM tokens WHERE substr(prefix, 1, length($1)) = $1 ORDER BY created_at, id"
+            ))
+            .bind(prefix)
+            .fetch_all(&self.pool)
+            .await;
+            observed("tokens_by_prefix", r)?.into_iter().map(TokenRow::into_record).collect()
+        }
+
+        async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
+            let r = insert_row(&self.pool, token).await;
+            observed("insert_token", r)?.into_record()
+        }
+
+        async fn set_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError> {
+            let r = sqlx::query("UPDATE tokens SET enabled = $1 WHERE id = $2")
+                .bind(enabled)
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            Ok(observed("set_enabled", r)?.rows_affected() > 0)
+        }
+
+        async fn delete_token(&self, id: i64) -> Result<bool, StoreError> {
+            let r = sqlx::query("DELETE FROM tokens WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            Ok(observed("delete_token", r)?.rows_affected() > 0)
+        }
+
+        async fn rotate_token(&self, old_id: i64, new: &NewToken) -> Result<TokenRecord, StoreError> {
+            let mut tx = observed("rotate_token", self.pool.begin().await)?;
+            let r = sqlx::query("UPDATE tokens SET enabled = FALSE WHERE id = $1")
+                .bind(old_id)
+                .execute(&mut *tx)
+                .await;
+            if observed("rotate_token", r)?.rows_affected() == 0 {
+                return Err(StoreError::Query(format!("token {old_id} no longer exists")));
+            }
+            let r = insert_row(&mut *tx, new).await;
+            let row = observed("rotate_token", r)?;
+            observed("rotate_token", tx.commit().await)?;
+            row.into_record()
+        }
+        }
+    };
+}
+pub(crate) use impl_store;
