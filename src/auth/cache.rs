@@ -144,7 +144,7 @@ impl TokenCache {
     /// within the positive TTL plus the grace period.
     pub(super) async fn stale_entry(&self, key: &TokenHash) -> Option<Entry> {
         let copy = self.stale.get(key).await?;
-        (copy.fetched.elapsed() <= self.positive_ttl + self.grace).then(|| Entry {
+        (copy.fetched.elapsed() <= self.positive_ttl + self.grace).then_some(Entry {
             lookup: Lookup::Known(copy.record),
             ttl: STALE_RETRY,
         })

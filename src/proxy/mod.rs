@@ -172,12 +172,12 @@ impl ProxyHttp for Gate {
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (code, message) = failure_response(self.listener, e);
-        if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) =
+        if code > 0
+            && session.response_written().is_none()
+            && let Err(write_err) =
                 errors::respond_error(session, self.listener, code, &message).await
-            {
-                tracing::debug!(error = %write_err, "could not send the error response");
-            }
+        {
+            tracing::debug!(error = %write_err, "could not send the error response");
         }
         FailToProxy {
             error_code: code,
@@ -246,9 +246,9 @@ fn status_label(status: u16) -> &'static str {
         503 => "503",
         504 => "504",
         100..=199 => "1xx",
-        200..=299 => "2xx",
+        202..=299 => "2xx",
         300..=399 => "3xx",
-        400..=499 => "4xx",
+        402..=499 => "4xx",
         _ => "5xx",
     }
 }

@@ -42,12 +42,11 @@ impl UpstreamTarget {
     }
 
     async fn address(&self) -> Result<SocketAddr> {
-        if let Ok(guard) = self.resolved.lock() {
-            if let Some((at, addr)) = *guard {
-                if self.is_literal() || at.elapsed() < DNS_TTL {
-                    return Ok(addr);
-                }
-            }
+        let cached = self.resolved.lock().ok().and_then(|guard| *guard);
+        if let Some((at, addr)) = cached
+            && (self.is_literal() || at.elapsed() < DNS_TTL)
+        {
+            return Ok(addr);
         }
         let host = (self.upstream.host.as_str(), self.upstream.port);
         let addr = tokio::net::lookup_host(host)

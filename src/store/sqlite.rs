@@ -97,10 +97,10 @@ impl_store!(SqliteStore, {
                 // Nothing is lost: the next poll resumes after the last seen row.
                 Err(e) => tracing::warn!(error = %e, "polling token changes failed"),
             }
-            if polls % 1000 == 0 {
-                if let Err(e) = self.prune_changes(last).await {
-                    tracing::warn!(error = %e, "pruning the token change log failed");
-                }
+            if polls.is_multiple_of(1000)
+                && let Err(e) = self.prune_changes(last).await
+            {
+                tracing::warn!(error = %e, "pruning the token change log failed");
             }
         }
     }

@@ -1,0 +1,274 @@
+//! The `memgate` command line against real stores: token lifecycle, prefix
+//! rules, confirmation, config errors.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::*;
+
+fn config_for(db: &TestDb, dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
+    path
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifecycle_on_both_backends() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_for(&db, &dir);
+
+        let text = ok(&cli(
+            &cfg,
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "alice",
+                "--name",
+                "Alice",
+                "--email",
+                "a@example.com",
+            ],
+        ));
+        let token_line = text
+            .lines()
+            .find(|l| l.starts_with("Token: "))
+            .expect("Token: line");
+        let token = token_line.trim_start_matches("Token: ").to_string();
+        assert!(memgate::token::is_well_formed(&token), "{token}");
+
+        let created: Value = serde_json::from_str(&ok(&cli(
+            &cfg,
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "bob",
+                "--permissions",
+                "read",
+                "--expires-days",
+                "0",
+                "--json",
+            ],
+        )))
+        .unwrap();
+        for key in ["token", "prefix", "user_id", "permissions", "expires_at"] {
+            assert!(created.get(key).is_some(), "{key} missing from {created}");
+        }
+        assert_eq!(created["permissions"], serde_json::json!(["read"]));
+        assert_eq!(created["expires_at"], Value::Null);
+
+        // Only the hash is stored; the list never shows a token.
+        let listed = ok(&cli(&cfg, &["token", "list", "--json"]));
+        assert!(!listed.contains(&token) && !listed.contains(created["token"].as_str().unwrap()));
+        let list: Vec<Value> = serde_json::from_str(&listed).unwrap();
+        assert_eq!(list.len(), 2);
+        for key in [
+            "prefix",
+            "user_id",
+            "name",
+            "email",
+            "permissions",
+            "status",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+        ] {
+            assert!(list[0].get(key).is_some(), "{key} missing from {}", list[0]);
+        }
+        assert_eq!(list[0]["status"], "active");
+        let store = db.store().await;
+        let stored = store
+            .token_by_hash(&memgate::token::hash_hex(&token))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.token_hash.len(), 64);
+        assert_eq!(stored.prefix, &token[..12]);
+        let every = format!("{:?}", store.tokens(None).await.unwrap());
+        assert!(!every.contains(&token[12..]), "a token secret is stored");
+
+        let bob_only: Vec<Value> = serde_json::from_str(&ok(&cli(
+            &cfg,
+            &["token", "list", "--user-id", "bob", "--json"],
+        )))
+        .unwrap();
+        assert_eq!(bob_only.len(), 1);
+
+        // Destructive commands need --yes when not on a terminal.
+        let prefix = &token[..12];
+        assert!(err(&cli(&cfg, &["token", "revoke", prefix])).contains("--yes"));
+        assert!(err(&cli(&cfg, &["token", "delete", prefix])).contains("--yes"));
+        ok(&cli(&cfg, &["token", "revoke", prefix, "--yes"]));
+        let list: Vec<Value> = serde_json::from_str(&ok(&cli(
+            &cfg,
+            &["token", "list", "--user-id", "alice", "--json"],
+        )))
+        .unwrap();
+        assert_eq!(list[0]["status"], "revoked");
+        ok(&cli(&cfg, &["token", "enable", prefix]));
+
+        let rotated: Value =
+            serde_json::from_str(&ok(&cli(&cfg, &["token", "rotate", prefix, "--json"]))).unwrap();
+        assert_eq!(rotated["revoked_prefix"], prefix);
+        assert_eq!(rotated["user_id"], "alice");
+        assert_ne!(rotated["token"], token.as_str());
+
+        ok(&cli(&cfg, &["token", "delete", prefix, "--yes"]));
+        let list: Vec<Value> = serde_json::from_str(&ok(&cli(
+            &cfg,
+            &["token", "list", "--user-id", "alice", "--json"],
+        )))
+        .unwrap();
+        assert_eq!(list.len(), 1, "only the rotated token is left");
+        assert!(err(&cli(&cfg, &["token", "revoke", prefix, "--yes"])).contains("no token"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_prefix_is_refused_and_the_matches_listed() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    for suffix in ["1111", "2222"] {
+        store
+            .insert_token(&memgate::store::NewToken {
+                token_hash: memgate::token::hash_hex(suffix),
+                prefix: format!("mcp_AAAA{suffix}"),
+                user_id: format!("user{suffix}"),
+                name: None,
+                email: None,
+                permissions: memgate::policy::Permissions::READ_WRITE,
+                created_at: chrono::Utc::now(),
+                created_by: None,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(&db, &dir);
+    let message = err(&cli(&cfg, &["token", "revoke", "mcp_AAAA", "--yes"]));
+    assert!(
+        message.contains("mcp_AAAA1111") && message.contains("mcp_AAAA2222"),
+        "{message}"
+    );
+    // Nothing was revoked.
+    assert!(store.tokens(None).await.unwrap().iter().all(|t| t.enabled));
+    ok(&cli(&cfg, &["token", "revoke", "mcp_AAAA2", "--yes"]));
+    let tokens = store.tokens(None).await.unwrap();
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t.prefix == "mcp_AAAA2222" && !t.enabled)
+    );
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t.prefix == "mcp_AAAA1111" && t.enabled)
+    );
+    // `_` is a token character, not a wildcard.
+    assert!(err(&cli(&cfg, &["token", "revoke", "mcp_A_AA", "--yes"])).contains("no token"));
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"sqlite://x.db?mode=rwc\"\n[mem0]\nlisten = \"not an address\"\n",
+    )
+    .unwrap();
+    let message = err(&cli(&path, &["check-config"]));
+    assert!(message.contains("mem0.listen"), "{message}");
+    // serve refuses before binding anything.
+    let message = err(&cli(&path, &["serve"]));
+    assert!(message.contains("mem0.listen"), "{message}");
+
+    let missing = dir.path().join("absent.toml");
+    assert!(err(&cli(&missing, &["check-config"])).contains("absent.toml"));
+
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"sqlite://{}/t.db?mode=rwc\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    assert!(
+        err(&cli(
+            &path,
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "alice",
+                "--permissions",
+                "root"
+            ]
+        ))
+        .contains("--permissions")
+    );
+    assert!(err(&cli(&path, &["token", "create", "--user-id", " alice"])).contains("--user-id"));
+    assert!(err(&cli(&path, &["token", "revoke", "abc", "--yes"])).contains("prefix"));
+
+    let unreachable = dir.path().join("pg.toml");
+    std::fs::write(
+        &unreachable,
+        format!(
+            "[database]\nurl = \"postgres://postgres@127.0.0.1:{}/x\"\nconnect_timeout_secs = 1\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let message = err(&cli(&unreachable, &["token", "list"]));
+    assert!(message.contains("cannot open the store"), "{message}");
+    assert_eq!(
+        message.trim().lines().count(),
+        1,
+        "one-line reason: {message}"
+    );
+}
+
+#[test]
+fn check_config_masks_secrets_and_reports_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"postgres://memgate:hunter2@db:5432/memgate\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("MEMGATE_MEM0__UPSTREAM", "http://mem0:8000")
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("memgate:****@db"));
+    assert!(text.contains("upstream = \"http://mem0:8000\""));
+}

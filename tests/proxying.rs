@@ -1,0 +1,136 @@
+//! End to end: streaming and upstream failures through a real memgate.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_reach_the_client_one_by_one() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let token = gate.create_token("alice", &[]);
+    for url in [gate.mcp_url("/sse"), gate.mem0_url("/sse")] {
+        let start = Instant::now();
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("X-MCP-Token", &token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut stream = resp.bytes_stream();
+        let mut received = String::new();
+        let mut first_at = None;
+        while let Some(chunk) = stream.next().await {
+            received.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if first_at.is_none() && received.contains("data: first") {
+                first_at = Some(start.elapsed());
+            }
+        }
+        let first_at = first_at.expect("first event");
+        assert!(
+            first_at < Duration::from_millis(500),
+            "{url}: first event after {first_at:?}"
+        );
+        assert!(received.contains("data: second"), "{received}");
+        assert!(start.elapsed() >= Duration::from_secs(2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_gives_502_in_each_listeners_format() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &dead)).await;
+    let token = gate.create_token("alice", &[]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    let start = Instant::now();
+    let resp = client
+        .get(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("upstream"),
+        "{body}"
+    );
+
+    let resp = client
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", &token)
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "502 took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_times_out_with_504() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    // The harness sets mem0.read_timeout_secs = 2; /slow answers after 3 s.
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let token = gate.create_token("alice", &[]);
+    let resp = reqwest::Client::new()
+        .get(gate.mem0_url("/slow"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("in time"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_reports_health_readiness_and_metrics() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let get = |path: &str| reqwest::get(format!("http://{}{path}", gate.admin));
+    assert_eq!(get("/health").await.unwrap().status(), 200);
+    assert_eq!(get("/ready").await.unwrap().status(), 200);
+    let _ = reqwest::get(gate.mem0_url("/memories")).await.unwrap();
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in [
+        "memgate_requests_total{listener=\"mem0\",route=\"denied\",status=\"401\"} 1",
+        "memgate_auth_decisions_total{reason=\"missing\",result=\"deny\"} 1",
+        "# HELP memgate_request_duration_seconds",
+        "memgate_build_info{version=",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert_eq!(get("/nope").await.unwrap().status(), 404);
+}
