@@ -36,9 +36,11 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub database: DatabaseConfig,
     pub mcp: ListenerConfig,
-    pub mem0: ListenerConfig,
+    pub mem0: Mem0Config,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
+    pub isolation: IsolationConfig,
+    pub limits: LimitsConfig,
     pub server: ServerConfig,
 }
 
@@ -86,14 +88,134 @@ impl ListenerConfig {
     }
 }
 
+/// The `[mem0]` listener: a proxied listener plus the mem0 policy's own keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mem0Config {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub connect_timeout_secs: u64,
+    pub read_timeout_secs: u64,
+    pub forward_credentials: bool,
+    /// Lets non-admin tokens call `DELETE /memories` (always with user_id = scope).
+    pub allow_delete_all: bool,
+    /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
+    /// `"METHOD /path-prefix"` (`*` for any method), e.g. `"GET /docs"`.
+    pub allowed_routes: Vec<String>,
+}
+
+impl Mem0Config {
+    /// The settings every proxied listener has.
+    pub fn listener(&self) -> ListenerConfig {
+        ListenerConfig {
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            connect_timeout_secs: self.connect_timeout_secs,
+            read_timeout_secs: self.read_timeout_secs,
+            forward_credentials: self.forward_credentials,
+        }
+    }
+
+    /// `allowed_routes` as (method, path prefix) pairs.
+    pub fn allowed_route_pairs(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.allowed_routes
+            .iter()
+            .map(|entry| {
+                let mut parts = entry.split_whitespace();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(method), Some(path), None)
+                        if path.starts_with('/')
+                            && (method == "*"
+                                || method.bytes().all(|b| b.is_ascii_uppercase())) =>
+                    {
+                        Ok((method.to_string(), path.to_string()))
+                    }
+                    _ => Err(invalid(
+                        "mem0.allowed_routes",
+                        format!("{entry:?} is not \"METHOD /path\" (METHOD upper-case or *)"),
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationModeName {
+    Manual,
+    Auto,
+    Global,
+}
+
+/// `[isolation]`: which mem0 user_id a request may touch (DESIGN.md §3).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationConfig {
+    pub mode: IsolationModeName,
+    pub shared_user_id: String,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            mode: IsolationModeName::Manual,
+            shared_user_id: "shared_knowledge_base".into(),
+        }
+    }
+}
+
+impl IsolationConfig {
+    pub fn mode(&self) -> crate::policy::scope::IsolationMode {
+        use crate::policy::scope::IsolationMode;
+        match self.mode {
+            IsolationModeName::Manual => IsolationMode::Manual,
+            IsolationModeName::Auto => IsolationMode::Auto,
+            IsolationModeName::Global => IsolationMode::Global {
+                shared_user_id: self.shared_user_id.clone(),
+            },
+        }
+    }
+}
+
+/// `[limits]`: what memgate buffers and parses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 32,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
+        let mem0 = ListenerConfig::with(8000, "http://127.0.0.1:8001");
         Config {
             database: DatabaseConfig::default(),
             mcp: ListenerConfig::with(8080, "http://127.0.0.1:8081"),
-            mem0: ListenerConfig::with(8000, "http://127.0.0.1:8001"),
+            mem0: Mem0Config {
+                listen: mem0.listen,
+                upstream: mem0.upstream,
+                connect_timeout_secs: mem0.connect_timeout_secs,
+                read_timeout_secs: 120,
+                forward_credentials: false,
+                allow_delete_all: false,
+                allowed_routes: Vec::new(),
+            },
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
+            isolation: IsolationConfig::default(),
+            limits: LimitsConfig::default(),
             server: ServerConfig::default(),
         }
     }
@@ -351,7 +473,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for (name, listener) in [("mcp", &self.mcp), ("mem0", &self.mem0)] {
+        for (name, listener) in [("mcp", &self.mcp), ("mem0", &self.mem0.listener())] {
             Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
             if listener.connect_timeout_secs == 0 {
                 return Err(invalid(
@@ -383,6 +505,31 @@ impl Config {
             return Err(invalid(
                 "auth.change_poll_ms",
                 "must be between 1 and 1000 (revocations must apply within a second)",
+            ));
+        }
+        self.mem0.allowed_route_pairs()?;
+        if self.isolation.mode == IsolationModeName::Global
+            && (self.isolation.shared_user_id.trim().is_empty()
+                || self.isolation.shared_user_id.trim() != self.isolation.shared_user_id)
+        {
+            return Err(invalid(
+                "isolation.shared_user_id",
+                "must be a non-empty user id without surrounding spaces in global mode",
+            ));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        if !(1..=100).contains(&self.limits.max_json_depth) {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be between 1 and 100",
+            ));
+        }
+        if self.limits.max_response_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_response_bytes",
+                "must be at least 1024",
             ));
         }
         if self.server.threads == 0 {

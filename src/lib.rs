@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod ownership;
 pub mod policy;
 pub mod proxy;
 pub mod server;

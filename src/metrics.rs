@@ -20,6 +20,10 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     /// `outcome` (hit|miss|negative_hit|stale).
     pub auth_cache: IntCounterVec,
+    /// `route`: requests refused because the memory belongs to someone else.
+    pub ownership_denials: IntCounterVec,
+    /// `route`: list/search items mem0 returned for another user (it ignored the filter).
+    pub response_items_dropped: IntCounterVec,
     /// `op`.
     pub store_queries: IntCounterVec,
     pub store_errors: IntCounter,
@@ -105,6 +109,18 @@ impl Metrics {
                 "auth_cache_total",
                 "Token cache lookups: hit, miss, negative_hit (known unknown) or stale (store down).",
                 &["outcome"],
+            ),
+            ownership_denials: counter_vec(
+                &r,
+                "ownership_denials_total",
+                "Requests refused because the memory belongs to another user, by route.",
+                &["route"],
+            ),
+            response_items_dropped: counter_vec(
+                &r,
+                "response_items_dropped_total",
+                "Items of other users that mem0 returned and memgate removed, by route.",
+                &["route"],
             ),
             store_queries: counter_vec(
                 &r,

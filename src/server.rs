@@ -13,6 +13,9 @@ use pingora::server::configuration::ServerConf;
 use crate::admin::AdminApi;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::policy::mem0::Mem0Policy;
+use crate::proxy::exchange::UpstreamClient;
+use crate::proxy::mem0::Mem0Flow;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Gate, Listener};
 use crate::store;
@@ -26,8 +29,16 @@ fn check_bindable(key: &str, addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let mcp_upstream = UpstreamTarget::new("mcp.upstream", &config.mcp)?;
-    let mem0_upstream = UpstreamTarget::new("mem0.upstream", &config.mem0)?;
+    let mcp_upstream = Arc::new(UpstreamTarget::new("mcp.upstream", &config.mcp)?);
+    let mem0_listener = config.mem0.listener();
+    let mem0_upstream = Arc::new(UpstreamTarget::new("mem0.upstream", &mem0_listener)?);
+    let mem0_policy = Mem0Policy {
+        mode: config.isolation.mode(),
+        allow_delete_all: config.mem0.allow_delete_all,
+        allowed_routes: config.mem0.allowed_route_pairs()?,
+        max_body_bytes: config.limits.max_body_bytes,
+        max_json_depth: config.limits.max_json_depth,
+    };
     check_bindable("mcp.listen", config.mcp.listen)?;
     check_bindable("mem0.listen", config.mem0.listen)?;
     check_bindable("admin.listen", config.admin.listen)?;
@@ -69,12 +80,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let mem0_flow = Mem0Flow::new(
+        mem0_policy,
+        UpstreamClient::new(mem0_upstream.clone()),
+        config.limits.max_response_bytes,
+        mem0_listener.forward_credentials,
+    );
     let listeners = [
-        (Listener::Mcp, &config.mcp, mcp_upstream),
-        (Listener::Mem0, &config.mem0, mem0_upstream),
+        (Listener::Mcp, &config.mcp, mcp_upstream, None),
+        (
+            Listener::Mem0,
+            &mem0_listener,
+            mem0_upstream,
+            Some(mem0_flow),
+        ),
     ];
-    for (listener, cfg, upstream) in listeners {
-        let gate = Gate::new(listener, auth.clone(), upstream, cfg.forward_credentials);
+    for (listener, cfg, upstream, flow) in listeners {
+        let gate = Gate::new(
+            listener,
+            auth.clone(),
+            upstream,
+            cfg.forward_credentials,
+            config.isolation.mode(),
+            flow,
+        );
         let mut service =
             http_proxy_service_with_name(&server.configuration, gate, listener.as_str());
         service.add_tcp(&cfg.listen.to_string());

@@ -209,9 +209,14 @@ async fn identity_headers_are_replaced_and_credentials_stripped() {
             r.headers
         );
     }
+    let sent: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
-        r.body.as_ref(),
-        br#"{"messages":[{"role":"user","content":"hi"}]}"#
+        sent["messages"],
+        serde_json::json!([{"role": "user", "content": "hi"}])
+    );
+    assert_eq!(
+        sent["user_id"], "alice",
+        "the owner is injected into the body"
     );
     assert!(
         !format!("{:?}", r.headers).contains(&token),

@@ -12,7 +12,9 @@ use support::*;
 async fn sse_events_reach_the_client_one_by_one() {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;
-    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.mem0_extra = "allowed_routes = [\"GET /sse\"]".into();
+    let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
     for url in [gate.mcp_url("/sse"), gate.mem0_url("/sse")] {
         let start = Instant::now();
@@ -97,21 +99,27 @@ async fn a_dead_upstream_gives_502_in_each_listeners_format() {
 async fn a_silent_upstream_times_out_with_504() {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;
-    // The harness sets mem0.read_timeout_secs = 2; /slow answers after 3 s.
-    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    // The harness sets mem0.read_timeout_secs = 2; the upstream answers after 3 s.
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.mem0_extra = "allowed_routes = [\"GET /slow\"]".into();
+    let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
-    let resp = reqwest::Client::new()
-        .get(gate.mem0_url("/slow"))
-        .header("X-MCP-Token", &token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 504);
-    let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["detail"].as_str().unwrap().contains("in time"),
-        "{body}"
-    );
+    // Both paths: a policy route (buffered exchange) and an allow-listed one (streamed).
+    for (path, slow) in [("/memories", true), ("/slow", false)] {
+        let mut req = reqwest::Client::new()
+            .get(gate.mem0_url(path))
+            .header("X-MCP-Token", &token);
+        if slow {
+            req = req.header("x-test-slow", "1");
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 504, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("in time"),
+            "{path}: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,9 +47,17 @@ pub struct TokenCache {
     positive_ttl: Duration,
     negative_ttl: Duration,
     grace: Duration,
-    /// Bumped by every invalidation, so a load that raced with one is not cached.
+    /// Bumped by every invalidation. A load remembers it when it starts; if
+    /// its key (or everything) was invalidated since, the result is not cached.
     epoch: AtomicU64,
+    /// The epoch at which each recently changed token was invalidated.
+    key_epochs: Cache<TokenHash, u64>,
+    /// The epoch of the last invalidation of everything.
+    all_epoch: AtomicU64,
 }
+
+/// Longer than any store query can take, so a racing load always sees its key here.
+const KEY_EPOCH_TTL: Duration = Duration::from_secs(120);
 
 impl TokenCache {
     pub fn new(
@@ -71,6 +79,11 @@ impl TokenCache {
             negative_ttl,
             grace,
             epoch: AtomicU64::new(0),
+            key_epochs: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(KEY_EPOCH_TTL)
+                .build(),
+            all_epoch: AtomicU64::new(0),
         }
     }
 
@@ -102,7 +115,12 @@ impl TokenCache {
         found: Option<TokenRecord>,
         started: u64,
     ) -> Entry {
-        let raced = self.epoch() != started;
+        let raced = self.all_epoch.load(Ordering::Acquire) > started
+            || self
+                .key_epochs
+                .get(&key)
+                .await
+                .is_some_and(|at| at > started);
         match found {
             Some(record) => {
                 let record = Arc::new(record);
@@ -152,7 +170,8 @@ impl TokenCache {
 
     /// One token changed: forget everything about it, stale copy included.
     pub async fn invalidate(&self, key: &TokenHash) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.key_epochs.insert(*key, at).await;
         self.fresh.invalidate(key).await;
         self.stale.invalidate(key).await;
     }
@@ -160,7 +179,82 @@ impl TokenCache {
     /// Changes may have been missed: re-check every token with the store, but
     /// keep the stale copies in case the store is down.
     pub fn invalidate_fresh(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.all_epoch.fetch_max(at, Ordering::AcqRel);
         self.fresh.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Permissions;
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            id: 1,
+            token_hash: "00".repeat(32),
+            prefix: "mcp_abcdefgh".into(),
+            user_id: "alice".into(),
+            name: None,
+            email: None,
+            permissions: Permissions::READ_WRITE,
+            enabled: true,
+            created_at: chrono::Utc::now(),
+            created_by: None,
+            expires_at: None,
+            last_used_at: None,
+        }
+    }
+
+    fn cache() -> TokenCache {
+        TokenCache::new(
+            100,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_load_racing_with_its_own_invalidation_is_not_cached() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let c = cache();
+
+        let started = c.epoch();
+        c.invalidate(&b).await; // another token changed meanwhile: irrelevant
+        let entry = c.loaded(a, Some(record()), started).await;
+        assert_eq!(entry.ttl, Duration::from_secs(30));
+        assert!(c.stale_entry(&a).await.is_some());
+
+        let started = c.epoch();
+        c.invalidate(&a).await; // this token changed while it was being read
+        let entry = c.loaded(a, Some(record()), started).await;
+        assert_eq!(
+            entry.ttl,
+            Duration::ZERO,
+            "a possibly outdated record must not be cached"
+        );
+        assert!(
+            c.stale_entry(&a).await.is_none(),
+            "nor kept as a stale copy"
+        );
+
+        let started = c.epoch();
+        c.invalidate_fresh();
+        let entry = c.loaded(b, None, started).await;
+        assert_eq!(entry.ttl, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn stale_copies_outlive_fresh_invalidation_but_not_token_changes() {
+        let a = [3u8; 32];
+        let c = cache();
+        c.loaded(a, Some(record()), c.epoch()).await;
+        c.invalidate_fresh();
+        let stale = c.stale_entry(&a).await.expect("kept for store outages");
+        assert_eq!(stale.ttl, STALE_RETRY);
+        c.invalidate(&a).await;
+        assert!(c.stale_entry(&a).await.is_none());
     }
 }

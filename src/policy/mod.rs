@@ -2,6 +2,14 @@
 //! is a function of (identity, request) that unit tests, property tests and the
 //! fuzzer can drive directly (DESIGN.md §1 step 3).
 
+pub mod deny;
+pub mod json;
+pub mod mem0;
+pub mod path;
+pub mod percent;
+pub mod query;
+pub mod scope;
+
 use std::fmt;
 
 /// One permission a token can hold (DESIGN.md §2).

@@ -3,7 +3,9 @@
 //! routes (DESIGN.md §1, §10).
 
 pub mod errors;
+pub mod exchange;
 pub mod headers;
+pub mod mem0;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::auth::{Authenticator, PresentedHeaders};
 use crate::metrics::METRICS;
 use crate::policy::Identity;
+use crate::policy::scope::{IsolationMode, scope_for};
+use mem0::{Handled, Mem0Flow};
 use upstream::UpstreamTarget;
 
 /// Which listener a request arrived on; decides the error format.
@@ -41,7 +45,11 @@ impl Listener {
 pub struct RequestCtx {
     started: Instant,
     identity: Option<Identity>,
-    /// Metric label for the route; "denied" until a request is let through.
+    /// The mem0 user_id the request acts for (DESIGN.md §3).
+    scope: String,
+    /// Set when the request is streamed to a rewritten path and query.
+    rewritten_uri: Option<String>,
+    /// Metric label for the route; "denied" until authentication succeeds.
     route: &'static str,
     upstream_started: Option<Instant>,
 }
@@ -49,22 +57,29 @@ pub struct RequestCtx {
 pub struct Gate {
     listener: Listener,
     auth: Arc<Authenticator>,
-    upstream: UpstreamTarget,
+    upstream: Arc<UpstreamTarget>,
     forward_credentials: bool,
+    isolation: IsolationMode,
+    /// The mem0 listener's policy flow; `None` on the MCP listener.
+    mem0: Option<Mem0Flow>,
 }
 
 impl Gate {
     pub fn new(
         listener: Listener,
         auth: Arc<Authenticator>,
-        upstream: UpstreamTarget,
+        upstream: Arc<UpstreamTarget>,
         forward_credentials: bool,
+        isolation: IsolationMode,
+        mem0: Option<Mem0Flow>,
     ) -> Self {
         Gate {
             listener,
             auth,
             upstream,
             forward_credentials,
+            isolation,
+            mem0,
         }
     }
 }
@@ -92,6 +107,8 @@ impl ProxyHttp for Gate {
         RequestCtx {
             started: Instant::now(),
             identity: None,
+            scope: String::new(),
+            rewritten_uri: None,
             route: "denied",
             upstream_started: None,
         }
@@ -99,20 +116,43 @@ impl ProxyHttp for Gate {
 
     /// Authenticates before anything is forwarded or any body is read.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let outcome = self
+        let identity = match self
             .auth
             .authenticate(&presented(session.req_header()))
-            .await;
-        match outcome {
-            Ok(identity) => {
-                ctx.identity = Some(identity);
-                ctx.route = self.listener.as_str();
-                Ok(false)
-            }
+            .await
+        {
+            Ok(identity) => identity,
             Err(denial) => {
                 errors::respond_error(session, self.listener, denial.status(), &denial.message())
                     .await?;
-                Ok(true)
+                return Ok(true);
+            }
+        };
+        ctx.route = self.listener.as_str();
+        let handled = match &self.mem0 {
+            Some(flow) => flow.handle(session, &identity, &mut ctx.route).await?,
+            None => {
+                let project = session
+                    .req_header()
+                    .headers
+                    .get("x-mcp-project")
+                    .and_then(|v| v.to_str().ok());
+                Handled::Stream {
+                    path_and_query: String::new(),
+                    scope: scope_for(&identity, &self.isolation, project),
+                }
+            }
+        };
+        ctx.identity = Some(identity);
+        match handled {
+            Handled::Responded => Ok(true),
+            Handled::Stream {
+                path_and_query,
+                scope,
+            } => {
+                ctx.scope = scope;
+                ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
+                Ok(false)
             }
         }
     }
@@ -139,13 +179,18 @@ impl ProxyHttp for Gate {
                 "unauthenticated request reached the upstream phase",
             );
         };
-        // Until isolation modes land, the scope is the token's own user id.
         headers::rewrite(
             upstream_request,
             identity,
-            &identity.user_id,
+            &ctx.scope,
             self.forward_credentials,
         )?;
+        if let Some(uri) = ctx.rewritten_uri.take() {
+            let uri = uri
+                .parse::<http::Uri>()
+                .or_err(ErrorType::InternalError, "rewritten URI is invalid")?;
+            upstream_request.set_uri(uri);
+        }
         upstream_request.insert_header("host", self.upstream.authority())?;
         Ok(())
     }
@@ -203,26 +248,32 @@ impl ProxyHttp for Gate {
 }
 
 /// The status and message for a request that could not be proxied.
-fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
+pub(crate) fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
     use pingora::ErrorSource;
+    match e.esource() {
+        ErrorSource::Upstream => upstream_failure(listener, e),
+        ErrorSource::Downstream => match e.etype() {
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                (0, String::new())
+            }
+            _ => (400, "Malformed request".into()),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, format!("Request failed with status {code}")),
+            _ => (500, "Internal error in memgate".into()),
+        },
+    }
+}
+
+/// The status and message for an exchange with the upstream that failed:
+/// 504 when it went quiet, 502 when it could not be reached or misbehaved.
+pub(crate) fn upstream_failure(listener: Listener, e: &Error) -> (u16, String) {
     let name = listener.as_str();
     match e.etype() {
-        ErrorType::HTTPStatus(code) => (*code, format!("Request failed with status {code}")),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if *e.esource() == ErrorSource::Upstream =>
-        {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             (504, format!("The {name} upstream did not answer in time"))
         }
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, format!("The {name} upstream is unreachable or failed")),
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                    (0, String::new())
-                }
-                _ => (400, "Malformed request".into()),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => (500, "Internal error in memgate".into()),
-        },
+        _ => (502, format!("The {name} upstream is unreachable or failed")),
     }
 }
 

@@ -165,7 +165,8 @@ impl Recorded {
 }
 
 /// An in-process upstream that records every request. `/sse` streams two
-/// events two seconds apart; `/slow` answers after 3 s; anything else echoes
+/// events two seconds apart; `/slow` (or any request with an `x-test-slow`
+/// header) answers after 3 s; anything else echoes
 /// a small JSON document.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -216,6 +217,7 @@ async fn record_and_answer(sink: Arc<Mutex<Vec<Recorded>>>, req: Request) -> Res
         .await
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
+    let slow = path == "/slow" || parts.headers.contains_key("x-test-slow");
     sink.lock().expect("log").push(Recorded {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -240,7 +242,7 @@ async fn record_and_answer(sink: Arc<Mutex<Vec<Recorded>>>, req: Request) -> Res
                 .body(Body::from_stream(events))
                 .expect("sse response")
         }
-        "/slow" => {
+        _ if slow => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             axum::Json(serde_json::json!({"slow": true})).into_response()
         }
@@ -276,6 +278,8 @@ pub struct MemgateConfig {
     pub extra: String,
     /// Extra keys for `[auth]`.
     pub auth: String,
+    /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
+    pub mem0_extra: String,
     pub forward_credentials: bool,
 }
 
@@ -287,6 +291,7 @@ impl MemgateConfig {
             mem0_upstream: upstream.into(),
             extra: String::new(),
             auth: String::new(),
+            mem0_extra: String::new(),
             forward_credentials: false,
         }
     }
@@ -309,7 +314,7 @@ impl Memgate {
         let text = format!(
             "[database]\nurl = {db:?}\nconnect_timeout_secs = 1\n\n\
              [mcp]\nlisten = \"127.0.0.1:{mcp}\"\nupstream = {mu:?}\nconnect_timeout_secs = 2\nforward_credentials = {fc}\n\n\
-             [mem0]\nlisten = \"127.0.0.1:{mem0}\"\nupstream = {m0:?}\nconnect_timeout_secs = 2\nread_timeout_secs = 2\nforward_credentials = {fc}\n\n\
+             [mem0]\nlisten = \"127.0.0.1:{mem0}\"\nupstream = {m0:?}\nconnect_timeout_secs = 2\nread_timeout_secs = 2\nforward_credentials = {fc}\n{m0x}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
              [auth]\n{auth}\n\n\
              [server]\nthreads = 1\ngrace_period_secs = 1\n\n{extra}\n",
@@ -318,6 +323,7 @@ impl Memgate {
             m0 = cfg.mem0_upstream,
             fc = cfg.forward_credentials,
             auth = cfg.auth,
+            m0x = cfg.mem0_extra,
             extra = cfg.extra,
         );
         let config_path = dir.path().join("config.toml");

@@ -1,0 +1,356 @@
+//! The mem0 REST policy (DESIGN.md §4): turns (identity, scope, request) into
+//! `Forward`, `NeedOwner` or `Deny`, with no I/O.
+//!
+//! The proxy drives it in the order of DESIGN.md §4 "Order of checks", so a
+//! request that will be refused is refused before its body is read:
+//!
+//! 1. [`Mem0Policy::route`]: path normalisation (400), unknown route (404),
+//!    wrong method (405).
+//! 2. [`Mem0Policy::admit`]: the route's permission (403). Nothing read yet.
+//! 3. Read the body (at most `max_body_bytes + 1` bytes), then
+//!    [`Mem0Policy::authorise`]: size (413), content type (415), query and
+//!    JSON shape (400), then the owner rules (403), giving the rewritten request.
+//! 4. On [`Decision::NeedOwner`], look the memory up (owner cache, else
+//!    `GET {mem0}` [`memory_path`]) and call [`decide_owner`].
+//!
+//! [`Mem0Policy::decide`] runs 1–3 in one call.
+
+mod body;
+mod fuzz;
+#[cfg(test)]
+mod proptests;
+mod response;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+pub use fuzz::{forwards_only_scope, fuzz_entry};
+pub use response::{filter_results, owner_from_get_response, owner_ids_from_create_response};
+pub use routes::{Route, RouteMatch, allowed_methods, memory_path};
+
+use serde_json::{Map, Value};
+
+use super::deny::Deny;
+use super::query::Query;
+use super::scope::{self, IsolationMode, check_requested_user};
+use super::{Identity, Permission, json, path};
+use routes::BodyUse;
+
+/// One request on the mem0 listener, as the proxy sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Mem0Request<'a> {
+    pub method: &'a str,
+    /// The path as sent, still percent-encoded, without the query.
+    pub path: &'a str,
+    /// The query as sent, without `?`.
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: Option<&'a [u8]>,
+}
+
+/// The `[mem0]` settings the policy depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mem0Policy {
+    pub mode: IsolationMode,
+    /// Opens `DELETE /memories` (with `user_id` = scope) to non-admin tokens.
+    pub allow_delete_all: bool,
+    /// (method or `*`, path prefix) pairs forwarded unchanged on top of the
+    /// known routes, which they can never override.
+    pub allowed_routes: Vec<(String, String)>,
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted (top-level object = 1), at most 100.
+    pub max_json_depth: usize,
+}
+
+impl Default for Mem0Policy {
+    fn default() -> Mem0Policy {
+        Mem0Policy {
+            mode: IsolationMode::Manual,
+            allow_delete_all: false,
+            allowed_routes: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 32,
+        }
+    }
+}
+
+/// A request to send upstream, rewritten to act only for `scope`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub route: Route,
+    /// The canonical percent-encoded path to send (not the client's spelling).
+    pub path: String,
+    /// The exact query string to send, without `?`; `None`: send none.
+    pub query: Option<String>,
+    /// `Some`: send these bytes instead of the client's body (and fix
+    /// Content-Length). `None`: send the client's body unchanged.
+    pub body: Option<Vec<u8>>,
+    /// The mem0 user_id this request acts for (for an admin, the user named):
+    /// filter list/search responses with it, record created ids under it.
+    pub scope: String,
+}
+
+/// The request may go ahead only if the memory belongs to `scope`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedOwner {
+    pub memory_id: String,
+    /// The caller's scope, to pass back to [`decide_owner`].
+    pub scope: String,
+    /// What to forward once [`decide_owner`] allows it.
+    pub forward: Forward,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Forward(Forward),
+    NeedOwner(NeedOwner),
+    Deny(Deny),
+}
+
+impl Mem0Policy {
+    /// The scope of a request in this policy's isolation mode.
+    pub fn scope_for(&self, identity: &Identity, project_header: Option<&str>) -> String {
+        scope::scope_for(identity, &self.mode, project_header)
+    }
+
+    /// Step 1: normalises the raw path and finds the route (400/404/405).
+    pub fn route(&self, method: &str, raw_path: &str) -> Result<RouteMatch, Deny> {
+        let decoded = path::normalise(raw_path)?;
+        routes::match_route(method, &decoded, &self.allowed_routes)
+    }
+
+    /// Step 2: the route's permission (403), decided before any body is read.
+    pub fn admit(&self, identity: &Identity, matched: &RouteMatch) -> Result<(), Deny> {
+        let permissions = identity.permissions;
+        let needed = matched.permission();
+        if !permissions.allows(needed) {
+            return Err(Deny::forbidden(format!(
+                "Access denied: this token lacks the {} permission",
+                needed.as_str()
+            )));
+        }
+        // On mem0 0.1.118–1.0.5 this call drops the whole collection whatever
+        // its filters, so it stays admin-only unless the operator opts in.
+        if matched.route == Route::DeleteAllMemories
+            && !self.allow_delete_all
+            && !permissions.allows(Permission::Admin)
+        {
+            return Err(Deny::forbidden(
+                "Access denied: deleting all memories needs the admin permission \
+                 (mem0.allow_delete_all is off); delete memories one at a time instead",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 3: everything else, given the body that was read. Repeats
+    /// [`admit`](Self::admit), so it is complete on its own.
+    pub fn authorise(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        matched: &RouteMatch,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Decision {
+        self.authorise_or_deny(identity, scope, matched, query, content_type, body)
+            .unwrap_or_else(Decision::Deny)
+    }
+
+    /// Steps 1–3 in one call.
+    pub fn decide(&self, identity: &Identity, scope: &str, request: &Mem0Request<'_>) -> Decision {
+        let matched = match self.route(request.method, request.path) {
+            Ok(matched) => matched,
+            Err(deny) => return Decision::Deny(deny),
+        };
+        if let Err(deny) = self.admit(identity, &matched) {
+            return Decision::Deny(deny);
+        }
+        self.authorise(
+            identity,
+            scope,
+            &matched,
+            request.query,
+            request.content_type,
+            request.body,
+        )
+    }
+
+    fn authorise_or_deny(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        matched: &RouteMatch,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Decision, Deny> {
+        self.admit(identity, matched)?;
+        let body = body.filter(|bytes| !bytes.is_empty());
+        if body.is_some_and(|bytes| bytes.len() > self.max_body_bytes) {
+            return Err(Deny::payload_too_large(self.max_body_bytes));
+        }
+        let path = path::encode(&matched.path);
+        if matched.route == Route::AllowListed {
+            return Ok(Decision::Forward(Forward {
+                route: matched.route,
+                path,
+                query: query.filter(|q| !q.is_empty()).map(str::to_owned),
+                body: None,
+                scope: scope.to_owned(),
+            }));
+        }
+        if scope.is_empty() {
+            // A misconfigured shared_user_id or an empty user must never reach
+            // mem0, which reads an empty user_id as "no owner filter".
+            return Err(Deny::forbidden(format!(
+                "Access denied: user {} has no memory scope",
+                identity.user_id
+            )));
+        }
+        let mut query = Query::parse(query.unwrap_or(""))?;
+        let mut json = self.read_body(matched.route, content_type, body)?;
+        let original = json.clone();
+        let effective = match json.as_mut() {
+            Some(object) => scope_json(identity, scope, matched.route, object)?,
+            None => scope.to_owned(),
+        };
+        let effective = scope_query(identity, scope, matched.route, &mut query, effective)?;
+        let body = match json {
+            Some(object) if Some(&object) != original.as_ref() => {
+                Some(Value::Object(object).to_string().into_bytes())
+            }
+            _ => None,
+        };
+        let forward = Forward {
+            route: matched.route,
+            path,
+            query: (!query.is_empty()).then(|| query.to_string()),
+            body,
+            scope: effective,
+        };
+        if !matched.route.needs_owner() {
+            return Ok(Decision::Forward(forward));
+        }
+        match &matched.memory_id {
+            Some(memory_id) => Ok(Decision::NeedOwner(NeedOwner {
+                memory_id: memory_id.clone(),
+                scope: scope.to_owned(),
+                forward,
+            })),
+            None => Err(Deny::route_not_found()),
+        }
+    }
+
+    /// Body checks in DESIGN.md order: 413 (done by the caller), 415, 400.
+    fn read_body(
+        &self,
+        route: Route,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Option<Map<String, Value>>, Deny> {
+        match (route.body_use(), body) {
+            (BodyUse::Opaque, _) | (BodyUse::None | BodyUse::Optional, None) => Ok(None),
+            (BodyUse::None, Some(_)) => {
+                Err(Deny::bad_request("This endpoint takes no request body"))
+            }
+            (BodyUse::Required, None) => Err(Deny::bad_request("Request body is required")),
+            (BodyUse::Optional | BodyUse::Required, Some(bytes)) => {
+                if !is_json_content_type(content_type) {
+                    return Err(Deny::unsupported_media_type());
+                }
+                Ok(Some(json::parse_object(bytes, self.max_json_depth)?))
+            }
+        }
+    }
+}
+
+/// Applies the owner rules to a parsed body; returns the effective scope.
+fn scope_json(
+    identity: &Identity,
+    scope: &str,
+    route: Route,
+    object: &mut Map<String, Value>,
+) -> Result<String, Deny> {
+    match route {
+        Route::CreateMemories => {
+            body::check_shape(object, false)?;
+            body::scope_body(identity, scope, object, true, false)
+        }
+        Route::Search => {
+            body::check_shape(object, true)?;
+            body::scope_body(identity, scope, object, true, true)
+        }
+        Route::UpdateMemory => {
+            body::check_shape(object, false)?;
+            body::scope_body(identity, scope, object, false, false)
+        }
+        // Admin-only endpoints: mem0 configuration, forwarded as sent.
+        _ => Ok(scope.to_owned()),
+    }
+}
+
+/// Applies the owner rules to the query. `GET`/`DELETE /memories` always get
+/// `user_id` (the acceptance rule; other selectors are ANDed with it); on other
+/// routes mem0 ignores the query, but a `user_id` in it must still be one the
+/// caller may name and is rewritten to the effective scope.
+fn scope_query(
+    identity: &Identity,
+    scope: &str,
+    route: Route,
+    query: &mut Query,
+    effective: String,
+) -> Result<String, Deny> {
+    let requested = query.get("user_id").filter(|named| !named.is_empty());
+    let effective = match route {
+        Route::ListMemories | Route::DeleteAllMemories => {
+            let has_selector = requested.is_some()
+                || ["agent_id", "run_id"]
+                    .iter()
+                    .any(|key| query.get(key).is_some_and(|v| !v.is_empty()));
+            if route == Route::DeleteAllMemories && !has_selector {
+                return Err(Deny::forbidden(
+                    "Access denied: DELETE /memories needs an explicit user_id",
+                ));
+            }
+            check_requested_user(identity, scope, requested)?
+        }
+        _ => {
+            if query.get("user_id").is_none() {
+                return Ok(effective);
+            }
+            check_requested_user(identity, scope, requested)?;
+            effective
+        }
+    };
+    query.set("user_id", &effective);
+    Ok(effective)
+}
+
+/// `application/json`, any case, parameters (such as `charset`) allowed.
+fn is_json_content_type(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Step 4: whether the request may act on `memory_id`, owned by `owner`
+/// ([`owner_from_get_response`]'s form: `None` = no such memory, `Some("")` =
+/// stored without a user_id). Admins may act on any existing memory.
+pub fn decide_owner(
+    identity: &Identity,
+    scope: &str,
+    memory_id: &str,
+    owner: Option<&str>,
+) -> Result<(), Deny> {
+    match owner {
+        None => Err(Deny::not_found("Memory not found")),
+        Some(_) if identity.permissions.allows(Permission::Admin) => Ok(()),
+        Some(owner) if !owner.is_empty() && owner == scope => Ok(()),
+        Some(_) => Err(Deny::forbidden(format!(
+            "Access denied: Memory {memory_id} does not belong to user {}",
+            identity.user_id
+        ))),
+    }
+}

@@ -1,0 +1,352 @@
+//! Property tests: random requests (routes and junk paths, polluted queries,
+//! JSON bodies hiding `user_id` at every level of `filters` and `metadata`)
+//! must never make the policy forward another user's id, and nothing panics.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::policy::Permissions;
+use crate::policy::query::{Query, force_user_id};
+
+/// Names a request might carry: the callers, their scopes, strangers, traps.
+fn name() -> impl Strategy<Value = String> {
+    // Weighted towards names the caller may use, so that many requests get
+    // through and the rewriting itself is exercised.
+    prop_oneof![
+        8 => Just("alice".to_owned()),
+        4 => Just(project_scope_of("alice")),
+        4 => Just("kb".to_owned()),
+        1 => Just("bob".to_owned()),
+        1 => Just("root".to_owned()),
+        1 => Just(String::new()),
+        1 => Just("*".to_owned()),
+        1 => Just("alice ".to_owned()),
+        1 => "[a-z&=#% ]{1,6}",
+    ]
+}
+
+fn project_scope_of(user: &str) -> String {
+    crate::policy::scope::project_scope(user, "/src/app")
+}
+
+/// A value for a `user_id` key: plain, or an operator of mem0's filter syntax.
+fn user_condition() -> impl Strategy<Value = Value> {
+    let op = prop_oneof![
+        Just("eq"),
+        Just("eq"),
+        Just("in"),
+        Just("ne"),
+        Just("in"),
+        Just("nin"),
+        Just("gt"),
+        Just("gte"),
+        Just("lt"),
+        Just("lte"),
+        Just("contains"),
+        Just("icontains"),
+        Just("like")
+    ];
+    prop_oneof![
+        name().prop_map(Value::String),
+        (op, name()).prop_map(|(op, n)| json!({ op: n })),
+        prop::collection::vec(name(), 0..3).prop_map(|ns| json!({ "in": ns })),
+        Just(Value::Null),
+        Just(json!(7)),
+        (name(), name()).prop_map(|(a, b)| json!({"eq": a, "ne": b})),
+    ]
+}
+
+/// A mem0 2.x filter tree with `user_id` conditions anywhere in it.
+fn filter_tree() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        user_condition().prop_map(|c| json!({ "user_id": c })),
+        name().prop_map(|n| json!({ "agent_id": n })),
+        name().prop_map(|n| json!({ "metadata": { "user_id": n } })),
+        Just(json!({ "category": { "in": ["a", "b"] } })),
+    ];
+    leaf.prop_recursive(4, 24, 3, |inner| {
+        let logic = prop_oneof![Just("AND"), Just("OR"), Just("NOT"), Just("$or")];
+        prop_oneof![
+            (logic, prop::collection::vec(inner.clone(), 0..3)).prop_map(|(k, v)| json!({ k: v })),
+            (inner.clone(), inner).prop_map(|(a, b)| {
+                let mut merged = a.as_object().cloned().unwrap_or_default();
+                merged.extend(b.as_object().cloned().unwrap_or_default());
+                Value::Object(merged)
+            }),
+        ]
+    })
+}
+
+/// A JSON object as a client of `/memories`, `/search` or `PUT` might send it,
+/// with user ids at the top, in `metadata`, in `messages` and in `filters`.
+fn json_body() -> impl Strategy<Value = Value> {
+    let top_user = prop_oneof![
+        2 => Just(None),
+        4 => name().prop_map(|n| Some(Value::String(n))),
+        1 => Just(Some(Value::Null)),
+        1 => Just(Some(json!(1))),
+    ];
+    let metadata = prop_oneof![
+        Just(None),
+        name().prop_map(|n| Some(json!({ "user_id": n }))),
+        name().prop_map(|n| Some(json!({ "a": [{ "user_id": n }] }))),
+        Just(Some(json!({ "topic": "x" }))),
+    ];
+    let filters = prop_oneof![
+        2 => Just(None),
+        6 => filter_tree().prop_map(Some),
+        1 => Just(Some(Value::Null)),
+        1 => Just(Some(json!("user_id=bob"))),
+    ];
+    (top_user, metadata, filters, any::<bool>()).prop_map(|(user, metadata, filters, messages)| {
+        let mut body = serde_json::Map::new();
+        body.insert("query".into(), json!("q"));
+        if messages {
+            body.insert(
+                "messages".into(),
+                json!([{"role": "user", "content": "hi", "user_id": "alice"}]),
+            );
+        }
+        for (key, value) in [
+            ("user_id", user),
+            ("metadata", metadata),
+            ("filters", filters),
+        ] {
+            if let Some(value) = value {
+                body.insert(key.into(), value);
+            }
+        }
+        Value::Object(body)
+    })
+}
+
+/// Request bodies: mostly [`json_body`], sometimes with a second `user_id`
+/// smuggled in (plainly or escaped), sometimes not JSON at all.
+fn body() -> impl Strategy<Value = Option<String>> {
+    let object = (json_body(), any::<u8>()).prop_map(|(body, dup)| {
+        let text = body.to_string();
+        let open = text.trim_end_matches('}');
+        match dup % 8 {
+            0 => Some(format!("{open},\"user_id\":\"bob\"}}")),
+            1 => Some(format!("{open},\"user\\u005fid\":\"bob\"}}")),
+            _ => Some(text),
+        }
+    });
+    prop_oneof![
+        4 => object,
+        1 => Just(None),
+        1 => ".{0,40}".prop_map(Some),
+        1 => Just(Some("[{\"user_id\":\"bob\"}]".to_owned())),
+    ]
+}
+
+fn query() -> impl Strategy<Value = Option<String>> {
+    let key = prop_oneof![
+        Just("user_id"),
+        Just("user%5Fid"),
+        Just("agent_id"),
+        Just("run_id"),
+        Just("top_k"),
+        Just("u+id")
+    ];
+    let pair = (key, name())
+        .prop_map(|(k, v)| format!("{k}={}", v.replace('&', "%26").replace('#', "%23")));
+    prop_oneof![
+        4 => prop::collection::vec(pair, 0..4).prop_map(|pairs| Some(pairs.join("&"))),
+        1 => Just(None),
+        1 => "[a-z_=&%+]{0,20}".prop_map(Some),
+    ]
+}
+
+/// (method, raw path): mostly real routes (with trailing-slash and encoded-id
+/// variants), sometimes a wrong method, sometimes a hostile or junk path.
+fn target() -> impl Strategy<Value = (String, String)> {
+    let id = prop_oneof![
+        Just("m1".to_owned()),
+        Just("%6D1".to_owned()),
+        Just("a%20b".to_owned()),
+        "[a-z0-9]{1,8}"
+    ];
+    let real = id.prop_flat_map(|id| {
+        prop::sample::select(vec![
+            ("GET", "/memories".to_owned()),
+            ("GET", "/memories/".to_owned()),
+            ("POST", "/memories".to_owned()),
+            ("DELETE", "/memories".to_owned()),
+            ("POST", "/search".to_owned()),
+            ("POST", "/search/".to_owned()),
+            ("POST", "/reset".to_owned()),
+            ("POST", "/configure".to_owned()),
+            ("GET", format!("/memories/{id}")),
+            ("PUT", format!("/memories/{id}")),
+            ("DELETE", format!("/memories/{id}/")),
+            ("GET", format!("/memories/{id}/history")),
+            ("GET", "/docs".to_owned()),
+        ])
+    });
+    let hostile = prop::sample::select(vec![
+        "/memories/%2e%2e/reset",
+        "/memories/..%2Freset",
+        "/memories/%252e%252e",
+        "/memories%2Freset",
+        "/memories\\..\\reset",
+        "/memories/a%00",
+        "//memories",
+        "/Memories",
+        "/memories/a/b",
+    ]);
+    prop_oneof![
+        6 => real.prop_map(|(m, p)| (m.to_owned(), p)),
+        1 => (method(), hostile).prop_map(|(m, p)| (m, p.to_owned())),
+        1 => (method(), "/[/a-z%.25eEfF\\\\]{0,16}"),
+    ]
+}
+
+fn method() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("GET".to_owned()),
+        Just("POST".to_owned()),
+        Just("PUT".to_owned()),
+        Just("DELETE".to_owned()),
+        Just("PATCH".to_owned()),
+        Just("get".to_owned()),
+        "[A-Z]{0,7}",
+    ]
+}
+
+fn identity() -> impl Strategy<Value = Identity> {
+    prop_oneof![
+        Just(("alice", "read,write")),
+        Just(("alice", "read")),
+        Just(("root", "admin"))
+    ]
+    .prop_map(|(user, perms)| Identity {
+        user_id: user.to_owned(),
+        permissions: Permissions::parse(perms).unwrap_or_default(),
+        token_prefix: "mcp_proptest".to_owned(),
+    })
+}
+
+fn mode() -> impl Strategy<Value = IsolationMode> {
+    prop_oneof![
+        Just(IsolationMode::Manual),
+        Just(IsolationMode::Auto),
+        Just(IsolationMode::Global {
+            shared_user_id: "kb".to_owned()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn forwarded_requests_name_only_the_callers_scope(
+        (method, path) in target(),
+        query in query(),
+        body in body(),
+        body_on_bodiless in prop::bool::weighted(0.1),
+        who in identity(),
+        mode in mode(),
+        project in prop_oneof![Just(None), Just(Some("/src/app")), Just(Some("  "))],
+        allow_delete_all in any::<bool>(),
+        json_type in prop::bool::weighted(0.9),
+    ) {
+        let policy = Mem0Policy { mode, allow_delete_all, ..Mem0Policy::default() };
+        let scope = policy.scope_for(&who, project);
+        let takes_body = matches!(method.as_str(), "POST" | "PUT");
+        let body = body.filter(|_| takes_body || body_on_bodiless);
+        let request = Mem0Request {
+            method: &method,
+            path: &path,
+            query: query.as_deref(),
+            content_type: Some(if json_type { "application/json" } else { "text/plain" }),
+            body: body.as_deref().map(str::as_bytes),
+        };
+        let forward = match policy.decide(&who, &scope, &request) {
+            Decision::Deny(deny) => {
+                prop_assert!(matches!(deny.status, 400 | 403 | 404 | 405 | 413 | 415), "{deny}");
+                if !who.permissions.admin {
+                    prop_assert!(!deny.message.contains(&scope) || scope == who.user_id);
+                }
+                return Ok(());
+            }
+            Decision::Forward(forward) => forward,
+            Decision::NeedOwner(need) => {
+                prop_assert_eq!(&need.scope, &scope);
+                need.forward
+            }
+        };
+        prop_assert!(forwards_only_scope(&forward, request.body), "{:?}", forward);
+        if !who.permissions.admin {
+            prop_assert_eq!(&forward.scope, &scope);
+        }
+    }
+
+    #[test]
+    fn rewritten_bodies_name_only_the_scope(
+        (method, path) in prop::sample::select(vec![
+            ("POST", "/memories"), ("POST", "/search"), ("PUT", "/memories/m1"),
+        ]),
+        body in json_body(),
+        admin in any::<bool>(),
+        mode in mode(),
+        project in prop_oneof![Just(None), Just(Some("/src/app"))],
+    ) {
+        let who = Identity {
+            user_id: "alice".to_owned(),
+            permissions: Permissions { read: true, write: true, admin },
+            token_prefix: "mcp_proptest".to_owned(),
+        };
+        let policy = Mem0Policy { mode, ..Mem0Policy::default() };
+        let scope = policy.scope_for(&who, project);
+        let text = body.to_string();
+        let request = Mem0Request {
+            method,
+            path,
+            query: None,
+            content_type: Some("application/json"),
+            body: Some(text.as_bytes()),
+        };
+        let forward = match policy.decide(&who, &scope, &request) {
+            Decision::Deny(deny) => {
+                prop_assert!(matches!(deny.status, 400 | 403), "{deny}");
+                return Ok(());
+            }
+            Decision::Forward(forward) => forward,
+            Decision::NeedOwner(need) => need.forward,
+        };
+        prop_assert!(forwards_only_scope(&forward, request.body), "{:?}", forward);
+        if !admin {
+            prop_assert_eq!(&forward.scope, &scope);
+        }
+    }
+
+    #[test]
+    fn nothing_panics_on_arbitrary_input(
+        method in ".{0,8}",
+        path in ".{0,24}",
+        query in ".{0,24}",
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut data = format!("{method}\n{path}\n{query}\napplication/json\n").into_bytes();
+        data.extend_from_slice(&body);
+        fuzz_entry(&data);
+    }
+
+    #[test]
+    fn forced_user_ids_round_trip(raw in "[a-z_=&%+0-9A-F]{0,24}", value in ".{0,16}") {
+        if let Ok(rebuilt) = force_user_id(Some(&raw), &value) {
+            let parsed = Query::parse(&rebuilt).unwrap_or_default();
+            prop_assert_eq!(parsed.get("user_id"), Some(value.as_str()));
+        }
+    }
+
+    #[test]
+    fn path_encoding_round_trips(segments in prop::collection::vec(r"[^%/\\\p{Cc}]{1,6}", 1..4)) {
+        let decoded = format!("/{}", segments.join("/"));
+        prop_assume!(segments.iter().all(|s| s != "." && s != ".."));
+        prop_assert_eq!(crate::policy::path::normalise(&crate::policy::path::encode(&decoded)), Ok(decoded));
+    }
+}

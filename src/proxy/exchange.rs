@@ -1,0 +1,116 @@
+//! A complete request/response exchange with an upstream, for requests memgate
+//! must rewrite or inspect whole (mem0 JSON routes, owner lookups). Streams do
+//! not come here: they go through pingora's proxy path untouched.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use super::upstream::UpstreamTarget;
+
+pub struct Exchanged {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+}
+
+pub struct UpstreamClient {
+    connector: Connector,
+    target: Arc<UpstreamTarget>,
+}
+
+impl UpstreamClient {
+    pub fn new(target: Arc<UpstreamTarget>) -> Self {
+        UpstreamClient {
+            connector: Connector::new(None),
+            target,
+        }
+    }
+
+    pub fn target(&self) -> &UpstreamTarget {
+        &self.target
+    }
+
+    /// Sends `req` with `body` and reads the whole response, at most
+    /// `max_response` bytes of body. A pooled connection the upstream closed
+    /// while idle is retried once on a fresh one (the request never reached it).
+    pub async fn exchange(
+        &self,
+        req: RequestHeader,
+        body: Option<Bytes>,
+        max_response: usize,
+    ) -> Result<Exchanged> {
+        match self.once(req.clone(), body.clone(), max_response).await {
+            Err((e, true)) if idle_close(&e) => {
+                tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
+                self.once(req, body, max_response).await.map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One attempt; on error also says whether the connection was a reused one.
+    async fn once(
+        &self,
+        req: RequestHeader,
+        body: Option<Bytes>,
+        max_response: usize,
+    ) -> std::result::Result<Exchanged, (Box<Error>, bool)> {
+        let peer = self.target.peer().await.map_err(|e| (e, false))?;
+        let (mut http, reused) = self
+            .connector
+            .get_http_session(&*peer)
+            .await
+            .map_err(|e| (e, false))?;
+        let fail = |e: Box<Error>| (e, reused);
+        http.set_read_timeout(peer.options.read_timeout);
+        http.set_write_timeout(peer.options.write_timeout);
+        http.write_request_header(Box::new(req))
+            .await
+            .map_err(fail)?;
+        if let Some(body) = body.filter(|b| !b.is_empty()) {
+            http.write_request_body(body, true).await.map_err(fail)?;
+        }
+        http.finish_request_body().await.map_err(fail)?;
+        http.read_response_header().await.map_err(fail)?;
+        let header = http.response_header().cloned().ok_or_else(|| {
+            fail(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "no response header",
+            ))
+        })?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = http.read_response_body().await.map_err(|e| (e, false))? {
+            if buf.len() + chunk.len() > max_response {
+                return Err((
+                    Error::explain(
+                        ErrorType::HTTPStatus(502),
+                        format!("upstream response larger than {max_response} bytes"),
+                    ),
+                    false,
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if http.response_done() {
+            let idle = peer.options.idle_timeout;
+            self.connector
+                .release_http_session(http, &*peer, idle)
+                .await;
+        }
+        Ok(Exchanged {
+            header,
+            body: buf.freeze(),
+        })
+    }
+}
+
+/// Errors that mean a kept-alive connection was closed before our request was read.
+fn idle_close(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+    )
+}

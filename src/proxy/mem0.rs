@@ -1,0 +1,456 @@
+//! The mem0 listener's request flow (DESIGN.md §1, §4): route and permission
+//! before the body is read, then the body, then the owner, then one buffered
+//! exchange with mem0 whose response is filtered before the client sees it.
+//! Every decision is the pure `policy::mem0`'s; this file only moves bytes.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::exchange::{Exchanged, UpstreamClient};
+use super::{Listener, errors, headers};
+use crate::metrics::METRICS;
+use crate::ownership::{LookupError, OwnerCache};
+use crate::policy::Identity;
+use crate::policy::deny::Deny;
+use crate::policy::mem0::{
+    Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_results,
+    memory_path, owner_from_get_response, owner_ids_from_create_response,
+};
+use crate::policy::path;
+
+/// Headers that would make an upstream (or a framework in front of it) treat
+/// the request as another method than the one memgate authorised.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Hop-by-hop and framing headers: never copied between the two connections.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// What the flow did with a request.
+pub enum Handled {
+    /// A response was written (a denial, or the upstream's filtered answer).
+    Responded,
+    /// An allow-listed route: stream it through pingora to this path and query.
+    Stream {
+        path_and_query: String,
+        scope: String,
+    },
+}
+
+pub struct Mem0Flow {
+    policy: Mem0Policy,
+    client: UpstreamClient,
+    owners: OwnerCache,
+    max_response_bytes: usize,
+    forward_credentials: bool,
+}
+
+impl Mem0Flow {
+    pub fn new(
+        policy: Mem0Policy,
+        client: UpstreamClient,
+        max_response_bytes: usize,
+        forward_credentials: bool,
+    ) -> Self {
+        Mem0Flow {
+            policy,
+            client,
+            owners: OwnerCache::new(1_000_000, Duration::from_secs(24 * 3600)),
+            max_response_bytes,
+            forward_credentials,
+        }
+    }
+
+    /// Handles one authenticated request. Sets `route` for metrics.
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        route: &mut &'static str,
+    ) -> Result<Handled> {
+        match self.decide(session, identity, route).await {
+            Ok(authorised) => {
+                self.forward(session, identity, authorised).await?;
+                Ok(Handled::Responded)
+            }
+            Err(Step::Stream(forward)) => Ok(Handled::Stream {
+                path_and_query: path_and_query(&forward),
+                scope: forward.scope,
+            }),
+            Err(Step::Deny(deny, allow)) => {
+                if deny.status == 403 && deny.message.starts_with("Access denied: Memory") {
+                    METRICS.ownership_denials.with_label_values(&[*route]).inc();
+                }
+                let mut extra = Vec::new();
+                if let Some(allow) = allow {
+                    extra.push(("allow", allow));
+                }
+                let body =
+                    errors::error_body(Listener::Mem0, deny.status, &deny.message, &Value::Null);
+                errors::respond_json(session, deny.status, body, &extra).await?;
+                Ok(Handled::Responded)
+            }
+        }
+    }
+
+    /// Route → permission → body → owner, in DESIGN.md §4's order.
+    async fn decide(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        route: &mut &'static str,
+    ) -> std::result::Result<Authorised, Step> {
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let raw_path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let matched = self.policy.route(&method, &raw_path).map_err(|deny| {
+            let allow = (deny.status == 405)
+                .then(|| path::normalise(&raw_path).ok())
+                .flatten()
+                .map(|p| allowed_methods(&p).join(", "));
+            Step::Deny(deny, allow)
+        })?;
+        *route = matched.route.label();
+        self.policy.admit(identity, &matched).map_err(Step::deny)?;
+        let project = single_header(req, "x-mcp-project").map_err(Step::deny)?;
+        let scope = self.policy.scope_for(identity, project.as_deref());
+        if METHOD_OVERRIDES
+            .iter()
+            .any(|h| req.headers.contains_key(*h))
+        {
+            return Err(Step::deny(Deny::bad_request(
+                "Method override headers are not accepted; use the HTTP method itself",
+            )));
+        }
+        if matched.route == Route::AllowListed {
+            return match self.policy.authorise(
+                identity,
+                &scope,
+                &matched,
+                query.as_deref(),
+                None,
+                None,
+            ) {
+                Decision::Forward(forward) => Err(Step::Stream(forward)),
+                Decision::NeedOwner(_) => Err(Step::deny(Deny::route_not_found())),
+                Decision::Deny(deny) => Err(Step::deny(deny)),
+            };
+        }
+        let content_type = single_header(req, "content-type").map_err(Step::deny)?;
+        let body = self.read_body(session).await?;
+        let decision = self.policy.authorise(
+            identity,
+            &scope,
+            &matched,
+            query.as_deref(),
+            content_type.as_deref(),
+            body.as_deref(),
+        );
+        let memory_id = matched.memory_id.clone();
+        let forward = match decision {
+            Decision::Deny(deny) => return Err(Step::deny(deny)),
+            Decision::Forward(forward) => forward,
+            Decision::NeedOwner(need) => {
+                let owner = match self
+                    .owners
+                    .owner(&need.memory_id, self.lookup_owner(&need.memory_id))
+                    .await
+                {
+                    Ok(owner) => Some(owner),
+                    Err(LookupError::NotFound) => None,
+                    Err(LookupError::Upstream { status, message }) => {
+                        return Err(Step::deny(Deny::new(status, message)));
+                    }
+                };
+                decide_owner(identity, &need.scope, &need.memory_id, owner.as_deref())
+                    .map_err(Step::deny)?;
+                need.forward
+            }
+        };
+        Ok(Authorised {
+            forward,
+            body,
+            memory_id,
+        })
+    }
+
+    /// Reads the whole request body, refusing more than `max_body_bytes` and
+    /// encodings the policy cannot look inside.
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Option<Bytes>, Step> {
+        let limit = self.policy.max_body_bytes;
+        let req = session.req_header();
+        let encoding = single_header(req, "content-encoding").map_err(Step::deny)?;
+        if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+            return Err(Step::deny(Deny::unsupported_media_type()));
+        }
+        let declared = single_header(req, "content-length").map_err(Step::deny)?;
+        if let Some(declared) = declared {
+            match declared.parse::<usize>() {
+                Ok(n) if n > limit => return Err(Step::deny(Deny::payload_too_large(limit))),
+                Ok(_) => {}
+                Err(_) => return Err(Step::deny(Deny::bad_request("Invalid Content-Length"))),
+            }
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(Step::deny(Deny::payload_too_large(limit)));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the request body failed");
+                    return Err(Step::deny(Deny::bad_request(
+                        "The request body could not be read",
+                    )));
+                }
+            }
+        }
+        Ok((!buf.is_empty()).then(|| buf.freeze()))
+    }
+
+    /// `GET {mem0}/memories/{id}`: mem0 answers the item, or 200 `null`.
+    async fn lookup_owner(&self, memory_id: &str) -> std::result::Result<String, LookupError> {
+        let unreachable = |e: &Error| LookupError::Upstream {
+            status: super::upstream_failure(Listener::Mem0, e).0,
+            message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
+        };
+        let mut req = RequestHeader::build("GET", memory_path(memory_id).as_bytes(), None)
+            .map_err(|e| unreachable(&e))?;
+        req.insert_header("host", self.client.target().authority())
+            .map_err(|e| unreachable(&e))?;
+        req.insert_header("accept", "application/json")
+            .map_err(|e| unreachable(&e))?;
+        let answer = self
+            .client
+            .exchange(req, None, self.max_response_bytes)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match answer.header.status.as_u16() {
+            200 => {}
+            404 => return Err(LookupError::NotFound),
+            status => {
+                return Err(LookupError::Upstream {
+                    status: 502,
+                    message: format!(
+                        "Cannot verify who owns this memory: the mem0 upstream answered {status}"
+                    ),
+                });
+            }
+        }
+        let item: Value = serde_json::from_slice(&answer.body).map_err(|_| LookupError::Upstream {
+            status: 502,
+            message: "Cannot verify who owns this memory: the mem0 upstream answered something that is not JSON".into(),
+        })?;
+        owner_from_get_response(&item).ok_or(LookupError::NotFound)
+    }
+
+    /// Sends the authorised request and answers the client with mem0's
+    /// response, filtered and with owners recorded.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        authorised: Authorised,
+    ) -> Result<()> {
+        let Authorised {
+            forward,
+            body,
+            memory_id,
+        } = authorised;
+        let body = forward.body.clone().map(Bytes::from).or(body);
+        let mut upstream_req = self.upstream_request(session.req_header(), identity, &forward)?;
+        let length = body.as_ref().map_or(0, Bytes::len);
+        if length > 0 || upstream_req.method != http::Method::GET {
+            upstream_req.insert_header("content-length", length.to_string())?;
+        }
+        let started = std::time::Instant::now();
+        let answer = match self
+            .client
+            .exchange(upstream_req, body, self.max_response_bytes)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                let (status, message) = super::upstream_failure(Listener::Mem0, &e);
+                tracing::info!(error = %e, status, "mem0 upstream exchange failed");
+                return errors::respond_error(session, Listener::Mem0, status, &message).await;
+            }
+        };
+        METRICS
+            .upstream_duration
+            .with_label_values(&[Listener::Mem0.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let (header, body) = match self
+            .after_response(&forward, memory_id.as_deref(), answer)
+            .await
+        {
+            Ok(parts) => parts,
+            Err(deny) => {
+                return errors::respond_error(session, Listener::Mem0, deny.status, &deny.message)
+                    .await;
+            }
+        };
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    fn upstream_request(
+        &self,
+        client_req: &RequestHeader,
+        identity: &Identity,
+        forward: &Forward,
+    ) -> Result<RequestHeader> {
+        let mut req = RequestHeader::build(
+            client_req.method.clone(),
+            path_and_query(forward).as_bytes(),
+            None,
+        )?;
+        for (name, value) in client_req.headers.iter() {
+            if !HOP_BY_HOP.contains(&name.as_str()) && !METHOD_OVERRIDES.contains(&name.as_str()) {
+                req.append_header(name.clone(), value.clone())?;
+            }
+        }
+        headers::rewrite(&mut req, identity, &forward.scope, self.forward_credentials)?;
+        req.insert_header("host", self.client.target().authority())?;
+        Ok(req)
+    }
+
+    /// Response filtering (defence in depth) and owner bookkeeping.
+    async fn after_response(
+        &self,
+        forward: &Forward,
+        memory_id: Option<&str>,
+        answer: Exchanged,
+    ) -> std::result::Result<(ResponseHeader, Bytes), Deny> {
+        let Exchanged {
+            header: upstream,
+            mut body,
+        } = answer;
+        let ok = upstream.status.is_success();
+        let route = forward.route;
+        if ok && (route.filters_results() || route.records_owners()) {
+            let parsed: Value = serde_json::from_slice(&body).map_err(|_| {
+                tracing::warn!(
+                    route = route.label(),
+                    "mem0 answered a non-JSON body; refusing to pass it on unfiltered"
+                );
+                Deny::new(
+                    502,
+                    "The mem0 upstream answered something memgate cannot check",
+                )
+            })?;
+            if route.records_owners() {
+                for id in owner_ids_from_create_response(&parsed) {
+                    self.owners.record(id, &forward.scope).await;
+                }
+            }
+            if route.filters_results() {
+                let (filtered, dropped) = filter_results(&forward.scope, parsed);
+                if dropped > 0 {
+                    tracing::warn!(
+                        route = route.label(),
+                        dropped,
+                        "mem0 returned other users' memories (it ignored the user filter); dropped them"
+                    );
+                    METRICS
+                        .response_items_dropped
+                        .with_label_values(&[route.label()])
+                        .inc_by(dropped as u64);
+                    body = Bytes::from(filtered.to_string());
+                }
+            }
+        }
+        if ok
+            && route == Route::DeleteMemory
+            && let Some(id) = memory_id
+        {
+            self.owners.forget(id).await;
+        }
+        let mut header =
+            ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 1))
+                .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed response"))?;
+        for (name, value) in upstream.headers.iter() {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                header
+                    .append_header(name.clone(), value.clone())
+                    .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed header"))?;
+            }
+        }
+        header
+            .insert_header("content-length", body.len().to_string())
+            .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
+        Ok((header, body))
+    }
+}
+
+/// A request the policy let through, with what it needs downstream.
+struct Authorised {
+    forward: Forward,
+    /// The client's body, sent when the policy did not rewrite it.
+    body: Option<Bytes>,
+    /// The memory a per-id route acts on.
+    memory_id: Option<String>,
+}
+
+/// How the decision phase ended without a forward.
+enum Step {
+    Deny(Deny, Option<String>),
+    Stream(Forward),
+}
+
+impl Step {
+    fn deny(deny: Deny) -> Step {
+        Step::Deny(deny, None)
+    }
+}
+
+fn path_and_query(forward: &Forward) -> String {
+    match &forward.query {
+        Some(q) => format!("{}?{q}", forward.path),
+        None => forward.path.clone(),
+    }
+}
+
+/// The one value of a header; several values are ambiguous and refused.
+fn single_header(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, Deny> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Deny::bad_request(format!(
+            "The {name} header was sent more than once"
+        )));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_string())
+                .map_err(|_| Deny::bad_request(format!("The {name} header is not valid text")))
+        })
+        .transpose()
+}
