@@ -41,6 +41,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub isolation: IsolationConfig,
     pub limits: LimitsConfig,
+    pub rate_limit: RateLimitConfig,
+    pub audit: AuditConfig,
     pub server: ServerConfig,
 }
 
@@ -216,6 +218,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             isolation: IsolationConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            audit: AuditConfig::default(),
             server: ServerConfig::default(),
         }
     }
@@ -248,6 +252,8 @@ pub struct AuthConfig {
     pub cache_capacity: u64,
     /// SQLite only: how often the token change counter is polled for revocations.
     pub change_poll_ms: u64,
+    /// `last_used_at` is written at most once per token per this many seconds.
+    pub last_used_interval_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -258,6 +264,65 @@ impl Default for AuthConfig {
             stale_grace_secs: 300,
             cache_capacity: 100_000,
             change_poll_ms: 250,
+            last_used_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    Local,
+}
+
+/// `[rate_limit]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub backend: RateLimitBackend,
+    /// Requests per second per token (0 disables the per-token limit).
+    pub per_token_rps: u32,
+    pub per_token_burst: u32,
+    /// Failed authentications per client IP per minute before that IP is cut off.
+    pub failed_auth_per_ip_per_min: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            backend: RateLimitBackend::Local,
+            per_token_rps: 50,
+            per_token_burst: 100,
+            failed_auth_per_ip_per_min: 10,
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where events wait on disk while the store is unreachable.
+    pub spool_dir: String,
+    pub spool_max_bytes: u64,
+    /// Events queued in memory for the batch writer.
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    /// One successful authentication per token is recorded per this many seconds.
+    pub success_sample_secs: u64,
+    /// Audit rows older than this are deleted (0 keeps them forever).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            spool_dir: "audit-spool".into(),
+            spool_max_bytes: 256 * 1024 * 1024,
+            queue_capacity: 10_000,
+            batch_size: 500,
+            success_sample_secs: 60,
+            retention_days: 90,
         }
     }
 }
@@ -267,6 +332,8 @@ impl Default for AuthConfig {
 pub struct ServerConfig {
     /// Worker threads per listener.
     pub threads: usize,
+    /// CIDRs whose X-Forwarded-For is believed (read right to left).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     pub grace_period_secs: u64,
 }
@@ -275,6 +342,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             threads: 2,
+            trusted_proxies: Vec::new(),
             grace_period_secs: 30,
         }
     }
@@ -530,6 +598,30 @@ impl Config {
             return Err(invalid(
                 "limits.max_response_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.rate_limit.per_token_rps > 0 && self.rate_limit.per_token_burst == 0 {
+            return Err(invalid("rate_limit.per_token_burst", "must be at least 1"));
+        }
+        if self.rate_limit.failed_auth_per_ip_per_min == 0 {
+            return Err(invalid(
+                "rate_limit.failed_auth_per_ip_per_min",
+                "must be at least 1",
+            ));
+        }
+        if self.audit.queue_capacity == 0 || self.audit.batch_size == 0 {
+            return Err(invalid(
+                "audit.queue_capacity",
+                "audit.queue_capacity and audit.batch_size must be at least 1",
+            ));
+        }
+        if self.audit.spool_dir.trim().is_empty() {
+            return Err(invalid("audit.spool_dir", "must name a directory"));
+        }
+        if self.auth.last_used_interval_secs == 0 {
+            return Err(invalid(
+                "auth.last_used_interval_secs",
+                "must be at least 1",
             ));
         }
         if self.server.threads == 0 {

@@ -2,6 +2,7 @@
 //! and MCP servers. See DESIGN.md for the contract; §10 maps it onto these modules.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod token;

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,14 @@ pub struct Metrics {
     pub ownership_denials: IntCounterVec,
     /// `route`: list/search items mem0 returned for another user (it ignored the filter).
     pub response_items_dropped: IntCounterVec,
+    /// `kind` (token|failed_auth_ip).
+    pub rate_limited: IntCounterVec,
+    /// `outcome` (written|spooled|replayed|dropped).
+    pub audit_events: IntCounterVec,
+    /// Events waiting in the on-disk spool.
+    pub audit_spool_depth: IntGauge,
+    /// `method`, `tool`.
+    pub mcp_requests: IntCounterVec,
     /// `op`.
     pub store_queries: IntCounterVec,
     pub store_errors: IntCounter,
@@ -121,6 +129,35 @@ impl Metrics {
                 "response_items_dropped_total",
                 "Items of other users that mem0 returned and memgate removed, by route.",
                 &["route"],
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "rate_limited_total",
+                "Requests refused with 429: kind token (per-token limit) or failed_auth_ip.",
+                &["kind"],
+            ),
+            audit_events: counter_vec(
+                &r,
+                "audit_events_total",
+                "Audit events by outcome: written, spooled (store down), replayed, dropped (spool full).",
+                &["outcome"],
+            ),
+            audit_spool_depth: register(
+                &r,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "audit_spool_depth",
+                        "Audit events waiting in the on-disk spool for the store.",
+                    )
+                    .namespace("memgate"),
+                )
+                .unwrap_or_else(|e| panic!("metric audit_spool_depth is malformed: {e}")),
+            ),
+            mcp_requests: counter_vec(
+                &r,
+                "mcp_requests_total",
+                "JSON-RPC requests seen on the MCP listener, by method and tool.",
+                &["method", "tool"],
             ),
             store_queries: counter_vec(
                 &r,

@@ -10,15 +10,24 @@ use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 
+use std::path::Path;
+
+use pingora::server::RunArgs;
+use tokio::sync::watch;
+
 use crate::admin::AdminApi;
+use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::policy::mem0::Mem0Policy;
+use crate::proxy::Shared;
 use crate::proxy::exchange::UpstreamClient;
 use crate::proxy::mem0::Mem0Flow;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Gate, Listener};
+use crate::ratelimit::RateLimits;
 use crate::store;
+use crate::store::Store;
 
 /// Fails with a clear message if a listen address is taken, before pingora
 /// tries (and aborts less helpfully).
@@ -70,6 +79,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         auth.clone()
             .watch_changes(Duration::from_millis(config.auth.change_poll_ms)),
     );
+    let spool = Arc::new(
+        Spool::open(
+            Path::new(&config.audit.spool_dir),
+            config.audit.spool_max_bytes,
+        )
+        .context("audit.spool_dir")?,
+    );
+    let (auditor, writer) = audit::channel(
+        store.clone(),
+        spool,
+        config.audit.queue_capacity,
+        config.audit.batch_size,
+        Duration::from_secs(config.audit.success_sample_secs),
+    );
+    let (stop_writer, writer_stop) = watch::channel(false);
+    let writer = background.spawn(writer.run(writer_stop));
+    let shared = Arc::new(Shared {
+        auth: auth.clone(),
+        limits: RateLimits::new(&config.rate_limit),
+        audit: auditor,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+    });
+    background.spawn(housekeeping(
+        shared.clone(),
+        store.clone(),
+        config.audit.retention_days,
+    ));
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -98,7 +134,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for (listener, cfg, upstream, flow) in listeners {
         let gate = Gate::new(
             listener,
-            auth.clone(),
+            shared.clone(),
             upstream,
             cfg.forward_credentials,
             config.isolation.mode(),
@@ -118,5 +154,43 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         mcp = %config.mcp.listen, mem0 = %config.mem0.listen, admin = %config.admin.listen,
         "memgate listening"
     );
-    server.run_forever();
+    server.run(RunArgs::default());
+
+    // The listeners are down: write what is still queued, then the last uses.
+    tracing::info!("flushing the audit trail");
+    let _ = stop_writer.send(true);
+    background.block_on(async {
+        if tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the audit writer did not finish within 10 s; queued events are in the spool"
+            );
+        }
+        auth.flush_last_used().await;
+    });
+    Ok(())
+}
+
+/// Periodic chores: batched `last_used_at`, audit retention, limiter memory.
+async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days: u32) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        shared.auth.flush_last_used().await;
+        if ticks % 60 == 1 {
+            shared.limits.housekeeping();
+            if retention_days > 0 {
+                let before = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+                match store.prune_audit(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned old audit events"),
+                    Err(e) => tracing::warn!(error = %e, "pruning audit events failed"),
+                }
+            }
+        }
+    }
 }

@@ -36,6 +36,7 @@ async fn insert_token(db: &TestDb, user: &str, expires_in_days: i64) -> String {
             created_at: now - chrono::Duration::days(400),
             created_by: Some("test".into()),
             expires_at: Some(now + chrono::Duration::days(expires_in_days)),
+            rate_limit_rps: None,
         })
         .await
         .unwrap();

@@ -163,6 +163,7 @@ async fn an_ambiguous_prefix_is_refused_and_the_matches_listed() {
                 created_at: chrono::Utc::now(),
                 created_by: None,
                 expires_at: None,
+                rate_limit_rps: None,
             })
             .await
             .unwrap();

@@ -87,6 +87,11 @@ impl TokenCache {
         }
     }
 
+    /// A cached answer, without ever asking the store.
+    pub(super) async fn cached(&self, key: &TokenHash) -> Option<Lookup> {
+        self.fresh.get(key).await.map(|e| e.lookup)
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -204,6 +209,7 @@ mod tests {
             created_by: None,
             expires_at: None,
             last_used_at: None,
+            rate_limit_rps: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod cache;
 pub mod credential;
+mod last_used;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub enum Denial {
     UserMismatch,
     /// The store could not be asked and the token is not cached: fail closed.
     StoreUnavailable,
+    /// The client's address failed too often and this token is not cached.
+    Throttled,
 }
 
 impl Denial {
@@ -42,12 +45,14 @@ impl Denial {
             Denial::Expired(_) => "expired",
             Denial::UserMismatch => "user_mismatch",
             Denial::StoreUnavailable => "store_unavailable",
+            Denial::Throttled => "rate_limited",
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
             Denial::StoreUnavailable => 503,
+            Denial::Throttled => 429,
             _ => 401,
         }
     }
@@ -78,6 +83,37 @@ impl Denial {
             Denial::StoreUnavailable => "Authentication is temporarily unavailable (token store \
                                          unreachable); retry shortly"
                 .into(),
+            Denial::Throttled => "Too many failed authentication attempts from your address; \
+                                  retry later"
+                .into(),
+        }
+    }
+}
+
+/// A request that proved who it is.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    pub identity: Identity,
+    /// The token's own requests-per-second limit, if it has one.
+    pub rate_limit_rps: Option<u32>,
+}
+
+/// A request that did not, with what is known about who tried (for the audit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub denial: Denial,
+    /// The token's user, when the token is real (revoked, expired, mismatch).
+    pub user_id: Option<String>,
+    /// The display prefix of a well-formed presented token.
+    pub token_prefix: Option<String>,
+}
+
+impl From<Denial> for Failure {
+    fn from(denial: Denial) -> Failure {
+        Failure {
+            denial,
+            user_id: None,
+            token_prefix: None,
         }
     }
 }
@@ -85,6 +121,7 @@ impl Denial {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: TokenCache,
+    last_used: last_used::LastUsed,
 }
 
 impl Authenticator {
@@ -97,22 +134,33 @@ impl Authenticator {
                 Duration::from_secs(cfg.negative_cache_ttl_secs),
                 Duration::from_secs(cfg.stale_grace_secs),
             ),
+            last_used: last_used::LastUsed::new(Duration::from_secs(cfg.last_used_interval_secs)),
         }
+    }
+
+    /// Writes pending `last_used_at` updates.
+    pub async fn flush_last_used(&self) {
+        self.last_used.flush(self.store.as_ref()).await;
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    /// Authenticates the credential headers of one request.
-    pub async fn authenticate(&self, headers: &PresentedHeaders<'_>) -> Result<Identity, Denial> {
-        let result = self.check(headers).await;
+    /// Authenticates the credential headers of one request. With
+    /// `store_allowed` false only cached tokens are accepted (a throttled client).
+    pub async fn authenticate(
+        &self,
+        headers: &PresentedHeaders<'_>,
+        store_allowed: bool,
+    ) -> Result<Authenticated, Failure> {
+        let result = self.check(headers, store_allowed).await;
         match &result {
             Ok(_) => METRICS
                 .auth_decisions
                 .with_label_values(&["allow", "ok"])
                 .inc(),
-            Err(d) => {
+            Err(Failure { denial: d, .. }) => {
                 let result = if *d == Denial::StoreUnavailable {
                     "error"
                 } else {
@@ -127,34 +175,59 @@ impl Authenticator {
         result
     }
 
-    async fn check(&self, headers: &PresentedHeaders<'_>) -> Result<Identity, Denial> {
+    async fn check(
+        &self,
+        headers: &PresentedHeaders<'_>,
+        store_allowed: bool,
+    ) -> Result<Authenticated, Failure> {
         let credential = credential::extract(headers)?;
-        let record = match self.lookup(token::hash(credential.token)).await? {
-            Lookup::Known(record) => record,
-            Lookup::Unknown => return Err(Denial::Unknown),
+        let presented_prefix = Some(token::display_prefix(credential.token).to_string());
+        let key = token::hash(credential.token);
+        let found = if store_allowed {
+            self.lookup(key).await
+        } else {
+            self.cache.cached(&key).await.ok_or(Denial::Throttled)
         };
-        let now = Utc::now();
-        match record.status(now) {
+        let record = match found {
+            Ok(Lookup::Known(record)) => Ok(record),
+            Ok(Lookup::Unknown) => Err(Denial::Unknown),
+            Err(denial) => Err(denial),
+        }
+        .map_err(|denial| Failure {
+            denial,
+            user_id: None,
+            token_prefix: presented_prefix,
+        })?;
+        let fail = |denial| Failure {
+            denial,
+            user_id: Some(record.user_id.clone()),
+            token_prefix: Some(record.prefix.clone()),
+        };
+        match record.status(Utc::now()) {
             TokenStatus::Active => {}
-            TokenStatus::Revoked => return Err(Denial::Revoked),
+            TokenStatus::Revoked => return Err(fail(Denial::Revoked)),
             TokenStatus::Expired => {
                 let on = record
                     .expires_at
                     .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
                     .unwrap_or_default();
-                return Err(Denial::Expired(on));
+                return Err(fail(Denial::Expired(on)));
             }
         }
         if credential
             .claimed_user_id
             .is_some_and(|claimed| claimed != record.user_id)
         {
-            return Err(Denial::UserMismatch);
+            return Err(fail(Denial::UserMismatch));
         }
-        Ok(Identity {
-            user_id: record.user_id.clone(),
-            permissions: record.permissions,
-            token_prefix: record.prefix.clone(),
+        self.last_used.note(&record.token_hash);
+        Ok(Authenticated {
+            identity: Identity {
+                user_id: record.user_id.clone(),
+                permissions: record.permissions,
+                token_prefix: record.prefix.clone(),
+            },
+            rate_limit_rps: record.rate_limit_rps,
         })
     }
 

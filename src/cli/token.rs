@@ -56,6 +56,9 @@ pub struct CreateArgs {
     /// Comma-separated: read, write, admin
     #[arg(long, default_value = "read,write")]
     pub permissions: String,
+    /// Requests per second for this token, e.g. 5/s (default: rate_limit.per_token_rps)
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate_limit: Option<u32>,
     #[arg(long)]
     pub json: bool,
 }
@@ -69,6 +72,17 @@ pub struct TargetArgs {
     pub yes: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `N/s` (or a bare `N`) requests per second, N ≥ 1.
+fn parse_rate(text: &str) -> Result<u32, String> {
+    let number = text.strip_suffix("/s").unwrap_or(text).trim();
+    match number.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a rate like 5/s (requests per second, at least 1)"
+        )),
+    }
 }
 
 /// User ids end up in headers and in mem0: printable, trimmed, bounded.
@@ -112,6 +126,7 @@ fn new_token(
     email: Option<String>,
     permissions: Permissions,
     expires_days: u32,
+    rate_limit_rps: Option<u32>,
 ) -> anyhow::Result<(String, NewToken)> {
     let secret = token::generate()
         .map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
@@ -126,6 +141,7 @@ fn new_token(
         created_at: now,
         created_by: created_by(),
         expires_at: expiry(expires_days, now),
+        rate_limit_rps,
     };
     Ok((secret, row))
 }
@@ -140,6 +156,7 @@ fn created_json(secret: &str, t: &TokenRecord) -> Value {
         "permissions": permission_list(t.permissions),
         "created_at": time(t.created_at),
         "expires_at": opt_time(t.expires_at),
+        "rate_limit_rps": t.rate_limit_rps,
     })
 }
 
@@ -164,6 +181,7 @@ fn listed_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
         "created_by": t.created_by,
         "last_used_at": opt_time(t.last_used_at),
         "expires_at": opt_time(t.expires_at),
+        "rate_limit_rps": t.rate_limit_rps,
     })
 }
 
@@ -277,6 +295,7 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 args.email,
                 permissions,
                 args.expires_days,
+                args.rate_limit,
             )?;
             let stored = store.insert_token(&row).await?;
             Ok(if args.json {
@@ -324,6 +343,7 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 old.email.clone(),
                 old.permissions,
                 expires_days,
+                old.rate_limit_rps,
             )?;
             let stored = store.rotate_token(old.id, &row).await?;
             Ok(if json {

@@ -21,6 +21,15 @@ pub fn is_identity_header(name: &str) -> bool {
     s == "xmcpuserid" || s.starts_with("xmemgate")
 }
 
+/// Headers that would make an upstream (or a framework in front of it) treat
+/// the request as another method than the one memgate authorised.
+pub fn is_method_override(name: &str) -> bool {
+    matches!(
+        squash(name).as_str(),
+        "xhttpmethodoverride" | "xhttpmethod" | "xmethodoverride"
+    )
+}
+
 /// Headers that carry a credential.
 pub fn is_credential_header(name: &str) -> bool {
     let s = squash(name);
@@ -39,7 +48,11 @@ pub fn rewrite(
         .headers
         .keys()
         .map(|k| k.as_str())
-        .filter(|n| is_identity_header(n) || (!forward_credentials && is_credential_header(n)))
+        .filter(|n| {
+            is_identity_header(n)
+                || is_method_override(n)
+                || (!forward_credentials && is_credential_header(n))
+        })
         .map(str::to_string)
         .collect();
     for name in doomed {
@@ -69,6 +82,14 @@ mod tests {
         }
         for n in ["X-MCP-Token", "x_mcp_token", "Authorization"] {
             assert!(is_credential_header(n), "{n}");
+        }
+        for n in [
+            "X-HTTP-Method-Override",
+            "x_http_method_override",
+            "X-Method-Override",
+            "x-http-method",
+        ] {
+            assert!(is_method_override(n), "{n}");
         }
         for n in ["x-mcp-project", "content-type", "mcp-session-id"] {
             assert!(!is_identity_header(n) && !is_credential_header(n), "{n}");

@@ -23,14 +23,6 @@ use crate::policy::mem0::{
 };
 use crate::policy::path;
 
-/// Headers that would make an upstream (or a framework in front of it) treat
-/// the request as another method than the one memgate authorised.
-const METHOD_OVERRIDES: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
 /// Hop-by-hop and framing headers: never copied between the two connections.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -45,10 +37,18 @@ const HOP_BY_HOP: &[&str] = &[
     "expect",
 ];
 
+/// A policy refusal, for the audit trail.
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+    /// Refused because the memory belongs to someone else.
+    pub ownership: bool,
+}
+
 /// What the flow did with a request.
 pub enum Handled {
-    /// A response was written (a denial, or the upstream's filtered answer).
-    Responded,
+    /// A response was written: the upstream's filtered answer, or a refusal.
+    Responded(Option<Refusal>),
     /// An allow-listed route: stream it through pingora to this path and query.
     Stream {
         path_and_query: String,
@@ -90,14 +90,14 @@ impl Mem0Flow {
         match self.decide(session, identity, route).await {
             Ok(authorised) => {
                 self.forward(session, identity, authorised).await?;
-                Ok(Handled::Responded)
+                Ok(Handled::Responded(None))
             }
             Err(Step::Stream(forward)) => Ok(Handled::Stream {
                 path_and_query: path_and_query(&forward),
                 scope: forward.scope,
             }),
-            Err(Step::Deny(deny, allow)) => {
-                if deny.status == 403 && deny.message.starts_with("Access denied: Memory") {
+            Err(Step::Deny(deny, allow, ownership)) => {
+                if ownership {
                     METRICS.ownership_denials.with_label_values(&[*route]).inc();
                 }
                 let mut extra = Vec::new();
@@ -107,7 +107,11 @@ impl Mem0Flow {
                 let body =
                     errors::error_body(Listener::Mem0, deny.status, &deny.message, &Value::Null);
                 errors::respond_json(session, deny.status, body, &extra).await?;
-                Ok(Handled::Responded)
+                Ok(Handled::Responded(Some(Refusal {
+                    status: deny.status,
+                    message: deny.message,
+                    ownership,
+                })))
             }
         }
     }
@@ -128,15 +132,16 @@ impl Mem0Flow {
                 .then(|| path::normalise(&raw_path).ok())
                 .flatten()
                 .map(|p| allowed_methods(&p).join(", "));
-            Step::Deny(deny, allow)
+            Step::Deny(deny, allow, false)
         })?;
         *route = matched.route.label();
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
         let project = single_header(req, "x-mcp-project").map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project.as_deref());
-        if METHOD_OVERRIDES
-            .iter()
-            .any(|h| req.headers.contains_key(*h))
+        if req
+            .headers
+            .keys()
+            .any(|h| headers::is_method_override(h.as_str()))
         {
             return Err(Step::deny(Deny::bad_request(
                 "Method override headers are not accepted; use the HTTP method itself",
@@ -182,8 +187,13 @@ impl Mem0Flow {
                         return Err(Step::deny(Deny::new(status, message)));
                     }
                 };
-                decide_owner(identity, &need.scope, &need.memory_id, owner.as_deref())
-                    .map_err(Step::deny)?;
+                decide_owner(identity, &need.scope, &need.memory_id, owner.as_deref()).map_err(
+                    |deny| {
+                        // 403 here means another owner; 404 means no such memory.
+                        let ownership = deny.status == 403;
+                        Step::Deny(deny, None, ownership)
+                    },
+                )?;
                 need.forward
             }
         };
@@ -332,7 +342,7 @@ impl Mem0Flow {
             None,
         )?;
         for (name, value) in client_req.headers.iter() {
-            if !HOP_BY_HOP.contains(&name.as_str()) && !METHOD_OVERRIDES.contains(&name.as_str()) {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
                 req.append_header(name.clone(), value.clone())?;
             }
         }
@@ -420,13 +430,15 @@ struct Authorised {
 
 /// How the decision phase ended without a forward.
 enum Step {
-    Deny(Deny, Option<String>),
+    /// Refused: the denial, an `Allow` header for 405s, whether it is an
+    /// ownership refusal.
+    Deny(Deny, Option<String>, bool),
     Stream(Forward),
 }
 
 impl Step {
     fn deny(deny: Deny) -> Step {
-        Step::Deny(deny, None)
+        Step::Deny(deny, None, false)
     }
 }
 

@@ -2,6 +2,7 @@
 //! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
 //! routes (DESIGN.md §1, §10).
 
+pub mod client_ip;
 pub mod errors;
 pub mod exchange;
 pub mod headers;
@@ -16,11 +17,17 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::auth::{Authenticator, PresentedHeaders};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::audit::{self, AuditEvent, Auditor};
+use crate::auth::{Authenticator, Denial, PresentedHeaders};
 use crate::metrics::METRICS;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
-use mem0::{Handled, Mem0Flow};
+use crate::ratelimit::{RateLimits, RetryAfter};
+use mem0::{Handled, Mem0Flow, Refusal};
 use upstream::UpstreamTarget;
 
 /// Which listener a request arrived on; decides the error format.
@@ -52,11 +59,20 @@ pub struct RequestCtx {
     /// Metric label for the route; "denied" until authentication succeeds.
     route: &'static str,
     upstream_started: Option<Instant>,
+    request_id: String,
+}
+
+/// What every listener shares: authentication, limits and the audit trail.
+pub struct Shared {
+    pub auth: Arc<Authenticator>,
+    pub limits: RateLimits,
+    pub audit: Auditor,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub struct Gate {
     listener: Listener,
-    auth: Arc<Authenticator>,
+    shared: Arc<Shared>,
     upstream: Arc<UpstreamTarget>,
     forward_credentials: bool,
     isolation: IsolationMode,
@@ -67,7 +83,7 @@ pub struct Gate {
 impl Gate {
     pub fn new(
         listener: Listener,
-        auth: Arc<Authenticator>,
+        shared: Arc<Shared>,
         upstream: Arc<UpstreamTarget>,
         forward_credentials: bool,
         isolation: IsolationMode,
@@ -75,13 +91,171 @@ impl Gate {
     ) -> Self {
         Gate {
             listener,
-            auth,
+            shared,
             upstream,
             forward_credentials,
             isolation,
             mem0,
         }
     }
+
+    /// An audit event about this request, filled with what the request says.
+    fn event(&self, session: &Session, ctx: &RequestCtx, kind: &str, success: bool) -> AuditEvent {
+        let req = session.req_header();
+        let text = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| truncate(v, 256))
+        };
+        let mut event = AuditEvent::new(kind, success);
+        event.ip = Some(self.client_ip(session).to_string());
+        event.user_agent = text("user-agent");
+        event.method = Some(req.method.to_string());
+        event.path = Some(truncate(req.uri.path(), 512));
+        event.request_id = Some(ctx.request_id.clone());
+        if let Some(identity) = &ctx.identity {
+            event.user_id = Some(identity.user_id.clone());
+            event.token_prefix = Some(identity.token_prefix.clone());
+        }
+        event
+    }
+
+    fn client_ip(&self, session: &Session) -> IpAddr {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let forwarded: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        client_ip::client_ip(peer, &forwarded, &self.shared.trusted_proxies)
+    }
+
+    /// Answers 429 in the listener's format and audits it (sampled).
+    async fn refuse_rate_limited(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        kind: &'static str,
+        key: String,
+        retry: RetryAfter,
+        message: &str,
+    ) -> Result<bool> {
+        METRICS.rate_limited.with_label_values(&[kind]).inc();
+        let mut event = self.event(session, ctx, audit::kind::RATE_LIMITED, false);
+        event.reason = Some(kind.to_string());
+        self.shared
+            .audit
+            .record_sampled(format!("429/{kind}/{key}"), event)
+            .await;
+        let body = errors::error_body(self.listener, 429, message, &serde_json::Value::Null);
+        errors::respond_json(session, 429, body, &[("retry-after", retry.header_value())]).await?;
+        Ok(true)
+    }
+
+    /// Authentication, the per-IP and per-token limits, and the audit of both.
+    /// `Ok(None)` means a response was sent.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Identity>> {
+        let ip = self.client_ip(session);
+        let blocked = self.shared.limits.ip_blocked(ip);
+        let outcome = self
+            .shared
+            .auth
+            .authenticate(&presented(session.req_header()), blocked.is_none())
+            .await;
+        let authenticated = match outcome {
+            Ok(authenticated) => authenticated,
+            Err(failure) if failure.denial == Denial::Throttled => {
+                let retry = blocked.unwrap_or(RetryAfter(std::time::Duration::from_secs(60)));
+                let message = failure.denial.message();
+                self.refuse_rate_limited(
+                    session,
+                    ctx,
+                    "failed_auth_ip",
+                    ip.to_string(),
+                    retry,
+                    &message,
+                )
+                .await?;
+                return Ok(None);
+            }
+            Err(failure) => {
+                if failure.denial != Denial::StoreUnavailable {
+                    self.shared.limits.note_failed_auth(ip);
+                }
+                let mut event = self.event(session, ctx, audit::kind::AUTH_FAILURE, false);
+                event.reason = Some(failure.denial.reason().to_string());
+                event.user_id = failure.user_id;
+                event.token_prefix = failure.token_prefix;
+                self.shared.audit.record(event);
+                let denial = failure.denial;
+                errors::respond_error(session, self.listener, denial.status(), &denial.message())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let identity = authenticated.identity;
+        ctx.identity = Some(identity.clone());
+        if let Err(retry) = self
+            .shared
+            .limits
+            .check_token(&identity.token_prefix, authenticated.rate_limit_rps)
+        {
+            let message = "Rate limit exceeded for this token; retry later";
+            self.refuse_rate_limited(
+                session,
+                ctx,
+                "token",
+                identity.token_prefix.clone(),
+                retry,
+                message,
+            )
+            .await?;
+            return Ok(None);
+        }
+        let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
+        self.shared
+            .audit
+            .record_sampled(format!("ok/{}", identity.token_prefix), event)
+            .await;
+        Ok(Some(identity))
+    }
+
+    /// Audits a policy refusal worth keeping (permission and ownership 403s).
+    fn audit_refusal(&self, session: &Session, ctx: &RequestCtx, refusal: &Refusal) {
+        if refusal.status != 403 {
+            return;
+        }
+        let kind = if refusal.ownership {
+            audit::kind::OWNERSHIP_DENIED
+        } else {
+            audit::kind::PERMISSION_DENIED
+        };
+        let mut event = self.event(session, ctx, kind, false);
+        event.reason = Some(truncate(&refusal.message, 256));
+        self.shared.audit.record(event);
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
+    }
+}
+
+/// A client-chosen request id (printable, short) or a fresh one.
+fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(audit::new_id, str::to_string)
 }
 
 fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
@@ -111,22 +285,15 @@ impl ProxyHttp for Gate {
             rewritten_uri: None,
             route: "denied",
             upstream_started: None,
+            request_id: String::new(),
         }
     }
 
-    /// Authenticates before anything is forwarded or any body is read.
+    /// Admission and policy before anything is forwarded or any body is read.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let identity = match self
-            .auth
-            .authenticate(&presented(session.req_header()))
-            .await
-        {
-            Ok(identity) => identity,
-            Err(denial) => {
-                errors::respond_error(session, self.listener, denial.status(), &denial.message())
-                    .await?;
-                return Ok(true);
-            }
+        ctx.request_id = request_id(session.req_header());
+        let Some(identity) = self.admit(session, ctx).await? else {
+            return Ok(true);
         };
         ctx.route = self.listener.as_str();
         let handled = match &self.mem0 {
@@ -143,9 +310,13 @@ impl ProxyHttp for Gate {
                 }
             }
         };
-        ctx.identity = Some(identity);
         match handled {
-            Handled::Responded => Ok(true),
+            Handled::Responded(refusal) => {
+                if let Some(refusal) = refusal {
+                    self.audit_refusal(session, ctx, &refusal);
+                }
+                Ok(true)
+            }
             Handled::Stream {
                 path_and_query,
                 scope,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::AuditEvent;
 use crate::policy::Permissions;
 
 pub use postgres::PostgresStore;
@@ -59,6 +60,8 @@ pub struct TokenRecord {
     pub created_by: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Requests per second allowed to this token, overriding the default.
+    pub rate_limit_rps: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -104,6 +107,7 @@ pub struct NewToken {
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit_rps: Option<u32>,
 }
 
 /// A change a running server must act on.
@@ -133,9 +137,41 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_token(&self, id: i64) -> Result<bool, StoreError>;
     /// Disables `old_id` and inserts `new` in one transaction.
     async fn rotate_token(&self, old_id: i64, new: &NewToken) -> Result<TokenRecord, StoreError>;
+    /// Writes audit events; events already stored (same `event_id`) are skipped.
+    async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Deletes audit events older than `before`; returns how many.
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Sets `last_used_at` for (token hash, time) pairs, never moving it back.
+    async fn touch_last_used(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError>;
+    /// Successes and failures since `since`, for `memgate stats`.
+    async fn user_stats(
+        &self,
+        user_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<UserStats, StoreError>;
     /// Runs until the process ends, calling `on_change` for every token change
     /// made by any process. `poll` is the SQLite polling interval.
     async fn watch_changes(&self, on_change: ChangeHandler, poll: Duration);
+}
+
+/// Which audit events `audit_events` returns, oldest first.
+#[derive(Clone, Debug)]
+pub struct AuditFilter {
+    pub since: DateTime<Utc>,
+    pub user_id: Option<String>,
+    pub event: Option<String>,
+    pub limit: i64,
+}
+
+/// Activity of one user, from the audit trail.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserStats {
+    pub successes: i64,
+    pub failures: i64,
+    /// (reason, count), most frequent first, at most five.
+    pub top_failure_reasons: Vec<(String, i64)>,
+    pub last_audit_event: Option<DateTime<Utc>>,
 }
 
 /// Opens the store named by `database.url`.

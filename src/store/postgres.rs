@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use super::queries::{TokenRow, impl_store, insert_row_fn, observed, token_columns};
-use super::{ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord};
+use super::queries::{TokenRow, audit_columns, impl_store, insert_row_fn, observed, token_columns};
+use super::{
+    AuditFilter, ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord, UserStats,
+};
+use crate::audit::AuditEvent;
+use chrono::{DateTime, Utc};
 
 const CHANNEL: &str = "memgate_tokens";
 
@@ -48,7 +52,7 @@ impl PostgresStore {
     }
 }
 
-impl_store!(PostgresStore, {
+impl_store!(PostgresStore, sqlx::Postgres, {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)

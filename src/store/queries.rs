@@ -10,10 +10,18 @@ use crate::policy::Permissions;
 macro_rules! token_columns {
     () => {
         "id, token_hash, prefix, user_id, name, email, permissions, enabled, \
-         created_at, created_by, expires_at, last_used_at"
+         created_at, created_by, expires_at, last_used_at, rate_limit_rps"
     };
 }
 pub(crate) use token_columns;
+
+macro_rules! audit_columns {
+    () => {
+        "event_id, time, event, success, user_id, token_prefix, ip, user_agent, method, \
+         path, mcp_method, tool, reason, request_id"
+    };
+}
+pub(crate) use audit_columns;
 
 /// One row of `tokens`, as both backends decode it.
 #[derive(sqlx::FromRow)]
@@ -30,6 +38,7 @@ pub(crate) struct TokenRow {
     created_by: Option<String>,
     expires_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
+    rate_limit_rps: Option<i64>,
 }
 
 impl TokenRow {
@@ -52,6 +61,10 @@ impl TokenRow {
             created_by: self.created_by,
             expires_at: self.expires_at,
             last_used_at: self.last_used_at,
+            rate_limit_rps: self
+                .rate_limit_rps
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
         })
     }
 }
@@ -81,8 +94,8 @@ macro_rules! insert_row_fn {
         {
             sqlx::query_as::<_, TokenRow>(concat!(
                 "INSERT INTO tokens (token_hash, prefix, user_id, name, email, permissions, \
-                 enabled, created_at, created_by, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9) RETURNING ",
+                 enabled, created_at, created_by, expires_at, rate_limit_rps) \
+                 VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $10) RETURNING ",
                 token_columns!()
             ))
             .bind(&token.token_hash)
@@ -94,6 +107,7 @@ macro_rules! insert_row_fn {
             .bind(token.created_at)
             .bind(&token.created_by)
             .bind(token.expires_at)
+            .bind(token.rate_limit_rps.map(i64::from))
             .fetch_one(executor)
             .await
         }
@@ -104,10 +118,119 @@ pub(crate) use insert_row_fn;
 /// `impl Store for $ty`: the token methods, identical for both backends
 /// (`self.pool`), plus the backend's own methods given in braces.
 macro_rules! impl_store {
-    ($ty:ty, { $($own:tt)* }) => {
+    ($ty:ty, $db:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]
         impl Store for $ty {
         $($own)*
+
+        async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                "INSERT INTO audit_events (",
+                audit_columns!(),
+                ") "
+            ));
+            q.push_values(events, |mut row, e| {
+                row.push_bind(&e.event_id)
+                    .push_bind(e.time)
+                    .push_bind(&e.event)
+                    .push_bind(e.success)
+                    .push_bind(&e.user_id)
+                    .push_bind(&e.token_prefix)
+                    .push_bind(&e.ip)
+                    .push_bind(&e.user_agent)
+                    .push_bind(&e.method)
+                    .push_bind(&e.path)
+                    .push_bind(&e.mcp_method)
+                    .push_bind(&e.tool)
+                    .push_bind(&e.reason)
+                    .push_bind(&e.request_id);
+            });
+            // A replay from the spool may repeat events already written.
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            let r = q.build().execute(&self.pool).await;
+            observed("insert_audit", r).map(|_| ())
+        }
+
+        async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+            let r = sqlx::query_as::<_, AuditEvent>(concat!(
+                "SELECT ",
+                audit_columns!(),
+                " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
+                 AND ($3 IS NULL OR event = $3) ORDER BY time, id LIMIT $4"
+            ))
+            .bind(filter.since)
+            .bind(&filter.user_id)
+            .bind(&filter.event)
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await;
+            observed("audit_events", r)
+        }
+
+        async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+            let r = sqlx::query("DELETE FROM audit_events WHERE time < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await;
+            Ok(observed("prune_audit", r)?.rows_affected())
+        }
+
+        async fn touch_last_used(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+            let mut tx = observed("touch_last_used", self.pool.begin().await)?;
+            for (token_hash, at) in used {
+                let r = sqlx::query(
+                    "UPDATE tokens SET last_used_at = $1 WHERE token_hash = $2 \
+                     AND (last_used_at IS NULL OR last_used_at < $1)",
+                )
+                .bind(*at)
+                .bind(token_hash)
+                .execute(&mut *tx)
+                .await;
+                observed("touch_last_used", r)?;
+            }
+            observed("touch_last_used", tx.commit().await)
+        }
+
+        async fn user_stats(&self, user_id: &str, since: DateTime<Utc>) -> Result<UserStats, StoreError> {
+            let r = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN success THEN 1 ELSE 0 END), 0) \
+                 FROM audit_events WHERE user_id = $1 AND time >= $2",
+            )
+            .bind(user_id)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await;
+            let (total, successes) = observed("user_stats", r)?;
+            let r = sqlx::query_as::<_, (Option<String>, i64)>(
+                "SELECT reason, COUNT(*) AS n FROM audit_events \
+                 WHERE user_id = $1 AND time >= $2 AND NOT success \
+                 GROUP BY reason ORDER BY n DESC, reason LIMIT 5",
+            )
+            .bind(user_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await;
+            let top_failure_reasons = observed("user_stats", r)?
+                .into_iter()
+                .map(|(reason, n)| (reason.unwrap_or_else(|| "unspecified".into()), n))
+                .collect();
+            let r = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+                "SELECT MAX(time) FROM audit_events WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await;
+            let last_audit = observed("user_stats", r)?;
+            Ok(UserStats {
+                successes,
+                failures: total - successes,
+                top_failure_reasons,
+                last_audit_event: last_audit,
+            })
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             let r = sqlx::query("SELECT 1").execute(&self.pool).await;
             observed("ping", r).map(|_| ())

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::queries::{TokenRow, impl_store, insert_row_fn, observed, token_columns};
-use super::{ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord};
+use super::queries::{TokenRow, audit_columns, impl_store, insert_row_fn, observed, token_columns};
+use super::{
+    AuditFilter, ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord, UserStats,
+};
+use crate::audit::AuditEvent;
+use chrono::{DateTime, Utc};
 
 /// How many change-log rows are kept; a poller is never this far behind.
 const CHANGE_LOG_KEEP: i64 = 10_000;
@@ -65,7 +69,7 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, {
+impl_store!(SqliteStore, sqlx::Sqlite, {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.pool)

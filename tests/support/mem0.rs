@@ -329,9 +329,7 @@ fn endpoint(path: &str) -> Option<Endpoint> {
         ["openapi.json"] => Some(Endpoint::OpenApi),
         ["memories"] => Some(Endpoint::Memories),
         ["memories", id] if !id.is_empty() => Some(Endpoint::Memory((*id).to_owned())),
-        ["memories", id, "history"] if !id.is_empty() => {
-            Some(Endpoint::History((*id).to_owned()))
-        }
+        ["memories", id, "history"] if !id.is_empty() => Some(Endpoint::History((*id).to_owned())),
         ["search"] => Some(Endpoint::Search),
         ["reset"] => Some(Endpoint::Reset),
         ["configure"] => Some(Endpoint::Configure),
@@ -366,7 +364,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request) -> Response {
     let query: Vec<(String, String)> = parts
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let method = parts.method.as_str();
 
@@ -516,7 +518,10 @@ fn list_memories(state: &State, query: &[(String, String)]) -> Response {
         return results(state.memories.iter().map(Memory::item).collect());
     }
     if owners.iter().all(Option::is_none) {
-        return reply(400, json!({"detail": "At least one identifier is required."}));
+        return reply(
+            400,
+            json!({"detail": "At least one identifier is required."}),
+        );
     }
     results(
         state
@@ -638,15 +643,9 @@ fn matches_filters(memory: &Memory, filters: &Map<String, Value>) -> bool {
             }
         };
         match key.as_str() {
-            "AND" | "$and" => nested(condition)
-                .iter()
-                .all(|f| matches_filters(memory, f)),
-            "OR" | "$or" => nested(condition)
-                .iter()
-                .any(|f| matches_filters(memory, f)),
-            "NOT" | "$not" => !nested(condition)
-                .iter()
-                .any(|f| matches_filters(memory, f)),
+            "AND" | "$and" => nested(condition).iter().all(|f| matches_filters(memory, f)),
+            "OR" | "$or" => nested(condition).iter().any(|f| matches_filters(memory, f)),
+            "NOT" | "$not" => !nested(condition).iter().any(|f| matches_filters(memory, f)),
             field => condition_holds(memory.field(field).as_ref(), condition),
         }
     })
@@ -671,7 +670,8 @@ fn condition_holds(field: Option<&Value>, condition: &Value) -> bool {
         Value::Object(ops)
             if !ops.is_empty() && ops.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
         {
-            ops.iter().all(|(op, operand)| operator_holds(field, op, operand))
+            ops.iter()
+                .all(|(op, operand)| operator_holds(field, op, operand))
         }
         other => field == Some(other),
     }
@@ -750,7 +750,12 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Re
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let media = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             media == "application/json"
                 || (media.starts_with("application/") && media.ends_with("+json"))
         })
@@ -785,7 +790,10 @@ fn not_found() -> Response {
 }
 
 fn memory_not_found(id: &str) -> Response {
-    reply(404, json!({"detail": format!("Memory with id {id} not found")}))
+    reply(
+        404,
+        json!({"detail": format!("Memory with id {id} not found")}),
+    )
 }
 
 fn unprocessable(field: &str, msg: &str) -> Response {

@@ -20,6 +20,8 @@ use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod mem0;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_memgate");
 
 /// PostgreSQL server used for per-test databases.
@@ -278,6 +280,11 @@ pub struct MemgateConfig {
     pub extra: String,
     /// Extra keys for `[auth]`.
     pub auth: String,
+    /// The `[rate_limit]` section's keys. By default limits are out of the way
+    /// (tests about them set their own).
+    pub rate_limit: String,
+    /// Extra keys for `[audit]` (the spool always lives in the test's directory).
+    pub audit: String,
     /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
     pub mem0_extra: String,
     pub forward_credentials: bool,
@@ -291,6 +298,8 @@ impl MemgateConfig {
             mem0_upstream: upstream.into(),
             extra: String::new(),
             auth: String::new(),
+            rate_limit: "per_token_rps = 0\nfailed_auth_per_ip_per_min = 1000000".into(),
+            audit: String::new(),
             mem0_extra: String::new(),
             forward_credentials: false,
         }
@@ -317,12 +326,17 @@ impl Memgate {
              [mem0]\nlisten = \"127.0.0.1:{mem0}\"\nupstream = {m0:?}\nconnect_timeout_secs = 2\nread_timeout_secs = 2\nforward_credentials = {fc}\n{m0x}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
              [auth]\n{auth}\n\n\
+             [rate_limit]\n{rate_limit}\n\n\
+             [audit]\nspool_dir = {spool:?}\n{audit}\n\n\
              [server]\nthreads = 1\ngrace_period_secs = 1\n\n{extra}\n",
             db = cfg.database_url,
             mu = cfg.mcp_upstream,
             m0 = cfg.mem0_upstream,
             fc = cfg.forward_credentials,
             auth = cfg.auth,
+            rate_limit = cfg.rate_limit,
+            spool = dir.path().join("spool").display().to_string(),
+            audit = cfg.audit,
             m0x = cfg.mem0_extra,
             extra = cfg.extra,
         );
