@@ -48,6 +48,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = cli::open_store(&config).await?;
             cli::token::run(store.as_ref(), cmd).await
         }),
+        Command::Audit(args) => one_shot(async move {
+            let store = cli::open_store(&config).await?;
+            cli::audit::audit(store.as_ref(), args).await
+        }),
+        Command::Stats(args) => one_shot(async move {
+            let store = cli::open_store(&config).await?;
+            cli::audit::stats(store.as_ref(), args).await
+        }),
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `result` (allow|deny|error), `reason`.
     pub auth_decisions: IntCounterVec,
+    /// `user_id`: failures of real tokens (revoked, expired, user mismatch).
+    pub auth_user_failures: IntCounterVec,
     /// `outcome` (hit|miss|negative_hit|stale).
     pub auth_cache: IntCounterVec,
     /// `route`: requests refused because the memory belongs to someone else.
@@ -112,6 +114,12 @@ impl Metrics {
                 "Authentication outcomes: result allow|deny|error and the reason.",
                 &["result", "reason"],
             ),
+            auth_user_failures: counter_vec(
+                &r,
+                "auth_user_failures_total",
+                "Refused requests that carried a real token (revoked, expired, user mismatch), by its user.",
+                &["user_id"],
+            ),
             auth_cache: counter_vec(
                 &r,
                 "auth_cache_total",
@@ -171,6 +179,36 @@ impl Metrics {
         }
     }
 
+    /// Creates the label sets alerts and dashboards rely on at zero, so that
+    /// `rate()` and `increase()` work before the first event of each kind.
+    fn touch_known_labels(&self) {
+        for reason in [
+            "missing",
+            "malformed",
+            "unknown",
+            "revoked",
+            "expired",
+            "user_mismatch",
+            "rate_limited",
+        ] {
+            self.auth_decisions.with_label_values(&["deny", reason]);
+        }
+        self.auth_decisions
+            .with_label_values(&["deny", "store_unavailable"]);
+        self.auth_decisions
+            .with_label_values(&["error", "store_unavailable"]);
+        self.auth_decisions.with_label_values(&["allow", "ok"]);
+        for outcome in ["hit", "miss", "negative_hit", "stale"] {
+            self.auth_cache.with_label_values(&[outcome]);
+        }
+        for kind in ["token", "failed_auth_ip"] {
+            self.rate_limited.with_label_values(&[kind]);
+        }
+        for outcome in ["written", "spooled", "replayed", "dropped"] {
+            self.audit_events.with_label_values(&[outcome]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -182,7 +220,11 @@ impl Metrics {
     }
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let metrics = Metrics::new();
+    metrics.touch_known_labels();
+    metrics
+});
 
 #[cfg(test)]
 mod tests {

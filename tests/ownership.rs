@@ -1076,7 +1076,7 @@ async fn auto_isolation_scopes_each_user_and_project_separately() {
     let log = mem0.requests();
     assert_eq!(
         query_values(sent(&log, "GET", "/memories")[0], "user_id"),
-        [scope.clone()]
+        std::slice::from_ref(&scope)
     );
     let search = body_of(sent(&log, "POST", "/search")[0]);
     assert_eq!(search["user_id"], scope.as_str());

@@ -1,6 +1,7 @@
 //! The command line (DESIGN.md §8): argument definitions and dispatch helpers.
 //! `main.rs` only parses and calls into here.
 
+pub mod audit;
 pub mod token;
 
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ pub enum Command {
     /// Issue, list, revoke, enable, delete and rotate tokens
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Show the audit trail
+    Audit(audit::AuditArgs),
+    /// Activity of one user: tokens, successes and failures, top failure reasons
+    Stats(audit::StatsArgs),
 }
 
 /// Loads and validates the configuration named on the command line.
@@ -88,4 +93,33 @@ pub fn check_config(loaded: &config::Loaded) -> String {
         }
     };
     format!("{source}\n{}", loaded.config.to_masked_toml())
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
 }

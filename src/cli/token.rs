@@ -8,6 +8,8 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::render_table;
+use crate::audit::{AuditEvent, kind};
 use crate::policy::Permissions;
 use crate::store::{NewToken, Store, TokenRecord};
 use crate::token;
@@ -186,45 +188,52 @@ fn listed_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
 }
 
 fn table(tokens: &[TokenRecord], now: DateTime<Utc>) -> String {
-    let date =
-        |t: Option<DateTime<Utc>>| t.map_or("-".to_string(), |t| t.format("%Y-%m-%d").to_string());
-    let mut rows = vec![[
-        "PREFIX".to_string(),
-        "USER".into(),
-        "NAME".into(),
-        "PERMISSIONS".into(),
-        "STATUS".into(),
-        "CREATED".into(),
-        "LAST USED".into(),
-        "EXPIRES".into(),
-    ]];
-    for t in tokens {
-        rows.push([
-            t.prefix.clone(),
-            t.user_id.clone(),
-            t.name.clone().unwrap_or_else(|| "-".into()),
-            t.permissions.to_string(),
-            t.status(now).as_str().into(),
-            date(Some(t.created_at)),
-            date(t.last_used_at),
-            t.expires_at.map_or("never".into(), |e| date(Some(e))),
-        ]);
-    }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
+    let date = |t: DateTime<Utc>| t.format("%Y-%m-%d").to_string();
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.prefix.clone(),
+                t.user_id.clone(),
+                t.name.clone().unwrap_or_else(|| "-".into()),
+                t.permissions.to_string(),
+                t.status(now).as_str().into(),
+                date(t.created_at),
+                t.last_used_at.map_or("-".into(), date),
+                t.expires_at.map_or("never".into(), date),
+            ]
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    render_table(
+        &[
+            "PREFIX",
+            "USER",
+            "NAME",
+            "PERMISSIONS",
+            "STATUS",
+            "CREATED",
+            "LAST USED",
+            "EXPIRES",
+        ],
+        &rows,
+    )
+}
+
+/// Records a token administration action in the audit trail. The action has
+/// happened; failing to record it is reported but does not undo it.
+async fn audit_action(store: &dyn Store, t: &TokenRecord, action: &str) {
+    let mut event = AuditEvent::new(kind::TOKEN_ADMIN, true);
+    event.user_id = Some(t.user_id.clone());
+    event.token_prefix = Some(t.prefix.clone());
+    event.method = Some("cli".into());
+    event.reason = Some(action.to_string());
+    event.user_agent = created_by();
+    if let Err(e) = store.insert_audit(&[event]).await {
+        eprintln!(
+            "warning: the {action} of {} was not recorded in the audit trail: {e}",
+            t.prefix
+        );
+    }
 }
 
 /// The one token `prefix` names. A full token is accepted too (matched by hash).
@@ -298,6 +307,7 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 args.rate_limit,
             )?;
             let stored = store.insert_token(&row).await?;
+            audit_action(store, &stored, "create").await;
             Ok(if args.json {
                 created_json(&secret, &stored).to_string()
             } else {
@@ -318,17 +328,20 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
             let t = resolve(store, &args.prefix).await?;
             confirm("Revoke", &t, args.yes)?;
             store.set_enabled(t.id, false).await?;
+            audit_action(store, &t, "revoke").await;
             changed(&t, "revoked", args.json)
         }
         TokenCommand::Enable(args) => {
             let t = resolve(store, &args.prefix).await?;
             store.set_enabled(t.id, true).await?;
+            audit_action(store, &t, "enable").await;
             changed(&t, "enabled", args.json)
         }
         TokenCommand::Delete(args) => {
             let t = resolve(store, &args.prefix).await?;
             confirm("Delete", &t, args.yes)?;
             store.delete_token(t.id).await?;
+            audit_action(store, &t, "delete").await;
             changed(&t, "deleted", args.json)
         }
         TokenCommand::Rotate {
@@ -346,6 +359,8 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 old.rate_limit_rps,
             )?;
             let stored = store.rotate_token(old.id, &row).await?;
+            audit_action(store, &old, "rotate (revoked)").await;
+            audit_action(store, &stored, "rotate (created)").await;
             Ok(if json {
                 let mut v = created_json(&secret, &stored);
                 v["revoked_prefix"] = Value::String(old.prefix.clone());

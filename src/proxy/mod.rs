@@ -170,9 +170,10 @@ impl Gate {
             .await;
         let authenticated = match outcome {
             Ok(authenticated) => authenticated,
-            Err(failure) if failure.denial == Denial::Throttled => {
+            // A cut-off address gets 429 for anything but a token it already proved.
+            Err(_) if blocked.is_some() => {
                 let retry = blocked.unwrap_or(RetryAfter(std::time::Duration::from_secs(60)));
-                let message = failure.denial.message();
+                let message = Denial::Throttled.message();
                 self.refuse_rate_limited(
                     session,
                     ctx,
@@ -190,6 +191,9 @@ impl Gate {
                 }
                 let mut event = self.event(session, ctx, audit::kind::AUTH_FAILURE, false);
                 event.reason = Some(failure.denial.reason().to_string());
+                if let Some(user) = &failure.user_id {
+                    METRICS.auth_user_failures.with_label_values(&[user]).inc();
+                }
                 event.user_id = failure.user_id;
                 event.token_prefix = failure.token_prefix;
                 self.shared.audit.record(event);

@@ -167,7 +167,9 @@ pub struct AuditFilter {
 /// Activity of one user, from the audit trail.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserStats {
+    /// Recorded authentications (sampled: one per token per window).
     pub successes: i64,
+    /// Refusals of every kind (authentication, permission, ownership, limits).
     pub failures: i64,
     /// (reason, count), most frequent first, at most five.
     pub top_failure_reasons: Vec<(String, i64)>,

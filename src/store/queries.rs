@@ -196,14 +196,15 @@ macro_rules! impl_store {
 
         async fn user_stats(&self, user_id: &str, since: DateTime<Utc>) -> Result<UserStats, StoreError> {
             let r = sqlx::query_as::<_, (i64, i64)>(
-                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN success THEN 1 ELSE 0 END), 0) \
+                "SELECT COALESCE(SUM(CASE WHEN NOT success THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN event = 'auth_success' THEN 1 ELSE 0 END), 0) \
                  FROM audit_events WHERE user_id = $1 AND time >= $2",
             )
             .bind(user_id)
             .bind(since)
             .fetch_one(&self.pool)
             .await;
-            let (total, successes) = observed("user_stats", r)?;
+            let (failures, successes) = observed("user_stats", r)?;
             let r = sqlx::query_as::<_, (Option<String>, i64)>(
                 "SELECT reason, COUNT(*) AS n FROM audit_events \
                  WHERE user_id = $1 AND time >= $2 AND NOT success \
@@ -226,7 +227,7 @@ macro_rules! impl_store {
             let last_audit = observed("user_stats", r)?;
             Ok(UserStats {
                 successes,
-                failures: total - successes,
+                failures,
                 top_failure_reasons,
                 last_audit_event: last_audit,
             })

@@ -28,6 +28,10 @@
 //! [`Mem0::set_ignore_filters`] makes list and search return every user's
 //! memories, to test memgate's own response filtering.
 
+// Handlers return ready-made error responses as their `Err` side; boxing them
+// would only add noise to a test fake.
+#![allow(clippy::result_large_err)]
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
