@@ -12,5 +12,6 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod token;

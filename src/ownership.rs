@@ -6,6 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
+use pingora::http::RequestHeader;
+use serde_json::Value;
+
+use crate::policy::mem0::{memory_path, owner_from_get_response};
+use crate::proxy::Listener;
+use crate::proxy::exchange::UpstreamClient;
 
 /// Why an owner could not be found.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,5 +56,79 @@ impl OwnerCache {
 
     pub async fn forget(&self, memory_id: &str) {
         self.owners.invalidate(memory_id).await;
+    }
+}
+
+/// Finds owners: the cache, else one `GET {mem0}/memories/{id}` (mem0 answers
+/// the item, or 200 `null`). Used by the mem0 and the MCP listener alike.
+pub struct OwnerResolver {
+    cache: OwnerCache,
+    client: Arc<UpstreamClient>,
+    max_response_bytes: usize,
+}
+
+impl OwnerResolver {
+    pub fn new(client: Arc<UpstreamClient>, max_response_bytes: usize) -> Self {
+        OwnerResolver {
+            cache: OwnerCache::new(1_000_000, Duration::from_secs(24 * 3600)),
+            client,
+            max_response_bytes,
+        }
+    }
+
+    /// The mem0 upstream this resolver asks.
+    pub fn client(&self) -> &Arc<UpstreamClient> {
+        &self.client
+    }
+
+    pub async fn owner(&self, memory_id: &str) -> Result<String, LookupError> {
+        self.cache.owner(memory_id, self.lookup(memory_id)).await
+    }
+
+    pub async fn record(&self, memory_id: String, owner: &str) {
+        self.cache.record(memory_id, owner).await;
+    }
+
+    pub async fn forget(&self, memory_id: &str) {
+        self.cache.forget(memory_id).await;
+    }
+
+    async fn lookup(&self, memory_id: &str) -> Result<String, LookupError> {
+        let unreachable = |e: &pingora::Error| LookupError::Upstream {
+            status: crate::proxy::upstream_failure(Listener::Mem0, e).0,
+            message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
+        };
+        let mut req = RequestHeader::build("GET", memory_path(memory_id).as_bytes(), None)
+            .map_err(|e| unreachable(&e))?;
+        req.insert_header("host", self.client.target().authority())
+            .map_err(|e| unreachable(&e))?;
+        req.insert_header("accept", "application/json")
+            .map_err(|e| unreachable(&e))?;
+        let answer = self
+            .client
+            .exchange(req, None, self.max_response_bytes)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match answer.header.status.as_u16() {
+            200 => {}
+            404 => return Err(LookupError::NotFound),
+            status => {
+                return Err(LookupError::Upstream {
+                    status: 502,
+                    message: format!(
+                        "Cannot verify who owns this memory: the mem0 upstream answered {status}"
+                    ),
+                });
+            }
+        }
+        let item: Value =
+            serde_json::from_slice(&answer.body).map_err(|_| LookupError::Upstream {
+                status: 502,
+                message:
+                    "Cannot verify who owns this memory: the mem0 upstream answered something \
+                      that is not JSON"
+                        .into(),
+            })?;
+        owner_from_get_response(&item).ok_or(LookupError::NotFound)
     }
 }

@@ -19,6 +19,7 @@ use crate::admin::AdminApi;
 use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::ownership::OwnerResolver;
 use crate::policy::mem0::Mem0Policy;
 use crate::proxy::Shared;
 use crate::proxy::exchange::UpstreamClient;
@@ -116,9 +117,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let owners = Arc::new(OwnerResolver::new(
+        Arc::new(UpstreamClient::new(mem0_upstream.clone())),
+        config.limits.max_response_bytes,
+    ));
     let mem0_flow = Mem0Flow::new(
         mem0_policy,
-        UpstreamClient::new(mem0_upstream.clone()),
+        owners.clone(),
         config.limits.max_response_bytes,
         mem0_listener.forward_credentials,
     );

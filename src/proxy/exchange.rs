@@ -16,6 +16,34 @@ pub struct Exchanged {
     pub body: Bytes,
 }
 
+/// An exchange whose response body is read chunk by chunk (streams).
+pub struct OpenExchange<'a> {
+    client: &'a UpstreamClient,
+    http: pingora::protocols::http::client::HttpSession,
+    peer: Box<HttpPeer>,
+    pub header: ResponseHeader,
+}
+
+impl OpenExchange<'_> {
+    /// The next piece of the body as it arrives; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        self.http.read_response_body().await
+    }
+
+    /// Returns the connection to the pool if the response was read to its end.
+    pub async fn finish(mut self) {
+        if self.http.response_done() {
+            let idle = self.peer.options.idle_timeout;
+            self.client
+                .connector
+                .release_http_session(self.http, &*self.peer, idle)
+                .await;
+        } else {
+            self.http.shutdown().await;
+        }
+    }
+}
+
 pub struct UpstreamClient {
     connector: Connector,
     target: Arc<UpstreamTarget>,
@@ -34,30 +62,52 @@ impl UpstreamClient {
     }
 
     /// Sends `req` with `body` and reads the whole response, at most
-    /// `max_response` bytes of body. A pooled connection the upstream closed
-    /// while idle is retried once on a fresh one (the request never reached it).
+    /// `max_response` bytes of body.
     pub async fn exchange(
         &self,
         req: RequestHeader,
         body: Option<Bytes>,
         max_response: usize,
     ) -> Result<Exchanged> {
-        match self.once(req.clone(), body.clone(), max_response).await {
+        let mut open = self.open(req, body).await?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = open.next_chunk().await? {
+            if buf.len() + chunk.len() > max_response {
+                open.finish().await;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("upstream response larger than {max_response} bytes"),
+                );
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let header = open.header.clone();
+        open.finish().await;
+        Ok(Exchanged {
+            header,
+            body: buf.freeze(),
+        })
+    }
+
+    /// Sends `req` with `body` and returns once the response header is in;
+    /// the body is then read with [`OpenExchange::next_chunk`]. A pooled
+    /// connection the upstream closed while idle is retried once on a fresh
+    /// one (the request never reached it).
+    pub async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
+        match self.open_once(req.clone(), body.clone()).await {
             Err((e, true)) if idle_close(&e) => {
                 tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
-                self.once(req, body, max_response).await.map_err(|(e, _)| e)
+                self.open_once(req, body).await.map_err(|(e, _)| e)
             }
             other => other.map_err(|(e, _)| e),
         }
     }
 
-    /// One attempt; on error also says whether the connection was a reused one.
-    async fn once(
+    async fn open_once(
         &self,
         req: RequestHeader,
         body: Option<Bytes>,
-        max_response: usize,
-    ) -> std::result::Result<Exchanged, (Box<Error>, bool)> {
+    ) -> std::result::Result<OpenExchange<'_>, (Box<Error>, bool)> {
         let peer = self.target.peer().await.map_err(|e| (e, false))?;
         let (mut http, reused) = self
             .connector
@@ -81,28 +131,11 @@ impl UpstreamClient {
                 "no response header",
             ))
         })?;
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = http.read_response_body().await.map_err(|e| (e, false))? {
-            if buf.len() + chunk.len() > max_response {
-                return Err((
-                    Error::explain(
-                        ErrorType::HTTPStatus(502),
-                        format!("upstream response larger than {max_response} bytes"),
-                    ),
-                    false,
-                ));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        if http.response_done() {
-            let idle = peer.options.idle_timeout;
-            self.connector
-                .release_http_session(http, &*peer, idle)
-                .await;
-        }
-        Ok(Exchanged {
+        Ok(OpenExchange {
+            client: self,
+            http,
+            peer,
             header,
-            body: buf.freeze(),
         })
     }
 }

@@ -3,7 +3,7 @@
 //! exchange with mem0 whose response is filtered before the client sees it.
 //! Every decision is the pure `policy::mem0`'s; this file only moves bytes.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -14,12 +14,12 @@ use serde_json::Value;
 use super::exchange::{Exchanged, UpstreamClient};
 use super::{Listener, errors, headers};
 use crate::metrics::METRICS;
-use crate::ownership::{LookupError, OwnerCache};
+use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_results,
-    memory_path, owner_from_get_response, owner_ids_from_create_response,
+    owner_ids_from_create_response,
 };
 use crate::policy::path;
 
@@ -58,8 +58,8 @@ pub enum Handled {
 
 pub struct Mem0Flow {
     policy: Mem0Policy,
-    client: UpstreamClient,
-    owners: OwnerCache,
+    client: Arc<UpstreamClient>,
+    owners: Arc<OwnerResolver>,
     max_response_bytes: usize,
     forward_credentials: bool,
 }
@@ -67,14 +67,14 @@ pub struct Mem0Flow {
 impl Mem0Flow {
     pub fn new(
         policy: Mem0Policy,
-        client: UpstreamClient,
+        owners: Arc<OwnerResolver>,
         max_response_bytes: usize,
         forward_credentials: bool,
     ) -> Self {
         Mem0Flow {
             policy,
-            client,
-            owners: OwnerCache::new(1_000_000, Duration::from_secs(24 * 3600)),
+            client: owners.client().clone(),
+            owners,
             max_response_bytes,
             forward_credentials,
         }
@@ -176,11 +176,7 @@ impl Mem0Flow {
             Decision::Deny(deny) => return Err(Step::deny(deny)),
             Decision::Forward(forward) => forward,
             Decision::NeedOwner(need) => {
-                let owner = match self
-                    .owners
-                    .owner(&need.memory_id, self.lookup_owner(&need.memory_id))
-                    .await
-                {
+                let owner = match self.owners.owner(&need.memory_id).await {
                     Ok(owner) => Some(owner),
                     Err(LookupError::NotFound) => None,
                     Err(LookupError::Upstream { status, message }) => {
@@ -240,42 +236,6 @@ impl Mem0Flow {
             }
         }
         Ok((!buf.is_empty()).then(|| buf.freeze()))
-    }
-
-    /// `GET {mem0}/memories/{id}`: mem0 answers the item, or 200 `null`.
-    async fn lookup_owner(&self, memory_id: &str) -> std::result::Result<String, LookupError> {
-        let unreachable = |e: &Error| LookupError::Upstream {
-            status: super::upstream_failure(Listener::Mem0, e).0,
-            message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
-        };
-        let mut req = RequestHeader::build("GET", memory_path(memory_id).as_bytes(), None)
-            .map_err(|e| unreachable(&e))?;
-        req.insert_header("host", self.client.target().authority())
-            .map_err(|e| unreachable(&e))?;
-        req.insert_header("accept", "application/json")
-            .map_err(|e| unreachable(&e))?;
-        let answer = self
-            .client
-            .exchange(req, None, self.max_response_bytes)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        match answer.header.status.as_u16() {
-            200 => {}
-            404 => return Err(LookupError::NotFound),
-            status => {
-                return Err(LookupError::Upstream {
-                    status: 502,
-                    message: format!(
-                        "Cannot verify who owns this memory: the mem0 upstream answered {status}"
-                    ),
-                });
-            }
-        }
-        let item: Value = serde_json::from_slice(&answer.body).map_err(|_| LookupError::Upstream {
-            status: 502,
-            message: "Cannot verify who owns this memory: the mem0 upstream answered something that is not JSON".into(),
-        })?;
-        owner_from_get_response(&item).ok_or(LookupError::NotFound)
     }
 
     /// Sends the authorised request and answers the client with mem0's

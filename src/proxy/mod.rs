@@ -442,7 +442,7 @@ pub(crate) fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
 
 /// The status and message for an exchange with the upstream that failed:
 /// 504 when it went quiet, 502 when it could not be reached or misbehaved.
-pub(crate) fn upstream_failure(listener: Listener, e: &Error) -> (u16, String) {
+pub fn upstream_failure(listener: Listener, e: &Error) -> (u16, String) {
     let name = listener.as_str();
     match e.etype() {
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
