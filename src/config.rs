@@ -35,7 +35,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: DatabaseConfig,
-    pub mcp: ListenerConfig,
+    pub mcp: McpConfig,
     pub mem0: Mem0Config,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
@@ -86,6 +86,46 @@ impl ListenerConfig {
             connect_timeout_secs: 5,
             read_timeout_secs: 600,
             forward_credentials: false,
+        }
+    }
+}
+
+/// The `[mcp]` listener: a proxied listener plus the MCP policy's own keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub connect_timeout_secs: u64,
+    /// Longest silence on a stream before memgate gives up on it.
+    pub read_timeout_secs: u64,
+    pub forward_credentials: bool,
+    /// The Streamable HTTP endpoint (with or without a trailing slash).
+    pub path: String,
+    /// The legacy SSE transport's stream and message endpoints.
+    pub sse_path: String,
+    pub messages_path: String,
+    /// Browser origins allowed to call (DNS-rebinding protection); no Origin
+    /// header is always allowed. `"*"` allows any origin.
+    pub allowed_origins: Vec<String>,
+    /// What to do with a tool that has no rule: "allow" (its user and memory
+    /// arguments are still checked; it needs `write`) or "deny".
+    pub unknown_tools: crate::policy::mcp::UnknownTools,
+    /// A session binding is forgotten after this long unused.
+    pub session_idle_secs: u64,
+    pub max_sessions: u64,
+    /// Tool rules by tool name, added to (or replacing) the shipped defaults.
+    pub tools: std::collections::BTreeMap<String, crate::policy::mcp::ToolRule>,
+}
+
+impl McpConfig {
+    pub fn listener(&self) -> ListenerConfig {
+        ListenerConfig {
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            connect_timeout_secs: self.connect_timeout_secs,
+            read_timeout_secs: self.read_timeout_secs,
+            forward_credentials: self.forward_credentials,
         }
     }
 }
@@ -202,9 +242,24 @@ impl Default for LimitsConfig {
 impl Default for Config {
     fn default() -> Self {
         let mem0 = ListenerConfig::with(8000, "http://127.0.0.1:8001");
+        let mcp = ListenerConfig::with(8080, "http://127.0.0.1:8081");
         Config {
             database: DatabaseConfig::default(),
-            mcp: ListenerConfig::with(8080, "http://127.0.0.1:8081"),
+            mcp: McpConfig {
+                listen: mcp.listen,
+                upstream: mcp.upstream,
+                connect_timeout_secs: mcp.connect_timeout_secs,
+                read_timeout_secs: mcp.read_timeout_secs,
+                forward_credentials: false,
+                path: "/mcp".into(),
+                sse_path: "/sse".into(),
+                messages_path: "/messages/".into(),
+                allowed_origins: Vec::new(),
+                unknown_tools: crate::policy::mcp::UnknownTools::Allow,
+                session_idle_secs: 3600,
+                max_sessions: 100_000,
+                tools: std::collections::BTreeMap::new(),
+            },
             mem0: Mem0Config {
                 listen: mem0.listen,
                 upstream: mem0.upstream,
@@ -541,7 +596,10 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for (name, listener) in [("mcp", &self.mcp), ("mem0", &self.mem0.listener())] {
+        for (name, listener) in [
+            ("mcp", &self.mcp.listener()),
+            ("mem0", &self.mem0.listener()),
+        ] {
             Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
             if listener.connect_timeout_secs == 0 {
                 return Err(invalid(
@@ -576,6 +634,21 @@ impl Config {
             ));
         }
         self.mem0.allowed_route_pairs()?;
+        for (key, path) in [
+            ("mcp.path", &self.mcp.path),
+            ("mcp.sse_path", &self.mcp.sse_path),
+            ("mcp.messages_path", &self.mcp.messages_path),
+        ] {
+            if !path.starts_with('/') || path.contains(['?', '#', '%']) {
+                return Err(invalid(key, "must be a plain path starting with /"));
+            }
+        }
+        if self.mcp.session_idle_secs == 0 || self.mcp.max_sessions == 0 {
+            return Err(invalid(
+                "mcp.session_idle_secs",
+                "mcp.session_idle_secs and mcp.max_sessions must be at least 1",
+            ));
+        }
         if self.isolation.mode == IsolationModeName::Global
             && (self.isolation.shared_user_id.trim().is_empty()
                 || self.isolation.shared_user_id.trim() != self.isolation.shared_user_id)

@@ -20,12 +20,14 @@ use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ownership::OwnerResolver;
+use crate::policy::mcp::{McpPolicy, default_tool_rules};
 use crate::policy::mem0::Mem0Policy;
 use crate::proxy::Shared;
 use crate::proxy::exchange::UpstreamClient;
+use crate::proxy::mcp::{McpFlow, McpSettings};
 use crate::proxy::mem0::Mem0Flow;
 use crate::proxy::upstream::UpstreamTarget;
-use crate::proxy::{Gate, Listener};
+use crate::proxy::{Flow, Gate, Listener};
 use crate::ratelimit::RateLimits;
 use crate::store;
 use crate::store::Store;
@@ -39,7 +41,8 @@ fn check_bindable(key: &str, addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let mcp_upstream = Arc::new(UpstreamTarget::new("mcp.upstream", &config.mcp)?);
+    let mcp_listener = config.mcp.listener();
+    let mcp_upstream = Arc::new(UpstreamTarget::new("mcp.upstream", &mcp_listener)?);
     let mem0_listener = config.mem0.listener();
     let mem0_upstream = Arc::new(UpstreamTarget::new("mem0.upstream", &mem0_listener)?);
     let mem0_policy = Mem0Policy {
@@ -127,13 +130,41 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.limits.max_response_bytes,
         mem0_listener.forward_credentials,
     );
+    let mcp_flow = McpFlow::new(McpSettings {
+        policy: McpPolicy {
+            tools: {
+                let mut tools = default_tool_rules();
+                tools.extend(config.mcp.tools.clone());
+                tools
+            },
+            unknown_tools: config.mcp.unknown_tools,
+            max_json_depth: config.limits.max_json_depth,
+            ..McpPolicy::default()
+        },
+        client: UpstreamClient::new(mcp_upstream.clone()),
+        owners,
+        mcp_path: config.mcp.path.clone(),
+        sse_path: config.mcp.sse_path.clone(),
+        messages_path: config.mcp.messages_path.clone(),
+        allowed_origins: config.mcp.allowed_origins.clone(),
+        session_idle: Duration::from_secs(config.mcp.session_idle_secs),
+        max_sessions: config.mcp.max_sessions,
+        max_body_bytes: config.limits.max_body_bytes,
+        max_response_bytes: config.limits.max_response_bytes,
+        forward_credentials: mcp_listener.forward_credentials,
+    });
     let listeners = [
-        (Listener::Mcp, &config.mcp, mcp_upstream, None),
+        (
+            Listener::Mcp,
+            &mcp_listener,
+            mcp_upstream,
+            Flow::Mcp(Box::new(mcp_flow)),
+        ),
         (
             Listener::Mem0,
             &mem0_listener,
             mem0_upstream,
-            Some(mem0_flow),
+            Flow::Mem0(mem0_flow),
         ),
     ];
     for (listener, cfg, upstream, flow) in listeners {

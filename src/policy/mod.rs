@@ -4,11 +4,13 @@
 
 pub mod deny;
 pub mod json;
+pub mod mcp;
 pub mod mem0;
 pub mod path;
 pub mod percent;
 pub mod query;
 pub mod scope;
+pub mod sse;
 
 use std::fmt;
 

@@ -38,17 +38,33 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// A policy refusal, for the audit trail.
-pub struct Refusal {
+pub struct Mem0Refusal {
     pub status: u16,
     pub message: String,
     /// Refused because the memory belongs to someone else.
     pub ownership: bool,
 }
 
+impl From<Mem0Refusal> for super::Refusal {
+    fn from(r: Mem0Refusal) -> super::Refusal {
+        super::Refusal {
+            kind: if r.ownership {
+                crate::audit::kind::OWNERSHIP_DENIED
+            } else {
+                crate::audit::kind::PERMISSION_DENIED
+            },
+            status: r.status,
+            message: r.message,
+            mcp_method: None,
+            tool: None,
+        }
+    }
+}
+
 /// What the flow did with a request.
 pub enum Handled {
     /// A response was written: the upstream's filtered answer, or a refusal.
-    Responded(Option<Refusal>),
+    Responded(Option<Mem0Refusal>),
     /// An allow-listed route: stream it through pingora to this path and query.
     Stream {
         path_and_query: String,
@@ -107,7 +123,7 @@ impl Mem0Flow {
                 let body =
                     errors::error_body(Listener::Mem0, deny.status, &deny.message, &Value::Null);
                 errors::respond_json(session, deny.status, body, &extra).await?;
-                Ok(Handled::Responded(Some(Refusal {
+                Ok(Handled::Responded(Some(Mem0Refusal {
                     status: deny.status,
                     message: deny.message,
                     ownership,

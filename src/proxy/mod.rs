@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod errors;
 pub mod exchange;
 pub mod headers;
+pub mod mcp;
 pub mod mem0;
 pub mod upstream;
 
@@ -27,7 +28,8 @@ use crate::metrics::METRICS;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{RateLimits, RetryAfter};
-use mem0::{Handled, Mem0Flow, Refusal};
+use mcp::{McpFlow, McpHandled, StreamWatch};
+use mem0::{Handled, Mem0Flow};
 use upstream::UpstreamTarget;
 
 /// Which listener a request arrived on; decides the error format.
@@ -60,6 +62,8 @@ pub struct RequestCtx {
     route: &'static str,
     upstream_started: Option<Instant>,
     request_id: String,
+    /// MCP responses streamed through pingora are watched with this.
+    mcp_watch: Option<StreamWatch>,
 }
 
 /// What every listener shares: authentication, limits and the audit trail.
@@ -76,8 +80,22 @@ pub struct Gate {
     upstream: Arc<UpstreamTarget>,
     forward_credentials: bool,
     isolation: IsolationMode,
-    /// The mem0 listener's policy flow; `None` on the MCP listener.
-    mem0: Option<Mem0Flow>,
+    flow: Flow,
+}
+
+/// The listener-specific part of the request flow.
+pub enum Flow {
+    Mem0(Mem0Flow),
+    Mcp(Box<McpFlow>),
+}
+
+/// A policy refusal worth auditing, from either flow.
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub mcp_method: Option<String>,
+    pub tool: Option<String>,
 }
 
 impl Gate {
@@ -87,7 +105,7 @@ impl Gate {
         upstream: Arc<UpstreamTarget>,
         forward_credentials: bool,
         isolation: IsolationMode,
-        mem0: Option<Mem0Flow>,
+        flow: Flow,
     ) -> Self {
         Gate {
             listener,
@@ -95,7 +113,7 @@ impl Gate {
             upstream,
             forward_credentials,
             isolation,
-            mem0,
+            flow,
         }
     }
 
@@ -230,18 +248,12 @@ impl Gate {
         Ok(Some(identity))
     }
 
-    /// Audits a policy refusal worth keeping (permission and ownership 403s).
-    fn audit_refusal(&self, session: &Session, ctx: &RequestCtx, refusal: &Refusal) {
-        if refusal.status != 403 {
-            return;
-        }
-        let kind = if refusal.ownership {
-            audit::kind::OWNERSHIP_DENIED
-        } else {
-            audit::kind::PERMISSION_DENIED
-        };
-        let mut event = self.event(session, ctx, kind, false);
+    /// Audits a policy refusal worth keeping.
+    fn audit_refusal(&self, session: &Session, ctx: &RequestCtx, refusal: Refusal) {
+        let mut event = self.event(session, ctx, refusal.kind, false);
         event.reason = Some(truncate(&refusal.message, 256));
+        event.mcp_method = refusal.mcp_method;
+        event.tool = refusal.tool;
         self.shared.audit.record(event);
     }
 }
@@ -290,43 +302,58 @@ impl ProxyHttp for Gate {
             route: "denied",
             upstream_started: None,
             request_id: String::new(),
+            mcp_watch: None,
         }
     }
 
     /// Admission and policy before anything is forwarded or any body is read.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id(session.req_header());
+        if let Flow::Mcp(flow) = &self.flow
+            && flow.check_origin(session).await?
+        {
+            return Ok(true);
+        }
         let Some(identity) = self.admit(session, ctx).await? else {
             return Ok(true);
         };
         ctx.route = self.listener.as_str();
-        let handled = match &self.mem0 {
-            Some(flow) => flow.handle(session, &identity, &mut ctx.route).await?,
-            None => {
+        let (refusal, stream) = match &self.flow {
+            Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
+                Handled::Responded(refusal) => (refusal.map(Refusal::from), None),
+                Handled::Stream {
+                    path_and_query,
+                    scope,
+                } => {
+                    ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
+                    (None, Some((scope, None)))
+                }
+            },
+            Flow::Mcp(flow) => {
                 let project = session
                     .req_header()
                     .headers
                     .get("x-mcp-project")
                     .and_then(|v| v.to_str().ok());
-                Handled::Stream {
-                    path_and_query: String::new(),
-                    scope: scope_for(&identity, &self.isolation, project),
+                let scope = scope_for(&identity, &self.isolation, project);
+                match flow.handle(session, &identity, &scope).await? {
+                    McpHandled::Responded(refusal) => (refusal.map(Refusal::from), None),
+                    McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
                 }
             }
         };
-        match handled {
-            Handled::Responded(refusal) => {
-                if let Some(refusal) = refusal {
-                    self.audit_refusal(session, ctx, &refusal);
-                }
-                Ok(true)
-            }
-            Handled::Stream {
-                path_and_query,
-                scope,
-            } => {
+        // Permission, ownership and session refusals are audited; malformed
+        // requests (400, 404, 405, 413…) are not decisions about a user's rights.
+        if let Some(refusal) = refusal
+            && (refusal.status == 403 || refusal.kind == audit::kind::SESSION_DENIED)
+        {
+            self.audit_refusal(session, ctx, refusal);
+        }
+        match stream {
+            None => Ok(true),
+            Some((scope, watch)) => {
                 ctx.scope = scope;
-                ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
+                ctx.mcp_watch = watch;
                 Ok(false)
             }
         }
@@ -368,6 +395,32 @@ impl ProxyHttp for Gate {
         }
         upstream_request.insert_header("host", self.upstream.authority())?;
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
+            let cors = flow.cors_origin(session.req_header());
+            flow.on_response_header(watch, upstream_response, cors.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
+            flow.on_response_chunk(watch, body, end_of_stream)?;
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(

@@ -20,6 +20,7 @@ use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod mcp_server;
 pub mod mem0;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_memgate");
@@ -287,6 +288,9 @@ pub struct MemgateConfig {
     pub audit: String,
     /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
     pub mem0_extra: String,
+    /// Extra keys for `[mcp]` (e.g. `allowed_origins = ["http://localhost:3000"]`).
+    /// Tool rules go in `extra` as `[mcp.tools.NAME]` tables.
+    pub mcp_extra: String,
     pub forward_credentials: bool,
 }
 
@@ -301,6 +305,7 @@ impl MemgateConfig {
             rate_limit: "per_token_rps = 0\nfailed_auth_per_ip_per_min = 1000000".into(),
             audit: String::new(),
             mem0_extra: String::new(),
+            mcp_extra: String::new(),
             forward_credentials: false,
         }
     }
@@ -322,7 +327,7 @@ impl Memgate {
         let (mcp, mem0, admin) = (free_port(), free_port(), free_port());
         let text = format!(
             "[database]\nurl = {db:?}\nconnect_timeout_secs = 1\n\n\
-             [mcp]\nlisten = \"127.0.0.1:{mcp}\"\nupstream = {mu:?}\nconnect_timeout_secs = 2\nforward_credentials = {fc}\n\n\
+             [mcp]\nlisten = \"127.0.0.1:{mcp}\"\nupstream = {mu:?}\nconnect_timeout_secs = 2\nforward_credentials = {fc}\n{mcpx}\n\n\
              [mem0]\nlisten = \"127.0.0.1:{mem0}\"\nupstream = {m0:?}\nconnect_timeout_secs = 2\nread_timeout_secs = 2\nforward_credentials = {fc}\n{m0x}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
              [auth]\n{auth}\n\n\
@@ -338,6 +343,7 @@ impl Memgate {
             spool = dir.path().join("spool").display().to_string(),
             audit = cfg.audit,
             m0x = cfg.mem0_extra,
+            mcpx = cfg.mcp_extra,
             extra = cfg.extra,
         );
         let config_path = dir.path().join("config.toml");

@@ -1,0 +1,705 @@
+//! The MCP listener's request flow (DESIGN.md §5). Every path is proxied; what
+//! memgate adds is: an Origin check and CORS preflights (before
+//! authentication), session ownership, and for JSON-RPC POSTs the pure
+//! `policy::mcp` decision (tool permissions, user and memory-id arguments),
+//! sent upstream with the rewritten body and streamed back event by event with
+//! `tools/list` results trimmed to what the token may call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::exchange::UpstreamClient;
+use super::headers;
+use crate::metrics::METRICS;
+use crate::ownership::{LookupError, OwnerResolver};
+use crate::policy::Identity;
+use crate::policy::mcp::{
+    McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, method_label, origin_allowed,
+    param_header_rewrites, session_id_from_query,
+};
+use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
+use crate::sessions::{SessionBindings, SessionUse};
+
+/// Hop-by-hop and framing headers: never copied between the two connections.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// Header names a browser client may send (CORS preflight answer).
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, x-mcp-token, x-mcp-userid, \
+     x-mcp-project, mcp-session-id, mcp-protocol-version, last-event-id";
+const CORS_EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
+
+/// A refusal the gate should audit: status, message, JSON-RPC method and tool.
+pub struct McpRefusal {
+    pub status: u16,
+    pub message: String,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub ownership: bool,
+    pub session: bool,
+}
+
+impl From<McpRefusal> for super::Refusal {
+    fn from(r: McpRefusal) -> super::Refusal {
+        use crate::audit::kind;
+        super::Refusal {
+            kind: if r.session {
+                kind::SESSION_DENIED
+            } else if r.ownership {
+                kind::OWNERSHIP_DENIED
+            } else {
+                kind::PERMISSION_DENIED
+            },
+            status: r.status,
+            message: r.message,
+            mcp_method: r.method,
+            tool: r.tool,
+        }
+    }
+}
+
+/// What the flow did with an authenticated request.
+pub enum McpHandled {
+    /// A response was written: the upstream's (filtered) answer, or a refusal.
+    Responded(Option<McpRefusal>),
+    /// Proxy it through pingora as it is (GET streams, DELETE, other paths),
+    /// watching the response with this state.
+    Stream(StreamWatch),
+}
+
+/// Per-request state for responses streamed through pingora.
+pub struct StreamWatch {
+    /// SSE responses are parsed to learn legacy session ids and trim tool lists.
+    rewriter: Option<SseRewriter>,
+    user_id: String,
+    identity: Identity,
+    /// The legacy session this stream carries, once its `endpoint` event is seen.
+    legacy_session: Option<String>,
+    /// A DELETE of this session: forget the binding once the upstream agrees.
+    ending_session: Option<String>,
+}
+
+pub struct McpFlow {
+    policy: McpPolicy,
+    client: UpstreamClient,
+    owners: Arc<OwnerResolver>,
+    sessions: SessionBindings,
+    /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
+    /// answers will come back on that session's stream.
+    pending_lists: moka::sync::Cache<String, Vec<Value>>,
+    mcp_path: String,
+    sse_path: String,
+    messages_path: String,
+    allowed_origins: Vec<String>,
+    max_body_bytes: usize,
+    max_response_bytes: usize,
+    forward_credentials: bool,
+}
+
+/// The settings `McpFlow` is built from.
+pub struct McpSettings {
+    pub policy: McpPolicy,
+    pub client: UpstreamClient,
+    pub owners: Arc<OwnerResolver>,
+    pub mcp_path: String,
+    pub sse_path: String,
+    pub messages_path: String,
+    pub allowed_origins: Vec<String>,
+    pub session_idle: Duration,
+    pub max_sessions: u64,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub forward_credentials: bool,
+}
+
+/// Which endpoint a path is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Endpoint {
+    Streamable,
+    LegacyStream,
+    LegacyMessages,
+    Other,
+}
+
+fn without_trailing_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
+    }
+}
+
+impl McpFlow {
+    pub fn new(s: McpSettings) -> Self {
+        McpFlow {
+            policy: s.policy,
+            client: s.client,
+            owners: s.owners,
+            sessions: SessionBindings::new(s.max_sessions, s.session_idle),
+            pending_lists: moka::sync::Cache::builder()
+                .max_capacity(s.max_sessions)
+                .time_to_idle(s.session_idle)
+                .build(),
+            mcp_path: s.mcp_path,
+            sse_path: s.sse_path,
+            messages_path: s.messages_path,
+            allowed_origins: s.allowed_origins,
+            max_body_bytes: s.max_body_bytes,
+            max_response_bytes: s.max_response_bytes,
+            forward_credentials: s.forward_credentials,
+        }
+    }
+
+    fn endpoint(&self, path: &str) -> Endpoint {
+        let path = without_trailing_slash(path);
+        if path == without_trailing_slash(&self.mcp_path) {
+            Endpoint::Streamable
+        } else if path == without_trailing_slash(&self.sse_path) {
+            Endpoint::LegacyStream
+        } else if path == without_trailing_slash(&self.messages_path) {
+            Endpoint::LegacyMessages
+        } else {
+            Endpoint::Other
+        }
+    }
+
+    /// The request's Origin if it is an allowed browser origin (for CORS headers).
+    pub fn cors_origin(&self, req: &RequestHeader) -> Option<String> {
+        let origin = req.headers.get("origin")?.to_str().ok()?;
+        origin_allowed(Some(origin), &self.allowed_origins).then(|| origin.to_string())
+    }
+
+    /// Before authentication: refuses foreign origins (DNS rebinding) and
+    /// answers CORS preflights from allowed ones. `Ok(true)`: a response was sent.
+    pub async fn check_origin(&self, session: &mut Session) -> Result<bool> {
+        let req = session.req_header();
+        let origins: Vec<&str> = req
+            .headers
+            .get_all("origin")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let origin = match origins.as_slice() {
+            [] => return Ok(false),
+            [one] if req.headers.get_all("origin").iter().count() == 1 => *one,
+            _ => {
+                refuse(
+                    session,
+                    400,
+                    "The Origin header must be sent once, as text",
+                    &Value::Null,
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        if !origin_allowed(Some(origin), &self.allowed_origins) {
+            let message = format!("Origin {origin} is not allowed (mcp.allowed_origins)");
+            refuse(session, 403, &message, &Value::Null, &[]).await?;
+            return Ok(true);
+        }
+        if req.method == http::Method::OPTIONS
+            && req.headers.contains_key("access-control-request-method")
+        {
+            let mut header = ResponseHeader::build(204, Some(6))?;
+            header.insert_header("access-control-allow-origin", origin)?;
+            header.insert_header("access-control-allow-methods", "GET, POST, DELETE, OPTIONS")?;
+            header.insert_header("access-control-allow-headers", CORS_ALLOW_HEADERS)?;
+            header.insert_header("access-control-expose-headers", CORS_EXPOSE_HEADERS)?;
+            header.insert_header("access-control-max-age", "600")?;
+            header.insert_header("vary", "Origin")?;
+            session
+                .write_response_header(Box::new(header), true)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Handles one authenticated request.
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+    ) -> Result<McpHandled> {
+        let req = session.req_header();
+        let endpoint = self.endpoint(req.uri.path());
+        let method = req.method.clone();
+        // The session this request uses: the header, or the legacy query parameter.
+        let session_id = match endpoint {
+            Endpoint::LegacyMessages => match session_id_from_query(req.uri.query()) {
+                Ok(id) => id,
+                Err(deny) => {
+                    refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+                    return Ok(McpHandled::Responded(None));
+                }
+            },
+            _ => match single_text(req, "mcp-session-id") {
+                Ok(id) => id,
+                Err(message) => {
+                    refuse(session, 400, &message, &Value::Null, &[]).await?;
+                    return Ok(McpHandled::Responded(None));
+                }
+            },
+        };
+        if let Some(id) = &session_id {
+            match self.sessions.check(id, &identity.user_id) {
+                SessionUse::Owner => {}
+                // Not seen by this memgate (new, idle-expired or from before a
+                // restart): the first user to present it holds it from now on.
+                SessionUse::Unknown => {
+                    if !self.sessions.bind(id, &identity.user_id) {
+                        return self.refuse_session(session).await;
+                    }
+                }
+                SessionUse::Foreign => return self.refuse_session(session).await,
+            }
+        }
+        let posts_jsonrpc = method == http::Method::POST
+            && matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyMessages);
+        if !posts_jsonrpc {
+            let rewriter = matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyStream)
+                .then(SseRewriter::default);
+            return Ok(McpHandled::Stream(StreamWatch {
+                rewriter,
+                user_id: identity.user_id.clone(),
+                identity: identity.clone(),
+                legacy_session: None,
+                ending_session: (method == http::Method::DELETE)
+                    .then_some(session_id)
+                    .flatten(),
+            }));
+        }
+        let body = match self.read_body(session).await {
+            Ok(body) => body,
+            Err((status, message)) => {
+                refuse(session, status, &message, &Value::Null, &[]).await?;
+                return Ok(McpHandled::Responded(None));
+            }
+        };
+        let forward = match self.policy.decide(identity, scope, &body) {
+            McpDecision::Deny(deny) => return self.refuse_call(session, deny, false).await,
+            McpDecision::Forward(forward) => forward,
+        };
+        for call in &forward.calls {
+            let tool = call
+                .tool
+                .as_deref()
+                .map_or("", |t| self.policy.tool_label(t));
+            METRICS
+                .mcp_requests
+                .with_label_values(&[method_label(&call.method), tool])
+                .inc();
+        }
+        if let Err(deny) = self.check_owners(identity, scope, &forward).await {
+            let ownership = deny.status == 403;
+            return self.refuse_call(session, deny, ownership).await;
+        }
+        if endpoint == Endpoint::LegacyMessages
+            && let Some(id) = &session_id
+        {
+            let ids = forward.tools_list_ids();
+            if !ids.is_empty() {
+                let mut pending = self.pending_lists.get(id).unwrap_or_default();
+                pending.extend(ids);
+                let keep_from = pending.len().saturating_sub(64);
+                self.pending_lists
+                    .insert(id.clone(), pending.split_off(keep_from));
+            }
+        }
+        self.forward(session, identity, scope, forward, body)
+            .await?;
+        Ok(McpHandled::Responded(None))
+    }
+
+    async fn refuse_session(&self, session: &mut Session) -> Result<McpHandled> {
+        let message = "Session not found";
+        refuse(session, 404, message, &Value::Null, &[]).await?;
+        Ok(McpHandled::Responded(Some(McpRefusal {
+            status: 404,
+            message: "session belongs to another user".into(),
+            method: None,
+            tool: None,
+            ownership: false,
+            session: true,
+        })))
+    }
+
+    async fn refuse_call(
+        &self,
+        session: &mut Session,
+        deny: McpDeny,
+        ownership: bool,
+    ) -> Result<McpHandled> {
+        let cors = self.cors_origin(session.req_header());
+        let mut header = ResponseHeader::build(deny.status, Some(4))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("content-length", deny.body.len().to_string())?;
+        header.insert_header("cache-control", "no-store")?;
+        add_cors(&mut header, cors.as_deref())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(deny.body)), true)
+            .await?;
+        Ok(McpHandled::Responded(Some(McpRefusal {
+            status: deny.status,
+            message: deny.message,
+            method: deny.method,
+            tool: deny.tool,
+            ownership,
+            session: false,
+        })))
+    }
+
+    /// The owners of every memory id the calls name, then the policy's verdict.
+    async fn check_owners(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        forward: &McpForward,
+    ) -> std::result::Result<(), McpDeny> {
+        if forward.need_owners.is_empty() {
+            return Ok(());
+        }
+        let mut checks = Vec::with_capacity(forward.need_owners.len());
+        for check in &forward.need_owners {
+            let owner = match self.owners.owner(&check.memory_id).await {
+                Ok(owner) => Some(owner),
+                Err(LookupError::NotFound) => None,
+                Err(LookupError::Upstream { status, message }) => {
+                    let deny = crate::policy::deny::Deny::new(status, message);
+                    return Err(McpDeny::from_deny(&deny, &check.request_id));
+                }
+            };
+            checks.push((check.clone(), owner));
+        }
+        decide_owners(identity, scope, &checks)
+    }
+
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> std::result::Result<Vec<u8>, (u16, String)> {
+        let limit = self.max_body_bytes;
+        let req = session.req_header();
+        if let Some(encoding) = req.headers.get("content-encoding")
+            && encoding.as_bytes() != b"identity"
+        {
+            return Err((415, "Compressed request bodies are not accepted".into()));
+        }
+        let declared = req
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err((413, format!("Request body larger than {limit} bytes")));
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err((413, format!("Request body larger than {limit} bytes")));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err((400, "The request body could not be read".into())),
+            }
+        }
+        Ok(buf.to_vec())
+    }
+
+    fn upstream_request(
+        &self,
+        client_req: &RequestHeader,
+        identity: &Identity,
+        scope: &str,
+        forward: &McpForward,
+        body_len: usize,
+    ) -> Result<RequestHeader> {
+        let path_and_query = client_req
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let mut req =
+            RequestHeader::build(client_req.method.clone(), path_and_query.as_bytes(), None)?;
+        for (name, value) in client_req.headers.iter() {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                req.append_header(name.clone(), value.clone())?;
+            }
+        }
+        let present: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        for (name, value) in param_header_rewrites(&present, &forward.param_headers) {
+            req.remove_header(&name);
+            if let Some(value) = value {
+                req.insert_header(name, value)?;
+            }
+        }
+        headers::rewrite(&mut req, identity, scope, self.forward_credentials)?;
+        req.insert_header("host", self.client.target().authority())?;
+        req.insert_header("content-length", body_len.to_string())?;
+        Ok(req)
+    }
+
+    /// Sends the authorised JSON-RPC POST and streams the answer back.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+        forward: McpForward,
+        client_body: Vec<u8>,
+    ) -> Result<()> {
+        let body = Bytes::from(forward.body.clone().unwrap_or(client_body));
+        let upstream_req =
+            self.upstream_request(session.req_header(), identity, scope, &forward, body.len())?;
+        let cors = self.cors_origin(session.req_header());
+        let started = std::time::Instant::now();
+        let mut open = match self.client.open(upstream_req, Some(body)).await {
+            Ok(open) => open,
+            Err(e) => {
+                let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
+                tracing::info!(error = %e, status, "MCP upstream exchange failed");
+                return refuse(session, status, &message, &Value::Null, &[]).await;
+            }
+        };
+        METRICS
+            .upstream_duration
+            .with_label_values(&[super::Listener::Mcp.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let upstream = open.header.clone();
+        let initialized = forward.calls.iter().any(|c| c.method == "initialize");
+        if initialized
+            && upstream.status.is_success()
+            && let Some(id) = upstream
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+        {
+            self.sessions.bind(id, &identity.user_id);
+        }
+        let content_type = upstream
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let ids = forward.tools_list_ids();
+        let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 3))?;
+        for (name, value) in upstream.headers.iter() {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                header.append_header(name.clone(), value.clone())?;
+            }
+        }
+        add_cors(&mut header, cors.as_deref())?;
+        if content_type.starts_with("text/event-stream") {
+            // Event by event: each complete event goes out as soon as it is in.
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            let mut rewriter = SseRewriter::default();
+            let mut filter = |event: &mut SseEvent| {
+                if !ids.is_empty() {
+                    self.policy.filter_sse_event(identity, event, &ids);
+                }
+            };
+            loop {
+                let chunk = match open.next_chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "MCP upstream stream ended with an error");
+                        return Ok(());
+                    }
+                };
+                let out = rewriter.feed(&chunk, &mut filter).map_err(|e| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("SSE from the MCP upstream: {e}"),
+                    )
+                })?;
+                if !out.is_empty() {
+                    session
+                        .write_response_body(Some(Bytes::from(out)), false)
+                        .await?;
+                }
+            }
+            let tail = rewriter.finish(&mut filter).unwrap_or_default();
+            session
+                .write_response_body(Some(Bytes::from(tail)), true)
+                .await?;
+            open.finish().await;
+            return Ok(());
+        }
+        // A JSON (or other) answer: read it whole, trim tool lists, send it.
+        let mut buf = BytesMut::new();
+        loop {
+            match open.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > self.max_response_bytes {
+                        return refuse(
+                            session,
+                            502,
+                            "The MCP upstream answered too much",
+                            &Value::Null,
+                            &[],
+                        )
+                        .await;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
+                    return refuse(session, status, &message, &Value::Null, &[]).await;
+                }
+            }
+        }
+        open.finish().await;
+        let mut body = buf.freeze();
+        if !ids.is_empty()
+            && let Some(filtered) = self.policy.filter_tools_list(identity, &body, &ids)
+        {
+            body = Bytes::from(filtered);
+        }
+        header.insert_header("content-length", body.len().to_string())?;
+        session
+            .write_response_header(Box::new(header), body.is_empty())
+            .await?;
+        if !body.is_empty() {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Response headers of a streamed request: CORS, and the end of a session.
+    pub fn on_response_header(
+        &self,
+        watch: &mut StreamWatch,
+        response: &mut ResponseHeader,
+        cors: Option<&str>,
+    ) -> Result<()> {
+        add_cors(response, cors)?;
+        let is_sse = response
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
+        if !is_sse {
+            watch.rewriter = None;
+        }
+        if response.status.is_success()
+            && let Some(id) = watch.ending_session.take()
+        {
+            self.sessions.end(&id);
+        }
+        Ok(())
+    }
+
+    /// One chunk of a streamed response: learn the legacy session from its
+    /// `endpoint` event, trim tool lists answered on a legacy stream.
+    pub fn on_response_chunk(
+        &self,
+        watch: &mut StreamWatch,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        let Some(mut rewriter) = watch.rewriter.take() else {
+            return Ok(());
+        };
+        let chunk = body.take().unwrap_or_default();
+        let mut on_event = |event: &mut SseEvent| {
+            if event.event.as_deref() == Some("endpoint")
+                && let Some(id) = event.data.as_deref().and_then(endpoint_session_id)
+            {
+                if self.sessions.bind(&id, &watch.user_id) {
+                    watch.legacy_session = Some(id);
+                } else {
+                    tracing::warn!("a legacy SSE stream announced a session bound to another user");
+                }
+                return;
+            }
+            if let Some(id) = &watch.legacy_session
+                && let Some(ids) = self.pending_lists.get(id)
+            {
+                self.policy.filter_sse_event(&watch.identity, event, &ids);
+            }
+        };
+        let mut out = rewriter.feed(&chunk, &mut on_event).map_err(|e| {
+            Error::explain(
+                ErrorType::InternalError,
+                format!("SSE from the MCP upstream: {e}"),
+            )
+        })?;
+        if end {
+            out.extend(rewriter.finish(&mut on_event).unwrap_or_default());
+        }
+        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        watch.rewriter = Some(rewriter);
+        Ok(())
+    }
+}
+
+/// CORS headers for an allowed browser origin.
+fn add_cors(header: &mut ResponseHeader, origin: Option<&str>) -> Result<()> {
+    if let Some(origin) = origin {
+        header.insert_header("access-control-allow-origin", origin)?;
+        header.insert_header("access-control-expose-headers", CORS_EXPOSE_HEADERS)?;
+        header.append_header("vary", "Origin")?;
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error response.
+async fn refuse(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    id: &Value,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let body = super::errors::error_body(super::Listener::Mcp, status, message, id);
+    super::errors::respond_json(session, status, body, extra).await
+}
+
+/// The one text value of a header; several values are refused.
+fn single_text(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, String> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(format!("The {name} header was sent more than once"));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| format!("The {name} header is not valid text"))
+        })
+        .transpose()
+}

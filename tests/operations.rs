@@ -1,0 +1,441 @@
+//! End to end: what operators rely on. The audit trail is complete (also
+//! across a store outage and a SIGTERM), limits answer 429, and every metric
+//! the dashboard and the alert rules use exists.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::mem0::Mem0;
+use support::*;
+
+/// Audit events of `event` in the store, oldest first.
+async fn audit_rows(db: &TestDb, event: &str) -> Vec<memgate::audit::AuditEvent> {
+    db.store()
+        .await
+        .audit_events(&memgate::store::AuditFilter {
+            since: chrono::Utc::now() - chrono::Duration::days(1),
+            user_id: None,
+            event: Some(event.into()),
+            limit: 1_000_000,
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits until the store holds `expected` rows of `event` (the writer is asynchronous).
+async fn wait_for_rows(
+    db: &TestDb,
+    event: &str,
+    expected: usize,
+) -> Vec<memgate::audit::AuditEvent> {
+    let mut rows = Vec::new();
+    for _ in 0..150 {
+        rows = audit_rows(db, event).await;
+        if rows.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows
+}
+
+async fn get(url: &str, token: Option<&str>) -> StatusCode {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.header("X-MCP-Token", t);
+    }
+    req.send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(StatusCode::IM_A_TEAPOT)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mixed_requests_produce_exactly_the_expected_audit_rows() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let upstream = Upstream::start().await;
+        let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+        let alice = gate.create_token("alice", &[]);
+        let bob = gate.create_token("bob", &[]);
+        let unknown = memgate::token::generate().unwrap();
+        let url = gate.mem0_url("/memories");
+        let mut expected_failures = 0;
+        let mut requests = Vec::new();
+        for i in 0..1000 {
+            let token = match i % 4 {
+                0 => None,
+                1 => Some(unknown.as_str()),
+                2 => Some(alice.as_str()),
+                _ => Some(bob.as_str()),
+            };
+            if i % 4 < 2 {
+                expected_failures += 1;
+            }
+            requests.push(get(&url, token));
+            if requests.len() == 50 {
+                futures::future::join_all(std::mem::take(&mut requests)).await;
+            }
+        }
+        futures::future::join_all(requests).await;
+
+        let failures = wait_for_rows(&db, "auth_failure", expected_failures).await;
+        assert_eq!(failures.len(), expected_failures, "{backend:?}");
+        let reasons: BTreeSet<_> = failures.iter().filter_map(|e| e.reason.clone()).collect();
+        assert_eq!(
+            reasons,
+            BTreeSet::from(["missing".to_string(), "unknown".to_string()])
+        );
+        for row in &failures {
+            assert_eq!(row.ip.as_deref(), Some("127.0.0.1"));
+            assert_eq!(row.method.as_deref(), Some("GET"));
+            assert_eq!(row.path.as_deref(), Some("/memories"));
+            assert!(row.request_id.is_some());
+        }
+        // The unknown token is named by its prefix only.
+        let prefix = memgate::token::display_prefix(&unknown);
+        let named: Vec<_> = failures
+            .iter()
+            .filter(|e| e.token_prefix.as_deref() == Some(prefix))
+            .collect();
+        assert_eq!(named.len(), 250);
+        // One success per token per sampling window.
+        let successes = wait_for_rows(&db, "auth_success", 2).await;
+        let users: BTreeSet<_> = successes.iter().filter_map(|e| e.user_id.clone()).collect();
+        assert_eq!(successes.len(), 2, "{backend:?}: {successes:?}");
+        assert_eq!(
+            users,
+            BTreeSet::from(["alice".to_string(), "bob".to_string()])
+        );
+        assert_eq!(
+            audit_rows(&db, "token_admin").await.len(),
+            2,
+            "two token creations"
+        );
+
+        // The CLI shows the same trail; no row anywhere holds a token.
+        let out = gate.cli(&["audit", "--json", "--days", "1", "--limit", "100000"]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains(&alice) && !text.contains(&unknown));
+        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(all.len(), expected_failures + 2 + 2);
+        for key in [
+            "time",
+            "event",
+            "success",
+            "user_id",
+            "token_prefix",
+            "ip",
+            "reason",
+            "method",
+            "path",
+            "mcp_method",
+            "tool",
+        ] {
+            assert!(all[0].get(key).is_some(), "{key} missing from {}", all[0]);
+        }
+        let out = gate.cli(&["stats", "alice", "--json"]);
+        let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stats["tokens_total"], 1);
+        assert_eq!(stats["successes_30d"], 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_survive_a_store_outage() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await;
+    let relay = Relay::start(pg_addr()).await;
+    let upstream = Upstream::start().await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url_via(relay.addr), &upstream.url())).await;
+    let url = gate.mem0_url("/memories");
+    let burst = |n: usize| {
+        let url = url.clone();
+        async move {
+            for _ in 0..n {
+                assert_eq!(get(&url, None).await, 401);
+            }
+        }
+    };
+    burst(100).await;
+    relay.cut();
+    burst(100).await;
+    // Events pile up in the spool while the store is gone.
+    let spooled = within(Duration::from_secs(10), || async {
+        gate.metric("memgate_audit_spool_depth").await > 0.0
+    })
+    .await;
+    assert!(spooled.is_some(), "nothing was spooled during the outage");
+    relay.restore();
+    burst(100).await;
+    let rows = wait_for_rows(&db, "auth_failure", 300).await;
+    assert_eq!(rows.len(), 300, "every event written once, none lost");
+    let ids: BTreeSet<_> = rows.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids.len(), 300);
+    let drained = within(Duration::from_secs(10), || async {
+        gate.metric("memgate_audit_spool_depth").await == 0.0
+    })
+    .await;
+    assert!(drained.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_audit_event() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let upstream = Upstream::start().await;
+        let mut gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+        let url = gate.mem0_url("/memories");
+        let load = tokio::spawn(async move {
+            let mut refused = 0usize;
+            for _ in 0..2000 {
+                match get(&url, None).await {
+                    StatusCode::UNAUTHORIZED => refused += 1,
+                    StatusCode::IM_A_TEAPOT => break, // connection refused: memgate is gone
+                    _ => {}
+                }
+            }
+            refused
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let status = gate.terminate().await;
+        assert!(
+            status.success(),
+            "{backend:?}: exit status {status:?}\n{}",
+            gate.log()
+        );
+        let refused = load.await.unwrap();
+        assert!(refused > 0, "no load reached memgate");
+        let rows = audit_rows(&db, "auth_failure").await;
+        let spool = std::fs::read_to_string(
+            gate.config_path
+                .parent()
+                .unwrap()
+                .join("spool/audit-spool.jsonl"),
+        )
+        .unwrap_or_default();
+        let kept = rows.len() + spool.lines().count();
+        assert!(
+            kept >= refused,
+            "{backend:?}: {refused} requests were refused but only {kept} events kept ({} in the store)",
+            rows.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_limit_answers_429_with_retry_after_in_each_format() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.rate_limit =
+        "per_token_rps = 1000\nper_token_burst = 1000\nfailed_auth_per_ip_per_min = 1000".into();
+    let gate = Memgate::start(cfg).await;
+    let slow = gate.create_token("alice", &["--rate-limit", "2/s"]);
+    let fast = gate.create_token("bob", &[]);
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&gate.mem0_url("/memories"), Some(&slow)).await);
+    }
+    assert_eq!(&statuses[..2], &[StatusCode::OK, StatusCode::OK]);
+    assert!(
+        statuses[2..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let resp = client
+        .get(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", &slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry));
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("Rate limit"));
+    let resp = client
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", &slow)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32029);
+    assert_eq!(
+        get(&gate.mem0_url("/memories"), Some(&fast)).await,
+        200,
+        "other tokens are unaffected"
+    );
+    assert!(
+        gate.metric("memgate_rate_limited_total{kind=\"token\"}")
+            .await
+            >= 3.0
+    );
+    let limited = wait_for_rows(&db, "rate_limited", 1).await;
+    assert_eq!(
+        limited.len(),
+        1,
+        "rate limiting is audited once per window: {limited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.rate_limit = "per_token_rps = 0\nfailed_auth_per_ip_per_min = 5".into();
+    let gate = Memgate::start(cfg).await;
+    let good = gate.create_token("alice", &[]);
+    assert_eq!(get(&gate.mem0_url("/memories"), Some(&good)).await, 200);
+    let lookups = "memgate_store_queries_total{op=\"token_by_hash\"}";
+    // Five failures fit the budget; the sixth is answered and trips the limit.
+    for _ in 0..6 {
+        let guess = memgate::token::generate().unwrap();
+        assert_eq!(get(&gate.mem0_url("/memories"), Some(&guess)).await, 401);
+    }
+    let before = gate.metric(lookups).await;
+    for _ in 0..100 {
+        let guess = memgate::token::generate().unwrap();
+        assert_eq!(get(&gate.mem0_url("/memories"), Some(&guess)).await, 429);
+    }
+    assert_eq!(
+        gate.metric(lookups).await,
+        before,
+        "blocked guesses must not query the store"
+    );
+    let resp = reqwest::Client::new()
+        .get(gate.mcp_url("/mcp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        get(&gate.mem0_url("/memories"), Some(&good)).await,
+        200,
+        "a token already proven still works"
+    );
+    assert!(
+        gate.metric("memgate_rate_limited_total{kind=\"failed_auth_ip\"}")
+            .await
+            >= 100.0
+    );
+}
+
+/// Metric names a PromQL file or dashboard refers to.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("memgate_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_used_by_the_dashboard_and_alerts_is_exported() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!("{root}/grafana/memgate.json")).unwrap();
+    let alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let _: Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let used: BTreeSet<String> = metric_names(&dashboard)
+        .into_iter()
+        .chain(metric_names(&alerts))
+        .collect();
+    assert!(used.len() >= 12, "{used:?}");
+
+    // Traffic that touches every kind of metric: successes, failures, an ownership denial.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mem0 = Mem0::start().await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &mem0.url())).await;
+    let alice = gate.create_token("alice", &[]);
+    let bob = gate.create_token("bob", &[]);
+    let id = mem0.seed("alice", "likes tea");
+    assert_eq!(
+        get(&gate.mem0_url(&format!("/memories/{id}")), Some(&bob)).await,
+        403
+    );
+    assert_eq!(get(&gate.mem0_url("/memories"), Some(&alice)).await, 200);
+    mem0.set_ignore_filters(true);
+    mem0.seed("bob", "likes coffee");
+    assert_eq!(get(&gate.mem0_url("/memories"), Some(&alice)).await, 200);
+    let _ = reqwest::Client::new()
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", &alice)
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_memories","arguments":{"query":"x"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    let out = gate.cli(&[
+        "token",
+        "revoke",
+        memgate::token::display_prefix(&bob),
+        "--yes",
+    ]);
+    assert!(out.status.success());
+    let revoked = within(Duration::from_secs(2), || async {
+        get(&gate.mem0_url("/memories"), Some(&bob)).await == 401
+    })
+    .await;
+    assert!(revoked.is_some());
+
+    let exported = reqwest::get(format!("http://{}/metrics", gate.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let have = metric_names(&exported);
+    let missing: Vec<_> = used.difference(&have).collect();
+    assert!(
+        missing.is_empty(),
+        "used by dashboard/alerts but not exported: {missing:?}"
+    );
+    for name in &used {
+        assert!(
+            exported.contains(&format!("# HELP {name} ")),
+            "{name} has no help text"
+        );
+    }
+
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args([
+            "check",
+            "rules",
+            &format!("{root}/deploy/prometheus/alerts.yml"),
+        ])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
