@@ -286,6 +286,8 @@ pub struct MemgateConfig {
     pub rate_limit: String,
     /// Extra keys for `[audit]` (the spool always lives in the test's directory).
     pub audit: String,
+    /// Extra keys for `[server]`.
+    pub server: String,
     /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
     pub mem0_extra: String,
     /// Extra keys for `[mcp]` (e.g. `allowed_origins = ["http://localhost:3000"]`).
@@ -304,6 +306,7 @@ impl MemgateConfig {
             auth: String::new(),
             rate_limit: "per_token_rps = 0\nfailed_auth_per_ip_per_min = 1000000".into(),
             audit: String::new(),
+            server: String::new(),
             mem0_extra: String::new(),
             mcp_extra: String::new(),
             forward_credentials: false,
@@ -333,7 +336,7 @@ impl Memgate {
              [auth]\n{auth}\n\n\
              [rate_limit]\n{rate_limit}\n\n\
              [audit]\nspool_dir = {spool:?}\n{audit}\n\n\
-             [server]\nthreads = 1\ngrace_period_secs = 1\n\n{extra}\n",
+             [server]\nthreads = 1\ngrace_period_secs = 1\n{server}\n\n{extra}\n",
             db = cfg.database_url,
             mu = cfg.mcp_upstream,
             m0 = cfg.mem0_upstream,
@@ -342,6 +345,7 @@ impl Memgate {
             rate_limit = cfg.rate_limit,
             spool = dir.path().join("spool").display().to_string(),
             audit = cfg.audit,
+            server = cfg.server,
             m0x = cfg.mem0_extra,
             mcpx = cfg.mcp_extra,
             extra = cfg.extra,

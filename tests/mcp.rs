@@ -1,0 +1,1209 @@
+//! End to end through memgate's MCP listener (DESIGN.md §3, §5): a real
+//! memgate process in front of an MCP server shaped like the mem0 MCP servers
+//! (`support::mcp_server::McpServer`, rmcp over Streamable HTTP plus a legacy
+//! SSE pair) and a fake mem0 REST server (`support::mem0::Mem0`) that memgate
+//! asks for memory owners. Clients are rmcp's own Streamable HTTP client or raw
+//! reqwest; every test checks what the client got AND what the upstream MCP
+//! server actually received.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderName, HeaderValue};
+use futures::{Stream, StreamExt};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::service::{ClientInitializeError, NotificationContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use support::mcp_server::McpServer;
+use support::mem0::Mem0;
+use support::*;
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Longest any single network step may take (streams excepted).
+const STEP: Duration = Duration::from_secs(10);
+
+struct Env {
+    _db: TestDb,
+    mem0: Mem0,
+    mcp: McpServer,
+    gate: Memgate,
+}
+
+/// A memgate whose MCP listener fronts a fresh fake MCP server and whose
+/// owner lookups go to a fresh fake mem0. `mcp_extra` goes inside `[mcp]`,
+/// `extra` is appended as whole sections.
+async fn env_with(mcp_extra: &str, extra: &str) -> Env {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mem0 = Mem0::start().await;
+    let mcp = McpServer::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &mcp.url());
+    cfg.mcp_upstream = mcp.url();
+    cfg.mem0_upstream = mem0.url();
+    cfg.mcp_extra = mcp_extra.to_string();
+    cfg.extra = extra.to_string();
+    let gate = Memgate::start(cfg).await;
+    Env {
+        _db: db,
+        mem0,
+        mcp,
+        gate,
+    }
+}
+
+async fn env() -> Env {
+    env_with("", "").await
+}
+
+const RW: &[&str] = &[];
+const READ_ONLY: &[&str] = &["--permissions", "read"];
+
+const WRITE_TOOLS: [&str; 5] = [
+    "add_memory",
+    "update_memory",
+    "delete_memory",
+    "delete_all_memories",
+    "add_coding_preference",
+];
+const READ_TOOLS: [&str; 6] = [
+    "search_memories",
+    "get_all_memories",
+    "get_memory",
+    "get_memory_history",
+    "search_coding_preferences",
+    "get_all_coding_preferences",
+];
+
+/// Runs `fut`, failing the test if it takes longer than `limit`.
+async fn bounded<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
+}
+
+fn project_hash(user: &str, project: &str) -> String {
+    let digest = Sha256::digest(format!("{user}\0{project}").as_bytes());
+    hex::encode(digest)[..12].to_string()
+}
+
+fn args(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().expect("arguments are an object")
+}
+
+/// An error and every error under it, as one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{error} ({error:?})");
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(&format!(" <- {inner}"));
+        source = inner.source();
+    }
+    text
+}
+
+// --- rmcp client -------------------------------------------------------------
+
+/// A client handler that records progress notifications and when they came.
+#[derive(Clone, Default)]
+struct Recorder {
+    progress: Arc<Mutex<Vec<(Instant, ProgressNotificationParam)>>>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .expect("progress")
+            .push((Instant::now(), params));
+    }
+}
+
+type Client = RunningService<RoleClient, Recorder>;
+
+/// Connects rmcp's Streamable HTTP client to memgate's `/mcp` with these
+/// headers on every request, and runs `initialize`.
+async fn try_connect(
+    gate: &Memgate,
+    headers: &[(&str, &str)],
+) -> Result<Client, ClientInitializeError> {
+    let headers: HashMap<HeaderName, HeaderValue> = headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).expect("header name"),
+                HeaderValue::from_str(v).expect("header value"),
+            )
+        })
+        .collect();
+    let config = StreamableHttpClientTransportConfig::with_uri(gate.mcp_url("/mcp"))
+        .custom_headers(headers)
+        .reinit_on_expired_session(false);
+    let transport = StreamableHttpClientTransport::from_config(config);
+    bounded(STEP, "initialize", Recorder::default().serve(transport)).await
+}
+
+async fn connect(gate: &Memgate, token: &str) -> Client {
+    connect_with(gate, &[("X-MCP-Token", token)]).await
+}
+
+async fn connect_with(gate: &Memgate, headers: &[(&str, &str)]) -> Client {
+    match try_connect(gate, headers).await {
+        Ok(client) => client,
+        Err(e) => panic!("rmcp client could not initialise through memgate: {}", chain(&e)),
+    }
+}
+
+async fn call(client: &Client, tool: &str, arguments: Value) -> Result<CallToolResult, ServiceError> {
+    let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments));
+    bounded(STEP, tool, client.call_tool(params)).await
+}
+
+/// A call that must succeed; returns the tool's JSON result.
+async fn call_ok(client: &Client, tool: &str, arguments: Value) -> Value {
+    let result = match call(client, tool, arguments.clone()).await {
+        Ok(result) => result,
+        Err(e) => panic!("{tool} {arguments} failed: {}", chain(&e)),
+    };
+    assert_ne!(result.is_error, Some(true), "{tool} {arguments}: {result:?}");
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// A call memgate must refuse; returns the whole error text.
+async fn call_refused(client: &Client, tool: &str, arguments: Value) -> String {
+    match call(client, tool, arguments.clone()).await {
+        Ok(result) => panic!("{tool} {arguments} was not refused: {result:?}"),
+        Err(e) => chain(&e),
+    }
+}
+
+async fn tool_names(client: &Client) -> BTreeSet<String> {
+    bounded(STEP, "tools/list", client.list_all_tools())
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+async fn close(client: Client) {
+    let _ = bounded(STEP, "client close", client.cancel()).await;
+}
+
+// --- raw HTTP ----------------------------------------------------------------
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(STEP)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    /// Every JSON-RPC message of the body (a JSON body, or the `data` of each
+    /// SSE event).
+    messages: Vec<Value>,
+    text: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+    }
+
+    /// The one JSON value of a JSON body (`Null` when there is none).
+    fn json(&self) -> Value {
+        self.messages.first().cloned().unwrap_or(Value::Null)
+    }
+
+    /// The message answering request `id`.
+    fn answer(&self, id: i64) -> Option<&Value> {
+        self.messages.iter().find(|m| m["id"] == json!(id))
+    }
+}
+
+/// The JSON-RPC messages of a body: plain JSON, or an event stream.
+fn rpc_messages(text: &str) -> Vec<Value> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return serde_json::from_str(trimmed).map_or_else(|_| Vec::new(), |v| vec![v]);
+    }
+    sse_events(text)
+        .into_iter()
+        .filter_map(|(_, data)| serde_json::from_str(&data).ok())
+        .collect()
+}
+
+/// (event, data) of each event of an SSE text.
+fn sse_events(text: &str) -> Vec<(String, String)> {
+    let text = text.replace("\r\n", "\n");
+    text.split("\n\n").filter_map(parse_event).collect()
+}
+
+fn parse_event(block: &str) -> Option<(String, String)> {
+    let mut event = String::from("message");
+    let mut data: Vec<&str> = Vec::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    (!data.is_empty()).then(|| (event, data.join("\n")))
+}
+
+async fn reply_of(resp: reqwest::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = bounded(STEP, "response body", resp.text())
+        .await
+        .unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        messages: rpc_messages(&text),
+        text,
+    }
+}
+
+/// POSTs `body` (raw bytes) to `path` on the MCP listener.
+async fn post_raw(gate: &Memgate, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    let mut req = http()
+        .post(gate.mcp_url(path))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    reply_of(req.body(body).send().await.expect("POST")).await
+}
+
+/// POSTs a JSON-RPC body to `/mcp` with a token and an optional session.
+async fn post_rpc(gate: &Memgate, token: &str, session: Option<&str>, body: &Value) -> Reply {
+    let mut headers = vec![("X-MCP-Token", token)];
+    if let Some(session) = session {
+        headers.push(("Mcp-Session-Id", session));
+    }
+    post_raw(gate, "/mcp", &headers, body.to_string().into_bytes()).await
+}
+
+fn initialize_body(id: i64) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "memgate-tests", "version": "0"},
+        },
+    })
+}
+
+fn tool_call(id: i64, tool: &str, arguments: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    })
+}
+
+fn ping(id: i64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "ping"})
+}
+
+/// Initialises a Streamable HTTP session with raw requests (initialize, then
+/// `notifications/initialized`) and returns its `Mcp-Session-Id`.
+async fn raw_session(gate: &Memgate, token: &str, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![("X-MCP-Token", token)];
+    all.extend_from_slice(headers);
+    let reply = post_raw(gate, "/mcp", &all, initialize_body(1).to_string().into_bytes()).await;
+    assert_eq!(reply.status, 200, "initialize: {}", reply.text);
+    assert!(
+        reply.answer(1).is_some_and(|m| m["result"].is_object()),
+        "initialize answer: {}",
+        reply.text
+    );
+    let session = reply
+        .header("mcp-session-id")
+        .unwrap_or_else(|| panic!("no Mcp-Session-Id on the initialize answer: {reply:?}"));
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let mut with_session = all.clone();
+    with_session.push(("Mcp-Session-Id", &session));
+    let reply = post_raw(gate, "/mcp", &with_session, initialized.to_string().into_bytes()).await;
+    assert_eq!(reply.status, 202, "notifications/initialized: {}", reply.text);
+    session
+}
+
+/// A JSON-RPC refusal carrying the request's id.
+fn assert_refusal(reply: &Reply, status: u16, id: i64, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["jsonrpc"], "2.0", "{what}: {}", reply.text);
+    assert_eq!(body["id"], json!(id), "{what}: {}", reply.text);
+    assert!(body["error"]["code"].is_i64(), "{what}: {}", reply.text);
+    assert!(body["error"]["message"].is_string(), "{what}: {}", reply.text);
+}
+
+/// Requests the upstream received carrying `Mcp-Session-Id: session`.
+fn with_session<'a>(log: &'a [Recorded], session: &str) -> Vec<&'a Recorded> {
+    log.iter()
+        .filter(|r| r.header("mcp-session-id").as_deref() == Some(session))
+        .collect()
+}
+
+/// Reads SSE events off a response body as they come.
+struct SseReader {
+    stream: Pin<Box<dyn Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event with data, or `None` when the stream ends or stays
+    /// silent for `limit`.
+    async fn next_event(&mut self, limit: Duration) -> Option<(String, String)> {
+        loop {
+            self.buf = self.buf.replace("\r\n", "\n");
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(event) = parse_event(&block) {
+                    return Some(event);
+                }
+                continue;
+            }
+            match tokio::time::timeout(limit, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Opens a GET stream on the MCP listener.
+async fn open_stream(gate: &Memgate, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    // No overall timeout: the stream may legitimately stay open for long.
+    let client = reqwest::Client::builder()
+        .connect_timeout(STEP)
+        .build()
+        .unwrap();
+    let mut req = client
+        .get(gate.mcp_url(path))
+        .header("accept", "text/event-stream");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    bounded(STEP, "stream headers", req.send())
+        .await
+        .expect("GET stream")
+}
+
+// ---------------------------------------------------------------------------
+// Streamable HTTP with rmcp's client
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect_with(&gate, &[("X-MCP-Token", &alice), ("X-MCP-UserID", "alice")]).await;
+    assert!(client.peer_info().is_some(), "no initialize result");
+
+    let listed = tool_names(&client).await;
+    let every: BTreeSet<String> = support::mcp_server::tool_names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(listed, every, "a read-write token sees every tool");
+
+    let added = call_ok(&client, "add_memory", json!({"text": "I drink green tea"})).await;
+    assert_eq!(added["results"][0]["event"], "ADD", "{added}");
+    let found = call_ok(
+        &client,
+        "search_memories",
+        json!({"query": "tea", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(found["results"][0]["memory"], "I drink green tea", "{found}");
+    assert_eq!(found["results"][0]["user_id"], "alice", "{found}");
+    let all = call_ok(&client, "get_all_memories", json!({})).await;
+    assert_eq!(all["results"].as_array().map(Vec::len), Some(1), "{all}");
+
+    assert_eq!(
+        mcp.calls_of("add_memory"),
+        [json!({"text": "I drink green tea", "user_id": "alice"})]
+    );
+    assert_eq!(
+        mcp.calls_of("search_memories"),
+        [json!({"query": "tea", "user_id": "alice"})]
+    );
+    assert_eq!(mcp.calls_of("get_all_memories"), [json!({"user_id": "alice"})]);
+
+    // What the upstream saw: one session, trusted identity, no credentials.
+    let log = mcp.http_requests();
+    let posts: Vec<&Recorded> = log.iter().filter(|r| r.method == "POST").collect();
+    assert!(posts.len() >= 5, "{posts:?}");
+    let session = posts[1]
+        .header("mcp-session-id")
+        .expect("requests after initialize carry the session");
+    for r in &posts[1..] {
+        assert_eq!(r.header("mcp-session-id").as_deref(), Some(session.as_str()));
+    }
+    for r in &log {
+        assert_eq!(r.header_all("x-mcp-userid"), ["alice"], "{r:?}");
+        assert!(r.header("x-mcp-token").is_none(), "token forwarded: {r:?}");
+        assert!(r.header("authorization").is_none(), "token forwarded: {r:?}");
+    }
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_notification_is_streamed_before_the_result() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(&gate, &alice).await;
+    let progress = client.service().progress.clone();
+
+    let result = call_ok(&client, "slow_progress", json!({})).await;
+    let returned = Instant::now();
+    assert_eq!(result, json!({"done": true}));
+    assert_eq!(mcp.calls_of("slow_progress").len(), 1);
+
+    let seen = progress.lock().expect("progress").clone();
+    assert_eq!(seen.len(), 1, "progress notifications: {seen:?}");
+    let (at, params) = &seen[0];
+    assert_eq!(params.message.as_deref(), Some("halfway"));
+    assert_eq!(params.progress, 1.0);
+    // The server waits 300 ms between the two: a proxy that buffered the
+    // response would deliver them together.
+    let ahead = returned.duration_since(*at);
+    assert!(
+        ahead >= Duration::from_millis(200),
+        "the progress notification arrived only {ahead:?} before the result"
+    );
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_deletes_its_session_upstream() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(&gate, &alice).await;
+    call_ok(&client, "get_all_memories", json!({})).await;
+    let session = mcp
+        .http_requests()
+        .iter()
+        .find_map(|r| r.header("mcp-session-id"))
+        .expect("a request carried the session");
+    close(client).await;
+
+    let deleted = within(Duration::from_secs(5), || async {
+        mcp.http_requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.header("mcp-session-id").as_deref() == Some(&session))
+    })
+    .await;
+    assert!(
+        deleted.is_some(),
+        "no DELETE with the session reached the upstream: {:?}",
+        mcp.http_requests()
+    );
+    // The session is gone upstream: using it again is a 404 from the server.
+    let reply = post_rpc(&gate, &alice, Some(&session), &ping(9)).await;
+    assert_eq!(reply.status, 404, "{}", reply.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_token_gets_401_with_a_bearer_challenge() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let _alice = gate.create_token("alice", RW);
+
+    let error = match try_connect(&gate, &[]).await {
+        Ok(_) => panic!("a client without a token was let in"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        error.auth_challenge(),
+        Some("Bearer realm=\"memgate\""),
+        "{}",
+        chain(&error)
+    );
+
+    let reply = post_raw(&gate, "/mcp", &[], initialize_body(1).to_string().into_bytes()).await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
+    assert_eq!(
+        reply.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"memgate\"")
+    );
+    let body = reply.json();
+    assert_eq!(body["jsonrpc"], "2.0", "{}", reply.text);
+    assert!(body["error"]["code"].is_i64(), "{}", reply.text);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.text
+    );
+    assert!(
+        mcp.http_requests().is_empty(),
+        "an unauthenticated request reached the server: {:?}",
+        mcp.http_requests()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Tool arguments: users and memory ids
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_tool() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(&gate, &alice).await;
+
+    for (tool, arguments) in [
+        ("search_memories", json!({"query": "x", "user_id": "bob"})),
+        ("get_all_memories", json!({"userId": "bob"})),
+        ("add_memory", json!({"text": "planted", "user_id": "bob"})),
+        ("delete_all_memories", json!({"user_id": "bob"})),
+        ("get_memory", json!({"memory_id": "whatever", "user_id": "bob"})),
+    ] {
+        let error = call_refused(&client, tool, arguments.clone()).await;
+        assert!(error.contains("403"), "{tool} {arguments}: {error}");
+    }
+    assert!(
+        mcp.tool_calls().is_empty(),
+        "a refused call reached a tool: {:?}",
+        mcp.tool_calls()
+    );
+    // The session survives a refusal.
+    call_ok(&client, "get_all_memories", json!({"user_id": "alice"})).await;
+    assert_eq!(mcp.calls_of("get_all_memories"), [json!({"user_id": "alice"})]);
+    close(client).await;
+
+    // The refusal itself: 403 with a JSON-RPC error for the request's id.
+    let session = raw_session(&gate, &alice, &[]).await;
+    mcp.clear();
+    let reply = post_rpc(
+        &gate,
+        &alice,
+        Some(&session),
+        &tool_call(7, "search_memories", json!({"query": "x", "user_id": "bob"})),
+    )
+    .await;
+    assert_refusal(&reply, 403, 7, "user_id of another user");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("alice"), "names the token's user: {message}");
+    assert!(mcp.tool_calls().is_empty(), "{:?}", mcp.tool_calls());
+    assert!(
+        !mcp.http_requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("bob")),
+        "the refused body reached the server: {:?}",
+        mcp.http_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_user_arguments_are_injected_and_the_callers_own_id_is_kept() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(&gate, &alice).await;
+
+    call_ok(&client, "add_memory", json!({"text": "likes rust"})).await;
+    call_ok(&client, "search_memories", json!({"query": "rust"})).await;
+    call_ok(&client, "get_all_memories", json!({})).await;
+    call_ok(&client, "delete_all_memories", json!({})).await;
+    call_ok(&client, "add_memory", json!({"text": "own id", "user_id": "alice"})).await;
+    assert_eq!(
+        mcp.tool_calls(),
+        [
+            ("add_memory".to_string(), json!({"text": "likes rust", "user_id": "alice"})),
+            ("search_memories".to_string(), json!({"query": "rust", "user_id": "alice"})),
+            ("get_all_memories".to_string(), json!({"user_id": "alice"})),
+            ("delete_all_memories".to_string(), json!({"user_id": "alice"})),
+            ("add_memory".to_string(), json!({"text": "own id", "user_id": "alice"})),
+        ]
+    );
+    // Nothing fell back to the server's default user.
+    let everything = call_ok(&client, "get_all_memories", json!({})).await;
+    assert_eq!(everything["results"][0]["user_id"], "alice", "{everything}");
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_isolation_rewrites_user_arguments_to_the_project_scope() {
+    let env = env_with("", "[isolation]\nmode = \"auto\"\n").await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let project = "/home/alice/projects/MyApp";
+    let scope = format!("project_myapp_{}", project_hash("alice", project));
+    let client = connect_with(&gate, &[("X-MCP-Token", &alice), ("X-MCP-Project", project)]).await;
+
+    call_ok(&client, "add_memory", json!({"text": "scoped", "user_id": "alice"})).await;
+    call_ok(&client, "search_memories", json!({"query": "scoped"})).await;
+    call_ok(&client, "get_all_memories", json!({"user_id": scope})).await;
+    assert_eq!(
+        mcp.tool_calls(),
+        [
+            ("add_memory".to_string(), json!({"text": "scoped", "user_id": scope})),
+            ("search_memories".to_string(), json!({"query": "scoped", "user_id": scope})),
+            ("get_all_memories".to_string(), json!({"user_id": scope})),
+        ]
+    );
+    // Another user's id (or another project's scope) is still refused.
+    let other = format!("project_myapp_{}", project_hash("bob", project));
+    for user in ["bob", other.as_str()] {
+        let error = call_refused(&client, "get_all_memories", json!({"user_id": user})).await;
+        assert!(error.contains("403"), "{user}: {error}");
+    }
+    assert_eq!(mcp.tool_calls().len(), 3, "{:?}", mcp.tool_calls());
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
+    let env = env().await;
+    let Env { mem0, mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bobs = mem0.seed("bob", "bob's secret");
+    let alices = mem0.seed("alice", "alice's note");
+    let client = connect(&gate, &alice).await;
+
+    let denied = format!("Access denied: Memory {bobs} does not belong to user alice");
+    for (tool, arguments) in [
+        ("get_memory", json!({"memory_id": bobs})),
+        ("update_memory", json!({"memory_id": bobs, "text": "overwritten"})),
+        ("get_memory_history", json!({"memory_id": bobs})),
+        ("delete_memory", json!({"memory_id": bobs})),
+    ] {
+        let error = call_refused(&client, tool, arguments.clone()).await;
+        assert!(error.contains("403"), "{tool}: {error}");
+        assert!(error.contains(&denied), "{tool}: {error}");
+    }
+    assert!(
+        mcp.tool_calls().is_empty(),
+        "a call on bob's memory reached a tool: {:?}",
+        mcp.tool_calls()
+    );
+
+    // Her own memory goes through.
+    call_ok(&client, "delete_memory", json!({"memory_id": alices})).await;
+    let deletes = mcp.calls_of("delete_memory");
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0]["memory_id"], json!(alices));
+    close(client).await;
+
+    // The refusal on the wire: 403, the request's id, the §4 message.
+    let session = raw_session(&gate, &alice, &[]).await;
+    let reply = post_rpc(
+        &gate,
+        &alice,
+        Some(&session),
+        &tool_call(11, "delete_memory", json!({"memory_id": bobs})),
+    )
+    .await;
+    assert_refusal(&reply, 403, 11, "delete_memory of bob's memory");
+    assert_eq!(reply.json()["error"]["message"], json!(denied), "{}", reply.text);
+    assert_eq!(mcp.calls_of("delete_memory").len(), 1);
+    assert!(mem0.memory(&bobs).is_some(), "bob's memory is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_neither_sees_nor_calls_write_tools() {
+    let env = env().await;
+    let Env { mem0, mcp, gate, .. } = &env;
+    let reader = gate.create_token("alice", READ_ONLY);
+    let own = mem0.seed("alice", "mine");
+    let client = connect(&gate, &reader).await;
+
+    let listed = tool_names(&client).await;
+    for tool in WRITE_TOOLS {
+        assert!(!listed.contains(tool), "{tool} listed for read-only: {listed:?}");
+    }
+    for tool in READ_TOOLS {
+        assert!(listed.contains(tool), "{tool} hidden from read-only: {listed:?}");
+    }
+    // The upstream listed them all: memgate trimmed the answer.
+    assert!(mcp.http_requests().iter().any(|r| String::from_utf8_lossy(&r.body).contains("tools/list")));
+
+    for (tool, arguments) in [
+        ("add_memory", json!({"text": "nope"})),
+        ("update_memory", json!({"memory_id": own, "text": "nope"})),
+        ("delete_memory", json!({"memory_id": own})),
+        ("delete_all_memories", json!({})),
+        ("add_coding_preference", json!({"text": "tabs"})),
+    ] {
+        let error = call_refused(&client, tool, arguments).await;
+        assert!(error.contains("403"), "{tool}: {error}");
+    }
+    assert!(
+        mcp.tool_calls().is_empty(),
+        "a write tool ran for a read-only token: {:?}",
+        mcp.tool_calls()
+    );
+    call_ok(&client, "search_memories", json!({"query": "mine"})).await;
+    call_ok(&client, "get_memory", json!({"memory_id": own})).await;
+    assert_eq!(mcp.tool_calls().len(), 2, "{:?}", mcp.tool_calls());
+    close(client).await;
+
+    let session = raw_session(&gate, &reader, &[]).await;
+    let reply = post_rpc(
+        &gate,
+        &reader,
+        Some(&session),
+        &tool_call(3, "add_memory", json!({"text": "nope"})),
+    )
+    .await;
+    assert_refusal(&reply, 403, 3, "write tool with a read-only token");
+    assert_eq!(mcp.calls_of("add_memory").len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tools_follow_the_configured_mode_and_rules() {
+    // deny: a tool with no rule is hidden and refused.
+    let env = env_with("unknown_tools = \"deny\"", "").await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(&gate, &alice).await;
+    let listed = tool_names(&client).await;
+    assert!(!listed.contains("slow_progress"), "{listed:?}");
+    assert!(listed.contains("add_memory"), "{listed:?}");
+    let error = call_refused(&client, "slow_progress", json!({})).await;
+    assert!(error.contains("403"), "{error}");
+    assert!(mcp.calls_of("slow_progress").is_empty());
+    close(client).await;
+    drop(env);
+
+    // A configured rule: readable, and its own user argument forced/injected.
+    let rule = "[mcp.tools.slow_progress]\npermission = \"read\"\nuser_args = [\"owner\"]\ninject_user = true\n";
+    let env = env_with("unknown_tools = \"deny\"", rule).await;
+    let Env { mcp, gate, .. } = &env;
+    let reader = gate.create_token("alice", READ_ONLY);
+    let client = connect(&gate, &reader).await;
+    assert!(tool_names(&client).await.contains("slow_progress"));
+    call_ok(&client, "slow_progress", json!({})).await;
+    let error = call_refused(&client, "slow_progress", json!({"owner": "bob"})).await;
+    assert!(error.contains("403"), "{error}");
+    assert_eq!(mcp.calls_of("slow_progress"), [json!({"owner": "alice"})]);
+    close(client).await;
+}
+
+// ---------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_presenting_a_session_id_gets_404_and_never_reaches_the_server() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bob = gate.create_token("bob", RW);
+    let session = raw_session(&gate, &alice, &[]).await;
+    mcp.clear();
+
+    let post = post_rpc(&gate, &bob, Some(&session), &tool_call(2, "get_all_memories", json!({}))).await;
+    assert_eq!(post.status, 404, "POST with alice's session: {}", post.text);
+    let get = open_stream(
+        &gate,
+        "/mcp",
+        &[("X-MCP-Token", &bob), ("Mcp-Session-Id", &session)],
+    )
+    .await;
+    assert_eq!(get.status(), 404, "GET with alice's session");
+    drop(get);
+    let delete = bounded(
+        STEP,
+        "DELETE",
+        http()
+            .delete(gate.mcp_url("/mcp"))
+            .header("X-MCP-Token", &bob)
+            .header("Mcp-Session-Id", &session)
+            .send(),
+    )
+    .await
+    .expect("DELETE");
+    assert_eq!(delete.status(), 404, "DELETE with alice's session");
+
+    let log = mcp.http_requests();
+    assert!(
+        with_session(&log, &session).is_empty(),
+        "bob's requests with alice's session reached the server: {log:?}"
+    );
+    assert!(mcp.tool_calls().is_empty(), "{:?}", mcp.tool_calls());
+
+    // Alice's session is intact.
+    let reply = post_rpc(&gate, &alice, Some(&session), &ping(3)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.answer(3).is_some_and(|m| m["result"].is_object()), "{}", reply.text);
+
+    // And the attempt is audited.
+    let audited = within(Duration::from_secs(5), || async {
+        let out = gate.cli(&["audit", "--json", "--event", "session_denied"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["user_id"] == "bob" && e["event"] == "session_denied"))
+    })
+    .await;
+    assert!(
+        audited.is_some(),
+        "no session_denied audit row for bob: {}",
+        String::from_utf8_lossy(&gate.cli(&["audit", "--json"]).stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bob = gate.create_token("bob", RW);
+
+    let stream = open_stream(&gate, "/sse", &[("X-MCP-Token", &alice)]).await;
+    assert_eq!(stream.status(), 200);
+    let mut events = SseReader::new(stream);
+    let (kind, endpoint) = events.next_event(STEP).await.expect("endpoint event");
+    assert_eq!(kind, "endpoint");
+    assert!(endpoint.starts_with("/messages/?session_id="), "{endpoint}");
+
+    let post = |token: &str, body: Value| {
+        let (gate, endpoint, token) = (&gate, endpoint.clone(), token.to_string());
+        async move {
+            post_raw(
+                gate,
+                &endpoint,
+                &[("X-MCP-Token", &token)],
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let reply = post(&alice, initialize_body(1)).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (kind, data) = events.next_event(STEP).await.expect("initialize answer");
+    assert_eq!(kind, "message");
+    let answer: Value = serde_json::from_str(&data).expect("JSON-RPC on the stream");
+    assert_eq!(answer["id"], 1);
+    assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+
+    let reply = post(&alice, tool_call(2, "add_memory", json!({"text": "legacy"}))).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, data) = events.next_event(STEP).await.expect("tools/call answer");
+    let answer: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(answer["id"], 2);
+    assert!(answer["result"]["content"].is_array(), "{answer}");
+    assert_eq!(
+        mcp.calls_of("add_memory"),
+        [json!({"text": "legacy", "user_id": "alice"})]
+    );
+
+    // The legacy transport is policed like the new one.
+    let reply = post(&alice, tool_call(3, "get_all_memories", json!({"user_id": "bob"}))).await;
+    assert_refusal(&reply, 403, 3, "legacy call naming bob");
+    assert!(mcp.calls_of("get_all_memories").is_empty());
+
+    // Bob cannot post into alice's session.
+    let reply = post(&bob, tool_call(4, "get_all_memories", json!({}))).await;
+    assert_eq!(reply.status, 404, "bob on alice's legacy session: {}", reply.text);
+    let log = mcp.http_requests();
+    assert!(
+        !log.iter()
+            .any(|r| r.method == "POST" && r.header("x-mcp-userid").as_deref() == Some("bob")),
+        "bob's message reached the server: {log:?}"
+    );
+    assert!(mcp.calls_of("get_all_memories").is_empty());
+
+    // Alice's stream still works afterwards.
+    let reply = post(&alice, ping(5)).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, data) = events.next_event(STEP).await.expect("ping answer");
+    let answer: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(answer["id"], 5, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let session = raw_session(&gate, &alice, &[]).await;
+    mcp.clear();
+
+    let reply = post_raw(
+        &gate,
+        "/mcp",
+        &[
+            ("X-MCP-Token", &alice),
+            ("Mcp-Session-Id", &session),
+            ("MCP-Protocol-Version", "2025-06-18"),
+        ],
+        ping(4).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    let stream = open_stream(
+        &gate,
+        "/mcp",
+        &[
+            ("X-MCP-Token", &alice),
+            ("Mcp-Session-Id", &session),
+            ("MCP-Protocol-Version", "2025-06-18"),
+            ("Last-Event-ID", "0"),
+        ],
+    )
+    .await;
+    drop(stream);
+
+    let log = mcp.http_requests();
+    let post = log
+        .iter()
+        .find(|r| r.method == "POST")
+        .unwrap_or_else(|| panic!("the ping did not reach the server: {log:?}"));
+    assert_eq!(post.header_all("mcp-session-id"), [session.clone()]);
+    assert_eq!(post.header_all("mcp-protocol-version"), ["2025-06-18"]);
+    let get = log
+        .iter()
+        .find(|r| r.method == "GET")
+        .unwrap_or_else(|| panic!("the GET did not reach the server: {log:?}"));
+    assert_eq!(get.header_all("mcp-session-id"), [session.clone()]);
+    assert_eq!(get.header_all("mcp-protocol-version"), ["2025-06-18"]);
+    assert_eq!(get.header_all("last-event-id"), ["0"]);
+}
+
+// ---------------------------------------------------------------------------
+// Streams, origins, bodies
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_silent_for_20_seconds_at_a_time_is_not_cut() {
+    let env = env().await;
+    let Env { gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let started = Instant::now();
+    let stream = open_stream(&gate, "/quiet-stream", &[("X-MCP-Token", &alice)]).await;
+    assert_eq!(stream.status(), 200);
+    let mut events = SseReader::new(stream);
+    for n in 1..=3 {
+        let event = events.next_event(Duration::from_secs(30)).await;
+        assert_eq!(
+            event,
+            Some(("tick".to_string(), n.to_string())),
+            "event {n} after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(55), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_browser_origins_may_call() {
+    let env = env_with("allowed_origins = [\"http://localhost:3000\"]", "").await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let init = || initialize_body(1).to_string().into_bytes();
+
+    let evil = post_raw(
+        &gate,
+        "/mcp",
+        &[("X-MCP-Token", &alice), ("Origin", "http://evil.example")],
+        init(),
+    )
+    .await;
+    assert_eq!(evil.status, 403, "{}", evil.text);
+    assert!(
+        mcp.http_requests().is_empty(),
+        "a foreign origin reached the server: {:?}",
+        mcp.http_requests()
+    );
+
+    let allowed = post_raw(
+        &gate,
+        "/mcp",
+        &[("X-MCP-Token", &alice), ("Origin", "http://localhost:3000")],
+        init(),
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text);
+    assert!(allowed.answer(1).is_some(), "{}", allowed.text);
+    assert_eq!(
+        allowed.header("access-control-allow-origin").as_deref(),
+        Some("http://localhost:3000")
+    );
+
+    let none = post_raw(&gate, "/mcp", &[("X-MCP-Token", &alice)], init()).await;
+    assert_eq!(none.status, 200, "no Origin header: {}", none.text);
+    assert_eq!(mcp.http_requests().len(), 2, "{:?}", mcp.http_requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_preflight_from_an_allowed_origin_is_answered_without_a_token() {
+    let env = env_with("allowed_origins = [\"http://localhost:3000\"]", "").await;
+    let Env { mcp, gate, .. } = &env;
+    let preflight = |origin: &'static str| {
+        http()
+            .request(reqwest::Method::OPTIONS, gate.mcp_url("/mcp"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type, x-mcp-token, mcp-session-id",
+            )
+            .send()
+    };
+    let resp = bounded(STEP, "preflight", preflight("http://localhost:3000"))
+        .await
+        .expect("OPTIONS");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("access-control-allow-origin"), "http://localhost:3000");
+    assert!(header("access-control-allow-methods").contains("post"), "{resp:?}");
+    for name in ["x-mcp-token", "mcp-session-id", "content-type"] {
+        assert!(
+            header("access-control-allow-headers").contains(name),
+            "{name} not allowed: {resp:?}"
+        );
+    }
+    let evil = bounded(STEP, "preflight", preflight("http://evil.example"))
+        .await
+        .expect("OPTIONS");
+    assert_eq!(evil.status(), 403);
+    assert!(
+        mcp.http_requests().is_empty(),
+        "a preflight reached the server: {:?}",
+        mcp.http_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_forbidden_call_is_refused_whole() {
+    let env = env().await;
+    let Env { mem0, mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bobs = mem0.seed("bob", "bob's");
+    let alices = mem0.seed("alice", "alice's");
+    let session = raw_session(&gate, &alice, &[]).await;
+    mcp.clear();
+
+    for (what, batch, refused_id) in [
+        (
+            "user argument",
+            json!([
+                tool_call(1, "get_all_memories", json!({})),
+                tool_call(2, "get_all_memories", json!({"user_id": "bob"})),
+            ]),
+            2,
+        ),
+        (
+            "memory id",
+            json!([
+                tool_call(3, "get_memory", json!({"memory_id": alices})),
+                tool_call(4, "delete_memory", json!({"memory_id": bobs})),
+            ]),
+            4,
+        ),
+    ] {
+        let reply = post_rpc(&gate, &alice, Some(&session), &batch).await;
+        assert_eq!(reply.status, 403, "{what}: {}", reply.text);
+        let body = reply.json();
+        let errors: Vec<&Value> = match &body {
+            Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["id"] == json!(refused_id) && e["error"].is_object()),
+            "{what}: no error for request {refused_id}: {}",
+            reply.text
+        );
+        assert!(mcp.tool_calls().is_empty(), "{what}: {:?}", mcp.tool_calls());
+        assert!(
+            mcp.http_requests().is_empty(),
+            "{what}: part of a refused batch reached the server: {:?}",
+            mcp.http_requests()
+        );
+    }
+    assert!(mem0.memory(&bobs).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_json_keys_are_rejected_with_400() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let session = raw_session(&gate, &alice, &[]).await;
+    mcp.clear();
+
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_all_memories","arguments":{"user_id":"alice","user_id":"bob"}}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_all_memories","name":"delete_all_memories","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping","method":"tools/call","params":{"name":"delete_all_memories","arguments":{"user_id":"bob"}}}"#,
+    ] {
+        let reply = post_raw(
+            &gate,
+            "/mcp",
+            &[("X-MCP-Token", &alice), ("Mcp-Session-Id", &session)],
+            body.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert!(reply.json()["error"].is_object(), "{body}: {}", reply.text);
+    }
+    assert!(mcp.tool_calls().is_empty(), "{:?}", mcp.tool_calls());
+    assert!(
+        mcp.http_requests().is_empty(),
+        "an ambiguous body reached the server: {:?}",
+        mcp.http_requests()
+    );
+}
