@@ -19,6 +19,7 @@ use crate::admin::AdminApi;
 use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::lifecycle::InFlight;
 use crate::ownership::OwnerResolver;
 use crate::policy::mcp::{McpPolicy, default_tool_rules};
 use crate::policy::mem0::Mem0Policy;
@@ -104,6 +105,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         limits: RateLimits::new(&config.rate_limit),
         audit: auditor,
         trusted_proxies: config.server.trusted_proxies.clone(),
+        in_flight: InFlight::default(),
     });
     background.spawn(housekeeping(
         shared.clone(),
@@ -111,10 +113,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.audit.retention_days,
     ));
 
+    // pingora sleeps the whole grace period after SIGTERM; `graceful_stop`
+    // below ends the process as soon as the last request is done.
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period_secs),
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -190,23 +194,66 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         mcp = %config.mcp.listen, mem0 = %config.mem0.listen, admin = %config.admin.listen,
         "memgate listening"
     );
+    let stopping = Arc::new(tokio::sync::Mutex::new(Some((stop_writer, writer))));
+    // Signal streams register with the runtime they are created in.
+    let entered = background.enter();
+    background.spawn(graceful_stop(
+        shared.in_flight.clone(),
+        Duration::from_secs(config.server.grace_period_secs),
+        stopping.clone(),
+        auth.clone(),
+    )?);
+    drop(entered);
     server.run(RunArgs::default());
+    // SIGINT (fast shutdown) ends up here.
+    background.block_on(flush(&stopping, &auth));
+    Ok(())
+}
 
-    // The listeners are down: write what is still queued, then the last uses.
-    tracing::info!("flushing the audit trail");
-    let _ = stop_writer.send(true);
-    background.block_on(async {
-        if tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                "the audit writer did not finish within 10 s; queued events are in the spool"
+type Stopping = Arc<tokio::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>>;
+
+/// Waits for SIGTERM, then for in-flight requests (at most `grace`), flushes and exits 0.
+fn graceful_stop(
+    in_flight: InFlight,
+    grace: Duration,
+    stopping: Stopping,
+    auth: Arc<Authenticator>,
+) -> anyhow::Result<impl Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    Ok(async move {
+        if terminate.recv().await.is_none() {
+            return;
+        }
+        tracing::info!(in_flight = in_flight.count(), "SIGTERM: draining");
+        if !in_flight.drained(grace).await {
+            tracing::warn!(
+                in_flight = in_flight.count(),
+                "grace period over; cutting the rest"
             );
         }
-        auth.flush_last_used().await;
-    });
-    Ok(())
+        flush(&stopping, &auth).await;
+        tracing::info!("stopped");
+        std::process::exit(0);
+    })
+}
+
+/// Writes what the audit queue still holds, then the last uses. Runs once.
+async fn flush(stopping: &Stopping, auth: &Authenticator) {
+    let Some((stop_writer, writer)) = stopping.lock().await.take() else {
+        return;
+    };
+    tracing::info!("flushing the audit trail");
+    let _ = stop_writer.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "the audit writer did not finish within 10 s; queued events are in the spool"
+        );
+    }
+    auth.flush_last_used().await;
 }
 
 /// Periodic chores: batched `last_used_at`, audit retention, limiter memory.

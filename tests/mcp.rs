@@ -164,11 +164,18 @@ async fn connect(gate: &Memgate, token: &str) -> Client {
 async fn connect_with(gate: &Memgate, headers: &[(&str, &str)]) -> Client {
     match try_connect(gate, headers).await {
         Ok(client) => client,
-        Err(e) => panic!("rmcp client could not initialise through memgate: {}", chain(&e)),
+        Err(e) => panic!(
+            "rmcp client could not initialise through memgate: {}",
+            chain(&e)
+        ),
     }
 }
 
-async fn call(client: &Client, tool: &str, arguments: Value) -> Result<CallToolResult, ServiceError> {
+async fn call(
+    client: &Client,
+    tool: &str,
+    arguments: Value,
+) -> Result<CallToolResult, ServiceError> {
     let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments));
     bounded(STEP, tool, client.call_tool(params)).await
 }
@@ -179,7 +186,11 @@ async fn call_ok(client: &Client, tool: &str, arguments: Value) -> Value {
         Ok(result) => result,
         Err(e) => panic!("{tool} {arguments} failed: {}", chain(&e)),
     };
-    assert_ne!(result.is_error, Some(true), "{tool} {arguments}: {result:?}");
+    assert_ne!(
+        result.is_error,
+        Some(true),
+        "{tool} {arguments}: {result:?}"
+    );
     let text = result
         .content
         .first()
@@ -345,7 +356,13 @@ fn ping(id: i64) -> Value {
 async fn raw_session(gate: &Memgate, token: &str, headers: &[(&str, &str)]) -> String {
     let mut all = vec![("X-MCP-Token", token)];
     all.extend_from_slice(headers);
-    let reply = post_raw(gate, "/mcp", &all, initialize_body(1).to_string().into_bytes()).await;
+    let reply = post_raw(
+        gate,
+        "/mcp",
+        &all,
+        initialize_body(1).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(reply.status, 200, "initialize: {}", reply.text);
     assert!(
         reply.answer(1).is_some_and(|m| m["result"].is_object()),
@@ -358,8 +375,18 @@ async fn raw_session(gate: &Memgate, token: &str, headers: &[(&str, &str)]) -> S
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     let mut with_session = all.clone();
     with_session.push(("Mcp-Session-Id", &session));
-    let reply = post_raw(gate, "/mcp", &with_session, initialized.to_string().into_bytes()).await;
-    assert_eq!(reply.status, 202, "notifications/initialized: {}", reply.text);
+    let reply = post_raw(
+        gate,
+        "/mcp",
+        &with_session,
+        initialized.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        reply.status, 202,
+        "notifications/initialized: {}",
+        reply.text
+    );
     session
 }
 
@@ -370,7 +397,11 @@ fn assert_refusal(reply: &Reply, status: u16, id: i64, what: &str) {
     assert_eq!(body["jsonrpc"], "2.0", "{what}: {}", reply.text);
     assert_eq!(body["id"], json!(id), "{what}: {}", reply.text);
     assert!(body["error"]["code"].is_i64(), "{what}: {}", reply.text);
-    assert!(body["error"]["message"].is_string(), "{what}: {}", reply.text);
+    assert!(
+        body["error"]["message"].is_string(),
+        "{what}: {}",
+        reply.text
+    );
 }
 
 /// Requests the upstream received carrying `Mcp-Session-Id: session`.
@@ -441,7 +472,7 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect_with(&gate, &[("X-MCP-Token", &alice), ("X-MCP-UserID", "alice")]).await;
+    let client = connect_with(gate, &[("X-MCP-Token", &alice), ("X-MCP-UserID", "alice")]).await;
     assert!(client.peer_info().is_some(), "no initialize result");
 
     let listed = tool_names(&client).await;
@@ -459,7 +490,10 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
         json!({"query": "tea", "user_id": "alice"}),
     )
     .await;
-    assert_eq!(found["results"][0]["memory"], "I drink green tea", "{found}");
+    assert_eq!(
+        found["results"][0]["memory"], "I drink green tea",
+        "{found}"
+    );
     assert_eq!(found["results"][0]["user_id"], "alice", "{found}");
     let all = call_ok(&client, "get_all_memories", json!({})).await;
     assert_eq!(all["results"].as_array().map(Vec::len), Some(1), "{all}");
@@ -472,7 +506,10 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
         mcp.calls_of("search_memories"),
         [json!({"query": "tea", "user_id": "alice"})]
     );
-    assert_eq!(mcp.calls_of("get_all_memories"), [json!({"user_id": "alice"})]);
+    assert_eq!(
+        mcp.calls_of("get_all_memories"),
+        [json!({"user_id": "alice"})]
+    );
 
     // What the upstream saw: one session, trusted identity, no credentials.
     let log = mcp.http_requests();
@@ -482,12 +519,18 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
         .header("mcp-session-id")
         .expect("requests after initialize carry the session");
     for r in &posts[1..] {
-        assert_eq!(r.header("mcp-session-id").as_deref(), Some(session.as_str()));
+        assert_eq!(
+            r.header("mcp-session-id").as_deref(),
+            Some(session.as_str())
+        );
     }
     for r in &log {
         assert_eq!(r.header_all("x-mcp-userid"), ["alice"], "{r:?}");
         assert!(r.header("x-mcp-token").is_none(), "token forwarded: {r:?}");
-        assert!(r.header("authorization").is_none(), "token forwarded: {r:?}");
+        assert!(
+            r.header("authorization").is_none(),
+            "token forwarded: {r:?}"
+        );
     }
     close(client).await;
 }
@@ -497,7 +540,7 @@ async fn a_progress_notification_is_streamed_before_the_result() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
     let progress = client.service().progress.clone();
 
     let result = call_ok(&client, "slow_progress", json!({})).await;
@@ -525,7 +568,7 @@ async fn closing_the_client_deletes_its_session_upstream() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
     call_ok(&client, "get_all_memories", json!({})).await;
     let session = mcp
         .http_requests()
@@ -535,9 +578,9 @@ async fn closing_the_client_deletes_its_session_upstream() {
     close(client).await;
 
     let deleted = within(Duration::from_secs(5), || async {
-        mcp.http_requests()
-            .iter()
-            .any(|r| r.method == "DELETE" && r.header("mcp-session-id").as_deref() == Some(&session))
+        mcp.http_requests().iter().any(|r| {
+            r.method == "DELETE" && r.header("mcp-session-id").as_deref() == Some(&session)
+        })
     })
     .await;
     assert!(
@@ -546,7 +589,7 @@ async fn closing_the_client_deletes_its_session_upstream() {
         mcp.http_requests()
     );
     // The session is gone upstream: using it again is a 404 from the server.
-    let reply = post_rpc(&gate, &alice, Some(&session), &ping(9)).await;
+    let reply = post_rpc(gate, &alice, Some(&session), &ping(9)).await;
     assert_eq!(reply.status, 404, "{}", reply.text);
 }
 
@@ -556,7 +599,7 @@ async fn a_client_without_a_token_gets_401_with_a_bearer_challenge() {
     let Env { mcp, gate, .. } = &env;
     let _alice = gate.create_token("alice", RW);
 
-    let error = match try_connect(&gate, &[]).await {
+    let error = match try_connect(gate, &[]).await {
         Ok(_) => panic!("a client without a token was let in"),
         Err(e) => e,
     };
@@ -567,7 +610,13 @@ async fn a_client_without_a_token_gets_401_with_a_bearer_challenge() {
         chain(&error)
     );
 
-    let reply = post_raw(&gate, "/mcp", &[], initialize_body(1).to_string().into_bytes()).await;
+    let reply = post_raw(
+        gate,
+        "/mcp",
+        &[],
+        initialize_body(1).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(reply.status, 401, "{}", reply.text);
     assert_eq!(
         reply.header("www-authenticate").as_deref(),
@@ -599,14 +648,17 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
 
     for (tool, arguments) in [
         ("search_memories", json!({"query": "x", "user_id": "bob"})),
         ("get_all_memories", json!({"userId": "bob"})),
         ("add_memory", json!({"text": "planted", "user_id": "bob"})),
         ("delete_all_memories", json!({"user_id": "bob"})),
-        ("get_memory", json!({"memory_id": "whatever", "user_id": "bob"})),
+        (
+            "get_memory",
+            json!({"memory_id": "whatever", "user_id": "bob"}),
+        ),
     ] {
         let error = call_refused(&client, tool, arguments.clone()).await;
         assert!(error.contains("403"), "{tool} {arguments}: {error}");
@@ -618,17 +670,24 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
     );
     // The session survives a refusal.
     call_ok(&client, "get_all_memories", json!({"user_id": "alice"})).await;
-    assert_eq!(mcp.calls_of("get_all_memories"), [json!({"user_id": "alice"})]);
+    assert_eq!(
+        mcp.calls_of("get_all_memories"),
+        [json!({"user_id": "alice"})]
+    );
     close(client).await;
 
     // The refusal itself: 403 with a JSON-RPC error for the request's id.
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
     let reply = post_rpc(
-        &gate,
+        gate,
         &alice,
         Some(&session),
-        &tool_call(7, "search_memories", json!({"query": "x", "user_id": "bob"})),
+        &tool_call(
+            7,
+            "search_memories",
+            json!({"query": "x", "user_id": "bob"}),
+        ),
     )
     .await;
     assert_refusal(&reply, 403, 7, "user_id of another user");
@@ -636,7 +695,10 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(message.contains("alice"), "names the token's user: {message}");
+    assert!(
+        message.contains("alice"),
+        "names the token's user: {message}"
+    );
     assert!(mcp.tool_calls().is_empty(), "{:?}", mcp.tool_calls());
     assert!(
         !mcp.http_requests()
@@ -652,21 +714,38 @@ async fn missing_user_arguments_are_injected_and_the_callers_own_id_is_kept() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
 
     call_ok(&client, "add_memory", json!({"text": "likes rust"})).await;
     call_ok(&client, "search_memories", json!({"query": "rust"})).await;
     call_ok(&client, "get_all_memories", json!({})).await;
     call_ok(&client, "delete_all_memories", json!({})).await;
-    call_ok(&client, "add_memory", json!({"text": "own id", "user_id": "alice"})).await;
+    call_ok(
+        &client,
+        "add_memory",
+        json!({"text": "own id", "user_id": "alice"}),
+    )
+    .await;
     assert_eq!(
         mcp.tool_calls(),
         [
-            ("add_memory".to_string(), json!({"text": "likes rust", "user_id": "alice"})),
-            ("search_memories".to_string(), json!({"query": "rust", "user_id": "alice"})),
+            (
+                "add_memory".to_string(),
+                json!({"text": "likes rust", "user_id": "alice"})
+            ),
+            (
+                "search_memories".to_string(),
+                json!({"query": "rust", "user_id": "alice"})
+            ),
             ("get_all_memories".to_string(), json!({"user_id": "alice"})),
-            ("delete_all_memories".to_string(), json!({"user_id": "alice"})),
-            ("add_memory".to_string(), json!({"text": "own id", "user_id": "alice"})),
+            (
+                "delete_all_memories".to_string(),
+                json!({"user_id": "alice"})
+            ),
+            (
+                "add_memory".to_string(),
+                json!({"text": "own id", "user_id": "alice"})
+            ),
         ]
     );
     // Nothing fell back to the server's default user.
@@ -682,16 +761,27 @@ async fn auto_isolation_rewrites_user_arguments_to_the_project_scope() {
     let alice = gate.create_token("alice", RW);
     let project = "/home/alice/projects/MyApp";
     let scope = format!("project_myapp_{}", project_hash("alice", project));
-    let client = connect_with(&gate, &[("X-MCP-Token", &alice), ("X-MCP-Project", project)]).await;
+    let client = connect_with(gate, &[("X-MCP-Token", &alice), ("X-MCP-Project", project)]).await;
 
-    call_ok(&client, "add_memory", json!({"text": "scoped", "user_id": "alice"})).await;
+    call_ok(
+        &client,
+        "add_memory",
+        json!({"text": "scoped", "user_id": "alice"}),
+    )
+    .await;
     call_ok(&client, "search_memories", json!({"query": "scoped"})).await;
     call_ok(&client, "get_all_memories", json!({"user_id": scope})).await;
     assert_eq!(
         mcp.tool_calls(),
         [
-            ("add_memory".to_string(), json!({"text": "scoped", "user_id": scope})),
-            ("search_memories".to_string(), json!({"query": "scoped", "user_id": scope})),
+            (
+                "add_memory".to_string(),
+                json!({"text": "scoped", "user_id": scope})
+            ),
+            (
+                "search_memories".to_string(),
+                json!({"query": "scoped", "user_id": scope})
+            ),
             ("get_all_memories".to_string(), json!({"user_id": scope})),
         ]
     );
@@ -708,16 +798,21 @@ async fn auto_isolation_rewrites_user_arguments_to_the_project_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
     let env = env().await;
-    let Env { mem0, mcp, gate, .. } = &env;
+    let Env {
+        mem0, mcp, gate, ..
+    } = &env;
     let alice = gate.create_token("alice", RW);
     let bobs = mem0.seed("bob", "bob's secret");
     let alices = mem0.seed("alice", "alice's note");
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
 
     let denied = format!("Access denied: Memory {bobs} does not belong to user alice");
     for (tool, arguments) in [
         ("get_memory", json!({"memory_id": bobs})),
-        ("update_memory", json!({"memory_id": bobs, "text": "overwritten"})),
+        (
+            "update_memory",
+            json!({"memory_id": bobs, "text": "overwritten"}),
+        ),
         ("get_memory_history", json!({"memory_id": bobs})),
         ("delete_memory", json!({"memory_id": bobs})),
     ] {
@@ -739,16 +834,21 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
     close(client).await;
 
     // The refusal on the wire: 403, the request's id, the §4 message.
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     let reply = post_rpc(
-        &gate,
+        gate,
         &alice,
         Some(&session),
         &tool_call(11, "delete_memory", json!({"memory_id": bobs})),
     )
     .await;
     assert_refusal(&reply, 403, 11, "delete_memory of bob's memory");
-    assert_eq!(reply.json()["error"]["message"], json!(denied), "{}", reply.text);
+    assert_eq!(
+        reply.json()["error"]["message"],
+        json!(denied),
+        "{}",
+        reply.text
+    );
     assert_eq!(mcp.calls_of("delete_memory").len(), 1);
     assert!(mem0.memory(&bobs).is_some(), "bob's memory is still there");
 }
@@ -756,20 +856,32 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_token_neither_sees_nor_calls_write_tools() {
     let env = env().await;
-    let Env { mem0, mcp, gate, .. } = &env;
+    let Env {
+        mem0, mcp, gate, ..
+    } = &env;
     let reader = gate.create_token("alice", READ_ONLY);
     let own = mem0.seed("alice", "mine");
-    let client = connect(&gate, &reader).await;
+    let client = connect(gate, &reader).await;
 
     let listed = tool_names(&client).await;
     for tool in WRITE_TOOLS {
-        assert!(!listed.contains(tool), "{tool} listed for read-only: {listed:?}");
+        assert!(
+            !listed.contains(tool),
+            "{tool} listed for read-only: {listed:?}"
+        );
     }
     for tool in READ_TOOLS {
-        assert!(listed.contains(tool), "{tool} hidden from read-only: {listed:?}");
+        assert!(
+            listed.contains(tool),
+            "{tool} hidden from read-only: {listed:?}"
+        );
     }
     // The upstream listed them all: memgate trimmed the answer.
-    assert!(mcp.http_requests().iter().any(|r| String::from_utf8_lossy(&r.body).contains("tools/list")));
+    assert!(
+        mcp.http_requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("tools/list"))
+    );
 
     for (tool, arguments) in [
         ("add_memory", json!({"text": "nope"})),
@@ -791,9 +903,9 @@ async fn a_read_only_token_neither_sees_nor_calls_write_tools() {
     assert_eq!(mcp.tool_calls().len(), 2, "{:?}", mcp.tool_calls());
     close(client).await;
 
-    let session = raw_session(&gate, &reader, &[]).await;
+    let session = raw_session(gate, &reader, &[]).await;
     let reply = post_rpc(
-        &gate,
+        gate,
         &reader,
         Some(&session),
         &tool_call(3, "add_memory", json!({"text": "nope"})),
@@ -809,7 +921,7 @@ async fn unknown_tools_follow_the_configured_mode_and_rules() {
     let env = env_with("unknown_tools = \"deny\"", "").await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let client = connect(&gate, &alice).await;
+    let client = connect(gate, &alice).await;
     let listed = tool_names(&client).await;
     assert!(!listed.contains("slow_progress"), "{listed:?}");
     assert!(listed.contains("add_memory"), "{listed:?}");
@@ -824,7 +936,7 @@ async fn unknown_tools_follow_the_configured_mode_and_rules() {
     let env = env_with("unknown_tools = \"deny\"", rule).await;
     let Env { mcp, gate, .. } = &env;
     let reader = gate.create_token("alice", READ_ONLY);
-    let client = connect(&gate, &reader).await;
+    let client = connect(gate, &reader).await;
     assert!(tool_names(&client).await.contains("slow_progress"));
     call_ok(&client, "slow_progress", json!({})).await;
     let error = call_refused(&client, "slow_progress", json!({"owner": "bob"})).await;
@@ -843,13 +955,19 @@ async fn another_user_presenting_a_session_id_gets_404_and_never_reaches_the_ser
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let bob = gate.create_token("bob", RW);
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
 
-    let post = post_rpc(&gate, &bob, Some(&session), &tool_call(2, "get_all_memories", json!({}))).await;
+    let post = post_rpc(
+        gate,
+        &bob,
+        Some(&session),
+        &tool_call(2, "get_all_memories", json!({})),
+    )
+    .await;
     assert_eq!(post.status, 404, "POST with alice's session: {}", post.text);
     let get = open_stream(
-        &gate,
+        gate,
         "/mcp",
         &[("X-MCP-Token", &bob), ("Mcp-Session-Id", &session)],
     )
@@ -877,17 +995,22 @@ async fn another_user_presenting_a_session_id_gets_404_and_never_reaches_the_ser
     assert!(mcp.tool_calls().is_empty(), "{:?}", mcp.tool_calls());
 
     // Alice's session is intact.
-    let reply = post_rpc(&gate, &alice, Some(&session), &ping(3)).await;
+    let reply = post_rpc(gate, &alice, Some(&session), &ping(3)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert!(reply.answer(3).is_some_and(|m| m["result"].is_object()), "{}", reply.text);
+    assert!(
+        reply.answer(3).is_some_and(|m| m["result"].is_object()),
+        "{}",
+        reply.text
+    );
 
     // And the attempt is audited.
     let audited = within(Duration::from_secs(5), || async {
         let out = gate.cli(&["audit", "--json", "--event", "session_denied"]);
         let events: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        events
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["user_id"] == "bob" && e["event"] == "session_denied"))
+        events.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["user_id"] == "bob" && e["event"] == "session_denied")
+        })
     })
     .await;
     assert!(
@@ -904,7 +1027,7 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
     let alice = gate.create_token("alice", RW);
     let bob = gate.create_token("bob", RW);
 
-    let stream = open_stream(&gate, "/sse", &[("X-MCP-Token", &alice)]).await;
+    let stream = open_stream(gate, "/sse", &[("X-MCP-Token", &alice)]).await;
     assert_eq!(stream.status(), 200);
     let mut events = SseReader::new(stream);
     let (kind, endpoint) = events.next_event(STEP).await.expect("endpoint event");
@@ -912,7 +1035,7 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
     assert!(endpoint.starts_with("/messages/?session_id="), "{endpoint}");
 
     let post = |token: &str, body: Value| {
-        let (gate, endpoint, token) = (&gate, endpoint.clone(), token.to_string());
+        let (gate, endpoint, token) = (gate, endpoint.clone(), token.to_string());
         async move {
             post_raw(
                 gate,
@@ -931,7 +1054,11 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
     assert_eq!(answer["id"], 1);
     assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
 
-    let reply = post(&alice, tool_call(2, "add_memory", json!({"text": "legacy"}))).await;
+    let reply = post(
+        &alice,
+        tool_call(2, "add_memory", json!({"text": "legacy"})),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let (_, data) = events.next_event(STEP).await.expect("tools/call answer");
     let answer: Value = serde_json::from_str(&data).unwrap();
@@ -943,13 +1070,21 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
     );
 
     // The legacy transport is policed like the new one.
-    let reply = post(&alice, tool_call(3, "get_all_memories", json!({"user_id": "bob"}))).await;
+    let reply = post(
+        &alice,
+        tool_call(3, "get_all_memories", json!({"user_id": "bob"})),
+    )
+    .await;
     assert_refusal(&reply, 403, 3, "legacy call naming bob");
     assert!(mcp.calls_of("get_all_memories").is_empty());
 
     // Bob cannot post into alice's session.
     let reply = post(&bob, tool_call(4, "get_all_memories", json!({}))).await;
-    assert_eq!(reply.status, 404, "bob on alice's legacy session: {}", reply.text);
+    assert_eq!(
+        reply.status, 404,
+        "bob on alice's legacy session: {}",
+        reply.text
+    );
     let log = mcp.http_requests();
     assert!(
         !log.iter()
@@ -971,11 +1106,11 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
 
     let reply = post_raw(
-        &gate,
+        gate,
         "/mcp",
         &[
             ("X-MCP-Token", &alice),
@@ -988,7 +1123,7 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
     assert_eq!(reply.status, 200, "{}", reply.text);
 
     let stream = open_stream(
-        &gate,
+        gate,
         "/mcp",
         &[
             ("X-MCP-Token", &alice),
@@ -1005,13 +1140,13 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
         .iter()
         .find(|r| r.method == "POST")
         .unwrap_or_else(|| panic!("the ping did not reach the server: {log:?}"));
-    assert_eq!(post.header_all("mcp-session-id"), [session.clone()]);
+    assert_eq!(post.header_all("mcp-session-id"), [session.as_str()]);
     assert_eq!(post.header_all("mcp-protocol-version"), ["2025-06-18"]);
     let get = log
         .iter()
         .find(|r| r.method == "GET")
         .unwrap_or_else(|| panic!("the GET did not reach the server: {log:?}"));
-    assert_eq!(get.header_all("mcp-session-id"), [session.clone()]);
+    assert_eq!(get.header_all("mcp-session-id"), [session.as_str()]);
     assert_eq!(get.header_all("mcp-protocol-version"), ["2025-06-18"]);
     assert_eq!(get.header_all("last-event-id"), ["0"]);
 }
@@ -1026,7 +1161,7 @@ async fn a_stream_silent_for_20_seconds_at_a_time_is_not_cut() {
     let Env { gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let started = Instant::now();
-    let stream = open_stream(&gate, "/quiet-stream", &[("X-MCP-Token", &alice)]).await;
+    let stream = open_stream(gate, "/quiet-stream", &[("X-MCP-Token", &alice)]).await;
     assert_eq!(stream.status(), 200);
     let mut events = SseReader::new(stream);
     for n in 1..=3 {
@@ -1038,7 +1173,11 @@ async fn a_stream_silent_for_20_seconds_at_a_time_is_not_cut() {
             started.elapsed()
         );
     }
-    assert!(started.elapsed() >= Duration::from_secs(55), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(55),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1049,7 +1188,7 @@ async fn only_allowed_browser_origins_may_call() {
     let init = || initialize_body(1).to_string().into_bytes();
 
     let evil = post_raw(
-        &gate,
+        gate,
         "/mcp",
         &[("X-MCP-Token", &alice), ("Origin", "http://evil.example")],
         init(),
@@ -1063,7 +1202,7 @@ async fn only_allowed_browser_origins_may_call() {
     );
 
     let allowed = post_raw(
-        &gate,
+        gate,
         "/mcp",
         &[("X-MCP-Token", &alice), ("Origin", "http://localhost:3000")],
         init(),
@@ -1076,7 +1215,7 @@ async fn only_allowed_browser_origins_may_call() {
         Some("http://localhost:3000")
     );
 
-    let none = post_raw(&gate, "/mcp", &[("X-MCP-Token", &alice)], init()).await;
+    let none = post_raw(gate, "/mcp", &[("X-MCP-Token", &alice)], init()).await;
     assert_eq!(none.status, 200, "no Origin header: {}", none.text);
     assert_eq!(mcp.http_requests().len(), 2, "{:?}", mcp.http_requests());
 }
@@ -1106,8 +1245,14 @@ async fn a_cors_preflight_from_an_allowed_origin_is_answered_without_a_token() {
             .map(|v| v.to_str().unwrap_or_default().to_ascii_lowercase())
             .unwrap_or_default()
     };
-    assert_eq!(header("access-control-allow-origin"), "http://localhost:3000");
-    assert!(header("access-control-allow-methods").contains("post"), "{resp:?}");
+    assert_eq!(
+        header("access-control-allow-origin"),
+        "http://localhost:3000"
+    );
+    assert!(
+        header("access-control-allow-methods").contains("post"),
+        "{resp:?}"
+    );
     for name in ["x-mcp-token", "mcp-session-id", "content-type"] {
         assert!(
             header("access-control-allow-headers").contains(name),
@@ -1128,11 +1273,13 @@ async fn a_cors_preflight_from_an_allowed_origin_is_answered_without_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     let env = env().await;
-    let Env { mem0, mcp, gate, .. } = &env;
+    let Env {
+        mem0, mcp, gate, ..
+    } = &env;
     let alice = gate.create_token("alice", RW);
     let bobs = mem0.seed("bob", "bob's");
     let alices = mem0.seed("alice", "alice's");
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
 
     for (what, batch, refused_id) in [
@@ -1153,7 +1300,7 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
             4,
         ),
     ] {
-        let reply = post_rpc(&gate, &alice, Some(&session), &batch).await;
+        let reply = post_rpc(gate, &alice, Some(&session), &batch).await;
         assert_eq!(reply.status, 403, "{what}: {}", reply.text);
         let body = reply.json();
         let errors: Vec<&Value> = match &body {
@@ -1167,7 +1314,11 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
             "{what}: no error for request {refused_id}: {}",
             reply.text
         );
-        assert!(mcp.tool_calls().is_empty(), "{what}: {:?}", mcp.tool_calls());
+        assert!(
+            mcp.tool_calls().is_empty(),
+            "{what}: {:?}",
+            mcp.tool_calls()
+        );
         assert!(
             mcp.http_requests().is_empty(),
             "{what}: part of a refused batch reached the server: {:?}",
@@ -1182,7 +1333,7 @@ async fn duplicate_json_keys_are_rejected_with_400() {
     let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
-    let session = raw_session(&gate, &alice, &[]).await;
+    let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
 
     for body in [
@@ -1191,7 +1342,7 @@ async fn duplicate_json_keys_are_rejected_with_400() {
         r#"{"jsonrpc":"2.0","id":3,"method":"ping","method":"tools/call","params":{"name":"delete_all_memories","arguments":{"user_id":"bob"}}}"#,
     ] {
         let reply = post_raw(
-            &gate,
+            gate,
             "/mcp",
             &[("X-MCP-Token", &alice), ("Mcp-Session-Id", &session)],
             body.as_bytes().to_vec(),

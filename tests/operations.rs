@@ -300,14 +300,16 @@ async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
     cfg.rate_limit = "per_token_rps = 0\nfailed_auth_per_ip_per_min = 5".into();
     // The test client plays several addresses through a trusted proxy (itself).
-    cfg.server = "trusted_proxies = [\"127.0.0.1/32\"]".into();
+    cfg.server = "grace_period_secs = 1\ntrusted_proxies = [\"127.0.0.1/32\"]".into();
     let gate = Memgate::start(cfg).await;
     let alice = gate.create_token("alice", &[]);
     let bob = gate.create_token("bob", &[]);
     let from = |ip: &'static str, token: Option<String>| {
         let url = gate.mem0_url("/memories");
         async move {
-            let mut req = reqwest::Client::new().get(url).header("x-forwarded-for", ip);
+            let mut req = reqwest::Client::new()
+                .get(url)
+                .header("x-forwarded-for", ip);
             if let Some(t) = token {
                 req = req.header("X-MCP-Token", t);
             }
@@ -328,8 +330,15 @@ async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
         let guess = memgate::token::generate().unwrap();
         assert_eq!(from(attacker, Some(guess)).await, 429);
     }
-    assert_eq!(gate.metric(lookups).await, before, "blocked guesses must not query the store");
-    assert!(gate.metric(lookups).await - flood_start <= 6.0, "106 guesses cost at most a handful of queries");
+    assert_eq!(
+        gate.metric(lookups).await,
+        before,
+        "blocked guesses must not query the store"
+    );
+    assert!(
+        gate.metric(lookups).await - flood_start <= 6.0,
+        "106 guesses cost at most a handful of queries"
+    );
     let resp = reqwest::Client::new()
         .get(gate.mcp_url("/mcp"))
         .header("x-forwarded-for", attacker)
@@ -338,13 +347,24 @@ async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
         .unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
-    assert_eq!(from(attacker, Some(alice)).await, 200, "a token already proven still works");
+    assert_eq!(
+        from(attacker, Some(alice)).await,
+        200,
+        "a token already proven still works"
+    );
     // Another address with a valid (never seen) token is unaffected.
     assert_eq!(from("203.0.113.7", Some(bob)).await, 200);
     assert_eq!(from("203.0.113.7", None).await, 401);
-    assert!(gate.metric("memgate_rate_limited_total{kind=\"failed_auth_ip\"}").await >= 100.0);
+    assert!(
+        gate.metric("memgate_rate_limited_total{kind=\"failed_auth_ip\"}")
+            .await
+            >= 100.0
+    );
     let audited = wait_for_rows(&db, "auth_failure", 7).await;
-    assert!(audited.iter().all(|e| e.ip.as_deref() != Some("127.0.0.1")), "the audit names the client, not the proxy");
+    assert!(
+        audited.iter().all(|e| e.ip.as_deref() != Some("127.0.0.1")),
+        "the audit names the client, not the proxy"
+    );
 }
 
 /// Metric names a PromQL file or dashboard refers to.

@@ -142,3 +142,52 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     }
     assert_eq!(get("/nope").await.unwrap().status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_stream_finish_and_an_idle_memgate_exits_at_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.server = "grace_period_secs = 10".into();
+    let mut gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let resp = reqwest::Client::new()
+        .get(gate.mcp_url("/sse"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    // Mid-stream: SIGTERM. The stream still delivers its second event.
+    let started = Instant::now();
+    let pid = gate.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(rest.contains("second"), "the stream was cut: {rest:?}");
+    let status = gate.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM with a 2 s stream"
+    );
+
+    // Idle: gone within 2 s.
+    let mut idle = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let started = Instant::now();
+    let status = idle.terminate().await;
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "idle exit took {:?}",
+        started.elapsed()
+    );
+}

@@ -24,6 +24,7 @@ use ipnet::IpNet;
 
 use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::{Authenticator, Denial, PresentedHeaders};
+use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::METRICS;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
@@ -64,6 +65,8 @@ pub struct RequestCtx {
     request_id: String,
     /// MCP responses streamed through pingora are watched with this.
     mcp_watch: Option<StreamWatch>,
+    /// Holds the request in the in-flight count until it is done.
+    _in_flight: InFlightGuard,
 }
 
 /// What every listener shares: authentication, limits and the audit trail.
@@ -72,6 +75,7 @@ pub struct Shared {
     pub limits: RateLimits,
     pub audit: Auditor,
     pub trusted_proxies: Vec<IpNet>,
+    pub in_flight: InFlight,
 }
 
 pub struct Gate {
@@ -303,6 +307,7 @@ impl ProxyHttp for Gate {
             upstream_started: None,
             request_id: String::new(),
             mcp_watch: None,
+            _in_flight: self.shared.in_flight.enter(),
         }
     }
 

@@ -286,7 +286,7 @@ pub struct MemgateConfig {
     pub rate_limit: String,
     /// Extra keys for `[audit]` (the spool always lives in the test's directory).
     pub audit: String,
-    /// Extra keys for `[server]`.
+    /// Keys for `[server]` besides `threads` (default: a 1 s grace period).
     pub server: String,
     /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
     pub mem0_extra: String,
@@ -306,7 +306,7 @@ impl MemgateConfig {
             auth: String::new(),
             rate_limit: "per_token_rps = 0\nfailed_auth_per_ip_per_min = 1000000".into(),
             audit: String::new(),
-            server: String::new(),
+            server: "grace_period_secs = 1".into(),
             mem0_extra: String::new(),
             mcp_extra: String::new(),
             forward_credentials: false,
@@ -336,7 +336,7 @@ impl Memgate {
              [auth]\n{auth}\n\n\
              [rate_limit]\n{rate_limit}\n\n\
              [audit]\nspool_dir = {spool:?}\n{audit}\n\n\
-             [server]\nthreads = 1\ngrace_period_secs = 1\n{server}\n\n{extra}\n",
+             [server]\nthreads = 1\n{server}\n\n{extra}\n",
             db = cfg.database_url,
             mu = cfg.mcp_upstream,
             m0 = cfg.mem0_upstream,
@@ -362,7 +362,7 @@ impl Memgate {
             .stderr(log)
             .spawn()
             .expect("spawn memgate");
-        let gate = Memgate {
+        let mut gate = Memgate {
             mcp: SocketAddr::from(([127, 0, 0, 1], mcp)),
             mem0: SocketAddr::from(([127, 0, 0, 1], mem0)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
@@ -374,7 +374,7 @@ impl Memgate {
         gate
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         loop {
@@ -389,6 +389,12 @@ impl Memgate {
                     .is_ok_and(|r| r.status() == 200);
             if healthy {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "memgate exited ({status}) instead of starting:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -448,6 +454,10 @@ impl Memgate {
 }
 
 impl Memgate {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits (at most 30 s) for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as libc::pid_t;
