@@ -273,3 +273,93 @@ fn check_config_masks_secrets_and_reports_overrides() {
     assert!(text.contains("memgate:****@db"));
     assert!(text.contains("upstream = \"http://mem0:8000\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_plaintext_tokens_are_imported_as_hashes_and_keep_working() {
+    use sqlx::Connection;
+    let legacy = TestDb::new(Backend::Postgres).await;
+    let mut conn = sqlx::PgConnection::connect(&legacy.url).await.unwrap();
+    // The Mem0 MCP Server stack's table, plaintext tokens and all.
+    sqlx::query(
+        "CREATE TABLE mcp_auth_tokens (token TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+         user_email TEXT, display_name TEXT, enabled BOOLEAN DEFAULT TRUE, \
+         created_at TIMESTAMP DEFAULT NOW(), last_used_at TIMESTAMP, expires_at TIMESTAMP, \
+         created_by TEXT, permissions TEXT[] DEFAULT '{read,write}')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let alice = memgate::token::generate().unwrap();
+    let bob = memgate::token::generate().unwrap();
+    for (token, user, enabled) in [
+        (&alice, "alice", true),
+        (&bob, "bob", false),
+        (&"not-a-token".to_string(), "carol", true),
+    ] {
+        sqlx::query("INSERT INTO mcp_auth_tokens (token, user_id, user_email, enabled, created_by) VALUES ($1, $2, $3, $4, 'mcp-token.py')")
+            .bind(token)
+            .bind(user)
+            .bind(format!("{user}@example.com"))
+            .bind(enabled)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let text = ok(&gate.cli(&["token", "import-legacy", "--from", &legacy.url]));
+    assert!(text.contains("Imported 2 token(s)"), "{text}");
+    assert!(
+        text.contains("1 skipped") && text.contains("row 3"),
+        "{text}"
+    );
+    assert!(text.contains("DROP TABLE mcp_auth_tokens"), "{text}");
+    assert!(
+        !text.contains("not-a-token"),
+        "a skipped value is never printed"
+    );
+
+    let status = |token: String| {
+        let url = gate.mem0_url("/memories");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("X-MCP-Token", token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        status(alice.clone()).await,
+        200,
+        "the old token works through memgate"
+    );
+    assert_eq!(
+        status(bob.clone()).await,
+        401,
+        "a disabled old token stays disabled"
+    );
+
+    // Running it again changes nothing.
+    let again = ok(&gate.cli(&["token", "import-legacy", "--from", &legacy.url, "--json"]));
+    let v: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v["imported"], 0);
+    assert_eq!(v["already_present"], 2);
+    let stored = format!("{:?}", db.store().await.tokens(None).await.unwrap());
+    assert!(
+        !stored.contains(&alice[12..]) && !stored.contains(&bob[12..]),
+        "only hashes are stored"
+    );
+    let listed: Vec<Value> =
+        serde_json::from_str(&ok(&gate.cli(&["token", "list", "--json"]))).unwrap();
+    let alice_row = listed.iter().find(|t| t["user_id"] == "alice").unwrap();
+    assert_eq!(alice_row["email"], "alice@example.com");
+    assert_eq!(
+        alice_row["permissions"],
+        serde_json::json!(["read", "write"])
+    );
+}

@@ -2,6 +2,7 @@
 //! `main.rs` only parses and calls into here.
 
 pub mod audit;
+pub mod import;
 pub mod token;
 
 use std::path::PathBuf;

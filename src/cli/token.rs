@@ -31,6 +31,8 @@ pub enum TokenCommand {
     Enable(TargetArgs),
     /// Delete a token for good
     Delete(TargetArgs),
+    /// Import the plaintext tokens of the Mem0 MCP Server stack (stores hashes only)
+    ImportLegacy(super::import::ImportArgs),
     /// Issue a replacement token and revoke the old one
     Rotate {
         /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
@@ -344,6 +346,7 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
             audit_action(store, &t, "delete").await;
             changed(&t, "deleted", args.json)
         }
+        TokenCommand::ImportLegacy(args) => super::import::run(store, args).await,
         TokenCommand::Rotate {
             prefix,
             expires_days,

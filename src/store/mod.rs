@@ -132,6 +132,14 @@ pub trait Store: Send + Sync + 'static {
     /// Tokens whose display prefix starts with `prefix`.
     async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
+    /// Inserts a token carried over from another system, unless its hash is
+    /// already stored; returns whether it was inserted.
+    async fn import_token(
+        &self,
+        token: &NewToken,
+        enabled: bool,
+        last_used_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
     /// Returns false when no such token exists.
     async fn set_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError>;
     async fn delete_token(&self, id: i64) -> Result<bool, StoreError>;

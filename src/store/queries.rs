@@ -279,6 +279,35 @@ macro_rules! impl_store {
             observed("insert_token", r)?.into_record()
         }
 
+        async fn import_token(
+            &self,
+            token: &NewToken,
+            enabled: bool,
+            last_used_at: Option<DateTime<Utc>>,
+        ) -> Result<bool, StoreError> {
+            let r = sqlx::query(
+                "INSERT INTO tokens (token_hash, prefix, user_id, name, email, permissions, \
+                 enabled, created_at, created_by, expires_at, rate_limit_rps, last_used_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (token_hash) DO NOTHING",
+            )
+            .bind(&token.token_hash)
+            .bind(&token.prefix)
+            .bind(&token.user_id)
+            .bind(&token.name)
+            .bind(&token.email)
+            .bind(token.permissions.to_string())
+            .bind(enabled)
+            .bind(token.created_at)
+            .bind(&token.created_by)
+            .bind(token.expires_at)
+            .bind(token.rate_limit_rps.map(i64::from))
+            .bind(last_used_at)
+            .execute(&self.pool)
+            .await;
+            Ok(observed("import_token", r)?.rows_affected() > 0)
+        }
+
         async fn set_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError> {
             let r = sqlx::query("UPDATE tokens SET enabled = $1 WHERE id = $2")
                 .bind(enabled)
