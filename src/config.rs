@@ -43,7 +43,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub rate_limit: RateLimitConfig,
     pub audit: AuditConfig,
+    pub tls: TlsConfig,
     pub server: ServerConfig,
+}
+
+/// `[tls]`: PEM certificate chain and key for the mcp and mem0 listeners.
+/// Both empty: plain HTTP (terminate TLS in front of memgate instead).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -275,6 +291,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limit: RateLimitConfig::default(),
             audit: AuditConfig::default(),
+            tls: TlsConfig::default(),
             server: ServerConfig::default(),
         }
     }
@@ -696,6 +713,19 @@ impl Config {
                 "auth.last_used_interval_secs",
                 "must be at least 1",
             ));
+        }
+        match (self.tls.cert.is_empty(), self.tls.key.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                crate::tls::load(&self.tls.cert, &self.tls.key)
+                    .map_err(|e| invalid("tls.cert", e.to_string()))?;
+            }
+            _ => {
+                return Err(invalid(
+                    "tls.cert",
+                    "tls.cert and tls.key must be set together",
+                ));
+            }
         }
         if self.server.threads == 0 {
             return Err(invalid("server.threads", "must be at least 1"));

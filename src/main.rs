@@ -8,8 +8,10 @@ use memgate::cli::{self, Cli, Command, LogFormat};
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEMGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colours only for people: journald and `docker logs` get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -55,6 +57,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => one_shot(async move {
             let store = cli::open_store(&config).await?;
             cli::audit::stats(store.as_ref(), args).await
+        }),
+        Command::User(cmd) => one_shot(async move {
+            let store = cli::open_store(&config).await?;
+            cli::user::run(store.as_ref(), &config, cmd).await
         }),
     }
 }

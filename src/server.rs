@@ -32,6 +32,7 @@ use crate::proxy::{Flow, Gate, Listener};
 use crate::ratelimit::RateLimits;
 use crate::store;
 use crate::store::Store;
+use crate::tls::ReloadingCert;
 
 /// Fails with a clear message if a listen address is taken, before pingora
 /// tries (and aborts less helpfully).
@@ -115,6 +116,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     // pingora sleeps the whole grace period after SIGTERM; `graceful_stop`
     // below ends the process as soon as the last request is done.
+    crate::proxy::headers::set_tls(config.tls.enabled());
+    let certificate = if config.tls.enabled() {
+        Some(ReloadingCert::new(&config.tls.cert, &config.tls.key)?)
+    } else {
+        None
+    };
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period_secs),
@@ -182,7 +189,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         );
         let mut service =
             http_proxy_service_with_name(&server.configuration, gate, listener.as_str());
-        service.add_tcp(&cfg.listen.to_string());
+        match &certificate {
+            Some(cert) => {
+                service.add_tls_with_settings(&cfg.listen.to_string(), None, cert.settings()?)
+            }
+            None => service.add_tcp(&cfg.listen.to_string()),
+        }
         server.add_service(service);
     }
     let mut admin =
@@ -197,6 +209,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let stopping = Arc::new(tokio::sync::Mutex::new(Some((stop_writer, writer))));
     // Signal streams register with the runtime they are created in.
     let entered = background.enter();
+    if let Some(cert) = &certificate {
+        background.spawn(cert.clone().watch(Duration::from_secs(2)));
+    }
     background.spawn(graceful_stop(
         shared.in_flight.clone(),
         Duration::from_secs(config.server.grace_period_secs),

@@ -1075,8 +1075,17 @@ fn systemd_analyze_verifies_the_unit() {
 // ---------------------------------------------------------------------------
 // Dockerfile, .dockerignore and the image's config
 
-/// (INSTRUCTION, arguments) with continuation lines joined and comments dropped.
-fn dockerfile() -> Vec<(String, String)> {
+/// (INSTRUCTION, arguments), e.g. ("RUN", "apt-get update && ...").
+type Instruction = (String, String);
+
+/// One `FROM` and the instructions up to the next one.
+struct Stage {
+    name: Option<String>,
+    instructions: Vec<Instruction>,
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<Instruction> {
     let mut out = Vec::new();
     let mut pending = String::new();
     for line in read("deploy/Dockerfile").lines() {
@@ -1099,9 +1108,8 @@ fn dockerfile() -> Vec<(String, String)> {
     out
 }
 
-/// The instructions of each stage: (stage name, instructions).
-fn dockerfile_stages() -> Vec<(Option<String>, Vec<(String, String)>)> {
-    let mut stages: Vec<(Option<String>, Vec<(String, String)>)> = Vec::new();
+fn dockerfile_stages() -> Vec<Stage> {
+    let mut stages: Vec<Stage> = Vec::new();
     for (instruction, args) in dockerfile() {
         if instruction == "FROM" {
             let words: Vec<&str> = args.split_whitespace().collect();
@@ -1110,9 +1118,12 @@ fn dockerfile_stages() -> Vec<(Option<String>, Vec<(String, String)>)> {
                 [_] => None,
                 _ => panic!("Dockerfile: FROM {args}"),
             };
-            stages.push((name, Vec::new()));
-        } else if let Some((_, instructions)) = stages.last_mut() {
-            instructions.push((instruction, args));
+            stages.push(Stage {
+                name,
+                instructions: Vec::new(),
+            });
+        } else if let Some(stage) = stages.last_mut() {
+            stage.instructions.push((instruction, args));
         }
     }
     stages
@@ -1124,7 +1135,7 @@ fn dockerfile_user() -> (u32, u32) {
     let user = stages
         .last()
         .unwrap()
-        .1
+        .instructions
         .iter()
         .rev()
         .find(|(i, _)| i == "USER")
@@ -1146,8 +1157,9 @@ fn dockerfile_builds_in_stages_and_runs_unprivileged() {
         stages.len() >= 2,
         "Dockerfile: expected a builder and a final stage"
     );
-    let (builder_name, builder) = &stages[0];
-    let builder_name = builder_name
+    let builder = &stages[0].instructions;
+    let builder_name = stages[0]
+        .name
         .as_deref()
         .expect("Dockerfile: name the builder stage");
     let runs: Vec<&str> = builder
@@ -1165,7 +1177,7 @@ fn dockerfile_builds_in_stages_and_runs_unprivileged() {
             .any(|r| r.contains("cargo build --release --locked"))
     );
 
-    let (_, last) = stages.last().unwrap();
+    let last = &stages.last().unwrap().instructions;
     let find = |name: &str| -> Vec<&str> {
         last.iter()
             .filter(|(i, _)| i == name)
@@ -1204,8 +1216,8 @@ fn dockerfile_builds_in_stages_and_runs_unprivileged() {
         copies.contains(&format!("deploy/container.toml {config_path}").as_str()),
         "Dockerfile: MEMGATE_CONFIG={config_path} is not the copied deploy/container.toml"
     );
-    for (_, instructions) in &stages {
-        for (instruction, args) in instructions {
+    for stage in &stages {
+        for (instruction, args) in &stage.instructions {
             if instruction == "COPY" && !args.starts_with("--from") {
                 let source = args.split_whitespace().next().unwrap();
                 assert!(

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod import;
 pub mod token;
+pub mod user;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Activity of one user: tokens, successes and failures, top failure reasons
     Stats(audit::StatsArgs),
+    /// A user's data: export it (memories of every scope, tokens, audit) or delete it
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Loads and validates the configuration named on the command line.

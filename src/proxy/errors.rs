@@ -54,6 +54,7 @@ pub async fn respond_json(
     for (name, value) in extra_headers {
         header.insert_header(*name, value.as_str())?;
     }
+    super::headers::secure_response(&mut header)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -1,10 +1,30 @@
 //! Header hygiene (DESIGN.md §1 step 5): identity headers a client sent are
 //! never believed or forwarded, in any spelling; the trusted ones are injected.
 
-use pingora::http::RequestHeader;
+use std::sync::OnceLock;
+
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::policy::Identity;
+
+/// Whether the listeners speak TLS (set once at start): HSTS is only sent then.
+static TLS: OnceLock<bool> = OnceLock::new();
+
+pub fn set_tls(enabled: bool) {
+    let _ = TLS.set(enabled);
+}
+
+/// Headers every response carries: no MIME sniffing, no framing, and HSTS
+/// when memgate terminates TLS.
+pub fn secure_response(header: &mut ResponseHeader) -> Result<()> {
+    header.insert_header("x-content-type-options", "nosniff")?;
+    header.insert_header("x-frame-options", "DENY")?;
+    if TLS.get().copied().unwrap_or(false) {
+        header.insert_header("strict-transport-security", "max-age=31536000")?;
+    }
+    Ok(())
+}
 
 /// Lower-cased with `-` and `_` removed, so `X_MCP_UserID`, `x-mcp-user-id`
 /// and `X-MCP-UserID` all compare equal.

@@ -224,6 +224,7 @@ impl McpFlow {
             header.insert_header("access-control-expose-headers", CORS_EXPOSE_HEADERS)?;
             header.insert_header("access-control-max-age", "600")?;
             header.insert_header("vary", "Origin")?;
+            headers::secure_response(&mut header)?;
             session
                 .write_response_header(Box::new(header), true)
                 .await?;
@@ -354,6 +355,7 @@ impl McpFlow {
         header.insert_header("content-length", deny.body.len().to_string())?;
         header.insert_header("cache-control", "no-store")?;
         add_cors(&mut header, cors.as_deref())?;
+        headers::secure_response(&mut header)?;
         session
             .write_response_header(Box::new(header), false)
             .await?;
@@ -518,6 +520,7 @@ impl McpFlow {
             }
         }
         add_cors(&mut header, cors.as_deref())?;
+        headers::secure_response(&mut header)?;
         if content_type.starts_with("text/event-stream") {
             // Event by event: each complete event goes out as soon as it is in.
             session

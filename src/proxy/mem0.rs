@@ -391,6 +391,8 @@ impl Mem0Flow {
         header
             .insert_header("content-length", body.len().to_string())
             .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
+        headers::secure_response(&mut header)
+            .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
         Ok((header, body))
     }
 }

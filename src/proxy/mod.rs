@@ -408,6 +408,7 @@ impl ProxyHttp for Gate {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        headers::secure_response(upstream_response)?;
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
             flow.on_response_header(watch, upstream_response, cors.as_deref())?;

@@ -152,6 +152,18 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Sets `last_used_at` for (token hash, time) pairs, never moving it back.
     async fn touch_last_used(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError>;
+    /// Records that `user_id` used mem0 scope `scope` at the given time: inserts
+    /// the pair (first_seen = last_seen = time) or moves its `last_seen` forward,
+    /// never back. Repeated pairs in one call are merged.
+    async fn record_scopes(
+        &self,
+        seen: &[(String, String, DateTime<Utc>)],
+    ) -> Result<(), StoreError>;
+    /// The scopes recorded for `user_id`, oldest first (the user's own id is
+    /// included only if it was recorded).
+    async fn user_scopes(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Forgets every scope recorded for `user_id`; returns how many.
+    async fn forget_user_scopes(&self, user_id: &str) -> Result<u64, StoreError>;
     /// Successes and failures since `since`, for `memgate stats`.
     async fn user_stats(
         &self,

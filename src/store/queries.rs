@@ -194,6 +194,61 @@ macro_rules! impl_store {
             observed("touch_last_used", tx.commit().await)
         }
 
+        async fn record_scopes(
+            &self,
+            seen: &[(String, String, DateTime<Utc>)],
+        ) -> Result<(), StoreError> {
+            // PostgreSQL refuses an upsert that touches one row twice: merge first.
+            let mut latest: std::collections::BTreeMap<(&str, &str), DateTime<Utc>> =
+                std::collections::BTreeMap::new();
+            for (user_id, scope, at) in seen {
+                let slot = latest.entry((user_id.as_str(), scope.as_str())).or_insert(*at);
+                *slot = (*slot).max(*at);
+            }
+            if latest.is_empty() {
+                return Ok(());
+            }
+            let rows: Vec<_> = latest.into_iter().collect();
+            let mut tx = observed("record_scopes", self.pool.begin().await)?;
+            // 4 parameters a row; well below either backend's limit per statement.
+            for chunk in rows.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO user_scopes (user_id, scope, first_seen, last_seen) ",
+                );
+                q.push_values(chunk, |mut row, ((user_id, scope), at)| {
+                    row.push_bind(*user_id)
+                        .push_bind(*scope)
+                        .push_bind(*at)
+                        .push_bind(*at);
+                });
+                q.push(
+                    " ON CONFLICT (user_id, scope) DO UPDATE SET last_seen = excluded.last_seen \
+                     WHERE user_scopes.last_seen < excluded.last_seen",
+                );
+                let r = q.build().execute(&mut *tx).await;
+                observed("record_scopes", r)?;
+            }
+            observed("record_scopes", tx.commit().await)
+        }
+
+        async fn user_scopes(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+            let r = sqlx::query_scalar::<_, String>(
+                "SELECT scope FROM user_scopes WHERE user_id = $1 ORDER BY first_seen, scope",
+            )
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await;
+            observed("user_scopes", r)
+        }
+
+        async fn forget_user_scopes(&self, user_id: &str) -> Result<u64, StoreError> {
+            let r = sqlx::query("DELETE FROM user_scopes WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&self.pool)
+                .await;
+            Ok(observed("forget_user_scopes", r)?.rows_affected())
+        }
+
         async fn user_stats(&self, user_id: &str, since: DateTime<Utc>) -> Result<UserStats, StoreError> {
             let r = sqlx::query_as::<_, (i64, i64)>(
                 "SELECT COALESCE(SUM(CASE WHEN NOT success THEN 1 ELSE 0 END), 0), \

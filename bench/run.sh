@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# memgate load benchmark (issue #7). One command; writes bench/RESULTS.md.
+#
+#   bench/run.sh            load: direct / nginx / memgate scenarios, interleaved
+#                           rounds, medians, plus the invalid-token flood (≈5 min)
+#   bench/run.sh rss        RSS with 100,000 tokens cached and 10,000 MCP sessions
+#   bench/run.sh bench      criterion micro-benchmarks (cargo bench, short settings)
+#   bench/run.sh profile    perf record of memgate under the cached GET and the
+#                           rewrite POST loads; top symbols to bench/results/
+#   bench/run.sh all        load, rss and bench in turn
+#
+# Knobs (environment): ROUNDS (3), DURATION (8 s per scenario per round),
+# CONNECTIONS (32), WRK_THREADS (2), THREADS (memgate [server] threads, 2),
+# FLOOD_SECS (10), FLOOD_TOKENS (200), RSS_TOKENS (100000), RSS_SESSIONS (10000),
+# PORT_BASE (18000), MEMGATE_BIN (skip the build and use this binary),
+# KEEP_WORK=1 (keep the temporary directory with configs and logs).
+#
+# It installs what it needs from Debian (wrk, nginx-light, python3) when missing,
+# builds memgate with `cargo build --release` (CARGO_TARGET_DIR defaults to
+# ~/.cache/memgate/target), and kills every process it started on exit.
+set -euo pipefail
+
+MODE="${1:-load}"
+case "$MODE" in
+  load|rss|bench|profile|all) ;;
+  -h|--help|help) sed -n '2,20p' "$0"; exit 0 ;;
+  *) echo "usage: bench/run.sh [load|rss|bench|profile|all]" >&2; exit 2 ;;
+esac
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memgate/target}"
+
+need_pkgs=()
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+if [ "$MODE" = profile ] && ! command -v perf >/dev/null 2>&1; then need_pkgs+=(linux-perf); fi
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "bench: installing ${need_pkgs[*]} (apt-get)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+if [ "$MODE" != bench ]; then
+  if [ -z "${MEMGATE_BIN:-}" ]; then
+    echo "bench: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
+    (cd "$REPO" && cargo build --release --bin memgate --quiet)
+    MEMGATE_BIN="$CARGO_TARGET_DIR/release/memgate"
+  fi
+  export MEMGATE_BIN
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/memgate-bench.XXXXXX")"
+export BENCH_WORK="$WORK"
+: >"$WORK/pids"
+PY_PID=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  if [ -n "$PY_PID" ] && kill -0 "$PY_PID" 2>/dev/null; then
+    kill -TERM "$PY_PID" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$PY_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$PY_PID" 2>/dev/null || true
+  fi
+  # Everything the driver started, by PID (it records each one as it starts it).
+  if [ -s "$WORK/pids" ]; then
+    while read -r pid; do
+      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    done <"$WORK/pids"
+  fi
+  if [ "${KEEP_WORK:-0}" = 1 ]; then
+    echo "bench: work directory kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+python3 "$REPO/bench/bench.py" "$MODE" &
+PY_PID=$!
+wait "$PY_PID"
