@@ -42,6 +42,7 @@ pub struct Config {
     pub isolation: IsolationConfig,
     pub limits: LimitsConfig,
     pub rate_limit: RateLimitConfig,
+    pub redis: RedisConfig,
     pub audit: AuditConfig,
     pub tls: TlsConfig,
     pub server: ServerConfig,
@@ -290,6 +291,7 @@ impl Default for Config {
             isolation: IsolationConfig::default(),
             limits: LimitsConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            redis: RedisConfig::default(),
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
@@ -345,6 +347,26 @@ impl Default for AuthConfig {
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitBackend {
     Local,
+    /// Per-token limits shared by every replica through Redis.
+    Redis,
+}
+
+/// `[redis]`: used when `rate_limit.backend = "redis"`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// A Redis call slower than this counts as Redis being down (local limits apply).
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout_ms: 50,
+        }
+    }
 }
 
 /// `[rate_limit]`.
@@ -692,6 +714,13 @@ impl Config {
         }
         if self.rate_limit.per_token_rps > 0 && self.rate_limit.per_token_burst == 0 {
             return Err(invalid("rate_limit.per_token_burst", "must be at least 1"));
+        }
+        if self.rate_limit.backend == RateLimitBackend::Redis {
+            redis::Client::open(self.redis.url.as_str())
+                .map_err(|e| invalid("redis.url", e.to_string()))?;
+            if self.redis.timeout_ms == 0 {
+                return Err(invalid("redis.timeout_ms", "must be at least 1"));
+            }
         }
         if self.rate_limit.failed_auth_per_ip_per_min == 0 {
             return Err(invalid(

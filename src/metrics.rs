@@ -28,6 +28,8 @@ pub struct Metrics {
     pub response_items_dropped: IntCounterVec,
     /// `kind` (token|failed_auth_ip).
     pub rate_limited: IntCounterVec,
+    /// Per-token checks answered locally because Redis could not be asked.
+    pub rate_limit_fallback: IntCounter,
     /// `outcome` (written|spooled|replayed|dropped).
     pub audit_events: IntCounterVec,
     /// Events waiting in the on-disk spool.
@@ -143,6 +145,17 @@ impl Metrics {
                 "rate_limited_total",
                 "Requests refused with 429: kind token (per-token limit) or failed_auth_ip.",
                 &["kind"],
+            ),
+            rate_limit_fallback: register(
+                &r,
+                IntCounter::with_opts(
+                    Opts::new(
+                        "rate_limit_fallback_total",
+                        "Per-token limit checks done locally because Redis was unreachable.",
+                    )
+                    .namespace("memgate"),
+                )
+                .unwrap_or_else(|e| panic!("metric rate_limit_fallback_total is malformed: {e}")),
             ),
             audit_events: counter_vec(
                 &r,

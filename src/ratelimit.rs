@@ -1,6 +1,6 @@
-//! Rate limits (governor, in process): per token, and per client IP for failed
-//! authentication so that a token-guessing flood is cut off before it costs
-//! store queries.
+//! Rate limits: per token (governor in process, or shared by every replica
+//! through Redis), and per client IP for failed authentication so that a
+//! token-guessing flood is cut off before it costs store queries.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -11,7 +11,79 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 
-use crate::config::RateLimitConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{RateLimitBackend, RateLimitConfig, RedisConfig};
+use crate::metrics::METRICS;
+
+/// Generic cell rate algorithm, atomically in Redis on Redis's clock (all
+/// replicas agree on time). KEYS[1]: the token's key. ARGV: emission interval
+/// and burst tolerance in microseconds. Returns {allowed, retry_after_us}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return {0, tat - tolerance - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, 0}
+";
+
+/// Per-token limits shared through Redis; `None` answers mean "ask locally".
+struct RedisLimits {
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    script: redis::Script,
+    timeout: Duration,
+    /// Unix seconds of the last "Redis unreachable" log line (one per 10 s).
+    last_warning: AtomicU64,
+}
+
+impl RedisLimits {
+    async fn check(&self, key: &str, rps: u32, burst: u32) -> Option<Result<(), RetryAfter>> {
+        let call = async {
+            let connection = self
+                .connection
+                .get_or_try_init(|| self.client.get_connection_manager())
+                .await?;
+            let interval = 1_000_000u64 / u64::from(rps.max(1));
+            let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
+            self.script
+                .key(format!("memgate:rl:{key}"))
+                .arg(interval)
+                .arg(tolerance)
+                .invoke_async::<(i64, i64)>(&mut connection.clone())
+                .await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok((1, _))) => Some(Ok(())),
+            Ok(Ok((_, wait_us))) => Some(Err(RetryAfter(Duration::from_micros(
+                wait_us.max(0) as u64
+            )))),
+            Ok(Err(e)) => self.unreachable(&e.to_string()),
+            Err(_) => self.unreachable("timed out"),
+        }
+    }
+
+    fn unreachable(&self, why: &str) -> Option<Result<(), RetryAfter>> {
+        METRICS.rate_limit_fallback.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now.saturating_sub(self.last_warning.swap(now, Ordering::Relaxed)) >= 10 {
+            tracing::warn!(
+                reason = why,
+                "Redis unreachable; per-token limits are local to this replica"
+            );
+        }
+        None
+    }
+}
 
 /// A refusal: retry after this long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +97,7 @@ impl RetryAfter {
 }
 
 pub struct RateLimits {
+    redis: Option<RedisLimits>,
     default_rps: u32,
     default_burst: u32,
     /// One limiter per token (by display prefix + id), built with its own quota.
@@ -40,9 +113,26 @@ fn non_zero(n: u32) -> NonZeroU32 {
 }
 
 impl RateLimits {
-    pub fn new(cfg: &RateLimitConfig) -> Self {
+    pub fn new(cfg: &RateLimitConfig, redis: &RedisConfig) -> Self {
         let per_min = non_zero(cfg.failed_auth_per_ip_per_min);
+        let redis = match cfg.backend {
+            RateLimitBackend::Local => None,
+            RateLimitBackend::Redis => match redis::Client::open(redis.url.as_str()) {
+                Ok(client) => Some(RedisLimits {
+                    client,
+                    connection: tokio::sync::OnceCell::new(),
+                    script: redis::Script::new(GCRA),
+                    timeout: Duration::from_millis(redis.timeout_ms),
+                    last_warning: AtomicU64::new(0),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "redis.url is unusable; per-token limits are local");
+                    None
+                }
+            },
+        };
         RateLimits {
+            redis,
             default_rps: cfg.per_token_rps,
             default_burst: cfg.per_token_burst,
             tokens: Cache::builder()
@@ -58,9 +148,14 @@ impl RateLimits {
         }
     }
 
-    /// Takes one request from the token's budget. `override_rps` is the
+    /// Takes one request from the token's budget, shared through Redis when
+    /// configured (local when Redis cannot answer). `override_rps` is the
     /// token's own limit; 0 everywhere disables the check.
-    pub fn check_token(&self, key: &str, override_rps: Option<u32>) -> Result<(), RetryAfter> {
+    pub async fn check_token(
+        &self,
+        key: &str,
+        override_rps: Option<u32>,
+    ) -> Result<(), RetryAfter> {
         let rps = override_rps.unwrap_or(self.default_rps);
         if rps == 0 {
             return Ok(());
@@ -70,6 +165,15 @@ impl RateLimits {
         } else {
             self.default_burst.max(1)
         };
+        if let Some(redis) = &self.redis
+            && let Some(answer) = redis.check(key, rps, burst).await
+        {
+            return answer;
+        }
+        self.check_local(key, rps, burst)
+    }
+
+    fn check_local(&self, key: &str, rps: u32, burst: u32) -> Result<(), RetryAfter> {
         let cache_key = format!("{key}/{rps}/{burst}");
         let limiter = self.tokens.get_with(cache_key, || {
             Arc::new(RateLimiter::direct(
@@ -108,34 +212,37 @@ mod tests {
     use super::*;
 
     fn limits(rps: u32, burst: u32, per_min: u32) -> RateLimits {
-        RateLimits::new(&RateLimitConfig {
-            per_token_rps: rps,
-            per_token_burst: burst,
-            failed_auth_per_ip_per_min: per_min,
-            ..RateLimitConfig::default()
-        })
+        RateLimits::new(
+            &RateLimitConfig {
+                per_token_rps: rps,
+                per_token_burst: burst,
+                failed_auth_per_ip_per_min: per_min,
+                ..RateLimitConfig::default()
+            },
+            &RedisConfig::default(),
+        )
     }
 
-    #[test]
-    fn per_token_budget_and_override() {
+    #[tokio::test]
+    async fn per_token_budget_and_override() {
         let l = limits(1, 3, 10);
         for _ in 0..3 {
-            assert!(l.check_token("a", None).is_ok());
+            assert!(l.check_token("a", None).await.is_ok());
         }
-        let retry = l.check_token("a", None).unwrap_err();
+        let retry = l.check_token("a", None).await.unwrap_err();
         assert!(retry.0 <= Duration::from_secs(1));
         assert_eq!(retry.header_value(), "1");
         assert!(
-            l.check_token("b", None).is_ok(),
+            l.check_token("b", None).await.is_ok(),
             "tokens have separate budgets"
         );
-        assert!(l.check_token("c", Some(1)).is_ok());
+        assert!(l.check_token("c", Some(1)).await.is_ok());
         assert!(
-            l.check_token("c", Some(1)).is_err(),
+            l.check_token("c", Some(1)).await.is_err(),
             "the override's burst is its rate"
         );
         assert!(
-            limits(0, 0, 10).check_token("d", None).is_ok(),
+            limits(0, 0, 10).check_token("d", None).await.is_ok(),
             "0 disables"
         );
     }

@@ -103,7 +103,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let writer = background.spawn(writer.run(writer_stop));
     let shared = Arc::new(Shared {
         auth: auth.clone(),
-        limits: RateLimits::new(&config.rate_limit),
+        limits: RateLimits::new(&config.rate_limit, &config.redis),
         audit: auditor,
         trusted_proxies: config.server.trusted_proxies.clone(),
         in_flight: InFlight::default(),

@@ -231,6 +231,7 @@ impl Gate {
             .shared
             .limits
             .check_token(&identity.token_prefix, authenticated.rate_limit_rps)
+            .await
         {
             let message = "Rate limit exceeded for this token; retry later";
             self.refuse_rate_limited(
