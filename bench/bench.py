@@ -470,7 +470,9 @@ def write_lua(name, method, headers, body=None):
     return path
 
 
-def write_flood_lua(name, tokens):
+def write_rotating_lua(name, tokens):
+    """GET /memories, each request with the next token of the list (wrk threads
+    start at different places), so requests in flight rarely share a token."""
     toks = ",\n".join(f'  "{t}"' for t in tokens)
     script = f"""
 local tokens = {{
@@ -483,7 +485,7 @@ function setup(thread)
 end
 local n = 0
 function init(args)
-  n = (tid or 0) * 7919
+  n = (tid or 0) * math.floor(#tokens / {WRK_THREADS})
 end
 function request()
   n = n + 1
@@ -587,7 +589,7 @@ SCENARIOS = [
     ("nginx-mcp", "nginx: POST /mcp tools/call", "mcp", "nginx"),
     ("memgate-get", "memgate, cached token: GET /memories", "get", "memgate"),
     ("memgate-post", "memgate, rewrite: POST /memories (1 KiB)", "post", "memgate"),
-    ("memgate-nocache", "memgate, cache off: GET /memories", "get", "memgate"),
+    ("memgate-nocache", "memgate, cache off: GET /memories (32 tokens)", "get", "memgate"),
     ("memgate-mcp", "memgate, MCP: POST /mcp tools/call", "mcp", "memgate"),
 ]
 
@@ -613,6 +615,9 @@ def mode_load():
     for m in list(mg.values()) + list(flood.values()):
         m.create_token()
         m.start()
+    # Cache off: one token per connection, so that every request is its own
+    # store lookup (requests in flight with one token share a single lookup).
+    nocache_tokens = [mg["memgate-nocache"].create_token() for _ in range(CONNECTIONS)]
 
     body = create_body_1k()
 
@@ -633,7 +638,12 @@ def mode_load():
     # The same token header everywhere, so every request has the same size.
     plan = {}
     for key, label, kind, target in SCENARIOS:
-        if target == "memgate":
+        if key == "memgate-nocache":
+            m = mg[key]
+            port = m.mem0_port
+            lua = write_rotating_lua(key, nocache_tokens)
+            pids = [m.pid]
+        elif target == "memgate":
             m = mg[key]
             port = m.mcp_port if kind == "mcp" else m.mem0_port
             lua = lua_for(key, m.token)
@@ -700,7 +710,7 @@ def mode_load():
     flood_results = {}
     for setting, m in flood.items():
         tokens = ["mcp_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") for _ in range(FLOOD_TOKENS)]
-        lua = write_flood_lua(f"flood-{setting}", tokens)
+        lua = write_rotating_lua(f"flood-{setting}", tokens)
         before = m.metrics()
         r = run_wrk(f"http://127.0.0.1:{m.mem0_port}{GET_PATH}", lua, FLOOD_SECS)
         after = m.metrics()
@@ -826,7 +836,12 @@ def render_load(raw):
         f"nginx proxy: `worker_processes {s['nginx_workers']}`, `proxy_pass` with `keepalive 64` to the upstream, "
         f"no auth. Upstream: nginx (`worker_processes {s['nginx_workers']}`) answering `return 200` JSON. "
         f"Load generator, proxy and upstream share the same {f['cores']} cores, so absolute numbers are "
-        f"small and noisy; the ratios are the result.\n"
+        f"small and noisy; the ratios are the result. Every scenario sends the same `X-MCP-Token` header "
+        f"(direct and nginx ignore it); `[rate_limit] per_token_rps = 0` and "
+        f"`failed_auth_per_ip_per_min = 1000000` for the throughput scenarios. Cache off "
+        f"(`auth.cache_ttl_secs = 0`) rotates over {s['connections']} tokens, one per connection, because "
+        f"concurrent requests with one token share a single store lookup (single flight) and would hide "
+        f"the per-request cost.\n"
     )
     if busy_runs:
         out.append(

@@ -47,7 +47,8 @@ fn main() {
 
     let _guard = rt.enter();
     let cfg = Config::default();
-    let target = Arc::new(UpstreamTarget::new("mem0.upstream", &cfg.mem0.listener()).expect("target"));
+    let target =
+        Arc::new(UpstreamTarget::new("mem0.upstream", &cfg.mem0.listener()).expect("target"));
     let client = UpstreamClient::new(target.clone());
     let req = || RequestHeader::build("GET", b"/memories", None).expect("request");
     show(
@@ -63,8 +64,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
     let store: Arc<dyn Store> = Arc::new(
-        rt.block_on(SqliteStore::connect(&url, 1, std::time::Duration::from_secs(3)))
-            .expect("store"),
+        rt.block_on(SqliteStore::connect(
+            &url,
+            1,
+            std::time::Duration::from_secs(3),
+        ))
+        .expect("store"),
     );
     let auth = Authenticator::new(store, &AuthConfig::default());
     let headers = PresentedHeaders::default();

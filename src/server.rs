@@ -30,6 +30,7 @@ use crate::proxy::mem0::Mem0Flow;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Flow, Gate, Listener};
 use crate::ratelimit::RateLimits;
+use crate::scopes::ScopeLog;
 use crate::store;
 use crate::store::Store;
 use crate::tls::ReloadingCert;
@@ -107,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         audit: auditor,
         trusted_proxies: config.server.trusted_proxies.clone(),
         in_flight: InFlight::default(),
+        scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
     });
     background.spawn(housekeeping(
         shared.clone(),
@@ -198,7 +200,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.add_service(service);
     }
     let mut admin =
-        http_proxy_service_with_name(&server.configuration, AdminApi::new(store), "admin");
+        http_proxy_service_with_name(&server.configuration, AdminApi::new(store.clone()), "admin");
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
 
@@ -216,12 +218,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shared.in_flight.clone(),
         Duration::from_secs(config.server.grace_period_secs),
         stopping.clone(),
-        auth.clone(),
+        shared.clone(),
+        store.clone(),
     )?);
     drop(entered);
     server.run(RunArgs::default());
     // SIGINT (fast shutdown) ends up here.
-    background.block_on(flush(&stopping, &auth));
+    background.block_on(flush(&stopping, &shared, store.as_ref()));
     Ok(())
 }
 
@@ -232,7 +235,8 @@ fn graceful_stop(
     in_flight: InFlight,
     grace: Duration,
     stopping: Stopping,
-    auth: Arc<Authenticator>,
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
@@ -247,14 +251,14 @@ fn graceful_stop(
                 "grace period over; cutting the rest"
             );
         }
-        flush(&stopping, &auth).await;
+        flush(&stopping, &shared, store.as_ref()).await;
         tracing::info!("stopped");
         std::process::exit(0);
     })
 }
 
 /// Writes what the audit queue still holds, then the last uses. Runs once.
-async fn flush(stopping: &Stopping, auth: &Authenticator) {
+async fn flush(stopping: &Stopping, shared: &Shared, store: &dyn Store) {
     let Some((stop_writer, writer)) = stopping.lock().await.take() else {
         return;
     };
@@ -268,7 +272,10 @@ async fn flush(stopping: &Stopping, auth: &Authenticator) {
             "the audit writer did not finish within 10 s; queued events are in the spool"
         );
     }
-    auth.flush_last_used().await;
+    shared.auth.flush_last_used().await;
+    if let Err(e) = shared.scopes.flush(store).await {
+        tracing::warn!(error = %e, "project scopes seen since the last flush were not recorded");
+    }
 }
 
 /// Periodic chores: batched `last_used_at`, audit retention, limiter memory.
@@ -279,6 +286,9 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
         tick.tick().await;
         ticks += 1;
         shared.auth.flush_last_used().await;
+        if let Err(e) = shared.scopes.flush(store.as_ref()).await {
+            tracing::debug!(error = %e, "project scopes not recorded yet; will retry");
+        }
         if ticks % 60 == 1 {
             shared.limits.housekeeping();
             if retention_days > 0 {

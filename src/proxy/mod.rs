@@ -29,6 +29,7 @@ use crate::metrics::METRICS;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{RateLimits, RetryAfter};
+use crate::scopes::ScopeLog;
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
 use upstream::UpstreamTarget;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub audit: Auditor,
     pub trusted_proxies: Vec<IpNet>,
     pub in_flight: InFlight,
+    /// Project scopes users act in (`auto` isolation), for `memgate user export|delete`.
+    pub scopes: ScopeLog,
 }
 
 pub struct Gate {
@@ -253,6 +256,23 @@ impl Gate {
         Ok(Some(identity))
     }
 
+    /// Remembers the project scope a user works in (`auto` isolation), so the
+    /// user's data can be found again for export and deletion.
+    fn note_project_scope(&self, session: &Session, identity: &Identity) {
+        if !matches!(self.isolation, IsolationMode::Auto) {
+            return;
+        }
+        let project = session
+            .req_header()
+            .headers
+            .get("x-mcp-project")
+            .and_then(|v| v.to_str().ok());
+        let scope = scope_for(identity, &self.isolation, project);
+        if scope != identity.user_id {
+            self.shared.scopes.note(&identity.user_id, &scope);
+        }
+    }
+
     /// Audits a policy refusal worth keeping.
     fn audit_refusal(&self, session: &Session, ctx: &RequestCtx, refusal: Refusal) {
         let mut event = self.event(session, ctx, refusal.kind, false);
@@ -324,6 +344,7 @@ impl ProxyHttp for Gate {
             return Ok(true);
         };
         ctx.route = self.listener.as_str();
+        self.note_project_scope(session, &identity);
         let (refusal, stream) = match &self.flow {
             Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
                 Handled::Responded(refusal) => (refusal.map(Refusal::from), None),
