@@ -31,6 +31,7 @@ use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Flow, Gate, Listener};
 use crate::ratelimit::RateLimits;
 use crate::scopes::ScopeLog;
+use crate::sessions::SessionBindings;
 use crate::store;
 use crate::store::Store;
 use crate::tls::ReloadingCert;
@@ -143,6 +144,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.limits.max_response_bytes,
         mem0_listener.forward_credentials,
     );
+    let sessions = Arc::new(SessionBindings::new(
+        store.clone(),
+        config.mcp.max_sessions,
+        Duration::from_secs(config.mcp.session_idle_secs),
+    ));
+    background.spawn(session_housekeeping(
+        sessions.clone(),
+        Duration::from_secs(config.mcp.session_idle_secs),
+    ));
     let mcp_flow = McpFlow::new(McpSettings {
         policy: McpPolicy {
             tools: {
@@ -160,6 +170,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sse_path: config.mcp.sse_path.clone(),
         messages_path: config.mcp.messages_path.clone(),
         allowed_origins: config.mcp.allowed_origins.clone(),
+        sessions,
         session_idle: Duration::from_secs(config.mcp.session_idle_secs),
         max_sessions: config.mcp.max_sessions,
         max_body_bytes: config.limits.max_body_bytes,
@@ -275,6 +286,17 @@ async fn flush(stopping: &Stopping, shared: &Shared, store: &dyn Store) {
     shared.auth.flush_last_used().await;
     if let Err(e) = shared.scopes.flush(store).await {
         tracing::warn!(error = %e, "project scopes seen since the last flush were not recorded");
+    }
+}
+
+/// Session uses are written every few seconds, idle sessions forgotten every few minutes.
+async fn session_housekeeping(sessions: Arc<SessionBindings>, idle: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        sessions.housekeeping(idle, ticks % 60 == 1).await;
     }
 }
 

@@ -147,3 +147,69 @@ async fn the_redis_limit_holds_across_replicas_and_degrades_without_redis() {
     assert!(two.metric("memgate_rate_limit_fallback_total").await >= 5.0);
     assert!(two.log().contains("Redis unreachable"), "{}", two.log());
 }
+
+async fn post_mcp(
+    gate: &Memgate,
+    token: &str,
+    session: Option<&str>,
+    body: serde_json::Value,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    if let Some(id) = session {
+        req = req.header("mcp-session-id", id);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_bound_on_one_replica_is_refused_to_another_user_on_the_next() {
+    use serde_json::json;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mcp = support::mcp_server::McpServer::start().await;
+    let make = || MemgateConfig::new(&db.url, &mcp.url());
+    let (one, two) = (Memgate::start(make()).await, Memgate::start(make()).await);
+    let alice = one.create_token("alice", &[]);
+    let bob = one.create_token("bob", &[]);
+
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fleet", "version": "0"}}});
+    let resp = post_mcp(&one, &alice, None, init).await;
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(resp.bytes().await);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        post_mcp(&one, &alice, Some(&session), initialized)
+            .await
+            .status(),
+        202
+    );
+
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let before = mcp.http_requests().len();
+    let stolen = post_mcp(&two, &bob, Some(&session), ping.clone()).await;
+    assert_eq!(
+        stolen.status(),
+        404,
+        "replica two must know whose session it is"
+    );
+    assert_eq!(
+        mcp.http_requests().len(),
+        before,
+        "the stolen session reached the server"
+    );
+    let owner = post_mcp(&two, &alice, Some(&session), ping).await;
+    assert_eq!(
+        owner.status(),
+        200,
+        "the owner may use her session on any replica"
+    );
+}

@@ -99,7 +99,7 @@ pub struct McpFlow {
     policy: McpPolicy,
     client: UpstreamClient,
     owners: Arc<OwnerResolver>,
-    sessions: SessionBindings,
+    sessions: Arc<SessionBindings>,
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
     /// answers will come back on that session's stream.
     pending_lists: moka::sync::Cache<String, Vec<Value>>,
@@ -121,6 +121,7 @@ pub struct McpSettings {
     pub sse_path: String,
     pub messages_path: String,
     pub allowed_origins: Vec<String>,
+    pub sessions: Arc<SessionBindings>,
     pub session_idle: Duration,
     pub max_sessions: u64,
     pub max_body_bytes: usize,
@@ -150,7 +151,7 @@ impl McpFlow {
             policy: s.policy,
             client: s.client,
             owners: s.owners,
-            sessions: SessionBindings::new(s.max_sessions, s.session_idle),
+            sessions: s.sessions,
             pending_lists: moka::sync::Cache::builder()
                 .max_capacity(s.max_sessions)
                 .time_to_idle(s.session_idle)
@@ -261,16 +262,31 @@ impl McpFlow {
             },
         };
         if let Some(id) = &session_id {
-            match self.sessions.check(id, &identity.user_id) {
-                SessionUse::Owner => {}
-                // Not seen by this memgate (new, idle-expired or from before a
-                // restart): the first user to present it holds it from now on.
-                SessionUse::Unknown => {
-                    if !self.sessions.bind(id, &identity.user_id) {
-                        return self.refuse_session(session).await;
-                    }
+            let verdict = match self.sessions.check(id, &identity.user_id).await {
+                Ok(SessionUse::Owner) => Ok(true),
+                // Not known to any replica (new, or idle-expired): the first
+                // user to present it holds it from now on.
+                Ok(SessionUse::Unknown) => self.sessions.bind(id, &identity.user_id).await,
+                Ok(SessionUse::Foreign) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match verdict {
+                Ok(true) => {}
+                Ok(false) => return self.refuse_session(session).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check an MCP session's owner");
+                    let message =
+                        "Cannot verify this session right now (store unreachable); retry shortly";
+                    refuse(
+                        session,
+                        503,
+                        message,
+                        &Value::Null,
+                        &[("retry-after", "1".into())],
+                    )
+                    .await?;
+                    return Ok(McpHandled::Responded(None));
                 }
-                SessionUse::Foreign => return self.refuse_session(session).await,
             }
         }
         let posts_jsonrpc = method == http::Method::POST
@@ -503,8 +519,9 @@ impl McpFlow {
                 .headers
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
+            && let Err(e) = self.sessions.bind(id, &identity.user_id).await
         {
-            self.sessions.bind(id, &identity.user_id);
+            tracing::warn!(error = %e, "new MCP session not bound in the store");
         }
         let content_type = upstream
             .headers
@@ -620,7 +637,8 @@ impl McpFlow {
         if response.status.is_success()
             && let Some(id) = watch.ending_session.take()
         {
-            self.sessions.end(&id);
+            let sessions = self.sessions.clone();
+            tokio::spawn(async move { sessions.end(&id).await });
         }
         Ok(())
     }
@@ -641,7 +659,7 @@ impl McpFlow {
             if event.event.as_deref() == Some("endpoint")
                 && let Some(id) = event.data.as_deref().and_then(endpoint_session_id)
             {
-                if self.sessions.bind(&id, &watch.user_id) {
+                if self.sessions.bind_detached(&id, &watch.user_id) {
                     watch.legacy_session = Some(id);
                 } else {
                     tracing::warn!("a legacy SSE stream announced a session bound to another user");

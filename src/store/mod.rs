@@ -155,6 +155,24 @@ pub trait Store: Send + Sync + 'static {
     /// Records that `user_id` used mem0 scope `scope` at the given time: inserts
     /// the pair (first_seen = last_seen = time) or moves its `last_seen` forward,
     /// never back. Repeated pairs in one call are merged.
+    /// Binds an MCP session to `user_id` unless it is bound already; returns
+    /// the owner either way.
+    async fn bind_session(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError>;
+    async fn session_owner(&self, session_id: &str) -> Result<Option<String>, StoreError>;
+    /// Marks sessions as used (keeps them from expiring).
+    async fn touch_sessions(
+        &self,
+        session_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    async fn end_session(&self, session_id: &str) -> Result<(), StoreError>;
+    /// Forgets sessions unused since `before`; returns how many.
+    async fn prune_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn record_scopes(
         &self,
         seen: &[(String, String, DateTime<Utc>)],

@@ -363,6 +363,66 @@ macro_rules! impl_store {
             Ok(observed("import_token", r)?.rows_affected() > 0)
         }
 
+        async fn bind_session(
+            &self,
+            session_id: &str,
+            user_id: &str,
+            now: DateTime<Utc>,
+        ) -> Result<String, StoreError> {
+            let r = sqlx::query(
+                "INSERT INTO mcp_sessions (session_id, user_id, created_at, last_seen) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (session_id) DO NOTHING",
+            )
+            .bind(session_id)
+            .bind(user_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+            observed("bind_session", r)?;
+            self.session_owner(session_id)
+                .await?
+                .ok_or_else(|| StoreError::Query("a session vanished while being bound".into()))
+        }
+
+        async fn session_owner(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+            let r = sqlx::query_scalar::<_, String>(
+                "SELECT user_id FROM mcp_sessions WHERE session_id = $1",
+            )
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await;
+            observed("session_owner", r)
+        }
+
+        async fn touch_sessions(&self, session_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
+            let mut tx = observed("touch_sessions", self.pool.begin().await)?;
+            for id in session_ids {
+                let r = sqlx::query("UPDATE mcp_sessions SET last_seen = $1 WHERE session_id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await;
+                observed("touch_sessions", r)?;
+            }
+            observed("touch_sessions", tx.commit().await)
+        }
+
+        async fn end_session(&self, session_id: &str) -> Result<(), StoreError> {
+            let r = sqlx::query("DELETE FROM mcp_sessions WHERE session_id = $1")
+                .bind(session_id)
+                .execute(&self.pool)
+                .await;
+            observed("end_session", r).map(|_| ())
+        }
+
+        async fn prune_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+            let r = sqlx::query("DELETE FROM mcp_sessions WHERE last_seen < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await;
+            Ok(observed("prune_sessions", r)?.rows_affected())
+        }
+
         async fn set_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError> {
             let r = sqlx::query("UPDATE tokens SET enabled = $1 WHERE id = $2")
                 .bind(enabled)
