@@ -46,11 +46,21 @@ impl Auditor {
         }
     }
 
-    /// Records `event` only if nothing was recorded under `key` within the
-    /// sampling window (e.g. the first success of each token per minute).
-    pub async fn record_sampled(&self, key: String, event: AuditEvent) {
-        if self.sampled.entry(key).or_insert(()).await.is_fresh() {
-            self.record(event);
+    /// Records the event `make` builds only if nothing was recorded under
+    /// `key` within the sampling window (e.g. the first success of each token
+    /// per minute). The common case, already sampled, costs one lookup.
+    pub async fn record_sampled(&self, key: &str, make: impl FnOnce() -> AuditEvent) {
+        if self.sampled.contains_key(key) {
+            return;
+        }
+        if self
+            .sampled
+            .entry(key.to_string())
+            .or_insert(())
+            .await
+            .is_fresh()
+        {
+            self.record(make());
         }
     }
 }
