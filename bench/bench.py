@@ -123,6 +123,9 @@ class Procs:
             stdout=out,
             stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
+            # Its own process group, so that stopping it also stops anything it
+            # started (nginx workers, a BENCH_WRAP tool's child).
+            start_new_session=True,
         )
         with open(WORK / "pids", "a") as f:
             f.write(f"{p.pid}\n")
@@ -138,16 +141,20 @@ class Procs:
 
     @staticmethod
     def _stop_one(p, sig):
-        if p.poll() is not None:
+        try:
+            if p.poll() is None:
+                os.killpg(p.pid, sig)
+                p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
             return
         try:
-            p.send_signal(sig)
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+            os.killpg(p.pid, signal.SIGKILL)  # whatever is left in the group
         except ProcessLookupError:
             pass
+        if p.poll() is None:
+            p.wait(timeout=5)
 
     def stop_all(self):
         while self.children:
@@ -394,9 +401,12 @@ class Memgate:
         return self.token
 
     def start(self):
+        # BENCH_WRAP (e.g. "heaptrack -o /tmp/mg") runs memgate under a tool;
+        # then /proc readings are the wrapper's, not memgate's.
+        wrap = os.environ.get("BENCH_WRAP", "").split()
         self.proc = PROCS.start(
             f"memgate-{self.name}",
-            [BIN, "--config", str(self.cfg), "serve"],
+            [*wrap, BIN, "--config", str(self.cfg), "serve"],
             env={"MEMGATE_LOG": "warn"},
             log_path=self.dir / "memgate.log",
             stop_signal=signal.SIGINT,

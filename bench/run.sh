@@ -13,7 +13,8 @@
 # CONNECTIONS (32), WRK_THREADS (2), THREADS (memgate [server] threads, 2),
 # FLOOD_SECS (10), FLOOD_TOKENS (200), RSS_TOKENS (100000), RSS_SESSIONS (10000),
 # PORT_BASE (18000), MEMGATE_BIN (skip the build and use this binary),
-# KEEP_WORK=1 (keep the temporary directory with configs and logs).
+# KEEP_WORK=1 (keep the temporary directory with configs and logs), BENCH_WRAP (a
+# command to run memgate under, e.g. "heaptrack -o /tmp/mg": diagnosis only).
 #
 # It installs what it needs from Debian (wrk, nginx-light, python3) when missing,
 # builds memgate with `cargo build --release` (CARGO_TARGET_DIR defaults to
@@ -65,10 +66,12 @@ cleanup() {
     for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$PY_PID" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$PY_PID" 2>/dev/null || true
   fi
-  # Everything the driver started, by PID (it records each one as it starts it).
+  # Everything the driver started, by PID (it records each one as it starts it,
+  # each in its own process group).
   if [ -s "$WORK/pids" ]; then
     while read -r pid; do
-      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+      [ -n "$pid" ] || continue
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     done <"$WORK/pids"
   fi
   if [ "${KEEP_WORK:-0}" = 1 ]; then

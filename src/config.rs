@@ -241,6 +241,10 @@ impl IsolationConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Longest request target (path and query); 414 above.
+    pub max_uri_bytes: usize,
+    /// All request header names and values together; 431 above.
+    pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_response_bytes: usize,
@@ -249,6 +253,8 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             max_json_depth: 32,
             max_response_bytes: 16 * 1024 * 1024,
@@ -695,6 +701,12 @@ impl Config {
             return Err(invalid(
                 "isolation.shared_user_id",
                 "must be a non-empty user id without surrounding spaces in global mode",
+            ));
+        }
+        if self.limits.max_uri_bytes < 256 || self.limits.max_header_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_uri_bytes",
+                "limits.max_uri_bytes must be at least 256 and limits.max_header_bytes at least 1024",
             ));
         }
         if self.limits.max_body_bytes == 0 {

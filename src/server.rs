@@ -110,6 +110,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         trusted_proxies: config.server.trusted_proxies.clone(),
         in_flight: InFlight::default(),
         scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
+        max_uri_bytes: config.limits.max_uri_bytes,
+        max_header_bytes: config.limits.max_header_bytes,
     });
     background.spawn(housekeeping(
         shared.clone(),

@@ -79,6 +79,8 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Project scopes users act in (`auto` isolation), for `memgate user export|delete`.
     pub scopes: ScopeLog,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
 }
 
 pub struct Gate {
@@ -293,6 +295,21 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// 414 or 431 for a request target or headers over the configured limits.
+fn oversized(req: &RequestHeader, shared: &Shared) -> Option<(u16, &'static str)> {
+    let uri = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri > shared.max_uri_bytes {
+        return Some((414, "Request target too long (limits.max_uri_bytes)"));
+    }
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (headers > shared.max_header_bytes)
+        .then_some((431, "Request headers too large (limits.max_header_bytes)"))
+}
+
 /// A client-chosen request id (printable, short) or a fresh one: a random
 /// per-process base plus a counter, unique without a syscall per request.
 fn request_id(req: &RequestHeader) -> String {
@@ -345,6 +362,10 @@ impl ProxyHttp for Gate {
 
     /// Admission and policy before anything is forwarded or any body is read.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some((status, message)) = oversized(session.req_header(), &self.shared) {
+            errors::respond_error(session, self.listener, status, message).await?;
+            return Ok(true);
+        }
         ctx.request_id = request_id(session.req_header());
         if let Flow::Mcp(flow) = &self.flow
             && flow.check_origin(session).await?
