@@ -36,10 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = cli::load_config(&cli)?;
     let config = loaded.config.clone();
     match cli.command {
-        Command::CheckConfig => {
-            println!("{}", cli::check_config(&loaded));
-            Ok(())
-        }
+        Command::CheckConfig => print_out(&cli::check_config(&loaded)),
         // pingora builds its own runtimes, so serve must not run inside one.
         Command::Serve => memgate::server::run(config),
         Command::Migrate => one_shot(async move {
@@ -71,6 +68,15 @@ fn one_shot(fut: impl Future<Output = anyhow::Result<String>>) -> anyhow::Result
         .enable_all()
         .build()?;
     let out = runtime.block_on(fut)?;
-    println!("{out}");
-    Ok(())
+    print_out(&out)
+}
+
+/// Prints a command's output; a closed pipe (`memgate audit | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
