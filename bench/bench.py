@@ -1328,7 +1328,7 @@ def assemble():
         "# memgate benchmark results\n",
         "Produced by `bench/run.sh` (load, `rss`, `bench`); raw numbers are in `bench/results/*.json`. "
         "Re-running a mode rewrites its section. What the numbers mean and where the time goes is in the "
-        "Analysis section at the end.\n",
+        "Analysis section at the end (hand-written in `bench/results/analysis.md`, not regenerated).\n",
     ]
     for name in ("load", "rss", "criterion", "analysis"):
         path = RESULTS_DIR / f"{name}.md"

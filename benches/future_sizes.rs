@@ -3,9 +3,9 @@
 //! (`async_trait` boxes every `ProxyHttp` hook, so `request_filter`'s future,
 //! which contains every future it awaits, is allocated once per request).
 //!
-//! `cargo run --release --example future_sizes`
-//!
-//! Nothing is polled: the futures are only built, measured and dropped.
+//! `cargo bench --bench future_sizes` (a bench target rather than an example so
+//! that `cargo test` does not build it). Nothing is polled: the futures are
+//! only built, measured and dropped.
 
 use std::mem::size_of_val;
 use std::sync::Arc;
