@@ -233,6 +233,21 @@ impl Authenticator {
 
     /// Cache first; on a miss one store query however many requests wait for it.
     pub async fn lookup(&self, key: token::TokenHash) -> Result<Lookup, Denial> {
+        // The hit path stays small: the loading machinery is a separate,
+        // boxed future that only a miss pays for.
+        if let Some(lookup) = self.cache.cached(&key).await {
+            let outcome = match lookup {
+                Lookup::Known(_) => "hit",
+                Lookup::Unknown => "negative_hit",
+            };
+            METRICS.auth_cache.with_label_values(&[outcome]).inc();
+            return Ok(lookup);
+        }
+        Box::pin(self.load(key)).await
+    }
+
+    /// A cache miss: one store query however many requests wait for it.
+    async fn load(&self, key: token::TokenHash) -> Result<Lookup, Denial> {
         let load = async {
             let started = self.cache.epoch();
             match self.store.token_by_hash(&hex::encode(key)).await {

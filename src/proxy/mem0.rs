@@ -192,7 +192,7 @@ impl Mem0Flow {
             Decision::Deny(deny) => return Err(Step::deny(deny)),
             Decision::Forward(forward) => forward,
             Decision::NeedOwner(need) => {
-                let owner = match self.owners.owner(&need.memory_id).await {
+                let owner = match Box::pin(self.owners.owner(&need.memory_id)).await {
                     Ok(owner) => Some(owner),
                     Err(LookupError::NotFound) => None,
                     Err(LookupError::Upstream { status, message }) => {

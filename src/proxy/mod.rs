@@ -395,7 +395,8 @@ impl ProxyHttp for Gate {
                     .get("x-mcp-project")
                     .and_then(|v| v.to_str().ok());
                 let scope = scope_for(&identity, &self.isolation, project);
-                match flow.handle(session, &identity, &scope).await? {
+                // Boxed: the mem0 listener's requests should not carry this future's size.
+                match Box::pin(flow.handle(session, &identity, &scope)).await? {
                     McpHandled::Responded(refusal) => (refusal.map(Refusal::from), None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
                 }
