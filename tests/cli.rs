@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Output;
-
 use serde_json::Value;
 use support::*;
 
@@ -12,24 +10,6 @@ fn config_for(db: &TestDb, dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
     path
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr.clone()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
 use chrono::{Duration as Days, Utc};
@@ -18,24 +17,6 @@ use support::*;
 const AUTO: &str = "[isolation]\nmode = \"auto\"\n";
 const APP: &str = "/home/alice/src/app";
 const WEB: &str = "/home/alice/src/web";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
 
 fn scope(user: &str, project: &str) -> String {
     memgate::policy::scope::project_scope(user, project)

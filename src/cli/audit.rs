@@ -1,11 +1,11 @@
 //! `memgate audit` and `memgate stats`: the audit trail for people (tables)
 //! and scripts (`--json`).
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{Duration, Utc};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::render_table;
+use super::{render_table, time};
 use crate::audit::AuditEvent;
 use crate::store::{AuditFilter, Store, TokenStatus};
 
@@ -33,11 +33,7 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn event_json(e: &AuditEvent) -> Value {
+pub(crate) fn event_json(e: &AuditEvent) -> Value {
     json!({
         "time": time(e.time),
         "event": e.event,

@@ -128,3 +128,14 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     );
     out.join("\n")
 }
+
+/// A time as the CLI prints it: RFC 3339, UTC, whole seconds.
+pub(crate) fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub(crate) fn opt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| {
+        serde_json::Value::String(time(t))
+    })
+}

@@ -4,11 +4,11 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::render_table;
+use super::{opt_time, render_table, time};
 use crate::audit::{AuditEvent, kind};
 use crate::policy::Permissions;
 use crate::store::{NewToken, Store, TokenRecord};
@@ -100,14 +100,6 @@ pub fn validate_user_id(user_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn opt_time(t: Option<DateTime<Utc>>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(time(t)))
-}
-
 fn permission_list(p: Permissions) -> Vec<String> {
     p.to_string().split(',').map(str::to_string).collect()
 }
@@ -173,7 +165,7 @@ fn created_text(secret: &str, t: &TokenRecord) -> String {
     )
 }
 
-fn listed_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
+pub(crate) fn listed_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
     json!({
         "prefix": t.prefix,
         "user_id": t.user_id,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use pingora::http::RequestHeader;
 use serde_json::{Value, json};
@@ -248,54 +248,11 @@ async fn user_scopes(
     Ok(scopes)
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn opt_time(t: Option<DateTime<Utc>>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(time(t)))
-}
-
 fn os_user() -> Option<String> {
     std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .ok()
         .filter(|u| !u.is_empty())
-}
-
-/// A token as exported: everything but the hash (and of course the secret).
-fn token_json(t: &TokenRecord, now: DateTime<Utc>) -> Value {
-    json!({
-        "prefix": t.prefix,
-        "user_id": t.user_id,
-        "name": t.name,
-        "email": t.email,
-        "permissions": t.permissions.to_string().split(',').collect::<Vec<_>>(),
-        "status": t.status(now).as_str(),
-        "created_at": time(t.created_at),
-        "created_by": t.created_by,
-        "last_used_at": opt_time(t.last_used_at),
-        "expires_at": opt_time(t.expires_at),
-        "rate_limit_rps": t.rate_limit_rps,
-    })
-}
-
-fn audit_json(e: &AuditEvent) -> Value {
-    json!({
-        "time": e.time.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "event": e.event,
-        "success": e.success,
-        "user_id": e.user_id,
-        "token_prefix": e.token_prefix,
-        "ip": e.ip,
-        "user_agent": e.user_agent,
-        "method": e.method,
-        "path": e.path,
-        "mcp_method": e.mcp_method,
-        "tool": e.tool,
-        "reason": e.reason,
-        "request_id": e.request_id,
-    })
 }
 
 /// Records a user-data administration action. The action has happened;
@@ -360,13 +317,13 @@ async fn export(store: &dyn Store, config: &Config, args: ExportArgs) -> anyhow:
     }
     let document = json!({
         "user_id": user_id,
-        "exported_at": time(now),
+        "exported_at": super::time(now),
         "memgate_version": env!("CARGO_PKG_VERSION"),
         "mem0_upstream": config.mem0.upstream,
         "memory_count": memory_count,
         "scopes": scope_docs,
-        "tokens": tokens.iter().map(|t| token_json(t, now)).collect::<Vec<_>>(),
-        "audit": audit.iter().map(audit_json).collect::<Vec<_>>(),
+        "tokens": tokens.iter().map(|t| super::token::listed_json(t, now)).collect::<Vec<_>>(),
+        "audit": audit.iter().map(super::audit::event_json).collect::<Vec<_>>(),
         "warnings": warnings,
     });
     let summary = format!(

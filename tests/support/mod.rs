@@ -498,6 +498,26 @@ pub fn cli(config: &std::path::Path, args: &[&str]) -> Output {
         .expect("run memgate")
 }
 
+/// A command's stdout, asserting it succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+/// A command's stderr, asserting it failed.
+pub fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).expect("utf-8 stderr")
+}
+
 /// A TCP relay in front of a server that can drop every connection and refuse
 /// new ones (`cut`) and then accept again (`restore`): a store outage.
 pub struct Relay {
