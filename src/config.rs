@@ -161,6 +161,8 @@ pub struct Mem0Config {
     /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
     /// `"METHOD /path-prefix"` (`*` for any method), e.g. `"GET /docs"`.
     pub allowed_routes: Vec<String>,
+    /// Memory owners remembered (memory id → user); others are asked of mem0.
+    pub owner_cache_capacity: u64,
 }
 
 impl Mem0Config {
@@ -291,6 +293,7 @@ impl Default for Config {
                 forward_credentials: false,
                 allow_delete_all: false,
                 allowed_routes: Vec::new(),
+                owner_cache_capacity: 100_000,
             },
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),

@@ -68,9 +68,9 @@ pub struct OwnerResolver {
 }
 
 impl OwnerResolver {
-    pub fn new(client: Arc<UpstreamClient>, max_response_bytes: usize) -> Self {
+    pub fn new(client: Arc<UpstreamClient>, capacity: u64, max_response_bytes: usize) -> Self {
         OwnerResolver {
-            cache: OwnerCache::new(1_000_000, Duration::from_secs(24 * 3600)),
+            cache: OwnerCache::new(capacity, Duration::from_secs(24 * 3600)),
             client,
             max_response_bytes,
         }

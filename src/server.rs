@@ -138,6 +138,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let owners = Arc::new(OwnerResolver::new(
         Arc::new(UpstreamClient::new(mem0_upstream.clone())),
+        config.mem0.owner_cache_capacity,
         config.limits.max_response_bytes,
     ));
     let mem0_flow = Mem0Flow::new(
