@@ -46,22 +46,47 @@ fn openssl_handshake(port: u16, version: &str) -> Option<bool> {
     Some(out.status.success() && text.contains("Cipher is") && !text.contains("Cipher is (NONE)"))
 }
 
+/// memgate serving `cert` from files in a temporary directory.
+struct TlsGate {
+    gate: Memgate,
+    upstream: Upstream,
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    _db: TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsGate {
+    async fn start(cert: &Cert) -> TlsGate {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, &cert.pem).unwrap();
+        std::fs::write(&key_path, &cert.key).unwrap();
+        let db = TestDb::new(Backend::Sqlite).await;
+        let upstream = Upstream::start().await;
+        let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+        cfg.extra = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        );
+        let gate = Memgate::start(cfg).await;
+        TlsGate {
+            gate,
+            upstream,
+            cert_path,
+            key_path,
+            _db: db,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_security_headers_and_no_tls_1_1() {
-    let dir = tempfile::tempdir().unwrap();
     let cert = self_signed();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, &cert.pem).unwrap();
-    std::fs::write(&key_path, &cert.key).unwrap();
-    let db = TestDb::new(Backend::Sqlite).await;
-    let upstream = Upstream::start().await;
-    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.extra = format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\n",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    );
-    let gate = Memgate::start(cfg).await;
+    let served = TlsGate::start(&cert).await;
+    let (gate, upstream) = (&served.gate, &served.upstream);
     let token = gate.create_token("alice", &[]);
     let client = client_trusting(&cert);
 
@@ -122,20 +147,9 @@ async fn https_with_security_headers_and_no_tls_1_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_is_served_without_dropping_connections() {
-    let dir = tempfile::tempdir().unwrap();
     let (old, new) = (self_signed(), self_signed());
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, &old.pem).unwrap();
-    std::fs::write(&key_path, &old.key).unwrap();
-    let db = TestDb::new(Backend::Sqlite).await;
-    let upstream = Upstream::start().await;
-    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.extra = format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\n",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    );
-    let gate = Memgate::start(cfg).await;
+    let served = TlsGate::start(&old).await;
+    let (gate, cert_path, key_path) = (&served.gate, &served.cert_path, &served.key_path);
     let token = gate.create_token("alice", &[]);
     let url = format!("https://localhost:{}/memories", gate.mem0.port());
     let kept = client_trusting(&old);
@@ -154,8 +168,8 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
     );
 
     // Key first, then the certificate: a half-written pair is never loaded.
-    std::fs::write(&key_path, &new.key).unwrap();
-    std::fs::write(&cert_path, &new.pem).unwrap();
+    std::fs::write(key_path, &new.key).unwrap();
+    std::fs::write(cert_path, &new.pem).unwrap();
     let served = within(Duration::from_secs(8), || async {
         client_trusting(&new)
             .get(&url)

@@ -7,6 +7,40 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::policy::Identity;
+use crate::policy::deny::Deny;
+
+/// Hop-by-hop and framing headers: never copied between the two connections
+/// when memgate builds the upstream request or the client's response itself.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// The one value of a header, trimmed; several values are ambiguous and refused.
+pub fn single(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, Deny> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Deny::bad_request(format!(
+            "The {name} header was sent more than once"
+        )));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_string())
+                .map_err(|_| Deny::bad_request(format!("The {name} header is not valid text")))
+        })
+        .transpose()
+}
 
 /// Whether the listeners speak TLS (set once at start): HSTS is only sent then.
 static TLS: OnceLock<bool> = OnceLock::new();

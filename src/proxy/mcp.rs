@@ -15,7 +15,7 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::exchange::UpstreamClient;
-use super::headers;
+use super::{body, headers};
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
@@ -25,20 +25,6 @@ use crate::policy::mcp::{
 };
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
-
-/// Hop-by-hop and framing headers: never copied between the two connections.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "host",
-    "expect",
-];
 
 /// Header names a browser client may send (CORS preflight answer).
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, x-mcp-token, x-mcp-userid, \
@@ -246,20 +232,15 @@ impl McpFlow {
         let method = req.method.clone();
         // The session this request uses: the header, or the legacy query parameter.
         let session_id = match endpoint {
-            Endpoint::LegacyMessages => match session_id_from_query(req.uri.query()) {
-                Ok(id) => id,
-                Err(deny) => {
-                    refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
-                    return Ok(McpHandled::Responded(None));
-                }
-            },
-            _ => match single_text(req, "mcp-session-id") {
-                Ok(id) => id,
-                Err(message) => {
-                    refuse(session, 400, &message, &Value::Null, &[]).await?;
-                    return Ok(McpHandled::Responded(None));
-                }
-            },
+            Endpoint::LegacyMessages => session_id_from_query(req.uri.query()),
+            _ => headers::single(req, "mcp-session-id"),
+        };
+        let session_id = match session_id {
+            Ok(id) => id,
+            Err(deny) => {
+                refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+                return Ok(McpHandled::Responded(None));
+            }
         };
         if let Some(id) = &session_id {
             let verdict = match self.sessions.check(id, &identity.user_id).await {
@@ -304,10 +285,10 @@ impl McpFlow {
                     .flatten(),
             }));
         }
-        let body = match self.read_body(session).await {
-            Ok(body) => body,
-            Err((status, message)) => {
-                refuse(session, status, &message, &Value::Null, &[]).await?;
+        let body = match body::read_whole(session, self.max_body_bytes).await {
+            Ok(body) => body.map(|b| b.to_vec()).unwrap_or_default(),
+            Err(deny) => {
+                refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
                 return Ok(McpHandled::Responded(None));
             }
         };
@@ -413,41 +394,6 @@ impl McpFlow {
         decide_owners(identity, scope, &checks)
     }
 
-    async fn read_body(
-        &self,
-        session: &mut Session,
-    ) -> std::result::Result<Vec<u8>, (u16, String)> {
-        let limit = self.max_body_bytes;
-        let req = session.req_header();
-        if let Some(encoding) = req.headers.get("content-encoding")
-            && encoding.as_bytes() != b"identity"
-        {
-            return Err((415, "Compressed request bodies are not accepted".into()));
-        }
-        let declared = req
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err((413, format!("Request body larger than {limit} bytes")));
-        }
-        let mut buf = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > limit {
-                        return Err((413, format!("Request body larger than {limit} bytes")));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(_) => return Err((400, "The request body could not be read".into())),
-            }
-        }
-        Ok(buf.to_vec())
-    }
-
     fn upstream_request(
         &self,
         client_req: &RequestHeader,
@@ -464,7 +410,7 @@ impl McpFlow {
         let mut req =
             RequestHeader::build(client_req.method.clone(), path_and_query.as_bytes(), None)?;
         for (name, value) in client_req.headers.iter() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
                 req.append_header(name.clone(), value.clone())?;
             }
         }
@@ -532,7 +478,7 @@ impl McpFlow {
         let ids = forward.tools_list_ids();
         let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 3))?;
         for (name, value) in upstream.headers.iter() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
                 header.append_header(name.clone(), value.clone())?;
             }
         }
@@ -707,20 +653,4 @@ async fn refuse(
 ) -> Result<()> {
     let body = super::errors::error_body(super::Listener::Mcp, status, message, id);
     super::errors::respond_json(session, status, body, extra).await
-}
-
-/// The one text value of a header; several values are refused.
-fn single_text(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, String> {
-    let mut values = req.headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(format!("The {name} header was sent more than once"));
-    }
-    first
-        .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| format!("The {name} header is not valid text"))
-        })
-        .transpose()
 }

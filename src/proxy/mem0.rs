@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
-use super::{Listener, errors, headers};
+use super::{Listener, body, errors, headers};
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
@@ -22,20 +22,6 @@ use crate::policy::mem0::{
     owner_ids_from_create_response,
 };
 use crate::policy::path;
-
-/// Hop-by-hop and framing headers: never copied between the two connections.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "host",
-    "expect",
-];
 
 /// A policy refusal, for the audit trail.
 pub struct Mem0Refusal {
@@ -152,7 +138,7 @@ impl Mem0Flow {
         })?;
         *route = matched.route.label();
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
-        let project = single_header(req, "x-mcp-project").map_err(Step::deny)?;
+        let project = headers::single(req, "x-mcp-project").map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project.as_deref());
         if req
             .headers
@@ -177,8 +163,10 @@ impl Mem0Flow {
                 Decision::Deny(deny) => Err(Step::deny(deny)),
             };
         }
-        let content_type = single_header(req, "content-type").map_err(Step::deny)?;
-        let body = self.read_body(session).await?;
+        let content_type = headers::single(req, "content-type").map_err(Step::deny)?;
+        let body = body::read_whole(session, self.policy.max_body_bytes)
+            .await
+            .map_err(Step::deny)?;
         let decision = self.policy.authorise(
             identity,
             &scope,
@@ -214,44 +202,6 @@ impl Mem0Flow {
             body,
             memory_id,
         })
-    }
-
-    /// Reads the whole request body, refusing more than `max_body_bytes` and
-    /// encodings the policy cannot look inside.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Option<Bytes>, Step> {
-        let limit = self.policy.max_body_bytes;
-        let req = session.req_header();
-        let encoding = single_header(req, "content-encoding").map_err(Step::deny)?;
-        if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
-            return Err(Step::deny(Deny::unsupported_media_type()));
-        }
-        let declared = single_header(req, "content-length").map_err(Step::deny)?;
-        if let Some(declared) = declared {
-            match declared.parse::<usize>() {
-                Ok(n) if n > limit => return Err(Step::deny(Deny::payload_too_large(limit))),
-                Ok(_) => {}
-                Err(_) => return Err(Step::deny(Deny::bad_request("Invalid Content-Length"))),
-            }
-        }
-        let mut buf = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > limit {
-                        return Err(Step::deny(Deny::payload_too_large(limit)));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading the request body failed");
-                    return Err(Step::deny(Deny::bad_request(
-                        "The request body could not be read",
-                    )));
-                }
-            }
-        }
-        Ok((!buf.is_empty()).then(|| buf.freeze()))
     }
 
     /// Sends the authorised request and answers the client with mem0's
@@ -318,7 +268,7 @@ impl Mem0Flow {
             None,
         )?;
         for (name, value) in client_req.headers.iter() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
                 req.append_header(name.clone(), value.clone())?;
             }
         }
@@ -382,7 +332,7 @@ impl Mem0Flow {
             ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 1))
                 .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed response"))?;
         for (name, value) in upstream.headers.iter() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
                 header
                     .append_header(name.clone(), value.clone())
                     .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed header"))?;
@@ -425,22 +375,4 @@ fn path_and_query(forward: &Forward) -> String {
         Some(q) => format!("{}?{q}", forward.path),
         None => forward.path.clone(),
     }
-}
-
-/// The one value of a header; several values are ambiguous and refused.
-fn single_header(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, Deny> {
-    let mut values = req.headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(Deny::bad_request(format!(
-            "The {name} header was sent more than once"
-        )));
-    }
-    first
-        .map(|v| {
-            v.to_str()
-                .map(|s| s.trim().to_string())
-                .map_err(|_| Deny::bad_request(format!("The {name} header is not valid text")))
-        })
-        .transpose()
 }

@@ -2,6 +2,7 @@
 //! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
 //! routes (DESIGN.md §1, §10).
 
+pub mod body;
 pub mod client_ip;
 pub mod errors;
 pub mod exchange;

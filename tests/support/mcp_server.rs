@@ -461,21 +461,11 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
     let body = axum::body::to_bytes(body, 16 << 20)
         .await
         .unwrap_or_default();
-    shared.requests.lock().expect("requests").push(Recorded {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.clone(),
-    });
+    shared
+        .requests
+        .lock()
+        .expect("requests")
+        .push(Recorded::new(&parts, body.clone()));
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 

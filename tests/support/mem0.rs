@@ -346,21 +346,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, 64 << 20)
         .await
         .unwrap_or_default();
-    state.lock().expect("mem0 state").log.push(Recorded {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.clone(),
-    });
+    state
+        .lock()
+        .expect("mem0 state")
+        .log
+        .push(Recorded::new(&parts, body.clone()));
 
     let Some(path) = percent_decode(parts.uri.path()) else {
         return not_found();

@@ -153,6 +153,25 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// What a test upstream saw of one request.
+    pub fn new(parts: &axum::http::request::Parts, body: Bytes) -> Recorded {
+        Recorded {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        }
+    }
+
     /// Every value of header `name` (case-insensitive).
     pub fn header_all(&self, name: &str) -> Vec<String> {
         self.headers
@@ -221,21 +240,7 @@ async fn record_and_answer(sink: Arc<Mutex<Vec<Recorded>>>, req: Request) -> Res
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
     let slow = path == "/slow" || parts.headers.contains_key("x-test-slow");
-    sink.lock().expect("log").push(Recorded {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body,
-    });
+    sink.lock().expect("log").push(Recorded::new(&parts, body));
     match path.as_str() {
         "/sse" => {
             let events = async_stream_events();
