@@ -439,6 +439,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     pub grace_period_secs: u64,
+    /// Client connections open at once per proxied listener; 0 = no cap.
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -447,6 +451,8 @@ impl Default for ServerConfig {
             threads: 2,
             trusted_proxies: Vec::new(),
             grace_period_secs: 30,
+            max_connections: 10_000,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -770,6 +776,9 @@ impl Config {
                     "tls.cert and tls.key must be set together",
                 ));
             }
+        }
+        if self.server.header_timeout_secs == 0 {
+            return Err(invalid("server.header_timeout_secs", "must be at least 1"));
         }
         if self.server.threads == 0 {
             return Err(invalid("server.threads", "must be at least 1"));

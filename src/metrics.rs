@@ -39,6 +39,10 @@ pub struct Metrics {
     /// `op`.
     pub store_queries: IntCounterVec,
     pub store_errors: IntCounter,
+    /// `listener`: client connections open now.
+    pub connections_open: IntGaugeVec,
+    /// `listener`, `reason` (limit|header_timeout): connections turned away or cut off.
+    pub connections_refused: IntCounterVec,
     /// `version`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -187,6 +191,24 @@ impl Metrics {
                 &["op"],
             ),
             store_errors,
+            connections_open: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "connections_open",
+                        "Client connections open on a proxied listener.",
+                    )
+                    .namespace("memgate"),
+                    &["listener"],
+                )
+                .unwrap_or_else(|e| panic!("metric connections_open is malformed: {e}")),
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "connections_refused_total",
+                "Client connections turned away (limit: server.max_connections reached) or cut off (header_timeout: request head too slow).",
+                &["listener", "reason"],
+            ),
             build_info,
             registry: r,
         }
@@ -219,6 +241,13 @@ impl Metrics {
         }
         for outcome in ["written", "spooled", "replayed", "dropped"] {
             self.audit_events.with_label_values(&[outcome]);
+        }
+        for listener in ["mcp", "mem0"] {
+            self.connections_open.with_label_values(&[listener]);
+            for reason in ["limit", "header_timeout"] {
+                self.connections_refused
+                    .with_label_values(&[listener, reason]);
+            }
         }
     }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::proxy::{http_proxy, http_proxy_service_with_name};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
 
 use std::path::Path;
 
@@ -19,6 +21,7 @@ use crate::admin::AdminApi;
 use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::connections::{ConnectionRules, Guarded};
 use crate::lifecycle::InFlight;
 use crate::ownership::OwnerResolver;
 use crate::policy::mcp::{McpPolicy, default_tool_rules};
@@ -194,6 +197,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Flow::Mem0(mem0_flow),
         ),
     ];
+    let connection_rules = ConnectionRules {
+        max_connections: config.server.max_connections,
+        header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+        max_head_bytes: config.limits.max_uri_bytes + config.limits.max_header_bytes + 1024,
+    };
     for (listener, cfg, upstream, flow) in listeners {
         let gate = Gate::new(
             listener,
@@ -203,14 +211,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.isolation.mode(),
             flow,
         );
-        let mut service =
-            http_proxy_service_with_name(&server.configuration, gate, listener.as_str());
-        match &certificate {
-            Some(cert) => {
-                service.add_tls_with_settings(&cfg.listen.to_string(), None, cert.settings()?)
-            }
-            None => service.add_tcp(&cfg.listen.to_string()),
+        let guarded = Guarded::new(
+            http_proxy(&server.configuration, gate),
+            connection_rules.clone(),
+            listener.as_str(),
+        );
+        let mut service = Service::new(listener.as_str().to_string(), guarded);
+        // pingora gives every connection a 64 KiB read buffer at accept; heads
+        // and bodies are read into buffers of their own, so it only costs
+        // memory on each idle connection.
+        let mut endpoint = ListenerConfig::tcp(cfg.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(0));
+        if let Some(cert) = &certificate {
+            endpoint = endpoint.tls(cert.settings()?);
         }
+        service.add_listener(endpoint);
         server.add_service(service);
     }
     let mut admin =
