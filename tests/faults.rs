@@ -941,9 +941,6 @@ async fn keep_alive_kept(addr: std::net::SocketAddr, request: &str) -> Result<St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a 502/504 for a streamed (pingora-proxied) request memgate answers \
-            `Connection: keep-alive` but closes the connection (fail_to_proxy returns \
-            can_reuse_downstream: false), so a keep-alive client's next request is reset"]
 async fn an_upstream_failure_answer_keeps_its_keep_alive_promise() {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;

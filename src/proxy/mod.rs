@@ -507,6 +507,8 @@ impl ProxyHttp for Gate {
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (code, message) = failure_response(self.listener, e);
+        // The connection is not reused after a failure: say so in the answer.
+        session.set_keepalive(None);
         if code > 0
             && session.response_written().is_none()
             && let Err(write_err) =
