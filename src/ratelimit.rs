@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -100,8 +100,6 @@ pub struct RateLimits {
     redis: Option<RedisLimits>,
     default_rps: u32,
     default_burst: u32,
-    /// One limiter per token (by display prefix + id), built with its own quota.
-    tokens: Cache<String, Arc<DefaultDirectRateLimiter>>,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
     /// IPs over their failed-auth budget, until when.
     blocked: Cache<IpAddr, Instant>,
@@ -135,10 +133,6 @@ impl RateLimits {
             redis,
             default_rps: cfg.per_token_rps,
             default_burst: cfg.per_token_burst,
-            tokens: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
             failed_auth: RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(per_min)),
             blocked: Cache::builder()
                 .max_capacity(1_000_000)
@@ -150,11 +144,13 @@ impl RateLimits {
 
     /// Takes one request from the token's budget, shared through Redis when
     /// configured (local when Redis cannot answer). `override_rps` is the
-    /// token's own limit; 0 everywhere disables the check.
+    /// token's own limit; 0 everywhere disables the check. The local limiter
+    /// lives in `slot`, next to the cached token it belongs to.
     pub async fn check_token(
         &self,
         key: &str,
         override_rps: Option<u32>,
+        slot: &OnceLock<Arc<DefaultDirectRateLimiter>>,
     ) -> Result<(), RetryAfter> {
         let rps = override_rps.unwrap_or(self.default_rps);
         if rps == 0 {
@@ -170,12 +166,16 @@ impl RateLimits {
         {
             return answer;
         }
-        self.check_local(key, rps, burst)
+        self.check_local(slot, rps, burst)
     }
 
-    fn check_local(&self, key: &str, rps: u32, burst: u32) -> Result<(), RetryAfter> {
-        let cache_key = format!("{key}/{rps}/{burst}");
-        let limiter = self.tokens.get_with(cache_key, || {
+    fn check_local(
+        &self,
+        slot: &OnceLock<Arc<DefaultDirectRateLimiter>>,
+        rps: u32,
+        burst: u32,
+    ) -> Result<(), RetryAfter> {
+        let limiter = slot.get_or_init(|| {
             Arc::new(RateLimiter::direct(
                 Quota::per_second(non_zero(rps)).allow_burst(non_zero(burst)),
             ))
@@ -226,23 +226,29 @@ mod tests {
     #[tokio::test]
     async fn per_token_budget_and_override() {
         let l = limits(1, 3, 10);
+        let (a, b, c, d) = (
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        );
         for _ in 0..3 {
-            assert!(l.check_token("a", None).await.is_ok());
+            assert!(l.check_token("a", None, &a).await.is_ok());
         }
-        let retry = l.check_token("a", None).await.unwrap_err();
+        let retry = l.check_token("a", None, &a).await.unwrap_err();
         assert!(retry.0 <= Duration::from_secs(1));
         assert_eq!(retry.header_value(), "1");
         assert!(
-            l.check_token("b", None).await.is_ok(),
+            l.check_token("b", None, &b).await.is_ok(),
             "tokens have separate budgets"
         );
-        assert!(l.check_token("c", Some(1)).await.is_ok());
+        assert!(l.check_token("c", Some(1), &c).await.is_ok());
         assert!(
-            l.check_token("c", Some(1)).await.is_err(),
+            l.check_token("c", Some(1), &c).await.is_err(),
             "the override's burst is its rate"
         );
         assert!(
-            limits(0, 0, 10).check_token("d", None).await.is_ok(),
+            limits(0, 0, 10).check_token("d", None, &d).await.is_ok(),
             "0 disables"
         );
     }

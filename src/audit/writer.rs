@@ -10,6 +10,7 @@ use moka::future::Cache;
 use tokio::sync::{mpsc, watch};
 
 use super::{AuditEvent, Spool};
+use crate::auth::CachedToken;
 use crate::metrics::METRICS;
 use crate::store::Store;
 
@@ -28,8 +29,9 @@ fn count(outcome: &str, n: usize) {
 pub struct Auditor {
     tx: mpsc::Sender<AuditEvent>,
     spool: Arc<Spool>,
-    /// Keys recorded within the sampling window (first success per token…).
+    /// Keys recorded within the sampling window (e.g. the first 429 per token).
     sampled: Cache<String, ()>,
+    sample_window_secs: i64,
 }
 
 impl Auditor {
@@ -44,6 +46,16 @@ impl Auditor {
                 spill(&self.spool, std::slice::from_ref(&event));
             }
         }
+    }
+
+    /// Whether this success of `token` is the one to audit in its sampling
+    /// window (the window is kept on the cached token: no per-token entry here).
+    pub fn success_due(&self, token: &CachedToken) -> bool {
+        CachedToken::claim(
+            &token.state.success_audited,
+            chrono::Utc::now().timestamp(),
+            self.sample_window_secs,
+        )
     }
 
     /// Records the event `make` builds only if nothing was recorded under
@@ -104,6 +116,7 @@ pub fn channel(
             .max_capacity(1_000_000)
             .time_to_live(sample_window)
             .build(),
+        sample_window_secs: i64::try_from(sample_window.as_secs()).unwrap_or(i64::MAX),
     };
     let writer = AuditWriter {
         rx,

@@ -2,9 +2,12 @@
 //! the store, with single-flight loading, plus last-known-good copies that keep
 //! known tokens working for `auth.stale_grace_secs` while the store is down.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use governor::DefaultDirectRateLimiter;
 
 use moka::Expiry;
 use moka::future::Cache;
@@ -17,8 +20,83 @@ const STALE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub enum Lookup {
-    Known(Arc<TokenRecord>),
+    Known(Arc<CachedToken>),
     Unknown,
+}
+
+/// A known token and the per-token state that lives as long as it is cached:
+/// one allocation per token instead of one cache entry per concern.
+#[derive(Debug)]
+pub struct CachedToken {
+    pub record: TokenRecord,
+    /// Shared by every copy of this token read from the store in turn, so a
+    /// reload (TTL, a racing change) neither re-audits nor resets the limiter.
+    pub state: Arc<TokenState>,
+}
+
+#[derive(Debug, Default)]
+pub struct TokenState {
+    /// Unix seconds of the last use noted for `last_used_at` (0: never).
+    pub used_noted: AtomicI64,
+    /// Unix seconds of the last audited success (0: never).
+    pub success_audited: AtomicI64,
+    /// The token's local rate limiter, built on first use.
+    pub limiter: OnceLock<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl CachedToken {
+    pub fn new(record: TokenRecord) -> Self {
+        CachedToken {
+            record,
+            state: Arc::default(),
+        }
+    }
+
+    /// The same token re-read from the store: shares `previous`'s state; a
+    /// changed rate limit starts a new budget (the other marks are kept).
+    fn succeeding(record: TokenRecord, previous: Option<&CachedToken>) -> Self {
+        let Some(previous) = previous.filter(|p| p.record.id == record.id) else {
+            return CachedToken::new(record);
+        };
+        if previous.record.rate_limit_rps == record.rate_limit_rps {
+            return CachedToken {
+                record,
+                state: previous.state.clone(),
+            };
+        }
+        let old = &previous.state;
+        let state = TokenState {
+            used_noted: AtomicI64::new(old.used_noted.load(Ordering::Relaxed)),
+            success_audited: AtomicI64::new(old.success_audited.load(Ordering::Relaxed)),
+            limiter: OnceLock::new(),
+        };
+        CachedToken {
+            record,
+            state: Arc::new(state),
+        }
+    }
+
+    /// Claims the once-per-`window` slot kept in `at`: true for exactly one
+    /// caller per window (for every caller when the window is 0).
+    pub fn claim(at: &AtomicI64, now: i64, window: i64) -> bool {
+        if window <= 0 {
+            at.store(now, Ordering::Relaxed);
+            return true;
+        }
+        let last = at.load(Ordering::Relaxed);
+        (last == 0 || now - last >= window)
+            && at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Deref for CachedToken {
+    type Target = TokenRecord;
+
+    fn deref(&self) -> &TokenRecord {
+        &self.record
+    }
 }
 
 #[derive(Clone)]
@@ -35,10 +113,13 @@ impl Expiry<TokenHash, Entry> for EntryTtl {
     }
 }
 
+/// The last copy of a token read from the store. `fetched` is `None` when the
+/// read raced with a change: such a copy only links the token's state to the
+/// next read and is never served during an outage.
 #[derive(Clone)]
 struct StaleCopy {
-    record: Arc<TokenRecord>,
-    fetched: Instant,
+    token: Arc<CachedToken>,
+    fetched: Option<Instant>,
 }
 
 pub struct TokenCache {
@@ -128,20 +209,25 @@ impl TokenCache {
                 .is_some_and(|at| at > started);
         match found {
             Some(record) => {
-                let record = Arc::new(record);
-                if !raced {
+                let previous = self.stale.get(&key).await;
+                let token = Arc::new(CachedToken::succeeding(
+                    record,
+                    previous.as_ref().map(|p| p.token.as_ref()),
+                ));
+                // A raced read never replaces a copy (it may be older than it).
+                if !raced || previous.is_none() {
                     self.stale
                         .insert(
                             key,
                             StaleCopy {
-                                record: record.clone(),
-                                fetched: Instant::now(),
+                                token: token.clone(),
+                                fetched: (!raced).then(Instant::now),
                             },
                         )
                         .await;
                 }
                 Entry {
-                    lookup: Lookup::Known(record),
+                    lookup: Lookup::Known(token),
                     ttl: if raced {
                         Duration::ZERO
                     } else {
@@ -167,18 +253,26 @@ impl TokenCache {
     /// within the positive TTL plus the grace period.
     pub(super) async fn stale_entry(&self, key: &TokenHash) -> Option<Entry> {
         let copy = self.stale.get(key).await?;
-        (copy.fetched.elapsed() <= self.positive_ttl + self.grace).then_some(Entry {
-            lookup: Lookup::Known(copy.record),
+        let fetched = copy.fetched?;
+        (fetched.elapsed() <= self.positive_ttl + self.grace).then_some(Entry {
+            lookup: Lookup::Known(copy.token),
             ttl: STALE_RETRY,
         })
     }
 
-    /// One token changed: forget everything about it, stale copy included.
+    /// One token changed: forget its record, stale copy included. Only the
+    /// link to its state (audit sampling, rate budget) is kept for the next read.
     pub async fn invalidate(&self, key: &TokenHash) {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.key_epochs.insert(*key, at).await;
         self.fresh.invalidate(key).await;
-        self.stale.invalidate(key).await;
+        if let Some(copy) = self.stale.get(key).await {
+            let unusable = StaleCopy {
+                token: copy.token,
+                fetched: None,
+            };
+            self.stale.insert(*key, unusable).await;
+        }
     }
 
     /// Changes may have been missed: re-check every token with the store, but
@@ -250,6 +344,65 @@ mod tests {
         c.invalidate_fresh();
         let entry = c.loaded(b, None, started).await;
         assert_eq!(entry.ttl, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn per_token_state_survives_a_reload_but_not_a_new_limit() {
+        let a = [4u8; 32];
+        let c = cache();
+        let Lookup::Known(first) = c.loaded(a, Some(record()), c.epoch()).await.lookup else {
+            panic!("known");
+        };
+        assert!(CachedToken::claim(&first.state.success_audited, 100, 60));
+        assert!(!CachedToken::claim(&first.state.success_audited, 130, 60));
+        let limiter = first
+            .state
+            .limiter
+            .get_or_init(|| {
+                Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                    std::num::NonZeroU32::MIN,
+                )))
+            })
+            .clone();
+        let Lookup::Known(again) = c.loaded(a, Some(record()), c.epoch()).await.lookup else {
+            panic!("known");
+        };
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert!(
+            !CachedToken::claim(&again.state.success_audited, 130, 60),
+            "window carried over"
+        );
+        assert!(CachedToken::claim(&again.state.success_audited, 160, 60));
+        assert!(Arc::ptr_eq(
+            again.state.limiter.get().expect("carried"),
+            &limiter
+        ));
+
+        // A read racing a change links the state without becoming a usable copy.
+        let b = [5u8; 32];
+        let started = c.epoch();
+        c.invalidate_fresh();
+        let Lookup::Known(raced) = c.loaded(b, Some(record()), started).await.lookup else {
+            panic!("known");
+        };
+        assert!(CachedToken::claim(&raced.state.success_audited, 100, 60));
+        assert!(c.stale_entry(&b).await.is_none(), "not served in an outage");
+        let Lookup::Known(next) = c.loaded(b, Some(record()), c.epoch()).await.lookup else {
+            panic!("known");
+        };
+        assert!(Arc::ptr_eq(&raced.state, &next.state));
+        assert!(c.stale_entry(&b).await.is_some());
+
+        let mut limited = record();
+        limited.rate_limit_rps = Some(5);
+        let Lookup::Known(changed) = c.loaded(a, Some(limited), c.epoch()).await.lookup else {
+            panic!("known");
+        };
+        assert!(
+            changed.state.limiter.get().is_none(),
+            "a new limit starts a new budget"
+        );
+        assert!(!CachedToken::claim(&changed.state.success_audited, 130, 60));
     }
 
     #[tokio::test]

@@ -7,51 +7,48 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use moka::sync::Cache;
 
+use super::cache::CachedToken;
 use crate::store::Store;
 
 pub struct LastUsed {
-    /// Tokens noted within the current interval.
-    recent: Cache<String, ()>,
-    pending: Mutex<HashMap<String, DateTime<Utc>>>,
+    interval: i64,
+    /// Token id → when it was last used, waiting for the next flush.
+    pending: Mutex<HashMap<i64, DateTime<Utc>>>,
 }
 
 impl LastUsed {
     pub fn new(interval: Duration) -> Self {
         LastUsed {
-            recent: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(interval)
-                .build(),
+            interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
             pending: Mutex::new(HashMap::new()),
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i64, DateTime<Utc>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a use of the token with this hash (hex).
-    pub fn note(&self, token_hash: &str) {
-        if self.recent.contains_key(token_hash) {
-            return;
+    /// Notes a use of `token`; only the first within each interval costs more
+    /// than an atomic load.
+    pub fn note(&self, token: &CachedToken) {
+        let now = Utc::now();
+        if CachedToken::claim(&token.state.used_noted, now.timestamp(), self.interval) {
+            self.pending().insert(token.record.id, now);
         }
-        self.recent.insert(token_hash.to_string(), ());
-        self.pending().insert(token_hash.to_string(), Utc::now());
     }
 
     /// Writes what was noted since the last flush; keeps it for next time on failure.
     pub async fn flush(&self, store: &dyn Store) {
-        let batch: Vec<(String, DateTime<Utc>)> = self.pending().drain().collect();
+        let batch: Vec<(i64, DateTime<Utc>)> = self.pending().drain().collect();
         if batch.is_empty() {
             return;
         }
         if let Err(e) = store.touch_last_used(&batch).await {
             tracing::debug!(error = %e, "last_used_at not written; will retry");
             let mut pending = self.pending();
-            for (hash, at) in batch {
-                pending.entry(hash).or_insert(at);
+            for (id, at) in batch {
+                pending.entry(id).or_insert(at);
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 
-pub use cache::{Lookup, TokenCache};
+pub use cache::{CachedToken, Lookup, TokenCache};
 pub use credential::{Credential, PresentedHeaders};
 pub use denial::Denial;
 
@@ -25,8 +25,8 @@ use crate::token;
 #[derive(Clone, Debug)]
 pub struct Authenticated {
     pub identity: Identity,
-    /// The token's own requests-per-second limit, if it has one.
-    pub rate_limit_rps: Option<u32>,
+    /// The cached token: its record (e.g. its own rate limit) and per-token state.
+    pub token: Arc<CachedToken>,
 }
 
 /// A request that did not, with what is known about who tried (for the audit).
@@ -151,14 +151,14 @@ impl Authenticator {
         {
             return Err(fail(Denial::UserMismatch));
         }
-        self.last_used.note(&record.token_hash);
+        self.last_used.note(&record);
         Ok(Authenticated {
             identity: Identity {
                 user_id: record.user_id.clone(),
                 permissions: record.permissions,
                 token_prefix: record.prefix.clone(),
             },
-            rate_limit_rps: record.rate_limit_rps,
+            token: record,
         })
     }
 

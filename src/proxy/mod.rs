@@ -239,7 +239,11 @@ impl Gate {
         if let Err(retry) = self
             .shared
             .limits
-            .check_token(&identity.token_prefix, authenticated.rate_limit_rps)
+            .check_token(
+                &identity.token_prefix,
+                authenticated.token.rate_limit_rps,
+                &authenticated.token.state.limiter,
+            )
             .await
         {
             let message = "Rate limit exceeded for this token; retry later";
@@ -254,11 +258,10 @@ impl Gate {
             .await?;
             return Ok(None);
         }
-        let make = || self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
-        self.shared
-            .audit
-            .record_sampled(&identity.token_prefix, make)
-            .await;
+        if self.shared.audit.success_due(&authenticated.token) {
+            let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
+            self.shared.audit.record(event);
+        }
         Ok(Some(identity))
     }
 

@@ -150,8 +150,8 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
     /// Deletes audit events older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
-    /// Sets `last_used_at` for (token hash, time) pairs, never moving it back.
-    async fn touch_last_used(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError>;
+    /// Sets `last_used_at` for (token id, time) pairs, never moving it back.
+    async fn touch_last_used(&self, used: &[(i64, DateTime<Utc>)]) -> Result<(), StoreError>;
     /// Records that `user_id` used mem0 scope `scope` at the given time: inserts
     /// the pair (first_seen = last_seen = time) or moves its `last_seen` forward,
     /// never back. Repeated pairs in one call are merged.

@@ -178,15 +178,15 @@ macro_rules! impl_store {
             Ok(observed("prune_audit", r)?.rows_affected())
         }
 
-        async fn touch_last_used(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        async fn touch_last_used(&self, used: &[(i64, DateTime<Utc>)]) -> Result<(), StoreError> {
             let mut tx = observed("touch_last_used", self.pool.begin().await)?;
-            for (token_hash, at) in used {
+            for (id, at) in used {
                 let r = sqlx::query(
-                    "UPDATE tokens SET last_used_at = $1 WHERE token_hash = $2 \
+                    "UPDATE tokens SET last_used_at = $1 WHERE id = $2 \
                      AND (last_used_at IS NULL OR last_used_at < $1)",
                 )
                 .bind(*at)
-                .bind(token_hash)
+                .bind(*id)
                 .execute(&mut *tx)
                 .await;
                 observed("touch_last_used", r)?;

@@ -33,7 +33,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?
             // WAL lets the CLI write while a server reads; busy_timeout waits for locks.
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // SQLite's default page cache is 2 MiB per pooled connection; token
+            // lookups are point reads on an index, so 256 KiB each is plenty.
+            .pragma("cache_size", "-256");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(connect_timeout)
