@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::v1::client::HttpSession;
 
 use super::upstream::UpstreamTarget;
 
@@ -19,20 +20,20 @@ pub struct Exchanged {
 /// An exchange whose response body is read chunk by chunk (streams).
 pub struct OpenExchange<'a> {
     client: &'a UpstreamClient,
-    http: pingora::protocols::http::client::HttpSession,
-    peer: Box<HttpPeer>,
+    http: HttpSession,
+    peer: Arc<HttpPeer>,
     pub header: ResponseHeader,
 }
 
 impl OpenExchange<'_> {
     /// The next piece of the body as it arrives; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
-        self.http.read_response_body().await
+        self.http.read_body_bytes().await
     }
 
     /// Returns the connection to the pool if the response was read to its end.
     pub async fn finish(mut self) {
-        if self.http.response_done() {
+        if self.http.is_body_done() {
             let idle = self.peer.options.idle_timeout;
             self.client
                 .connector
@@ -94,47 +95,44 @@ impl UpstreamClient {
     /// connection the upstream closed while idle is retried once on a fresh
     /// one (the request never reached it).
     pub async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
-        match self.open_once(req.clone(), body.clone()).await {
-            Err((e, true)) if idle_close(&e) => {
-                tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
-                self.open_once(req, body).await.map_err(|(e, _)| e)
+        let peer = self.target.shared_peer().await?;
+        // The common case, an idle pooled connection, stays a small future;
+        // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
+        if let Some(http) = self.connector.reused_http_session(&*peer).await {
+            match self.send(http, Box::new(req.clone()), &body, &peer).await {
+                Err(e) if idle_close(&e) => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
+                }
+                done => return done,
             }
-            other => other.map_err(|(e, _)| e),
         }
+        let (http, _) = Box::pin(self.connector.get_http_session(&*peer)).await?;
+        Box::pin(self.send(http, Box::new(req), &body, &peer)).await
     }
 
-    async fn open_once(
+    async fn send(
         &self,
-        req: RequestHeader,
-        body: Option<Bytes>,
-    ) -> std::result::Result<OpenExchange<'_>, (Box<Error>, bool)> {
-        let peer = self.target.peer().await.map_err(|e| (e, false))?;
-        let (mut http, reused) = self
-            .connector
-            .get_http_session(&*peer)
-            .await
-            .map_err(|e| (e, false))?;
-        let fail = |e: Box<Error>| (e, reused);
-        http.set_read_timeout(peer.options.read_timeout);
-        http.set_write_timeout(peer.options.write_timeout);
-        http.write_request_header(Box::new(req))
-            .await
-            .map_err(fail)?;
-        if let Some(body) = body.filter(|b| !b.is_empty()) {
-            http.write_request_body(body, true).await.map_err(fail)?;
+        mut http: HttpSession,
+        req: Box<RequestHeader>,
+        body: &Option<Bytes>,
+        peer: &Arc<HttpPeer>,
+    ) -> Result<OpenExchange<'_>> {
+        http.read_timeout = peer.options.read_timeout;
+        http.write_timeout = peer.options.write_timeout;
+        http.write_request_header(req).await?;
+        if let Some(body) = body.as_ref().filter(|b| !b.is_empty()) {
+            http.write_body(body).await?;
         }
-        http.finish_request_body().await.map_err(fail)?;
-        http.read_response_header().await.map_err(fail)?;
-        let header = http.response_header().cloned().ok_or_else(|| {
-            fail(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "no response header",
-            ))
-        })?;
+        http.finish_body().await?;
+        http.read_response().await?;
+        let header = http
+            .resp_header()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
         Ok(OpenExchange {
             client: self,
             http,
-            peer,
+            peer: peer.clone(),
             header,
         })
     }

@@ -2,7 +2,7 @@
 //! at most every few seconds (containers move), never on the request thread.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora::prelude::*;
@@ -16,6 +16,8 @@ pub struct UpstreamTarget {
     connect_timeout: Duration,
     read_timeout: Duration,
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
+    /// The peer last built, for the address it was built for.
+    peer: Mutex<Option<(SocketAddr, Arc<HttpPeer>)>>,
 }
 
 impl UpstreamTarget {
@@ -34,6 +36,7 @@ impl UpstreamTarget {
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
             resolved: Mutex::new(fixed),
+            peer: Mutex::new(None),
         })
     }
 
@@ -66,18 +69,32 @@ impl UpstreamTarget {
     }
 
     /// The peer for one request, with the listener's timeouts.
+    /// The peer for pingora's proxy path (which wants its own box).
     pub async fn peer(&self) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::clone(&*self.shared_peer().await?)))
+    }
+
+    /// The peer, built once per resolved address and shared by every request.
+    pub async fn shared_peer(&self) -> Result<Arc<HttpPeer>> {
         let addr = self.address().await?;
+        if let Ok(guard) = self.peer.lock()
+            && let Some((_, peer)) = guard.as_ref().filter(|(at, _)| *at == addr)
+        {
+            return Ok(peer.clone());
+        }
         let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        let peer = Arc::new(peer);
+        if let Ok(mut guard) = self.peer.lock() {
+            *guard = Some((addr, peer.clone()));
+        }
+        Ok(peer)
     }
 
-    /// `host:port` as the upstream expects it in the `Host` header.
     pub fn authority(&self) -> String {
         let host = &self.upstream.host;
         let default_port = if self.upstream.tls { 443 } else { 80 };

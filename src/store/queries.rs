@@ -150,7 +150,9 @@ macro_rules! impl_store {
             });
             // A replay from the spool may repeat events already written.
             q.push(" ON CONFLICT (event_id) DO NOTHING");
-            let r = q.build().execute(&self.pool).await;
+            // Each batch size is a different statement: caching them would keep
+            // one compiled copy per size on every pooled connection.
+            let r = q.build().persistent(false).execute(&self.pool).await;
             observed("insert_audit", r).map(|_| ())
         }
 
@@ -225,7 +227,7 @@ macro_rules! impl_store {
                     " ON CONFLICT (user_id, scope) DO UPDATE SET last_seen = excluded.last_seen \
                      WHERE user_scopes.last_seen < excluded.last_seen",
                 );
-                let r = q.build().execute(&mut *tx).await;
+                let r = q.build().persistent(false).execute(&mut *tx).await;
                 observed("record_scopes", r)?;
             }
             observed("record_scopes", tx.commit().await)
