@@ -443,6 +443,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client has to send a complete request head.
     pub header_timeout_secs: u64,
+    /// Whether a listener's worker threads steal each other's tasks (one
+    /// shared runtime) or each runs its own (pingora's no-steal mode).
+    pub work_stealing: bool,
 }
 
 impl Default for ServerConfig {
@@ -453,6 +456,7 @@ impl Default for ServerConfig {
             grace_period_secs: 30,
             max_connections: 10_000,
             header_timeout_secs: 10,
+            work_stealing: true,
         }
     }
 }

@@ -132,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()
