@@ -1358,3 +1358,37 @@ async fn duplicate_json_keys_are_rejected_with_400() {
         mcp.http_requests()
     );
 }
+
+/// Found by the `admission` fuzz target: endpoints were matched on the raw
+/// path, so `/%6Dcp` (which the upstream decodes to `/mcp`) skipped the tool
+/// policy, and a sub-path of a mounted endpoint would too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_or_extended_endpoint_paths_never_reach_the_mcp_server() {
+    let env = env().await;
+    let reader = env.gate.create_token("alice", READ_ONLY);
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "delete_all_memories", "arguments": {"user_id": "bob"}}
+    });
+    let body = call.to_string().into_bytes();
+    let auth = [("X-MCP-Token", reader.as_str())];
+    for (path, status) in [
+        ("/%6Dcp", 400),
+        ("/%6dcp/", 400),
+        ("/%6Dessages/?session_id=abc", 400),
+        ("/messages/x?session_id=abc", 404),
+        ("/mcp/x", 404),
+    ] {
+        let reply = post_raw(&env.gate, path, &auth, body.clone()).await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.text);
+    }
+    assert!(
+        env.mcp.http_requests().is_empty(),
+        "reached the MCP server: {:?}",
+        env.mcp.http_requests()
+    );
+    // The canonical spelling is policed as before: a reader may not delete.
+    let reply = post_raw(&env.gate, "/mcp", &auth, body).await;
+    assert_ne!(reply.status, 200, "{}", reply.text);
+    assert!(env.mcp.tool_calls().is_empty());
+}

@@ -50,6 +50,7 @@ mod credential;
 use credential::PresentedHeaders;
 // `credential.rs` names it `super::Denial`, as in memgate's `auth` module.
 use denial::Denial;
+use policy::endpoint::McpEndpoint;
 use policy::deny::Deny;
 use policy::mcp::{
     self, McpDecision, McpForward, McpPolicy, decide_owners, decode_param_value, origin_allowed,
@@ -467,8 +468,8 @@ enum Endpoint {
     Other,
 }
 
-/// `McpFlow::endpoint`: the path compared as sent, one trailing `/` ignored.
-fn endpoint(path: &str) -> Endpoint {
+/// How the upstream routes a (decoded) path: exact, one trailing `/` ignored.
+fn upstream_endpoint(path: &str) -> Endpoint {
     fn bare(path: &str) -> &str {
         match path.strip_suffix('/') {
             Some(rest) if !rest.is_empty() => rest,
@@ -512,7 +513,17 @@ fn mcp_flow(policy: &McpPolicy, mode: &IsolationMode, identity: &Identity, reque
         .get("x-mcp-project")
         .and_then(|v| v.to_str().ok());
     let scope = scope_for(identity, mode, project);
-    let endpoint = endpoint(request.uri.path());
+    // `McpFlow::handle` classifies with the pure `McpPaths` (refusals end here).
+    let paths = policy::endpoint::McpPaths::new(MCP_PATH, SSE_PATH, MESSAGES_PATH);
+    let Ok(endpoint) = paths.classify(request.uri.path()) else {
+        return;
+    };
+    let endpoint = match endpoint {
+        McpEndpoint::Streamable => Endpoint::Streamable,
+        McpEndpoint::LegacyStream => Endpoint::LegacyStream,
+        McpEndpoint::LegacyMessages => Endpoint::LegacyMessages,
+        McpEndpoint::Other => Endpoint::Other,
+    };
     let session_id = match endpoint {
         Endpoint::LegacyMessages => session_id_from_query(request.uri.query()),
         _ => single(&request.headers, "mcp-session-id"),
@@ -604,11 +615,10 @@ fn check_param_headers(request: &Request, scope: &str, forward: &McpForward) {
 /// upstream routes on the percent-decoded path (uvicorn's `unquote`); if it
 /// takes this for a JSON-RPC POST, what it reads must still be the caller's.
 ///
-/// `ADMISSION_SKIP_STREAMED=1` turns this check off, to fuzz the rest while
-/// the known gap it finds is open: `McpFlow::endpoint` compares the raw path,
-/// so `POST /%6Dcp` or `POST /%6Dessages/?session_id=…` is streamed unpoliced
-/// to an upstream that routes it to `/mcp` or `/messages/`
-/// (fuzz/regressions/admission/).
+/// `ADMISSION_SKIP_STREAMED=1` turns this check off. It found that endpoints
+/// were matched on the raw path, so `POST /%6Dcp` was streamed unpoliced to an
+/// upstream that routes it to `/mcp` (fuzz/regressions/admission/; fixed by
+/// `policy::endpoint`).
 fn check_streamed(policy: &McpPolicy, identity: &Identity, scope: &str, request: &Request) {
     static SKIP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         std::env::var_os("ADMISSION_SKIP_STREAMED").is_some_and(|v| v == "1")
@@ -616,7 +626,7 @@ fn check_streamed(policy: &McpPolicy, identity: &Identity, scope: &str, request:
     if *SKIP || request.method != Method::POST || identity.permissions.allows(Permission::Admin) {
         return;
     }
-    let upstream = endpoint(&unquote(request.uri.path()));
+    let upstream = upstream_endpoint(&unquote(request.uri.path()));
     if !matches!(upstream, Endpoint::Streamable | Endpoint::LegacyMessages) {
         return;
     }

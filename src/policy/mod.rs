@@ -3,6 +3,7 @@
 //! fuzzer can drive directly (DESIGN.md §1 step 3).
 
 pub mod deny;
+pub mod endpoint;
 pub mod json;
 pub mod mcp;
 pub mod mem0;

@@ -5,6 +5,7 @@
 //! sent upstream with the rewritten body and streamed back event by event with
 //! `tools/list` results trimmed to what the token may call.
 
+use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,9 +90,7 @@ pub struct McpFlow {
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
     /// answers will come back on that session's stream.
     pending_lists: moka::sync::Cache<String, Vec<Value>>,
-    mcp_path: String,
-    sse_path: String,
-    messages_path: String,
+    paths: McpPaths,
     allowed_origins: Vec<String>,
     max_body_bytes: usize,
     max_response_bytes: usize,
@@ -115,22 +114,6 @@ pub struct McpSettings {
     pub forward_credentials: bool,
 }
 
-/// Which endpoint a path is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Endpoint {
-    Streamable,
-    LegacyStream,
-    LegacyMessages,
-    Other,
-}
-
-fn without_trailing_slash(path: &str) -> &str {
-    match path.strip_suffix('/') {
-        Some(rest) if !rest.is_empty() => rest,
-        _ => path,
-    }
-}
-
 impl McpFlow {
     pub fn new(s: McpSettings) -> Self {
         McpFlow {
@@ -142,26 +125,11 @@ impl McpFlow {
                 .max_capacity(s.max_sessions)
                 .time_to_idle(s.session_idle)
                 .build(),
-            mcp_path: s.mcp_path,
-            sse_path: s.sse_path,
-            messages_path: s.messages_path,
+            paths: McpPaths::new(&s.mcp_path, &s.sse_path, &s.messages_path),
             allowed_origins: s.allowed_origins,
             max_body_bytes: s.max_body_bytes,
             max_response_bytes: s.max_response_bytes,
             forward_credentials: s.forward_credentials,
-        }
-    }
-
-    fn endpoint(&self, path: &str) -> Endpoint {
-        let path = without_trailing_slash(path);
-        if path == without_trailing_slash(&self.mcp_path) {
-            Endpoint::Streamable
-        } else if path == without_trailing_slash(&self.sse_path) {
-            Endpoint::LegacyStream
-        } else if path == without_trailing_slash(&self.messages_path) {
-            Endpoint::LegacyMessages
-        } else {
-            Endpoint::Other
         }
     }
 
@@ -228,7 +196,13 @@ impl McpFlow {
         scope: &str,
     ) -> Result<McpHandled> {
         let req = session.req_header();
-        let endpoint = self.endpoint(req.uri.path());
+        let endpoint = match self.paths.classify(req.uri.path()) {
+            Ok(endpoint) => endpoint,
+            Err(deny) => {
+                refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+                return Ok(McpHandled::Responded(None));
+            }
+        };
         let method = req.method.clone();
         // The session this request uses: the header, or the legacy query parameter.
         let session_id = match endpoint {

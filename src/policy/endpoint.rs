@@ -1,0 +1,130 @@
+//! Which MCP endpoint a request path names. The upstream (uvicorn/Starlette)
+//! decodes the path before routing, so memgate must too: `/%6Dcp` is `/mcp`
+//! there, and matching the raw spelling would let it through unpoliced. Paths
+//! are therefore decoded once, non-canonical spellings are refused (the path
+//! is forwarded as sent), and sub-paths of the policed endpoints are refused,
+//! because an upstream that mounts an endpoint matches by prefix.
+
+use super::deny::Deny;
+use super::path;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum McpEndpoint {
+    /// Streamable HTTP (`mcp.path`): JSON-RPC POSTs, GET streams, DELETE.
+    Streamable,
+    /// The legacy SSE stream (`mcp.sse_path`).
+    LegacyStream,
+    /// The legacy message POSTs (`mcp.messages_path`, `?session_id=`).
+    LegacyMessages,
+    /// Anything else the upstream serves; streamed through after authentication.
+    Other,
+}
+
+/// The configured endpoint paths, in decoded canonical form.
+#[derive(Clone, Debug)]
+pub struct McpPaths {
+    mcp: String,
+    sse: String,
+    messages: String,
+}
+
+impl McpPaths {
+    /// Configured paths are plain (validated by config), so a spelling that
+    /// does not normalise is kept as written and simply never matches.
+    pub fn new(mcp: &str, sse: &str, messages: &str) -> McpPaths {
+        let canonical = |p: &str| path::normalise(p).unwrap_or_else(|_| p.to_owned());
+        McpPaths {
+            mcp: canonical(mcp),
+            sse: canonical(sse),
+            messages: canonical(messages),
+        }
+    }
+
+    pub fn classify(&self, raw_path: &str) -> Result<McpEndpoint, Deny> {
+        let decoded = path::normalise(raw_path)?;
+        let as_sent = match raw_path.strip_suffix('/') {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => raw_path,
+        };
+        if as_sent != path::encode(&decoded) {
+            return Err(Deny::bad_request(
+                "Invalid request path: percent-encode only what must be encoded",
+            ));
+        }
+        let endpoints = [
+            (&self.mcp, McpEndpoint::Streamable),
+            (&self.sse, McpEndpoint::LegacyStream),
+            (&self.messages, McpEndpoint::LegacyMessages),
+        ];
+        for (endpoint_path, endpoint) in endpoints {
+            if decoded == *endpoint_path {
+                return Ok(endpoint);
+            }
+            if decoded.starts_with(endpoint_path.as_str())
+                && decoded[endpoint_path.len()..].starts_with('/')
+                && endpoint_path != "/"
+            {
+                return Err(Deny::not_found("No such MCP endpoint"));
+            }
+        }
+        Ok(McpEndpoint::Other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths() -> McpPaths {
+        McpPaths::new("/mcp", "/sse", "/messages/")
+    }
+
+    #[test]
+    fn endpoints_are_found_with_or_without_a_trailing_slash() {
+        let p = paths();
+        assert_eq!(p.classify("/mcp"), Ok(McpEndpoint::Streamable));
+        assert_eq!(p.classify("/mcp/"), Ok(McpEndpoint::Streamable));
+        assert_eq!(p.classify("/sse"), Ok(McpEndpoint::LegacyStream));
+        assert_eq!(p.classify("/messages/"), Ok(McpEndpoint::LegacyMessages));
+        assert_eq!(p.classify("/messages"), Ok(McpEndpoint::LegacyMessages));
+        assert_eq!(p.classify("/health"), Ok(McpEndpoint::Other));
+        assert_eq!(p.classify("/mcpx"), Ok(McpEndpoint::Other));
+        assert_eq!(p.classify("/"), Ok(McpEndpoint::Other));
+    }
+
+    /// Found by the `admission` fuzz target's upstream model: the raw path was
+    /// compared, so an encoded spelling of an endpoint skipped the MCP policy.
+    #[test]
+    fn encoded_spellings_of_an_endpoint_are_refused() {
+        let p = paths();
+        for raw in [
+            "/%6Dcp",
+            "/%6dcp",
+            "/%6Dessages/",
+            "/s%73e",
+            "/mcp%2F",
+            "/%2e/mcp",
+        ] {
+            let deny = p.classify(raw).expect_err(raw);
+            assert_eq!(deny.status, 400, "{raw}");
+        }
+        // Encoding what must be encoded is fine, elsewhere.
+        assert_eq!(p.classify("/files/a%20b"), Ok(McpEndpoint::Other));
+    }
+
+    #[test]
+    fn sub_paths_of_an_endpoint_are_refused() {
+        let p = paths();
+        for raw in ["/messages/x", "/mcp/anything", "/sse/a/b"] {
+            assert_eq!(p.classify(raw).expect_err(raw).status, 404, "{raw}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_doubled_slashes_are_refused() {
+        let p = paths();
+        for raw in ["/x/../mcp", "//mcp", "/./mcp", "mcp"] {
+            assert_eq!(p.classify(raw).expect_err(raw).status, 400, "{raw}");
+        }
+    }
+}
