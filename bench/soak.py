@@ -1556,9 +1556,10 @@ def render(raw):
         "authenticated, then was refused); foreign session 404 → `auth_success` + `session_denied`. Not "
         "decisions, so not audited: the admin listener (`/metrics`, `/ready`, scraped every 10 s), "
         "malformed-request refusals (400/404/405/413/415, none sent here). Each token is used by one "
-        "client thread at a time: `success_sample_secs = 0` still goes through the sampling cache, and "
-        "concurrent requests on one token can share one `auth_success` row (a separate burst of 3,000 "
-        "concurrent requests with one token gave 2,997 rows), so that case is not what this checks.\n"
+        "client thread at a time, so concurrent requests on one token are not what this checks (up to "
+        "753fb02 a sampling window of 0 still went through a cache that could merge concurrent successes "
+        "of one token: a separate burst of 3,000 concurrent requests with one token gave 2,997 "
+        "`auth_success` rows; 6f2577f made a window of 0 record every success).\n"
     )
     out.append("| outcome | decisions | expected rows | rows found | decisions with exactly the expected rows | without rows | with other rows |")
     out.append("|---|---:|---:|---:|---:|---:|---:|")
