@@ -820,6 +820,31 @@ mod tests {
             .collect()
     }
 
+    /// Every key memgate accepts is written out in the shipped config.toml
+    /// (the operator's reference), with the built-in default as its value.
+    #[test]
+    fn the_shipped_config_file_lists_every_key_with_its_default() {
+        let shipped: toml::Table = toml::from_str(include_str!("../config.toml")).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            let keys = keys.as_table().expect("sections are tables");
+            let written = shipped
+                .get(section)
+                .and_then(|v| v.as_table())
+                .unwrap_or_else(|| panic!("config.toml has no [{section}]"));
+            for (key, value) in keys {
+                if value.as_table().is_some_and(|t| t.is_empty()) {
+                    continue; // e.g. [mcp.tools]: documented as a commented example
+                }
+                assert_eq!(
+                    written.get(key),
+                    Some(value),
+                    "config.toml: {section}.{key} missing or not the default"
+                );
+            }
+        }
+    }
+
     #[test]
     fn defaults_are_valid_and_match_design() {
         let c = from_parts(None, "none", &[]).unwrap();
