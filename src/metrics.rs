@@ -43,6 +43,8 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// `listener`, `reason` (limit|header_timeout): connections turned away or cut off.
     pub connections_refused: IntCounterVec,
+    /// `listener`: tasks alive on the listener's runtime, as of its last request.
+    pub runtime_tasks: IntGaugeVec,
     /// `version`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -208,6 +210,18 @@ impl Metrics {
                 "connections_refused_total",
                 "Client connections turned away (limit: server.max_connections reached) or cut off (header_timeout: request head too slow).",
                 &["listener", "reason"],
+            ),
+            runtime_tasks: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "runtime_tasks",
+                        "Tasks alive on a listener's runtime (connections, streams, watchers), as of its last request.",
+                    )
+                    .namespace("memgate"),
+                    &["listener"],
+                )
+                .unwrap_or_else(|e| panic!("metric runtime_tasks is malformed: {e}")),
             ),
             build_info,
             registry: r,

@@ -35,6 +35,20 @@ async fn resetting_upstream() -> String {
     format!("http://{addr}")
 }
 
+/// Live tasks on the mem0 and MCP listeners' runtimes, as reported by a
+/// request on each (on a connection of its own, closed before returning).
+async fn tasks_after_a_request(gate: &Memgate, token: &str) -> (f64, f64) {
+    for url in [gate.mem0_url("/memories"), gate.mcp_url("/health-probe")] {
+        let client = reqwest::Client::new();
+        let _ = client.get(url).header("X-MCP-Token", token).send().await;
+    }
+    (
+        gate.metric("memgate_runtime_tasks{listener=\"mem0\"}")
+            .await,
+        gate.metric("memgate_runtime_tasks{listener=\"mcp\"}").await,
+    )
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -88,6 +102,7 @@ async fn clients_vanishing_mid_body_or_mid_stream_leak_nothing() {
     drop(client);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = open_fds(gate.pid());
+    let tasks_before = tasks_after_a_request(&gate, &token).await;
 
     for _ in 0..50 {
         // Half a body, then gone.
@@ -118,13 +133,26 @@ async fn clients_vanishing_mid_body_or_mid_stream_leak_nothing() {
         "descriptors grew from {before} to {} after 100 abandoned requests",
         open_fds(gate.pid())
     );
-    let resp = reqwest::Client::new()
-        .get(gate.mem0_url("/memories"))
-        .header("X-MCP-Token", &token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "memgate stays responsive");
+    // Every abandoned connection's task is gone too (one task per connection,
+    // stream and stream watcher while they live).
+    let tasks = within(Duration::from_secs(10), || async {
+        let now = tasks_after_a_request(&gate, &token).await;
+        now.0 <= tasks_before.0 + 2.0 && now.1 <= tasks_before.1 + 2.0
+    })
+    .await;
+    assert!(
+        tasks.is_some(),
+        "tasks (mem0, mcp) grew from {tasks_before:?} to {:?}",
+        tasks_after_a_request(&gate, &token).await
+    );
+    for listener in ["mem0", "mcp"] {
+        let open = gate
+            .metric(&format!(
+                "memgate_connections_open{{listener=\"{listener}\"}}"
+            ))
+            .await;
+        assert!(open <= 1.0, "{listener}: {open} connections still open");
+    }
     assert!(
         upstream.requests().iter().all(|r| r.method != "POST"),
         "a half-sent body must never be forwarded"

@@ -536,6 +536,13 @@ impl ProxyHttp for Gate {
             .request_duration
             .with_label_values(&[listener])
             .observe(ctx.started.elapsed().as_secs_f64());
+        // Each listener runs on its own runtime: its live task count (client
+        // connections, streams, watchers) shows leaks. An atomic read.
+        METRICS.runtime_tasks.with_label_values(&[listener]).set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as i64,
+        );
         if let Some(e) = e {
             tracing::info!(listener, status, error = %e, "request failed");
         }
