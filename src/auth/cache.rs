@@ -45,7 +45,13 @@ pub struct TokenState {
 }
 
 impl CachedToken {
-    pub fn new(record: TokenRecord) -> Self {
+    /// Keeps only what requests read: the hash is the cache key, and the
+    /// descriptive fields are for the CLI (≈ 200 bytes per cached token).
+    pub fn new(mut record: TokenRecord) -> Self {
+        record.token_hash = String::new();
+        record.name = None;
+        record.email = None;
+        record.created_by = None;
         CachedToken {
             record,
             state: Arc::default(),
@@ -60,8 +66,8 @@ impl CachedToken {
         };
         if previous.record.rate_limit_rps == record.rate_limit_rps {
             return CachedToken {
-                record,
                 state: previous.state.clone(),
+                ..CachedToken::new(record)
             };
         }
         let old = &previous.state;
@@ -71,8 +77,8 @@ impl CachedToken {
             limiter: OnceLock::new(),
         };
         CachedToken {
-            record,
             state: Arc::new(state),
+            ..CachedToken::new(record)
         }
     }
 
