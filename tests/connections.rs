@@ -75,10 +75,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 async fn gate_with(server: &str) -> (TestDb, Upstream, Memgate) {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;

@@ -49,10 +49,6 @@ async fn tasks_after_a_request(gate: &Memgate, token: &str) -> (f64, f64) {
     )
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_mid_response_does_not_take_memgate_down() {
     let db = TestDb::new(Backend::Sqlite).await;

@@ -136,6 +136,11 @@ impl Drop for TestDb {
 }
 
 /// A free local port (bound, then released for the process under test).
+/// Open file descriptors of a process (Linux `/proc`), for leak checks.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
