@@ -2,9 +2,10 @@
 //! the store, with single-flight loading, plus last-known-good copies that keep
 //! known tokens working for `auth.stale_grace_secs` while the store is down.
 
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::DefaultDirectRateLimiter;
@@ -126,11 +127,83 @@ impl Expiry<TokenHash, Entry> for EntryTtl {
 struct StaleCopy {
     token: Arc<CachedToken>,
     fetched: Option<Instant>,
+    stored: Instant,
+}
+
+impl StaleCopy {
+    fn new(token: Arc<CachedToken>, fetched: Option<Instant>) -> Self {
+        StaleCopy {
+            token,
+            fetched,
+            stored: Instant::now(),
+        }
+    }
+}
+
+/// The last copies, by token, in a plain map: only store reads, changes and
+/// outages touch it, and a moka entry would cost ≈ 350 bytes per token more.
+/// Copies expire `ttl` after they were stored; expired ones are swept once per
+/// `ttl`, and a full map drops an arbitrary copy to take a new one.
+struct StaleCopies {
+    map: Mutex<(HashMap<TokenHash, StaleCopy>, Instant)>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl StaleCopies {
+    fn new(capacity: u64, ttl: Duration) -> Self {
+        StaleCopies {
+            map: Mutex::new((HashMap::new(), Instant::now())),
+            ttl,
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<TokenHash, StaleCopy>, Instant)> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &TokenHash) -> Option<StaleCopy> {
+        let guard = self.lock();
+        guard
+            .0
+            .get(key)
+            .filter(|c| c.stored.elapsed() <= self.ttl)
+            .cloned()
+    }
+
+    fn insert(&self, key: TokenHash, copy: StaleCopy) {
+        let mut guard = self.lock();
+        let (map, swept) = &mut *guard;
+        if swept.elapsed() >= self.ttl {
+            map.retain(|_, c| c.stored.elapsed() <= self.ttl);
+            *swept = Instant::now();
+        }
+        if map.len() >= self.capacity
+            && !map.contains_key(&key)
+            && let Some(victim) = map.keys().next().copied()
+        {
+            map.remove(&victim);
+        }
+        map.insert(key, copy);
+    }
+
+    fn remove(&self, key: &TokenHash) {
+        self.lock().0.remove(key);
+    }
+
+    /// Keeps the copy only as the link to the token's state (see `StaleCopy`).
+    fn make_unusable(&self, key: &TokenHash) {
+        if let Some(copy) = self.lock().0.get_mut(key) {
+            copy.fetched = None;
+            copy.stored = Instant::now();
+        }
+    }
 }
 
 pub struct TokenCache {
     fresh: Cache<TokenHash, Entry>,
-    stale: Cache<TokenHash, StaleCopy>,
+    stale: StaleCopies,
     positive_ttl: Duration,
     negative_ttl: Duration,
     grace: Duration,
@@ -158,10 +231,7 @@ impl TokenCache {
                 .max_capacity(capacity)
                 .expire_after(EntryTtl)
                 .build(),
-            stale: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(positive_ttl + grace)
-                .build(),
+            stale: StaleCopies::new(capacity, positive_ttl + grace),
             positive_ttl,
             negative_ttl,
             grace,
@@ -215,22 +285,16 @@ impl TokenCache {
                 .is_some_and(|at| at > started);
         match found {
             Some(record) => {
-                let previous = self.stale.get(&key).await;
+                let previous = self.stale.get(&key);
                 let token = Arc::new(CachedToken::succeeding(
                     record,
                     previous.as_ref().map(|p| p.token.as_ref()),
                 ));
                 // A raced read never replaces a copy (it may be older than it).
                 if !raced || previous.is_none() {
+                    let fetched = (!raced).then(Instant::now);
                     self.stale
-                        .insert(
-                            key,
-                            StaleCopy {
-                                token: token.clone(),
-                                fetched: (!raced).then(Instant::now),
-                            },
-                        )
-                        .await;
+                        .insert(key, StaleCopy::new(token.clone(), fetched));
                 }
                 Entry {
                     lookup: Lookup::Known(token),
@@ -242,7 +306,7 @@ impl TokenCache {
                 }
             }
             None => {
-                self.stale.invalidate(&key).await;
+                self.stale.remove(&key);
                 Entry {
                     lookup: Lookup::Unknown,
                     ttl: if raced {
@@ -258,7 +322,7 @@ impl TokenCache {
     /// When the store cannot answer: the last known record, if it was fetched
     /// within the positive TTL plus the grace period.
     pub(super) async fn stale_entry(&self, key: &TokenHash) -> Option<Entry> {
-        let copy = self.stale.get(key).await?;
+        let copy = self.stale.get(key)?;
         let fetched = copy.fetched?;
         (fetched.elapsed() <= self.positive_ttl + self.grace).then_some(Entry {
             lookup: Lookup::Known(copy.token),
@@ -272,13 +336,7 @@ impl TokenCache {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.key_epochs.insert(*key, at).await;
         self.fresh.invalidate(key).await;
-        if let Some(copy) = self.stale.get(key).await {
-            let unusable = StaleCopy {
-                token: copy.token,
-                fetched: None,
-            };
-            self.stale.insert(*key, unusable).await;
-        }
+        self.stale.make_unusable(key);
     }
 
     /// Changes may have been missed: re-check every token with the store, but
@@ -409,6 +467,21 @@ mod tests {
             "a new limit starts a new budget"
         );
         assert!(!CachedToken::claim(&changed.state.success_audited, 130, 60));
+    }
+
+    #[test]
+    fn stale_copies_are_bounded_and_expire() {
+        let token = Arc::new(CachedToken::new(record()));
+        let copies = StaleCopies::new(2, Duration::from_millis(50));
+        for k in 1..=3u8 {
+            copies.insert([k; 32], StaleCopy::new(token.clone(), Some(Instant::now())));
+        }
+        assert_eq!(copies.lock().0.len(), 2, "capacity holds");
+        assert!(copies.get(&[3; 32]).is_some(), "the newest copy is kept");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(copies.get(&[3; 32]).is_none(), "expired");
+        copies.insert([4; 32], StaleCopy::new(token, None));
+        assert_eq!(copies.lock().0.len(), 1, "expired copies are swept");
     }
 
     #[tokio::test]
