@@ -44,47 +44,9 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 if [ "$MODE" != bench ]; then
-  if [ -z "${MEMGATE_BIN:-}" ]; then
-    echo "bench: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
-    (cd "$REPO" && cargo build --release --bin memgate --quiet)
-    MEMGATE_BIN="$CARGO_TARGET_DIR/release/memgate"
-  fi
-  export MEMGATE_BIN
+  build_memgate bench
 fi
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/memgate-bench.XXXXXX")"
-export BENCH_WORK="$WORK"
-: >"$WORK/pids"
-PY_PID=""
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM HUP
-  if [ -n "$PY_PID" ] && kill -0 "$PY_PID" 2>/dev/null; then
-    kill -TERM "$PY_PID" 2>/dev/null || true
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$PY_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$PY_PID" 2>/dev/null || true
-  fi
-  # Everything the driver started, by PID (it records each one as it starts it,
-  # each in its own process group).
-  if [ -s "$WORK/pids" ]; then
-    while read -r pid; do
-      [ -n "$pid" ] || continue
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done <"$WORK/pids"
-  fi
-  if [ "${KEEP_WORK:-0}" = 1 ]; then
-    echo "bench: work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-python3 "$REPO/bench/bench.py" "$MODE" &
-PY_PID=$!
-wait "$PY_PID"
+run_driver bench "$REPO/bench/bench.py" "$MODE"

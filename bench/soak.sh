@@ -35,44 +35,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memgate/target}"
 export PORT_BASE="${PORT_BASE:-19000}"
 command -v python3 >/dev/null 2>&1 || { echo "soak: python3 is needed" >&2; exit 1; }
 
-if [ -z "${MEMGATE_BIN:-}" ]; then
-  echo "soak: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
-  (cd "$REPO" && cargo build --release --bin memgate --quiet)
-  MEMGATE_BIN="$CARGO_TARGET_DIR/release/memgate"
-fi
-export MEMGATE_BIN
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/memgate-soak.XXXXXX")"
-export BENCH_WORK="$WORK"
-: >"$WORK/pids"
-PY_PID=""
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM HUP
-  if [ -n "$PY_PID" ] && kill -0 "$PY_PID" 2>/dev/null; then
-    kill -TERM "$PY_PID" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$PY_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$PY_PID" 2>/dev/null || true
-  fi
-  # Everything the driver started, by PID, each in its own process group.
-  if [ -s "$WORK/pids" ]; then
-    while read -r pid; do
-      [ -n "$pid" ] || continue
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done <"$WORK/pids"
-  fi
-  if [ "${KEEP_WORK:-0}" = 1 ]; then
-    echo "soak: work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-python3 "$REPO/bench/soak.py" &
-PY_PID=$!
-wait "$PY_PID"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+build_memgate soak
+run_driver soak "$REPO/bench/soak.py"
