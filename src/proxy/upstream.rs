@@ -15,9 +15,9 @@ pub struct UpstreamTarget {
     upstream: Upstream,
     connect_timeout: Duration,
     read_timeout: Duration,
-    resolved: Mutex<Option<(Instant, SocketAddr)>>,
-    /// The peer last built, for the address it was built for.
-    peer: Mutex<Option<(SocketAddr, Arc<HttpPeer>)>>,
+    /// The peer for the last resolved address and when it was resolved; one
+    /// peer is shared by every request until the address changes.
+    resolved: Mutex<Option<(Instant, Arc<HttpPeer>)>>,
 }
 
 impl UpstreamTarget {
@@ -26,30 +26,50 @@ impl UpstreamTarget {
         cfg: &ListenerConfig,
     ) -> std::result::Result<Self, crate::config::ConfigError> {
         let upstream = Upstream::parse(key, &cfg.upstream)?;
-        let fixed = upstream
-            .host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| (Instant::now(), SocketAddr::new(ip, upstream.port)));
-        Ok(UpstreamTarget {
+        let target = UpstreamTarget {
             upstream,
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
-            resolved: Mutex::new(fixed),
-            peer: Mutex::new(None),
-        })
+            resolved: Mutex::new(None),
+        };
+        if let Ok(ip) = target.upstream.host.parse::<IpAddr>() {
+            let peer = target.build_peer(SocketAddr::new(ip, target.upstream.port));
+            *target.lock() = Some((Instant::now(), peer));
+        }
+        Ok(target)
     }
 
     fn is_literal(&self) -> bool {
         self.upstream.host.parse::<IpAddr>().is_ok()
     }
 
-    async fn address(&self) -> Result<SocketAddr> {
-        let cached = self.resolved.lock().ok().and_then(|guard| *guard);
-        if let Some((at, addr)) = cached
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Arc<HttpPeer>)>> {
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn build_peer(&self, addr: SocketAddr) -> Arc<HttpPeer> {
+        let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Arc::new(peer)
+    }
+
+    /// The peer for pingora's proxy path (which wants its own box).
+    pub async fn peer(&self) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::clone(&*self.shared_peer().await?)))
+    }
+
+    /// The peer, with the listener's timeouts, shared by every request; the
+    /// host is re-resolved at most every `DNS_TTL`.
+    pub async fn shared_peer(&self) -> Result<Arc<HttpPeer>> {
+        let cached = self.lock().clone();
+        if let Some((at, peer)) = &cached
             && (self.is_literal() || at.elapsed() < DNS_TTL)
         {
-            return Ok(addr);
+            return Ok(peer.clone());
         }
         let host = (self.upstream.host.as_str(), self.upstream.port);
         let addr = tokio::net::lookup_host(host)
@@ -62,36 +82,16 @@ impl UpstreamTarget {
                     format!("cannot resolve upstream host {}", self.upstream.host),
                 )
             })?;
-        if let Ok(mut guard) = self.resolved.lock() {
-            *guard = Some((Instant::now(), addr));
-        }
-        Ok(addr)
-    }
-
-    /// The peer for one request, with the listener's timeouts.
-    /// The peer for pingora's proxy path (which wants its own box).
-    pub async fn peer(&self) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::clone(&*self.shared_peer().await?)))
-    }
-
-    /// The peer, built once per resolved address and shared by every request.
-    pub async fn shared_peer(&self) -> Result<Arc<HttpPeer>> {
-        let addr = self.address().await?;
-        if let Ok(guard) = self.peer.lock()
-            && let Some((_, peer)) = guard.as_ref().filter(|(at, _)| *at == addr)
-        {
-            return Ok(peer.clone());
-        }
-        let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
-        peer.options.write_timeout = Some(self.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        let peer = Arc::new(peer);
-        if let Ok(mut guard) = self.peer.lock() {
-            *guard = Some((addr, peer.clone()));
-        }
+        // Same address: keep the peer (and so its pooled connections).
+        let peer = match cached {
+            Some((_, peer))
+                if peer._address == pingora::protocols::l4::socket::SocketAddr::Inet(addr) =>
+            {
+                peer
+            }
+            _ => self.build_peer(addr),
+        };
+        *self.lock() = Some((Instant::now(), peer.clone()));
         Ok(peer)
     }
 
@@ -108,5 +108,39 @@ impl UpstreamTarget {
         } else {
             format!("{host}:{}", self.upstream.port)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(upstream: &str) -> UpstreamTarget {
+        let cfg = ListenerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: upstream.into(),
+            connect_timeout_secs: 2,
+            read_timeout_secs: 3,
+            forward_credentials: false,
+        };
+        UpstreamTarget::new("test.upstream", &cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_peer_is_shared_and_a_re_resolved_same_address_keeps_it() {
+        let literal = target("http://127.0.0.1:8081");
+        let first = literal.shared_peer().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &literal.shared_peer().await.unwrap()));
+        assert_eq!(first.options.read_timeout, Some(Duration::from_secs(3)));
+
+        let named = target("http://localhost:8081");
+        let first = named.shared_peer().await.unwrap();
+        // Pretend the DNS answer is old: the same address keeps the same peer.
+        if let Some((at, _)) = named.lock().as_mut()
+            && let Some(old) = at.checked_sub(DNS_TTL)
+        {
+            *at = old;
+        }
+        assert!(Arc::ptr_eq(&first, &named.shared_peer().await.unwrap()));
     }
 }
