@@ -124,11 +124,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
 impl<A> Guarded<A> {
     fn refused(&self, reason: &str) {
-        METRICS
-            .connections_refused
-            .with_label_values(&[self.listener, reason])
-            .inc();
+        count_refused(self.listener, reason);
     }
+}
+
+fn count_refused(listener: &str, reason: &str) {
+    METRICS
+        .connections_refused
+        .with_label_values(&[listener, reason])
+        .inc();
 }
 
 enum Head {
@@ -317,10 +321,7 @@ impl AsyncRead for Counted {
                 if let Phase::Head { deadline, .. } = &mut this.phase
                     && deadline.as_mut().poll(cx).is_ready()
                 {
-                    METRICS
-                        .connections_refused
-                        .with_label_values(&[this.listener, "header_timeout"])
-                        .inc();
+                    count_refused(this.listener, "header_timeout");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request head not complete in time",
