@@ -46,17 +46,18 @@ pub struct TokenState {
 }
 
 impl CachedToken {
+    pub fn new(record: TokenRecord) -> Self {
+        CachedToken::with_state(record, Arc::default())
+    }
+
     /// Keeps only what requests read: the hash is the cache key, and the
     /// descriptive fields are for the CLI (≈ 200 bytes per cached token).
-    pub fn new(mut record: TokenRecord) -> Self {
+    fn with_state(mut record: TokenRecord, state: Arc<TokenState>) -> Self {
         record.token_hash = String::new();
         record.name = None;
         record.email = None;
         record.created_by = None;
-        CachedToken {
-            record,
-            state: Arc::default(),
-        }
+        CachedToken { record, state }
     }
 
     /// The same token re-read from the store: shares `previous`'s state; a
@@ -65,22 +66,16 @@ impl CachedToken {
         let Some(previous) = previous.filter(|p| p.record.id == record.id) else {
             return CachedToken::new(record);
         };
-        if previous.record.rate_limit_rps == record.rate_limit_rps {
-            return CachedToken {
-                state: previous.state.clone(),
-                ..CachedToken::new(record)
-            };
-        }
         let old = &previous.state;
+        if previous.record.rate_limit_rps == record.rate_limit_rps {
+            return CachedToken::with_state(record, old.clone());
+        }
         let state = TokenState {
             used_noted: AtomicI64::new(old.used_noted.load(Ordering::Relaxed)),
             success_audited: AtomicI64::new(old.success_audited.load(Ordering::Relaxed)),
             limiter: OnceLock::new(),
         };
-        CachedToken {
-            state: Arc::new(state),
-            ..CachedToken::new(record)
-        }
+        CachedToken::with_state(record, Arc::new(state))
     }
 
     /// Claims the once-per-`window` slot kept in `at`: true for exactly one
