@@ -38,6 +38,10 @@ BENCH = REPO / "bench"
 RESULTS_DIR = BENCH / "results"
 WORK = Path(os.environ.get("BENCH_WORK") or "/tmp/memgate-bench")
 BIN = os.environ.get("MEMGATE_BIN", "")
+# examples/bare_proxy.rs: pingora with no auth, the floor of memgate's stack.
+BARE_BIN = os.environ.get("BARE_PROXY_BIN", "")
+# Comma-separated scenario keys to run (default: all); for quick A/B runs.
+ONLY = [k for k in os.environ.get("SCENARIOS", "").split(",") if k]
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/memgate/target")))
 
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -59,6 +63,7 @@ UP_MEM0 = PORT_BASE + 1
 UP_MCP = PORT_BASE + 2
 NGX_MEM0 = PORT_BASE + 11
 NGX_MCP = PORT_BASE + 12
+BARE_MEM0 = PORT_BASE + 13
 
 USER = "bench"
 GET_PATH = f"/memories?user_id={USER}"
@@ -316,6 +321,23 @@ def start_nginx_upstream():
         stop_signal=signal.SIGTERM,
     )
     wait_http(f"http://127.0.0.1:{UP_MEM0}/memories", "upstream nginx", proc=p)
+    return p
+
+
+def start_bare_proxy():
+    """examples/bare_proxy.rs: pingora forwarding to the mem0 stand-in with
+    memgate's thread count and nothing else."""
+    if not (BARE_BIN and os.access(BARE_BIN, os.X_OK)):
+        raise SystemExit("bench: BARE_PROXY_BIN is not set to the bare_proxy example (bench/run.sh builds it)")
+    prefix = WORK / "bare-proxy"
+    prefix.mkdir(parents=True, exist_ok=True)
+    p = PROCS.start(
+        "bare-proxy",
+        [BARE_BIN, f"127.0.0.1:{BARE_MEM0}", f"127.0.0.1:{UP_MEM0}", str(THREADS)],
+        log_path=prefix / "stderr.log",
+        stop_signal=signal.SIGINT,
+    )
+    wait_http(f"http://127.0.0.1:{BARE_MEM0}/memories", "bare pingora proxy", proc=p)
     return p
 
 
@@ -597,6 +619,8 @@ SCENARIOS = [
     ("nginx-get", "nginx: GET /memories", "get", "nginx"),
     ("nginx-post", "nginx: POST /memories (1 KiB)", "post", "nginx"),
     ("nginx-mcp", "nginx: POST /mcp tools/call", "mcp", "nginx"),
+    ("pingora-get", "pingora, no auth (the stack's floor): GET /memories", "get", "pingora"),
+    ("pingora-post", "pingora, no auth (the stack's floor): POST /memories (1 KiB)", "post", "pingora"),
     ("memgate-get", "memgate, cached token: GET /memories", "get", "memgate"),
     ("memgate-post", "memgate, rewrite: POST /memories (1 KiB)", "post", "memgate"),
     ("memgate-nocache", "memgate, cache off: GET /memories (32 tokens)", "get", "memgate"),
@@ -605,12 +629,16 @@ SCENARIOS = [
 
 
 def mode_load():
-    for port in (UP_MEM0, UP_MCP, NGX_MEM0, NGX_MCP):
+    global SCENARIOS
+    if ONLY:
+        SCENARIOS = [s for s in SCENARIOS if s[0] in ONLY or s[3] == "nginx"]
+    for port in (UP_MEM0, UP_MCP, NGX_MEM0, NGX_MCP, BARE_MEM0):
         check_port_free(port)
     facts = machine_facts()
     log(f"load: {facts['cores']} cores, {ROUNDS} rounds × {len(SCENARIOS)} scenarios × {DURATION} s")
     upstream = start_nginx_upstream()
     proxy = start_nginx_proxy()
+    bare = start_bare_proxy() if any(s[3] == "pingora" for s in SCENARIOS) else None
     no_limits = {"per_token_rps": 0, "failed_auth_per_ip_per_min": 1000000}
     mg = {
         "memgate-get": Memgate("get", 20, rate_limit=no_limits),
@@ -658,6 +686,10 @@ def mode_load():
             port = m.mcp_port if kind == "mcp" else m.mem0_port
             lua = lua_for(key, m.token)
             pids = [m.pid]
+        elif target == "pingora":
+            port = BARE_MEM0
+            lua = lua_for(key, mg["memgate-get"].token)
+            pids = [bare.pid]
         elif target == "nginx":
             port = NGX_MCP if kind == "mcp" else NGX_MEM0
             lua = lua_for(key, mg["memgate-get"].token)
@@ -718,7 +750,7 @@ def mode_load():
 
     # The invalid-token flood, once per rate-limit setting, fresh tokens each.
     flood_results = {}
-    for setting, m in flood.items():
+    for setting, m in ({} if ONLY else flood).items():
         tokens = ["mcp_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") for _ in range(FLOOD_TOKENS)]
         lua = write_rotating_lua(f"flood-{setting}", tokens)
         before = m.metrics()
@@ -749,6 +781,15 @@ def mode_load():
 
     raw = {"facts": facts, "settings": settings_dict(), "runs": runs, "peak_rss_kib": peak,
            "nginx_worker_peak_rss_kib": nginx_peak, "flood": flood_results}
+    if ONLY:
+        # A partial run (SCENARIOS=...) is for comparing builds: print, do not
+        # overwrite the report.
+        for key, row in summarise(runs).items():
+            log(
+                f"{key:16s} {row['rps']:9.0f} req/s  vs nginx {fmt_ratio(row.get('vs_nginx'))}  "
+                f"p99 {fmt_us(row['p99_us'])}  CPU/request {fmt_us(row['cpu_us_per_req'])}"
+            )
+        return
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "load.json").write_text(json.dumps(raw, indent=1) + "\n")
     (RESULTS_DIR / "load.md").write_text(render_load(raw))
@@ -798,7 +839,7 @@ def summarise(runs):
             ),
             "rps_rounds": [round(r["rps"]) for r in sorted(rs, key=lambda r: r["round"])],
         }
-        if target in ("memgate", "nginx"):
+        if target in ("memgate", "nginx", "pingora"):
             for ref in ("nginx", "direct"):
                 if ref == target:
                     continue

@@ -2,14 +2,16 @@
 # unless MEMGATE_BIN is given, then run a Python driver in a temporary work
 # directory and kill everything it started when it ends, however it ends.
 
-# build_memgate LABEL: sets and exports MEMGATE_BIN.
+# build_memgate LABEL: sets and exports MEMGATE_BIN, and BARE_PROXY_BIN
+# (examples/bare_proxy.rs, the load benchmark's pingora floor).
 build_memgate() {
-  if [ -z "${MEMGATE_BIN:-}" ]; then
+  if [ -z "${MEMGATE_BIN:-}" ] || [ -z "${BARE_PROXY_BIN:-}" ]; then
     echo "$1: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
-    (cd "$REPO" && cargo build --release --bin memgate --quiet)
-    MEMGATE_BIN="$CARGO_TARGET_DIR/release/memgate"
+    (cd "$REPO" && cargo build --release --bin memgate --example bare_proxy --quiet)
+    MEMGATE_BIN="${MEMGATE_BIN:-$CARGO_TARGET_DIR/release/memgate}"
+    BARE_PROXY_BIN="${BARE_PROXY_BIN:-$CARGO_TARGET_DIR/release/examples/bare_proxy}"
   fi
-  export MEMGATE_BIN
+  export MEMGATE_BIN BARE_PROXY_BIN
 }
 
 # run_driver LABEL DRIVER [ARGS...]: runs `python3 DRIVER ARGS` with

@@ -101,7 +101,7 @@ impl Mem0 {
     }
 
     fn upstream(&self) -> String {
-        self.client.target().authority()
+        self.client.target().authority().to_string()
     }
 
     /// One request to mem0 on behalf of `scope`; returns (status, JSON body or Null).

@@ -9,8 +9,14 @@ use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession;
+use pingora::upstreams::peer::Peer;
 
+use super::pool::IdlePool;
 use super::upstream::UpstreamTarget;
+
+/// Idle connections kept per upstream: more than a busy listener keeps in
+/// flight, so bursts reuse rather than dial.
+const MAX_IDLE: usize = 256;
 
 pub struct Exchanged {
     pub header: ResponseHeader,
@@ -21,11 +27,18 @@ pub struct Exchanged {
 pub struct OpenExchange<'a> {
     client: &'a UpstreamClient,
     http: HttpSession,
-    peer: Arc<HttpPeer>,
-    pub header: ResponseHeader,
+    /// The peer's `reuse_hash`, for the pool.
+    peer: u64,
 }
 
 impl OpenExchange<'_> {
+    /// The response header (read before the exchange was handed out).
+    pub fn header(&self) -> &ResponseHeader {
+        self.http
+            .resp_header()
+            .expect("an open exchange has read its response header")
+    }
+
     /// The next piece of the body as it arrives; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         self.http.read_body_bytes().await
@@ -34,11 +47,10 @@ impl OpenExchange<'_> {
     /// Returns the connection to the pool if the response was read to its end.
     pub async fn finish(mut self) {
         if self.http.is_body_done() {
-            let idle = self.peer.options.idle_timeout;
-            self.client
-                .connector
-                .release_http_session(self.http, &*self.peer, idle)
-                .await;
+            self.http.respect_keepalive();
+            if let Some(stream) = self.http.reuse().await {
+                self.client.pool.put(stream, self.peer);
+            }
         } else {
             self.http.shutdown().await;
         }
@@ -46,7 +58,9 @@ impl OpenExchange<'_> {
 }
 
 pub struct UpstreamClient {
+    /// Dials new connections (and TLS); idle ones are kept in `pool`.
     connector: Connector,
+    pool: IdlePool,
     target: Arc<UpstreamTarget>,
 }
 
@@ -54,6 +68,7 @@ impl UpstreamClient {
     pub fn new(target: Arc<UpstreamTarget>) -> Self {
         UpstreamClient {
             connector: Connector::new(None),
+            pool: IdlePool::new(MAX_IDLE, target.idle_timeout()),
             target,
         }
     }
@@ -82,7 +97,7 @@ impl UpstreamClient {
             }
             buf.extend_from_slice(&chunk);
         }
-        let header = open.header.clone();
+        let header = open.header().clone();
         open.finish().await;
         Ok(Exchanged {
             header,
@@ -98,7 +113,8 @@ impl UpstreamClient {
         let peer = self.target.shared_peer().await?;
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
-        if let Some(http) = self.connector.reused_http_session(&*peer).await {
+        if let Some(stream) = self.pool.take(peer.reuse_hash()) {
+            let http = HttpSession::new_with_options(stream, &*peer);
             match self.send(http, Box::new(req.clone()), &body, &peer).await {
                 Err(e) if idle_close(&e) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
@@ -125,15 +141,13 @@ impl UpstreamClient {
         }
         http.finish_body().await?;
         http.read_response().await?;
-        let header = http
-            .resp_header()
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+        if http.resp_header().is_none() {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
+        }
         Ok(OpenExchange {
             client: self,
             http,
-            peer: peer.clone(),
-            header,
+            peer: peer.reuse_hash(),
         })
     }
 }

@@ -60,62 +60,119 @@ pub fn secure_response(header: &mut ResponseHeader) -> Result<()> {
     Ok(())
 }
 
-/// Lower-cased with `-` and `_` removed, so `X_MCP_UserID`, `x-mcp-user-id`
-/// and `X-MCP-UserID` all compare equal.
-fn squash(name: &str) -> String {
-    name.chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
+/// The name lower-cased with `-` and `_` removed, so `X_MCP_UserID`,
+/// `x-mcp-user-id` and `X-MCP-UserID` all compare equal. Header names are
+/// ASCII; the targets below are too, so bytes suffice (and nothing is
+/// allocated: this runs for every header of every request).
+fn squashed(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes()
+        .filter(|b| *b != b'-' && *b != b'_')
+        .map(|b| b.to_ascii_lowercase())
+}
+
+fn squashed_is(name: &str, target: &str) -> bool {
+    squashed(name).eq(target.bytes())
+}
+
+fn squashed_starts_with(name: &str, prefix: &str) -> bool {
+    let mut s = squashed(name);
+    prefix.bytes().all(|p| s.next() == Some(p))
 }
 
 /// Headers that claim an identity: memgate sets these itself.
 pub fn is_identity_header(name: &str) -> bool {
-    let s = squash(name);
-    s == "xmcpuserid" || s.starts_with("xmemgate")
+    squashed_is(name, "xmcpuserid") || squashed_starts_with(name, "xmemgate")
 }
 
 /// Headers that would make an upstream (or a framework in front of it) treat
 /// the request as another method than the one memgate authorised.
 pub fn is_method_override(name: &str) -> bool {
-    matches!(
-        squash(name).as_str(),
-        "xhttpmethodoverride" | "xhttpmethod" | "xmethodoverride"
-    )
+    ["xhttpmethodoverride", "xhttpmethod", "xmethodoverride"]
+        .iter()
+        .any(|t| squashed_is(name, t))
 }
 
 /// Headers that carry a credential.
 pub fn is_credential_header(name: &str) -> bool {
-    let s = squash(name);
-    s == "xmcptoken" || s == "authorization"
+    squashed_is(name, "xmcptoken") || squashed_is(name, "authorization")
+}
+
+/// Headers memgate never passes on from a client: identity claims, method
+/// overrides, and credentials unless the listener forwards them.
+fn is_stripped(name: &str, forward_credentials: bool) -> bool {
+    is_identity_header(name)
+        || is_method_override(name)
+        || (!forward_credentials && is_credential_header(name))
+}
+
+/// Injects the identity memgate established.
+fn inject_identity(req: &mut RequestHeader, identity: &Identity, scope: &str) -> Result<()> {
+    req.insert_header("X-MCP-UserID", identity.user_id.as_str())?;
+    req.insert_header("X-Memgate-Scope", scope)?;
+    req.insert_header("X-Memgate-Token-Prefix", identity.token_prefix.as_str())?;
+    Ok(())
 }
 
 /// Removes client identity headers (and credentials unless forwarded), then
-/// injects the identity memgate established.
+/// injects the identity memgate established; for requests pingora forwards.
 pub fn rewrite(
     req: &mut RequestHeader,
     identity: &Identity,
     scope: &str,
     forward_credentials: bool,
 ) -> Result<()> {
-    let doomed: Vec<String> = req
+    let doomed: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .map(|k| k.as_str())
-        .filter(|n| {
-            is_identity_header(n)
-                || is_method_override(n)
-                || (!forward_credentials && is_credential_header(n))
-        })
-        .map(str::to_string)
+        .filter(|n| is_stripped(n.as_str(), forward_credentials))
+        .cloned()
         .collect();
     for name in doomed {
         req.remove_header(&name);
     }
-    req.insert_header("X-MCP-UserID", identity.user_id.as_str())?;
-    req.insert_header("X-Memgate-Scope", scope)?;
-    req.insert_header("X-Memgate-Token-Prefix", identity.token_prefix.as_str())?;
-    Ok(())
+    inject_identity(req, identity, scope)
+}
+
+/// The request memgate sends upstream itself: the client's method and
+/// headers minus hop-by-hop and stripped ones, `path_and_query`, memgate's
+/// identity headers, the upstream's `host`, and the body's length.
+pub fn upstream_request(
+    client_req: &RequestHeader,
+    path_and_query: &str,
+    identity: &Identity,
+    scope: &str,
+    forward_credentials: bool,
+    authority: &str,
+    body_len: Option<usize>,
+) -> Result<RequestHeader> {
+    let mut req = RequestHeader::build(
+        client_req.method.clone(),
+        path_and_query.as_bytes(),
+        Some(client_req.headers.len() + 5),
+    )?;
+    for (name, value) in client_req.headers.iter() {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !is_stripped(n, forward_credentials) {
+            req.append_header(name.clone(), value.clone())?;
+        }
+    }
+    inject_identity(&mut req, identity, scope)?;
+    req.insert_header(http::header::HOST, authority)?;
+    if let Some(len) = body_len {
+        req.insert_header(http::header::CONTENT_LENGTH, len)?;
+    }
+    Ok(req)
+}
+
+/// The upstream's response header made the client's: hop-by-hop and framing
+/// headers removed (memgate frames the body itself), edited in place.
+pub fn client_response(mut header: ResponseHeader) -> ResponseHeader {
+    for name in HOP_BY_HOP {
+        if header.headers.contains_key(*name) {
+            header.remove_header(*name);
+        }
+    }
+    header
 }
 
 #[cfg(test)]

@@ -379,15 +379,16 @@ impl McpFlow {
         let path_and_query = client_req
             .uri
             .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        let mut req =
-            RequestHeader::build(client_req.method.clone(), path_and_query.as_bytes(), None)?;
-        for (name, value) in client_req.headers.iter() {
-            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
-                req.append_header(name.clone(), value.clone())?;
-            }
-        }
+            .map_or("/", |pq| pq.as_str());
+        let mut req = headers::upstream_request(
+            client_req,
+            path_and_query,
+            identity,
+            scope,
+            self.forward_credentials,
+            self.client.target().authority(),
+            Some(body_len),
+        )?;
         let present: Vec<(String, String)> = req
             .headers
             .iter()
@@ -399,9 +400,6 @@ impl McpFlow {
                 req.insert_header(name, value)?;
             }
         }
-        headers::rewrite(&mut req, identity, scope, self.forward_credentials)?;
-        req.insert_header("host", self.client.target().authority())?;
-        req.insert_header("content-length", body_len.to_string())?;
         Ok(req)
     }
 
@@ -431,7 +429,7 @@ impl McpFlow {
             .upstream_duration
             .with_label_values(&[super::Listener::Mcp.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let upstream = open.header.clone();
+        let upstream = headers::client_response(open.header().clone());
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status.is_success()
@@ -450,12 +448,7 @@ impl McpFlow {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let ids = forward.tools_list_ids();
-        let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 3))?;
-        for (name, value) in upstream.headers.iter() {
-            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
-                header.append_header(name.clone(), value.clone())?;
-            }
-        }
+        let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
         headers::secure_response(&mut header)?;
         if content_type.starts_with("text/event-stream") {

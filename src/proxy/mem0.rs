@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::Value;
@@ -218,11 +218,16 @@ impl Mem0Flow {
             memory_id,
         } = authorised;
         let body = forward.body.clone().map(Bytes::from).or(body);
-        let mut upstream_req = self.upstream_request(session.req_header(), identity, &forward)?;
         let length = body.as_ref().map_or(0, Bytes::len);
-        if length > 0 || upstream_req.method != http::Method::GET {
-            upstream_req.insert_header("content-length", length.to_string())?;
-        }
+        let upstream_req = headers::upstream_request(
+            session.req_header(),
+            &path_and_query(&forward),
+            identity,
+            &forward.scope,
+            self.forward_credentials,
+            self.client.target().authority(),
+            (length > 0 || session.req_header().method != http::Method::GET).then_some(length),
+        )?;
         let started = std::time::Instant::now();
         let answer = match self
             .client
@@ -254,27 +259,6 @@ impl Mem0Flow {
             .write_response_header(Box::new(header), false)
             .await?;
         session.write_response_body(Some(body), true).await
-    }
-
-    fn upstream_request(
-        &self,
-        client_req: &RequestHeader,
-        identity: &Identity,
-        forward: &Forward,
-    ) -> Result<RequestHeader> {
-        let mut req = RequestHeader::build(
-            client_req.method.clone(),
-            path_and_query(forward).as_bytes(),
-            None,
-        )?;
-        for (name, value) in client_req.headers.iter() {
-            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
-                req.append_header(name.clone(), value.clone())?;
-            }
-        }
-        headers::rewrite(&mut req, identity, &forward.scope, self.forward_credentials)?;
-        req.insert_header("host", self.client.target().authority())?;
-        Ok(req)
     }
 
     /// Response filtering (defence in depth) and owner bookkeeping.
@@ -328,18 +312,9 @@ impl Mem0Flow {
         {
             self.owners.forget(id).await;
         }
-        let mut header =
-            ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 1))
-                .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed response"))?;
-        for (name, value) in upstream.headers.iter() {
-            if !headers::HOP_BY_HOP.contains(&name.as_str()) {
-                header
-                    .append_header(name.clone(), value.clone())
-                    .map_err(|_| Deny::new(502, "The mem0 upstream answered a malformed header"))?;
-            }
-        }
+        let mut header = headers::client_response(upstream);
         header
-            .insert_header("content-length", body.len().to_string())
+            .insert_header(http::header::CONTENT_LENGTH, body.len())
             .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
         headers::secure_response(&mut header)
             .map_err(|_| Deny::new(500, "Internal error in memgate"))?;

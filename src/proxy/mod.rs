@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod headers;
 pub mod mcp;
 pub mod mem0;
+pub mod pool;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -10,9 +10,13 @@ use pingora::prelude::*;
 use crate::config::{ListenerConfig, Upstream};
 
 const DNS_TTL: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive connection to the upstream is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct UpstreamTarget {
     upstream: Upstream,
+    /// The `host` header value for the upstream.
+    authority: String,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// The peer for the last resolved address and when it was resolved; one
@@ -27,6 +31,7 @@ impl UpstreamTarget {
     ) -> std::result::Result<Self, crate::config::ConfigError> {
         let upstream = Upstream::parse(key, &cfg.upstream)?;
         let target = UpstreamTarget {
+            authority: authority(&upstream),
             upstream,
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
@@ -37,6 +42,10 @@ impl UpstreamTarget {
             *target.lock() = Some((Instant::now(), peer));
         }
         Ok(target)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        IDLE_TIMEOUT
     }
 
     fn is_literal(&self) -> bool {
@@ -53,7 +62,7 @@ impl UpstreamTarget {
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
         Arc::new(peer)
     }
 
@@ -95,19 +104,23 @@ impl UpstreamTarget {
         Ok(peer)
     }
 
-    pub fn authority(&self) -> String {
-        let host = &self.upstream.host;
-        let default_port = if self.upstream.tls { 443 } else { 80 };
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        if self.upstream.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.upstream.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+fn authority(upstream: &Upstream) -> String {
+    let host = &upstream.host;
+    let default_port = if upstream.tls { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    if upstream.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", upstream.port)
     }
 }
 
