@@ -13,7 +13,10 @@ use governor::DefaultDirectRateLimiter;
 use moka::Expiry;
 use moka::future::Cache;
 
-use crate::store::TokenRecord;
+use chrono::{DateTime, Utc};
+
+use crate::policy::Permissions;
+use crate::store::{TokenRecord, TokenStatus};
 use crate::token::TokenHash;
 
 /// How long a token served from a stale copy is kept before the store is tried again.
@@ -25,11 +28,46 @@ pub enum Lookup {
     Unknown,
 }
 
+/// What requests read of a token: the store's `TokenRecord` without the
+/// hash (the cache key) and the fields only the CLI shows. 72 bytes instead
+/// of ≈ 210, for every cached token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedRecord {
+    pub id: i64,
+    pub prefix: Box<str>,
+    pub user_id: Box<str>,
+    pub permissions: Permissions,
+    pub enabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Requests per second allowed to this token, overriding the default.
+    pub rate_limit_rps: Option<u32>,
+}
+
+impl CachedRecord {
+    pub fn status(&self, now: DateTime<Utc>) -> TokenStatus {
+        TokenStatus::of(self.enabled, self.expires_at, now)
+    }
+}
+
+impl From<TokenRecord> for CachedRecord {
+    fn from(r: TokenRecord) -> Self {
+        CachedRecord {
+            id: r.id,
+            prefix: r.prefix.into_boxed_str(),
+            user_id: r.user_id.into_boxed_str(),
+            permissions: r.permissions,
+            enabled: r.enabled,
+            expires_at: r.expires_at,
+            rate_limit_rps: r.rate_limit_rps,
+        }
+    }
+}
+
 /// A known token and the per-token state that lives as long as it is cached:
 /// one allocation per token instead of one cache entry per concern.
 #[derive(Debug)]
 pub struct CachedToken {
-    pub record: TokenRecord,
+    pub record: CachedRecord,
     /// Shared by every copy of this token read from the store in turn, so a
     /// reload (TTL, a racing change) neither re-audits nor resets the limiter.
     pub state: Arc<TokenState>,
@@ -50,14 +88,11 @@ impl CachedToken {
         CachedToken::with_state(record, Arc::default())
     }
 
-    /// Keeps only what requests read: the hash is the cache key, and the
-    /// descriptive fields are for the CLI (≈ 200 bytes per cached token).
-    fn with_state(mut record: TokenRecord, state: Arc<TokenState>) -> Self {
-        record.token_hash = String::new();
-        record.name = None;
-        record.email = None;
-        record.created_by = None;
-        CachedToken { record, state }
+    fn with_state(record: TokenRecord, state: Arc<TokenState>) -> Self {
+        CachedToken {
+            record: record.into(),
+            state,
+        }
     }
 
     /// The same token re-read from the store: shares `previous`'s state; a
@@ -94,9 +129,9 @@ impl CachedToken {
 }
 
 impl Deref for CachedToken {
-    type Target = TokenRecord;
+    type Target = CachedRecord;
 
-    fn deref(&self) -> &TokenRecord {
+    fn deref(&self) -> &CachedRecord {
         &self.record
     }
 }

@@ -131,8 +131,8 @@ impl Authenticator {
         })?;
         let fail = |denial| Failure {
             denial,
-            user_id: Some(record.user_id.clone()),
-            token_prefix: Some(record.prefix.clone()),
+            user_id: Some(record.user_id.to_string()),
+            token_prefix: Some(record.prefix.to_string()),
         };
         match record.status(Utc::now()) {
             TokenStatus::Active => {}
@@ -147,16 +147,16 @@ impl Authenticator {
         }
         if credential
             .claimed_user_id
-            .is_some_and(|claimed| claimed != record.user_id)
+            .is_some_and(|claimed| claimed != &*record.user_id)
         {
             return Err(fail(Denial::UserMismatch));
         }
         self.last_used.note(&record);
         Ok(Authenticated {
             identity: Identity {
-                user_id: record.user_id.clone(),
+                user_id: record.user_id.to_string(),
                 permissions: record.permissions,
-                token_prefix: record.prefix.clone(),
+                token_prefix: record.prefix.to_string(),
             },
             token: record,
         })

@@ -73,6 +73,17 @@ pub enum TokenStatus {
 }
 
 impl TokenStatus {
+    /// Revocation wins over expiry: a revoked token says so even after it expires.
+    pub fn of(enabled: bool, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        if !enabled {
+            TokenStatus::Revoked
+        } else if expires_at.is_some_and(|at| at <= now) {
+            TokenStatus::Expired
+        } else {
+            TokenStatus::Active
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TokenStatus::Active => "active",
@@ -85,13 +96,7 @@ impl TokenStatus {
 impl TokenRecord {
     /// Revocation wins over expiry: a revoked token says so even after it expires.
     pub fn status(&self, now: DateTime<Utc>) -> TokenStatus {
-        if !self.enabled {
-            TokenStatus::Revoked
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            TokenStatus::Expired
-        } else {
-            TokenStatus::Active
-        }
+        TokenStatus::of(self.enabled, self.expires_at, now)
     }
 }
 
