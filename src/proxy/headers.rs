@@ -240,4 +240,85 @@ mod tests {
         assert!(get("x-mcp-token").is_empty() && get("authorization").is_empty());
         assert_eq!(get("accept"), ["application/json"]);
     }
+
+    #[test]
+    fn upstream_request_copies_only_what_may_pass() {
+        let mut client = RequestHeader::build("POST", b"/memories?x=1", None).unwrap();
+        for (n, v) in [
+            ("X-MCP-UserID", "mallory"),
+            ("X_Memgate_Scope", "mallory"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-MCP-Token", "secret"),
+            ("Connection", "keep-alive, x-custom"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "999"),
+            ("Host", "evil.example"),
+            ("Accept", "application/json"),
+        ] {
+            client.append_header(n, v).unwrap();
+        }
+        let id = Identity {
+            user_id: "alice".into(),
+            permissions: Permissions::READ_WRITE,
+            token_prefix: "mcp_abcdefgh".into(),
+        };
+        let get = |req: &RequestHeader, n: &str| {
+            req.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let req = upstream_request(
+            &client,
+            "/memories",
+            &id,
+            "alice",
+            false,
+            "mem0:8000",
+            Some(12),
+        )
+        .unwrap();
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.uri, "/memories");
+        assert_eq!(get(&req, "x-mcp-userid"), ["alice"]);
+        assert_eq!(get(&req, "x-memgate-scope"), ["alice"]);
+        assert_eq!(get(&req, "x-memgate-token-prefix"), ["mcp_abcdefgh"]);
+        assert_eq!(get(&req, "host"), ["mem0:8000"]);
+        assert_eq!(get(&req, "content-length"), ["12"]);
+        assert_eq!(get(&req, "accept"), ["application/json"]);
+        for gone in [
+            "x-http-method-override",
+            "x-mcp-token",
+            "connection",
+            "transfer-encoding",
+        ] {
+            assert!(get(&req, gone).is_empty(), "{gone} was copied");
+        }
+        assert_eq!(req.headers.len(), 6, "nothing else: {:?}", req.headers);
+
+        let forwarded = upstream_request(&client, "/m", &id, "alice", true, "mem0", None).unwrap();
+        assert_eq!(get(&forwarded, "x-mcp-token"), ["secret"]);
+        assert!(get(&forwarded, "content-length").is_empty());
+        assert_eq!(get(&forwarded, "x-mcp-userid"), ["alice"]);
+    }
+
+    #[test]
+    fn client_response_drops_framing_and_hop_by_hop_headers() {
+        let mut upstream = ResponseHeader::build(201, None).unwrap();
+        for (n, v) in [
+            ("Content-Type", "application/json"),
+            ("Content-Length", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "close"),
+            ("Keep-Alive", "timeout=5"),
+            ("Mcp-Session-Id", "abc"),
+        ] {
+            upstream.append_header(n, v).unwrap();
+        }
+        let header = client_response(upstream);
+        assert_eq!(header.status, 201);
+        let names: Vec<&str> = header.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "mcp-session-id"]);
+    }
 }
