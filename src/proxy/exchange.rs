@@ -12,7 +12,7 @@ use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::Peer;
 
 use super::pool::IdlePool;
-use super::upstream::UpstreamTarget;
+use super::upstream::{IDLE_TIMEOUT, UpstreamTarget};
 
 /// Idle connections kept per upstream: more than a busy listener keeps in
 /// flight, so bursts reuse rather than dial.
@@ -68,7 +68,7 @@ impl UpstreamClient {
     pub fn new(target: Arc<UpstreamTarget>) -> Self {
         UpstreamClient {
             connector: Connector::new(None),
-            pool: IdlePool::new(MAX_IDLE, target.idle_timeout()),
+            pool: IdlePool::new(MAX_IDLE, IDLE_TIMEOUT),
             target,
         }
     }
@@ -113,9 +113,13 @@ impl UpstreamClient {
         let peer = self.target.shared_peer().await?;
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
-        if let Some(stream) = self.pool.take(peer.reuse_hash()) {
+        let key = peer.reuse_hash();
+        if let Some(stream) = self.pool.take(key) {
             let http = HttpSession::new_with_options(stream, &*peer);
-            match self.send(http, Box::new(req.clone()), &body, &peer).await {
+            match self
+                .send(http, Box::new(req.clone()), &body, &peer, key)
+                .await
+            {
                 Err(e) if idle_close(&e) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
@@ -123,7 +127,7 @@ impl UpstreamClient {
             }
         }
         let (http, _) = Box::pin(self.connector.get_http_session(&*peer)).await?;
-        Box::pin(self.send(http, Box::new(req), &body, &peer)).await
+        Box::pin(self.send(http, Box::new(req), &body, &peer, key)).await
     }
 
     async fn send(
@@ -132,6 +136,7 @@ impl UpstreamClient {
         req: Box<RequestHeader>,
         body: &Option<Bytes>,
         peer: &Arc<HttpPeer>,
+        key: u64,
     ) -> Result<OpenExchange<'_>> {
         http.read_timeout = peer.options.read_timeout;
         http.write_timeout = peer.options.write_timeout;
@@ -147,7 +152,7 @@ impl UpstreamClient {
         Ok(OpenExchange {
             client: self,
             http,
-            peer: peer.reuse_hash(),
+            peer: key,
         })
     }
 }

@@ -180,6 +180,31 @@ mod tests {
     use super::*;
     use crate::policy::Permissions;
 
+    fn request(method: &str, path: &[u8], headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, path, None).unwrap();
+        for (n, v) in headers {
+            req.append_header(*n, *v).unwrap();
+        }
+        req
+    }
+
+    fn alice() -> Identity {
+        Identity {
+            user_id: "alice".into(),
+            permissions: Permissions::READ_WRITE,
+            token_prefix: "mcp_abcdefgh".into(),
+        }
+    }
+
+    /// Every value of header `name`, in order.
+    fn values(req: &RequestHeader, name: &str) -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
     #[test]
     fn recognises_every_spelling() {
         for n in [
@@ -209,30 +234,20 @@ mod tests {
 
     #[test]
     fn strips_and_injects() {
-        let mut req = RequestHeader::build("GET", b"/memories", None).unwrap();
-        for (n, v) in [
-            ("X-MCP-UserID", "mallory"),
-            ("x_mcp_userid", "mallory"),
-            ("X-Memgate-Scope", "mallory"),
-            ("X-MCP-Token", "secret"),
-            ("Authorization", "Bearer secret"),
-            ("Accept", "application/json"),
-        ] {
-            req.append_header(n, v).unwrap();
-        }
-        let id = Identity {
-            user_id: "alice".into(),
-            permissions: Permissions::READ_WRITE,
-            token_prefix: "mcp_abcdefgh".into(),
-        };
-        rewrite(&mut req, &id, "alice", false).unwrap();
-        let get = |n: &str| {
-            req.headers
-                .get_all(n)
-                .iter()
-                .map(|v| v.to_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        };
+        let mut req = request(
+            "GET",
+            b"/memories",
+            &[
+                ("X-MCP-UserID", "mallory"),
+                ("x_mcp_userid", "mallory"),
+                ("X-Memgate-Scope", "mallory"),
+                ("X-MCP-Token", "secret"),
+                ("Authorization", "Bearer secret"),
+                ("Accept", "application/json"),
+            ],
+        );
+        rewrite(&mut req, &alice(), "alice", false).unwrap();
+        let get = |n: &str| values(&req, n);
         assert_eq!(get("x-mcp-userid"), ["alice"]);
         assert_eq!(get("x_mcp_userid"), Vec::<String>::new());
         assert_eq!(get("x-memgate-scope"), ["alice"]);
@@ -243,32 +258,22 @@ mod tests {
 
     #[test]
     fn upstream_request_copies_only_what_may_pass() {
-        let mut client = RequestHeader::build("POST", b"/memories?x=1", None).unwrap();
-        for (n, v) in [
-            ("X-MCP-UserID", "mallory"),
-            ("X_Memgate_Scope", "mallory"),
-            ("X-HTTP-Method-Override", "DELETE"),
-            ("X-MCP-Token", "secret"),
-            ("Connection", "keep-alive, x-custom"),
-            ("Transfer-Encoding", "chunked"),
-            ("Content-Length", "999"),
-            ("Host", "evil.example"),
-            ("Accept", "application/json"),
-        ] {
-            client.append_header(n, v).unwrap();
-        }
-        let id = Identity {
-            user_id: "alice".into(),
-            permissions: Permissions::READ_WRITE,
-            token_prefix: "mcp_abcdefgh".into(),
-        };
-        let get = |req: &RequestHeader, n: &str| {
-            req.headers
-                .get_all(n)
-                .iter()
-                .map(|v| v.to_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        };
+        let client = request(
+            "POST",
+            b"/memories?x=1",
+            &[
+                ("X-MCP-UserID", "mallory"),
+                ("X_Memgate_Scope", "mallory"),
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-MCP-Token", "secret"),
+                ("Connection", "keep-alive, x-custom"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "999"),
+                ("Host", "evil.example"),
+                ("Accept", "application/json"),
+            ],
+        );
+        let id = alice();
         let req = upstream_request(
             &client,
             "/memories",
@@ -281,26 +286,26 @@ mod tests {
         .unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(req.uri, "/memories");
-        assert_eq!(get(&req, "x-mcp-userid"), ["alice"]);
-        assert_eq!(get(&req, "x-memgate-scope"), ["alice"]);
-        assert_eq!(get(&req, "x-memgate-token-prefix"), ["mcp_abcdefgh"]);
-        assert_eq!(get(&req, "host"), ["mem0:8000"]);
-        assert_eq!(get(&req, "content-length"), ["12"]);
-        assert_eq!(get(&req, "accept"), ["application/json"]);
+        assert_eq!(values(&req, "x-mcp-userid"), ["alice"]);
+        assert_eq!(values(&req, "x-memgate-scope"), ["alice"]);
+        assert_eq!(values(&req, "x-memgate-token-prefix"), ["mcp_abcdefgh"]);
+        assert_eq!(values(&req, "host"), ["mem0:8000"]);
+        assert_eq!(values(&req, "content-length"), ["12"]);
+        assert_eq!(values(&req, "accept"), ["application/json"]);
         for gone in [
             "x-http-method-override",
             "x-mcp-token",
             "connection",
             "transfer-encoding",
         ] {
-            assert!(get(&req, gone).is_empty(), "{gone} was copied");
+            assert!(values(&req, gone).is_empty(), "{gone} was copied");
         }
         assert_eq!(req.headers.len(), 6, "nothing else: {:?}", req.headers);
 
         let forwarded = upstream_request(&client, "/m", &id, "alice", true, "mem0", None).unwrap();
-        assert_eq!(get(&forwarded, "x-mcp-token"), ["secret"]);
-        assert!(get(&forwarded, "content-length").is_empty());
-        assert_eq!(get(&forwarded, "x-mcp-userid"), ["alice"]);
+        assert_eq!(values(&forwarded, "x-mcp-token"), ["secret"]);
+        assert!(values(&forwarded, "content-length").is_empty());
+        assert_eq!(values(&forwarded, "x-mcp-userid"), ["alice"]);
     }
 
     #[test]

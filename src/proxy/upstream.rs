@@ -11,7 +11,7 @@ use crate::config::{ListenerConfig, Upstream};
 
 const DNS_TTL: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection to the upstream is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct UpstreamTarget {
     upstream: Upstream,
@@ -42,10 +42,6 @@ impl UpstreamTarget {
             *target.lock() = Some((Instant::now(), peer));
         }
         Ok(target)
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        IDLE_TIMEOUT
     }
 
     fn is_literal(&self) -> bool {
