@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -150,7 +150,7 @@ impl RateLimits {
         &self,
         key: &str,
         override_rps: Option<u32>,
-        slot: &OnceLock<Arc<DefaultDirectRateLimiter>>,
+        slot: &OnceLock<DefaultDirectRateLimiter>,
     ) -> Result<(), RetryAfter> {
         let rps = override_rps.unwrap_or(self.default_rps);
         if rps == 0 {
@@ -171,14 +171,12 @@ impl RateLimits {
 
     fn check_local(
         &self,
-        slot: &OnceLock<Arc<DefaultDirectRateLimiter>>,
+        slot: &OnceLock<DefaultDirectRateLimiter>,
         rps: u32,
         burst: u32,
     ) -> Result<(), RetryAfter> {
         let limiter = slot.get_or_init(|| {
-            Arc::new(RateLimiter::direct(
-                Quota::per_second(non_zero(rps)).allow_burst(non_zero(burst)),
-            ))
+            RateLimiter::direct(Quota::per_second(non_zero(rps)).allow_burst(non_zero(burst)))
         });
         limiter
             .check()

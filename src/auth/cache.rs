@@ -5,13 +5,10 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::DefaultDirectRateLimiter;
-
-use moka::Expiry;
-use moka::future::Cache;
 
 use chrono::{DateTime, Utc};
 
@@ -80,7 +77,7 @@ pub struct TokenState {
     /// Unix seconds of the last audited success (0: never).
     pub success_audited: AtomicI64,
     /// The token's local rate limiter, built on first use.
-    pub limiter: OnceLock<Arc<DefaultDirectRateLimiter>>,
+    pub limiter: OnceLock<DefaultDirectRateLimiter>,
 }
 
 impl CachedToken {
@@ -136,118 +133,136 @@ impl Deref for CachedToken {
     }
 }
 
-#[derive(Clone)]
-pub(super) struct Entry {
-    pub lookup: Lookup,
-    ttl: Duration,
-}
+/// Milliseconds since the cache was built: a token's deadlines in 8 bytes each.
+type Millis = u64;
 
-struct EntryTtl;
-
-impl Expiry<TokenHash, Entry> for EntryTtl {
-    fn expire_after_create(&self, _: &TokenHash, e: &Entry, _: Instant) -> Option<Duration> {
-        Some(e.ttl)
-    }
-}
-
-/// The last copy of a token read from the store. `fetched` is `None` when the
-/// read raced with a change: such a copy only links the token's state to the
-/// next read and is never served during an outage.
-#[derive(Clone)]
-struct StaleCopy {
+/// A token the store knows, fresh or not: one entry serves as the cached
+/// answer, as the copy served while the store is down, and as the link that
+/// carries the token's state (limiter, audit marks) over to its next read.
+struct Known {
     token: Arc<CachedToken>,
-    fetched: Option<Instant>,
-    stored: Instant,
+    /// Answered without asking the store until then.
+    fresh_until: Millis,
+    /// Served when the store cannot answer until then; 0 when the copy came
+    /// from a read that raced a change, or the token changed since.
+    servable_until: Millis,
+    /// Dropped after then (swept, or replaced by the next read).
+    keep_until: Millis,
 }
 
-impl StaleCopy {
-    fn new(token: Arc<CachedToken>, fetched: Option<Instant>) -> Self {
-        StaleCopy {
-            token,
-            fetched,
-            stored: Instant::now(),
-        }
-    }
+/// One lock's worth of a map, bounded, with expired entries swept on insert.
+struct Shard<V> {
+    map: HashMap<TokenHash, V>,
+    swept: Millis,
 }
 
-/// The last copies, by token, in a plain map: only store reads, changes and
-/// outages touch it, and a moka entry would cost ≈ 350 bytes per token more.
-/// Copies expire `ttl` after they were stored; expired ones are swept once per
-/// `ttl`, and a full map drops an arbitrary copy to take a new one.
-struct StaleCopies {
-    map: Mutex<(HashMap<TokenHash, StaleCopy>, Instant)>,
-    ttl: Duration,
+/// A bounded map split by the first byte of the key (a SHA-256 digest, so
+/// evenly), to keep worker threads off each other's lock.
+struct Shards<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
     capacity: usize,
 }
 
-impl StaleCopies {
-    fn new(capacity: u64, ttl: Duration) -> Self {
-        StaleCopies {
-            map: Mutex::new((HashMap::new(), Instant::now())),
-            ttl,
-            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+/// How often a shard drops its expired entries when it is not full.
+const SWEEP_EVERY: Millis = 60_000;
+
+impl<V> Shards<V> {
+    fn new(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        // Small caches stay in one shard so that the bound is exact.
+        let count = if capacity >= 64 * 1024 { 16 } else { 1 };
+        Shards {
+            shards: (0..count)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        swept: 0,
+                    })
+                })
+                .collect(),
+            capacity: capacity.div_ceil(count),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<TokenHash, StaleCopy>, Instant)> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self, key: &TokenHash) -> MutexGuard<'_, Shard<V>> {
+        let shard = &self.shards[usize::from(key[0]) % self.shards.len()];
+        shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, key: &TokenHash) -> Option<StaleCopy> {
-        let guard = self.lock();
-        guard
-            .0
-            .get(key)
-            .filter(|c| c.stored.elapsed() <= self.ttl)
-            .cloned()
-    }
-
-    fn insert(&self, key: TokenHash, copy: StaleCopy) {
-        let mut guard = self.lock();
-        let (map, swept) = &mut *guard;
-        if swept.elapsed() >= self.ttl {
-            map.retain(|_, c| c.stored.elapsed() <= self.ttl);
-            *swept = Instant::now();
+    fn each(&self, mut f: impl FnMut(&mut Shard<V>)) {
+        for shard in &self.shards {
+            f(&mut shard.lock().unwrap_or_else(|p| p.into_inner()));
         }
-        if map.len() >= self.capacity
-            && !map.contains_key(&key)
-            && let Some(victim) = map.keys().next().copied()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let mut n = 0;
+        self.each(|shard| n += shard.map.len());
+        n
+    }
+
+    /// Inserts in a locked shard; `expired` says which entries may be swept.
+    /// A full shard sweeps, and if that frees nothing, drops an arbitrary
+    /// entry: only the store's own tokens (or, in the negative map, absent
+    /// ones) get in, so no client can choose what is dropped.
+    fn insert(
+        shard: &mut Shard<V>,
+        capacity: usize,
+        key: TokenHash,
+        value: V,
+        now: Millis,
+        expired: impl Fn(&V) -> bool,
+    ) {
+        let full = shard.map.len() >= capacity && !shard.map.contains_key(&key);
+        if full || now.saturating_sub(shard.swept) >= SWEEP_EVERY {
+            shard.map.retain(|_, v| !expired(v));
+            shard.swept = now;
+        }
+        if shard.map.len() >= capacity
+            && !shard.map.contains_key(&key)
+            && let Some(victim) = shard.map.keys().next().copied()
         {
-            map.remove(&victim);
+            shard.map.remove(&victim);
         }
-        map.insert(key, copy);
-    }
-
-    fn remove(&self, key: &TokenHash) {
-        self.lock().0.remove(key);
-    }
-
-    /// Keeps the copy only as the link to the token's state (see `StaleCopy`).
-    fn make_unusable(&self, key: &TokenHash) {
-        if let Some(copy) = self.lock().0.get_mut(key) {
-            copy.fetched = None;
-            copy.stored = Instant::now();
-        }
+        shard.map.insert(key, value);
     }
 }
 
+/// The caller that asked the store failed; every caller that waited for it
+/// gets the same answer (the store error is logged once, by the loader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// One store read that concurrent misses for a token share.
+type Flight = Arc<tokio::sync::OnceCell<Result<Lookup, Unavailable>>>;
+
 pub struct TokenCache {
-    fresh: Cache<TokenHash, Entry>,
-    stale: StaleCopies,
-    positive_ttl: Duration,
-    negative_ttl: Duration,
-    grace: Duration,
+    /// Tokens the store knows: fresh answers and last-known-good copies.
+    known: Shards<Known>,
+    /// Tokens the store does not know, until the negative TTL runs out.
+    unknown: Shards<Millis>,
+    flights: Mutex<HashMap<TokenHash, Flight>>,
+    started: Instant,
+    positive_ttl: Millis,
+    negative_ttl: Millis,
+    /// How long a copy is kept, and served during an outage, after its read.
+    keep: Millis,
     /// Bumped by every invalidation. A load remembers it when it starts; if
     /// its key (or everything) was invalidated since, the result is not cached.
     epoch: AtomicU64,
     /// The epoch at which each recently changed token was invalidated.
-    key_epochs: Cache<TokenHash, u64>,
+    key_epochs: moka::sync::Cache<TokenHash, u64>,
     /// The epoch of the last invalidation of everything.
     all_epoch: AtomicU64,
 }
 
 /// Longer than any store query can take, so a racing load always sees its key here.
 const KEY_EPOCH_TTL: Duration = Duration::from_secs(120);
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
 
 impl TokenCache {
     pub fn new(
@@ -257,16 +272,15 @@ impl TokenCache {
         grace: Duration,
     ) -> Self {
         TokenCache {
-            fresh: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(EntryTtl)
-                .build(),
-            stale: StaleCopies::new(capacity, positive_ttl + grace),
-            positive_ttl,
-            negative_ttl,
-            grace,
+            known: Shards::new(capacity),
+            unknown: Shards::new(capacity),
+            flights: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            positive_ttl: millis(positive_ttl),
+            negative_ttl: millis(negative_ttl),
+            keep: millis(positive_ttl + grace),
             epoch: AtomicU64::new(0),
-            key_epochs: Cache::builder()
+            key_epochs: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(KEY_EPOCH_TTL)
                 .build(),
@@ -274,99 +288,156 @@ impl TokenCache {
         }
     }
 
+    fn now(&self) -> Millis {
+        millis(self.started.elapsed())
+    }
+
     /// A cached answer, without ever asking the store.
-    pub(super) async fn cached(&self, key: &TokenHash) -> Option<Lookup> {
-        self.fresh.get(key).await.map(|e| e.lookup)
+    pub(super) fn cached(&self, key: &TokenHash) -> Option<Lookup> {
+        let now = self.now();
+        if let Some(k) = self.known.lock(key).map.get(key)
+            && k.fresh_until > now
+        {
+            return Some(Lookup::Known(k.token.clone()));
+        }
+        let unknown = self.unknown.lock(key);
+        unknown
+            .map
+            .get(key)
+            .is_some_and(|until| *until > now)
+            .then_some(Lookup::Unknown)
     }
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Single-flight: concurrent calls for one key share one `load`. Returns
-    /// the lookup and whether it came from the cache.
-    pub(super) async fn get_or_load<F, E>(
+    /// Single-flight: concurrent calls for one key share one `load`, which
+    /// caches what it read (see `loaded`). Returns the lookup and whether it
+    /// came from another caller's read. A caller dropped while loading hands
+    /// the read over to one of those waiting.
+    pub(super) async fn get_or_load<F>(
         &self,
         key: TokenHash,
         load: F,
-    ) -> Result<(Lookup, bool), Arc<E>>
+    ) -> Result<(Lookup, bool), Unavailable>
     where
-        F: Future<Output = Result<Entry, E>>,
-        E: Send + Sync + 'static,
+        F: Future<Output = Result<Lookup, Unavailable>>,
     {
-        let entry = self.fresh.entry(key).or_try_insert_with(load).await?;
-        let fresh = entry.is_fresh();
-        Ok((entry.into_value().lookup, !fresh))
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    // A flight that ended after this caller's miss cached its
+                    // answer before leaving this map.
+                    if let Some(lookup) = self.cached(&key) {
+                        return Ok((lookup, true));
+                    }
+                    let flight = Flight::default();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        let mut loaded_here = false;
+        let result = flight
+            .get_or_init(|| {
+                loaded_here = true;
+                load
+            })
+            .await
+            .clone();
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&key);
+        }
+        result.map(|lookup| (lookup, !loaded_here))
     }
 
-    /// The entry to cache for what the store answered, `started` being the epoch
-    /// read before the query was sent.
-    pub(super) async fn loaded(
+    /// Caches what the store answered, `started` being the epoch read before
+    /// the query was sent, and returns it. Whether the read raced a change is
+    /// decided under the shard's lock, which `invalidate` takes after bumping
+    /// the epochs: either this read sees the change, or the change sees it.
+    pub(super) fn loaded(
         &self,
         key: TokenHash,
         found: Option<TokenRecord>,
         started: u64,
-    ) -> Entry {
-        let raced = self.all_epoch.load(Ordering::Acquire) > started
-            || self
-                .key_epochs
-                .get(&key)
-                .await
-                .is_some_and(|at| at > started);
-        match found {
-            Some(record) => {
-                let previous = self.stale.get(&key);
-                let token = Arc::new(CachedToken::succeeding(
-                    record,
-                    previous.as_ref().map(|p| p.token.as_ref()),
-                ));
-                // A raced read never replaces a copy (it may be older than it).
-                if !raced || previous.is_none() {
-                    let fetched = (!raced).then(Instant::now);
-                    self.stale
-                        .insert(key, StaleCopy::new(token.clone(), fetched));
-                }
-                Entry {
-                    lookup: Lookup::Known(token),
-                    ttl: if raced {
-                        Duration::ZERO
-                    } else {
-                        self.positive_ttl
-                    },
-                }
+    ) -> Lookup {
+        let raced = || {
+            self.all_epoch.load(Ordering::Acquire) > started
+                || self.key_epochs.get(&key).is_some_and(|at| at > started)
+        };
+        let now = self.now();
+        let Some(record) = found else {
+            self.known.lock(&key).map.remove(&key);
+            let mut shard = self.unknown.lock(&key);
+            if self.negative_ttl > 0 && !raced() {
+                let until = now.saturating_add(self.negative_ttl);
+                Shards::insert(&mut shard, self.unknown.capacity, key, until, now, |u| {
+                    *u <= now
+                });
             }
-            None => {
-                self.stale.remove(&key);
-                Entry {
-                    lookup: Lookup::Unknown,
-                    ttl: if raced {
-                        Duration::ZERO
-                    } else {
-                        self.negative_ttl
-                    },
-                }
+            return Lookup::Unknown;
+        };
+        self.unknown.lock(&key).map.remove(&key);
+        let mut shard = self.known.lock(&key);
+        let previous = shard.map.get(&key).filter(|k| k.keep_until > now);
+        let token = Arc::new(CachedToken::succeeding(
+            record,
+            previous.map(|k| k.token.as_ref()),
+        ));
+        let keep_until = now.saturating_add(self.keep);
+        let known = if !raced() {
+            Known {
+                token: token.clone(),
+                fresh_until: now.saturating_add(self.positive_ttl),
+                servable_until: keep_until,
+                keep_until,
             }
-        }
+        } else if previous.is_none() {
+            // Possibly older than the change: never answered or served, it
+            // only links the token's state to the next read. A raced read
+            // never replaces a copy (which may be newer than it).
+            Known {
+                token: token.clone(),
+                fresh_until: 0,
+                servable_until: 0,
+                keep_until,
+            }
+        } else {
+            return Lookup::Known(token);
+        };
+        Shards::insert(&mut shard, self.known.capacity, key, known, now, |k| {
+            k.keep_until <= now
+        });
+        Lookup::Known(token)
     }
 
-    /// When the store cannot answer: the last known record, if it was fetched
-    /// within the positive TTL plus the grace period.
-    pub(super) async fn stale_entry(&self, key: &TokenHash) -> Option<Entry> {
-        let copy = self.stale.get(key)?;
-        let fetched = copy.fetched?;
-        (fetched.elapsed() <= self.positive_ttl + self.grace).then_some(Entry {
-            lookup: Lookup::Known(copy.token),
-            ttl: STALE_RETRY,
-        })
+    /// When the store cannot answer: the last known record, if it was read
+    /// within the positive TTL plus the grace period. It is then answered
+    /// from the cache for a second before the store is tried again.
+    pub(super) fn stale_entry(&self, key: &TokenHash) -> Option<Lookup> {
+        let now = self.now();
+        let mut shard = self.known.lock(key);
+        let known = shard.map.get_mut(key).filter(|k| k.servable_until > now)?;
+        known.fresh_until = now.saturating_add(millis(STALE_RETRY));
+        Some(Lookup::Known(known.token.clone()))
     }
 
     /// One token changed: forget its record, stale copy included. Only the
     /// link to its state (audit sampling, rate budget) is kept for the next read.
-    pub async fn invalidate(&self, key: &TokenHash) {
+    pub fn invalidate(&self, key: &TokenHash) {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.key_epochs.insert(*key, at).await;
-        self.fresh.invalidate(key).await;
-        self.stale.make_unusable(key);
+        self.key_epochs.insert(*key, at);
+        self.unknown.lock(key).map.remove(key);
+        let now = self.now();
+        if let Some(known) = self.known.lock(key).map.get_mut(key) {
+            known.fresh_until = 0;
+            known.servable_until = 0;
+            known.keep_until = now.saturating_add(self.keep);
+        }
     }
 
     /// Changes may have been missed: re-check every token with the store, but
@@ -374,7 +445,12 @@ impl TokenCache {
     pub fn invalidate_fresh(&self) {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.all_epoch.fetch_max(at, Ordering::AcqRel);
-        self.fresh.invalidate_all();
+        self.unknown.each(|shard| shard.map.clear());
+        self.known.each(|shard| {
+            for known in shard.map.values_mut() {
+                known.fresh_until = 0;
+            }
+        });
     }
 }
 
@@ -382,6 +458,7 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::policy::Permissions;
+    use std::sync::atomic::AtomicUsize;
 
     fn record() -> TokenRecord {
         TokenRecord {
@@ -410,88 +487,117 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_load_racing_with_its_own_invalidation_is_not_cached() {
+    fn known(lookup: Lookup) -> Arc<CachedToken> {
+        match lookup {
+            Lookup::Known(token) => token,
+            Lookup::Unknown => panic!("expected a known token"),
+        }
+    }
+
+    #[test]
+    fn a_load_racing_with_its_own_invalidation_is_not_cached() {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let c = cache();
 
         let started = c.epoch();
-        c.invalidate(&b).await; // another token changed meanwhile: irrelevant
-        let entry = c.loaded(a, Some(record()), started).await;
-        assert_eq!(entry.ttl, Duration::from_secs(30));
-        assert!(c.stale_entry(&a).await.is_some());
+        c.invalidate(&b); // another token changed meanwhile: irrelevant
+        c.loaded(a, Some(record()), started);
+        assert!(matches!(c.cached(&a), Some(Lookup::Known(_))));
+        assert!(c.stale_entry(&a).is_some());
 
         let started = c.epoch();
-        c.invalidate(&a).await; // this token changed while it was being read
-        let entry = c.loaded(a, Some(record()), started).await;
-        assert_eq!(
-            entry.ttl,
-            Duration::ZERO,
+        c.invalidate(&a); // this token changed while it was being read
+        assert!(c.cached(&a).is_none(), "the change itself drops the answer");
+        known(c.loaded(a, Some(record()), started));
+        assert!(
+            c.cached(&a).is_none(),
             "a possibly outdated record must not be cached"
         );
-        assert!(
-            c.stale_entry(&a).await.is_none(),
-            "nor kept as a stale copy"
-        );
+        assert!(c.stale_entry(&a).is_none(), "nor kept as a stale copy");
 
         let started = c.epoch();
         c.invalidate_fresh();
-        let entry = c.loaded(b, None, started).await;
-        assert_eq!(entry.ttl, Duration::ZERO);
+        assert!(matches!(c.loaded(b, None, started), Lookup::Unknown));
+        assert!(c.cached(&b).is_none(), "nor a raced absence");
+        c.loaded(b, None, c.epoch());
+        assert!(matches!(c.cached(&b), Some(Lookup::Unknown)));
     }
 
-    #[tokio::test]
-    async fn per_token_state_survives_a_reload_but_not_a_new_limit() {
+    #[test]
+    fn answers_expire_after_their_ttl_and_cache_off_caches_nothing() {
+        let a = [6u8; 32];
+        let short = TokenCache::new(
+            100,
+            Duration::from_millis(40),
+            Duration::from_millis(40),
+            Duration::from_secs(60),
+        );
+        short.loaded(a, Some(record()), short.epoch());
+        assert!(short.cached(&a).is_some());
+        short.loaded([7; 32], None, short.epoch());
+        assert!(matches!(short.cached(&[7; 32]), Some(Lookup::Unknown)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(short.cached(&a).is_none(), "positive TTL ran out");
+        assert!(short.cached(&[7; 32]).is_none(), "negative TTL ran out");
+        assert!(short.stale_entry(&a).is_some(), "the copy outlives it");
+
+        let off = TokenCache::new(100, Duration::ZERO, Duration::ZERO, Duration::from_secs(60));
+        off.loaded(a, Some(record()), off.epoch());
+        off.loaded([7; 32], None, off.epoch());
+        assert!(off.cached(&a).is_none());
+        assert!(off.cached(&[7; 32]).is_none());
+        assert!(off.stale_entry(&a).is_some(), "still served in an outage");
+        assert!(off.cached(&a).is_some(), "for a second, without the store");
+    }
+
+    #[test]
+    fn a_token_the_store_no_longer_knows_loses_its_copy() {
+        let a = [8u8; 32];
+        let c = cache();
+        c.loaded(a, Some(record()), c.epoch());
+        c.loaded(a, None, c.epoch());
+        assert!(matches!(c.cached(&a), Some(Lookup::Unknown)));
+        assert!(c.stale_entry(&a).is_none());
+        c.loaded(a, Some(record()), c.epoch());
+        assert!(
+            matches!(c.cached(&a), Some(Lookup::Known(_))),
+            "created again"
+        );
+    }
+
+    #[test]
+    fn per_token_state_survives_a_reload_but_not_a_new_limit() {
         let a = [4u8; 32];
         let c = cache();
-        let Lookup::Known(first) = c.loaded(a, Some(record()), c.epoch()).await.lookup else {
-            panic!("known");
-        };
+        let first = known(c.loaded(a, Some(record()), c.epoch()));
         assert!(CachedToken::claim(&first.state.success_audited, 100, 60));
         assert!(!CachedToken::claim(&first.state.success_audited, 130, 60));
-        let limiter = first
-            .state
-            .limiter
-            .get_or_init(|| {
-                Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-                    std::num::NonZeroU32::MIN,
-                )))
-            })
-            .clone();
-        let Lookup::Known(again) = c.loaded(a, Some(record()), c.epoch()).await.lookup else {
-            panic!("known");
-        };
+        first.state.limiter.get_or_init(|| {
+            governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::MIN))
+        });
+        let again = known(c.loaded(a, Some(record()), c.epoch()));
         assert!(!Arc::ptr_eq(&first, &again));
         assert!(
             !CachedToken::claim(&again.state.success_audited, 130, 60),
             "window carried over"
         );
         assert!(CachedToken::claim(&again.state.success_audited, 160, 60));
-        assert!(Arc::ptr_eq(
-            again.state.limiter.get().expect("carried"),
-            &limiter
-        ));
+        assert!(Arc::ptr_eq(&first.state, &again.state), "limiter carried");
 
         // A read racing a change links the state without becoming a usable copy.
         let b = [5u8; 32];
         let started = c.epoch();
         c.invalidate_fresh();
-        let Lookup::Known(raced) = c.loaded(b, Some(record()), started).await.lookup else {
-            panic!("known");
-        };
+        let raced = known(c.loaded(b, Some(record()), started));
         assert!(CachedToken::claim(&raced.state.success_audited, 100, 60));
-        assert!(c.stale_entry(&b).await.is_none(), "not served in an outage");
-        let Lookup::Known(next) = c.loaded(b, Some(record()), c.epoch()).await.lookup else {
-            panic!("known");
-        };
+        assert!(c.stale_entry(&b).is_none(), "not served in an outage");
+        let next = known(c.loaded(b, Some(record()), c.epoch()));
         assert!(Arc::ptr_eq(&raced.state, &next.state));
-        assert!(c.stale_entry(&b).await.is_some());
+        assert!(c.stale_entry(&b).is_some());
 
         let mut limited = record();
         limited.rate_limit_rps = Some(5);
-        let Lookup::Known(changed) = c.loaded(a, Some(limited), c.epoch()).await.lookup else {
-            panic!("known");
-        };
+        let changed = known(c.loaded(a, Some(limited), c.epoch()));
         assert!(
             changed.state.limiter.get().is_none(),
             "a new limit starts a new budget"
@@ -500,29 +606,109 @@ mod tests {
     }
 
     #[test]
-    fn stale_copies_are_bounded_and_expire() {
-        let token = Arc::new(CachedToken::new(record()));
-        let copies = StaleCopies::new(2, Duration::from_millis(50));
+    fn the_maps_are_bounded_and_expired_entries_swept() {
+        let c = TokenCache::new(
+            2,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
         for k in 1..=3u8 {
-            copies.insert([k; 32], StaleCopy::new(token.clone(), Some(Instant::now())));
+            c.loaded([k; 32], Some(record()), c.epoch());
+            c.loaded([k + 10; 32], None, c.epoch());
         }
-        assert_eq!(copies.lock().0.len(), 2, "capacity holds");
-        assert!(copies.get(&[3; 32]).is_some(), "the newest copy is kept");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(copies.get(&[3; 32]).is_none(), "expired");
-        copies.insert([4; 32], StaleCopy::new(token, None));
-        assert_eq!(copies.lock().0.len(), 1, "expired copies are swept");
+        assert_eq!(c.known.len(), 2, "capacity holds");
+        assert_eq!(c.unknown.len(), 2, "for absent tokens too");
+        assert!(c.cached(&[3; 32]).is_some(), "the newest token is kept");
+        assert!(c.cached(&[13; 32]).is_some(), "the newest absence is kept");
+
+        let mut shard = Shard {
+            map: HashMap::new(),
+            swept: 0,
+        };
+        for k in 1..=3u8 {
+            Shards::insert(&mut shard, 10, [k; 32], Millis::from(k), 10, |at| *at < 3);
+        }
+        assert_eq!(shard.map.len(), 3, "not full, swept less than a minute ago");
+        Shards::insert(&mut shard, 10, [4; 32], 4, SWEEP_EVERY + 10, |at| *at < 3);
+        assert_eq!(shard.map.len(), 2, "the periodic sweep dropped 1 and 2");
+        assert!(shard.map.contains_key(&[3; 32]) && shard.map.contains_key(&[4; 32]));
+        Shards::insert(&mut shard, 2, [5; 32], 5, SWEEP_EVERY + 11, |at| *at < 4);
+        assert_eq!(shard.map.len(), 2, "a full shard sweeps before it drops");
+        assert!(shard.map.contains_key(&[4; 32]) && shard.map.contains_key(&[5; 32]));
+    }
+
+    #[test]
+    fn stale_copies_outlive_fresh_invalidation_but_not_token_changes() {
+        let a = [3u8; 32];
+        let c = cache();
+        c.loaded(a, Some(record()), c.epoch());
+        c.invalidate_fresh();
+        assert!(c.cached(&a).is_none(), "re-checked with the store");
+        assert!(c.stale_entry(&a).is_some(), "kept for store outages");
+        assert!(c.cached(&a).is_some(), "answered for a second from then");
+        c.invalidate(&a);
+        assert!(c.stale_entry(&a).is_none());
+        assert!(c.cached(&a).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_read_and_its_failure() {
+        let c = Arc::new(cache());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut waiting = Vec::new();
+        for _ in 0..50 {
+            let (c, reads, mut released) = (c.clone(), reads.clone(), released.clone());
+            waiting.push(tokio::spawn(async move {
+                let load = async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    released.wait_for(|r| *r).await.expect("released");
+                    Ok(c.loaded([9; 32], Some(record()), c.epoch()))
+                };
+                c.get_or_load([9; 32], load).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(true).expect("waiters");
+        let mut shared = 0;
+        for w in waiting {
+            let (lookup, from_another) = w.await.expect("joined").expect("loaded");
+            known(lookup);
+            shared += usize::from(from_another);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one store read");
+        assert_eq!(shared, 49, "everyone else shared it");
+        assert!(c.flights.lock().unwrap().is_empty(), "the flight is over");
+
+        let failed = c.get_or_load([10; 32], async { Err(Unavailable) }).await;
+        assert_eq!(failed.err(), Some(Unavailable));
+        assert!(c.cached(&[10; 32]).is_none(), "a failure is not cached");
     }
 
     #[tokio::test]
-    async fn stale_copies_outlive_fresh_invalidation_but_not_token_changes() {
-        let a = [3u8; 32];
-        let c = cache();
-        c.loaded(a, Some(record()), c.epoch()).await;
-        c.invalidate_fresh();
-        let stale = c.stale_entry(&a).await.expect("kept for store outages");
-        assert_eq!(stale.ttl, STALE_RETRY);
-        c.invalidate(&a).await;
-        assert!(c.stale_entry(&a).await.is_none());
+    async fn a_cancelled_reader_hands_the_read_over() {
+        let c = Arc::new(cache());
+        let leader = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_or_load([11; 32], std::future::pending()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let follower = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let load = async { Ok(c.loaded([11; 32], None, c.epoch())) };
+                c.get_or_load([11; 32], load).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.abort();
+        let (lookup, from_another) = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("not left waiting")
+            .expect("joined")
+            .expect("loaded");
+        assert!(matches!(lookup, Lookup::Unknown));
+        assert!(!from_another, "the follower read it itself");
     }
 }

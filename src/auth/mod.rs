@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 
+use cache::Unavailable;
 pub use cache::{CachedToken, Lookup, TokenCache};
 pub use credential::{Credential, PresentedHeaders};
 pub use denial::Denial;
@@ -117,7 +118,7 @@ impl Authenticator {
         let found = if store_allowed {
             self.lookup(key).await
         } else {
-            self.cache.cached(&key).await.ok_or(Denial::Throttled)
+            self.cache.cached(&key).ok_or(Denial::Throttled)
         };
         let record = match found {
             Ok(Lookup::Known(record)) => Ok(record),
@@ -166,7 +167,7 @@ impl Authenticator {
     pub async fn lookup(&self, key: token::TokenHash) -> Result<Lookup, Denial> {
         // The hit path stays small: the loading machinery is a separate,
         // boxed future that only a miss pays for.
-        if let Some(lookup) = self.cache.cached(&key).await {
+        if let Some(lookup) = self.cache.cached(&key) {
             let outcome = match lookup {
                 Lookup::Known(_) => "hit",
                 Lookup::Unknown => "negative_hit",
@@ -182,16 +183,16 @@ impl Authenticator {
         let load = async {
             let started = self.cache.epoch();
             match self.store.token_by_hash(&hex::encode(key)).await {
-                Ok(found) => Ok(self.cache.loaded(key, found, started).await),
-                Err(e) => match self.cache.stale_entry(&key).await {
-                    Some(entry) => {
+                Ok(found) => Ok(self.cache.loaded(key, found, started)),
+                Err(e) => match self.cache.stale_entry(&key) {
+                    Some(lookup) => {
                         METRICS.auth_cache.with_label_values(&["stale"]).inc();
                         tracing::warn!(error = %e, "token store unreachable; using a cached token within its grace period");
-                        Ok(entry)
+                        Ok(lookup)
                     }
                     None => {
                         tracing::error!(error = %e, "token store unreachable; refusing an uncached token");
-                        Err(e)
+                        Err(Unavailable)
                     }
                 },
             }
@@ -206,7 +207,7 @@ impl Authenticator {
                 METRICS.auth_cache.with_label_values(&[outcome]).inc();
                 Ok(lookup)
             }
-            Err(_) => Err(Denial::StoreUnavailable),
+            Err(Unavailable) => Err(Denial::StoreUnavailable),
         }
     }
 
@@ -216,7 +217,7 @@ impl Authenticator {
             TokenChange::Token(hash_hex) => {
                 let mut key = [0u8; 32];
                 if hex::decode_to_slice(&hash_hex, &mut key).is_ok() {
-                    self.cache.invalidate(&key).await;
+                    self.cache.invalidate(&key);
                 } else {
                     tracing::warn!("ignoring a token change with a malformed hash");
                     self.cache.invalidate_fresh();
