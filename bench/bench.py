@@ -1215,11 +1215,12 @@ def render_rss(raw):
     out.append("")
     out.append(
         f"Checks: first pass {fp['statuses']} in {fp['secs']:.1f} s with {fp['store_queries']:,.0f} store "
-        f"queries (one per token); initialize {ini['statuses']}, {ini['session_ids']:,} session ids returned; "
+        f"queries ({'one per token' if fp['store_queries'] == raw['tokens'] else 'expected one per token'}); "
+        f"initialize {ini['statuses']}, {ini['session_ids']:,} session ids returned; "
         f"{raw['probe_size']} sessions presented by another user: {raw['probe_foreign']} (404 = bound to its "
         f"creator), by their owner: {raw['probe_owner']}; second pass {sp['statuses']} with "
-        f"{sp['store_queries']:,.0f} store queries and {sp['cache_hits']:,.0f} cache hits (every token was "
-        f"still cached).\n"
+        f"{sp['store_queries']:,.0f} store queries and {sp['cache_hits']:,.0f} cache hits "
+        f"({'every token was still cached' if sp['store_queries'] == 0 else '**not every token was still cached**'}).\n"
     )
     ok = peak <= 100 * 1024
     out.append(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -156,23 +156,23 @@ struct Shard<V> {
     swept: Millis,
 }
 
-/// A bounded map split by the first byte of the key (a SHA-256 digest, so
-/// evenly), to keep worker threads off each other's lock.
+/// A map split by the first byte of the key (a SHA-256 digest, so evenly),
+/// to keep worker threads off each other's lock, and bounded as a whole to
+/// `capacity` entries (exceeded by one only when a full map takes a key into
+/// an empty shard while every other shard's lock is held).
 struct Shards<V> {
     shards: Box<[Mutex<Shard<V>>]>,
     capacity: usize,
+    len: AtomicUsize,
 }
 
-/// How often a shard drops its expired entries when it is not full.
+/// How often a shard drops its expired entries when the map is not full.
 const SWEEP_EVERY: Millis = 60_000;
 
 impl<V> Shards<V> {
     fn new(capacity: u64) -> Self {
-        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
-        // Small caches stay in one shard so that the bound is exact.
-        let count = if capacity >= 64 * 1024 { 16 } else { 1 };
         Shards {
-            shards: (0..count)
+            shards: (0..16)
                 .map(|_| {
                     Mutex::new(Shard {
                         map: HashMap::new(),
@@ -180,7 +180,8 @@ impl<V> Shards<V> {
                     })
                 })
                 .collect(),
-            capacity: capacity.div_ceil(count),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -189,43 +190,76 @@ impl<V> Shards<V> {
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    fn remove(&self, shard: &mut Shard<V>, key: &TokenHash) {
+        if shard.map.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn forget(&self, key: &TokenHash) {
+        self.remove(&mut self.lock(key), key);
+    }
+
+    fn clear(&self) {
+        self.each(|shard| {
+            self.len.fetch_sub(shard.map.len(), Ordering::Relaxed);
+            shard.map.clear();
+        });
+    }
+
     fn each(&self, mut f: impl FnMut(&mut Shard<V>)) {
         for shard in &self.shards {
             f(&mut shard.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        let mut n = 0;
-        self.each(|shard| n += shard.map.len());
-        n
+    /// Drops an arbitrary entry: from `shard`, or, when it is empty, from
+    /// the first other shard that is free (never waiting for a lock while
+    /// holding one).
+    fn drop_one(&self, shard: &mut Shard<V>) {
+        if let Some(victim) = shard.map.keys().next().copied() {
+            return self.remove(shard, &victim);
+        }
+        for other in &self.shards {
+            if let Ok(mut other) = other.try_lock()
+                && let Some(victim) = other.map.keys().next().copied()
+            {
+                return self.remove(&mut other, &victim);
+            }
+        }
     }
 
-    /// Inserts in a locked shard; `expired` says which entries may be swept.
-    /// A full shard sweeps, and if that frees nothing, drops an arbitrary
-    /// entry: only the store's own tokens (or, in the negative map, absent
-    /// ones) get in, so no client can choose what is dropped.
+    /// Inserts into a locked shard; `expired` says which entries may be
+    /// swept. When the map is full the shard sweeps, and if that frees
+    /// nothing, an arbitrary entry is dropped: only the store's own tokens (or, in
+    /// the negative map, absent ones) get in, so no client chooses what goes.
     fn insert(
+        &self,
         shard: &mut Shard<V>,
-        capacity: usize,
         key: TokenHash,
         value: V,
         now: Millis,
         expired: impl Fn(&V) -> bool,
     ) {
-        let full = shard.map.len() >= capacity && !shard.map.contains_key(&key);
+        let new = !shard.map.contains_key(&key);
+        let full = new && self.len() >= self.capacity;
         if full || now.saturating_sub(shard.swept) >= SWEEP_EVERY {
+            let before = shard.map.len();
             shard.map.retain(|_, v| !expired(v));
+            self.len
+                .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
             shard.swept = now;
         }
-        if shard.map.len() >= capacity
-            && !shard.map.contains_key(&key)
-            && let Some(victim) = shard.map.keys().next().copied()
-        {
-            shard.map.remove(&victim);
+        if full && self.len() >= self.capacity {
+            self.drop_one(shard);
         }
-        shard.map.insert(key, value);
+        if shard.map.insert(key, value).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -371,17 +405,16 @@ impl TokenCache {
         };
         let now = self.now();
         let Some(record) = found else {
-            self.known.lock(&key).map.remove(&key);
+            self.known.forget(&key);
             let mut shard = self.unknown.lock(&key);
             if self.negative_ttl > 0 && !raced() {
                 let until = now.saturating_add(self.negative_ttl);
-                Shards::insert(&mut shard, self.unknown.capacity, key, until, now, |u| {
-                    *u <= now
-                });
+                self.unknown
+                    .insert(&mut shard, key, until, now, |u| *u <= now);
             }
             return Lookup::Unknown;
         };
-        self.unknown.lock(&key).map.remove(&key);
+        self.unknown.forget(&key);
         let mut shard = self.known.lock(&key);
         let previous = shard.map.get(&key).filter(|k| k.keep_until > now);
         let token = Arc::new(CachedToken::succeeding(
@@ -409,9 +442,8 @@ impl TokenCache {
         } else {
             return Lookup::Known(token);
         };
-        Shards::insert(&mut shard, self.known.capacity, key, known, now, |k| {
-            k.keep_until <= now
-        });
+        self.known
+            .insert(&mut shard, key, known, now, |k| k.keep_until <= now);
         Lookup::Known(token)
     }
 
@@ -431,7 +463,7 @@ impl TokenCache {
     pub fn invalidate(&self, key: &TokenHash) {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.key_epochs.insert(*key, at);
-        self.unknown.lock(key).map.remove(key);
+        self.unknown.forget(key);
         let now = self.now();
         if let Some(known) = self.known.lock(key).map.get_mut(key) {
             known.fresh_until = 0;
@@ -445,7 +477,7 @@ impl TokenCache {
     pub fn invalidate_fresh(&self) {
         let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.all_epoch.fetch_max(at, Ordering::AcqRel);
-        self.unknown.each(|shard| shard.map.clear());
+        self.unknown.clear();
         self.known.each(|shard| {
             for known in shard.map.values_mut() {
                 known.fresh_until = 0;
@@ -622,20 +654,49 @@ mod tests {
         assert!(c.cached(&[3; 32]).is_some(), "the newest token is kept");
         assert!(c.cached(&[13; 32]).is_some(), "the newest absence is kept");
 
+        let (ten, two) = (Shards::<Millis>::new(10), Shards::<Millis>::new(2));
+        let key = |k: u8| [k; 32]; // all in one shard: the bound is the map's
         let mut shard = Shard {
             map: HashMap::new(),
             swept: 0,
         };
         for k in 1..=3u8 {
-            Shards::insert(&mut shard, 10, [k; 32], Millis::from(k), 10, |at| *at < 3);
+            ten.insert(&mut shard, key(k), Millis::from(k), 10, |at| *at < 3);
         }
         assert_eq!(shard.map.len(), 3, "not full, swept less than a minute ago");
-        Shards::insert(&mut shard, 10, [4; 32], 4, SWEEP_EVERY + 10, |at| *at < 3);
-        assert_eq!(shard.map.len(), 2, "the periodic sweep dropped 1 and 2");
-        assert!(shard.map.contains_key(&[3; 32]) && shard.map.contains_key(&[4; 32]));
-        Shards::insert(&mut shard, 2, [5; 32], 5, SWEEP_EVERY + 11, |at| *at < 4);
-        assert_eq!(shard.map.len(), 2, "a full shard sweeps before it drops");
-        assert!(shard.map.contains_key(&[4; 32]) && shard.map.contains_key(&[5; 32]));
+        ten.insert(&mut shard, key(4), 4, SWEEP_EVERY + 10, |at| *at < 3);
+        assert_eq!(ten.len(), 2, "the periodic sweep dropped 1 and 2");
+        assert!(shard.map.contains_key(&key(3)) && shard.map.contains_key(&key(4)));
+        let mut shard = Shard {
+            map: HashMap::new(),
+            swept: 0,
+        };
+        two.insert(&mut shard, key(1), 1, 0, |_| false);
+        two.insert(&mut shard, key(2), 9, 0, |_| false);
+        two.insert(&mut shard, key(5), 5, SWEEP_EVERY, |at| *at < 4);
+        assert_eq!(two.len(), 2, "a full map sweeps before it drops");
+        assert!(!shard.map.contains_key(&key(1)) && shard.map.contains_key(&key(5)));
+        two.insert(&mut shard, key(6), 6, SWEEP_EVERY, |_| false);
+        assert_eq!(two.len(), 2, "and drops one when the sweep frees none");
+        assert_eq!(shard.map.len(), 2);
+        assert!(shard.map.contains_key(&key(6)));
+
+        // Spread over every shard, a full map still holds its capacity.
+        let big = TokenCache::new(
+            1000,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+        for i in 0..1000u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+            big.loaded(k, Some(record()), big.epoch());
+            assert!(big.cached(&k).is_some());
+        }
+        assert_eq!(big.known.len(), 1000, "nothing dropped below capacity");
+        big.loaded([0xff; 32], Some(record()), big.epoch());
+        assert_eq!(big.known.len(), 1000);
     }
 
     #[test]
