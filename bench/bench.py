@@ -40,6 +40,9 @@ WORK = Path(os.environ.get("BENCH_WORK") or "/tmp/memgate-bench")
 BIN = os.environ.get("MEMGATE_BIN", "")
 # examples/bare_proxy.rs: pingora with no auth, the floor of memgate's stack.
 BARE_BIN = os.environ.get("BARE_PROXY_BIN", "")
+# examples/tokio_floor.rs: a hand-written HTTP/1 proxy on tokio, no auth: what
+# a serving layer of memgate's own could reach (a diagnosis, not a product).
+TOKIO_FLOOR_BIN = os.environ.get("TOKIO_FLOOR_BIN", "")
 # Comma-separated scenario keys to run (default: all); for quick A/B runs.
 ONLY = [k for k in os.environ.get("SCENARIOS", "").split(",") if k]
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/memgate/target")))
@@ -64,6 +67,7 @@ UP_MCP = PORT_BASE + 2
 NGX_MEM0 = PORT_BASE + 11
 NGX_MCP = PORT_BASE + 12
 BARE_MEM0 = PORT_BASE + 13
+TOKIO_MEM0 = PORT_BASE + 14
 
 USER = "bench"
 GET_PATH = f"/memories?user_id={USER}"
@@ -324,20 +328,27 @@ def start_nginx_upstream():
     return p
 
 
-def start_bare_proxy():
-    """examples/bare_proxy.rs: pingora forwarding to the mem0 stand-in with
-    memgate's thread count and nothing else."""
-    if not (BARE_BIN and os.access(BARE_BIN, os.X_OK)):
-        raise SystemExit("bench: BARE_PROXY_BIN is not set to the bare_proxy example (bench/run.sh builds it)")
-    prefix = WORK / "bare-proxy"
+# The floors: proxies with no auth that forward to the mem0 stand-in with
+# memgate's thread count and nothing else. target -> (env var, binary, port, name).
+FLOORS = {
+    "pingora": ("BARE_PROXY_BIN", BARE_BIN, BARE_MEM0, "bare pingora proxy"),
+    "tokio": ("TOKIO_FLOOR_BIN", TOKIO_FLOOR_BIN, TOKIO_MEM0, "hand-written tokio proxy"),
+}
+
+
+def start_floor(target):
+    var, binary, port, name = FLOORS[target]
+    if not (binary and os.access(binary, os.X_OK)):
+        raise SystemExit(f"bench: {var} is not set to its example binary (bench/run.sh builds it)")
+    prefix = WORK / f"floor-{target}"
     prefix.mkdir(parents=True, exist_ok=True)
     p = PROCS.start(
-        "bare-proxy",
-        [BARE_BIN, f"127.0.0.1:{BARE_MEM0}", f"127.0.0.1:{UP_MEM0}", str(THREADS)],
+        f"floor-{target}",
+        [binary, f"127.0.0.1:{port}", f"127.0.0.1:{UP_MEM0}", str(THREADS)],
         log_path=prefix / "stderr.log",
         stop_signal=signal.SIGINT,
     )
-    wait_http(f"http://127.0.0.1:{BARE_MEM0}/memories", "bare pingora proxy", proc=p)
+    wait_http(f"http://127.0.0.1:{port}/memories", name, proc=p)
     return p
 
 
@@ -621,6 +632,8 @@ SCENARIOS = [
     ("nginx-mcp", "nginx: POST /mcp tools/call", "mcp", "nginx"),
     ("pingora-get", "pingora, no auth (the stack's floor): GET /memories", "get", "pingora"),
     ("pingora-post", "pingora, no auth (the stack's floor): POST /memories (1 KiB)", "post", "pingora"),
+    ("tokio-get", "hand-written HTTP/1 on tokio, no auth: GET /memories", "get", "tokio"),
+    ("tokio-post", "hand-written HTTP/1 on tokio, no auth: POST /memories (1 KiB)", "post", "tokio"),
     ("memgate-get", "memgate, cached token: GET /memories", "get", "memgate"),
     ("memgate-post", "memgate, rewrite: POST /memories (1 KiB)", "post", "memgate"),
     ("memgate-nocache", "memgate, cache off: GET /memories (32 tokens)", "get", "memgate"),
@@ -632,13 +645,13 @@ def mode_load():
     global SCENARIOS
     if ONLY:
         SCENARIOS = [s for s in SCENARIOS if s[0] in ONLY or s[3] == "nginx"]
-    for port in (UP_MEM0, UP_MCP, NGX_MEM0, NGX_MCP, BARE_MEM0):
+    for port in (UP_MEM0, UP_MCP, NGX_MEM0, NGX_MCP, BARE_MEM0, TOKIO_MEM0):
         check_port_free(port)
     facts = machine_facts()
     log(f"load: {facts['cores']} cores, {ROUNDS} rounds × {len(SCENARIOS)} scenarios × {DURATION} s")
     upstream = start_nginx_upstream()
     proxy = start_nginx_proxy()
-    bare = start_bare_proxy() if any(s[3] == "pingora" for s in SCENARIOS) else None
+    floors = {t: start_floor(t) for t in FLOORS if any(s[3] == t for s in SCENARIOS)}
     no_limits = {"per_token_rps": 0, "failed_auth_per_ip_per_min": 1000000}
     mg = {
         "memgate-get": Memgate("get", 20, rate_limit=no_limits),
@@ -686,10 +699,10 @@ def mode_load():
             port = m.mcp_port if kind == "mcp" else m.mem0_port
             lua = lua_for(key, m.token)
             pids = [m.pid]
-        elif target == "pingora":
-            port = BARE_MEM0
+        elif target in FLOORS:
+            port = FLOORS[target][2]
             lua = lua_for(key, mg["memgate-get"].token)
-            pids = [bare.pid]
+            pids = [floors[target].pid]
         elif target == "nginx":
             port = NGX_MCP if kind == "mcp" else NGX_MEM0
             lua = lua_for(key, mg["memgate-get"].token)
@@ -839,7 +852,7 @@ def summarise(runs):
             ),
             "rps_rounds": [round(r["rps"]) for r in sorted(rs, key=lambda r: r["round"])],
         }
-        if target in ("memgate", "nginx", "pingora"):
+        if target in ("memgate", "nginx", *FLOORS):
             for ref in ("nginx", "direct"):
                 if ref == target:
                     continue
@@ -887,6 +900,9 @@ def render_load(raw):
         f"nginx proxy: `worker_processes {s['nginx_workers']}`, `proxy_pass` with `keepalive 64` to the upstream, "
         f"no auth. pingora, no auth: `examples/bare_proxy.rs`, a pingora `ProxyHttp` that only picks the upstream "
         f"(same thread count, pingora's own keep-alive pool), i.e. the floor of memgate's stack. "
+        f"Hand-written HTTP/1 on tokio, no auth: `examples/tokio_floor.rs`, one single-threaded runtime per "
+        f"thread with its own `SO_REUSEPORT` listener and idle upstream connections, `httparse`, "
+        f"`Content-Length` bodies only: what a serving layer of memgate's own could reach, not a product. "
         f"Upstream: nginx (`worker_processes {s['nginx_workers']}`) answering `return 200` JSON. "
         f"Load generator, proxy and upstream share the same {f['cores']} cores, so absolute numbers are "
         f"small and noisy; the ratios are the result. Every scenario sends the same `X-MCP-Token` header "

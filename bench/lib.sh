@@ -2,16 +2,18 @@
 # unless MEMGATE_BIN is given, then run a Python driver in a temporary work
 # directory and kill everything it started when it ends, however it ends.
 
-# build_memgate LABEL: sets and exports MEMGATE_BIN, and BARE_PROXY_BIN
-# (examples/bare_proxy.rs, the load benchmark's pingora floor).
+# build_memgate LABEL: sets and exports MEMGATE_BIN, and the load benchmark's
+# floors BARE_PROXY_BIN (examples/bare_proxy.rs, pingora) and TOKIO_FLOOR_BIN
+# (examples/tokio_floor.rs, hand-written HTTP/1 on tokio).
 build_memgate() {
-  if [ -z "${MEMGATE_BIN:-}" ] || [ -z "${BARE_PROXY_BIN:-}" ]; then
+  if [ -z "${MEMGATE_BIN:-}" ] || [ -z "${BARE_PROXY_BIN:-}" ] || [ -z "${TOKIO_FLOOR_BIN:-}" ]; then
     echo "$1: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
-    (cd "$REPO" && cargo build --release --bin memgate --example bare_proxy --quiet)
+    (cd "$REPO" && cargo build --release --bin memgate --example bare_proxy --example tokio_floor --quiet)
     MEMGATE_BIN="${MEMGATE_BIN:-$CARGO_TARGET_DIR/release/memgate}"
     BARE_PROXY_BIN="${BARE_PROXY_BIN:-$CARGO_TARGET_DIR/release/examples/bare_proxy}"
+    TOKIO_FLOOR_BIN="${TOKIO_FLOOR_BIN:-$CARGO_TARGET_DIR/release/examples/tokio_floor}"
   fi
-  export MEMGATE_BIN BARE_PROXY_BIN
+  export MEMGATE_BIN BARE_PROXY_BIN TOKIO_FLOOR_BIN
 }
 
 # run_driver LABEL DRIVER [ARGS...]: runs `python3 DRIVER ARGS` with
