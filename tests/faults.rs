@@ -1017,3 +1017,95 @@ async fn an_upstream_failure_answer_keeps_its_keep_alive_promise() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// An upstream that answers the first request on each connection (keep-alive)
+/// and reads the second one whole, counts it, then closes without answering:
+/// what an upstream dying while it handles a request looks like.
+async fn dying_on_second_request(seen: Arc<Mutex<Vec<String>>>) -> String {
+    async fn read_request(stream: &mut TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + length {
+                    return head.lines().next().map(str::to_owned);
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Some(first) = read_request(&mut stream).await else {
+                    return;
+                };
+                seen.lock().unwrap().push(first);
+                let body = r#"{"results":[]}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                if let Some(second) = read_request(&mut stream).await {
+                    seen.lock().unwrap().push(second);
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_upstream_may_have_handled_is_never_sent_twice() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = dying_on_second_request(seen.clone()).await;
+    let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream)).await;
+    let token = gate.create_token("alice", &[]);
+    let client = reqwest::Client::new();
+    let list = || {
+        client
+            .get(gate.mem0_url("/memories"))
+            .header("X-MCP-Token", &token)
+            .send()
+    };
+    let count = |prefix: &str| {
+        let seen = seen.lock().unwrap();
+        seen.iter().filter(|r| r.starts_with(prefix)).count()
+    };
+
+    // A read on a fresh connection, which memgate then keeps.
+    assert_eq!(list().await.unwrap().status(), 200);
+    // A write on that kept connection reaches the upstream, which dies on it.
+    let added = client
+        .post(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", &token)
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "likes tea"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        added.status(),
+        502,
+        "the client learns the write may be lost"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count("post /memories"), 1, "and it was not repeated");
+
+    // A read on a kept connection that dies is repeated on a fresh one.
+    assert_eq!(list().await.unwrap().status(), 200);
+    assert_eq!(list().await.unwrap().status(), 200, "retried");
+    assert_eq!(count("get /memories"), 4, "two reads, the second one twice");
+}

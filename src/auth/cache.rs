@@ -286,13 +286,47 @@ pub struct TokenCache {
     /// its key (or everything) was invalidated since, the result is not cached.
     epoch: AtomicU64,
     /// The epoch at which each recently changed token was invalidated.
-    key_epochs: moka::sync::Cache<TokenHash, u64>,
+    changed: Mutex<ChangedKeys>,
     /// The epoch of the last invalidation of everything.
     all_epoch: AtomicU64,
 }
 
 /// Longer than any store query can take, so a racing load always sees its key here.
-const KEY_EPOCH_TTL: Duration = Duration::from_secs(120);
+const KEY_EPOCH_TTL: Millis = 120_000;
+
+/// The tokens changed in the last `KEY_EPOCH_TTL`, with the epoch of their
+/// change. Only the change feed adds to it (never a client), and it is not
+/// bounded by count: dropping a key early could let a read that raced its
+/// change be cached.
+#[derive(Default)]
+struct ChangedKeys {
+    at: HashMap<TokenHash, (u64, Millis)>,
+    /// The latest epoch among the forgotten changes: a read older than it is
+    /// treated as having raced (it could have raced one of them).
+    forgotten: u64,
+    swept: Millis,
+}
+
+impl ChangedKeys {
+    fn note(&mut self, key: TokenHash, epoch: u64, now: Millis) {
+        if now.saturating_sub(self.swept) >= KEY_EPOCH_TTL {
+            let forgotten = &mut self.forgotten;
+            self.at.retain(|_, (epoch, at)| {
+                let keep = now.saturating_sub(*at) < KEY_EPOCH_TTL;
+                if !keep {
+                    *forgotten = (*forgotten).max(*epoch);
+                }
+                keep
+            });
+            self.swept = now;
+        }
+        self.at.insert(key, (epoch, now));
+    }
+
+    fn since(&self, key: &TokenHash, started: u64) -> bool {
+        self.forgotten > started || self.at.get(key).is_some_and(|(at, _)| *at > started)
+    }
+}
 
 fn millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
@@ -314,10 +348,7 @@ impl TokenCache {
             negative_ttl: millis(negative_ttl),
             keep: millis(positive_ttl + grace),
             epoch: AtomicU64::new(0),
-            key_epochs: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(KEY_EPOCH_TTL)
-                .build(),
+            changed: Mutex::new(ChangedKeys::default()),
             all_epoch: AtomicU64::new(0),
         }
     }
@@ -401,7 +432,11 @@ impl TokenCache {
     ) -> Lookup {
         let raced = || {
             self.all_epoch.load(Ordering::Acquire) > started
-                || self.key_epochs.get(&key).is_some_and(|at| at > started)
+                || self
+                    .changed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .since(&key, started)
         };
         let now = self.now();
         let Some(record) = found else {
@@ -461,10 +496,10 @@ impl TokenCache {
     /// One token changed: forget its record, stale copy included. Only the
     /// link to its state (audit sampling, rate budget) is kept for the next read.
     pub fn invalidate(&self, key: &TokenHash) {
-        let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.key_epochs.insert(*key, at);
-        self.unknown.forget(key);
         let now = self.now();
+        let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        (self.changed.lock().unwrap_or_else(|p| p.into_inner())).note(*key, at, now);
+        self.unknown.forget(key);
         if let Some(known) = self.known.lock(key).map.get_mut(key) {
             known.fresh_until = 0;
             known.servable_until = 0;
@@ -485,6 +520,9 @@ impl TokenCache {
         });
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -697,6 +735,26 @@ mod tests {
         assert_eq!(big.known.len(), 1000, "nothing dropped below capacity");
         big.loaded([0xff; 32], Some(record()), big.epoch());
         assert_eq!(big.known.len(), 1000);
+    }
+
+    #[test]
+    fn changes_are_remembered_long_enough_and_then_conservatively() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut changed = ChangedKeys::default();
+        changed.note(a, 1, 0);
+        assert!(
+            changed.since(&a, 0),
+            "a read started before the change raced it"
+        );
+        assert!(!changed.since(&a, 1) && !changed.since(&b, 0));
+        changed.note(b, 2, KEY_EPOCH_TTL);
+        assert!(!changed.at.contains_key(&a), "forgotten after the TTL");
+        assert!(
+            changed.since(&a, 0),
+            "but a read that old still counts as raced"
+        );
+        assert!(!changed.since(&a, 1));
+        assert!(changed.since(&b, 1));
     }
 
     #[test]

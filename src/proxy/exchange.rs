@@ -108,7 +108,7 @@ impl UpstreamClient {
     /// Sends `req` with `body` and returns once the response header is in;
     /// the body is then read with [`OpenExchange::next_chunk`]. A pooled
     /// connection the upstream closed while idle is retried once on a fresh
-    /// one (the request never reached it).
+    /// one; see [`retry_on_fresh`] for when that is safe.
     pub async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
         let peer = self.target.shared_peer().await?;
         // The common case, an idle pooled connection, stays a small future;
@@ -116,18 +116,20 @@ impl UpstreamClient {
         let key = peer.reuse_hash();
         if let Some(stream) = self.pool.take(key) {
             let http = HttpSession::new_with_options(stream, &*peer);
+            let mut sent = false;
+            let idempotent = is_idempotent(&req.method);
             match self
-                .send(http, Box::new(req.clone()), &body, &peer, key)
+                .send(http, Box::new(req.clone()), &body, &peer, key, &mut sent)
                 .await
             {
-                Err(e) if idle_close(&e) => {
+                Err(e) if retry_on_fresh(&e, sent, idempotent) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
                 done => return done,
             }
         }
         let (http, _) = Box::pin(self.connector.get_http_session(&*peer)).await?;
-        Box::pin(self.send(http, Box::new(req), &body, &peer, key)).await
+        Box::pin(self.send(http, Box::new(req), &body, &peer, key, &mut false)).await
     }
 
     async fn send(
@@ -137,6 +139,7 @@ impl UpstreamClient {
         body: &Option<Bytes>,
         peer: &Arc<HttpPeer>,
         key: u64,
+        sent: &mut bool,
     ) -> Result<OpenExchange<'_>> {
         http.read_timeout = peer.options.read_timeout;
         http.write_timeout = peer.options.write_timeout;
@@ -145,6 +148,7 @@ impl UpstreamClient {
             http.write_body(body).await?;
         }
         http.finish_body().await?;
+        *sent = true;
         http.read_response().await?;
         if http.resp_header().is_none() {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
@@ -157,10 +161,54 @@ impl UpstreamClient {
     }
 }
 
-/// Errors that mean a kept-alive connection was closed before our request was read.
-fn idle_close(e: &Error) -> bool {
-    matches!(
+/// Whether a request that failed on a pooled connection may be sent again on
+/// a fresh one. A kept-alive connection the upstream closed while idle fails
+/// like this before the request is read; but once the whole request was
+/// written, the same errors can also mean the upstream died while handling
+/// it, so only requests that are safe to repeat are retried then: a second
+/// `POST /memories` would add every memory twice.
+fn retry_on_fresh(e: &Error, sent: bool, idempotent: bool) -> bool {
+    let closed = matches!(
         e.etype(),
         ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
-    )
+    );
+    closed && (!sent || idempotent)
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_safe_to_repeat_are_retried_after_they_were_sent() {
+        let closed = Error::new(ErrorType::ConnectionClosed);
+        let read = Error::new(ErrorType::ReadError);
+        let write = Error::new(ErrorType::WriteError);
+        let timeout = Error::new(ErrorType::ReadTimedout);
+        for e in [&closed, &read, &write] {
+            assert!(
+                retry_on_fresh(e, false, false),
+                "never reached the upstream"
+            );
+            assert!(retry_on_fresh(e, true, true), "safe to repeat");
+            assert!(!retry_on_fresh(e, true, false), "may have been handled");
+        }
+        assert!(!retry_on_fresh(&timeout, false, true), "not an idle close");
+        assert!(is_idempotent(&http::Method::GET) && is_idempotent(&http::Method::DELETE));
+        assert!(!is_idempotent(&http::Method::POST) && !is_idempotent(&http::Method::PATCH));
+    }
 }
