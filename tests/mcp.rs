@@ -1359,6 +1359,69 @@ async fn duplicate_json_keys_are_rejected_with_400() {
     );
 }
 
+/// Headers memgate would have to guess about: a repeated `X-MCP-Project` is
+/// refused (as on the mem0 listener); an `Mcp-Param-*` mirror it cannot read
+/// is dropped, and a readable one is made to say what the body says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_project_and_unreadable_argument_mirrors_never_reach_the_server() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let session = raw_session(gate, &alice, &[]).await;
+    mcp.clear();
+
+    let reply = post_raw(
+        gate,
+        "/mcp",
+        &[
+            ("X-MCP-Token", &alice),
+            ("Mcp-Session-Id", &session),
+            ("X-MCP-Project", "/src/app"),
+            ("X-MCP-Project", "/src/other"),
+        ],
+        ping(1).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.json()["error"].is_object(), "{}", reply.text);
+    assert!(mcp.http_requests().is_empty(), "{:?}", mcp.http_requests());
+
+    let call = |mirror: HeaderValue| {
+        http()
+            .post(gate.mcp_url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("X-MCP-Token", &alice)
+            .header("Mcp-Session-Id", &session)
+            .header("Mcp-Param-user_id", mirror)
+            .body(tool_call(2, "get_all_memories", json!({"user_id": "alice"})).to_string())
+            .send()
+    };
+    let unreadable = HeaderValue::from_bytes(b"b\xffob").unwrap();
+    let reply = reply_of(call(unreadable).await.unwrap()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = reply_of(call(HeaderValue::from_static("bob")).await.unwrap()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    let log = mcp.http_requests();
+    let mirrors: Vec<Vec<String>> = log
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.header_all("mcp-param-user_id"))
+        .collect();
+    assert_eq!(
+        mirrors,
+        [vec![], vec!["alice".to_owned()]],
+        "dropped, then rewritten to the body's user"
+    );
+    let users: Vec<Value> = mcp
+        .calls_of("get_all_memories")
+        .into_iter()
+        .map(|args| args["user_id"].clone())
+        .collect();
+    assert_eq!(users, [json!("alice"), json!("alice")]);
+}
+
 /// Found by the `admission` fuzz target: endpoints were matched on the raw
 /// path, so `/%6Dcp` (which the upstream decodes to `/mcp`) skipped the tool
 /// policy, and a sub-path of a mounted endpoint would too.

@@ -38,7 +38,8 @@ mod tools_list;
 
 pub use fuzz::{forwards_only_scope, fuzz_entry};
 pub use headers::{
-    PARAM_HEADER_PREFIX, decode_param_value, encode_param_value, param_header_rewrites,
+    PARAM_HEADER_PREFIX, decode_param_value, encode_param_value, is_param_header,
+    param_header_rewrites,
 };
 pub use origin::origin_allowed;
 pub use rpc::{

@@ -21,8 +21,8 @@ use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::mcp::{
-    McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, method_label, origin_allowed,
-    param_header_rewrites, session_id_from_query,
+    McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, is_param_header, method_label,
+    origin_allowed, param_header_rewrites, session_id_from_query,
 };
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
@@ -203,6 +203,11 @@ impl McpFlow {
                 return Ok(McpHandled::Responded(None));
             }
         };
+        // Refused as on the mem0 listener: which project was meant is unclear.
+        if let Err(deny) = headers::single(req, "x-mcp-project") {
+            refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+            return Ok(McpHandled::Responded(None));
+        }
         let method = req.method.clone();
         // The session this request uses: the header, or the legacy query parameter.
         let session_id = match endpoint {
@@ -389,6 +394,17 @@ impl McpFlow {
             self.client.target().authority(),
             Some(body_len),
         )?;
+        // A mirror memgate cannot read (not visible ASCII, which SEP-2243's
+        // Base64 form avoids) cannot be checked against the body: dropped.
+        let unreadable: Vec<_> = req
+            .headers
+            .iter()
+            .filter(|(n, v)| is_param_header(n.as_str()) && v.to_str().is_err())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in unreadable {
+            req.remove_header(&name);
+        }
         let present: Vec<(String, String)> = req
             .headers
             .iter()

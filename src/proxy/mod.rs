@@ -272,12 +272,8 @@ impl Gate {
         if !matches!(self.isolation, IsolationMode::Auto) {
             return;
         }
-        let project = session
-            .req_header()
-            .headers
-            .get("x-mcp-project")
-            .and_then(|v| v.to_str().ok());
-        let scope = scope_for(identity, &self.isolation, project);
+        let project = project(session.req_header());
+        let scope = scope_for(identity, &self.isolation, project.as_deref());
         if scope != identity.user_id {
             self.shared.scopes.note(&identity.user_id, &scope);
         }
@@ -313,6 +309,12 @@ fn oversized(req: &RequestHeader, shared: &Shared) -> Option<(u16, &'static str)
         .sum();
     (headers > shared.max_header_bytes)
         .then_some((431, "Request headers too large (limits.max_header_bytes)"))
+}
+
+/// The `X-MCP-Project` header, trimmed. A repeated or unreadable one reads as
+/// absent here; both listeners refuse such a request before forwarding it.
+fn project(req: &RequestHeader) -> Option<String> {
+    headers::single(req, "x-mcp-project").ok().flatten()
 }
 
 /// A client-chosen request id (printable, short) or a fresh one: a random
@@ -394,12 +396,8 @@ impl ProxyHttp for Gate {
                 }
             },
             Flow::Mcp(flow) => {
-                let project = session
-                    .req_header()
-                    .headers
-                    .get("x-mcp-project")
-                    .and_then(|v| v.to_str().ok());
-                let scope = scope_for(&identity, &self.isolation, project);
+                let project = project(session.req_header());
+                let scope = scope_for(&identity, &self.isolation, project.as_deref());
                 // Boxed: the mem0 listener's requests should not carry this future's size.
                 match Box::pin(flow.handle(session, &identity, &scope)).await? {
                     McpHandled::Responded(refusal) => (refusal.map(Refusal::from), None),

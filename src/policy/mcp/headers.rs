@@ -70,6 +70,11 @@ pub fn param_header_rewrites(
     edits
 }
 
+/// Whether `header` is an `Mcp-Param-*` header.
+pub fn is_param_header(header: &str) -> bool {
+    mirrored_argument(header).is_some()
+}
+
 /// The argument a header mirrors, if it is an `Mcp-Param-*` header.
 fn mirrored_argument(header: &str) -> Option<&str> {
     let prefix = header.get(..PARAM_HEADER_PREFIX.len())?;
