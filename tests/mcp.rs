@@ -304,6 +304,16 @@ async fn reply_of(resp: reqwest::Response) -> Reply {
     }
 }
 
+/// An environment with alice's token and an MCP session of hers; the
+/// server's records of the set-up are cleared.
+async fn alice_in_session() -> (Env, String, String) {
+    let env = env().await;
+    let alice = env.gate.create_token("alice", RW);
+    let session = raw_session(&env.gate, &alice, &[]).await;
+    env.mcp.clear();
+    (env, alice, session)
+}
+
 /// POSTs `body` (raw bytes) to `path` on the MCP listener.
 async fn post_raw(gate: &Memgate, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
     let mut req = http()
@@ -1103,11 +1113,8 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
-    let env = env().await;
+    let (env, alice, session) = alice_in_session().await;
     let Env { mcp, gate, .. } = &env;
-    let alice = gate.create_token("alice", RW);
-    let session = raw_session(gate, &alice, &[]).await;
-    mcp.clear();
 
     let reply = post_raw(
         gate,
@@ -1330,11 +1337,8 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_json_keys_are_rejected_with_400() {
-    let env = env().await;
+    let (env, alice, session) = alice_in_session().await;
     let Env { mcp, gate, .. } = &env;
-    let alice = gate.create_token("alice", RW);
-    let session = raw_session(gate, &alice, &[]).await;
-    mcp.clear();
 
     for body in [
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_all_memories","arguments":{"user_id":"alice","user_id":"bob"}}}"#,
@@ -1364,11 +1368,8 @@ async fn duplicate_json_keys_are_rejected_with_400() {
 /// is dropped, and a readable one is made to say what the body says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_project_and_unreadable_argument_mirrors_never_reach_the_server() {
-    let env = env().await;
+    let (env, alice, session) = alice_in_session().await;
     let Env { mcp, gate, .. } = &env;
-    let alice = gate.create_token("alice", RW);
-    let session = raw_session(gate, &alice, &[]).await;
-    mcp.clear();
 
     let reply = post_raw(
         gate,

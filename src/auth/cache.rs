@@ -521,31 +521,36 @@ impl TokenCache {
     }
 }
 
+/// Alice's token, as the store returns it; `id` tells versions apart.
+#[cfg(test)]
+fn test_record(id: i64) -> TokenRecord {
+    TokenRecord {
+        id,
+        token_hash: "00".repeat(32),
+        prefix: "mcp_abcdefgh".into(),
+        user_id: "alice".into(),
+        name: None,
+        email: None,
+        permissions: Permissions::READ_WRITE,
+        enabled: true,
+        created_at: chrono::Utc::now(),
+        created_by: None,
+        expires_at: None,
+        last_used_at: None,
+        rate_limit_rps: None,
+    }
+}
+
 #[cfg(test)]
 mod proptests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Permissions;
     use std::sync::atomic::AtomicUsize;
 
     fn record() -> TokenRecord {
-        TokenRecord {
-            id: 1,
-            token_hash: "00".repeat(32),
-            prefix: "mcp_abcdefgh".into(),
-            user_id: "alice".into(),
-            name: None,
-            email: None,
-            permissions: Permissions::READ_WRITE,
-            enabled: true,
-            created_at: chrono::Utc::now(),
-            created_by: None,
-            expires_at: None,
-            last_used_at: None,
-            rate_limit_rps: None,
-        }
+        test_record(1)
     }
 
     fn cache() -> TokenCache {

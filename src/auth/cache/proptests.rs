@@ -7,7 +7,6 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::policy::Permissions;
 
 const KEYS: u8 = 3;
 
@@ -38,25 +37,6 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..KEYS).prop_map(|key| Op::Ask { key }),
         1 => (0..KEYS).prop_map(|key| Op::Outage { key }),
     ]
-}
-
-/// Version `v` of a token: the version is its id.
-fn version(v: i64) -> TokenRecord {
-    TokenRecord {
-        id: v,
-        token_hash: String::new(),
-        prefix: "mcp_abcdefgh".into(),
-        user_id: format!("user{v}"),
-        name: None,
-        email: None,
-        permissions: Permissions::READ_WRITE,
-        enabled: true,
-        created_at: chrono::Utc::now(),
-        created_by: None,
-        expires_at: None,
-        last_used_at: None,
-        rate_limit_rps: None,
-    }
 }
 
 fn id(lookup: &Lookup) -> Option<i64> {
@@ -97,7 +77,7 @@ proptest! {
                 }
                 Op::Finish { read } if !reads.is_empty() => {
                     let (key, found, started) = reads.remove(read % reads.len());
-                    let answer = cache.loaded(key, found.map(version), started);
+                    let answer = cache.loaded(key, found.map(test_record), started);
                     prop_assert_eq!(id(&answer), found, "a read returns what it read");
                 }
                 Op::Finish { .. } => {}
