@@ -328,10 +328,22 @@ async fn post_raw(gate: &Memgate, path: &str, headers: &[(&str, &str)], body: Ve
 
 /// POSTs a JSON-RPC body to `/mcp` with a token and an optional session.
 async fn post_rpc(gate: &Memgate, token: &str, session: Option<&str>, body: &Value) -> Reply {
+    post_rpc_with(gate, token, session, &[], body).await
+}
+
+/// [`post_rpc`] with more headers.
+async fn post_rpc_with(
+    gate: &Memgate,
+    token: &str,
+    session: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &Value,
+) -> Reply {
     let mut headers = vec![("X-MCP-Token", token)];
     if let Some(session) = session {
         headers.push(("Mcp-Session-Id", session));
     }
+    headers.extend_from_slice(extra);
     post_raw(gate, "/mcp", &headers, body.to_string().into_bytes()).await
 }
 
@@ -1116,15 +1128,12 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
     let (env, alice, session) = alice_in_session().await;
     let Env { mcp, gate, .. } = &env;
 
-    let reply = post_raw(
+    let reply = post_rpc_with(
         gate,
-        "/mcp",
-        &[
-            ("X-MCP-Token", &alice),
-            ("Mcp-Session-Id", &session),
-            ("MCP-Protocol-Version", "2025-06-18"),
-        ],
-        ping(4).to_string().into_bytes(),
+        &alice,
+        Some(&session),
+        &[("MCP-Protocol-Version", "2025-06-18")],
+        &ping(4),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -1371,16 +1380,15 @@ async fn ambiguous_project_and_unreadable_argument_mirrors_never_reach_the_serve
     let (env, alice, session) = alice_in_session().await;
     let Env { mcp, gate, .. } = &env;
 
-    let reply = post_raw(
+    let reply = post_rpc_with(
         gate,
-        "/mcp",
+        &alice,
+        Some(&session),
         &[
-            ("X-MCP-Token", &alice),
-            ("Mcp-Session-Id", &session),
             ("X-MCP-Project", "/src/app"),
             ("X-MCP-Project", "/src/other"),
         ],
-        ping(1).to_string().into_bytes(),
+        &ping(1),
     )
     .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
