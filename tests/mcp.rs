@@ -1393,23 +1393,31 @@ async fn ambiguous_project_and_unreadable_argument_mirrors_never_reach_the_serve
     .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(reply.json()["error"].is_object(), "{}", reply.text);
-    assert!(mcp.http_requests().is_empty(), "{:?}", mcp.http_requests());
-
-    let call = |mirror: HeaderValue| {
-        http()
+    // One header with raw (possibly non-ASCII) bytes, on alice's session.
+    let (alice, session) = (&alice, &session);
+    let send = |name: &'static str, value: &'static [u8], body: Value| async move {
+        let resp = http()
             .post(gate.mcp_url("/mcp"))
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .header("X-MCP-Token", &alice)
-            .header("Mcp-Session-Id", &session)
-            .header("Mcp-Param-user_id", mirror)
-            .body(tool_call(2, "get_all_memories", json!({"user_id": "alice"})).to_string())
+            .header("X-MCP-Token", alice)
+            .header("Mcp-Session-Id", session)
+            .header(name, HeaderValue::from_bytes(value).unwrap())
+            .body(body.to_string())
             .send()
+            .await
+            .unwrap();
+        reply_of(resp).await
     };
-    let unreadable = HeaderValue::from_bytes(b"b\xffob").unwrap();
-    let reply = reply_of(call(unreadable).await.unwrap()).await;
+    let reply = send("X-MCP-Project", b"/src/\xe9t\xe9", ping(3)).await;
+    assert_eq!(reply.status, 400, "an unreadable project: {}", reply.text);
+    assert!(reply.json()["error"].is_object(), "{}", reply.text);
+    assert!(mcp.http_requests().is_empty(), "{:?}", mcp.http_requests());
+
+    let read_alices = || tool_call(2, "get_all_memories", json!({"user_id": "alice"}));
+    let reply = send("Mcp-Param-user_id", b"b\xffob", read_alices()).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let reply = reply_of(call(HeaderValue::from_static("bob")).await.unwrap()).await;
+    let reply = send("Mcp-Param-user_id", b"bob", read_alices()).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 
     let log = mcp.http_requests();
