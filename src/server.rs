@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::proxy::{http_proxy, http_proxy_service_with_name};
+use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
@@ -140,8 +140,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let mem0_client = Arc::new(UpstreamClient::new(mem0_upstream));
+    let mcp_client = Arc::new(UpstreamClient::new(mcp_upstream));
     let owners = Arc::new(OwnerResolver::new(
-        Arc::new(UpstreamClient::new(mem0_upstream.clone())),
+        mem0_client.clone(),
         config.mem0.owner_cache_capacity,
         config.limits.max_response_bytes,
     ));
@@ -171,7 +173,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             max_json_depth: config.limits.max_json_depth,
             ..McpPolicy::default()
         },
-        client: UpstreamClient::new(mcp_upstream.clone()),
+        client: mcp_client.clone(),
         owners,
         mcp_path: config.mcp.path.clone(),
         sse_path: config.mcp.sse_path.clone(),
@@ -188,13 +190,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         (
             Listener::Mcp,
             &mcp_listener,
-            mcp_upstream,
+            mcp_client,
             Flow::Mcp(Box::new(mcp_flow)),
         ),
         (
             Listener::Mem0,
             &mem0_listener,
-            mem0_upstream,
+            mem0_client,
             Flow::Mem0(mem0_flow),
         ),
     ];
@@ -203,20 +205,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs(config.server.header_timeout_secs),
         max_head_bytes: config.limits.max_uri_bytes + config.limits.max_header_bytes + 1024,
     };
-    for (listener, cfg, upstream, flow) in listeners {
+    for (listener, cfg, client, flow) in listeners {
         let gate = Gate::new(
             listener,
             shared.clone(),
-            upstream,
+            client,
             cfg.forward_credentials,
             config.isolation.mode(),
             flow,
         );
-        let guarded = Guarded::new(
-            http_proxy(&server.configuration, gate),
-            connection_rules.clone(),
-            listener.as_str(),
-        );
+        let guarded = Guarded::new(gate, connection_rules.clone(), listener.as_str());
         let mut service = Service::new(listener.as_str().to_string(), guarded);
         // pingora gives every connection a 64 KiB read buffer at accept; heads
         // and bodies are read into buffers of their own, so it only costs

@@ -1,11 +1,82 @@
-//! Reading a whole request body for the policy: bounded by
-//! `limits.max_body_bytes`, uncompressed, with an honest Content-Length.
+//! Request and response bodies: reading a whole request body for the
+//! policy (bounded by `limits.max_body_bytes`, uncompressed, with an honest
+//! Content-Length), and how streamed bodies are framed on each side.
 
 use bytes::{Bytes, BytesMut};
-use pingora::proxy::Session;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
 
-use super::headers;
+use super::{Session, headers};
 use crate::policy::deny::Deny;
+
+/// How a streamed request's body reaches the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    Empty,
+    /// The client's declared length, sent as declared.
+    Length(usize),
+    /// A body of unknown length (HTTP/1 chunked, or HTTP/2 without a
+    /// length), sent chunked.
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The framing of the client's request. A `Transfer-Encoding` other than
+    /// plain `chunked`, or one sent with a `Content-Length`, is ambiguous
+    /// (request smuggling) and refused.
+    pub fn of(session: &mut Session) -> Result<RequestFraming, Deny> {
+        let req = session.req_header();
+        let encoding = headers::single(req, "transfer-encoding")?;
+        let length = headers::single(req, "content-length")?;
+        match (encoding, length) {
+            (Some(_), Some(_)) => Err(Deny::bad_request(
+                "Transfer-Encoding and Content-Length were both sent",
+            )),
+            (Some(te), None) if te.eq_ignore_ascii_case("chunked") => Ok(RequestFraming::Chunked),
+            (Some(_), None) => Err(Deny::bad_request(
+                "Only chunked Transfer-Encoding is accepted",
+            )),
+            (None, Some(n)) => match n.parse::<usize>() {
+                Ok(0) => Ok(RequestFraming::Empty),
+                Ok(n) => Ok(RequestFraming::Length(n)),
+                Err(_) => Err(Deny::bad_request("Invalid Content-Length")),
+            },
+            (None, None) if session.is_http2() && !session.is_body_empty() => {
+                Ok(RequestFraming::Chunked)
+            }
+            (None, None) => Ok(RequestFraming::Empty),
+        }
+    }
+
+    /// The `Content-Length` the upstream request carries.
+    pub fn content_length(self) -> Option<usize> {
+        match self {
+            RequestFraming::Empty => None,
+            RequestFraming::Length(n) => Some(n),
+            RequestFraming::Chunked => None,
+        }
+    }
+}
+
+/// Frames a streamed answer for the client: the upstream's length when the
+/// body passes unchanged, else chunked on HTTP/1.1 (HTTP/1.0 clients read to
+/// the close; HTTP/2 frames itself). Bodiless answers get neither.
+pub fn frame_stream(
+    header: &mut ResponseHeader,
+    session: &Session,
+    length: Option<usize>,
+) -> Result<()> {
+    let status = header.status.as_u16();
+    let req = session.req_header();
+    let bodiless =
+        status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
+    if let Some(length) = length {
+        header.insert_header(http::header::CONTENT_LENGTH, length)?;
+    } else if !bodiless && !session.is_http2() && req.version == http::Version::HTTP_11 {
+        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
 
 /// The body (`None` when empty), or the refusal: 413 over `limit` (announced
 /// or actual), 415 for a Content-Encoding the policy cannot look inside, 400

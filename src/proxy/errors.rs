@@ -5,10 +5,9 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use serde_json::json;
 
-use super::Listener;
+use super::{Listener, Session};
 
 /// The JSON-RPC error code for an HTTP status: `-32000 - n` for 4xx statuses
 /// (401 → -32001, 403 → -32003), `-32050 - n` for 5xx, and the standard
@@ -55,10 +54,8 @@ pub async fn respond_json(
         header.insert_header(*name, value.as_str())?;
     }
     super::headers::secure_response(&mut header)?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(header)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// Writes an error response in the listener's format. 401s on the MCP listener

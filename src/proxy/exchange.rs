@@ -1,6 +1,6 @@
 //! A complete request/response exchange with an upstream, for requests memgate
-//! must rewrite or inspect whole (mem0 JSON routes, owner lookups). Streams do
-//! not come here: they go through pingora's proxy path untouched.
+//! must rewrite or inspect whole (mem0 JSON routes, owner lookups), and for
+//! the streams the listeners pass on as they are.
 
 use std::sync::Arc;
 
@@ -11,8 +11,25 @@ use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::Peer;
 
+use super::Session;
 use super::pool::IdlePool;
 use super::upstream::{IDLE_TIMEOUT, UpstreamTarget};
+
+/// What follows the request header.
+pub enum Outgoing<'a> {
+    /// A body memgate holds, or none.
+    Whole(Option<Bytes>),
+    /// The client's body, streamed up as it arrives.
+    From(&'a mut Session),
+}
+
+/// How far a failed send got: whether the whole request was written, and
+/// whether any of the client's body was taken (it cannot be sent again).
+#[derive(Default)]
+struct Progress {
+    sent: bool,
+    pulled: bool,
+}
 
 /// Idle connections kept per upstream: more than a busy listener keeps in
 /// flight, so bursts reuse rather than dial.
@@ -42,6 +59,13 @@ impl OpenExchange<'_> {
     /// The next piece of the body as it arrives; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         self.http.read_body_bytes().await
+    }
+
+    /// Closes the connection rather than keeping it: an event stream's
+    /// upstream usually hangs up after it, and the idle list would hold the
+    /// half-closed socket until its next use.
+    pub async fn close(mut self) {
+        self.http.shutdown().await;
     }
 
     /// Returns the connection to the pool if the response was read to its end.
@@ -106,49 +130,79 @@ impl UpstreamClient {
     }
 
     /// Sends `req` with `body` and returns once the response header is in;
-    /// the body is then read with [`OpenExchange::next_chunk`]. A pooled
-    /// connection the upstream closed while idle is retried once on a fresh
-    /// one; see [`retry_on_fresh`] for when that is safe.
+    /// the body is then read with [`OpenExchange::next_chunk`].
     pub async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
+        self.open_with(req, Outgoing::Whole(body)).await
+    }
+
+    /// As [`Self::open`], with the body from `body`. A pooled connection the
+    /// upstream closed while idle is retried once on a fresh one, unless the
+    /// client's body was already taken; see [`retry_on_fresh`] for the rest.
+    pub async fn open_with<'s>(
+        &'s self,
+        req: RequestHeader,
+        mut body: Outgoing<'_>,
+    ) -> Result<OpenExchange<'s>> {
         let peer = self.target.shared_peer().await?;
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
         let key = peer.reuse_hash();
         if let Some(stream) = self.pool.take(key) {
             let http = HttpSession::new_with_options(stream, &*peer);
-            let mut sent = false;
+            let mut progress = Progress::default();
             let idempotent = is_idempotent(&req.method);
             match self
-                .send(http, Box::new(req.clone()), &body, &peer, key, &mut sent)
+                .send(
+                    http,
+                    Box::new(req.clone()),
+                    &mut body,
+                    &peer,
+                    key,
+                    &mut progress,
+                )
                 .await
             {
-                Err(e) if retry_on_fresh(&e, sent, idempotent) => {
+                Err(e) if !progress.pulled && retry_on_fresh(&e, progress.sent, idempotent) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
                 done => return done,
             }
         }
         let (http, _) = Box::pin(self.connector.get_http_session(&*peer)).await?;
-        Box::pin(self.send(http, Box::new(req), &body, &peer, key, &mut false)).await
+        let mut progress = Progress::default();
+        Box::pin(self.send(http, Box::new(req), &mut body, &peer, key, &mut progress)).await
     }
 
     async fn send(
         &self,
         mut http: HttpSession,
         req: Box<RequestHeader>,
-        body: &Option<Bytes>,
+        body: &mut Outgoing<'_>,
         peer: &Arc<HttpPeer>,
         key: u64,
-        sent: &mut bool,
+        progress: &mut Progress,
     ) -> Result<OpenExchange<'_>> {
         http.read_timeout = peer.options.read_timeout;
         http.write_timeout = peer.options.write_timeout;
         http.write_request_header(req).await?;
-        if let Some(body) = body.as_ref().filter(|b| !b.is_empty()) {
-            http.write_body(body).await?;
+        match body {
+            Outgoing::Whole(body) => {
+                if let Some(body) = body.as_ref().filter(|b| !b.is_empty()) {
+                    http.write_body(body).await?;
+                }
+            }
+            Outgoing::From(client) => loop {
+                let chunk = client
+                    .read_request_body()
+                    .await
+                    .map_err(|e| e.into_down())?;
+                let Some(chunk) = chunk else { break };
+                progress.pulled = true;
+                http.write_body(&chunk).await?;
+            },
         }
         http.finish_body().await?;
-        *sent = true;
+        progress.sent = true;
         http.read_response().await?;
         if http.resp_header().is_none() {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");

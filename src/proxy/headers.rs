@@ -164,6 +164,19 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// Whether a response is a server-sent event stream.
+pub fn is_event_stream(header: &ResponseHeader) -> bool {
+    header
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
 /// The upstream's response header made the client's: hop-by-hop and framing
 /// headers removed (memgate frames the body itself), edited in place.
 pub fn client_response(mut header: ResponseHeader) -> ResponseHeader {

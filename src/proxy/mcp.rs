@@ -12,11 +12,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::exchange::UpstreamClient;
-use super::{body, headers};
+use super::{Session, body, headers};
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
@@ -82,9 +81,17 @@ pub struct StreamWatch {
     ending_session: Option<String>,
 }
 
+impl StreamWatch {
+    /// Whether memgate rewrites the response body (an SSE stream it parses),
+    /// so the upstream's length no longer holds.
+    pub fn rewrites(&self) -> bool {
+        self.rewriter.is_some()
+    }
+}
+
 pub struct McpFlow {
     policy: McpPolicy,
-    client: UpstreamClient,
+    client: Arc<UpstreamClient>,
     owners: Arc<OwnerResolver>,
     sessions: Arc<SessionBindings>,
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
@@ -100,7 +107,7 @@ pub struct McpFlow {
 /// The settings `McpFlow` is built from.
 pub struct McpSettings {
     pub policy: McpPolicy,
-    pub client: UpstreamClient,
+    pub client: Arc<UpstreamClient>,
     pub owners: Arc<OwnerResolver>,
     pub mcp_path: String,
     pub sse_path: String,
@@ -180,9 +187,7 @@ impl McpFlow {
             header.insert_header("access-control-max-age", "600")?;
             header.insert_header("vary", "Origin")?;
             headers::secure_response(&mut header)?;
-            session
-                .write_response_header(Box::new(header), true)
-                .await?;
+            session.write_response_header(Box::new(header)).await?;
             return Ok(true);
         }
         Ok(false)
@@ -332,11 +337,9 @@ impl McpFlow {
         header.insert_header("cache-control", "no-store")?;
         add_cors(&mut header, cors.as_deref())?;
         headers::secure_response(&mut header)?;
+        session.write_response_header(Box::new(header)).await?;
         session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session
-            .write_response_body(Some(Bytes::from(deny.body)), true)
+            .write_response_body(Bytes::from(deny.body), true)
             .await?;
         Ok(McpHandled::Responded(Some(McpRefusal {
             status: deny.status,
@@ -457,21 +460,14 @@ impl McpFlow {
         {
             tracing::warn!(error = %e, "new MCP session not bound in the store");
         }
-        let content_type = upstream
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let event_stream = headers::is_event_stream(&upstream);
         let ids = forward.tools_list_ids();
         let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
         headers::secure_response(&mut header)?;
-        if content_type.starts_with("text/event-stream") {
+        if event_stream {
             // Event by event: each complete event goes out as soon as it is in.
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
+            session.write_response_header(Box::new(header)).await?;
             let mut rewriter = SseRewriter::default();
             let mut filter = |event: &mut SseEvent| {
                 if !ids.is_empty() {
@@ -494,15 +490,11 @@ impl McpFlow {
                     )
                 })?;
                 if !out.is_empty() {
-                    session
-                        .write_response_body(Some(Bytes::from(out)), false)
-                        .await?;
+                    session.write_response_body(Bytes::from(out), false).await?;
                 }
             }
             let tail = rewriter.finish(&mut filter).unwrap_or_default();
-            session
-                .write_response_body(Some(Bytes::from(tail)), true)
-                .await?;
+            session.write_response_body(Bytes::from(tail), true).await?;
             open.finish().await;
             return Ok(());
         }
@@ -538,11 +530,9 @@ impl McpFlow {
             body = Bytes::from(filtered);
         }
         header.insert_header("content-length", body.len().to_string())?;
-        session
-            .write_response_header(Box::new(header), body.is_empty())
-            .await?;
+        session.write_response_header(Box::new(header)).await?;
         if !body.is_empty() {
-            session.write_response_body(Some(body), true).await?;
+            session.write_response_body(body, true).await?;
         }
         Ok(())
     }
@@ -555,12 +545,7 @@ impl McpFlow {
         cors: Option<&str>,
     ) -> Result<()> {
         add_cors(response, cors)?;
-        let is_sse = response
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
-        if !is_sse {
+        if !headers::is_event_stream(response) {
             watch.rewriter = None;
         }
         if response.status.is_success()

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
-use super::{Listener, body, errors, headers};
+use super::{Listener, Session, body, errors, headers};
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
@@ -255,10 +254,8 @@ impl Mem0Flow {
                     .await;
             }
         };
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await
+        session.write_response_header(Box::new(header)).await?;
+        session.write_response_body(body, true).await
     }
 
     /// Response filtering (defence in depth) and owner bookkeeping.

@@ -13,12 +13,15 @@ pub mod pool;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
+use tokio::sync::Notify;
 
 use std::net::IpAddr;
 
@@ -32,9 +35,12 @@ use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
+use exchange::{Outgoing, UpstreamClient};
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
-use upstream::UpstreamTarget;
+
+/// One request on a client connection (HTTP/1 or HTTP/2), as pingora reads it.
+pub type Session = pingora::protocols::http::ServerSession;
 
 /// Which listener a request arrived on; decides the error format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,12 +70,26 @@ pub struct RequestCtx {
     rewritten_uri: Option<String>,
     /// Metric label for the route; "denied" until authentication succeeds.
     route: &'static str,
-    upstream_started: Option<Instant>,
     request_id: String,
-    /// MCP responses streamed through pingora are watched with this.
+    /// MCP responses streamed through are watched with this.
     mcp_watch: Option<StreamWatch>,
     /// Holds the request in the in-flight count until it is done.
     _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    fn new(shared: &Shared) -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            identity: None,
+            scope: String::new(),
+            rewritten_uri: None,
+            route: "denied",
+            request_id: String::new(),
+            mcp_watch: None,
+            _in_flight: shared.in_flight.enter(),
+        }
+    }
 }
 
 /// What every listener shares: authentication, limits and the audit trail.
@@ -88,10 +108,12 @@ pub struct Shared {
 pub struct Gate {
     listener: Listener,
     shared: Arc<Shared>,
-    upstream: Arc<UpstreamTarget>,
+    /// Sends streamed requests; the flows' exchanges share its idle connections.
+    client: Arc<UpstreamClient>,
     forward_credentials: bool,
     isolation: IsolationMode,
     flow: Flow,
+    stopping: Stopping,
 }
 
 /// The listener-specific part of the request flow.
@@ -113,7 +135,7 @@ impl Gate {
     pub fn new(
         listener: Listener,
         shared: Arc<Shared>,
-        upstream: Arc<UpstreamTarget>,
+        client: Arc<UpstreamClient>,
         forward_credentials: bool,
         isolation: IsolationMode,
         flow: Flow,
@@ -121,10 +143,11 @@ impl Gate {
         Gate {
             listener,
             shared,
-            upstream,
+            client,
             forward_credentials,
             isolation,
             flow,
+            stopping: Stopping::default(),
         }
     }
 
@@ -349,26 +372,103 @@ fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gate {
-    type CTX = RequestCtx;
+/// Waking keep-alive connections that wait for their next request when the
+/// listener stops (pingora calls `http_cleanup`), so they close at once.
+#[derive(Default)]
+pub struct Stopping {
+    stopped: AtomicBool,
+    notify: Notify,
+}
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            identity: None,
-            scope: String::new(),
-            rewritten_uri: None,
-            route: "denied",
-            upstream_started: None,
-            request_id: String::new(),
-            mcp_watch: None,
-            _in_flight: self.shared.in_flight.enter(),
+impl Stopping {
+    fn begin(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// memgate serves its listeners as a pingora HTTP app of its own rather than
+/// through `ProxyHttp`: every request here is either answered by memgate
+/// (refusals, the buffered mem0 and JSON-RPC exchanges) or streamed through
+/// its own upstream client, so pingora's proxy machinery (phases, cache,
+/// modules, its pool) was paid on every request for nothing.
+#[async_trait]
+impl HttpServerApp for Gate {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: Session,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            () = self.stopping.wait() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = errors::respond_error(
+                        &mut session,
+                        self.listener,
+                        400,
+                        "Malformed request",
+                    )
+                    .await;
+                }
+                tracing::debug!(listener = self.listener.as_str(), error = %e, "unreadable request head");
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new(&self.shared);
+        let outcome = self.handle(&mut session, &mut ctx).await;
+        if let Err(e) = &outcome {
+            self.fail(&mut session, e).await;
+        }
+        self.log(&session, outcome.as_ref().err().map(|e| &**e), &ctx);
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
         }
     }
 
+    async fn http_cleanup(&self) {
+        self.stopping.begin();
+    }
+}
+
+impl Gate {
+    /// One request: answered by memgate, or passed through as a stream.
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        // CONNECT changes how the message is framed; nothing behind memgate
+        // takes it (pingora's proxy refused it the same way).
+        if session.req_header().method == http::Method::CONNECT {
+            session.set_keepalive(None);
+            return errors::respond_error(session, self.listener, 405, "Method Not Allowed").await;
+        }
+        if self.respond_or_pass(session, ctx).await? {
+            return Ok(());
+        }
+        self.stream(session, ctx).await
+    }
+
     /// Admission and policy before anything is forwarded or any body is read.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// `Ok(true)`: a response was sent; `Ok(false)`: stream the request.
+    async fn respond_or_pass(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some((status, message)) = oversized(session.req_header(), &self.shared) {
             errors::respond_error(session, self.listener, status, message).await?;
             return Ok(true);
@@ -422,94 +522,132 @@ impl ProxyHttp for Gate {
         }
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        ctx.upstream_started = Some(Instant::now());
-        self.upstream.peer().await
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        // request_filter only lets authenticated requests reach this point.
+    /// Proxies a request the policy passes on as it is (allow-listed mem0
+    /// routes; MCP streams, DELETEs and other paths): the client's body is
+    /// streamed up, the answer streamed back, SSE event by event on MCP.
+    async fn stream(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        // respond_or_pass only lets authenticated requests reach this point.
         let Some(identity) = ctx.identity.as_ref() else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "unauthenticated request reached the upstream phase",
             );
         };
-        headers::rewrite(
-            upstream_request,
+        let framing = match body::RequestFraming::of(session) {
+            Ok(framing) => framing,
+            Err(deny) => {
+                session.set_keepalive(None);
+                return errors::respond_error(session, self.listener, deny.status, &deny.message)
+                    .await;
+            }
+        };
+        let req = session.req_header();
+        let path_and_query = match ctx.rewritten_uri.take() {
+            Some(uri) => uri,
+            None => req
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string(),
+        };
+        let mut upstream_req = headers::upstream_request(
+            req,
+            &path_and_query,
             identity,
             &ctx.scope,
             self.forward_credentials,
+            self.client.target().authority(),
+            framing.content_length(),
         )?;
-        if let Some(uri) = ctx.rewritten_uri.take() {
-            let uri = uri
-                .parse::<http::Uri>()
-                .or_err(ErrorType::InternalError, "rewritten URI is invalid")?;
-            upstream_request.set_uri(uri);
+        if framing == body::RequestFraming::Chunked {
+            upstream_req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
-        upstream_request.insert_header("host", self.upstream.authority())?;
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut pingora::http::ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        headers::secure_response(upstream_response)?;
+        let started = Instant::now();
+        let body = match framing {
+            body::RequestFraming::Empty => Outgoing::Whole(None),
+            _ => Outgoing::From(&mut *session),
+        };
+        let mut open = match self.client.open_with(upstream_req, body).await {
+            Ok(open) => open,
+            Err(e) => {
+                let (status, message) = match e.esource() {
+                    pingora::ErrorSource::Downstream => failure_response(self.listener, &e),
+                    _ => upstream_failure(self.listener, &e),
+                };
+                tracing::info!(listener = self.listener.as_str(), error = %e, status, "upstream exchange failed");
+                session.set_keepalive(None);
+                if status > 0 {
+                    errors::respond_error(session, self.listener, status, &message).await?;
+                }
+                return Ok(());
+            }
+        };
+        METRICS
+            .upstream_duration
+            .with_label_values(&[self.listener.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let mut header = headers::client_response(open.header().clone());
+        headers::secure_response(&mut header)?;
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
-            flow.on_response_header(watch, upstream_response, cors.as_deref())?;
+            flow.on_response_header(watch, &mut header, cors.as_deref())?;
+        }
+        // The upstream's length stands unless memgate rewrites the body
+        // (SSE on MCP); otherwise the body is sent chunked.
+        let rewritten = ctx.mcp_watch.as_ref().is_some_and(StreamWatch::rewrites);
+        let event_stream = headers::is_event_stream(open.header());
+        let length = open
+            .header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .filter(|_| !rewritten);
+        body::frame_stream(&mut header, session, length)?;
+        session.write_response_header(Box::new(header)).await?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = open.next_chunk() => next,
+                // The client went away: stop reading the upstream.
+                _ = session.read_body_or_idle(true) => {
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
+            };
+            let (mut chunk, end) = match next {
+                Ok(Some(chunk)) => (Some(chunk), false),
+                Ok(None) => (None, true),
+                Err(e) => {
+                    // Too late for an error response: end the client's stream.
+                    tracing::debug!(listener = self.listener.as_str(), error = %e, "upstream stream ended with an error");
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
+            };
+            if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
+                flow.on_response_chunk(watch, &mut chunk, end)?;
+            }
+            if chunk.is_some() || end {
+                session
+                    .write_response_body(chunk.unwrap_or_default(), end)
+                    .await?;
+            }
+            if end {
+                break;
+            }
+        }
+        if event_stream {
+            open.close().await;
+        } else {
+            open.finish().await;
         }
         Ok(())
     }
 
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
-        if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
-            flow.on_response_chunk(watch, body, end_of_stream)?;
-        }
-        Ok(None)
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut pingora::http::ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(at) = ctx.upstream_started {
-            METRICS
-                .upstream_duration
-                .with_label_values(&[self.listener.as_str()])
-                .observe(at.elapsed().as_secs_f64());
-        }
-        Ok(())
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        _ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    /// A request that failed: the status pingora's error maps to, when no
+    /// response was started; the connection is not reused.
+    async fn fail(&self, session: &mut Session, e: &Error) {
         let (code, message) = failure_response(self.listener, e);
-        // The connection is not reused after a failure: say so in the answer.
         session.set_keepalive(None);
         if code > 0
             && session.response_written().is_none()
@@ -518,13 +656,9 @@ impl ProxyHttp for Gate {
         {
             tracing::debug!(error = %write_err, "could not send the error response");
         }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    fn log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let listener = self.listener.as_str();
         METRICS
