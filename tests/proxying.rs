@@ -131,7 +131,15 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     assert_eq!(get("/health").await.unwrap().status(), 200);
     assert_eq!(get("/ready").await.unwrap().status(), 200);
     let _ = reqwest::get(gate.mem0_url("/memories")).await.unwrap();
-    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    // A request is counted once its answer is written, which may be just
+    // after the client has read it.
+    let counted = "memgate_requests_total{listener=\"mem0\",route=\"denied\",status=\"401\"} 1";
+    let metrics = || async { get("/metrics").await.unwrap().text().await.unwrap() };
+    within(Duration::from_secs(2), || async {
+        metrics().await.contains(counted)
+    })
+    .await;
+    let text = metrics().await;
     for name in [
         "memgate_requests_total{listener=\"mem0\",route=\"denied\",status=\"401\"} 1",
         "memgate_auth_decisions_total{reason=\"missing\",result=\"deny\"} 1",

@@ -9,6 +9,30 @@ use pingora::prelude::*;
 use super::{Session, headers};
 use crate::policy::deny::Deny;
 
+/// A request that names both `Transfer-Encoding` and `Content-Length` is
+/// ambiguous (request smuggling) and refused on every route. pingora keeps
+/// only the first of the two for HTTP/1, so its raw head is checked too.
+pub fn ambiguous_framing(session: &Session) -> Option<Deny> {
+    let req = session.req_header();
+    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let length_too = req.headers.contains_key(http::header::CONTENT_LENGTH)
+        || session
+            .as_http1()
+            .is_some_and(|h1| names_header(&h1.get_headers_raw_bytes(), b"content-length"));
+    length_too.then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
+}
+
+/// Whether a raw request head has a header line called `name`.
+fn names_header(head: &[u8], name: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':'
+    })
+}
+
 /// How a streamed request's body reaches the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestFraming {
@@ -26,8 +50,8 @@ impl RequestFraming {
     /// (request smuggling) and refused.
     pub fn of(session: &mut Session) -> Result<RequestFraming, Deny> {
         let req = session.req_header();
-        let encoding = headers::single(req, "transfer-encoding")?;
-        let length = headers::single(req, "content-length")?;
+        let encoding = headers::single(req, &http::header::TRANSFER_ENCODING)?;
+        let length = headers::single(req, &http::header::CONTENT_LENGTH)?;
         match (encoding, length) {
             (Some(_), Some(_)) => Err(Deny::bad_request(
                 "Transfer-Encoding and Content-Length were both sent",
@@ -83,11 +107,11 @@ pub fn frame_stream(
 /// for an ambiguous or broken framing.
 pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<Bytes>, Deny> {
     let req = session.req_header();
-    let encoding = headers::single(req, "content-encoding")?;
+    let encoding = headers::single(req, &http::header::CONTENT_ENCODING)?;
     if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         return Err(Deny::unsupported_media_type());
     }
-    if let Some(declared) = headers::single(req, "content-length")? {
+    if let Some(declared) = headers::single(req, &http::header::CONTENT_LENGTH)? {
         match declared.parse::<usize>() {
             Ok(n) if n > limit => return Err(Deny::payload_too_large(limit)),
             Ok(_) => {}
@@ -111,4 +135,25 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         }
     }
     Ok((!buf.is_empty()).then(|| buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_header;
+
+    #[test]
+    fn finds_a_header_line_in_a_raw_head_whatever_its_case() {
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nCONTENT-LENGTH: 5\r\n\r\n";
+        assert!(names_header(head, b"content-length"));
+        assert!(names_header(head, b"transfer-encoding"));
+        // Neither the request line, a longer name nor a value counts.
+        assert!(!names_header(
+            b"content-length: 1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"content-length"
+        ));
+        assert!(!names_header(
+            b"GET / HTTP/1.1\r\nContent-Lengthy: 5\r\nX: content-length: 5\r\n\r\n",
+            b"content-length"
+        ));
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -11,21 +12,28 @@ use crate::policy::deny::Deny;
 
 /// Hop-by-hop and framing headers: never copied between the two connections
 /// when memgate builds the upstream request or the client's response itself.
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "host",
-    "expect",
+pub static HOP_BY_HOP: [HeaderName; 10] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::CONTENT_LENGTH,
+    http::header::HOST,
+    http::header::EXPECT,
 ];
 
+/// Header names memgate reads on every request, parsed once.
+pub const X_MCP_TOKEN: HeaderName = HeaderName::from_static("x-mcp-token");
+pub const X_MCP_USERID: HeaderName = HeaderName::from_static("x-mcp-userid");
+pub const X_MCP_PROJECT: HeaderName = HeaderName::from_static("x-mcp-project");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The one value of a header, trimmed; several values are ambiguous and refused.
-pub fn single(req: &RequestHeader, name: &str) -> std::result::Result<Option<String>, Deny> {
+pub fn single(req: &RequestHeader, name: &HeaderName) -> std::result::Result<Option<String>, Deny> {
     let mut values = req.headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -52,12 +60,26 @@ pub fn set_tls(enabled: bool) {
 /// Headers every response carries: no MIME sniffing, no framing, and HSTS
 /// when memgate terminates TLS.
 pub fn secure_response(header: &mut ResponseHeader) -> Result<()> {
-    header.insert_header("x-content-type-options", "nosniff")?;
-    header.insert_header("x-frame-options", "DENY")?;
-    if TLS.get().copied().unwrap_or(false) {
-        header.insert_header("strict-transport-security", "max-age=31536000")?;
+    for (name, value) in security_headers() {
+        header.insert_header(name, value)?;
     }
     Ok(())
+}
+
+fn security_headers() -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    use http::header::{STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    let hsts = TLS.get().copied().unwrap_or(false).then(|| {
+        (
+            STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        )
+    });
+    [
+        (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    ]
+    .into_iter()
+    .chain(hsts)
 }
 
 /// The name lower-cased with `-` and `_` removed, so `X_MCP_UserID`,
@@ -105,37 +127,35 @@ fn is_stripped(name: &str, forward_credentials: bool) -> bool {
         || (!forward_credentials && is_credential_header(name))
 }
 
-/// Injects the identity memgate established.
-fn inject_identity(req: &mut RequestHeader, identity: &Identity, scope: &str) -> Result<()> {
-    req.insert_header("X-MCP-UserID", identity.user_id.as_str())?;
-    req.insert_header("X-Memgate-Scope", scope)?;
-    req.insert_header("X-Memgate-Token-Prefix", identity.token_prefix.as_str())?;
-    Ok(())
+const X_MEMGATE_SCOPE: HeaderName = HeaderName::from_static("x-memgate-scope");
+const X_MEMGATE_TOKEN_PREFIX: HeaderName = HeaderName::from_static("x-memgate-token-prefix");
+
+fn value(text: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(text).or_err(ErrorType::InvalidHTTPHeader, "header value is not valid")
 }
 
-/// Removes client identity headers (and credentials unless forwarded), then
-/// injects the identity memgate established; for requests pingora forwards.
-pub fn rewrite(
-    req: &mut RequestHeader,
-    identity: &Identity,
-    scope: &str,
-    forward_credentials: bool,
-) -> Result<()> {
-    let doomed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| is_stripped(n.as_str(), forward_credentials))
-        .cloned()
-        .collect();
-    for name in doomed {
-        req.remove_header(&name);
-    }
-    inject_identity(req, identity, scope)
+/// Headers the client's `Connection` header names as hop-by-hop (RFC 9110
+/// §7.6.1): meant for memgate, not passed on. Usually none.
+fn connection_nominated(req: &RequestHeader) -> Vec<&str> {
+    req.headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+        })
+        .collect()
 }
 
 /// The request memgate sends upstream itself: the client's method and
 /// headers minus hop-by-hop and stripped ones, `path_and_query`, memgate's
-/// identity headers, the upstream's `host`, and the body's length.
+/// identity headers, the upstream's `host`, and the body's length. Built as
+/// plain `http` parts: pingora's header setters parse every name again and
+/// keep a second, case-preserving map the upstream does not need.
 pub fn upstream_request(
     client_req: &RequestHeader,
     path_and_query: &str,
@@ -145,23 +165,32 @@ pub fn upstream_request(
     authority: &str,
     body_len: Option<usize>,
 ) -> Result<RequestHeader> {
-    let mut req = RequestHeader::build(
-        client_req.method.clone(),
-        path_and_query.as_bytes(),
-        Some(client_req.headers.len() + 5),
-    )?;
+    let nominated = connection_nominated(client_req);
+    let mut headers = http::HeaderMap::with_capacity(client_req.headers.len() + 5);
     for (name, value) in client_req.headers.iter() {
         let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !is_stripped(n, forward_credentials) {
-            req.append_header(name.clone(), value.clone())?;
+        if !HOP_BY_HOP.contains(name)
+            && !is_stripped(n, forward_credentials)
+            && !nominated.iter().any(|h| h.eq_ignore_ascii_case(n))
+        {
+            headers.append(name.clone(), value.clone());
         }
     }
-    inject_identity(&mut req, identity, scope)?;
-    req.insert_header(http::header::HOST, authority)?;
+    headers.insert(X_MCP_USERID, value(&identity.user_id)?);
+    headers.insert(X_MEMGATE_SCOPE, value(scope)?);
+    headers.insert(X_MEMGATE_TOKEN_PREFIX, value(&identity.token_prefix)?);
+    headers.insert(http::header::HOST, value(authority)?);
     if let Some(len) = body_len {
-        req.insert_header(http::header::CONTENT_LENGTH, len)?;
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    Ok(req)
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = client_req.method.clone();
+    parts.uri = http::Uri::try_from(path_and_query).or_err(
+        ErrorType::InternalError,
+        "upstream request target is invalid",
+    )?;
+    parts.headers = headers;
+    Ok(RequestHeader::from(parts))
 }
 
 /// Whether a response is a server-sent event stream.
@@ -178,14 +207,24 @@ pub fn is_event_stream(header: &ResponseHeader) -> bool {
 }
 
 /// The upstream's response header made the client's: hop-by-hop and framing
-/// headers removed (memgate frames the body itself), edited in place.
-pub fn client_response(mut header: ResponseHeader) -> ResponseHeader {
-    for name in HOP_BY_HOP {
-        if header.headers.contains_key(*name) {
-            header.remove_header(*name);
-        }
+/// headers removed (memgate frames the body itself, with `length` when it
+/// knows it), the security headers added. Edited as plain `http` parts:
+/// pingora's setters parse every name again and keep a second,
+/// case-preserving map the client does not need.
+pub fn client_response(header: ResponseHeader, length: Option<usize>) -> ResponseHeader {
+    let mut parts = http::response::Parts::from(header);
+    for name in &HOP_BY_HOP {
+        parts.headers.remove(name);
     }
-    header
+    if let Some(length) = length {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    for (name, value) in security_headers() {
+        parts.headers.insert(name, value);
+    }
+    ResponseHeader::from(parts)
 }
 
 #[cfg(test)]
@@ -246,40 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn strips_and_injects() {
-        let mut req = request(
-            "GET",
-            b"/memories",
-            &[
-                ("X-MCP-UserID", "mallory"),
-                ("x_mcp_userid", "mallory"),
-                ("X-Memgate-Scope", "mallory"),
-                ("X-MCP-Token", "secret"),
-                ("Authorization", "Bearer secret"),
-                ("Accept", "application/json"),
-            ],
-        );
-        rewrite(&mut req, &alice(), "alice", false).unwrap();
-        let get = |n: &str| values(&req, n);
-        assert_eq!(get("x-mcp-userid"), ["alice"]);
-        assert_eq!(get("x_mcp_userid"), Vec::<String>::new());
-        assert_eq!(get("x-memgate-scope"), ["alice"]);
-        assert_eq!(get("x-memgate-token-prefix"), ["mcp_abcdefgh"]);
-        assert!(get("x-mcp-token").is_empty() && get("authorization").is_empty());
-        assert_eq!(get("accept"), ["application/json"]);
-    }
-
-    #[test]
     fn upstream_request_copies_only_what_may_pass() {
         let client = request(
             "POST",
             b"/memories?x=1",
             &[
                 ("X-MCP-UserID", "mallory"),
+                ("x_mcp_userid", "mallory"),
                 ("X_Memgate_Scope", "mallory"),
                 ("X-HTTP-Method-Override", "DELETE"),
                 ("X-MCP-Token", "secret"),
+                ("Authorization", "Bearer secret"),
                 ("Connection", "keep-alive, x-custom"),
+                ("X-Custom", "for the next hop only"),
                 ("Transfer-Encoding", "chunked"),
                 ("Content-Length", "999"),
                 ("Host", "evil.example"),
@@ -306,9 +324,12 @@ mod tests {
         assert_eq!(values(&req, "content-length"), ["12"]);
         assert_eq!(values(&req, "accept"), ["application/json"]);
         for gone in [
+            "x_mcp_userid",
             "x-http-method-override",
             "x-mcp-token",
+            "authorization",
             "connection",
+            "x-custom",
             "transfer-encoding",
         ] {
             assert!(values(&req, gone).is_empty(), "{gone} was copied");
@@ -317,6 +338,7 @@ mod tests {
 
         let forwarded = upstream_request(&client, "/m", &id, "alice", true, "mem0", None).unwrap();
         assert_eq!(values(&forwarded, "x-mcp-token"), ["secret"]);
+        assert_eq!(values(&forwarded, "authorization"), ["Bearer secret"]);
         assert!(values(&forwarded, "content-length").is_empty());
         assert_eq!(values(&forwarded, "x-mcp-userid"), ["alice"]);
     }
@@ -334,9 +356,22 @@ mod tests {
         ] {
             upstream.append_header(n, v).unwrap();
         }
-        let header = client_response(upstream);
-        assert_eq!(header.status, 201);
-        let names: Vec<&str> = header.headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "mcp-session-id"]);
+        let streamed = client_response(upstream.clone(), None);
+        assert_eq!(streamed.status, 201);
+        let names: Vec<&str> = streamed.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "mcp-session-id",
+                "x-content-type-options",
+                "x-frame-options"
+            ]
+        );
+        assert_eq!(streamed.headers["x-content-type-options"], "nosniff");
+        // memgate's own length replaces the upstream's.
+        let buffered = client_response(upstream, Some(12));
+        assert_eq!(buffered.headers.get_all("content-length").iter().count(), 1);
+        assert_eq!(buffered.headers["content-length"], "12");
     }
 }

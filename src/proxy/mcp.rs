@@ -26,6 +26,8 @@ use crate::policy::mcp::{
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
 
+const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
+
 /// Header names a browser client may send (CORS preflight answer).
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, x-mcp-token, x-mcp-userid, \
      x-mcp-project, mcp-session-id, mcp-protocol-version, last-event-id";
@@ -209,7 +211,7 @@ impl McpFlow {
             }
         };
         // Refused as on the mem0 listener: which project was meant is unclear.
-        if let Err(deny) = headers::single(req, "x-mcp-project") {
+        if let Err(deny) = headers::single(req, &headers::X_MCP_PROJECT) {
             refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
             return Ok(McpHandled::Responded(None));
         }
@@ -217,7 +219,7 @@ impl McpFlow {
         // The session this request uses: the header, or the legacy query parameter.
         let session_id = match endpoint {
             Endpoint::LegacyMessages => session_id_from_query(req.uri.query()),
-            _ => headers::single(req, "mcp-session-id"),
+            _ => headers::single(req, &MCP_SESSION_ID),
         };
         let session_id = match session_id {
             Ok(id) => id,
@@ -448,7 +450,7 @@ impl McpFlow {
             .upstream_duration
             .with_label_values(&[super::Listener::Mcp.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let upstream = headers::client_response(open.header().clone());
+        let upstream = headers::client_response(open.header().clone(), None);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status.is_success()
@@ -464,9 +466,9 @@ impl McpFlow {
         let ids = forward.tools_list_ids();
         let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
-        headers::secure_response(&mut header)?;
         if event_stream {
             // Event by event: each complete event goes out as soon as it is in.
+            body::frame_stream(&mut header, session, None)?;
             session.write_response_header(Box::new(header)).await?;
             let mut rewriter = SseRewriter::default();
             let mut filter = |event: &mut SseEvent| {

@@ -137,7 +137,7 @@ impl Mem0Flow {
         })?;
         *route = matched.route.label();
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
-        let project = headers::single(req, "x-mcp-project").map_err(Step::deny)?;
+        let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project.as_deref());
         if req
             .headers
@@ -162,7 +162,7 @@ impl Mem0Flow {
                 Decision::Deny(deny) => Err(Step::deny(deny)),
             };
         }
-        let content_type = headers::single(req, "content-type").map_err(Step::deny)?;
+        let content_type = headers::single(req, &http::header::CONTENT_TYPE).map_err(Step::deny)?;
         let body = body::read_whole(session, self.policy.max_body_bytes)
             .await
             .map_err(Step::deny)?;
@@ -309,13 +309,7 @@ impl Mem0Flow {
         {
             self.owners.forget(id).await;
         }
-        let mut header = headers::client_response(upstream);
-        header
-            .insert_header(http::header::CONTENT_LENGTH, body.len())
-            .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
-        headers::secure_response(&mut header)
-            .map_err(|_| Deny::new(500, "Internal error in memgate"))?;
-        Ok((header, body))
+        Ok((headers::client_response(upstream, Some(body.len())), body))
     }
 }
 

@@ -181,7 +181,7 @@ impl Gate {
         let forwarded: Vec<&str> = session
             .req_header()
             .headers
-            .get_all("x-forwarded-for")
+            .get_all(&headers::X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -337,7 +337,7 @@ fn oversized(req: &RequestHeader, shared: &Shared) -> Option<(u16, &'static str)
 /// The `X-MCP-Project` header, trimmed. A repeated or unreadable one reads as
 /// absent here; both listeners refuse such a request before forwarding it.
 fn project(req: &RequestHeader) -> Option<String> {
-    headers::single(req, "x-mcp-project").ok().flatten()
+    headers::single(req, &headers::X_MCP_PROJECT).ok().flatten()
 }
 
 /// A client-chosen request id (printable, short) or a fresh one: a random
@@ -348,7 +348,7 @@ fn request_id(req: &RequestHeader) -> String {
     static BASE: LazyLock<String> = LazyLock::new(|| audit::new_id()[..16].to_string());
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     req.headers
-        .get("x-request-id")
+        .get(&headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(
@@ -358,7 +358,7 @@ fn request_id(req: &RequestHeader) -> String {
 }
 
 fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
-    let all = |name: &str| {
+    let all = |name: &http::HeaderName| {
         req.headers
             .get_all(name)
             .iter()
@@ -366,9 +366,9 @@ fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
             .collect()
     };
     PresentedHeaders {
-        x_mcp_token: all("x-mcp-token"),
-        authorization: all("authorization"),
-        x_mcp_user_id: all("x-mcp-userid"),
+        x_mcp_token: all(&headers::X_MCP_TOKEN),
+        authorization: all(&http::header::AUTHORIZATION),
+        x_mcp_user_id: all(&headers::X_MCP_USERID),
     }
 }
 
@@ -416,6 +416,7 @@ impl HttpServerApp for Gate {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
+                session.set_keepalive(None);
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
                     let _ = errors::respond_error(
                         &mut session,
@@ -471,6 +472,11 @@ impl Gate {
     async fn respond_or_pass(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some((status, message)) = oversized(session.req_header(), &self.shared) {
             errors::respond_error(session, self.listener, status, message).await?;
+            return Ok(true);
+        }
+        if let Some(deny) = body::ambiguous_framing(session) {
+            session.set_keepalive(None);
+            errors::respond_error(session, self.listener, deny.status, &deny.message).await?;
             return Ok(true);
         }
         ctx.request_id = request_id(session.req_header());
@@ -586,8 +592,7 @@ impl Gate {
             .upstream_duration
             .with_label_values(&[self.listener.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let mut header = headers::client_response(open.header().clone());
-        headers::secure_response(&mut header)?;
+        let mut header = headers::client_response(open.header().clone(), None);
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
             flow.on_response_header(watch, &mut header, cors.as_deref())?;

@@ -1,0 +1,733 @@
+//! Streamed pass-through (DESIGN.md §1 step 5): requests the policy passes on
+//! unchanged (MCP streams, DELETEs and other paths; mem0 routes allow-listed
+//! with `mem0.allowed_routes`) have their body pumped to the upstream with the
+//! client's framing and their answer streamed back framed for a kept-alive
+//! connection. Ambiguous framing and CONNECT never reach the upstream, and a
+//! client hanging up ends the upstream stream. Every test checks what the
+//! upstream actually received.
+
+mod support;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Longest any single network step may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `fut`, or a panic naming `what` if it takes longer than [`WAIT`].
+async fn timed<F: Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+/// A memgate in front of `upstream` whose mem0 listener streams every route
+/// outside mem0's own API (`allowed_routes = ["* /"]`), with a token for alice.
+async fn gate(upstream: &str) -> (TestDb, Memgate, String) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut cfg = MemgateConfig::new(&db.url, upstream);
+    cfg.mem0_extra = r#"allowed_routes = ["* /"]"#.into();
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    (db, gate, token)
+}
+
+/// Both listeners; on each, `/stream/...` is a streamed route.
+fn listeners(gate: &Memgate) -> [(&'static str, SocketAddr); 2] {
+    [("mcp", gate.mcp), ("mem0", gate.mem0)]
+}
+
+/// A request head with alice's token; `extra` is whole header lines.
+fn head(method: &str, target: &str, token: &str, extra: &str) -> String {
+    format!("{method} {target} HTTP/1.1\r\nHost: memgate\r\nX-MCP-Token: {token}\r\n{extra}\r\n")
+}
+
+/// An HTTP/1.1 message as read off the wire.
+#[derive(Debug)]
+struct Message {
+    /// The request or status line.
+    start: String,
+    /// Names lower-cased, in the order sent.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn status(&self) -> u16 {
+        self.start
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn method(&self) -> &str {
+        self.start.split(' ').next().unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.start.split(' ').nth(1).unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// The start line and headers; `None` if the peer closed before sending any.
+async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Option<Message>> {
+    let mut start = String::new();
+    if r.read_line(&mut start).await? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, line.to_string()))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    Ok(Some(Message {
+        start: start.trim_end().to_string(),
+        headers,
+        body: Vec::new(),
+    }))
+}
+
+/// A chunked body, trailers skipped.
+async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await?;
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| invalid(format!("chunk size line {line:?}")))?;
+        if size == 0 {
+            loop {
+                let mut trailer = String::new();
+                if r.read_line(&mut trailer).await? == 0 || trailer.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let at = body.len();
+        body.resize(at + size, 0);
+        r.read_exact(&mut body[at..]).await?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).await?;
+        if &crlf != b"\r\n" {
+            return Err(invalid(format!("chunk not followed by CRLF: {crlf:?}")));
+        }
+    }
+}
+
+/// One whole message, its body framed by chunks, Content-Length, or (a
+/// response only) the close; `None` if the peer closed before sending any.
+async fn read_message<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    response: bool,
+) -> io::Result<Option<Message>> {
+    let Some(mut msg) = read_head(r).await? else {
+        return Ok(None);
+    };
+    if response && matches!(msg.status(), 100..=199 | 204 | 304) {
+        return Ok(Some(msg));
+    }
+    if msg.chunked() {
+        msg.body = read_chunked(r).await?;
+    } else if let Some(length) = msg.header("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, length.to_string()))?;
+        msg.body = vec![0; length];
+        r.read_exact(&mut msg.body).await?;
+    } else if response {
+        r.read_to_end(&mut msg.body).await?;
+    }
+    Ok(Some(msg))
+}
+
+/// A raw client connection to memgate.
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = timed("connect", TcpStream::connect(addr)).await.unwrap();
+        Conn(BufReader::new(stream))
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        timed("send", async {
+            self.0.write_all(bytes.as_ref()).await?;
+            self.0.flush().await
+        })
+        .await
+        .expect("memgate takes the request");
+    }
+
+    /// The next whole response; `None` if memgate closed (or reset) the
+    /// connection without one.
+    async fn response(&mut self) -> Option<Message> {
+        timed("response", read_message(&mut self.0, true))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// The status of the next response, 0 when the connection closed without one.
+async fn status_of(conn: &mut Conn) -> u16 {
+    conn.response().await.map_or(0, |r| r.status())
+}
+
+/// A control request on a fresh connection: the recording upstream answers
+/// it, so everything sent before it has been dealt with.
+async fn control(addr: SocketAddr, token: &str) {
+    let mut conn = Conn::open(addr).await;
+    conn.send(head("GET", "/stream/control", token, "")).await;
+    assert_eq!(status_of(&mut conn).await, 200, "control request");
+}
+
+/// Sends a POST to `/stream/upload` with `framing` (header lines) and
+/// `body`, followed on the same connection by a request that would be
+/// smuggled if memgate and the upstream disagreed on where the body ends.
+/// It must be refused (4xx, or the connection closed), and nothing of it may
+/// reach the upstream. Failures are returned, one line per case.
+async fn refused_unseen(
+    upstream: &Upstream,
+    gate: &Memgate,
+    token: &str,
+    cases: &[(&str, &str, &str)],
+) -> Vec<String> {
+    let smuggled = "GET /stream/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut failures = Vec::new();
+    for (name, addr) in listeners(gate) {
+        for (what, framing, body) in cases {
+            upstream.clear();
+            let mut conn = Conn::open(addr).await;
+            conn.send(format!(
+                "{}{body}{smuggled}",
+                head("POST", "/stream/upload", token, framing)
+            ))
+            .await;
+            let status = status_of(&mut conn).await;
+            control(addr, token).await;
+            let reached: Vec<String> = upstream
+                .requests()
+                .into_iter()
+                .filter(|r| r.uri != "/stream/control")
+                .map(|r| {
+                    format!(
+                        "{} {} (transfer-encoding {}, content-length {}, {} body bytes)",
+                        r.method,
+                        r.uri,
+                        r.header("transfer-encoding").as_deref().unwrap_or("none"),
+                        r.header("content-length").as_deref().unwrap_or("none"),
+                        r.body.len()
+                    )
+                })
+                .collect();
+            if !(status == 0 || (400..500).contains(&status)) || !reached.is_empty() {
+                failures.push(format!(
+                    "{name}, {what}: answered {status}; the upstream received {}",
+                    reached.join("; ")
+                ));
+            }
+        }
+    }
+    failures
+}
+
+/// What the raw upstream answers on `/stream/length`, `/stream/chunked` and
+/// `/stream/eof` (the chunked one in these three pieces).
+const LENGTH_BODY: &[u8] = b"answered with a Content-Length";
+const CHUNKS: [&[u8]; 3] = [b"first piece, ", b"second piece, ", b"last piece"];
+const EOF_BODY: &[u8] = b"answered until the connection closes";
+
+/// A raw HTTP/1.1 upstream that records every request and answers on kept
+/// connections: `/stream/length` with a Content-Length, `/stream/chunked` in
+/// chunks, `/stream/eof` delimited by closing the connection. An event
+/// stream (`GET /mcp`, `GET /sse`) gets one event and is held open until
+/// the peer closes it; the path is then sent on `hangups`.
+struct RawUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Message>>>,
+    hangups: mpsc::UnboundedReceiver<String>,
+    task: JoinHandle<()>,
+}
+
+impl RawUpstream {
+    async fn start() -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
+        let (tx, hangups) = mpsc::unbounded_channel();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every connection ends with the upstream.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(serve_raw(stream, log.clone(), tx.clone()));
+            }
+        });
+        RawUpstream {
+            addr,
+            seen,
+            hangups,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// (method, path, body) of every request so far.
+    fn requests(&self) -> Vec<(String, String, Vec<u8>)> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .map(|m| (m.method().into(), m.path().into(), m.body.clone()))
+            .collect()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_raw(
+    stream: TcpStream,
+    seen: Arc<Mutex<Vec<Message>>>,
+    hangups: mpsc::UnboundedSender<String>,
+) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    while let Some(req) = read_message(&mut read, false).await? {
+        let (method, path) = (req.method().to_string(), req.path().to_string());
+        seen.lock().unwrap().push(req);
+        match (method.as_str(), path.as_str()) {
+            (_, "/stream/length") => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    LENGTH_BODY.len()
+                );
+                write.write_all(head.as_bytes()).await?;
+                write.write_all(LENGTH_BODY).await?;
+            }
+            (_, "/stream/chunked") => {
+                write
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await?;
+                for chunk in CHUNKS {
+                    let size = format!("{:x}\r\n", chunk.len());
+                    write
+                        .write_all(&[size.as_bytes(), chunk, b"\r\n"].concat())
+                        .await?;
+                    write.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                write.write_all(b"0\r\n\r\n").await?;
+            }
+            (_, "/stream/eof") => {
+                write
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                write.write_all(EOF_BODY).await?;
+                return write.shutdown().await;
+            }
+            ("GET", "/mcp" | "/sse") => {
+                let event = if path == "/sse" {
+                    "event: endpoint\ndata: /messages/?session_id=held-open\n\n".to_string()
+                } else {
+                    let data = serde_json::json!({
+                        "jsonrpc": "2.0",
+                        "method": "notifications/message",
+                        "params": {"level": "info", "data": "held open"},
+                    });
+                    format!("id: 1\nevent: message\ndata: {data}\n\n")
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                     Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     {:x}\r\n{event}\r\n",
+                    event.len()
+                );
+                write.write_all(response.as_bytes()).await?;
+                // Nothing more comes on this connection: wait for its end.
+                let mut rest = Vec::new();
+                let _ = read.read_to_end(&mut rest).await;
+                let _ = hangups.send(path);
+                return Ok(());
+            }
+            _ => {
+                write
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await?
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_reaches_the_upstream_byte_for_byte_with_the_injected_identity() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let prefix = memgate::token::display_prefix(&token).to_string();
+    // Chunk payloads that look like framing (CRLF, "0\r\n\r\n"), binary bytes,
+    // and a size written in upper-case hex.
+    let chunks: Vec<Vec<u8>> = vec![
+        br#"{"part":1,"#.to_vec(),
+        b"\r\n0\r\n\r\n\x00\xff\xfe".to_vec(),
+        (0..8096u32).map(|i| (i * 31 % 251) as u8).collect(),
+        b"}".to_vec(),
+    ];
+    let expected = chunks.concat();
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head(
+            "POST",
+            "/stream/upload?part=1",
+            &token,
+            "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\
+             X-MCP-UserID: alice\r\nX-MCP-User-Id: mallory\r\nx_mcp_userid: mallory\r\n\
+             X-Memgate-Scope: mallory\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+             Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n",
+        ))
+        .await;
+        for chunk in &chunks {
+            let size = format!("{:X}\r\n", chunk.len());
+            conn.send([size.as_bytes(), chunk, b"\r\n"].concat()).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        conn.send("0\r\n\r\n").await;
+        let resp = conn.response().await.expect("an answer");
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        let answer: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"ok": true, "path": "/stream/upload"}),
+            "{name}: the client gets the upstream's answer"
+        );
+
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        let r = &seen[0];
+        assert_eq!(
+            (r.method.as_str(), r.uri.as_str()),
+            ("POST", "/stream/upload?part=1"),
+            "{name}"
+        );
+        assert!(r.body == expected, "{name}: the body changed on the way");
+        assert_eq!(r.header_all("transfer-encoding"), ["chunked"], "{name}");
+        assert!(r.header("content-length").is_none(), "{name}: {r:?}");
+        assert_eq!(r.header_all("x-mcp-userid"), ["alice"], "{name}: {r:?}");
+        assert_eq!(r.header_all("x-memgate-scope"), ["alice"], "{name}: {r:?}");
+        assert_eq!(r.header_all("x-memgate-token-prefix"), [prefix.as_str()]);
+        assert_eq!(
+            r.header_all("x-kept"),
+            ["yes"],
+            "{name}: other headers pass"
+        );
+        for gone in [
+            "x-mcp-user-id",
+            "x_mcp_userid",
+            "x-mcp-token",
+            "keep-alive",
+            "te",
+            "proxy-connection",
+        ] {
+            assert!(
+                r.header(gone).is_none(),
+                "{name}: {gone} was forwarded: {r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_body_reaches_the_upstream_intact_with_its_length() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 253) as u8).collect();
+    let client = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    for url in [
+        gate.mcp_url("/stream/upload"),
+        gate.mem0_url("/stream/upload"),
+    ] {
+        upstream.clear();
+        let resp = client
+            .put(&url)
+            .header("X-MCP-Token", &token)
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{url}: {seen:?}");
+        let r = &seen[0];
+        assert_eq!(
+            (r.method.as_str(), r.uri.as_str()),
+            ("PUT", "/stream/upload")
+        );
+        assert_eq!(r.body.len(), body.len(), "{url}");
+        assert!(r.body == body, "{url}: the body changed on the way");
+        assert_eq!(r.header_all("content-length"), [body.len().to_string()]);
+        assert!(r.header("transfer-encoding").is_none(), "{url}: {r:?}");
+        assert_eq!(r.header_all("x-mcp-userid"), ["alice"], "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_with_content_length_on_a_stream_never_reaches_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let failures = refused_unseen(
+        &upstream,
+        &gate,
+        &token,
+        &[
+            (
+                "Transfer-Encoding, then Content-Length",
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "0\r\n\r\n",
+            ),
+            (
+                "Content-Length, then Transfer-Encoding",
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+        ],
+    )
+    .await;
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encodings_other_than_chunked_on_a_stream_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let failures = refused_unseen(
+        &upstream,
+        &gate,
+        &token,
+        &[
+            (
+                "Transfer-Encoding: gzip, chunked",
+                "Transfer-Encoding: gzip, chunked\r\n",
+                "5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "Transfer-Encoding: chunked sent twice",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ],
+    )
+    .await;
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// CONNECT
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_on_both_listeners_and_nothing_reaches_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    // Bytes a client would send through the tunnel once it was open.
+    let tunnelled = "GET /stream/tunnelled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let authority = upstream.addr.to_string();
+    for (name, addr) in listeners(&gate) {
+        // pingora's parser refuses the authority form (`CONNECT host:port`)
+        // before memgate sees it; memgate answers the rest with 405.
+        for (target, parsed) in [
+            (authority.as_str(), false),
+            ("/stream/connect", true),
+            ("/mcp", true),
+        ] {
+            upstream.clear();
+            let mut conn = Conn::open(addr).await;
+            conn.send(format!(
+                "{}{tunnelled}",
+                head("CONNECT", target, &token, "")
+            ))
+            .await;
+            let resp = conn.response().await;
+            let status = resp.as_ref().map_or(0, Message::status);
+            if parsed {
+                assert_eq!(status, 405, "{name}: CONNECT {target}: {resp:?}");
+            } else {
+                assert!(
+                    status == 0 || (400..500).contains(&status),
+                    "{name}: CONNECT {target}: {resp:?}"
+                );
+            }
+            assert!(
+                conn.response().await.is_none(),
+                "{name}: CONNECT {target}: the connection stays open for a tunnel"
+            );
+            control(addr, &token).await;
+            let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+            assert_eq!(
+                reached,
+                ["/stream/control"],
+                "{name}: CONNECT {target} reached the upstream"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_keep_the_client_connection_usable() {
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for (name, addr) in listeners(&gate) {
+        let before = upstream.requests().len();
+        let mut conn = Conn::open(addr).await;
+
+        // An answer with a length keeps it.
+        conn.send(head("GET", "/stream/length", &token, "")).await;
+        let resp = conn.response().await.expect("first answer");
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        assert_eq!(
+            resp.header("content-length"),
+            Some(LENGTH_BODY.len().to_string().as_str()),
+            "{name}: {resp:?}"
+        );
+        assert!(!resp.chunked(), "{name}: {resp:?}");
+        assert_eq!(resp.body, LENGTH_BODY, "{name}");
+
+        // A chunked answer (to a chunked request) is sent chunked.
+        conn.send(head(
+            "POST",
+            "/stream/chunked",
+            &token,
+            "Transfer-Encoding: chunked\r\n",
+        ))
+        .await;
+        conn.send("3\r\nabc\r\n0\r\n\r\n").await;
+        let resp = conn
+            .response()
+            .await
+            .expect("second answer on the connection");
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        assert!(resp.chunked(), "{name}: {resp:?}");
+        assert!(resp.header("content-length").is_none(), "{name}: {resp:?}");
+        assert_eq!(resp.body, CHUNKS.concat(), "{name}");
+
+        // An answer the upstream ends by closing its connection is chunked
+        // for the client, whose connection stays open.
+        conn.send(head("GET", "/stream/eof", &token, "")).await;
+        let resp = conn
+            .response()
+            .await
+            .expect("third answer on the connection");
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        assert!(resp.chunked(), "{name}: {resp:?}");
+        assert_ne!(resp.header("connection"), Some("close"), "{name}: {resp:?}");
+        assert_eq!(resp.body, EOF_BODY, "{name}");
+
+        conn.send(head("GET", "/stream/length", &token, "")).await;
+        let resp = conn
+            .response()
+            .await
+            .expect("fourth answer on the connection");
+        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+
+        let seen: Vec<_> = upstream.requests().split_off(before);
+        let expected = [
+            ("GET", "/stream/length", &b""[..]),
+            ("POST", "/stream/chunked", &b"abc"[..]),
+            ("GET", "/stream/eof", &b""[..]),
+            ("GET", "/stream/length", &b""[..]),
+        ]
+        .map(|(m, p, b)| (m.to_string(), p.to_string(), b.to_vec()));
+        assert_eq!(seen, expected, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_an_event_stream_closes_the_upstream_stream() {
+    let mut upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for path in ["/mcp", "/sse"] {
+        let mut conn = Conn::open(gate.mcp).await;
+        conn.send(head("GET", path, &token, "Accept: text/event-stream\r\n"))
+            .await;
+        let resp = timed("stream head", read_head(&mut conn.0))
+            .await
+            .unwrap()
+            .expect("a stream");
+        assert_eq!(resp.status(), 200, "{path}: {resp:?}");
+        assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+        let mut received = Vec::new();
+        while !received.windows(2).any(|w| w == b"\n\n") {
+            let mut buf = [0u8; 1024];
+            let n = timed("first event", conn.0.read(&mut buf)).await.unwrap();
+            assert!(n > 0, "{path}: stream ended before its first event");
+            received.extend_from_slice(&buf[..n]);
+        }
+        // The stream is live on both sides while the client stays.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            upstream.hangups.try_recv().is_err(),
+            "{path}: the upstream stream ended while the client was still there"
+        );
+
+        drop(conn);
+        let ended = tokio::time::timeout(Duration::from_secs(5), upstream.hangups.recv()).await;
+        assert_eq!(
+            ended.ok().flatten().as_deref(),
+            Some(path),
+            "{path}: the upstream stream is still open 5 s after the client left"
+        );
+    }
+}
