@@ -1472,3 +1472,43 @@ async fn encoded_or_extended_endpoint_paths_never_reach_the_mcp_server() {
     assert_ne!(reply.status, 200, "{}", reply.text);
     assert!(env.mcp.tool_calls().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_endpoints_refuse_methods_that_would_skip_the_tool_rules() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let stream = open_stream(gate, "/sse", &[("X-MCP-Token", &alice)]).await;
+    let mut events = SseReader::new(stream);
+    let (_, endpoint) = events.next_event(STEP).await.expect("endpoint event");
+    mcp.clear();
+
+    // Only POSTs are checked against the tool rules; a PUT carrying a call
+    // naming bob would reach a handler that ignores the method.
+    let call = tool_call(7, "get_all_memories", json!({"user_id": "bob"})).to_string();
+    for (method, path, allow) in [
+        (reqwest::Method::PUT, endpoint.as_str(), "POST"),
+        (reqwest::Method::PATCH, endpoint.as_str(), "POST"),
+        (reqwest::Method::PUT, "/mcp", "GET, POST, DELETE"),
+        (reqwest::Method::POST, "/sse", "GET"),
+    ] {
+        let resp = http()
+            .request(method.clone(), gate.mcp_url(path))
+            .header("X-MCP-Token", &alice)
+            .header("content-type", "application/json")
+            .body(call.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    assert!(
+        mcp.http_requests().is_empty(),
+        "reached the server: {:?}",
+        mcp.http_requests()
+    );
+    assert!(mcp.calls_of("get_all_memories").is_empty());
+}

@@ -20,6 +20,33 @@ pub enum McpEndpoint {
     Other,
 }
 
+impl McpEndpoint {
+    /// The methods an endpoint takes (DESIGN.md §5), or `None` for any.
+    /// Only `POST`s are checked against the tool rules, so another method
+    /// carrying a JSON-RPC body to an endpoint whose handler ignores the
+    /// method (the Python SDK's legacy message handler does) would run it
+    /// unchecked: such requests are refused with 405.
+    pub fn allowed_methods(self) -> Option<&'static [&'static str]> {
+        match self {
+            McpEndpoint::Streamable => Some(&["GET", "POST", "DELETE"]),
+            McpEndpoint::LegacyStream => Some(&["GET"]),
+            McpEndpoint::LegacyMessages => Some(&["POST"]),
+            McpEndpoint::Other => None,
+        }
+    }
+
+    /// A refusal with the `Allow` value, when `method` is not taken here.
+    pub fn check_method(self, method: &str) -> Result<(), (Deny, String)> {
+        match self.allowed_methods() {
+            Some(allowed) if !allowed.contains(&method) => Err((
+                Deny::new(405, "Method not allowed on this MCP endpoint"),
+                allowed.join(", "),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The configured endpoint paths, in decoded canonical form.
 #[derive(Clone, Debug)]
 pub struct McpPaths {
@@ -77,6 +104,33 @@ mod tests {
 
     fn paths() -> McpPaths {
         McpPaths::new("/mcp", "/sse", "/messages/")
+    }
+
+    #[test]
+    fn endpoints_take_only_their_transport_methods() {
+        use McpEndpoint::*;
+        for (endpoint, method, ok) in [
+            (Streamable, "POST", true),
+            (Streamable, "GET", true),
+            (Streamable, "DELETE", true),
+            (Streamable, "PUT", false),
+            (Streamable, "PATCH", false),
+            (Streamable, "OPTIONS", false),
+            (LegacyMessages, "POST", true),
+            (LegacyMessages, "PUT", false),
+            (LegacyMessages, "GET", false),
+            (LegacyStream, "GET", true),
+            (LegacyStream, "POST", false),
+            (Other, "PUT", true),
+        ] {
+            assert_eq!(
+                endpoint.check_method(method).is_ok(),
+                ok,
+                "{endpoint:?} {method}"
+            );
+        }
+        let (deny, allow) = LegacyMessages.check_method("PUT").unwrap_err();
+        assert_eq!((deny.status, allow.as_str()), (405, "POST"));
     }
 
     #[test]

@@ -210,6 +210,17 @@ impl McpFlow {
                 return Ok(McpHandled::Responded(None));
             }
         };
+        if let Err((deny, allow)) = endpoint.check_method(req.method.as_str()) {
+            refuse(
+                session,
+                deny.status,
+                &deny.message,
+                &Value::Null,
+                &[("allow", allow)],
+            )
+            .await?;
+            return Ok(McpHandled::Responded(None));
+        }
         // Refused as on the mem0 listener: which project was meant is unclear.
         if let Err(deny) = headers::single(req, &headers::X_MCP_PROJECT) {
             refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
