@@ -443,6 +443,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client has to send a complete request head.
     pub header_timeout_secs: u64,
+    /// Seconds a kept-alive client connection may sit idle between requests.
+    pub keepalive_idle_secs: u64,
     /// Whether a listener's worker threads steal each other's tasks (one
     /// shared runtime) or each runs its own (pingora's no-steal mode).
     pub work_stealing: bool,
@@ -456,6 +458,7 @@ impl Default for ServerConfig {
             grace_period_secs: 30,
             max_connections: 10_000,
             header_timeout_secs: 10,
+            keepalive_idle_secs: 60,
             work_stealing: true,
         }
     }
@@ -783,6 +786,9 @@ impl Config {
         }
         if self.server.header_timeout_secs == 0 {
             return Err(invalid("server.header_timeout_secs", "must be at least 1"));
+        }
+        if self.server.keepalive_idle_secs == 0 {
+            return Err(invalid("server.keepalive_idle_secs", "must be at least 1"));
         }
         if self.server.threads == 0 {
             return Err(invalid("server.threads", "must be at least 1"));

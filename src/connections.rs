@@ -249,6 +249,11 @@ enum Phase {
     Body,
 }
 
+/// Whether written bytes start an interim (1xx) response head.
+fn is_interim_head(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && (bytes.starts_with(b"HTTP/1.1 1") || bytes.starts_with(b"HTTP/1.0 1"))
+}
+
 /// A client connection holding its permit. It replays the first head read by
 /// `read_first_head`, then times each later request head on a kept-alive
 /// connection, which pingora reads itself.
@@ -273,9 +278,13 @@ impl std::fmt::Debug for Counted {
 }
 
 impl Counted {
-    /// Once a response is on its way, the next bytes read are a new request.
-    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
-        if self.watch_heads && matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+    /// Once a response is on its way, the next bytes read are a new request;
+    /// not after an interim `100 Continue`, which asks for the body.
+    fn wrote(&mut self, first: &[u8], written: &Poll<io::Result<usize>>) {
+        if self.watch_heads
+            && matches!(written, Poll::Ready(Ok(n)) if *n > 0)
+            && !is_interim_head(first)
+        {
             self.phase = Phase::Idle;
         }
     }
@@ -342,7 +351,7 @@ impl AsyncWrite for Counted {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.wrote(&written);
+        this.wrote(buf, &written);
         written
     }
 
@@ -353,7 +362,11 @@ impl AsyncWrite for Counted {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.wrote(&written);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        this.wrote(first, &written);
         written
     }
 
@@ -448,7 +461,16 @@ impl Peek for Counted {
 
 #[cfg(test)]
 mod tests {
-    use super::BlankLine;
+    use super::{BlankLine, is_interim_head};
+
+    #[test]
+    fn only_interim_answers_leave_the_body_untimed() {
+        assert!(is_interim_head(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(is_interim_head(b"HTTP/1.0 103 Early Hints\r\n"));
+        assert!(!is_interim_head(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!is_interim_head(b"HTTP/1.1 1"));
+        assert!(!is_interim_head(b"{\"results\":[]}"));
+    }
 
     fn ends(chunks: &[&[u8]]) -> bool {
         let mut blank = BlankLine::default();

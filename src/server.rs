@@ -115,6 +115,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
         max_uri_bytes: config.limits.max_uri_bytes,
         max_header_bytes: config.limits.max_header_bytes,
+        keepalive_idle_secs: config.server.keepalive_idle_secs,
     });
     background.spawn(housekeeping(
         shared.clone(),

@@ -338,3 +338,47 @@ async fn ten_thousand_idle_connections_leave_memgate_responsive_and_bounded() {
     });
     assert_eq!(get().await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kept_alive_connections_are_closed_and_busy_ones_are_not() {
+    let (_db, _upstream, gate) = gate_with("keepalive_idle_secs = 1").await;
+    let token = gate.create_token("alice", &[]);
+    let request =
+        format!("GET /memories?user_id=alice HTTP/1.1\r\nHost: x\r\nX-MCP-Token: {token}\r\n\r\n");
+    let open_before = gate
+        .metric("memgate_connections_open{listener=\"mem0\"}")
+        .await;
+
+    // Requests every 400 ms keep a connection in use well past the idle limit.
+    let mut busy = TcpStream::connect(gate.mem0).await.unwrap();
+    for _ in 0..6 {
+        busy.write_all(request.as_bytes()).await.unwrap();
+        assert!(read_response(&mut busy).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    assert_eq!(
+        gate.metric("memgate_connections_open{listener=\"mem0\"}")
+            .await,
+        open_before + 1.0,
+        "the busy connection is counted"
+    );
+
+    // Left idle after its requests, it is closed (not after the head timeout
+    // of 10 s: the idle limit), and no longer counted.
+    let idle_from = Instant::now();
+    let (rest, closed) = read_to_close(&mut busy, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "idle connection: {rest:?}");
+    assert!(
+        idle_from.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        idle_from.elapsed()
+    );
+    let released = within(Duration::from_secs(2), || async {
+        gate.metric("memgate_connections_open{listener=\"mem0\"}")
+            .await
+            <= open_before
+    })
+    .await;
+    assert!(released.is_some(), "the closed connection is still counted");
+}

@@ -199,3 +199,60 @@ async fn sigterm_lets_a_stream_finish_and_an_idle_memgate_exits_at_once() {
         started.elapsed()
     );
 }
+
+/// Reads from `stream` until a whole response head is in; returns it.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut byte))
+            .await
+            .expect("a response head within 3 s")
+            .expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_expect_100_continue_get_it_before_they_send_their_body() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.mem0_extra = "allowed_routes = [\"POST /upload\"]".into();
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    // A streamed route on each listener, and a JSON-RPC POST memgate reads whole.
+    for (addr, path, body) in [
+        (gate.mcp, "/stream/upload", "streamed body"),
+        (gate.mem0, "/upload", "streamed body"),
+        (gate.mcp, "/mcp", ping),
+    ] {
+        upstream.clear();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nX-MCP-Token: {token}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let interim = read_head(&mut conn).await;
+        assert!(interim.starts_with("HTTP/1.1 100"), "{path}: {interim:?}");
+        conn.write_all(body.as_bytes()).await.unwrap();
+        let last = read_head(&mut conn).await;
+        assert!(last.starts_with("HTTP/1.1 200"), "{path}: {last:?}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{path}: {seen:?}");
+        assert_eq!(seen[0].body, body.as_bytes(), "{path}");
+        assert_eq!(
+            seen[0].header("expect"),
+            None,
+            "{path}: Expect is hop-by-hop"
+        );
+    }
+}

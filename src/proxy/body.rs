@@ -33,11 +33,29 @@ fn names_header(head: &[u8], name: &[u8]) -> bool {
     })
 }
 
+/// Sends `100 Continue` when the client waits for it before its body
+/// (`Expect: 100-continue` on HTTP/1.1), once memgate wants that body.
+pub async fn continue_if_expected(session: &mut Session) -> Result<()> {
+    let req = session.req_header();
+    let expects = req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects && session.response_written().is_none() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| e.into_down())?;
+    }
+    Ok(())
+}
+
 /// How a streamed request's body reaches the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestFraming {
     Empty,
-    /// The client's declared length, sent as declared.
+    /// The client's declared length (maybe 0), sent as declared.
     Length(usize),
     /// A body of unknown length (HTTP/1 chunked, or HTTP/2 without a
     /// length), sent chunked.
@@ -61,7 +79,6 @@ impl RequestFraming {
                 "Only chunked Transfer-Encoding is accepted",
             )),
             (None, Some(n)) => match n.parse::<usize>() {
-                Ok(0) => Ok(RequestFraming::Empty),
                 Ok(n) => Ok(RequestFraming::Length(n)),
                 Err(_) => Err(Deny::bad_request("Invalid Content-Length")),
             },
@@ -117,6 +134,9 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
             Ok(_) => {}
             Err(_) => return Err(Deny::bad_request("Invalid Content-Length")),
         }
+    }
+    if continue_if_expected(session).await.is_err() {
+        return Err(Deny::bad_request("The request body could not be read"));
     }
     let mut buf = BytesMut::new();
     loop {

@@ -162,7 +162,13 @@ impl UpstreamClient {
                 )
                 .await
             {
-                Err(e) if !progress.pulled && retry_on_fresh(&e, progress.sent, idempotent) => {
+                // Not when the client's side failed: a fresh connection
+                // would not help.
+                Err(e)
+                    if !progress.pulled
+                        && *e.esource() != pingora::ErrorSource::Downstream
+                        && retry_on_fresh(&e, progress.sent, idempotent) =>
+                {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
                 done => return done,
@@ -191,11 +197,18 @@ impl UpstreamClient {
                     http.write_body(body).await?;
                 }
             }
+            // Each piece of the client's body must come within the listener's
+            // read timeout, or the request ends with 408.
             Outgoing::From(client) => loop {
-                let chunk = client
-                    .read_request_body()
-                    .await
-                    .map_err(|e| e.into_down())?;
+                let read = client.read_request_body();
+                let chunk = match peer.options.read_timeout {
+                    Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                        Error::explain(ErrorType::ReadTimedout, "the client's body stalled")
+                            .into_down()
+                    })?,
+                    None => read.await,
+                }
+                .map_err(|e| e.into_down())?;
                 let Some(chunk) = chunk else { break };
                 progress.pulled = true;
                 http.write_body(&chunk).await?;
@@ -203,9 +216,23 @@ impl UpstreamClient {
         }
         http.finish_body().await?;
         progress.sent = true;
-        http.read_response().await?;
-        if http.resp_header().is_none() {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
+        // Interim answers (100, 102, 103) are skipped; a switch of
+        // protocols nobody asked for (Upgrade is never forwarded) is refused.
+        loop {
+            http.read_response().await?;
+            match http.resp_header().map(|h| h.status.as_u16()) {
+                None => {
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
+                }
+                Some(101) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the upstream switched protocols unasked",
+                    );
+                }
+                Some(100..=199) => continue,
+                Some(_) => break,
+            }
         }
         Ok(OpenExchange {
             client: self,

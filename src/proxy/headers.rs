@@ -134,21 +134,36 @@ fn value(text: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(text).or_err(ErrorType::InvalidHTTPHeader, "header value is not valid")
 }
 
+/// Most headers a `Connection` header may name; more is refused.
+const MAX_NOMINATED: usize = 16;
+
 /// Headers the client's `Connection` header names as hop-by-hop (RFC 9110
-/// §7.6.1): meant for memgate, not passed on. Usually none.
-fn connection_nominated(req: &RequestHeader) -> Vec<&str> {
-    req.headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("close")
-        })
-        .collect()
+/// §7.6.1): meant for memgate, not passed on. Usually none. A value that is
+/// not text, or names too many, is refused rather than half-read.
+fn connection_nominated(req: &RequestHeader) -> Result<Vec<&str>> {
+    let mut nominated = Vec::new();
+    for value in req.headers.get_all(http::header::CONNECTION) {
+        let value = value.to_str().or_err(
+            ErrorType::HTTPStatus(400),
+            "the Connection header is not valid text",
+        )?;
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if nominated.len() == MAX_NOMINATED {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(400),
+                    "the Connection header names too many headers",
+                );
+            }
+            nominated.push(token);
+        }
+    }
+    Ok(nominated)
 }
 
 /// The request memgate sends upstream itself: the client's method and
@@ -165,7 +180,7 @@ pub fn upstream_request(
     authority: &str,
     body_len: Option<usize>,
 ) -> Result<RequestHeader> {
-    let nominated = connection_nominated(client_req);
+    let nominated = connection_nominated(client_req)?;
     let mut headers = http::HeaderMap::with_capacity(client_req.headers.len() + 5);
     for (name, value) in client_req.headers.iter() {
         let n = name.as_str();
@@ -341,6 +356,29 @@ mod tests {
         assert_eq!(values(&forwarded, "authorization"), ["Bearer secret"]);
         assert!(values(&forwarded, "content-length").is_empty());
         assert_eq!(values(&forwarded, "x-mcp-userid"), ["alice"]);
+    }
+
+    #[test]
+    fn a_connection_header_naming_too_much_or_unreadable_is_refused() {
+        let id = alice();
+        let build =
+            |req: &RequestHeader| upstream_request(req, "/", &id, "alice", false, "m", None);
+        let names: Vec<String> = (0..17).map(|i| format!("x-h{i}")).collect();
+        let many = request("GET", b"/", &[("Connection", &names.join(", "))]);
+        assert!(build(&many).is_err(), "17 nominated headers");
+        let sixteen = request("GET", b"/", &[("Connection", &names[..16].join(","))]);
+        assert!(build(&sixteen).is_ok());
+        let mut unreadable = request("GET", b"/", &[]);
+        unreadable
+            .append_header(
+                "connection",
+                http::HeaderValue::from_bytes(b"x-a\xff").unwrap(),
+            )
+            .unwrap();
+        assert!(
+            build(&unreadable).is_err(),
+            "a Connection value that is not text"
+        );
     }
 
     #[test]

@@ -491,10 +491,9 @@ impl McpFlow {
                 let chunk = match open.next_chunk().await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "MCP upstream stream ended with an error");
-                        return Ok(());
-                    }
+                    // Too late for an error answer: the gate ends the
+                    // client's stream without a final chunk.
+                    Err(e) => return Err(e),
                 };
                 let out = rewriter.feed(&chunk, &mut filter).map_err(|e| {
                     Error::explain(

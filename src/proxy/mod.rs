@@ -73,6 +73,9 @@ pub struct RequestCtx {
     request_id: String,
     /// MCP responses streamed through are watched with this.
     mcp_watch: Option<StreamWatch>,
+    /// A streamed answer ended early (either side failed or left): the client
+    /// must not see it as complete.
+    cut_short: bool,
     /// Holds the request in the in-flight count until it is done.
     _in_flight: InFlightGuard,
 }
@@ -87,6 +90,7 @@ impl RequestCtx {
             route: "denied",
             request_id: String::new(),
             mcp_watch: None,
+            cut_short: false,
             _in_flight: shared.in_flight.enter(),
         }
     }
@@ -103,6 +107,8 @@ pub struct Shared {
     pub scopes: ScopeLog,
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub keepalive_idle_secs: u64,
 }
 
 pub struct Gate {
@@ -436,10 +442,22 @@ impl HttpServerApp for Gate {
         }
         let mut ctx = RequestCtx::new(&self.shared);
         let outcome = self.handle(&mut session, &mut ctx).await;
+        let started = session.response_written().is_some();
         if let Err(e) = &outcome {
             self.fail(&mut session, e).await;
         }
         self.log(&session, outcome.as_ref().err().map(|e| &**e), &ctx);
+        // An answer cut short must not look complete: no final chunk (HTTP/1
+        // closes, HTTP/2 resets the stream), and the connection is not reused.
+        if ctx.cut_short || (outcome.is_err() && started) {
+            session.shutdown().await;
+            return None;
+        }
+        // pingora waits for a kept-alive connection's next request forever
+        // once a request has asked for keep-alive; idle ones are closed.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.shared.keepalive_idle_secs));
+        }
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
@@ -570,8 +588,11 @@ impl Gate {
         }
         let started = Instant::now();
         let body = match framing {
-            body::RequestFraming::Empty => Outgoing::Whole(None),
-            _ => Outgoing::From(&mut *session),
+            body::RequestFraming::Empty | body::RequestFraming::Length(0) => Outgoing::Whole(None),
+            _ => {
+                body::continue_if_expected(session).await?;
+                Outgoing::From(&mut *session)
+            }
         };
         let mut open = match self.client.open_with(upstream_req, body).await {
             Ok(open) => open,
@@ -608,14 +629,17 @@ impl Gate {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .filter(|_| !rewritten);
         body::frame_stream(&mut header, session, length)?;
-        session.write_response_header(Box::new(header)).await?;
+        session
+            .write_response_header(Box::new(header))
+            .await
+            .map_err(|e| e.into_down())?;
         loop {
             let next = tokio::select! {
                 biased;
                 next = open.next_chunk() => next,
                 // The client went away: stop reading the upstream.
                 _ = session.read_body_or_idle(true) => {
-                    session.set_keepalive(None);
+                    ctx.cut_short = true;
                     return Ok(());
                 }
             };
@@ -624,8 +648,8 @@ impl Gate {
                 Ok(None) => (None, true),
                 Err(e) => {
                     // Too late for an error response: end the client's stream.
-                    tracing::debug!(listener = self.listener.as_str(), error = %e, "upstream stream ended with an error");
-                    session.set_keepalive(None);
+                    tracing::info!(listener = self.listener.as_str(), error = %e, "upstream stream ended with an error");
+                    ctx.cut_short = true;
                     return Ok(());
                 }
             };
@@ -635,7 +659,8 @@ impl Gate {
             if chunk.is_some() || end {
                 session
                     .write_response_body(chunk.unwrap_or_default(), end)
-                    .await?;
+                    .await
+                    .map_err(|e| e.into_down())?;
             }
             if end {
                 break;
@@ -696,6 +721,7 @@ pub(crate) fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                 (0, String::new())
             }
+            ErrorType::ReadTimedout => (408, "The request body stopped arriving".into()),
             _ => (400, "Malformed request".into()),
         },
         ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
