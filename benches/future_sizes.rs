@@ -1,7 +1,8 @@
 //! Prints the size of the futures on memgate's request path (bench/RESULTS.md,
 //! "Analysis"). A future's whole size is allocated and copied when it is boxed
-//! (`async_trait` boxes every `ProxyHttp` hook, so `request_filter`'s future,
-//! which contains every future it awaits, is allocated once per request).
+//! (`async_trait` boxes pingora's `process_new_http` for every request, so the
+//! gate's request future, which contains every future it awaits, is allocated
+//! and copied once per request).
 //!
 //! `cargo bench --bench future_sizes` (a bench target rather than an example so
 //! that `cargo test` does not build it). Nothing is polled: the futures are
@@ -59,7 +60,6 @@ fn main() {
         "memgate UpstreamClient::exchange (whole response)",
         size_of_val(&client.exchange(req(), None, 1 << 20)),
     );
-    show("memgate UpstreamTarget::peer", size_of_val(&target.peer()));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());

@@ -62,11 +62,6 @@ impl UpstreamTarget {
         Arc::new(peer)
     }
 
-    /// The peer for pingora's proxy path (which wants its own box).
-    pub async fn peer(&self) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::clone(&*self.shared_peer().await?)))
-    }
-
     /// The peer, with the listener's timeouts, shared by every request; the
     /// host is re-resolved at most every `DNS_TTL`.
     pub async fn shared_peer(&self) -> Result<Arc<HttpPeer>> {
