@@ -3,8 +3,11 @@
 //! with `mem0.allowed_routes`) have their body pumped to the upstream with the
 //! client's framing and their answer streamed back framed for a kept-alive
 //! connection. Ambiguous framing and CONNECT never reach the upstream, and a
-//! client hanging up ends the upstream stream. Every test checks what the
-//! upstream actually received.
+//! client hanging up ends the upstream stream. An upstream dying mid-body
+//! never looks like a complete answer, interim answers are not passed on, a
+//! switch of protocols nobody asked for is a 502, a stalled body a 408, and
+//! hop-by-hop headers stay on their hop. Every test checks what the upstream
+//! actually received.
 
 mod support;
 
@@ -125,11 +128,21 @@ async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Option<Mess
 
 /// A chunked body, trailers skipped.
 async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
-    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut body = Vec::new();
+    read_chunks(r, &mut body).await?;
+    Ok(body)
+}
+
+/// Appends the data of a chunked body to `body`, chunk by chunk, trailers
+/// skipped. A peer that closes before the last chunk is `UnexpectedEof`, with
+/// the whole chunks that came until then in `body`.
+async fn read_chunks<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>) -> io::Result<()> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     loop {
         let mut line = String::new();
-        r.read_line(&mut line).await?;
+        if r.read_line(&mut line).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let size = line.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size, 16)
             .map_err(|_| invalid(format!("chunk size line {line:?}")))?;
@@ -137,13 +150,13 @@ async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>>
             loop {
                 let mut trailer = String::new();
                 if r.read_line(&mut trailer).await? == 0 || trailer.trim().is_empty() {
-                    return Ok(body);
+                    return Ok(());
                 }
             }
         }
-        let at = body.len();
-        body.resize(at + size, 0);
-        r.read_exact(&mut body[at..]).await?;
+        let mut data = vec![0; size];
+        r.read_exact(&mut data).await?;
+        body.extend_from_slice(&data);
         let mut crlf = [0u8; 2];
         r.read_exact(&mut crlf).await?;
         if &crlf != b"\r\n" {
@@ -270,16 +283,31 @@ async fn refused_unseen(
 }
 
 /// What the raw upstream answers on `/stream/length`, `/stream/chunked` and
-/// `/stream/eof` (the chunked one in these three pieces).
+/// `/stream/eof` (the chunked one in these three pieces), the one chunk it
+/// sends of `/stream/broken` before dying, and its final answer on
+/// `/stream/interim`.
 const LENGTH_BODY: &[u8] = b"answered with a Content-Length";
 const CHUNKS: [&[u8]; 3] = [b"first piece, ", b"second piece, ", b"last piece"];
 const EOF_BODY: &[u8] = b"answered until the connection closes";
+const BROKEN_PIECE: &[u8] = b"the only piece before the upstream died";
+const INTERIM_BODY: &[u8] = b"the final answer, after two interim ones";
+
+/// The one event the raw upstream sends in answer to a JSON-RPC `POST /mcp`
+/// before it dies: the result of the `ping` with id 1.
+const PING_EVENT: &str = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+
+/// A JSON-RPC request every token may send.
+const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
 /// A raw HTTP/1.1 upstream that records every request and answers on kept
 /// connections: `/stream/length` with a Content-Length, `/stream/chunked` in
-/// chunks, `/stream/eof` delimited by closing the connection. An event
-/// stream (`GET /mcp`, `GET /sse`) gets one event and is held open until
-/// the peer closes it; the path is then sent on `hangups`.
+/// chunks, `/stream/eof` delimited by closing the connection, and
+/// `/stream/interim` with `100 Continue` and `103 Early Hints` before its
+/// `200`. Misbehaving, it answers `/stream/switch` by switching protocols
+/// unasked, and dies mid-body (one chunk, then the connection closes without
+/// the last chunk) on `/stream/broken` and a JSON-RPC `POST /mcp` (an event
+/// stream). An event stream (`GET /mcp`, `GET /sse`) gets one event and is
+/// held open until the peer closes it; the path is then sent on `hangups`.
 struct RawUpstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Message>>>,
@@ -328,6 +356,11 @@ impl Drop for RawUpstream {
     }
 }
 
+/// `data` framed as one chunk.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
+}
+
 async fn serve_raw(
     stream: TcpStream,
     seen: Arc<Mutex<Vec<Message>>>,
@@ -351,11 +384,8 @@ async fn serve_raw(
                 write
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
                     .await?;
-                for chunk in CHUNKS {
-                    let size = format!("{:x}\r\n", chunk.len());
-                    write
-                        .write_all(&[size.as_bytes(), chunk, b"\r\n"].concat())
-                        .await?;
+                for piece in CHUNKS {
+                    write.write_all(&chunk(piece)).await?;
                     write.flush().await?;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -370,6 +400,53 @@ async fn serve_raw(
                 write.write_all(EOF_BODY).await?;
                 return write.shutdown().await;
             }
+            (_, "/stream/interim") => {
+                write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                write.flush().await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                write
+                    .write_all(
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </hint.css>; rel=preload\r\n\r\n",
+                    )
+                    .await?;
+                write.flush().await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    INTERIM_BODY.len()
+                );
+                write.write_all(head.as_bytes()).await?;
+                write.write_all(INTERIM_BODY).await?;
+            }
+            (_, "/stream/switch") => {
+                write
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                          Upgrade: websocket\r\n\r\n\x81\x05hello",
+                    )
+                    .await?;
+                // The connection now speaks another protocol: wait for its end.
+                let mut rest = Vec::new();
+                let _ = read.read_to_end(&mut rest).await;
+                return Ok(());
+            }
+            ("POST", "/mcp") | (_, "/stream/broken") => {
+                let (content_type, piece) = if path == "/mcp" {
+                    ("text/event-stream", PING_EVENT.as_bytes())
+                } else {
+                    ("text/plain", BROKEN_PIECE)
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n"
+                );
+                write.write_all(head.as_bytes()).await?;
+                write.write_all(&chunk(piece)).await?;
+                write.flush().await?;
+                // The piece is on its way; then the upstream dies, no last chunk.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
             ("GET", "/mcp" | "/sse") => {
                 let event = if path == "/sse" {
                     "event: endpoint\ndata: /messages/?session_id=held-open\n\n".to_string()
@@ -381,13 +458,13 @@ async fn serve_raw(
                     });
                     format!("id: 1\nevent: message\ndata: {data}\n\n")
                 };
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                     Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n\
-                     {:x}\r\n{event}\r\n",
-                    event.len()
-                );
-                write.write_all(response.as_bytes()).await?;
+                write
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                          Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    )
+                    .await?;
+                write.write_all(&chunk(event.as_bytes())).await?;
                 // Nothing more comes on this connection: wait for its end.
                 let mut rest = Vec::new();
                 let _ = read.read_to_end(&mut rest).await;
@@ -730,4 +807,320 @@ async fn a_client_leaving_an_event_stream_closes_the_upstream_stream() {
             "{path}: the upstream stream is still open 5 s after the client left"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_dying_mid_body_leaves_the_streamed_answer_visibly_incomplete() {
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for (name, addr) in listeners(&gate) {
+        let before = upstream.requests().len();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head("GET", "/stream/broken", &token, "")).await;
+        let resp = timed("head", read_head(&mut conn.0))
+            .await
+            .unwrap()
+            .expect("an answer");
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        assert!(resp.chunked(), "{name}: {resp:?}");
+        let mut body = Vec::new();
+        let end = timed("body", read_chunks(&mut conn.0, &mut body)).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(io::ErrorKind::UnexpectedEof),
+            "{name}: the answer must end without its last chunk"
+        );
+        assert_eq!(body, BROKEN_PIECE, "{name}: what came before the failure");
+        let seen = upstream.requests().split_off(before);
+        assert_eq!(
+            seen,
+            [("GET".into(), "/stream/broken".into(), Vec::new())],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_upstream_dying_mid_event_stream_leaves_the_json_rpc_answer_visibly_incomplete() {
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let mut conn = Conn::open(gate.mcp).await;
+    let headers = format!(
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n",
+        PING.len()
+    );
+    conn.send(head("POST", "/mcp", &token, &headers) + PING)
+        .await;
+    let resp = timed("head", read_head(&mut conn.0))
+        .await
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    assert!(resp.chunked(), "{resp:?}");
+    let mut body = Vec::new();
+    let end = timed("events", read_chunks(&mut conn.0, &mut body)).await;
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(io::ErrorKind::UnexpectedEof),
+        "the event stream must end without its last chunk; got {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        PING_EVENT,
+        "the event sent before the failure"
+    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (method, path, sent) = &seen[0];
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/mcp"));
+    let sent: serde_json::Value = serde_json::from_slice(sent).unwrap();
+    assert_eq!(
+        sent,
+        serde_json::from_str::<serde_json::Value>(PING).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_from_the_upstream_never_reach_the_client() {
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for (name, addr) in listeners(&gate) {
+        let before = upstream.requests().len();
+        let mut conn = Conn::open(addr).await;
+        conn.send(
+            head(
+                "POST",
+                "/stream/interim",
+                &token,
+                "Content-Type: text/plain\r\nContent-Length: 5\r\n",
+            ) + "hello",
+        )
+        .await;
+        let resp = conn.response().await.expect("an answer");
+        assert_eq!(resp.status(), 200, "{name}: a 1xx was passed on: {resp:?}");
+        assert_eq!(resp.body, INTERIM_BODY, "{name}");
+        assert!(
+            resp.header("link").is_none(),
+            "{name}: a header of the 103: {resp:?}"
+        );
+        // Nothing of the interim answers is left over on the connection.
+        conn.send(head("GET", "/stream/length", &token, "")).await;
+        let resp = conn.response().await.expect("a second answer");
+        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+
+        let seen = upstream.requests().split_off(before);
+        let expected = [
+            ("POST", "/stream/interim", &b"hello"[..]),
+            ("GET", "/stream/length", &b""[..]),
+        ]
+        .map(|(m, p, b)| (m.to_string(), p.to_string(), b.to_vec()));
+        assert_eq!(seen, expected, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_switching_protocols_unasked_is_answered_502() {
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for (name, addr) in listeners(&gate) {
+        let before = upstream.requests().len();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head("GET", "/stream/switch", &token, "")).await;
+        let resp = conn.response().await.expect("an answer");
+        assert_eq!(resp.status(), 502, "{name}: {resp:?}");
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        if name == "mcp" {
+            assert_eq!(body["jsonrpc"], "2.0", "{body}");
+            assert_eq!(body["error"]["code"], -32052, "{body}");
+            assert!(body["error"]["message"].is_string(), "{body}");
+        } else {
+            assert!(body["detail"].is_string(), "{body}");
+        }
+        // The switched connection is not reused for the next request.
+        let mut conn = Conn::open(addr).await;
+        conn.send(head("GET", "/stream/length", &token, "")).await;
+        let resp = conn.response().await.expect("a later answer");
+        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+
+        let seen = upstream.requests().split_off(before);
+        let expected = [("GET", "/stream/switch"), ("GET", "/stream/length")]
+            .map(|(m, p)| (m.to_string(), p.to_string(), Vec::new()));
+        assert_eq!(seen, expected, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request framing and headers
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_is_answered_408_after_the_read_timeout() {
+    // The mem0 listener's read timeout is 2 s in the harness (the MCP
+    // listener keeps the default 600 s).
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    let upstream = RawUpstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let mut conn = Conn::open(gate.mem0).await;
+    conn.send(
+        head(
+            "POST",
+            "/stream/stalled",
+            &token,
+            "Content-Type: text/plain\r\nContent-Length: 10\r\n",
+        ) + "abc",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let bound = READ_TIMEOUT + Duration::from_secs(4);
+    let resp = tokio::time::timeout(bound, read_message(&mut conn.0, true))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {bound:?}"))
+        .unwrap()
+        .expect("an answer");
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 408, "{resp:?}");
+    assert!(
+        waited >= READ_TIMEOUT - Duration::from_millis(100),
+        "answered after {waited:?}, before the read timeout"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert!(body["detail"].is_string(), "{body}");
+    // The rest of the body can no longer be told from a next request.
+    assert!(conn.response().await.is_none(), "the connection stays open");
+
+    // No complete request reached the upstream: it is still waiting for
+    // the rest of the body when memgate gives up on it.
+    let mut conn = Conn::open(gate.mem0).await;
+    conn.send(head("GET", "/stream/length", &token, "")).await;
+    assert_eq!(status_of(&mut conn).await, 200);
+    let seen: Vec<(String, String)> = upstream
+        .requests()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    assert_eq!(seen, [("GET".into(), "/stream/length".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_post_reaches_the_upstream_with_content_length_0() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head(
+            "POST",
+            "/stream/empty",
+            &token,
+            "Content-Length: 0\r\n",
+        ))
+        .await;
+        assert_eq!(status_of(&mut conn).await, 200, "{name}");
+        // Nothing after the head was taken for a body.
+        conn.send(head("GET", "/stream/next", &token, "")).await;
+        assert_eq!(status_of(&mut conn).await, 200, "{name}: next request");
+
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 2, "{name}: {seen:?}");
+        let r = &seen[0];
+        assert_eq!(
+            (r.method.as_str(), r.uri.as_str()),
+            ("POST", "/stream/empty")
+        );
+        assert_eq!(r.header_all("content-length"), ["0"], "{name}: {r:?}");
+        assert!(r.header("transfer-encoding").is_none(), "{name}: {r:?}");
+        assert!(r.body.is_empty(), "{name}: {r:?}");
+        assert_eq!(seen[1].uri, "/stream/next", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_headers_naming_too_many_or_unreadable_are_refused_and_named_ones_dropped() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let many: Vec<String> = (0..17).map(|i| format!("X-H{i}")).collect();
+    let cases: [(&str, Vec<u8>); 2] = [
+        (
+            "17 nominated headers",
+            format!("Connection: {}\r\n", many.join(", ")).into_bytes(),
+        ),
+        (
+            "a value that is not text",
+            b"Connection: keep-alive, X-\x80\xff\r\n".to_vec(),
+        ),
+    ];
+    for (name, addr) in listeners(&gate) {
+        for (what, line) in &cases {
+            upstream.clear();
+            let mut conn = Conn::open(addr).await;
+            let request = head("GET", "/stream/hop", &token, "");
+            let (start, end) = request.split_at(request.len() - 2);
+            conn.send([start.as_bytes(), line, end.as_bytes()].concat())
+                .await;
+            let resp = conn.response().await;
+            assert_eq!(
+                resp.as_ref().map(Message::status),
+                Some(400),
+                "{name}, {what}: {resp:?}"
+            );
+            control(addr, &token).await;
+            let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+            assert_eq!(reached, ["/stream/control"], "{name}, {what}");
+        }
+
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head(
+            "GET",
+            "/stream/hop",
+            &token,
+            "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-Kept: yes\r\n",
+        ))
+        .await;
+        assert_eq!(status_of(&mut conn).await, 200, "{name}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        let r = &seen[0];
+        assert_eq!(r.uri, "/stream/hop", "{name}");
+        assert!(
+            r.header("x-hop").is_none(),
+            "{name}: x-hop was forwarded: {r:?}"
+        );
+        assert!(r.header("connection").is_none(), "{name}: {r:?}");
+        assert_eq!(r.header_all("x-kept"), ["yes"], "{name}: {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authorization_from_the_client_is_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let (_db, gate, token) = gate(&upstream.url()).await;
+    let mut forwarded = Vec::new();
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head(
+            "GET",
+            "/stream/proxied",
+            &token,
+            "Proxy-Authorization: Basic abc\r\nX-Kept: yes\r\n",
+        ))
+        .await;
+        assert_eq!(status_of(&mut conn).await, 200, "{name}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        let r = &seen[0];
+        assert_eq!(r.uri, "/stream/proxied", "{name}");
+        assert_eq!(r.header_all("x-kept"), ["yes"], "{name}: {r:?}");
+        if let Some(value) = r.header("proxy-authorization") {
+            forwarded.push(format!(
+                "{name}: the upstream received proxy-authorization: {value}"
+            ));
+        }
+    }
+    assert!(forwarded.is_empty(), "\n{}", forwarded.join("\n"));
 }

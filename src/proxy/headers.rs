@@ -12,7 +12,7 @@ use crate::policy::deny::Deny;
 
 /// Hop-by-hop and framing headers: never copied between the two connections
 /// when memgate builds the upstream request or the client's response itself.
-pub static HOP_BY_HOP: [HeaderName; 10] = [
+pub static HOP_BY_HOP: [HeaderName; 13] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -23,6 +23,9 @@ pub static HOP_BY_HOP: [HeaderName; 10] = [
     http::header::CONTENT_LENGTH,
     http::header::HOST,
     http::header::EXPECT,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Header names memgate reads on every request, parsed once.
