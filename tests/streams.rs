@@ -48,6 +48,20 @@ async fn gate(upstream: &str) -> (TestDb, Memgate, String) {
     (db, gate, token)
 }
 
+/// A [`RawUpstream`] and a memgate in front of it (see [`gate`]).
+async fn raw_upstream_and_gate() -> (RawUpstream, TestDb, Memgate, String) {
+    let upstream = RawUpstream::start().await;
+    let (db, gate, token) = gate(&upstream.url()).await;
+    (upstream, db, gate, token)
+}
+
+/// A recording [`Upstream`] and a memgate in front of it (see [`gate`]).
+async fn upstream_and_gate() -> (Upstream, TestDb, Memgate, String) {
+    let upstream = Upstream::start().await;
+    let (db, gate, token) = gate(&upstream.url()).await;
+    (upstream, db, gate, token)
+}
+
 /// Both listeners; on each, `/stream/...` is a streamed route.
 fn listeners(gate: &Memgate) -> [(&'static str, SocketAddr); 2] {
     [("mcp", gate.mcp), ("mem0", gate.mem0)]
@@ -217,45 +231,105 @@ impl Conn {
             .ok()
             .flatten()
     }
+
+    /// Sends `request` and reads the whole response to it, as
+    /// [`Conn::response`].
+    async fn exchange(&mut self, request: impl AsRef<[u8]>) -> Option<Message> {
+        self.send(request).await;
+        self.response().await
+    }
+
+    /// Asks for `/stream/length` and checks that its whole answer comes
+    /// back: the connection is in step with memgate and the upstream.
+    async fn assert_length_answered(&mut self, token: &str, what: &str) {
+        let resp = self
+            .exchange(head("GET", "/stream/length", token, ""))
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(
+            (resp.status(), resp.body.as_slice()),
+            (200, LENGTH_BODY),
+            "{what}"
+        );
+    }
+
+    /// The start line and headers of the next response, its body left on
+    /// the connection (for answers read piece by piece or never ending).
+    async fn response_head(&mut self) -> Message {
+        timed("response head", read_head(&mut self.0))
+            .await
+            .unwrap()
+            .expect("a response")
+    }
+
+    /// The data of a chunked body that must end without its last chunk: the
+    /// upstream died while sending it. `what` names the answer in a failure.
+    async fn truncated_body(&mut self, what: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        let end = timed("body", read_chunks(&mut self.0, &mut body)).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(io::ErrorKind::UnexpectedEof),
+            "{what} must end without its last chunk; got {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
 }
 
-/// The status of the next response, 0 when the connection closed without one.
-async fn status_of(conn: &mut Conn) -> u16 {
-    conn.response().await.map_or(0, |r| r.status())
+/// `request` alone on a new connection to `addr`, and the response to it.
+async fn exchange_fresh(addr: SocketAddr, request: impl AsRef<[u8]>) -> Option<Message> {
+    Conn::open(addr).await.exchange(request).await
+}
+
+/// The status of `resp`, 0 when the connection closed without a response.
+fn status(resp: &Option<Message>) -> u16 {
+    resp.as_ref().map_or(0, Message::status)
 }
 
 /// A control request on a fresh connection: the recording upstream answers
 /// it, so everything sent before it has been dealt with.
 async fn control(addr: SocketAddr, token: &str) {
-    let mut conn = Conn::open(addr).await;
-    conn.send(head("GET", "/stream/control", token, "")).await;
-    assert_eq!(status_of(&mut conn).await, 200, "control request");
+    let resp = exchange_fresh(addr, head("GET", "/stream/control", token, "")).await;
+    assert_eq!(status(&resp), 200, "control request");
 }
 
-/// Sends a POST to `/stream/upload` with `framing` (header lines) and
-/// `body`, followed on the same connection by a request that would be
+/// Asserts that nothing sent to `addr` since `upstream` was last cleared
+/// reached it: after a [`control`] request, that is all it received.
+async fn assert_only_control_reached(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    token: &str,
+    what: &str,
+) {
+    control(addr, token).await;
+    let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(reached, ["/stream/control"], "{what}");
+}
+
+/// The one request `upstream` received since it was last cleared.
+fn sole_request(upstream: &Upstream, what: &str) -> Recorded {
+    let mut seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{what}: {seen:?}");
+    seen.remove(0)
+}
+
+/// For each case `(what, framing, body)`, on both listeners of a fresh
+/// memgate: sends a POST to `/stream/upload` with `framing` (header lines)
+/// and `body`, followed on the same connection by a request that would be
 /// smuggled if memgate and the upstream disagreed on where the body ends.
 /// It must be refused (4xx, or the connection closed), and nothing of it may
-/// reach the upstream. Failures are returned, one line per case.
-async fn refused_unseen(
-    upstream: &Upstream,
-    gate: &Memgate,
-    token: &str,
-    cases: &[(&str, &str, &str)],
-) -> Vec<String> {
+/// reach the upstream. Every failing case is named before the test fails.
+async fn assert_refused_unseen(cases: &[(&str, &str, &str)]) {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     let smuggled = "GET /stream/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut failures = Vec::new();
-    for (name, addr) in listeners(gate) {
+    for (name, addr) in listeners(&gate) {
         for (what, framing, body) in cases {
             upstream.clear();
-            let mut conn = Conn::open(addr).await;
-            conn.send(format!(
-                "{}{body}{smuggled}",
-                head("POST", "/stream/upload", token, framing)
-            ))
-            .await;
-            let status = status_of(&mut conn).await;
-            control(addr, token).await;
+            let post = head("POST", "/stream/upload", &token, framing);
+            let answered = status(&exchange_fresh(addr, format!("{post}{body}{smuggled}")).await);
+            control(addr, &token).await;
             let reached: Vec<String> = upstream
                 .requests()
                 .into_iter()
@@ -271,15 +345,15 @@ async fn refused_unseen(
                     )
                 })
                 .collect();
-            if !(status == 0 || (400..500).contains(&status)) || !reached.is_empty() {
+            if !(answered == 0 || (400..500).contains(&answered)) || !reached.is_empty() {
                 failures.push(format!(
-                    "{name}, {what}: answered {status}; the upstream received {}",
+                    "{name}, {what}: answered {answered}; the upstream received {}",
                     reached.join("; ")
                 ));
             }
         }
     }
-    failures
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 /// What the raw upstream answers on `/stream/length`, `/stream/chunked` and
@@ -348,6 +422,23 @@ impl RawUpstream {
             .map(|m| (m.method().into(), m.path().into(), m.body.clone()))
             .collect()
     }
+
+    /// How many requests it has received so far: a mark for
+    /// [`RawUpstream::requests_since`]. (It is never cleared, so each pass of
+    /// a test over the listeners looks only at what came after its mark.)
+    fn mark(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// (method, path, body) of every request after the first `mark`.
+    fn requests_since(&self, mark: usize) -> Vec<(String, String, Vec<u8>)> {
+        self.requests().split_off(mark)
+    }
+}
+
+/// A request as [`RawUpstream::requests`] lists it.
+fn request(method: &str, path: &str, body: &str) -> (String, String, Vec<u8>) {
+    (method.into(), path.into(), body.into())
 }
 
 impl Drop for RawUpstream {
@@ -487,8 +578,7 @@ async fn serve_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_request_body_reaches_the_upstream_byte_for_byte_with_the_injected_identity() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     let prefix = memgate::token::display_prefix(&token).to_string();
     // Chunk payloads that look like framing (CRLF, "0\r\n\r\n"), binary bytes,
     // and a size written in upper-case hex.
@@ -527,9 +617,7 @@ async fn a_chunked_request_body_reaches_the_upstream_byte_for_byte_with_the_inje
             "{name}: the client gets the upstream's answer"
         );
 
-        let seen = upstream.requests();
-        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
-        let r = &seen[0];
+        let r = sole_request(&upstream, name);
         assert_eq!(
             (r.method.as_str(), r.uri.as_str()),
             ("POST", "/stream/upload?part=1"),
@@ -564,8 +652,7 @@ async fn a_chunked_request_body_reaches_the_upstream_byte_for_byte_with_the_inje
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_length_body_reaches_the_upstream_intact_with_its_length() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 253) as u8).collect();
     let client = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     for url in [
@@ -582,9 +669,7 @@ async fn a_content_length_body_reaches_the_upstream_intact_with_its_length() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{url}");
-        let seen = upstream.requests();
-        assert_eq!(seen.len(), 1, "{url}: {seen:?}");
-        let r = &seen[0];
+        let r = sole_request(&upstream, &url);
         assert_eq!(
             (r.method.as_str(), r.uri.as_str()),
             ("PUT", "/stream/upload")
@@ -599,52 +684,36 @@ async fn a_content_length_body_reaches_the_upstream_intact_with_its_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_encoding_with_content_length_on_a_stream_never_reaches_the_upstream() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
-    let failures = refused_unseen(
-        &upstream,
-        &gate,
-        &token,
-        &[
-            (
-                "Transfer-Encoding, then Content-Length",
-                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-                "0\r\n\r\n",
-            ),
-            (
-                "Content-Length, then Transfer-Encoding",
-                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-                "0\r\n\r\n",
-            ),
-        ],
-    )
+    assert_refused_unseen(&[
+        (
+            "Transfer-Encoding, then Content-Length",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "0\r\n\r\n",
+        ),
+        (
+            "Content-Length, then Transfer-Encoding",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
+    ])
     .await;
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_encodings_other_than_chunked_on_a_stream_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
-    let failures = refused_unseen(
-        &upstream,
-        &gate,
-        &token,
-        &[
-            (
-                "Transfer-Encoding: gzip, chunked",
-                "Transfer-Encoding: gzip, chunked\r\n",
-                "5\r\nhello\r\n0\r\n\r\n",
-            ),
-            (
-                "Transfer-Encoding: chunked sent twice",
-                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
-                "5\r\nhello\r\n0\r\n\r\n",
-            ),
-        ],
-    )
+    assert_refused_unseen(&[
+        (
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding: chunked sent twice",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ])
     .await;
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -653,8 +722,7 @@ async fn transfer_encodings_other_than_chunked_on_a_stream_never_reach_the_upstr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_refused_on_both_listeners_and_nothing_reaches_the_upstream() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     // Bytes a client would send through the tunnel once it was open.
     let tunnelled = "GET /stream/tunnelled HTTP/1.1\r\nHost: x\r\n\r\n";
     let authority = upstream.addr.to_string();
@@ -674,12 +742,12 @@ async fn connect_is_refused_on_both_listeners_and_nothing_reaches_the_upstream()
             ))
             .await;
             let resp = conn.response().await;
-            let status = resp.as_ref().map_or(0, Message::status);
+            let answered = status(&resp);
             if parsed {
-                assert_eq!(status, 405, "{name}: CONNECT {target}: {resp:?}");
+                assert_eq!(answered, 405, "{name}: CONNECT {target}: {resp:?}");
             } else {
                 assert!(
-                    status == 0 || (400..500).contains(&status),
+                    answered == 0 || (400..500).contains(&answered),
                     "{name}: CONNECT {target}: {resp:?}"
                 );
             }
@@ -687,13 +755,13 @@ async fn connect_is_refused_on_both_listeners_and_nothing_reaches_the_upstream()
                 conn.response().await.is_none(),
                 "{name}: CONNECT {target}: the connection stays open for a tunnel"
             );
-            control(addr, &token).await;
-            let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
-            assert_eq!(
-                reached,
-                ["/stream/control"],
-                "{name}: CONNECT {target} reached the upstream"
-            );
+            assert_only_control_reached(
+                &upstream,
+                addr,
+                &token,
+                &format!("{name}: CONNECT {target} reached the upstream"),
+            )
+            .await;
         }
     }
 }
@@ -704,15 +772,16 @@ async fn connect_is_refused_on_both_listeners_and_nothing_reaches_the_upstream()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_answers_keep_the_client_connection_usable() {
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     for (name, addr) in listeners(&gate) {
-        let before = upstream.requests().len();
+        let before = upstream.mark();
         let mut conn = Conn::open(addr).await;
 
         // An answer with a length keeps it.
-        conn.send(head("GET", "/stream/length", &token, "")).await;
-        let resp = conn.response().await.expect("first answer");
+        let resp = conn
+            .exchange(head("GET", "/stream/length", &token, ""))
+            .await
+            .expect("first answer");
         assert_eq!(resp.status(), 200, "{name}: {resp:?}");
         assert_eq!(
             resp.header("content-length"),
@@ -742,9 +811,8 @@ async fn streamed_answers_keep_the_client_connection_usable() {
 
         // An answer the upstream ends by closing its connection is chunked
         // for the client, whose connection stays open.
-        conn.send(head("GET", "/stream/eof", &token, "")).await;
         let resp = conn
-            .response()
+            .exchange(head("GET", "/stream/eof", &token, ""))
             .await
             .expect("third answer on the connection");
         assert_eq!(resp.status(), 200, "{name}: {resp:?}");
@@ -752,37 +820,30 @@ async fn streamed_answers_keep_the_client_connection_usable() {
         assert_ne!(resp.header("connection"), Some("close"), "{name}: {resp:?}");
         assert_eq!(resp.body, EOF_BODY, "{name}");
 
-        conn.send(head("GET", "/stream/length", &token, "")).await;
-        let resp = conn
-            .response()
-            .await
-            .expect("fourth answer on the connection");
-        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+        conn.assert_length_answered(&token, &format!("{name}: fourth answer on the connection"))
+            .await;
 
-        let seen: Vec<_> = upstream.requests().split_off(before);
-        let expected = [
-            ("GET", "/stream/length", &b""[..]),
-            ("POST", "/stream/chunked", &b"abc"[..]),
-            ("GET", "/stream/eof", &b""[..]),
-            ("GET", "/stream/length", &b""[..]),
-        ]
-        .map(|(m, p, b)| (m.to_string(), p.to_string(), b.to_vec()));
-        assert_eq!(seen, expected, "{name}");
+        assert_eq!(
+            upstream.requests_since(before),
+            [
+                request("GET", "/stream/length", ""),
+                request("POST", "/stream/chunked", "abc"),
+                request("GET", "/stream/eof", ""),
+                request("GET", "/stream/length", ""),
+            ],
+            "{name}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_an_event_stream_closes_the_upstream_stream() {
-    let mut upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (mut upstream, _db, gate, token) = raw_upstream_and_gate().await;
     for path in ["/mcp", "/sse"] {
         let mut conn = Conn::open(gate.mcp).await;
         conn.send(head("GET", path, &token, "Accept: text/event-stream\r\n"))
             .await;
-        let resp = timed("stream head", read_head(&mut conn.0))
-            .await
-            .unwrap()
-            .expect("a stream");
+        let resp = conn.response_head().await;
         assert_eq!(resp.status(), 200, "{path}: {resp:?}");
         assert_eq!(resp.header("content-type"), Some("text/event-stream"));
         let mut received = Vec::new();
@@ -811,30 +872,19 @@ async fn a_client_leaving_an_event_stream_closes_the_upstream_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_dying_mid_body_leaves_the_streamed_answer_visibly_incomplete() {
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     for (name, addr) in listeners(&gate) {
-        let before = upstream.requests().len();
+        let before = upstream.mark();
         let mut conn = Conn::open(addr).await;
         conn.send(head("GET", "/stream/broken", &token, "")).await;
-        let resp = timed("head", read_head(&mut conn.0))
-            .await
-            .unwrap()
-            .expect("an answer");
+        let resp = conn.response_head().await;
         assert_eq!(resp.status(), 200, "{name}: {resp:?}");
         assert!(resp.chunked(), "{name}: {resp:?}");
-        let mut body = Vec::new();
-        let end = timed("body", read_chunks(&mut conn.0, &mut body)).await;
-        assert_eq!(
-            end.map_err(|e| e.kind()),
-            Err(io::ErrorKind::UnexpectedEof),
-            "{name}: the answer must end without its last chunk"
-        );
+        let body = conn.truncated_body(&format!("{name}: the answer")).await;
         assert_eq!(body, BROKEN_PIECE, "{name}: what came before the failure");
-        let seen = upstream.requests().split_off(before);
         assert_eq!(
-            seen,
-            [("GET".into(), "/stream/broken".into(), Vec::new())],
+            upstream.requests_since(before),
+            [request("GET", "/stream/broken", "")],
             "{name}"
         );
     }
@@ -842,8 +892,7 @@ async fn an_upstream_dying_mid_body_leaves_the_streamed_answer_visibly_incomplet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_upstream_dying_mid_event_stream_leaves_the_json_rpc_answer_visibly_incomplete() {
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     let mut conn = Conn::open(gate.mcp).await;
     let headers = format!(
         "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
@@ -852,21 +901,11 @@ async fn an_mcp_upstream_dying_mid_event_stream_leaves_the_json_rpc_answer_visib
     );
     conn.send(head("POST", "/mcp", &token, &headers) + PING)
         .await;
-    let resp = timed("head", read_head(&mut conn.0))
-        .await
-        .unwrap()
-        .expect("an answer");
+    let resp = conn.response_head().await;
     assert_eq!(resp.status(), 200, "{resp:?}");
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
     assert!(resp.chunked(), "{resp:?}");
-    let mut body = Vec::new();
-    let end = timed("events", read_chunks(&mut conn.0, &mut body)).await;
-    assert_eq!(
-        end.map_err(|e| e.kind()),
-        Err(io::ErrorKind::UnexpectedEof),
-        "the event stream must end without its last chunk; got {:?}",
-        String::from_utf8_lossy(&body)
-    );
+    let body = conn.truncated_body("the event stream").await;
     assert_eq!(
         String::from_utf8_lossy(&body),
         PING_EVENT,
@@ -885,21 +924,21 @@ async fn an_mcp_upstream_dying_mid_event_stream_leaves_the_json_rpc_answer_visib
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_answers_from_the_upstream_never_reach_the_client() {
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     for (name, addr) in listeners(&gate) {
-        let before = upstream.requests().len();
+        let before = upstream.mark();
         let mut conn = Conn::open(addr).await;
-        conn.send(
-            head(
-                "POST",
-                "/stream/interim",
-                &token,
-                "Content-Type: text/plain\r\nContent-Length: 5\r\n",
-            ) + "hello",
-        )
-        .await;
-        let resp = conn.response().await.expect("an answer");
+        let resp = conn
+            .exchange(
+                head(
+                    "POST",
+                    "/stream/interim",
+                    &token,
+                    "Content-Type: text/plain\r\nContent-Length: 5\r\n",
+                ) + "hello",
+            )
+            .await
+            .expect("an answer");
         assert_eq!(resp.status(), 200, "{name}: a 1xx was passed on: {resp:?}");
         assert_eq!(resp.body, INTERIM_BODY, "{name}");
         assert!(
@@ -907,29 +946,28 @@ async fn interim_answers_from_the_upstream_never_reach_the_client() {
             "{name}: a header of the 103: {resp:?}"
         );
         // Nothing of the interim answers is left over on the connection.
-        conn.send(head("GET", "/stream/length", &token, "")).await;
-        let resp = conn.response().await.expect("a second answer");
-        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+        conn.assert_length_answered(&token, &format!("{name}: a second answer"))
+            .await;
 
-        let seen = upstream.requests().split_off(before);
-        let expected = [
-            ("POST", "/stream/interim", &b"hello"[..]),
-            ("GET", "/stream/length", &b""[..]),
-        ]
-        .map(|(m, p, b)| (m.to_string(), p.to_string(), b.to_vec()));
-        assert_eq!(seen, expected, "{name}");
+        assert_eq!(
+            upstream.requests_since(before),
+            [
+                request("POST", "/stream/interim", "hello"),
+                request("GET", "/stream/length", ""),
+            ],
+            "{name}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_switching_protocols_unasked_is_answered_502() {
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     for (name, addr) in listeners(&gate) {
-        let before = upstream.requests().len();
-        let mut conn = Conn::open(addr).await;
-        conn.send(head("GET", "/stream/switch", &token, "")).await;
-        let resp = conn.response().await.expect("an answer");
+        let before = upstream.mark();
+        let resp = exchange_fresh(addr, head("GET", "/stream/switch", &token, ""))
+            .await
+            .expect("an answer");
         assert_eq!(resp.status(), 502, "{name}: {resp:?}");
         assert_eq!(resp.header("content-type"), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
@@ -941,15 +979,19 @@ async fn an_upstream_switching_protocols_unasked_is_answered_502() {
             assert!(body["detail"].is_string(), "{body}");
         }
         // The switched connection is not reused for the next request.
-        let mut conn = Conn::open(addr).await;
-        conn.send(head("GET", "/stream/length", &token, "")).await;
-        let resp = conn.response().await.expect("a later answer");
-        assert_eq!((resp.status(), resp.body.as_slice()), (200, LENGTH_BODY));
+        Conn::open(addr)
+            .await
+            .assert_length_answered(&token, &format!("{name}: a later answer"))
+            .await;
 
-        let seen = upstream.requests().split_off(before);
-        let expected = [("GET", "/stream/switch"), ("GET", "/stream/length")]
-            .map(|(m, p)| (m.to_string(), p.to_string(), Vec::new()));
-        assert_eq!(seen, expected, "{name}");
+        assert_eq!(
+            upstream.requests_since(before),
+            [
+                request("GET", "/stream/switch", ""),
+                request("GET", "/stream/length", ""),
+            ],
+            "{name}"
+        );
     }
 }
 
@@ -962,8 +1004,7 @@ async fn a_request_body_that_stalls_is_answered_408_after_the_read_timeout() {
     // The mem0 listener's read timeout is 2 s in the harness (the MCP
     // listener keeps the default 600 s).
     const READ_TIMEOUT: Duration = Duration::from_secs(2);
-    let upstream = RawUpstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
     let mut conn = Conn::open(gate.mem0).await;
     conn.send(
         head(
@@ -994,35 +1035,29 @@ async fn a_request_body_that_stalls_is_answered_408_after_the_read_timeout() {
 
     // No complete request reached the upstream: it is still waiting for
     // the rest of the body when memgate gives up on it.
-    let mut conn = Conn::open(gate.mem0).await;
-    conn.send(head("GET", "/stream/length", &token, "")).await;
-    assert_eq!(status_of(&mut conn).await, 200);
-    let seen: Vec<(String, String)> = upstream
-        .requests()
-        .into_iter()
-        .map(|(m, p, _)| (m, p))
-        .collect();
-    assert_eq!(seen, [("GET".into(), "/stream/length".into())]);
+    let resp = exchange_fresh(gate.mem0, head("GET", "/stream/length", &token, "")).await;
+    assert_eq!(status(&resp), 200);
+    assert_eq!(upstream.requests(), [request("GET", "/stream/length", "")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_post_reaches_the_upstream_with_content_length_0() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     for (name, addr) in listeners(&gate) {
         upstream.clear();
         let mut conn = Conn::open(addr).await;
-        conn.send(head(
-            "POST",
-            "/stream/empty",
-            &token,
-            "Content-Length: 0\r\n",
-        ))
-        .await;
-        assert_eq!(status_of(&mut conn).await, 200, "{name}");
+        let resp = conn
+            .exchange(head(
+                "POST",
+                "/stream/empty",
+                &token,
+                "Content-Length: 0\r\n",
+            ))
+            .await;
+        assert_eq!(status(&resp), 200, "{name}");
         // Nothing after the head was taken for a body.
-        conn.send(head("GET", "/stream/next", &token, "")).await;
-        assert_eq!(status_of(&mut conn).await, 200, "{name}: next request");
+        let resp = conn.exchange(head("GET", "/stream/next", &token, "")).await;
+        assert_eq!(status(&resp), 200, "{name}: next request");
 
         let seen = upstream.requests();
         assert_eq!(seen.len(), 2, "{name}: {seen:?}");
@@ -1040,8 +1075,7 @@ async fn an_empty_post_reaches_the_upstream_with_content_length_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_headers_naming_too_many_or_unreadable_are_refused_and_named_ones_dropped() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     let many: Vec<String> = (0..17).map(|i| format!("X-H{i}")).collect();
     let cases: [(&str, Vec<u8>); 2] = [
         (
@@ -1056,35 +1090,27 @@ async fn connection_headers_naming_too_many_or_unreadable_are_refused_and_named_
     for (name, addr) in listeners(&gate) {
         for (what, line) in &cases {
             upstream.clear();
-            let mut conn = Conn::open(addr).await;
-            let request = head("GET", "/stream/hop", &token, "");
-            let (start, end) = request.split_at(request.len() - 2);
-            conn.send([start.as_bytes(), line, end.as_bytes()].concat())
-                .await;
-            let resp = conn.response().await;
-            assert_eq!(
-                resp.as_ref().map(Message::status),
-                Some(400),
-                "{name}, {what}: {resp:?}"
-            );
-            control(addr, &token).await;
-            let reached: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
-            assert_eq!(reached, ["/stream/control"], "{name}, {what}");
+            let plain = head("GET", "/stream/hop", &token, "");
+            let (start, end) = plain.split_at(plain.len() - 2);
+            let resp =
+                exchange_fresh(addr, [start.as_bytes(), line, end.as_bytes()].concat()).await;
+            assert_eq!(status(&resp), 400, "{name}, {what}: {resp:?}");
+            assert_only_control_reached(&upstream, addr, &token, &format!("{name}, {what}")).await;
         }
 
         upstream.clear();
-        let mut conn = Conn::open(addr).await;
-        conn.send(head(
-            "GET",
-            "/stream/hop",
-            &token,
-            "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-Kept: yes\r\n",
-        ))
+        let resp = exchange_fresh(
+            addr,
+            head(
+                "GET",
+                "/stream/hop",
+                &token,
+                "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-Kept: yes\r\n",
+            ),
+        )
         .await;
-        assert_eq!(status_of(&mut conn).await, 200, "{name}");
-        let seen = upstream.requests();
-        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
-        let r = &seen[0];
+        assert_eq!(status(&resp), 200, "{name}");
+        let r = sole_request(&upstream, name);
         assert_eq!(r.uri, "/stream/hop", "{name}");
         assert!(
             r.header("x-hop").is_none(),
@@ -1097,23 +1123,22 @@ async fn connection_headers_naming_too_many_or_unreadable_are_refused_and_named_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_authorization_from_the_client_is_not_forwarded() {
-    let upstream = Upstream::start().await;
-    let (_db, gate, token) = gate(&upstream.url()).await;
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
     let mut forwarded = Vec::new();
     for (name, addr) in listeners(&gate) {
         upstream.clear();
-        let mut conn = Conn::open(addr).await;
-        conn.send(head(
-            "GET",
-            "/stream/proxied",
-            &token,
-            "Proxy-Authorization: Basic abc\r\nX-Kept: yes\r\n",
-        ))
+        let resp = exchange_fresh(
+            addr,
+            head(
+                "GET",
+                "/stream/proxied",
+                &token,
+                "Proxy-Authorization: Basic abc\r\nX-Kept: yes\r\n",
+            ),
+        )
         .await;
-        assert_eq!(status_of(&mut conn).await, 200, "{name}");
-        let seen = upstream.requests();
-        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
-        let r = &seen[0];
+        assert_eq!(status(&resp), 200, "{name}");
+        let r = sole_request(&upstream, name);
         assert_eq!(r.uri, "/stream/proxied", "{name}");
         assert_eq!(r.header_all("x-kept"), ["yes"], "{name}: {r:?}");
         if let Some(value) = r.header("proxy-authorization") {
