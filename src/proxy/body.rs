@@ -64,18 +64,15 @@ pub enum RequestFraming {
 
 impl RequestFraming {
     /// The framing of the client's request. A `Transfer-Encoding` other than
-    /// plain `chunked`, or one sent with a `Content-Length`, is ambiguous
-    /// (request smuggling) and refused.
+    /// plain `chunked` is refused; one sent with a `Content-Length` was
+    /// refused for every route by [`ambiguous_framing`] already.
     pub fn of(session: &mut Session) -> Result<RequestFraming, Deny> {
         let req = session.req_header();
         let encoding = headers::single(req, &http::header::TRANSFER_ENCODING)?;
         let length = headers::single(req, &http::header::CONTENT_LENGTH)?;
         match (encoding, length) {
-            (Some(_), Some(_)) => Err(Deny::bad_request(
-                "Transfer-Encoding and Content-Length were both sent",
-            )),
-            (Some(te), None) if te.eq_ignore_ascii_case("chunked") => Ok(RequestFraming::Chunked),
-            (Some(_), None) => Err(Deny::bad_request(
+            (Some(te), _) if te.eq_ignore_ascii_case("chunked") => Ok(RequestFraming::Chunked),
+            (Some(_), _) => Err(Deny::bad_request(
                 "Only chunked Transfer-Encoding is accepted",
             )),
             (None, Some(n)) => match n.parse::<usize>() {

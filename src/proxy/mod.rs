@@ -476,8 +476,9 @@ impl Gate {
         // CONNECT changes how the message is framed; nothing behind memgate
         // takes it (pingora's proxy refused it the same way).
         if session.req_header().method == http::Method::CONNECT {
-            session.set_keepalive(None);
-            return errors::respond_error(session, self.listener, 405, "Method Not Allowed").await;
+            return self
+                .refuse_and_close(session, 405, "Method Not Allowed")
+                .await;
         }
         if self.respond_or_pass(session, ctx).await? {
             return Ok(());
@@ -493,8 +494,8 @@ impl Gate {
             return Ok(true);
         }
         if let Some(deny) = body::ambiguous_framing(session) {
-            session.set_keepalive(None);
-            errors::respond_error(session, self.listener, deny.status, &deny.message).await?;
+            self.refuse_and_close(session, deny.status, &deny.message)
+                .await?;
             return Ok(true);
         }
         ctx.request_id = request_id(session.req_header());
@@ -560,8 +561,8 @@ impl Gate {
         let framing = match body::RequestFraming::of(session) {
             Ok(framing) => framing,
             Err(deny) => {
-                session.set_keepalive(None);
-                return errors::respond_error(session, self.listener, deny.status, &deny.message)
+                return self
+                    .refuse_and_close(session, deny.status, &deny.message)
                     .await;
             }
         };
@@ -594,21 +595,16 @@ impl Gate {
                 Outgoing::From(&mut *session)
             }
         };
-        let mut open = match self.client.open_with(upstream_req, body).await {
-            Ok(open) => open,
-            Err(e) => {
-                let (status, message) = match e.esource() {
-                    pingora::ErrorSource::Downstream => failure_response(self.listener, &e),
-                    _ => upstream_failure(self.listener, &e),
-                };
-                tracing::info!(listener = self.listener.as_str(), error = %e, status, "upstream exchange failed");
-                session.set_keepalive(None);
-                if status > 0 {
-                    errors::respond_error(session, self.listener, status, &message).await?;
-                }
-                return Ok(());
-            }
-        };
+        // Failures are the upstream's unless the client's side failed;
+        // `fail` answers them.
+        let mut open = self
+            .client
+            .open_with(upstream_req, body)
+            .await
+            .map_err(|e| match e.esource() {
+                pingora::ErrorSource::Downstream => e,
+                _ => e.into_up(),
+            })?;
         METRICS
             .upstream_duration
             .with_label_values(&[self.listener.as_str()])
@@ -672,6 +668,18 @@ impl Gate {
             open.finish().await;
         }
         Ok(())
+    }
+
+    /// Answers a request whose framing cannot be trusted, and closes the
+    /// connection after it: what follows on the wire is not a known request.
+    async fn refuse_and_close(
+        &self,
+        session: &mut Session,
+        status: u16,
+        message: &str,
+    ) -> Result<()> {
+        session.set_keepalive(None);
+        errors::respond_error(session, self.listener, status, message).await
     }
 
     /// A request that failed: the status pingora's error maps to, when no
