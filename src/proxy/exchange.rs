@@ -162,13 +162,7 @@ impl UpstreamClient {
                 )
                 .await
             {
-                // Not when the client's side failed: a fresh connection
-                // would not help.
-                Err(e)
-                    if !progress.pulled
-                        && *e.esource() != pingora::ErrorSource::Downstream
-                        && retry_on_fresh(&e, progress.sent, idempotent) =>
-                {
+                Err(e) if retry_on_fresh(&e, &progress, idempotent) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
                 done => return done,
@@ -247,13 +241,16 @@ impl UpstreamClient {
 /// like this before the request is read; but once the whole request was
 /// written, the same errors can also mean the upstream died while handling
 /// it, so only requests that are safe to repeat are retried then: a second
-/// `POST /memories` would add every memory twice.
-fn retry_on_fresh(e: &Error, sent: bool, idempotent: bool) -> bool {
+/// `POST /memories` would add every memory twice. Never when the client's
+/// side failed (a fresh connection would not help) or when part of the
+/// client's streamed body was taken (it cannot be sent again).
+fn retry_on_fresh(e: &Error, progress: &Progress, idempotent: bool) -> bool {
     let closed = matches!(
         e.etype(),
         ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
     );
-    closed && (!sent || idempotent)
+    let client_failed = *e.esource() == pingora::ErrorSource::Downstream;
+    closed && !client_failed && !progress.pulled && (!progress.sent || idempotent)
 }
 
 /// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
@@ -280,15 +277,31 @@ mod tests {
         let read = Error::new(ErrorType::ReadError);
         let write = Error::new(ErrorType::WriteError);
         let timeout = Error::new(ErrorType::ReadTimedout);
+        let at = |sent, pulled| Progress { sent, pulled };
         for e in [&closed, &read, &write] {
             assert!(
-                retry_on_fresh(e, false, false),
+                retry_on_fresh(e, &at(false, false), false),
                 "never reached the upstream"
             );
-            assert!(retry_on_fresh(e, true, true), "safe to repeat");
-            assert!(!retry_on_fresh(e, true, false), "may have been handled");
+            assert!(retry_on_fresh(e, &at(true, false), true), "safe to repeat");
+            assert!(
+                !retry_on_fresh(e, &at(true, false), false),
+                "may have been handled"
+            );
+            assert!(
+                !retry_on_fresh(e, &at(false, true), true),
+                "the client's body was partly taken"
+            );
         }
-        assert!(!retry_on_fresh(&timeout, false, true), "not an idle close");
+        assert!(
+            !retry_on_fresh(&timeout, &at(false, false), true),
+            "not an idle close"
+        );
+        let client_closed = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert!(
+            !retry_on_fresh(&client_closed, &at(false, false), true),
+            "the client's side failed"
+        );
         assert!(is_idempotent(&http::Method::GET) && is_idempotent(&http::Method::DELETE));
         assert!(!is_idempotent(&http::Method::POST) && !is_idempotent(&http::Method::PATCH));
     }
