@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::v1::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::Peer;
 
 use super::Session;
+use super::h1::client::ClientConn;
 use super::pool::IdlePool;
 use super::upstream::{IDLE_TIMEOUT, UpstreamTarget};
 
@@ -43,7 +43,7 @@ pub struct Exchanged {
 /// An exchange whose response body is read chunk by chunk (streams).
 pub struct OpenExchange<'a> {
     client: &'a UpstreamClient,
-    http: HttpSession,
+    http: ClientConn,
     /// The peer's `reuse_hash`, for the pool.
     peer: u64,
 }
@@ -64,26 +64,23 @@ impl OpenExchange<'_> {
     /// Closes the connection rather than keeping it: an event stream's
     /// upstream usually hangs up after it, and the idle list would hold the
     /// half-closed socket until its next use.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         self.http.shutdown().await;
     }
 
-    /// Returns the connection to the pool if the response was read to its end.
-    pub async fn finish(mut self) {
-        if self.http.is_body_done() {
-            self.http.respect_keepalive();
-            if let Some(stream) = self.http.reuse().await {
-                self.client.pool.put(stream, self.peer);
-            }
-        } else {
-            self.http.shutdown().await;
+    /// Returns the connection to the pool if the response was read to its
+    /// end and the upstream allows another request on it; else closes it.
+    pub async fn finish(self) {
+        let (client, peer) = (self.client, self.peer);
+        if let Some(stream) = self.http.reusable() {
+            client.pool.put(stream, peer);
         }
     }
 }
 
 pub struct UpstreamClient {
     /// Dials new connections (and TLS); idle ones are kept in `pool`.
-    connector: Connector,
+    connector: TransportConnector,
     pool: IdlePool,
     target: Arc<UpstreamTarget>,
 }
@@ -91,7 +88,7 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(target: Arc<UpstreamTarget>) -> Self {
         UpstreamClient {
-            connector: Connector::new(None),
+            connector: TransportConnector::new(None),
             pool: IdlePool::new(MAX_IDLE, IDLE_TIMEOUT),
             target,
         }
@@ -147,73 +144,62 @@ impl UpstreamClient {
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
         let key = peer.reuse_hash();
+        let (read_timeout, write_timeout) = (peer.options.read_timeout, peer.options.write_timeout);
         if let Some(stream) = self.pool.take(key) {
-            let http = HttpSession::new_with_options(stream, &*peer);
+            let http = ClientConn::new(stream, read_timeout, write_timeout);
             let mut progress = Progress::default();
             let idempotent = is_idempotent(&req.method);
-            match self
-                .send(
-                    http,
-                    Box::new(req.clone()),
-                    &mut body,
-                    &peer,
-                    key,
-                    &mut progress,
-                )
-                .await
-            {
+            match self.send(http, &req, &mut body, key, &mut progress).await {
                 Err(e) if retry_on_fresh(&e, &progress, idempotent) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
                 }
                 done => return done,
             }
         }
-        let (http, _) = Box::pin(self.connector.get_http_session(&*peer)).await?;
+        let stream = Box::pin(self.connector.new_stream(&*peer)).await?;
+        let http = ClientConn::new(stream, read_timeout, write_timeout);
         let mut progress = Progress::default();
-        Box::pin(self.send(http, Box::new(req), &mut body, &peer, key, &mut progress)).await
+        Box::pin(self.send(http, &req, &mut body, key, &mut progress)).await
     }
 
     async fn send(
         &self,
-        mut http: HttpSession,
-        req: Box<RequestHeader>,
+        mut http: ClientConn,
+        req: &RequestHeader,
         body: &mut Outgoing<'_>,
-        peer: &Arc<HttpPeer>,
         key: u64,
         progress: &mut Progress,
     ) -> Result<OpenExchange<'_>> {
-        http.read_timeout = peer.options.read_timeout;
-        http.write_timeout = peer.options.write_timeout;
-        http.write_request_header(req).await?;
         match body {
-            Outgoing::Whole(body) => {
-                if let Some(body) = body.as_ref().filter(|b| !b.is_empty()) {
-                    http.write_body(body).await?;
-                }
-            }
+            Outgoing::Whole(body) => http.write_head(req, body.as_deref()).await?,
             // Each piece of the client's body must come within the listener's
             // read timeout, or the request ends with 408.
-            Outgoing::From(client) => loop {
-                let read = client.read_request_body();
-                let chunk = match peer.options.read_timeout {
-                    Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
-                        Error::explain(ErrorType::ReadTimedout, "the client's body stalled")
-                            .into_down()
-                    })?,
-                    None => read.await,
+            Outgoing::From(client) => {
+                http.write_head(req, None).await?;
+                let limit = http.read_timeout();
+                loop {
+                    let read = client.read_request_body();
+                    let chunk = match limit {
+                        Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                            Error::explain(ErrorType::ReadTimedout, "the client's body stalled")
+                                .into_down()
+                        })?,
+                        None => read.await,
+                    }
+                    .map_err(|e| e.into_down())?;
+                    let Some(chunk) = chunk else { break };
+                    progress.pulled = true;
+                    http.write_body(&chunk).await?;
                 }
-                .map_err(|e| e.into_down())?;
-                let Some(chunk) = chunk else { break };
-                progress.pulled = true;
-                http.write_body(&chunk).await?;
-            },
+            }
         }
         http.finish_body().await?;
         progress.sent = true;
         // Interim answers (100, 102, 103) are skipped; a switch of
         // protocols nobody asked for (Upgrade is never forwarded) is refused.
+        let head_request = req.method == http::Method::HEAD;
         loop {
-            http.read_response().await?;
+            http.read_response(head_request).await?;
             match http.resp_header().map(|h| h.status.as_u16()) {
                 None => {
                     return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");

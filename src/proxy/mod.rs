@@ -6,6 +6,7 @@ pub mod body;
 pub mod client_ip;
 pub mod errors;
 pub mod exchange;
+pub mod h1;
 pub mod headers;
 pub mod mcp;
 pub mod mem0;

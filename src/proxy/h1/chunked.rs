@@ -1,0 +1,273 @@
+//! The `chunked` transfer coding (RFC 9112 §7.1), decoded strictly: hex sizes
+//! of at most 15 digits, extensions skipped, every line ended by CRLF,
+//! trailers read and dropped, bounded so a peer cannot make memgate buffer
+//! without limit. Pure: bytes in, data out, no I/O.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Bytes a chunk-size line (with extensions) or the whole trailer section may
+/// take; a peer that sends more is refused.
+const MAX_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// What one step of decoding found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body data (never empty).
+    Data(Bytes),
+    /// More bytes are needed.
+    NeedMore,
+    /// The last chunk and the trailers were read; anything left in the
+    /// buffer belongs to the next message.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the hex size; `digits` read so far.
+    Size { size: u64, digits: u8 },
+    /// After the size: extensions up to the CR, counted against MAX_LINE.
+    Extension { size: u64, seen: usize },
+    /// The CR ending the size line was read; LF expected.
+    SizeLf { size: u64 },
+    Data { left: u64 },
+    DataCr,
+    DataLf,
+    /// In the trailer section: `line` bytes into the current line, `total`
+    /// bytes into the section, `cr` when the line's CR was read.
+    Trailer { line: usize, total: usize, cr: bool },
+    Done,
+}
+
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: State,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: State::Size { size: 0, digits: 0 },
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Takes what it can from the front of `buf`: the next piece of data, or
+    /// the end. Framing bytes are consumed as they are understood.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        loop {
+            if let State::Data { left } = self.state {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - n as u64;
+                self.state = if left == 0 {
+                    State::DataCr
+                } else {
+                    State::Data { left }
+                };
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            if self.state == State::Done {
+                return Ok(Decoded::Done);
+            }
+            let Some(&byte) = buf.first() else {
+                return Ok(Decoded::NeedMore);
+            };
+            buf.advance(1);
+            self.state = step(self.state, byte)?;
+        }
+    }
+}
+
+/// One framing byte.
+fn step(state: State, byte: u8) -> Result<State, ChunkError> {
+    Ok(match state {
+        State::Size { size, digits } => match (byte as char).to_digit(16) {
+            Some(d) if digits < 15 => State::Size {
+                size: size << 4 | u64::from(d),
+                digits: digits + 1,
+            },
+            Some(_) => return Err(ChunkError("chunk size too large")),
+            None if digits == 0 => return Err(ChunkError("chunk size missing")),
+            None => match byte {
+                b'\r' => State::SizeLf { size },
+                b';' | b' ' | b'\t' => State::Extension { size, seen: 1 },
+                _ => return Err(ChunkError("invalid chunk size")),
+            },
+        },
+        State::Extension { size, seen } => match byte {
+            b'\r' => State::SizeLf { size },
+            b'\n' => return Err(ChunkError("chunk size line not ended by CRLF")),
+            _ if seen >= MAX_LINE => return Err(ChunkError("chunk extension too long")),
+            _ => State::Extension {
+                size,
+                seen: seen + 1,
+            },
+        },
+        State::SizeLf { size } => match byte {
+            b'\n' if size == 0 => State::Trailer {
+                line: 0,
+                total: 0,
+                cr: false,
+            },
+            b'\n' => State::Data { left: size },
+            _ => return Err(ChunkError("chunk size line not ended by CRLF")),
+        },
+        State::DataCr => match byte {
+            b'\r' => State::DataLf,
+            _ => return Err(ChunkError("chunk data longer than its size")),
+        },
+        State::DataLf => match byte {
+            b'\n' => State::Size { size: 0, digits: 0 },
+            _ => return Err(ChunkError("chunk data not ended by CRLF")),
+        },
+        State::Trailer { line, total, cr } => {
+            if total >= MAX_TRAILERS {
+                return Err(ChunkError("trailers too large"));
+            }
+            match (byte, cr) {
+                (b'\n', true) if line == 0 => State::Done,
+                (b'\n', true) => State::Trailer {
+                    line: 0,
+                    total: total + 1,
+                    cr: false,
+                },
+                (b'\r', false) => State::Trailer {
+                    line,
+                    total: total + 1,
+                    cr: true,
+                },
+                (b'\r' | b'\n', _) | (_, true) => {
+                    return Err(ChunkError("trailer line not ended by CRLF"));
+                }
+                _ => State::Trailer {
+                    line: line + 1,
+                    total: total + 1,
+                    cr: false,
+                },
+            }
+        }
+        State::Data { .. } | State::Done => unreachable!("handled by decode"),
+    })
+}
+
+/// Appends `data` to `out` as one chunk (nothing for empty data: an empty
+/// chunk would end the body).
+pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
+    if data.is_empty() {
+        return;
+    }
+    use std::fmt::Write;
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in pieces of `step` bytes.
+    fn decode_in_pieces(wire: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(step.max(1));
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(d) => {
+                    assert!(!d.is_empty());
+                    body.extend_from_slice(&d);
+                }
+                Decoded::NeedMore => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return Err(ChunkError("incomplete")),
+                },
+                Decoded::Done => {
+                    let mut rest = buf.to_vec();
+                    for p in pieces {
+                        rest.extend_from_slice(p);
+                    }
+                    return Ok((body, rest));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_chunks_extensions_and_trailers_in_any_split() {
+        let wire = b"5;name=v\r\nhello\r\nA\r\n, world!!!\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        for step in 1..wire.len() {
+            let (body, rest) = decode_in_pieces(wire, step).unwrap();
+            assert_eq!(body, b"hello, world!!!");
+            assert_eq!(rest, b"NEXT", "bytes after the body are left alone");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_framing() {
+        for wire in [
+            &b"\r\nhello"[..],                  // no size
+            b"g\r\n",                           // not hex
+            b"-5\r\nhello\r\n0\r\n\r\n",        // sign
+            b"5\nhello\r\n0\r\n\r\n",           // bare LF after the size
+            b"5\r\nhelloX\r\n0\r\n\r\n",        // data longer than its size
+            b"5\r\nhello\rX0\r\n\r\n",          // CR not followed by LF
+            b"1000000000000000\r\n",            // 16 hex digits
+            b"0\r\nX: y\n\r\n",                 // bare LF in a trailer
+            b"5;x\nhello\r\n0\r\n\r\n",          // bare LF after an extension
+        ] {
+            assert!(
+                decode_in_pieces(wire, 3).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_extensions_and_trailers() {
+        let mut wire = b"1;".to_vec();
+        wire.extend(std::iter::repeat_n(b'a', MAX_LINE + 1));
+        wire.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        assert!(decode_in_pieces(&wire, 512).is_err());
+        let mut wire = b"0\r\n".to_vec();
+        for _ in 0..(MAX_TRAILERS / 10 + 1) {
+            wire.extend_from_slice(b"X-A: 1234\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        assert!(decode_in_pieces(&wire, 512).is_err());
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let mut out = BytesMut::new();
+        encode_chunk(b"hello", &mut out);
+        encode_chunk(b"", &mut out);
+        encode_chunk(&[b'x'; 300], &mut out);
+        out.extend_from_slice(LAST_CHUNK);
+        let (body, rest) = decode_in_pieces(&out, 7).unwrap();
+        assert_eq!(body.len(), 305);
+        assert!(rest.is_empty());
+        assert!(out.starts_with(b"5\r\nhello\r\n12c\r\n"));
+    }
+}

@@ -1,0 +1,346 @@
+//! One HTTP/1.1 exchange with an upstream over a connection memgate dialled
+//! or took from its pool: the request head and body written (one write when
+//! the body is held whole), the response head parsed with `httparse` into
+//! `http` parts without pingora's case-preserving header copy, and the body
+//! read by its length, de-chunked, or read to the close.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+
+/// A response head larger than this is refused (mem0's are a few hundred bytes).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+/// Bodies held whole are written with their head in one write up to this size.
+const COALESCE: usize = 64 * 1024;
+const READ_SIZE: usize = 16 * 1024;
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug)]
+enum Body {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the upstream closes (no length, not chunked).
+    UntilClose,
+    Done,
+}
+
+pub struct ClientConn {
+    stream: Stream,
+    buf: BytesMut,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    request_chunked: bool,
+    header: Option<ResponseHeader>,
+    body: Body,
+    /// The response allows the connection to carry another request.
+    keep_alive: bool,
+}
+
+impl ClientConn {
+    pub fn new(stream: Stream, read_timeout: Option<Duration>, write_timeout: Option<Duration>) -> Self {
+        ClientConn {
+            stream,
+            buf: BytesMut::new(),
+            read_timeout,
+            write_timeout,
+            request_chunked: false,
+            header: None,
+            body: Body::Done,
+            keep_alive: false,
+        }
+    }
+
+    /// Writes the request head, and `body` with it when it is small. A
+    /// `Transfer-Encoding: chunked` head makes later [`Self::write_body`]
+    /// calls chunk what they send.
+    pub async fn write_head(&mut self, req: &RequestHeader, body: Option<&[u8]>) -> Result<()> {
+        self.request_chunked = req
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let body = body.filter(|b| !b.is_empty());
+        let inline = body.filter(|b| b.len() <= COALESCE && !self.request_chunked);
+        let mut out = BytesMut::with_capacity(256 + path.len() + inline.map_or(0, <[u8]>::len));
+        out.extend_from_slice(req.method.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        req.header_to_h1_wire(&mut out);
+        out.extend_from_slice(b"\r\n");
+        if let Some(body) = inline {
+            out.extend_from_slice(body);
+        }
+        self.write_all(&out).await?;
+        match body {
+            Some(body) if inline.is_none() => self.write_body(body).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a piece of the request body (chunked when the head said so).
+    pub async fn write_body(&mut self, data: &[u8]) -> Result<()> {
+        if !self.request_chunked {
+            return self.write_all(data).await;
+        }
+        let mut out = BytesMut::with_capacity(data.len() + 20);
+        encode_chunk(data, &mut out);
+        self.write_all(&out).await
+    }
+
+    /// Ends the request body (the last chunk when chunked) and flushes.
+    pub async fn finish_body(&mut self) -> Result<()> {
+        if self.request_chunked {
+            self.write_all(LAST_CHUNK).await?;
+        }
+        let flush = self.stream.flush();
+        with_timeout(self.write_timeout, flush, ErrorType::WriteTimedout)
+            .await?
+            .or_err(ErrorType::WriteError, "flushing the upstream request")
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let write = self.stream.write_all(bytes);
+        with_timeout(self.write_timeout, write, ErrorType::WriteTimedout)
+            .await?
+            .or_err(ErrorType::WriteError, "writing to the upstream")
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the upstream's close.
+    async fn fill(&mut self) -> Result<usize> {
+        self.buf.reserve(READ_SIZE);
+        let read = self.stream.read_buf(&mut self.buf);
+        with_timeout(self.read_timeout, read, ErrorType::ReadTimedout)
+            .await?
+            .or_err(ErrorType::ReadError, "reading from the upstream")
+    }
+
+    /// Reads the next response head (interim ones too: the caller skips 1xx).
+    /// `head_request`: the request was `HEAD`, so the answer has no body.
+    pub async fn read_response(&mut self, head_request: bool) -> Result<()> {
+        loop {
+            if !self.buf.is_empty()
+                && let Some(len) = self.parse_head(head_request)?
+            {
+                let _ = self.buf.split_to(len);
+                return Ok(());
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "upstream response head too large");
+            }
+            if self.fill().await? == 0 {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the upstream closed the connection before its response head",
+                );
+            }
+        }
+    }
+
+    /// Parses a complete head at the front of the buffer: its length, or
+    /// `None` while it is incomplete.
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<usize>> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("invalid upstream response head: {e}"),
+                );
+            }
+        };
+        let status = parsed
+            .code
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream status")?;
+        let version = match parsed.version {
+            Some(1) => http::Version::HTTP_11,
+            _ => http::Version::HTTP_10,
+        };
+        let mut headers = http::HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header name")?;
+            let value = http::HeaderValue::from_bytes(h.value)
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header value")?;
+            headers.append(name, value);
+        }
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        self.body = body_of(&parts, head_request)?;
+        self.keep_alive = version == http::Version::HTTP_11
+            && !matches!(self.body, Body::UntilClose)
+            && !super::has_token(&parts.headers, &http::header::CONNECTION, "close");
+        self.header = Some(ResponseHeader::from(parts));
+        Ok(Some(len))
+    }
+
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+
+    pub fn resp_header(&self) -> Option<&ResponseHeader> {
+        self.header.as_ref()
+    }
+
+    /// The next piece of the response body; `None` at its end.
+    pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match &mut self.body {
+                Body::Done => return Ok(None),
+                Body::Length(0) => {
+                    self.body = Body::Done;
+                    return Ok(None);
+                }
+                Body::Length(left) if !self.buf.is_empty() => {
+                    let n = self.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    return Ok(Some(self.buf.split_to(n).freeze()));
+                }
+                Body::UntilClose if !self.buf.is_empty() => {
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Body::Chunked(decoder) => match decoder.decode(&mut self.buf) {
+                    Ok(Decoded::Data(data)) => return Ok(Some(data)),
+                    Ok(Decoded::Done) => {
+                        self.body = Body::Done;
+                        return Ok(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return Error::e_explain(ErrorType::H1Error, format!("upstream body: {e}")),
+                },
+                Body::Length(_) | Body::UntilClose => {}
+            }
+            if self.fill().await? == 0 {
+                if matches!(self.body, Body::UntilClose) {
+                    self.body = Body::Done;
+                    return Ok(None);
+                }
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the upstream closed the connection before the end of its body",
+                );
+            }
+        }
+    }
+
+    pub fn is_body_done(&self) -> bool {
+        matches!(self.body, Body::Done | Body::Length(0))
+    }
+
+    /// The connection, when it may carry another request: the response was
+    /// read to its end, allowed keep-alive, and nothing followed it.
+    pub fn reusable(self) -> Option<Stream> {
+        (self.is_body_done() && self.keep_alive && self.buf.is_empty()).then_some(self.stream)
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// How the body of a response to a request is delimited (RFC 9112 §6.3).
+/// A `Content-Length` that is not one plain number is refused, as is a
+/// length sent with `Transfer-Encoding` (the connection would be in doubt).
+fn body_of(parts: &http::response::Parts, head_request: bool) -> Result<Body> {
+    let status = parts.status.as_u16();
+    if head_request || status < 200 || status == 204 || status == 304 {
+        return Ok(Body::Done);
+    }
+    let headers = &parts.headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        if headers.contains_key(http::header::CONTENT_LENGTH) {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream sent Transfer-Encoding and Content-Length",
+            );
+        }
+        let last = headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+                Body::Chunked(ChunkedDecoder::default())
+            }
+            _ => Body::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        let n = super::parse_length(value.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "conflicting upstream Content-Length");
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Body::UntilClose, Body::Length))
+}
+
+async fn with_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+    kind: ErrorType,
+) -> Result<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, fut)
+            .await
+            .or_err(kind, "upstream did not answer in time"),
+        None => Ok(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(head: &str) -> http::response::Parts {
+        let mut conn_buf = BytesMut::from(head);
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut slots);
+        let len = match r.parse(&conn_buf).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        let mut b = http::Response::builder().status(r.code.unwrap());
+        for h in r.headers.iter() {
+            b = b.header(h.name, h.value);
+        }
+        let _ = conn_buf.split_to(len);
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn response_bodies_are_delimited_as_rfc_9112_says() {
+        let body = |head: &str, head_req| body_of(&parts(head), head_req);
+        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), Ok(Body::Length(5))));
+        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", false), Ok(Body::Length(5))));
+        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
+        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", false).is_err());
+        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).is_err());
+        assert!(matches!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false), Ok(Body::Chunked(_))));
+        assert!(matches!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false), Ok(Body::UntilClose)));
+        assert!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", false).is_err());
+        assert!(matches!(body("HTTP/1.1 200 OK\r\n\r\n", false), Ok(Body::UntilClose)));
+        for bodiless in ["HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1 304 Not Modified\r\n\r\n", "HTTP/1.1 100 Continue\r\n\r\n"] {
+            assert!(matches!(body(bodiless, false), Ok(Body::Done)), "{bodiless}");
+        }
+        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), Ok(Body::Done)));
+    }
+}
