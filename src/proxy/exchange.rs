@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 
@@ -35,14 +35,18 @@ struct Progress {
 /// flight, so bursts reuse rather than dial.
 const MAX_IDLE: usize = 256;
 
+/// A response head from the upstream, as plain `http` parts.
+pub type UpstreamHead = http::response::Parts;
+
 pub struct Exchanged {
-    pub header: ResponseHeader,
+    pub header: UpstreamHead,
     pub body: Bytes,
 }
 
 /// An exchange whose response body is read chunk by chunk (streams).
 pub struct OpenExchange<'a> {
     client: &'a UpstreamClient,
+    head: UpstreamHead,
     http: ClientConn,
     /// The peer's `reuse_hash`, for the pool.
     peer: u64,
@@ -50,10 +54,13 @@ pub struct OpenExchange<'a> {
 
 impl OpenExchange<'_> {
     /// The response header (read before the exchange was handed out).
-    pub fn header(&self) -> &ResponseHeader {
-        self.http
-            .resp_header()
-            .expect("an open exchange has read its response header")
+    pub fn header(&self) -> &UpstreamHead {
+        &self.head
+    }
+
+    /// The response header, taken out: `header()` is empty afterwards.
+    pub fn take_header(&mut self) -> UpstreamHead {
+        std::mem::replace(&mut self.head, http::Response::new(()).into_parts().0)
     }
 
     /// The next piece of the body as it arrives; `None` at the end.
@@ -118,7 +125,7 @@ impl UpstreamClient {
             }
             buf.extend_from_slice(&chunk);
         }
-        let header = open.header().clone();
+        let header = open.take_header();
         open.finish().await;
         Ok(Exchanged {
             header,
@@ -214,8 +221,12 @@ impl UpstreamClient {
                 Some(_) => break,
             }
         }
+        let head = http
+            .take_header()
+            .or_err(ErrorType::InvalidHTTPHeader, "no response header")?;
         Ok(OpenExchange {
             client: self,
+            head,
             http,
             peer: key,
         })

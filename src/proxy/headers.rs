@@ -212,7 +212,7 @@ pub fn upstream_request(
 }
 
 /// Whether a response is a server-sent event stream.
-pub fn is_event_stream(header: &ResponseHeader) -> bool {
+pub fn is_event_stream(header: &http::response::Parts) -> bool {
     header
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -229,8 +229,7 @@ pub fn is_event_stream(header: &ResponseHeader) -> bool {
 /// knows it), the security headers added. Edited as plain `http` parts:
 /// pingora's setters parse every name again and keep a second,
 /// case-preserving map the client does not need.
-pub fn client_response(header: ResponseHeader, length: Option<usize>) -> ResponseHeader {
-    let mut parts = http::response::Parts::from(header);
+pub fn client_response(mut parts: http::response::Parts, length: Option<usize>) -> ResponseHeader {
     for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
@@ -397,6 +396,7 @@ mod tests {
         ] {
             upstream.append_header(n, v).unwrap();
         }
+        let upstream = http::response::Parts::from(upstream);
         let streamed = client_response(upstream.clone(), None);
         assert_eq!(streamed.status, 201);
         let names: Vec<&str> = streamed.headers.keys().map(|k| k.as_str()).collect();

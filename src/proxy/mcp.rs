@@ -461,7 +461,7 @@ impl McpFlow {
             .upstream_duration
             .with_label_values(&[super::Listener::Mcp.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let upstream = headers::client_response(open.header().clone(), None);
+        let upstream = headers::client_response(open.take_header(), None);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status.is_success()

@@ -610,7 +610,13 @@ impl Gate {
             .upstream_duration
             .with_label_values(&[self.listener.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let mut header = headers::client_response(open.header().clone(), None);
+        let event_stream = headers::is_event_stream(open.header());
+        let upstream_length = open
+            .header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let mut header = headers::client_response(open.take_header(), None);
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
             flow.on_response_header(watch, &mut header, cors.as_deref())?;
@@ -618,13 +624,7 @@ impl Gate {
         // The upstream's length stands unless memgate rewrites the body
         // (SSE on MCP); otherwise the body is sent chunked.
         let rewritten = ctx.mcp_watch.as_ref().is_some_and(StreamWatch::rewrites);
-        let event_stream = headers::is_event_stream(open.header());
-        let length = open
-            .header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .filter(|_| !rewritten);
+        let length = upstream_length.filter(|_| !rewritten);
         body::frame_stream(&mut header, session, length)?;
         session
             .write_response_header(Box::new(header))

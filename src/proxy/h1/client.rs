@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +37,7 @@ pub struct ClientConn {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     request_chunked: bool,
-    header: Option<ResponseHeader>,
+    header: Option<http::response::Parts>,
     body: Body,
     /// The response allows the connection to carry another request.
     keep_alive: bool,
@@ -126,10 +126,7 @@ impl ClientConn {
     /// `head_request`: the request was `HEAD`, so the answer has no body.
     pub async fn read_response(&mut self, head_request: bool) -> Result<()> {
         loop {
-            if !self.buf.is_empty()
-                && let Some(len) = self.parse_head(head_request)?
-            {
-                let _ = self.buf.split_to(len);
+            if !self.buf.is_empty() && self.parse_head(head_request)? {
                 return Ok(());
             }
             if self.buf.len() >= MAX_HEAD {
@@ -144,14 +141,15 @@ impl ClientConn {
         }
     }
 
-    /// Parses a complete head at the front of the buffer: its length, or
-    /// `None` while it is incomplete.
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<usize>> {
+    /// Parses and takes a complete head from the front of the buffer;
+    /// `false` while it is incomplete.
+    fn parse_head(&mut self, head_request: bool) -> Result<bool> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut slots);
+        let base = self.buf.as_ptr() as usize;
         let len = match parsed.parse(&self.buf) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) => return Ok(false),
             Err(e) => {
                 return Error::e_explain(
                     ErrorType::InvalidHTTPHeader,
@@ -167,11 +165,19 @@ impl ClientConn {
             Some(1) => http::Version::HTTP_11,
             _ => http::Version::HTTP_10,
         };
-        let mut headers = http::HeaderMap::with_capacity(parsed.headers.len());
+        // Values are taken as slices of the head, not copied: their places
+        // are noted while httparse borrows the buffer.
+        let mut names = Vec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
             let name = http::HeaderName::from_bytes(h.name.as_bytes())
                 .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header name")?;
-            let value = http::HeaderValue::from_bytes(h.value)
+            let start = h.value.as_ptr() as usize - base;
+            names.push((name, start, start + h.value.len()));
+        }
+        let head = self.buf.split_to(len).freeze();
+        let mut headers = http::HeaderMap::with_capacity(names.len());
+        for (name, start, end) in names {
+            let value = http::HeaderValue::from_maybe_shared(head.slice(start..end))
                 .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header value")?;
             headers.append(name, value);
         }
@@ -183,16 +189,21 @@ impl ClientConn {
         self.keep_alive = version == http::Version::HTTP_11
             && !matches!(self.body, Body::UntilClose)
             && !super::has_token(&parts.headers, &http::header::CONNECTION, "close");
-        self.header = Some(ResponseHeader::from(parts));
-        Ok(Some(len))
+        self.header = Some(parts);
+        Ok(true)
     }
 
     pub fn read_timeout(&self) -> Option<Duration> {
         self.read_timeout
     }
 
-    pub fn resp_header(&self) -> Option<&ResponseHeader> {
+    pub fn resp_header(&self) -> Option<&http::response::Parts> {
         self.header.as_ref()
+    }
+
+    /// The response head, taken out (the body is still read from here).
+    pub fn take_header(&mut self) -> Option<http::response::Parts> {
+        self.header.take()
     }
 
     /// The next piece of the response body; `None` at its end.
