@@ -19,19 +19,15 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
-/// glibc gives each thread that allocates its own arena (up to 8 per core);
-/// memgate's runtimes, database and background threads then hold freed memory
-/// in a dozen heaps. Two arenas keep the resident set close to what is live.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tuning; it runs before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
+/// mimalloc instead of glibc's malloc: a proxied request allocates and frees
+/// a few dozen small objects, and glibc spent about a quarter of all of
+/// memgate's instructions on them (bench/results/analysis.md, sixth pass).
+/// Built without transparent huge pages (`no_thp`): with them, 100,000 cached
+/// tokens held 114 MiB resident instead of 80 (bench/run.sh rss).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve);
     init_logging(cli.log_format, if serving { "info" } else { "warn" });

@@ -606,7 +606,7 @@ async fn the_mcp_listener_answers_a_slow_or_refusing_upstream_with_json_rpc_504_
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;
     // The upstream answers `x-test-slow` requests and `/slow` after 3 s, and
-    // pauses 2 s between the two events of `/sse`.
+    // pauses 1.5 s between the two events of `/sse`.
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
     cfg.mcp_extra = "read_timeout_secs = 1".into();
     let gate = Memgate::start(cfg).await;

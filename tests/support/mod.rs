@@ -192,7 +192,8 @@ impl Recorded {
 }
 
 /// An in-process upstream that records every request. `/sse` streams two
-/// events two seconds apart; `/slow` (or any request with an `x-test-slow`
+/// events 1.5 s apart (under the mem0 listener's 2 s read timeout, by a
+/// margin a busy machine keeps); `/slow` (or any request with an `x-test-slow`
 /// header) answers after 3 s; anything else echoes
 /// a small JSON document.
 pub struct Upstream {
@@ -263,6 +264,9 @@ async fn record_and_answer(sink: Arc<Mutex<Vec<Recorded>>>, req: Request) -> Res
     }
 }
 
+/// The pause between the two events of the test upstream's `/sse`.
+pub const SSE_PAUSE: Duration = Duration::from_millis(1500);
+
 fn async_stream_events() -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::unfold(0u8, |n| async move {
         match n {
@@ -271,7 +275,7 @@ fn async_stream_events() -> impl futures::Stream<Item = Result<Bytes, std::io::E
                 1,
             )),
             1 => {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(SSE_PAUSE).await;
                 Some((
                     Ok(Bytes::from_static(b"event: message\ndata: second\n\n")),
                     2,
