@@ -215,7 +215,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.isolation.mode(),
             flow,
         );
-        let guarded = Guarded::new(gate, connection_rules.clone(), listener.as_str());
+        let guarded = Guarded::new(
+            crate::proxy::Listening::new(gate),
+            connection_rules.clone(),
+            listener.as_str(),
+        );
         let mut service = Service::new(listener.as_str().to_string(), guarded);
         // pingora gives every connection a 64 KiB read buffer at accept; heads
         // and bodies are read into buffers of their own, so it only costs

@@ -10,27 +10,14 @@ use super::{Session, headers};
 use crate::policy::deny::Deny;
 
 /// A request that names both `Transfer-Encoding` and `Content-Length` is
-/// ambiguous (request smuggling) and refused on every route. pingora keeps
-/// only the first of the two for HTTP/1, so its raw head is checked too.
+/// ambiguous (request smuggling) and refused on every route. memgate's HTTP/1
+/// reader keeps both headers for this check (and will not reuse the
+/// connection); HTTP/2 forbids `Transfer-Encoding`.
 pub fn ambiguous_framing(session: &Session) -> Option<Deny> {
     let req = session.req_header();
-    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return None;
-    }
-    let length_too = req.headers.contains_key(http::header::CONTENT_LENGTH)
-        || session
-            .as_http1()
-            .is_some_and(|h1| names_header(&h1.get_headers_raw_bytes(), b"content-length"));
-    length_too.then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
-}
-
-/// Whether a raw request head has a header line called `name`.
-fn names_header(head: &[u8], name: &[u8]) -> bool {
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()] == b':'
-    })
+    (req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && req.headers.contains_key(http::header::CONTENT_LENGTH))
+    .then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
 }
 
 /// Sends `100 Continue` when the client waits for it before its body
@@ -152,25 +139,4 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         }
     }
     Ok((!buf.is_empty()).then(|| buf.freeze()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names_header;
-
-    #[test]
-    fn finds_a_header_line_in_a_raw_head_whatever_its_case() {
-        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nCONTENT-LENGTH: 5\r\n\r\n";
-        assert!(names_header(head, b"content-length"));
-        assert!(names_header(head, b"transfer-encoding"));
-        // Neither the request line, a longer name nor a value counts.
-        assert!(!names_header(
-            b"content-length: 1 HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"content-length"
-        ));
-        assert!(!names_header(
-            b"GET / HTTP/1.1\r\nContent-Lengthy: 5\r\nX: content-length: 5\r\n\r\n",
-            b"content-length"
-        ));
-    }
 }

@@ -39,9 +39,33 @@ pub fn error_body(
     Bytes::from(body.to_string())
 }
 
+/// Where a complete response can be written: a gate's session, or the admin
+/// listener's pingora proxy session.
+pub trait Respond {
+    fn send_response(
+        &mut self,
+        header: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Respond for Session {
+    async fn send_response(&mut self, header: Box<ResponseHeader>, body: Bytes) -> Result<()> {
+        self.write_response_header(header).await?;
+        self.write_response_body(body, true).await
+    }
+}
+
+impl Respond for pingora::proxy::Session {
+    async fn send_response(&mut self, header: Box<ResponseHeader>, body: Bytes) -> Result<()> {
+        self.write_response_header(header, false).await?;
+        self.write_response_body(Some(body), true).await
+    }
+}
+
 /// Writes a complete JSON response.
 pub async fn respond_json(
-    session: &mut Session,
+    session: &mut impl Respond,
     status: u16,
     body: Bytes,
     extra_headers: &[(&'static str, String)],
@@ -54,14 +78,13 @@ pub async fn respond_json(
         header.insert_header(*name, value.as_str())?;
     }
     super::headers::secure_response(&mut header)?;
-    session.write_response_header(Box::new(header)).await?;
-    session.write_response_body(body, true).await
+    session.send_response(Box::new(header), body).await
 }
 
 /// Writes an error response in the listener's format. 401s on the MCP listener
 /// carry the `WWW-Authenticate` challenge MCP clients look for.
 pub async fn respond_error(
-    session: &mut Session,
+    session: &mut impl Respond,
     listener: Listener,
     status: u16,
     message: &str,

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod mcp;
 pub mod mem0;
 pub mod pool;
+pub mod session;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -18,9 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
@@ -40,8 +42,7 @@ use exchange::{Outgoing, UpstreamClient};
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
 
-/// One request on a client connection (HTTP/1 or HTTP/2), as pingora reads it.
-pub type Session = pingora::protocols::http::ServerSession;
+pub use session::Session;
 
 /// Which listener a request arrived on; decides the error format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,72 +403,154 @@ impl Stopping {
     }
 }
 
-/// memgate serves its listeners as a pingora HTTP app of its own rather than
-/// through `ProxyHttp`: every request here is either answered by memgate
-/// (refusals, the buffered mem0 and JSON-RPC exchanges) or streamed through
-/// its own upstream client, so pingora's proxy machinery (phases, cache,
-/// modules, its pool) was paid on every request for nothing.
+/// A listener's connections: HTTP/1 through memgate's own codec and request
+/// loop, HTTP/2 (ALPN) through pingora's HTTP app machinery. pingora still
+/// accepts the connections, terminates TLS and runs the graceful stop.
+///
+/// memgate does not use pingora's `ProxyHttp`: every request here is either
+/// answered by memgate (refusals, the buffered mem0 and JSON-RPC exchanges)
+/// or streamed through its own upstream client. Nor pingora's HTTP/1 codec:
+/// its case-preserving header copies and per-call timers cost more than
+/// memgate's own decisions on a request (bench/results/analysis.md).
+pub struct Listening(Arc<Gate>);
+
+impl Listening {
+    pub fn new(gate: Gate) -> Self {
+        Listening(Arc::new(gate))
+    }
+}
+
+#[async_trait]
+impl ServerApp for Listening {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.0, stream, shutdown).await;
+        }
+        self.0.serve_http1(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.0.stopping.begin();
+    }
+}
+
+/// HTTP/2 streams, as pingora hands them over one by one.
 #[async_trait]
 impl HttpServerApp for Gate {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: Session,
+        mut h2: pingora::protocols::http::ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let read = tokio::select! {
             biased;
-            read = session.read_request() => read,
+            read = h2.read_request() => read,
             () = self.stopping.wait() => return None,
         };
+        let mut session = Session::H2(Box::new(h2));
         match read {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                session.set_keepalive(None);
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = errors::respond_error(
-                        &mut session,
-                        self.listener,
-                        400,
-                        "Malformed request",
-                    )
-                    .await;
-                }
-                tracing::debug!(listener = self.listener.as_str(), error = %e, "unreadable request head");
-                session.shutdown().await;
+                self.refuse_unreadable(&mut session, &e).await;
                 return None;
             }
         }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
+        if self.serve(&mut session, shutdown).await
+            && let Session::H2(h2) = session
+        {
+            let _ = h2.finish().await;
         }
-        let mut ctx = RequestCtx::new(&self.shared);
-        let outcome = self.handle(&mut session, &mut ctx).await;
-        let started = session.response_written().is_some();
-        if let Err(e) = &outcome {
-            self.fail(&mut session, e).await;
-        }
-        self.log(&session, outcome.as_ref().err().map(|e| &**e), &ctx);
-        // An answer cut short must not look complete: no final chunk (HTTP/1
-        // closes, HTTP/2 resets the stream), and the connection is not reused.
-        if ctx.cut_short || (outcome.is_err() && started) {
-            session.shutdown().await;
-            return None;
-        }
-        // pingora waits for a kept-alive connection's next request forever
-        // once a request has asked for keep-alive; idle ones are closed.
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.shared.keepalive_idle_secs));
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            _ => None,
-        }
+        None
     }
 
     async fn http_cleanup(&self) {
         self.stopping.begin();
+    }
+}
+
+impl Gate {
+    /// Every request of an HTTP/1 connection, until either side closes, the
+    /// connection idles past `server.keepalive_idle_secs`, or the listener stops.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let idle = std::time::Duration::from_secs(self.shared.keepalive_idle_secs);
+        let mut h1 = Box::new(h1::server::H1Session::new(stream));
+        let mut first = true;
+        loop {
+            // The first request's head was read by the connection guard.
+            if !first {
+                let next = tokio::select! {
+                    biased;
+                    next = h1.wait_for_next(idle) => next,
+                    () = self.stopping.wait() => false,
+                };
+                if !next {
+                    break;
+                }
+            }
+            first = false;
+            let read = tokio::select! {
+                biased;
+                read = h1.read_request() => read,
+                () = self.stopping.wait() => break,
+            };
+            let mut session = Session::H1(h1);
+            match read {
+                Ok(h1::server::NextRequest::Ready) => {}
+                Ok(h1::server::NextRequest::Closed) => return,
+                Err(e) => {
+                    self.refuse_unreadable(&mut session, &e).await;
+                    return;
+                }
+            }
+            let reuse = self.serve(&mut session, shutdown).await;
+            let Session::H1(back) = session else {
+                unreachable!("an HTTP/1 session stays one")
+            };
+            h1 = back;
+            if !reuse || !h1.finish().await {
+                break;
+            }
+        }
+        h1.shutdown().await;
+    }
+
+    /// A request head that could not be read: 400 when it was malformed,
+    /// then the connection is closed.
+    async fn refuse_unreadable(&self, session: &mut Session, e: &Error) {
+        session.set_keepalive(None);
+        if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+            let _ = errors::respond_error(session, self.listener, 400, "Malformed request").await;
+        }
+        tracing::debug!(listener = self.listener.as_str(), error = %e, "unreadable request head");
+        session.shutdown().await;
+    }
+
+    /// One request whose head was read, answered or streamed, counted and
+    /// logged. Whether the connection may carry another request.
+    async fn serve(&self, session: &mut Session, shutdown: &ShutdownWatch) -> bool {
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new(&self.shared);
+        let outcome = self.handle(session, &mut ctx).await;
+        let started = session.response_written().is_some();
+        if let Err(e) = &outcome {
+            self.fail(session, e).await;
+        }
+        self.log(session, outcome.as_ref().err().map(|e| &**e), &ctx);
+        // An answer cut short must not look complete: no final chunk (HTTP/1
+        // closes, HTTP/2 resets the stream), and the connection is not reused.
+        if ctx.cut_short || (outcome.is_err() && started) {
+            session.shutdown().await;
+            return false;
+        }
+        session.get_keepalive().is_some() || session.is_http2()
     }
 }
 
@@ -635,7 +718,7 @@ impl Gate {
                 biased;
                 next = open.next_chunk() => next,
                 // The client went away: stop reading the upstream.
-                _ = session.read_body_or_idle(true) => {
+                _ = session.read_body_or_idle() => {
                     ctx.cut_short = true;
                     return Ok(());
                 }

@@ -34,17 +34,31 @@ pub enum Decoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex size; `digits` read so far.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// After the size: extensions up to the CR, counted against MAX_LINE.
-    Extension { size: u64, seen: usize },
+    Extension {
+        size: u64,
+        seen: usize,
+    },
     /// The CR ending the size line was read; LF expected.
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// In the trailer section: `line` bytes into the current line, `total`
     /// bytes into the section, `cr` when the line's CR was read.
-    Trailer { line: usize, total: usize, cr: bool },
+    Trailer {
+        line: usize,
+        total: usize,
+        cr: bool,
+    },
     Done,
 }
 
@@ -226,15 +240,15 @@ mod tests {
     #[test]
     fn refuses_malformed_framing() {
         for wire in [
-            &b"\r\nhello"[..],                  // no size
-            b"g\r\n",                           // not hex
-            b"-5\r\nhello\r\n0\r\n\r\n",        // sign
-            b"5\nhello\r\n0\r\n\r\n",           // bare LF after the size
-            b"5\r\nhelloX\r\n0\r\n\r\n",        // data longer than its size
-            b"5\r\nhello\rX0\r\n\r\n",          // CR not followed by LF
-            b"1000000000000000\r\n",            // 16 hex digits
-            b"0\r\nX: y\n\r\n",                 // bare LF in a trailer
-            b"5;x\nhello\r\n0\r\n\r\n",          // bare LF after an extension
+            &b"\r\nhello"[..],           // no size
+            b"g\r\n",                    // not hex
+            b"-5\r\nhello\r\n0\r\n\r\n", // sign
+            b"5\nhello\r\n0\r\n\r\n",    // bare LF after the size
+            b"5\r\nhelloX\r\n0\r\n\r\n", // data longer than its size
+            b"5\r\nhello\rX0\r\n\r\n",   // CR not followed by LF
+            b"1000000000000000\r\n",     // 16 hex digits
+            b"0\r\nX: y\n\r\n",          // bare LF in a trailer
+            b"5;x\nhello\r\n0\r\n\r\n",  // bare LF after an extension
         ] {
             assert!(
                 decode_in_pieces(wire, 3).is_err(),

@@ -44,7 +44,11 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(stream: Stream, read_timeout: Option<Duration>, write_timeout: Option<Duration>) -> Self {
+    pub fn new(
+        stream: Stream,
+        read_timeout: Option<Duration>,
+        write_timeout: Option<Duration>,
+    ) -> Self {
         ClientConn {
             stream,
             buf: BytesMut::new(),
@@ -130,7 +134,10 @@ impl ClientConn {
                 return Ok(());
             }
             if self.buf.len() >= MAX_HEAD {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "upstream response head too large");
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "upstream response head too large",
+                );
             }
             if self.fill().await? == 0 {
                 return Error::e_explain(
@@ -177,8 +184,10 @@ impl ClientConn {
         let head = self.buf.split_to(len).freeze();
         let mut headers = http::HeaderMap::with_capacity(names.len());
         for (name, start, end) in names {
-            let value = http::HeaderValue::from_maybe_shared(head.slice(start..end))
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header value")?;
+            let value = http::HeaderValue::from_maybe_shared(head.slice(start..end)).or_err(
+                ErrorType::InvalidHTTPHeader,
+                "invalid upstream header value",
+            )?;
             headers.append(name, value);
         }
         let (mut parts, ()) = http::Response::new(()).into_parts();
@@ -216,7 +225,10 @@ impl ClientConn {
                     return Ok(None);
                 }
                 Body::Length(left) if !self.buf.is_empty() => {
-                    let n = self.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = self
+                        .buf
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
                     *left -= n as u64;
                     return Ok(Some(self.buf.split_to(n).freeze()));
                 }
@@ -230,7 +242,9 @@ impl ClientConn {
                         return Ok(None);
                     }
                     Ok(Decoded::NeedMore) => {}
-                    Err(e) => return Error::e_explain(ErrorType::H1Error, format!("upstream body: {e}")),
+                    Err(e) => {
+                        return Error::e_explain(ErrorType::H1Error, format!("upstream body: {e}"));
+                    }
                 },
                 Body::Length(_) | Body::UntilClose => {}
             }
@@ -294,10 +308,15 @@ fn body_of(parts: &http::response::Parts, head_request: bool) -> Result<Body> {
     }
     let mut length = None;
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        let n = super::parse_length(value.as_bytes())
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream Content-Length")?;
+        let n = super::parse_length(value.as_bytes()).or_err(
+            ErrorType::InvalidHTTPHeader,
+            "invalid upstream Content-Length",
+        )?;
         if length.is_some_and(|l| l != n) {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "conflicting upstream Content-Length");
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "conflicting upstream Content-Length",
+            );
         }
         length = Some(n);
     }
@@ -340,18 +359,61 @@ mod tests {
     #[test]
     fn response_bodies_are_delimited_as_rfc_9112_says() {
         let body = |head: &str, head_req| body_of(&parts(head), head_req);
-        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), Ok(Body::Length(5))));
-        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", false), Ok(Body::Length(5))));
-        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
+        assert!(matches!(
+            body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            Ok(Body::Length(5))
+        ));
+        assert!(matches!(
+            body(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                false
+            ),
+            Ok(Body::Length(5))
+        ));
+        assert!(
+            body(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
         assert!(body("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", false).is_err());
         assert!(body("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).is_err());
-        assert!(matches!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false), Ok(Body::Chunked(_))));
-        assert!(matches!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false), Ok(Body::UntilClose)));
-        assert!(body("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", false).is_err());
-        assert!(matches!(body("HTTP/1.1 200 OK\r\n\r\n", false), Ok(Body::UntilClose)));
-        for bodiless in ["HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1 304 Not Modified\r\n\r\n", "HTTP/1.1 100 Continue\r\n\r\n"] {
-            assert!(matches!(body(bodiless, false), Ok(Body::Done)), "{bodiless}");
+        assert!(matches!(
+            body(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            Ok(Body::Chunked(_))
+        ));
+        assert!(matches!(
+            body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            Ok(Body::UntilClose)
+        ));
+        assert!(
+            body(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            body("HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(Body::UntilClose)
+        ));
+        for bodiless in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\n",
+        ] {
+            assert!(
+                matches!(body(bodiless, false), Ok(Body::Done)),
+                "{bodiless}"
+            );
         }
-        assert!(matches!(body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), Ok(Body::Done)));
+        assert!(matches!(
+            body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Ok(Body::Done)
+        ));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod client;
+pub mod server;
 
 /// A `Content-Length` value: digits only (no sign, no spaces, no list), at
 /// most 18 of them.
@@ -11,9 +12,9 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value
-        .iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Whether a comma-separated header (such as `Connection`) lists `token`.
@@ -33,15 +34,32 @@ mod tests {
     fn lengths_are_plain_digits() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"1024"), Some(1024));
-        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1 ", b"1,1", b"0x10", b"1234567890123456789"] {
-            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1,1",
+            b"0x10",
+            b"1234567890123456789",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn finds_tokens_in_lists() {
         let mut h = http::HeaderMap::new();
-        h.append(http::header::CONNECTION, "keep-alive, Close".parse().unwrap());
+        h.append(
+            http::header::CONNECTION,
+            "keep-alive, Close".parse().unwrap(),
+        );
         assert!(has_token(&h, &http::header::CONNECTION, "close"));
         assert!(!has_token(&h, &http::header::CONNECTION, "upgrade"));
     }
