@@ -1149,3 +1149,187 @@ async fn proxy_authorization_from_the_client_is_not_forwarded() {
     }
     assert!(forwarded.is_empty(), "\n{}", forwarded.join("\n"));
 }
+
+// ---------------------------------------------------------------------------
+// HTTP/1 framing and connection reuse (memgate's own HTTP/1 codec)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lengths_and_header_lines_that_could_be_read_two_ways_never_reach_the_upstream() {
+    assert_refused_unseen(&[
+        (
+            "Content-Length sent twice",
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            "hello",
+        ),
+        (
+            "Content-Length as a list",
+            "Content-Length: 5, 5\r\n",
+            "hello",
+        ),
+        (
+            "Content-Length with a sign",
+            "Content-Length: +5\r\n",
+            "hello",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            "Transfer-Encoding: chunked, gzip\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a space before the colon",
+            "Transfer-Encoding : chunked\r\nContent-Length: 5\r\n",
+            "hello",
+        ),
+        (
+            "a folded header line",
+            "Content-Length: 5\r\nX-Folded: a\r\n b\r\n",
+            "hello",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_body_on_a_checked_route_never_reaches_the_upstream() {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
+    for (what, body) in [
+        ("a size that is not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("data longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+        ("a size line ended by a bare LF", "5\nhello\r\n0\r\n\r\n"),
+    ] {
+        upstream.clear();
+        let post = head(
+            "POST",
+            "/memories",
+            &token,
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+        );
+        let resp = exchange_fresh(gate.mem0, format!("{post}{body}")).await;
+        assert_eq!(status(&resp), 400, "{what}: {resp:?}");
+        assert_only_control_reached(&upstream, gate.mem0, &token, what).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        let post = head("POST", "/stream/upload", &token, "Content-Length: 5\r\n");
+        let get = head("GET", "/stream/next", &token, "");
+        conn.send(format!("{post}hello{get}")).await;
+        let first = conn.response().await.expect("the first answer");
+        let second = conn.response().await.expect("the second answer");
+        assert_eq!((first.status(), second.status()), (200, 200), "{name}");
+        let seen: Vec<(String, String, Vec<u8>)> = upstream
+            .requests()
+            .into_iter()
+            .map(|r| (r.method, r.uri, r.body.to_vec()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                request("POST", "/stream/upload", "hello"),
+                request("GET", "/stream/next", "")
+            ],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_memgate_did_not_need_is_skipped_and_the_connection_kept() {
+    let (upstream, _db, gate, token) = raw_upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        let before = upstream.mark();
+        let mut conn = Conn::open(addr).await;
+        // Refused before its body is read: the body must not be taken for
+        // the next request.
+        let body = "GET /stream/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let refused = conn
+            .exchange(format!(
+                "POST /stream/upload HTTP/1.1\r\nHost: x\r\nX-MCP-Token: mcp_wrong\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+            .await
+            .expect("the refusal");
+        assert_eq!(refused.status(), 401, "{name}");
+        conn.assert_length_answered(&token, name).await;
+        assert_eq!(
+            upstream.requests_since(before),
+            [request("GET", "/stream/length", "")],
+            "{name}"
+        );
+
+        // A large unread body is not waited for: the connection closes.
+        let mut conn = Conn::open(addr).await;
+        let big = 1024 * 1024;
+        conn.send(format!(
+            "POST /stream/upload HTTP/1.1\r\nHost: x\r\nX-MCP-Token: mcp_wrong\r\nContent-Length: {big}\r\n\r\n"
+        ))
+        .await;
+        conn.send(vec![b'x'; 128 * 1024]).await;
+        let refused = conn.response().await.expect("the refusal");
+        assert_eq!(refused.status(), 401, "{name}");
+        assert!(
+            conn.response().await.is_none(),
+            "{name}: the connection is closed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_clients_are_answered_and_the_connection_closed_unless_kept_alive() {
+    let (_upstream, _db, gate, token) = raw_upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        let mut conn = Conn::open(addr).await;
+        let request = format!("GET /stream/length HTTP/1.0\r\nX-MCP-Token: {token}\r\n\r\n");
+        let resp = conn.exchange(&request).await.expect("an answer");
+        assert_eq!(
+            (resp.status(), resp.body.as_slice()),
+            (200, LENGTH_BODY),
+            "{name}"
+        );
+        assert_eq!(resp.header("connection"), Some("close"), "{name}");
+        assert!(
+            conn.response().await.is_none(),
+            "{name}: the connection is closed"
+        );
+
+        let mut conn = Conn::open(addr).await;
+        let kept = format!(
+            "GET /stream/length HTTP/1.0\r\nConnection: keep-alive\r\nX-MCP-Token: {token}\r\n\r\n"
+        );
+        let resp = conn.exchange(&kept).await.expect("an answer");
+        assert_eq!(resp.header("connection"), Some("keep-alive"), "{name}");
+        let again = conn.exchange(&kept).await.expect("a second answer");
+        assert_eq!(
+            (again.status(), again.body.as_slice()),
+            (200, LENGTH_BODY),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_is_answered_without_a_body_and_the_connection_kept() {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let mut conn = Conn::open(addr).await;
+        conn.send(head("HEAD", "/stream/head", &token, "")).await;
+        let resp = conn.response_head().await;
+        assert_eq!(resp.status(), 200, "{name}: {resp:?}");
+        // The next answer follows at once: no body bytes came in between.
+        let next = conn
+            .exchange(head("GET", "/stream/after", &token, ""))
+            .await
+            .expect("the next answer");
+        assert_eq!(next.status(), 200, "{name}: {next:?}");
+        let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+        assert_eq!(seen, ["/stream/head", "/stream/after"], "{name}");
+    }
+}

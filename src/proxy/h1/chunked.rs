@@ -284,4 +284,48 @@ mod tests {
         assert!(rest.is_empty());
         assert!(out.starts_with(b"5\r\nhello\r\n12c\r\n"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any body, cut into any chunks and fed in any pieces, comes
+            /// back whole, and what follows the last chunk is left alone.
+            #[test]
+            fn chunked_bodies_round_trip(
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+                cuts in proptest::collection::vec(1usize..300, 1..20),
+                step in 1usize..64,
+            ) {
+                let mut wire = BytesMut::new();
+                let mut rest = &body[..];
+                for cut in cuts.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (head, tail) = rest.split_at((*cut).min(rest.len()));
+                    encode_chunk(head, &mut wire);
+                    rest = tail;
+                }
+                wire.extend_from_slice(LAST_CHUNK);
+                wire.extend_from_slice(b"GET /");
+                let (decoded, after) = decode_in_pieces(&wire, step).unwrap();
+                prop_assert_eq!(decoded, body);
+                prop_assert_eq!(after, b"GET /".to_vec());
+            }
+
+            /// Arbitrary bytes never panic the decoder, and it never hands
+            /// out more data than it was given.
+            #[test]
+            fn arbitrary_bytes_are_decoded_or_refused(
+                wire in proptest::collection::vec(any::<u8>(), 0..512),
+                step in 1usize..32,
+            ) {
+                if let Ok((decoded, _)) = decode_in_pieces(&wire, step) {
+                    prop_assert!(decoded.len() <= wire.len());
+                }
+            }
+        }
+    }
 }
