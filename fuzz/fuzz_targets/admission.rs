@@ -1,12 +1,13 @@
 //! Drives request admission on raw bytes: the input is an HTTP/1.1 request
-//! (head, then body), parsed with `httparse` the way pingora parses it, then
+//! (head, then body), read by memgate's own HTTP/1 code (`http1::head`, and
+//! `http1::chunked` for chunked bodies), then
 //! taken through what memgate decides before it forwards anything, on both
 //! listeners, for three fixed identities (a writer, a reader, an admin) in
 //! `manual` and `auto` isolation: the size limits, credential extraction,
 //! path and query decoding, and the mem0 and MCP policy decisions.
 //!
-//! The pure pieces are memgate's own (`policy`, `auth::credential`, `token`).
-//! The glue that calls them lives in `src/proxy/`, which needs pingora, so it
+//! The pure pieces are memgate's own (`http1`, `policy`, `auth::credential`,
+//! `token`). The glue that calls them lives in `src/proxy/`, which needs pingora, so it
 //! is mirrored here step by step (each mirror names the function it copies);
 //! keep them in step when the proxy changes.
 //!
@@ -27,14 +28,17 @@
 //! name that identity, as `Authenticator::check` requires.
 #![no_main]
 
-use std::borrow::Cow;
-
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
 #[allow(dead_code, unused_imports)]
 #[path = "../../src/policy/mod.rs"]
 mod policy;
+
+// The writing half (chunk encoding, response framing) is not driven here.
+#[allow(dead_code)]
+#[path = "../../src/http1/mod.rs"]
+mod http1;
 
 #[allow(dead_code)]
 #[path = "../../src/token.rs"]
@@ -60,8 +64,6 @@ use policy::mem0::{self, Decision, Forward, Mem0Policy, Route, decide_owner};
 use policy::scope::{IsolationMode, scope_for};
 use policy::{Identity, Permission, Permissions, json};
 
-/// pingora's `MAX_HEADERS` (pingora-core `protocols/http/v1/common.rs`).
-const MAX_HEADERS: usize = 256;
 /// `limits.max_uri_bytes` and `limits.max_header_bytes` at their smallest
 /// allowed values, so the fuzzer reaches both refusals.
 const MAX_URI_BYTES: usize = 256;
@@ -81,13 +83,14 @@ const IDENTITIES: [(&str, &str); 3] = [
     ("root", "admin"),
 ];
 
-/// A request as pingora hands it to `request_filter`.
+/// A request as the gate sees it once its head was read.
 struct Request {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    /// The bytes after the head: the body, however it is framed.
-    rest: Vec<u8>,
+    /// The body: Content-Length bytes, or the chunks decoded; `None` when
+    /// it is cut short or its framing is broken (the gate answers 400).
+    body: Option<Vec<u8>>,
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -97,105 +100,37 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 });
 
 // ---------------------------------------------------------------------------
-// Parsing, as pingora-core's `HttpSession::read_request` does it.
+// Reading: `proxy::h1::server::H1Session::read_request` and its body reads.
 
-/// `httparse` on the buffer; on a token or version error pingora escapes the
-/// request line and tries again (`escape_illegal_request_line`).
 fn parse(data: &[u8]) -> Option<Request> {
-    let mut buf = Cow::Borrowed(data);
-    loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut head = httparse::Request::new(&mut slots);
-        match head.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => return build(&head, &buf[len..]),
-            Ok(httparse::Status::Partial) => return None,
-            Err(httparse::Error::Token | httparse::Error::Version) => {
-                buf = Cow::Owned(escape_request_line(&buf)?);
-            }
-            Err(_) => return None,
+    let mut buf = bytes::BytesMut::from(data);
+    let head = http1::head::take_request(&mut buf).ok()??;
+    let body = match head.framing {
+        http1::head::Framing::Empty | http1::head::Framing::UntilClose => Some(Vec::new()),
+        http1::head::Framing::Length(n) => {
+            usize::try_from(n).ok().and_then(|n| buf.get(..n)).map(<[u8]>::to_vec)
         }
-    }
-}
-
-/// pingora's retry: `^\w+ (?P<uri>.+) HTTP/\d(?:\.\d)?` on the buffer, the
-/// target percent-encoded with `CONTROLS + ' ' '<' '>' '"'` (and every
-/// non-ASCII byte); `None` when nothing matches or nothing changes. `\w` is
-/// taken as ASCII (a method is a token) and `.` as valid UTF-8 but `\n`.
-fn escape_request_line(buf: &[u8]) -> Option<Vec<u8>> {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let method_len = line
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
-    if method_len == 0 || line.get(method_len) != Some(&b' ') {
-        return None;
-    }
-    let start = method_len + 1;
-    // `.+` is greedy: the target runs to the last ` HTTP/<digit>` it can reach.
-    let end = (start + 1..line.len()).rev().find(|&at| {
-        line[at..].starts_with(b" HTTP/")
-            && line.get(at + 6).is_some_and(u8::is_ascii_digit)
-            && std::str::from_utf8(&line[start..at]).is_ok()
-    })?;
-    let mut escaped = buf[..start].to_vec();
-    for &b in &line[start..end] {
-        if !(0x20..0x7f).contains(&b) || matches!(b, b' ' | b'<' | b'>' | b'"') {
-            escaped.extend(format!("%{b:02X}").bytes());
-        } else {
-            escaped.push(b);
-        }
-    }
-    if escaped.len() == end {
-        return None;
-    }
-    escaped.extend_from_slice(&buf[end..]);
-    Some(escaped)
-}
-
-/// `RequestHeader::build` and the header loop of `read_request`.
-fn build(head: &httparse::Request<'_, '_>, rest: &[u8]) -> Option<Request> {
-    let method = Method::from_bytes(head.method.unwrap_or("").as_bytes()).ok()?;
-    let uri = request_target(head.path.unwrap_or("").as_bytes())?;
-    let mut headers = HeaderMap::new();
-    for header in head.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(header.value).ok()?;
-        headers.append(name, value);
-    }
-    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
-    if headers.contains_key(TRANSFER_ENCODING) {
-        headers.remove(CONTENT_LENGTH);
-    }
+        http1::head::Framing::Chunked => dechunk(&mut buf),
+    };
     Some(Request {
-        method,
-        uri,
-        headers,
-        rest: rest.to_vec(),
+        method: head.parts.method,
+        uri: head.parts.uri,
+        headers: head.parts.headers,
+        body,
     })
 }
 
-/// pingora-http's `parse_request_target`: the fragment dropped, origin-form
-/// (and `*`, and a bare query) kept whole. Other forms keep only their path
-/// component; pingora classifies their authority itself, which is not
-/// mirrored: `http::Uri` stands in for it.
-fn request_target(target: &[u8]) -> Option<Uri> {
-    let target = match target.iter().position(|&b| b == b'#') {
-        Some(fragment) => &target[..fragment],
-        None => target,
-    };
-    let text = String::from_utf8_lossy(target);
-    if target.is_empty() || matches!(target[0], b'/' | b'?') || target == b"*" {
-        return Uri::builder().path_and_query(text.as_ref()).build().ok();
-    }
-    match text.parse::<Uri>() {
-        Ok(absolute) if absolute.authority().is_some() => {
-            match absolute.path_and_query().map_or("", |pq| pq.as_str()) {
-                "" => Some(Uri::default()),
-                pq if !pq.starts_with('/') => format!("/{pq}").parse().ok(),
-                pq => pq.parse().ok(),
-            }
+/// The chunked body, decoded; `None` when it is broken or cut short.
+fn dechunk(buf: &mut bytes::BytesMut) -> Option<Vec<u8>> {
+    use http1::chunked::{ChunkedDecoder, Decoded};
+    let mut decoder = ChunkedDecoder::default();
+    let mut body = Vec::new();
+    loop {
+        match decoder.decode(buf).ok()? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::NeedMore => return None,
+            Decoded::Done => return Some(body),
         }
-        _ => Some(Uri::default()),
     }
 }
 
@@ -204,6 +139,10 @@ fn request_target(target: &[u8]) -> Option<Uri> {
 
 fn admit(request: &Request) {
     if oversized(request) {
+        return;
+    }
+    // `proxy::body::ambiguous_framing`: refused on every route.
+    if request.headers.contains_key(TRANSFER_ENCODING) && request.headers.contains_key(CONTENT_LENGTH) {
         return;
     }
     let presented = PresentedHeaders {
@@ -312,9 +251,8 @@ fn is_method_override(name: &str) -> bool {
     )
 }
 
-/// `proxy::body::read_whole`'s checks, and the body as pingora frames it:
-/// Content-Length bytes, or (chunked) the rest taken as already de-chunked,
-/// or nothing. `Err` is a refusal; a short body is a read error (400).
+/// `proxy::body::read_whole`'s checks on the body as read. `Err` is a
+/// refusal; a short or broken body is a read error (400).
 fn read_body(request: &Request, limit: usize) -> Result<Option<&[u8]>, Deny> {
     let encoding = single(&request.headers, "content-encoding")?;
     if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
@@ -335,21 +273,10 @@ fn read_body(request: &Request, limit: usize) -> Result<Option<&[u8]>, Deny> {
 }
 
 fn framed_body(request: &Request) -> Result<&[u8], Deny> {
-    let unreadable = || Deny::bad_request("The request body could not be read");
-    if request.headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(&request.rest);
-    }
-    match request.headers.get(CONTENT_LENGTH) {
-        None => Ok(&[]),
-        Some(value) => {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(unreadable)?;
-            request.rest.get(..n).ok_or_else(unreadable)
-        }
-    }
+    request
+        .body
+        .as_deref()
+        .ok_or_else(|| Deny::bad_request("The request body could not be read"))
 }
 
 // ---------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 //! One HTTP/1.1 exchange with an upstream over a connection memgate dialled
 //! or took from its pool: the request head and body written (one write when
-//! the body is held whole), the response head parsed with `httparse` into
-//! `http` parts without pingora's case-preserving header copy, and the body
-//! read by its length, de-chunked, or read to the close.
+//! the body is held whole), the response head parsed (`http1::head`), and the
+//! body read by its length, de-chunked, or read to the close.
 
 use std::time::Duration;
 
@@ -12,11 +11,11 @@ use pingora::prelude::*;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+use crate::http1::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+use crate::http1::head::{self, Framing};
 
 /// A response head larger than this is refused (mem0's are a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
 /// Bodies held whole are written with their head in one write up to this size.
 const COALESCE: usize = 64 * 1024;
 const READ_SIZE: usize = 16 * 1024;
@@ -151,54 +150,21 @@ impl ClientConn {
     /// Parses and takes a complete head from the front of the buffer;
     /// `false` while it is incomplete.
     fn parse_head(&mut self, head_request: bool) -> Result<bool> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let base = self.buf.as_ptr() as usize;
-        let len = match parsed.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(false),
+        let parsed = match head::take_response(&mut self.buf, head_request) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(false),
             Err(e) => {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    format!("invalid upstream response head: {e}"),
-                );
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, format!("upstream: {e}"));
             }
         };
-        let status = parsed
-            .code
-            .and_then(|c| http::StatusCode::from_u16(c).ok())
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream status")?;
-        let version = match parsed.version {
-            Some(1) => http::Version::HTTP_11,
-            _ => http::Version::HTTP_10,
+        self.body = match parsed.framing {
+            Framing::Empty => Body::Done,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => Body::UntilClose,
         };
-        // Values are taken as slices of the head, not copied: their places
-        // are noted while httparse borrows the buffer.
-        let mut names = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = http::HeaderName::from_bytes(h.name.as_bytes())
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid upstream header name")?;
-            let start = h.value.as_ptr() as usize - base;
-            names.push((name, start, start + h.value.len()));
-        }
-        let head = self.buf.split_to(len).freeze();
-        let mut headers = http::HeaderMap::with_capacity(names.len());
-        for (name, start, end) in names {
-            let value = http::HeaderValue::from_maybe_shared(head.slice(start..end)).or_err(
-                ErrorType::InvalidHTTPHeader,
-                "invalid upstream header value",
-            )?;
-            headers.append(name, value);
-        }
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        self.body = body_of(&parts, head_request)?;
-        self.keep_alive = version == http::Version::HTTP_11
-            && !matches!(self.body, Body::UntilClose)
-            && !super::has_token(&parts.headers, &http::header::CONNECTION, "close");
-        self.header = Some(parts);
+        self.keep_alive = parsed.keep_alive;
+        self.header = Some(parsed.parts);
         Ok(true)
     }
 
@@ -276,53 +242,6 @@ impl ClientConn {
     }
 }
 
-/// How the body of a response to a request is delimited (RFC 9112 §6.3).
-/// A `Content-Length` that is not one plain number is refused, as is a
-/// length sent with `Transfer-Encoding` (the connection would be in doubt).
-fn body_of(parts: &http::response::Parts, head_request: bool) -> Result<Body> {
-    let status = parts.status.as_u16();
-    if head_request || status < 200 || status == 204 || status == 304 {
-        return Ok(Body::Done);
-    }
-    let headers = &parts.headers;
-    if headers.contains_key(http::header::TRANSFER_ENCODING) {
-        if headers.contains_key(http::header::CONTENT_LENGTH) {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "upstream sent Transfer-Encoding and Content-Length",
-            );
-        }
-        let last = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                Body::Chunked(ChunkedDecoder::default())
-            }
-            _ => Body::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        let n = super::parse_length(value.as_bytes()).or_err(
-            ErrorType::InvalidHTTPHeader,
-            "invalid upstream Content-Length",
-        )?;
-        if length.is_some_and(|l| l != n) {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "conflicting upstream Content-Length",
-            );
-        }
-        length = Some(n);
-    }
-    Ok(length.map_or(Body::UntilClose, Body::Length))
-}
-
 async fn with_timeout<F: std::future::Future>(
     limit: Option<Duration>,
     fut: F,
@@ -333,87 +252,5 @@ async fn with_timeout<F: std::future::Future>(
             .await
             .or_err(kind, "upstream did not answer in time"),
         None => Ok(fut.await),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(head: &str) -> http::response::Parts {
-        let mut conn_buf = BytesMut::from(head);
-        let mut slots = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut slots);
-        let len = match r.parse(&conn_buf).unwrap() {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("partial"),
-        };
-        let mut b = http::Response::builder().status(r.code.unwrap());
-        for h in r.headers.iter() {
-            b = b.header(h.name, h.value);
-        }
-        let _ = conn_buf.split_to(len);
-        b.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn response_bodies_are_delimited_as_rfc_9112_says() {
-        let body = |head: &str, head_req| body_of(&parts(head), head_req);
-        assert!(matches!(
-            body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
-            Ok(Body::Length(5))
-        ));
-        assert!(matches!(
-            body(
-                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-                false
-            ),
-            Ok(Body::Length(5))
-        ));
-        assert!(
-            body(
-                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-                false
-            )
-            .is_err()
-        );
-        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", false).is_err());
-        assert!(body("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).is_err());
-        assert!(matches!(
-            body(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                false
-            ),
-            Ok(Body::Chunked(_))
-        ));
-        assert!(matches!(
-            body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
-            Ok(Body::UntilClose)
-        ));
-        assert!(
-            body(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-                false
-            )
-            .is_err()
-        );
-        assert!(matches!(
-            body("HTTP/1.1 200 OK\r\n\r\n", false),
-            Ok(Body::UntilClose)
-        ));
-        for bodiless in [
-            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
-            "HTTP/1.1 304 Not Modified\r\n\r\n",
-            "HTTP/1.1 100 Continue\r\n\r\n",
-        ] {
-            assert!(
-                matches!(body(bodiless, false), Ok(Body::Done)),
-                "{bodiless}"
-            );
-        }
-        assert!(matches!(
-            body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
-            Ok(Body::Done)
-        ));
     }
 }

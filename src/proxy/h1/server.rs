@@ -1,14 +1,7 @@
-//! The client side of an HTTP/1.x connection: request heads parsed with
-//! `httparse` straight into `http` parts, bodies read by their length or
+//! The client side of an HTTP/1.x connection: request heads read and parsed
+//! (`http1::head`, strict framing), bodies read by their length or
 //! de-chunked, responses framed and written (a fixed-length answer in one
 //! write). One `H1Session` serves every request of its connection.
-//!
-//! Framing is strict where a proxy's reading could differ from the
-//! upstream's (request smuggling): a `Content-Length` must be one plain
-//! number, a `Transfer-Encoding` must end in `chunked` and is refused on
-//! HTTP/1.0, several `Host` headers are refused. A request with both a length
-//! and an encoding keeps both headers, so the gate refuses it by name
-//! (`body::ambiguous_framing`), and the connection is not reused.
 
 use std::time::Duration;
 
@@ -19,13 +12,12 @@ use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+use crate::http1::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+use crate::http1::head::{self, Framing};
 
 /// The largest request head read (the gate answers 414/431 for the
 /// configured, smaller limits once a head is parsed).
 pub const MAX_HEAD: usize = 1024 * 1024;
-/// More header lines than this is a malformed request.
-const MAX_HEADERS: usize = 256;
 const READ_SIZE: usize = 16 * 1024;
 /// Each read and write of a request in progress must finish within this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -126,55 +118,18 @@ impl H1Session {
     /// Parses a complete head at the front of the buffer and takes it;
     /// `false` while it is incomplete.
     fn parse_head(&mut self) -> Result<bool> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut slots);
-        let base = self.buf.as_ptr() as usize;
-        let len = match parsed.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(e) => {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    format!("invalid request head: {e}"),
-                );
-            }
+        let parsed = match head::take_request(&mut self.buf) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(false),
+            Err(e) => return Error::e_explain(ErrorType::InvalidHTTPHeader, e.0),
         };
-        let method = http::Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid method")?;
-        let version = match parsed.version {
-            Some(1) => http::Version::HTTP_11,
-            _ => http::Version::HTTP_10,
+        self.body = match parsed.framing {
+            Framing::Empty | Framing::UntilClose => RequestBody::Done,
+            Framing::Length(n) => RequestBody::Length(n),
+            Framing::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
         };
-        let target = parsed.path.unwrap_or_default();
-        let target_at = target.as_ptr() as usize - base;
-        let target_end = target_at + target.len();
-        // Values are slices of the head, not copies: their places are noted
-        // while httparse borrows the buffer.
-        let mut names = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = http::HeaderName::from_bytes(h.name.as_bytes())
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
-            let start = h.value.as_ptr() as usize - base;
-            names.push((name, start, start + h.value.len()));
-        }
-        let head = self.buf.split_to(len).freeze();
-        let uri = http::Uri::from_maybe_shared(head.slice(target_at..target_end))
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid request target")?;
-        let mut headers = http::HeaderMap::with_capacity(names.len());
-        for (name, start, end) in names {
-            let value = http::HeaderValue::from_maybe_shared(head.slice(start..end))
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
-            headers.append(name, value);
-        }
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.method = method;
-        parts.uri = uri;
-        parts.version = version;
-        parts.headers = headers;
-        let framing = request_framing(&parts)?;
-        self.keepalive = keeps_alive(&parts, framing.ambiguous).then_some(0);
-        self.body = framing.body;
-        self.req = Some(RequestHeader::from(parts));
+        self.keepalive = parsed.keep_alive.then_some(0);
+        self.req = Some(RequestHeader::from(parsed.parts));
         Ok(true)
     }
 
@@ -433,137 +388,5 @@ impl H1Session {
     pub async fn shutdown(&mut self) {
         let _ = self.flush_out().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
-    }
-}
-
-struct Framing {
-    body: RequestBody,
-    /// Both a length and an encoding were sent.
-    ambiguous: bool,
-}
-
-/// How the request body is delimited (RFC 9112 §6), strictly.
-fn request_framing(req: &http::request::Parts) -> Result<Framing> {
-    let headers = &req.headers;
-    if headers.get_all(http::header::HOST).iter().count() > 1 {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "several Host headers");
-    }
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        let n = super::parse_length(value.as_bytes())
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid Content-Length")?;
-        if length.is_some() {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "several Content-Length headers",
-            );
-        }
-        length = Some(n);
-    }
-    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return Ok(Framing {
-            body: length.map_or(RequestBody::Done, RequestBody::Length),
-            ambiguous: false,
-        });
-    }
-    if req.version == http::Version::HTTP_10 {
-        return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "HTTP/1.0 requests cannot use Transfer-Encoding",
-        );
-    }
-    let last = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(str::trim);
-    if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
-        return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "non-chunked final Transfer-Encoding",
-        );
-    }
-    Ok(Framing {
-        body: RequestBody::Chunked(ChunkedDecoder::default()),
-        ambiguous: length.is_some(),
-    })
-}
-
-/// Whether the client lets the connection carry another request.
-fn keeps_alive(req: &http::request::Parts, ambiguous: bool) -> bool {
-    if ambiguous {
-        return false;
-    }
-    let connection = &http::header::CONNECTION;
-    match req.version {
-        http::Version::HTTP_11 => !super::has_token(&req.headers, connection, "close"),
-        _ => super::has_token(&req.headers, connection, "keep-alive"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(head: &str) -> http::request::Parts {
-        let mut slots = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Request::new(&mut slots);
-        assert!(r.parse(head.as_bytes()).unwrap().is_complete());
-        let mut b = http::Request::builder()
-            .method(r.method.unwrap())
-            .uri(r.path.unwrap())
-            .version(if r.version == Some(1) {
-                http::Version::HTTP_11
-            } else {
-                http::Version::HTTP_10
-            });
-        for h in r.headers.iter() {
-            b = b.header(h.name, h.value);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn request_bodies_are_framed_strictly() {
-        let framing = |head: &str| request_framing(&parts(head));
-        let ok = |head: &str| framing(head).unwrap();
-        assert!(matches!(
-            ok("GET / HTTP/1.1\r\n\r\n").body,
-            RequestBody::Done
-        ));
-        assert!(matches!(
-            ok("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").body,
-            RequestBody::Length(12)
-        ));
-        assert!(matches!(
-            ok("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").body,
-            RequestBody::Chunked(_)
-        ));
-        let both = ok("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
-        assert!(both.ambiguous && matches!(both.body, RequestBody::Chunked(_)));
-        for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
-            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        ] {
-            assert!(framing(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn keep_alive_follows_the_version_and_connection_header() {
-        let keeps = |head: &str| keeps_alive(&parts(head), false);
-        assert!(keeps("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!keeps("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
-        assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
-        assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        assert!(!keeps_alive(&parts("GET / HTTP/1.1\r\n\r\n"), true));
     }
 }

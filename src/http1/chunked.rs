@@ -76,10 +76,6 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Takes what it can from the front of `buf`: the next piece of data, or
     /// the end. Framing bytes are consumed as they are understood.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {

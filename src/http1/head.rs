@@ -1,0 +1,432 @@
+//! HTTP/1.x message heads: parsed with `httparse` straight into `http`
+//! parts (values sliced from the received bytes, not copied), and how the
+//! body after each head is delimited (RFC 9112 §6).
+//!
+//! Strict where two readings of a request could differ (request smuggling):
+//! a `Content-Length` is one plain number, a `Transfer-Encoding` ends in
+//! `chunked` and is refused on HTTP/1.0, one `Host` at most, and the request
+//! target is origin-form, absolute-form, `*` or (CONNECT only) authority-form.
+//! A request with both a length and an encoding keeps both headers so that
+//! the gate refuses it by name; it is never kept alive.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+
+use super::{has_token, parse_length};
+
+/// More header lines than this make a head malformed.
+pub const MAX_HEADERS: usize = 256;
+
+/// Why a head was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadError(pub String);
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn refuse<T>(why: impl Into<String>) -> Result<T, HeadError> {
+    Err(HeadError(why.into()))
+}
+
+/// How the body after a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (also the answer to HEAD, 1xx, 204 and 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+#[derive(Debug)]
+pub struct Request {
+    pub parts: http::request::Parts,
+    pub framing: Framing,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub parts: http::response::Parts,
+    pub framing: Framing,
+    /// The server lets the connection carry another request.
+    pub keep_alive: bool,
+}
+
+/// Where one header's name and value lie in the head.
+struct Noted {
+    name: HeaderName,
+    value: (usize, usize),
+}
+
+fn note(headers: &[httparse::Header<'_>], base: usize) -> Result<Vec<Noted>, HeadError> {
+    headers
+        .iter()
+        .map(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| HeadError("invalid header name".into()))?;
+            let start = h.value.as_ptr() as usize - base;
+            Ok(Noted {
+                name,
+                value: (start, start + h.value.len()),
+            })
+        })
+        .collect()
+}
+
+fn header_map(noted: Vec<Noted>, head: &Bytes) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(noted.len());
+    for Noted { name, value } in noted {
+        let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
+            .map_err(|_| HeadError("invalid header value".into()))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn version(minor: Option<u8>) -> Version {
+    match minor {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    }
+}
+
+/// Takes a complete request head from the front of `buf`; `Ok(None)` while
+/// it is incomplete (nothing is taken then).
+pub fn take_request(buf: &mut BytesMut) -> Result<Option<Request>, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return refuse(format!("invalid request head: {e}")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError("invalid method".into()))?;
+    let target = parsed.path.unwrap_or_default();
+    let target_at = target.as_ptr() as usize - base;
+    let target_at = (target_at, target_at + target.len());
+    let version = version(parsed.version);
+    let noted = note(parsed.headers, base)?;
+    let head = buf.split_to(len).freeze();
+    let uri = request_target(&method, head.slice(target_at.0..target_at.1))?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = header_map(noted, &head)?;
+    let (framing, ambiguous) = request_framing(&parts)?;
+    let keep_alive = !ambiguous && keeps_alive(version, &parts.headers);
+    Ok(Some(Request {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The request target in one of the forms RFC 9112 §3.2 allows for the
+/// method, in visible ASCII; anything else (a relative path, a scheme other than http(s)) is
+/// refused rather than routed on a guess.
+fn request_target(method: &Method, target: Bytes) -> Result<Uri, HeadError> {
+    // A URI is visible ASCII; raw bytes beyond it would reach the upstream
+    // as sent, to be read however it likes.
+    if !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return refuse("request target is not visible ASCII");
+    }
+    let first = target.first().copied();
+    let uri =
+        Uri::from_maybe_shared(target).map_err(|_| HeadError("invalid request target".into()))?;
+    let fits = match first {
+        Some(b'/') => uri.scheme().is_none() && uri.authority().is_none(),
+        Some(b'*') => uri.path() == "*" && *method == Method::OPTIONS,
+        _ if *method == Method::CONNECT => uri.scheme().is_none() && uri.authority().is_some(),
+        _ => {
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                && uri.path().starts_with('/')
+        }
+    };
+    if !fits {
+        return refuse("request target not in a form the method allows");
+    }
+    Ok(uri)
+}
+
+/// How the request body is delimited, and whether both a length and an
+/// encoding were sent (the encoding wins; the gate refuses the request).
+fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadError> {
+    let headers = &req.headers;
+    if headers.get_all(HOST).iter().count() > 1 {
+        return refuse("several Host headers");
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(
+            parse_length(value.as_bytes())
+                .ok_or_else(|| HeadError("invalid Content-Length".into()))?,
+        ),
+        (Some(_), Some(_)) => return refuse("several Content-Length headers"),
+    };
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        let framing = match length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        };
+        return Ok((framing, false));
+    }
+    if req.version == Version::HTTP_10 {
+        return refuse("HTTP/1.0 requests cannot use Transfer-Encoding");
+    }
+    if !ends_chunked(headers) {
+        return refuse("the final Transfer-Encoding is not chunked");
+    }
+    Ok((Framing::Chunked, length.is_some()))
+}
+
+fn ends_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// Keep-alive is HTTP/1.1's default and HTTP/1.0's exception.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    match version {
+        Version::HTTP_11 => !has_token(headers, &CONNECTION, "close"),
+        _ => has_token(headers, &CONNECTION, "keep-alive"),
+    }
+}
+
+/// Takes a complete response head from the front of `buf`; `Ok(None)` while
+/// it is incomplete. `head_request`: the request was HEAD (no body follows).
+pub fn take_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<Response>, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return refuse(format!("invalid response head: {e}")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| HeadError("invalid status".into()))?;
+    let version = version(parsed.version);
+    let noted = note(parsed.headers, base)?;
+    let head = buf.split_to(len).freeze();
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = header_map(noted, &head)?;
+    let framing = response_framing(&parts, head_request)?;
+    let keep_alive = version == Version::HTTP_11
+        && framing != Framing::UntilClose
+        && !has_token(&parts.headers, &CONNECTION, "close");
+    Ok(Some(Response {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// How a response body is delimited. A length that is not one plain number,
+/// or one sent with an encoding, is refused: where the next response starts
+/// would be in doubt.
+fn response_framing(
+    parts: &http::response::Parts,
+    head_request: bool,
+) -> Result<Framing, HeadError> {
+    let status = parts.status.as_u16();
+    if head_request || status < 200 || status == 204 || status == 304 {
+        return Ok(Framing::Empty);
+    }
+    let headers = &parts.headers;
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return refuse("Transfer-Encoding and Content-Length in one response");
+        }
+        return Ok(if ends_chunked(headers) {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = parse_length(value.as_bytes())
+            .ok_or_else(|| HeadError("invalid Content-Length".into()))?;
+        if length.is_some_and(|l| l != n) {
+            return refuse("conflicting Content-Length headers");
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        None => Framing::UntilClose,
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> Result<Request, HeadError> {
+        let mut buf = BytesMut::from(head);
+        take_request(&mut buf).map(|r| r.expect("a complete head"))
+    }
+
+    fn response(head: &str, head_request: bool) -> Result<Framing, HeadError> {
+        let mut buf = BytesMut::from(head);
+        take_response(&mut buf, head_request).map(|r| r.expect("a complete head").framing)
+    }
+
+    #[test]
+    fn a_head_is_taken_and_what_follows_left() {
+        let mut buf = BytesMut::from(
+            "POST /memories?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhelloGET",
+        );
+        let req = take_request(&mut buf).unwrap().unwrap();
+        assert_eq!(req.parts.method, Method::POST);
+        assert_eq!(
+            req.parts.uri.path_and_query().unwrap().as_str(),
+            "/memories?x=1"
+        );
+        assert_eq!(req.parts.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(req.framing, Framing::Length(5));
+        assert!(req.keep_alive);
+        assert_eq!(&buf[..], b"helloGET");
+        let mut partial = BytesMut::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        assert!(take_request(&mut partial).unwrap().is_none());
+        assert_eq!(
+            partial.len(),
+            25,
+            "nothing is taken from an incomplete head"
+        );
+    }
+
+    #[test]
+    fn request_bodies_are_framed_strictly() {
+        let framing = |head: &str| request(head).map(|r| (r.framing, r.keep_alive));
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\n\r\n"),
+            Ok((Framing::Empty, true))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok((Framing::Chunked, true))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            Ok((Framing::Chunked, false)),
+            "both kept for the gate to refuse, and never kept alive"
+        );
+        for bad in [
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+        ] {
+            assert!(request(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn request_targets_must_take_a_form_the_method_allows() {
+        let target = |head: &str| request(head).map(|r| r.parts.uri.to_string());
+        assert_eq!(target("GET /a/b?c HTTP/1.1\r\n\r\n").unwrap(), "/a/b?c");
+        assert_eq!(
+            target("GET http://mem0:8000/a?c HTTP/1.1\r\n\r\n").unwrap(),
+            "http://mem0:8000/a?c"
+        );
+        assert!(target("OPTIONS * HTTP/1.1\r\n\r\n").is_ok());
+        assert!(target("CONNECT mem0:443 HTTP/1.1\r\n\r\n").is_ok());
+        for bad in [
+            "GET memories HTTP/1.1\r\n\r\n",
+            "GET mem0:8000 HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            "GET ftp://mem0/a HTTP/1.1\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET /caf\u{e9} HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(target(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let keeps = |head: &str| request(head).unwrap().keep_alive;
+        assert!(!keeps("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_bodies_are_delimited_as_rfc_9112_says() {
+        let ok = |head: &str| response(head, false).unwrap();
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Framing::UntilClose
+        );
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
+        for bodiless in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\n",
+        ] {
+            assert_eq!(ok(bodiless), Framing::Empty, "{bodiless}");
+        }
+        assert_eq!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Ok(Framing::Empty)
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            assert!(response(bad, false).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! HTTP/1.x on the wire, pure (bytes in, `http` parts out, no I/O): message
+//! heads and the framing of the bodies after them, and the chunked coding.
+//! `proxy::h1` drives it over memgate's client and upstream connections; the
+//! `admission` fuzz target drives it on raw requests.
+
+pub mod chunked;
+pub mod head;
+
+/// A `Content-Length` value: digits only (no sign, no spaces, no list), at
+/// most 18 of them.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Whether a comma-separated header (such as `Connection`) lists `token`.
+pub fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_plain_digits() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1024"), Some(1024));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1,1",
+            b"0x10",
+            b"1234567890123456789",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn finds_tokens_in_lists() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::CONNECTION,
+            "keep-alive, Close".parse().unwrap(),
+        );
+        assert!(has_token(&h, &http::header::CONNECTION, "close"));
+        assert!(!has_token(&h, &http::header::CONNECTION, "upgrade"));
+    }
+}
