@@ -3,6 +3,7 @@
 //! `proxy::h1` drives it over memgate's client and upstream connections; the
 //! `admission` fuzz target drives it on raw requests.
 
+pub mod body;
 pub mod chunked;
 pub mod head;
 

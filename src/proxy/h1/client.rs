@@ -11,24 +11,15 @@ use pingora::prelude::*;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http1::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
-use crate::http1::head::{self, Framing};
+use crate::http1::body::{BodyReader, Step};
+use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
+use crate::http1::head;
 
 /// A response head larger than this is refused (mem0's are a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
 /// Bodies held whole are written with their head in one write up to this size.
 const COALESCE: usize = 64 * 1024;
 const READ_SIZE: usize = 16 * 1024;
-
-/// How the response body is delimited (RFC 9112 §6.3).
-#[derive(Debug)]
-enum Body {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Until the upstream closes (no length, not chunked).
-    UntilClose,
-    Done,
-}
 
 pub struct ClientConn {
     stream: Stream,
@@ -37,7 +28,7 @@ pub struct ClientConn {
     write_timeout: Option<Duration>,
     request_chunked: bool,
     header: Option<http::response::Parts>,
-    body: Body,
+    body: BodyReader,
     /// The response allows the connection to carry another request.
     keep_alive: bool,
 }
@@ -55,7 +46,7 @@ impl ClientConn {
             write_timeout,
             request_chunked: false,
             header: None,
-            body: Body::Done,
+            body: BodyReader::Done,
             keep_alive: false,
         }
     }
@@ -157,12 +148,7 @@ impl ClientConn {
                 return Error::e_explain(ErrorType::InvalidHTTPHeader, format!("upstream: {e}"));
             }
         };
-        self.body = match parsed.framing {
-            Framing::Empty => Body::Done,
-            Framing::Length(n) => Body::Length(n),
-            Framing::Chunked => Body::Chunked(ChunkedDecoder::default()),
-            Framing::UntilClose => Body::UntilClose,
-        };
+        self.body = BodyReader::of(parsed.framing);
         self.keep_alive = parsed.keep_alive;
         self.header = Some(parsed.parts);
         Ok(true)
@@ -184,41 +170,15 @@ impl ClientConn {
     /// The next piece of the response body; `None` at its end.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         loop {
-            match &mut self.body {
-                Body::Done => return Ok(None),
-                Body::Length(0) => {
-                    self.body = Body::Done;
-                    return Ok(None);
+            match self.body.next(&mut self.buf) {
+                Ok(Step::Data(data)) => return Ok(Some(data)),
+                Ok(Step::End) => return Ok(None),
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    return Error::e_explain(ErrorType::H1Error, format!("upstream body: {e}"));
                 }
-                Body::Length(left) if !self.buf.is_empty() => {
-                    let n = self
-                        .buf
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                Body::UntilClose if !self.buf.is_empty() => {
-                    return Ok(Some(self.buf.split().freeze()));
-                }
-                Body::Chunked(decoder) => match decoder.decode(&mut self.buf) {
-                    Ok(Decoded::Data(data)) => return Ok(Some(data)),
-                    Ok(Decoded::Done) => {
-                        self.body = Body::Done;
-                        return Ok(None);
-                    }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(e) => {
-                        return Error::e_explain(ErrorType::H1Error, format!("upstream body: {e}"));
-                    }
-                },
-                Body::Length(_) | Body::UntilClose => {}
             }
-            if self.fill().await? == 0 {
-                if matches!(self.body, Body::UntilClose) {
-                    self.body = Body::Done;
-                    return Ok(None);
-                }
+            if self.fill().await? == 0 && !self.body.closed() {
                 return Error::e_explain(
                     ErrorType::ConnectionClosed,
                     "the upstream closed the connection before the end of its body",
@@ -228,7 +188,7 @@ impl ClientConn {
     }
 
     pub fn is_body_done(&self) -> bool {
-        matches!(self.body, Body::Done | Body::Length(0))
+        self.body.is_done()
     }
 
     /// The connection, when it may carry another request: the response was

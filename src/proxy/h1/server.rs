@@ -12,7 +12,8 @@ use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http1::chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk};
+use crate::http1::body::{BodyReader, Step};
+use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head::{self, Framing};
 
 /// The largest request head read (the gate answers 414/431 for the
@@ -25,13 +26,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// connection; beyond it (or after DRAIN_TIME) the connection is closed.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-#[derive(Debug)]
-enum RequestBody {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Done,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ResponseBody {
@@ -54,7 +48,7 @@ pub struct H1Session {
     /// Bytes of the response not yet written (a head waiting for its body).
     out: BytesMut,
     req: Option<RequestHeader>,
-    body: RequestBody,
+    body: BodyReader,
     response: Option<Box<ResponseHeader>>,
     response_body: ResponseBody,
     /// Keep-alive as pingora's sessions express it: `Some(idle seconds)`
@@ -80,7 +74,7 @@ impl H1Session {
             buf: BytesMut::with_capacity(READ_SIZE),
             out: BytesMut::new(),
             req: None,
-            body: RequestBody::Done,
+            body: BodyReader::Done,
             response: None,
             response_body: ResponseBody::NotStarted,
             keepalive: None,
@@ -93,7 +87,7 @@ impl H1Session {
         self.req = None;
         self.response = None;
         self.response_body = ResponseBody::NotStarted;
-        self.body = RequestBody::Done;
+        self.body = BodyReader::Done;
         self.out.clear();
         loop {
             if !self.buf.is_empty() && self.parse_head()? {
@@ -123,10 +117,10 @@ impl H1Session {
             Ok(None) => return Ok(false),
             Err(e) => return Error::e_explain(ErrorType::InvalidHTTPHeader, e.0),
         };
+        // A request without a length or chunks has no body (RFC 9112 §6.3).
         self.body = match parsed.framing {
-            Framing::Empty | Framing::UntilClose => RequestBody::Done,
-            Framing::Length(n) => RequestBody::Length(n),
-            Framing::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => BodyReader::Done,
+            framing => BodyReader::of(framing),
         };
         self.keepalive = parsed.keep_alive.then_some(0);
         self.req = Some(RequestHeader::from(parsed.parts));
@@ -156,34 +150,16 @@ impl H1Session {
     /// The next piece of the request body; `None` at its end.
     pub async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
         loop {
-            match &mut self.body {
-                RequestBody::Done | RequestBody::Length(0) => {
-                    self.body = RequestBody::Done;
-                    return Ok(None);
+            match self.body.next(&mut self.buf) {
+                Ok(Step::Data(data)) => return Ok(Some(data)),
+                Ok(Step::End) => return Ok(None),
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    self.keepalive = None;
+                    return Error::e_explain(ErrorType::H1Error, format!("request body: {e}"));
                 }
-                RequestBody::Length(left) if !self.buf.is_empty() => {
-                    let n = self
-                        .buf
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                RequestBody::Chunked(decoder) => match decoder.decode(&mut self.buf) {
-                    Ok(Decoded::Data(data)) => return Ok(Some(data)),
-                    Ok(Decoded::Done) => {
-                        self.body = RequestBody::Done;
-                        return Ok(None);
-                    }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(e) => {
-                        self.keepalive = None;
-                        return Error::e_explain(ErrorType::H1Error, format!("request body: {e}"));
-                    }
-                },
-                RequestBody::Length(_) => {}
             }
-            if self.fill().await? == 0 {
+            if self.fill().await? == 0 && !self.body.closed() {
                 self.keepalive = None;
                 return Error::e_explain(
                     ErrorType::ConnectionClosed,
@@ -194,7 +170,7 @@ impl H1Session {
     }
 
     pub fn is_body_done(&self) -> bool {
-        matches!(self.body, RequestBody::Done | RequestBody::Length(0))
+        self.body.is_done()
     }
 
     /// Once the body was read, waits for the client to do anything: more
