@@ -375,9 +375,10 @@ const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
 /// A raw HTTP/1.1 upstream that records every request and answers on kept
 /// connections: `/stream/length` with a Content-Length, `/stream/chunked` in
-/// chunks, `/stream/eof` delimited by closing the connection, and
+/// chunks, `/stream/eof` delimited by closing the connection,
 /// `/stream/interim` with `100 Continue` and `103 Early Hints` before its
-/// `200`. Misbehaving, it answers `/stream/switch` by switching protocols
+/// `200`, and `/stream/nominated` with a header its `Connection` header
+/// names. Misbehaving, it answers `/stream/switch` by switching protocols
 /// unasked, and dies mid-body (one chunk, then the connection closes without
 /// the last chunk) on `/stream/broken` and a JSON-RPC `POST /mcp` (an event
 /// stream). An event stream (`GET /mcp`, `GET /sse`) gets one event and is
@@ -490,6 +491,14 @@ async fn serve_raw(
                     .await?;
                 write.write_all(EOF_BODY).await?;
                 return write.shutdown().await;
+            }
+            (_, "/stream/nominated") => {
+                write
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nConnection: X-Hop-Secret, keep-alive\r\n\
+                          X-Hop-Secret: for memgate only\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+                    )
+                    .await?;
             }
             (_, "/stream/interim") => {
                 write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -1331,5 +1340,22 @@ async fn a_head_request_is_answered_without_a_body_and_the_connection_kept() {
         assert_eq!(next.status(), 200, "{name}: {next:?}");
         let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
         assert_eq!(seen, ["/stream/head", "/stream/after"], "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_the_upstreams_connection_header_names_stay_on_its_hop() {
+    let (_upstream, _db, gate, token) = raw_upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        let resp = exchange_fresh(addr, head("GET", "/stream/nominated", &token, ""))
+            .await
+            .expect("an answer");
+        assert_eq!(
+            (resp.status(), resp.body.as_slice()),
+            (200, &b"ok"[..]),
+            "{name}"
+        );
+        assert_eq!(resp.header("x-kept"), Some("yes"), "{name}: {resp:?}");
+        assert_eq!(resp.header("x-hop-secret"), None, "{name}: {resp:?}");
     }
 }

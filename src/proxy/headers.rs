@@ -140,33 +140,47 @@ fn value(text: &str) -> Result<HeaderValue> {
 /// Most headers a `Connection` header may name; more is refused.
 const MAX_NOMINATED: usize = 16;
 
-/// Headers the client's `Connection` header names as hop-by-hop (RFC 9110
-/// §7.6.1): meant for memgate, not passed on. Usually none. A value that is
-/// not text, or names too many, is refused rather than half-read.
+/// The names a `Connection` header lists as hop-by-hop (RFC 9110 §7.6.1),
+/// but `keep-alive` and `close`; `None` for a value that is not text.
+fn nominated(headers: &http::HeaderMap) -> impl Iterator<Item = Option<&str>> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|value| {
+            let text = value.to_str();
+            let unreadable = text.is_err().then_some(None);
+            text.unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|t| {
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case("keep-alive")
+                        && !t.eq_ignore_ascii_case("close")
+                })
+                .map(Some)
+                .chain(unreadable)
+        })
+}
+
+/// Headers the client's `Connection` header names: meant for memgate, not
+/// passed on. Usually none. A value that is not text, or names too many, is
+/// refused rather than half-read.
 fn connection_nominated(req: &RequestHeader) -> Result<Vec<&str>> {
-    let mut nominated = Vec::new();
-    for value in req.headers.get_all(http::header::CONNECTION) {
-        let value = value.to_str().or_err(
+    let mut names = Vec::new();
+    for token in nominated(&req.headers) {
+        let token = token.or_err(
             ErrorType::HTTPStatus(400),
             "the Connection header is not valid text",
         )?;
-        for token in value.split(',').map(str::trim) {
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-            {
-                continue;
-            }
-            if nominated.len() == MAX_NOMINATED {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(400),
-                    "the Connection header names too many headers",
-                );
-            }
-            nominated.push(token);
+        if names.len() == MAX_NOMINATED {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(400),
+                "the Connection header names too many headers",
+            );
         }
+        names.push(token);
     }
-    Ok(nominated)
+    Ok(names)
 }
 
 /// The request memgate sends upstream itself: the client's method and
@@ -230,6 +244,14 @@ pub fn is_event_stream(header: &http::response::Parts) -> bool {
 /// pingora's setters parse every name again and keep a second,
 /// case-preserving map the client does not need.
 pub fn client_response(mut parts: http::response::Parts, length: Option<usize>) -> ResponseHeader {
+    // Headers the upstream's `Connection` names were meant for memgate.
+    let named: Vec<HeaderName> = nominated(&parts.headers)
+        .flatten()
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in &named {
+        parts.headers.remove(name);
+    }
     for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
