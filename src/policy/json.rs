@@ -17,6 +17,13 @@ use thiserror::Error;
 
 use super::deny::Deny;
 
+/// The compact JSON text of `value`, as its `Display` writes it, but
+/// serialized straight into bytes: `to_string` goes through a formatter call
+/// per token and cost a third of a rewritten `POST /memories`.
+pub fn to_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a JSON value always serializes")
+}
+
 /// serde_json refuses nesting beyond 128 levels with its own error; memgate's
 /// limit is clamped below that so the refusal is always [`JsonError::TooDeep`].
 const DEPTH_CEILING: usize = 100;

@@ -185,9 +185,9 @@ impl McpDeny {
                 .chain(rest.iter())
                 .map(Refusal::to_error_object)
                 .collect();
-            Value::Array(errors).to_string().into_bytes()
+            json::to_bytes(&Value::Array(errors))
         } else {
-            first.to_error_object().to_string().into_bytes()
+            json::to_bytes(&first.to_error_object())
         };
         let (method, tool) = match first.call {
             Some(call) => (Some(call.method), call.tool),
@@ -301,7 +301,7 @@ impl McpPolicy {
             } else {
                 messages.pop().unwrap_or_default()
             };
-            forward.body = Some(sent.to_string().into_bytes());
+            forward.body = Some(json::to_bytes(&sent));
         }
         McpDecision::Forward(forward)
     }

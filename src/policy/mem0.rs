@@ -219,7 +219,7 @@ impl Mem0Policy {
         let effective = scope_query(identity, scope, matched.route, &mut query, effective)?;
         let body = match json {
             Some(object) if Some(&object) != original.as_ref() => {
-                Some(Value::Object(object).to_string().into_bytes())
+                Some(json::to_bytes(&Value::Object(object)))
             }
             _ => None,
         };

@@ -299,7 +299,7 @@ impl Mem0Flow {
                         .response_items_dropped
                         .with_label_values(&[route.label()])
                         .inc_by(dropped as u64);
-                    body = Bytes::from(filtered.to_string());
+                    body = Bytes::from(crate::policy::json::to_bytes(&filtered));
                 }
             }
         }

@@ -68,7 +68,7 @@ pub(super) fn filter(
         });
         dropped += before - tools.len();
     }
-    (dropped > 0).then(|| parsed.to_string().into_bytes())
+    (dropped > 0).then(|| json::to_bytes(&parsed))
 }
 
 #[cfg(test)]
