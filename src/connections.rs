@@ -175,21 +175,27 @@ async fn read_first_head(
 }
 
 /// Finds the blank line that ends a request head, across reads. A bare-LF
-/// blank line counts too, so a head pingora would parse (or refuse) is never
-/// held back.
+/// blank line counts too, so a head the parser would take (or refuse) is
+/// never held back. Empty lines before any head content do not count: the
+/// parser skips them, and a client sending them first must not escape the
+/// head deadline.
 #[derive(Default)]
 struct BlankLine {
     after_newline: bool,
+    content: bool,
 }
 
 impl BlankLine {
     fn feed(&mut self, bytes: &[u8]) -> bool {
         for &b in bytes {
             match b {
-                b'\n' if self.after_newline => return true,
+                b'\n' if self.after_newline && self.content => return true,
                 b'\n' => self.after_newline = true,
                 b'\r' => {}
-                _ => self.after_newline = false,
+                _ => {
+                    self.after_newline = false;
+                    self.content = true;
+                }
             }
         }
         false
@@ -485,6 +491,14 @@ mod tests {
         assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
         assert!(!ends(&[b"GET / HTTP/1.1\r\nX-Slow: aaaa"]));
         assert!(!ends(&[b""]));
+    }
+
+    #[test]
+    fn empty_lines_before_a_head_do_not_end_it() {
+        assert!(!ends(&[b"\r\n\r\n"]));
+        assert!(!ends(&[b"\n\n", b"\r\n"]));
+        assert!(!ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n"]));
+        assert!(ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n", b"\r\n"]));
     }
 
     #[test]

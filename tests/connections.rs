@@ -167,6 +167,63 @@ async fn slow_loris_heads_are_cut_off_and_honest_slow_clients_are_not() {
     );
 }
 
+/// Sends `prefix`, then a head trickled one header every 400 ms; returns
+/// whether memgate closed the connection before the trickle ended.
+async fn trickled_head_cut_off(stream: &mut TcpStream, prefix: &str) -> bool {
+    let request_line = "GET /memories?user_id=alice HTTP/1.1\r\nHost: x\r\n";
+    if stream
+        .write_all(format!("{prefix}{request_line}").as_bytes())
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if stream
+            .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return true;
+        }
+    }
+    read_to_close(stream, Duration::from_secs(5)).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_before_a_head_do_not_stop_its_deadline() {
+    let (_db, upstream, gate) = gate_with("header_timeout_secs = 2").await;
+    let token = gate.create_token("alice", &[]);
+
+    // On a new connection.
+    let mut first = TcpStream::connect(gate.mem0).await.unwrap();
+    assert!(
+        trickled_head_cut_off(&mut first, "\r\n\r\n").await,
+        "a slow head after empty lines was not cut off"
+    );
+
+    // On a kept-alive connection, after an answered request.
+    let mut kept = TcpStream::connect(gate.mem0).await.unwrap();
+    kept.write_all(
+        format!("GET /memories?user_id=alice HTTP/1.1\r\nHost: x\r\nX-MCP-Token: {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let response = read_response(&mut kept).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        trickled_head_cut_off(&mut kept, "\n\n").await,
+        "a slow second head after empty lines was not cut off"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the honest request was forwarded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_503_until_one_closes() {
     let (_db, _upstream, gate) = gate_with("max_connections = 5\nheader_timeout_secs = 30").await;

@@ -3,7 +3,7 @@
 //! body after each head is delimited (RFC 9112 §6).
 //!
 //! Strict where two readings of a request could differ (request smuggling):
-//! a `Content-Length` is one plain number, a `Transfer-Encoding` ends in
+//! a `Content-Length` is one plain number, a `Transfer-Encoding` is plain
 //! `chunked` and is refused on HTTP/1.0, one `Host` at most, and the request
 //! target is origin-form, absolute-form, `*` or (CONNECT only) authority-form.
 //! A request with both a length and an encoding keeps both headers so that
@@ -187,8 +187,15 @@ fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadEr
     if req.version == Version::HTTP_10 {
         return refuse("HTTP/1.0 requests cannot use Transfer-Encoding");
     }
-    if !ends_chunked(headers) {
-        return refuse("the final Transfer-Encoding is not chunked");
+    // Only plain `chunked`: memgate would have to undo any other coding
+    // before the policy could read the body (RFC 9112 §6.1).
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let plain = matches!(
+        (codings.next(), codings.next()),
+        (Some(value), None) if value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+    );
+    if !plain {
+        return refuse("a Transfer-Encoding other than chunked");
     }
     Ok((Framing::Chunked, length.is_some()))
 }
@@ -335,7 +342,7 @@ mod tests {
             Ok((Framing::Empty, true))
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n"),
             Ok((Framing::Chunked, true))
         );
         assert_eq!(
@@ -350,6 +357,8 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",

@@ -31,6 +31,9 @@ struct Progress {
     pulled: bool,
 }
 
+/// Interim (1xx) answers skipped before a final one; more is an error.
+const MAX_INTERIM: usize = 16;
+
 /// Idle connections kept per upstream: more than a busy listener keeps in
 /// flight, so bursts reuse rather than dial.
 const MAX_IDLE: usize = 256;
@@ -205,6 +208,8 @@ impl UpstreamClient {
         // Interim answers (100, 102, 103) are skipped; a switch of
         // protocols nobody asked for (Upgrade is never forwarded) is refused.
         let head_request = req.method == http::Method::HEAD;
+        // A few interim answers are normal; an endless series is not.
+        let mut interim = 0;
         loop {
             http.read_response(head_request).await?;
             match http.resp_header().map(|h| h.status.as_u16()) {
@@ -217,7 +222,13 @@ impl UpstreamClient {
                         "the upstream switched protocols unasked",
                     );
                 }
-                Some(100..=199) => continue,
+                Some(100..=199) if interim < MAX_INTERIM => interim += 1,
+                Some(100..=199) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the upstream sent interim answers without end",
+                    );
+                }
                 Some(_) => break,
             }
         }

@@ -255,7 +255,9 @@ pub fn client_response(mut parts: http::response::Parts, length: Option<usize>) 
     for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    if let Some(length) = length {
+    // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
+    let status = parts.status.as_u16();
+    if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
         parts
             .headers
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));

@@ -479,7 +479,8 @@ impl Gate {
     /// connection idles past `server.keepalive_idle_secs`, or the listener stops.
     async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let idle = std::time::Duration::from_secs(self.shared.keepalive_idle_secs);
-        let mut h1 = Box::new(h1::server::H1Session::new(stream));
+        let max_head = self.shared.max_uri_bytes + self.shared.max_header_bytes + 4096;
+        let mut h1 = Box::new(h1::server::H1Session::new(stream, max_head));
         let mut first = true;
         loop {
             // The first request's head was read by the connection guard.
@@ -524,8 +525,15 @@ impl Gate {
     /// then the connection is closed.
     async fn refuse_unreadable(&self, session: &mut Session, e: &Error) {
         session.set_keepalive(None);
-        if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-            let _ = errors::respond_error(session, self.listener, 400, "Malformed request").await;
+        let answer = match e.etype() {
+            ErrorType::InvalidHTTPHeader => Some((400, "Malformed request")),
+            ErrorType::HTTPStatus(431) => {
+                Some((431, "Request headers too large (limits.max_header_bytes)"))
+            }
+            _ => None,
+        };
+        if let Some((status, message)) = answer {
+            let _ = errors::respond_error(session, self.listener, status, message).await;
         }
         tracing::debug!(listener = self.listener.as_str(), error = %e, "unreadable request head");
         session.shutdown().await;

@@ -16,16 +16,14 @@ use crate::http1::body::{BodyReader, Step};
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head::{self, Framing};
 
-/// The largest request head read (the gate answers 414/431 for the
-/// configured, smaller limits once a head is parsed).
-pub const MAX_HEAD: usize = 1024 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 /// Each read and write of a request in progress must finish within this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Request body left unread by the gate that is drained to keep the
-/// connection; beyond it (or after DRAIN_TIME) the connection is closed.
-const DRAIN_LIMIT: u64 = 64 * 1024;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// A request body left unread when the connection closes is read and
+/// dropped for up to this long (and this much), so that the close does not
+/// reset the connection before the client has read the answer.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ResponseBody {
@@ -42,6 +40,8 @@ enum ResponseBody {
 
 pub struct H1Session {
     stream: Stream,
+    /// The largest request head read; larger ones are answered 431.
+    max_head: usize,
     peer: Option<SocketAddr>,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
@@ -64,12 +64,13 @@ pub enum NextRequest {
 }
 
 impl H1Session {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new(stream: Stream, max_head: usize) -> Self {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         H1Session {
             stream,
+            max_head,
             peer,
             buf: BytesMut::with_capacity(READ_SIZE),
             out: BytesMut::new(),
@@ -89,12 +90,15 @@ impl H1Session {
         self.response_body = ResponseBody::NotStarted;
         self.body = BodyReader::Done;
         self.out.clear();
+        // Parsed again only when a new line arrived: a head trickled in
+        // small pieces must not cost a full parse per piece.
+        let mut new_line = !self.buf.is_empty();
         loop {
-            if !self.buf.is_empty() && self.parse_head()? {
+            if new_line && self.parse_head()? {
                 return Ok(NextRequest::Ready);
             }
-            if self.buf.len() >= MAX_HEAD {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "request head too large");
+            if self.buf.len() >= self.max_head {
+                return Error::e_explain(ErrorType::HTTPStatus(431), "request head too large");
             }
             let had = self.buf.len();
             if self.fill().await? == 0 {
@@ -106,6 +110,7 @@ impl H1Session {
                     "the client closed in the middle of a request head",
                 );
             }
+            new_line = self.buf[had..].contains(&b'\n');
         }
     }
 
@@ -246,7 +251,11 @@ impl H1Session {
         if chunked && self.response_body != ResponseBody::Chunked {
             header.remove_header(&http::header::TRANSFER_ENCODING);
         }
-        if self.response_body == ResponseBody::UntilClose {
+        // Answered before its body was read (a refusal): the rest of the
+        // body may never come (a client waiting for `100 Continue`), so
+        // nothing after it can be trusted to start a request. Closed, as
+        // pingora did.
+        if self.response_body == ResponseBody::UntilClose || !self.is_body_done() {
             self.keepalive = None;
         }
         let connection = match (self.keepalive, version) {
@@ -327,26 +336,13 @@ impl H1Session {
         }
     }
 
-    /// After an answer: whether the connection can carry the next request.
-    /// Body the gate left unread is drained first (a little, briefly).
+    /// After an answer: whether the connection can carry the next request
+    /// (the answer is complete, keep-alive stands, the body was read).
     pub async fn finish(&mut self) -> bool {
-        if self.flush_out().await.is_err()
-            || self.keepalive.is_none()
-            || self.response_body != ResponseBody::Done
-        {
-            return false;
-        }
-        let drain = async {
-            let mut drained = 0u64;
-            while let Some(chunk) = self.read_request_body().await? {
-                drained += chunk.len() as u64;
-                if drained > DRAIN_LIMIT {
-                    return Ok(false);
-                }
-            }
-            Ok::<bool, Box<Error>>(true)
-        };
-        matches!(tokio::time::timeout(DRAIN_TIME, drain).await, Ok(Ok(true)))
+        self.flush_out().await.is_ok()
+            && self.keepalive.is_some()
+            && self.response_body == ResponseBody::Done
+            && self.is_body_done()
     }
 
     /// Waits up to `idle` for the first byte of the next request.
@@ -361,8 +357,24 @@ impl H1Session {
         )
     }
 
+    /// Flushes what is pending and closes. A request body still arriving is
+    /// read and dropped briefly first (RFC 9112 §9.6): closing with unread
+    /// data resets the connection, and the client could lose the answer.
     pub async fn shutdown(&mut self) {
         let _ = self.flush_out().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        if !self.is_body_done() {
+            let linger = async {
+                let mut dropped = 0;
+                while dropped < LINGER_BYTES {
+                    self.buf.clear();
+                    match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => dropped += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+        }
     }
 }
