@@ -29,7 +29,8 @@ const LINGER_BYTES: usize = 64 * 1024;
 enum ResponseBody {
     /// Nothing written yet.
     NotStarted,
-    Length,
+    /// A declared length; the bytes still due.
+    Length(u64),
     Chunked,
     /// Delimited by the close (HTTP/1.0 clients, answers without a length).
     UntilClose,
@@ -235,16 +236,19 @@ impl H1Session {
             .headers
             .get(http::header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        let length = header
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .map(|v| v.as_bytes() != b"0");
-        self.response_body = if bodiless || length == Some(false) {
+        let length = match header.headers.get(http::header::CONTENT_LENGTH) {
+            None => None,
+            Some(value) => Some(
+                crate::http1::parse_length(value.as_bytes())
+                    .or_err(ErrorType::InternalError, "an answer with an invalid length")?,
+            ),
+        };
+        self.response_body = if bodiless || length == Some(0) {
             ResponseBody::Done
         } else if chunked && version == http::Version::HTTP_11 {
             ResponseBody::Chunked
-        } else if length.is_some() {
-            ResponseBody::Length
+        } else if let Some(length) = length {
+            ResponseBody::Length(length)
         } else {
             ResponseBody::UntilClose
         };
@@ -282,7 +286,7 @@ impl H1Session {
         header.header_to_h1_wire(&mut self.out);
         self.out.extend_from_slice(b"\r\n");
         self.response = Some(header);
-        if self.response_body == ResponseBody::Length {
+        if matches!(self.response_body, ResponseBody::Length(_)) {
             return Ok(());
         }
         self.flush_out().await
@@ -299,7 +303,23 @@ impl H1Session {
                     self.out.extend_from_slice(LAST_CHUNK);
                 }
             }
-            ResponseBody::Length | ResponseBody::UntilClose => {
+            // Never more than the declared length (the rest would be read
+            // as the next answer); an answer that ends short closes.
+            ResponseBody::Length(left) => {
+                let Some(left) = left.checked_sub(data.len() as u64) else {
+                    self.keepalive = None;
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "an answer longer than its Content-Length",
+                    );
+                };
+                self.response_body = ResponseBody::Length(left);
+                self.out.extend_from_slice(&data);
+                if end && left > 0 {
+                    self.keepalive = None;
+                }
+            }
+            ResponseBody::UntilClose => {
                 self.out.extend_from_slice(&data);
             }
             ResponseBody::NotStarted => {
