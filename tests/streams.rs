@@ -1196,8 +1196,48 @@ async fn lengths_and_header_lines_that_could_be_read_two_ways_never_reach_the_up
             "Content-Length: 5\r\nX-Folded: a\r\n b\r\n",
             "hello",
         ),
+        (
+            "a second Host header",
+            "Host: other\r\nContent-Length: 5\r\n",
+            "hello",
+        ),
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_that_could_be_read_two_ways_never_reach_the_upstream() {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
+    let auth = format!("Host: x\r\nX-MCP-Token: {token}\r\n");
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "a target outside visible ASCII",
+            [&b"GET /stream/caf\xc3\xa9 HTTP/1.1\r\n"[..], auth.as_bytes(), b"\r\n"].concat(),
+        ),
+        (
+            "a target that is not a path",
+            format!("GET stream/relative HTTP/1.1\r\n{auth}\r\n").into_bytes(),
+        ),
+        (
+            "an absolute target with another scheme",
+            format!("GET ftp://x/stream/ftp HTTP/1.1\r\n{auth}\r\n").into_bytes(),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "POST /stream/upload HTTP/1.0\r\n{auth}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (name, addr) in listeners(&gate) {
+        for (what, request) in &cases {
+            upstream.clear();
+            let resp = exchange_fresh(addr, request).await;
+            assert_eq!(status(&resp), 400, "{name}, {what}: {resp:?}");
+            assert_only_control_reached(&upstream, addr, &token, &format!("{name}, {what}")).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
