@@ -11,11 +11,11 @@
 use std::mem::size_of_val;
 use std::sync::Arc;
 
-use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 
 use memgate::auth::{Authenticator, PresentedHeaders};
 use memgate::config::{AuthConfig, Config};
+use memgate::http1::request::RequestHead;
 use memgate::proxy::exchange::UpstreamClient;
 use memgate::proxy::upstream::UpstreamTarget;
 use memgate::store::{SqliteStore, Store};
@@ -51,7 +51,7 @@ fn main() {
     let target =
         Arc::new(UpstreamTarget::new("mem0.upstream", &cfg.mem0.listener()).expect("target"));
     let client = UpstreamClient::new(target.clone());
-    let req = || RequestHeader::build("GET", b"/memories", None).expect("request");
+    let req = || RequestHead::new(&http::Method::GET, "/memories").expect("request");
     show(
         "memgate UpstreamClient::open (one upstream exchange, header)",
         size_of_val(&client.open(req(), None)),

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http1::request::{InvalidHead, RequestHead};
 use moka::future::Cache;
-use pingora::http::RequestHeader;
 use serde_json::Value;
 
 use crate::policy::mem0::{memory_path, owner_from_get_response};
@@ -98,12 +98,21 @@ impl OwnerResolver {
             status: crate::proxy::upstream_failure(Listener::Mem0, e).0,
             message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
         };
-        let mut req = RequestHeader::build("GET", memory_path(memory_id).as_bytes(), None)
-            .map_err(|e| unreachable(&e))?;
-        req.insert_header("host", self.client.target().authority())
-            .map_err(|e| unreachable(&e))?;
-        req.insert_header("accept", "application/json")
-            .map_err(|e| unreachable(&e))?;
+        let head = || {
+            let mut req = RequestHead::new(&http::Method::GET, &memory_path(memory_id))?;
+            req.header(
+                &http::header::HOST,
+                self.client.target().authority().as_bytes(),
+            )?;
+            req.header(&http::header::ACCEPT, b"application/json")?;
+            Ok::<_, InvalidHead>(req)
+        };
+        let req = head().map_err(|e| {
+            unreachable(&pingora::Error::explain(
+                pingora::ErrorType::InternalError,
+                e.0,
+            ))
+        })?;
         let answer = self
             .client
             .exchange(req, None, self.max_response_bytes)

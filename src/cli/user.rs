@@ -16,11 +16,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::http1::request::{InvalidHead, RequestHead};
+use crate::proxy::headers;
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use pingora::http::RequestHeader;
 use serde_json::{Value, json};
 
 use super::token::validate_user_id;
@@ -106,15 +107,19 @@ impl Mem0 {
 
     /// One request to mem0 on behalf of `scope`; returns (status, JSON body or Null).
     async fn call(&self, method: &str, path: &str, scope: &str) -> anyhow::Result<(u16, Value)> {
-        let fail = |e: Box<pingora::Error>| anyhow!("{method} {path}: {e}");
-        let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(fail)?;
-        req.insert_header("host", self.upstream()).map_err(fail)?;
-        req.insert_header("accept", "application/json")
+        let fail = |e: InvalidHead| anyhow!("{method} {path}: {e}");
+        let method_ = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| anyhow!("{method} {path}: invalid method"))?;
+        let mut req = RequestHead::new(&method_, path).map_err(fail)?;
+        req.header(&http::header::HOST, self.upstream().as_bytes())
+            .map_err(fail)?;
+        req.header(&http::header::ACCEPT, b"application/json")
             .map_err(fail)?;
         // The identity headers the proxy sends (src/proxy/headers.rs).
-        req.insert_header("X-MCP-UserID", self.user_id.as_str())
+        req.header(&headers::X_MCP_USERID, self.user_id.as_bytes())
             .map_err(fail)?;
-        req.insert_header("X-Memgate-Scope", scope).map_err(fail)?;
+        req.header(&headers::X_MEMGATE_SCOPE, scope.as_bytes())
+            .map_err(fail)?;
         let answer = self
             .client
             .exchange(req, None::<Bytes>, self.max_response)

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use super::{has_token, parse_length};
+use super::{has_token, is_hop_by_hop, parse_length};
 
 /// More header lines than this make a head malformed.
 pub const MAX_HEADERS: usize = 256;
@@ -55,8 +55,11 @@ pub struct Request {
 
 #[derive(Debug)]
 pub struct Response {
+    /// Status, version and the end-to-end headers (see [`take_response`]).
     pub parts: http::response::Parts,
     pub framing: Framing,
+    /// The `Content-Length` the upstream declared (also on HEAD answers).
+    pub length: Option<u64>,
     /// The server lets the connection carry another request.
     pub keep_alive: bool,
 }
@@ -67,9 +70,12 @@ struct Noted {
     value: (usize, usize),
 }
 
-fn note(headers: &[httparse::Header<'_>], base: usize) -> Result<Vec<Noted>, HeadError> {
+fn note<'h, 'b: 'h>(
+    headers: impl IntoIterator<Item = &'h httparse::Header<'b>>,
+    base: usize,
+) -> Result<Vec<Noted>, HeadError> {
     headers
-        .iter()
+        .into_iter()
         .map(|h| {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| HeadError("invalid header name".into()))?;
@@ -116,7 +122,7 @@ pub fn take_request(buf: &mut BytesMut) -> Result<Option<Request>, HeadError> {
     let target_at = target.as_ptr() as usize - base;
     let target_at = (target_at, target_at + target.len());
     let version = version(parsed.version);
-    let noted = note(parsed.headers, base)?;
+    let noted = note(parsed.headers.iter(), base)?;
     let head = buf.split_to(len).freeze();
     let uri = request_target(&method, head.slice(target_at.0..target_at.1))?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -200,16 +206,6 @@ fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadEr
     Ok((Framing::Chunked, length.is_some()))
 }
 
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-}
-
 /// Keep-alive is HTTP/1.1's default and HTTP/1.0's exception.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     match version {
@@ -220,6 +216,12 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 
 /// Takes a complete response head from the front of `buf`; `Ok(None)` while
 /// it is incomplete. `head_request`: the request was HEAD (no body follows).
+///
+/// The parts hold the response's end-to-end headers only: the hop-by-hop
+/// ones ([`super::HOP_BY_HOP`] and those its `Connection` header names) are
+/// read here for framing and keep-alive and left out, as a proxy must not
+/// pass them on (RFC 9110 §7.6.1). The declared `Content-Length` is kept in
+/// [`Response::length`].
 pub fn take_response(
     buf: &mut BytesMut,
     head_request: bool,
@@ -241,59 +243,110 @@ pub fn take_response(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| HeadError("invalid status".into()))?;
     let version = version(parsed.version);
-    let noted = note(parsed.headers, base)?;
+    let fields = ResponseFields(parsed.headers);
+    let length = fields.length()?;
+    let framing = fields.framing(status, head_request, length)?;
+    let keep_alive = version == Version::HTTP_11
+        && framing != Framing::UntilClose
+        && !fields.connection_lists(b"close");
+    // Usually `Connection` names nothing but keep-alive or close.
+    let nominating = fields.connection_tokens().any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
+    });
+    let end_to_end = fields
+        .0
+        .iter()
+        .filter(|h| !(is_hop_by_hop(h.name.as_bytes()) || nominating && fields.nominates(h.name)));
+    let noted = note(end_to_end, base)?;
     let head = buf.split_to(len).freeze();
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
     parts.headers = header_map(noted, &head)?;
-    let framing = response_framing(&parts, head_request)?;
-    let keep_alive = version == Version::HTTP_11
-        && framing != Framing::UntilClose
-        && !has_token(&parts.headers, &CONNECTION, "close");
     Ok(Some(Response {
         parts,
         framing,
+        length,
         keep_alive,
     }))
 }
 
-/// How a response body is delimited. A length that is not one plain number,
-/// or one sent with an encoding, is refused: where the next response starts
-/// would be in doubt.
-fn response_framing(
-    parts: &http::response::Parts,
-    head_request: bool,
-) -> Result<Framing, HeadError> {
-    let status = parts.status.as_u16();
-    if head_request || status < 200 || status == 204 || status == 304 {
-        return Ok(Framing::Empty);
+/// A response head's header lines as `httparse` found them.
+#[derive(Clone, Copy)]
+struct ResponseFields<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl<'b> ResponseFields<'_, 'b> {
+    fn values(self, name: &'static str) -> impl Iterator<Item = &'b [u8]> {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
-    let headers = &parts.headers;
-    if headers.contains_key(TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
-            return refuse("Transfer-Encoding and Content-Length in one response");
+
+    /// The tokens of the `Connection` header(s).
+    fn connection_tokens(self) -> impl Iterator<Item = &'b [u8]> {
+        self.values("connection")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+    }
+
+    fn connection_lists(self, token: &[u8]) -> bool {
+        self.connection_tokens()
+            .any(|t| t.eq_ignore_ascii_case(token))
+    }
+
+    /// Whether `Connection` names the header `name` as hop-by-hop.
+    fn nominates(self, name: &str) -> bool {
+        self.connection_lists(name.as_bytes())
+    }
+
+    /// The declared `Content-Length`; several that disagree, or one that
+    /// is not a plain number, are refused.
+    fn length(self) -> Result<Option<u64>, HeadError> {
+        let mut length = None;
+        for value in self.values("content-length") {
+            let n =
+                parse_length(value).ok_or_else(|| HeadError("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return refuse("conflicting Content-Length headers");
+            }
+            length = Some(n);
         }
-        return Ok(if ends_chunked(headers) {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
+        Ok(length)
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = parse_length(value.as_bytes())
-            .ok_or_else(|| HeadError("invalid Content-Length".into()))?;
-        if length.is_some_and(|l| l != n) {
-            return refuse("conflicting Content-Length headers");
+
+    /// How the body is delimited, given the declared [`Self::length`]. A
+    /// length sent with an encoding is refused: where the next response starts would be in doubt.
+    fn framing(
+        self,
+        status: StatusCode,
+        head_request: bool,
+        length: Option<u64>,
+    ) -> Result<Framing, HeadError> {
+        let status = status.as_u16();
+        if head_request || status < 200 || status == 204 || status == 304 {
+            return Ok(Framing::Empty);
         }
-        length = Some(n);
+        if let Some(last) = self.values("transfer-encoding").last() {
+            if length.is_some() {
+                return refuse("Transfer-Encoding and Content-Length in one response");
+            }
+            let chunked = last
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return Ok(if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            });
+        }
+        Ok(match length {
+            None => Framing::UntilClose,
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        })
     }
-    Ok(match length {
-        None => Framing::UntilClose,
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
 }
 
 #[cfg(test)]
@@ -396,6 +449,29 @@ mod tests {
         assert!(!keeps("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
         assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
         assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn responses_keep_their_end_to_end_headers_only() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nCONNECTION: keep-alive, x-Hop\r\nContent-Type: text/plain\r\n\
+             Content-Length: 7\r\nKeep-Alive: timeout=5\r\nX-HOP: 1\r\nUpgrade: h2c\r\n\
+             Proxy-Authenticate: Basic\r\nX-Kept: 2\r\n\r\n",
+        );
+        let r = take_response(&mut buf, true).unwrap().unwrap();
+        let names: Vec<&str> = r.parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+        // Declared even where no body follows (the answer to HEAD).
+        assert_eq!((r.framing, r.length), (Framing::Empty, Some(7)));
+        assert!(r.keep_alive);
+        let mut close =
+            BytesMut::from("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            !take_response(&mut close, false)
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]

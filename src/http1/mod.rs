@@ -6,6 +6,7 @@
 pub mod body;
 pub mod chunked;
 pub mod head;
+pub mod request;
 
 /// A `Content-Length` value: digits only (no sign, no spaces, no list), at
 /// most 18 of them.
@@ -16,6 +17,32 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     value.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
+}
+
+/// Hop-by-hop and framing headers: meant for one connection, never passed
+/// from one side of the proxy to the other (RFC 9110 §7.6.1), plus `Host`
+/// and `Expect`, which memgate sets or answers itself.
+pub const HOP_BY_HOP: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+];
+
+/// Whether `name` (in any case) is one of [`HOP_BY_HOP`].
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Whether a comma-separated header (such as `Connection`) lists `token`.

@@ -62,14 +62,14 @@ pub fn normalise(raw_path: &str) -> Result<String, PathError> {
 /// The canonical percent-encoded form of a path returned by [`normalise`]: what
 /// the upstream is sent, so it decodes to exactly what memgate decided on.
 pub fn encode(decoded_path: &str) -> String {
-    if decoded_path == "/" {
-        return "/".to_owned();
+    let mut out = String::with_capacity(decoded_path.len());
+    for (i, segment) in decoded_path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        percent::encode_into(&mut out, segment, percent::is_path_char);
     }
-    decoded_path
-        .split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
+    out
 }
 
 /// Percent-encodes one segment (for example a memory id) for use in a path.

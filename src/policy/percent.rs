@@ -44,8 +44,19 @@ pub fn escape_at(bytes: &[u8], at: usize) -> bool {
 
 /// Percent-encodes every byte for which `keep` is false, with upper-case hex.
 pub fn encode(input: &str, keep: fn(u8) -> bool) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(input.len());
+    encode_into(&mut out, input, keep);
+    out
+}
+
+/// [`encode`], appended to `out` (one allocation for a whole query string).
+pub fn encode_into(out: &mut String, input: &str, keep: fn(u8) -> bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Usually nothing needs escaping: copied whole.
+    if input.bytes().all(keep) {
+        out.push_str(input);
+        return;
+    }
     for &b in input.as_bytes() {
         if keep(b) {
             out.push(char::from(b));
@@ -56,7 +67,6 @@ pub fn encode(input: &str, keep: fn(u8) -> bool) -> String {
             out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
     }
-    out
 }
 
 /// RFC 3986 unreserved characters: safe anywhere, never encoded.

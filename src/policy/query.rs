@@ -94,19 +94,28 @@ impl Query {
     }
 }
 
-/// The canonical encoding: every byte but the RFC 3986 unreserved ones is
-/// percent-encoded, so `&`, `=`, `#`, `+`, spaces and non-ASCII all round-trip.
-impl fmt::Display for Query {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Query {
+    /// The canonical encoding: every byte but the RFC 3986 unreserved ones is
+    /// percent-encoded, so `&`, `=`, `#`, `+`, spaces and non-ASCII all
+    /// round-trip. Built in one string, without the formatting machinery.
+    pub fn encoded(&self) -> String {
+        let size = self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let mut out = String::with_capacity(size);
         for (i, (key, value)) in self.pairs.iter().enumerate() {
             if i > 0 {
-                f.write_str("&")?;
+                out.push('&');
             }
-            f.write_str(&percent::encode(key, percent::is_unreserved))?;
-            f.write_str("=")?;
-            f.write_str(&percent::encode(value, percent::is_unreserved))?;
+            percent::encode_into(&mut out, key, percent::is_unreserved);
+            out.push('=');
+            percent::encode_into(&mut out, value, percent::is_unreserved);
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.encoded())
     }
 }
 
@@ -115,7 +124,7 @@ impl fmt::Display for Query {
 pub fn force_user_id(raw: Option<&str>, user_id: &str) -> Result<String, QueryError> {
     let mut query = Query::parse(raw.unwrap_or(""))?;
     query.set("user_id", user_id);
-    Ok(query.to_string())
+    Ok(query.encoded())
 }
 
 fn decode_component(raw: &str) -> Result<String, QueryError> {

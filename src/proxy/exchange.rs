@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 
@@ -14,6 +13,7 @@ use super::Session;
 use super::h1::client::ClientConn;
 use super::pool::IdlePool;
 use super::upstream::{IDLE_TIMEOUT, UpstreamTarget};
+use crate::http1::request::RequestHead;
 
 /// What follows the request header.
 pub enum Outgoing<'a> {
@@ -38,7 +38,8 @@ const MAX_INTERIM: usize = 16;
 /// flight, so bursts reuse rather than dial.
 const MAX_IDLE: usize = 256;
 
-/// A response head from the upstream, as plain `http` parts.
+/// A response head from the upstream, as plain `http` parts with its
+/// end-to-end headers (`http1::head::take_response`).
 pub type UpstreamHead = http::response::Parts;
 
 pub struct Exchanged {
@@ -59,6 +60,12 @@ impl OpenExchange<'_> {
     /// The response header (read before the exchange was handed out).
     pub fn header(&self) -> &UpstreamHead {
         &self.head
+    }
+
+    /// The `Content-Length` the upstream declared (not among the header's
+    /// headers: it frames one connection only).
+    pub fn content_length(&self) -> Option<u64> {
+        self.http.declared_length()
     }
 
     /// The response header, taken out: `header()` is empty afterwards.
@@ -112,7 +119,7 @@ impl UpstreamClient {
     /// `max_response` bytes of body.
     pub async fn exchange(
         &self,
-        req: RequestHeader,
+        req: RequestHead,
         body: Option<Bytes>,
         max_response: usize,
     ) -> Result<Exchanged> {
@@ -138,7 +145,7 @@ impl UpstreamClient {
 
     /// Sends `req` with `body` and returns once the response header is in;
     /// the body is then read with [`OpenExchange::next_chunk`].
-    pub async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
+    pub async fn open(&self, req: RequestHead, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
         self.open_with(req, Outgoing::Whole(body)).await
     }
 
@@ -147,7 +154,7 @@ impl UpstreamClient {
     /// client's body was already taken; see [`retry_on_fresh`] for the rest.
     pub async fn open_with<'s>(
         &'s self,
-        req: RequestHeader,
+        req: RequestHead,
         mut body: Outgoing<'_>,
     ) -> Result<OpenExchange<'s>> {
         let peer = self.target.shared_peer().await?;
@@ -158,7 +165,7 @@ impl UpstreamClient {
         if let Some(stream) = self.pool.take(key) {
             let http = ClientConn::new(stream, read_timeout, write_timeout);
             let mut progress = Progress::default();
-            let idempotent = is_idempotent(&req.method);
+            let idempotent = is_idempotent(req.method());
             match self.send(http, &req, &mut body, key, &mut progress).await {
                 Err(e) if retry_on_fresh(&e, &progress, idempotent) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying once");
@@ -175,7 +182,7 @@ impl UpstreamClient {
     async fn send(
         &self,
         mut http: ClientConn,
-        req: &RequestHeader,
+        req: &RequestHead,
         body: &mut Outgoing<'_>,
         key: u64,
         progress: &mut Progress,
@@ -207,7 +214,7 @@ impl UpstreamClient {
         progress.sent = true;
         // Interim answers (100, 102, 103) are skipped; a switch of
         // protocols nobody asked for (Upgrade is never forwarded) is refused.
-        let head_request = req.method == http::Method::HEAD;
+        let head_request = req.method() == http::Method::HEAD;
         // A few interim answers are normal; an endless series is not.
         let mut interim = 0;
         loop {

@@ -7,26 +7,9 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use crate::http1::request::{InvalidHead, RequestHead};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
-
-/// Hop-by-hop and framing headers: never copied between the two connections
-/// when memgate builds the upstream request or the client's response itself.
-pub static HOP_BY_HOP: [HeaderName; 13] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TRANSFER_ENCODING,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-    http::header::CONTENT_LENGTH,
-    http::header::HOST,
-    http::header::EXPECT,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("http2-settings"),
-];
 
 /// Header names memgate reads on every request, parsed once.
 pub const X_MCP_TOKEN: HeaderName = HeaderName::from_static("x-mcp-token");
@@ -130,12 +113,8 @@ fn is_stripped(name: &str, forward_credentials: bool) -> bool {
         || (!forward_credentials && is_credential_header(name))
 }
 
-const X_MEMGATE_SCOPE: HeaderName = HeaderName::from_static("x-memgate-scope");
+pub const X_MEMGATE_SCOPE: HeaderName = HeaderName::from_static("x-memgate-scope");
 const X_MEMGATE_TOKEN_PREFIX: HeaderName = HeaderName::from_static("x-memgate-token-prefix");
-
-fn value(text: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(text).or_err(ErrorType::InvalidHTTPHeader, "header value is not valid")
-}
 
 /// Most headers a `Connection` header may name; more is refused.
 const MAX_NOMINATED: usize = 16;
@@ -183,11 +162,27 @@ fn connection_nominated(req: &RequestHeader) -> Result<Vec<&str>> {
     Ok(names)
 }
 
+/// The client's headers that may pass upstream: not hop-by-hop, not
+/// stripped, not named by its `Connection` header (refused when that names
+/// too many or is unreadable).
+pub fn passable(
+    client_req: &RequestHeader,
+    forward_credentials: bool,
+) -> Result<impl Iterator<Item = (&HeaderName, &HeaderValue)>> {
+    let nominated = connection_nominated(client_req)?;
+    Ok(client_req.headers.iter().filter(move |(name, _)| {
+        let n = name.as_str();
+        !crate::http1::is_hop_by_hop(n.as_bytes())
+            && !is_stripped(n, forward_credentials)
+            && !nominated.iter().any(|h| h.eq_ignore_ascii_case(n))
+    }))
+}
+
 /// The request memgate sends upstream itself: the client's method and
-/// headers minus hop-by-hop and stripped ones, `path_and_query`, memgate's
-/// identity headers, the upstream's `host`, and the body's length. Built as
-/// plain `http` parts: pingora's header setters parse every name again and
-/// keep a second, case-preserving map the upstream does not need.
+/// headers minus hop-by-hop and stripped ones (and those `keep` refuses),
+/// `path_and_query`, memgate's identity headers and the upstream's `host`.
+/// The caller adds the body's framing. Written straight to HTTP/1.1 bytes
+/// (`http1::request`): no header map is built for a head read once.
 pub fn upstream_request(
     client_req: &RequestHeader,
     path_and_query: &str,
@@ -195,34 +190,24 @@ pub fn upstream_request(
     scope: &str,
     forward_credentials: bool,
     authority: &str,
-    body_len: Option<usize>,
-) -> Result<RequestHeader> {
-    let nominated = connection_nominated(client_req)?;
-    let mut headers = http::HeaderMap::with_capacity(client_req.headers.len() + 5);
-    for (name, value) in client_req.headers.iter() {
-        let n = name.as_str();
-        if !HOP_BY_HOP.contains(name)
-            && !is_stripped(n, forward_credentials)
-            && !nominated.iter().any(|h| h.eq_ignore_ascii_case(n))
-        {
-            headers.append(name.clone(), value.clone());
+    keep: impl Fn(&HeaderName, &HeaderValue) -> bool,
+) -> Result<RequestHead> {
+    let invalid = |e: InvalidHead| Error::explain(ErrorType::InternalError, e.0);
+    let mut head = RequestHead::new(&client_req.method, path_and_query).map_err(invalid)?;
+    for (name, value) in passable(client_req, forward_credentials)? {
+        if keep(name, value) {
+            head.copy(name, value);
         }
     }
-    headers.insert(X_MCP_USERID, value(&identity.user_id)?);
-    headers.insert(X_MEMGATE_SCOPE, value(scope)?);
-    headers.insert(X_MEMGATE_TOKEN_PREFIX, value(&identity.token_prefix)?);
-    headers.insert(http::header::HOST, value(authority)?);
-    if let Some(len) = body_len {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    for (name, value) in [
+        (&X_MCP_USERID, identity.user_id.as_str()),
+        (&X_MEMGATE_SCOPE, scope),
+        (&X_MEMGATE_TOKEN_PREFIX, identity.token_prefix.as_str()),
+        (&http::header::HOST, authority),
+    ] {
+        head.header(name, value.as_bytes()).map_err(invalid)?;
     }
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = client_req.method.clone();
-    parts.uri = http::Uri::try_from(path_and_query).or_err(
-        ErrorType::InternalError,
-        "upstream request target is invalid",
-    )?;
-    parts.headers = headers;
-    Ok(RequestHeader::from(parts))
+    Ok(head)
 }
 
 /// Whether a response is a server-sent event stream.
@@ -238,23 +223,13 @@ pub fn is_event_stream(header: &http::response::Parts) -> bool {
         })
 }
 
-/// The upstream's response header made the client's: hop-by-hop and framing
-/// headers removed (memgate frames the body itself, with `length` when it
-/// knows it), the security headers added. Edited as plain `http` parts:
-/// pingora's setters parse every name again and keep a second,
+/// The upstream's response header made the client's: memgate frames the
+/// body itself (with `length` when it knows it), and adds the security
+/// headers. `parts` holds end-to-end headers only: the parser left the
+/// hop-by-hop ones out (`http1::head::take_response`). Edited as plain
+/// `http` parts: pingora's setters parse every name again and keep a second,
 /// case-preserving map the client does not need.
 pub fn client_response(mut parts: http::response::Parts, length: Option<usize>) -> ResponseHeader {
-    // Headers the upstream's `Connection` names were meant for memgate.
-    let named: Vec<HeaderName> = nominated(&parts.headers)
-        .flatten()
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in &named {
-        parts.headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
     // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
     let status = parts.status.as_u16();
     if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
@@ -290,7 +265,7 @@ mod tests {
     }
 
     /// Every value of header `name`, in order.
-    fn values(req: &RequestHeader, name: &str) -> Vec<String> {
+    fn values(req: &http::request::Parts, name: &str) -> Vec<String> {
         req.headers
             .get_all(name)
             .iter()
@@ -346,16 +321,18 @@ mod tests {
             ],
         );
         let id = alice();
-        let req = upstream_request(
+        let mut head = upstream_request(
             &client,
             "/memories",
             &id,
             "alice",
             false,
             "mem0:8000",
-            Some(12),
+            |_, _| true,
         )
         .unwrap();
+        head.content_length(12);
+        let req = head.parsed();
         assert_eq!(req.method, "POST");
         assert_eq!(req.uri, "/memories");
         assert_eq!(values(&req, "x-mcp-userid"), ["alice"]);
@@ -377,18 +354,31 @@ mod tests {
         }
         assert_eq!(req.headers.len(), 6, "nothing else: {:?}", req.headers);
 
-        let forwarded = upstream_request(&client, "/m", &id, "alice", true, "mem0", None).unwrap();
+        let forwarded = upstream_request(&client, "/m", &id, "alice", true, "mem0", |_, _| true)
+            .unwrap()
+            .parsed();
         assert_eq!(values(&forwarded, "x-mcp-token"), ["secret"]);
         assert_eq!(values(&forwarded, "authorization"), ["Bearer secret"]);
         assert!(values(&forwarded, "content-length").is_empty());
         assert_eq!(values(&forwarded, "x-mcp-userid"), ["alice"]);
+
+        // `keep` drops more; memgate's own values cannot split a line.
+        let kept = upstream_request(&client, "/m", &id, "alice", false, "mem0", |n, _| {
+            n.as_str() != "accept"
+        })
+        .unwrap()
+        .parsed();
+        assert!(values(&kept, "accept").is_empty());
+        assert!(
+            upstream_request(&client, "/m", &id, "a\r\nx-b: c", false, "m", |_, _| true).is_err()
+        );
     }
 
     #[test]
     fn a_connection_header_naming_too_much_or_unreadable_is_refused() {
         let id = alice();
         let build =
-            |req: &RequestHeader| upstream_request(req, "/", &id, "alice", false, "m", None);
+            |req: &RequestHeader| upstream_request(req, "/", &id, "alice", false, "m", |_, _| true);
         let names: Vec<String> = (0..17).map(|i| format!("x-h{i}")).collect();
         let many = request("GET", b"/", &[("Connection", &names.join(", "))]);
         assert!(build(&many).is_err(), "17 nominated headers");
@@ -409,18 +399,17 @@ mod tests {
 
     #[test]
     fn client_response_drops_framing_and_hop_by_hop_headers() {
-        let mut upstream = ResponseHeader::build(201, None).unwrap();
-        for (n, v) in [
-            ("Content-Type", "application/json"),
-            ("Content-Length", "5"),
-            ("Transfer-Encoding", "chunked"),
-            ("Connection", "close"),
-            ("Keep-Alive", "timeout=5"),
-            ("Mcp-Session-Id", "abc"),
-        ] {
-            upstream.append_header(n, v).unwrap();
-        }
-        let upstream = http::response::Parts::from(upstream);
+        // As the upstream client reads it: the parser leaves hop-by-hop
+        // headers out, client_response frames and secures what is left.
+        let mut raw = bytes::BytesMut::from(
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\n\
+             Keep-Alive: timeout=5\r\nX-Hop: 1\r\nMcp-Session-Id: abc\r\n\r\n",
+        );
+        let upstream = crate::http1::head::take_response(&mut raw, false)
+            .unwrap()
+            .unwrap()
+            .parts;
         let streamed = client_response(upstream.clone(), None);
         assert_eq!(streamed.status, 201);
         let names: Vec<&str> = streamed.headers.keys().map(|k| k.as_str()).collect();
@@ -434,7 +423,7 @@ mod tests {
             ]
         );
         assert_eq!(streamed.headers["x-content-type-options"], "nosniff");
-        // memgate's own length replaces the upstream's.
+        // memgate's own length frames a body it holds.
         let buffered = client_response(upstream, Some(12));
         assert_eq!(buffered.headers.get_all("content-length").iter().count(), 1);
         assert_eq!(buffered.headers["content-length"], "12");

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::exchange::UpstreamClient;
 use super::{Session, body, headers};
+use crate::http1::request::RequestHead;
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
@@ -396,11 +397,28 @@ impl McpFlow {
         scope: &str,
         forward: &McpForward,
         body_len: usize,
-    ) -> Result<RequestHeader> {
+    ) -> Result<RequestHead> {
         let path_and_query = client_req
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
+        // Mirrors must say what the forwarded body says. A mirror memgate
+        // cannot read (not visible ASCII, which SEP-2243's Base64 form avoids)
+        // cannot be checked against the body: dropped.
+        let unreadable = |n: &http::HeaderName, v: &http::HeaderValue| {
+            is_param_header(n.as_str()) && v.to_str().is_err()
+        };
+        let present: Vec<(String, String)> =
+            headers::passable(client_req, self.forward_credentials)?
+                .filter(|(n, _)| is_param_header(n.as_str()))
+                .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+        let edits = param_header_rewrites(&present, &forward.param_headers);
+        let edited = |n: &http::HeaderName| {
+            edits
+                .iter()
+                .any(|(e, _)| e.eq_ignore_ascii_case(n.as_str()))
+        };
         let mut req = headers::upstream_request(
             client_req,
             path_and_query,
@@ -408,30 +426,21 @@ impl McpFlow {
             scope,
             self.forward_credentials,
             self.client.target().authority(),
-            Some(body_len),
+            |n, v| !unreadable(n, v) && !edited(n),
         )?;
-        // A mirror memgate cannot read (not visible ASCII, which SEP-2243's
-        // Base64 form avoids) cannot be checked against the body: dropped.
-        let unreadable: Vec<_> = req
-            .headers
-            .iter()
-            .filter(|(n, v)| is_param_header(n.as_str()) && v.to_str().is_err())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in unreadable {
-            req.remove_header(&name);
-        }
-        let present: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        for (name, value) in param_header_rewrites(&present, &forward.param_headers) {
-            req.remove_header(&name);
+        for (name, value) in &edits {
             if let Some(value) = value {
-                req.insert_header(name, value)?;
+                let name = http::HeaderName::from_bytes(name.as_bytes()).or_err(
+                    ErrorType::InternalError,
+                    "a mirrored argument header name is invalid",
+                )?;
+                req.header(&name, value.as_bytes()).or_err(
+                    ErrorType::InternalError,
+                    "a mirrored argument is not a header value",
+                )?;
             }
         }
+        req.content_length(body_len as u64);
         Ok(req)
     }
 

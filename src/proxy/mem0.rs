@@ -218,15 +218,18 @@ impl Mem0Flow {
         } = authorised;
         let body = forward.body.clone().map(Bytes::from).or(body);
         let length = body.as_ref().map_or(0, Bytes::len);
-        let upstream_req = headers::upstream_request(
+        let mut upstream_req = headers::upstream_request(
             session.req_header(),
             &path_and_query(&forward),
             identity,
             &forward.scope,
             self.forward_credentials,
             self.client.target().authority(),
-            (length > 0 || session.req_header().method != http::Method::GET).then_some(length),
+            |_, _| true,
         )?;
+        if length > 0 || session.req_header().method != http::Method::GET {
+            upstream_req.content_length(length as u64);
+        }
         let started = std::time::Instant::now();
         let answer = match self
             .client

@@ -360,7 +360,19 @@ fn request_id(req: &RequestHeader) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(
-            || format!("{}{:016x}", *BASE, COUNTER.fetch_add(1, Ordering::Relaxed)),
+            || {
+                // The counter in fixed-width hex, without the formatting machinery.
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let mut id = String::with_capacity(BASE.len() + 16);
+                id.push_str(&BASE);
+                id.extend(
+                    (0..16)
+                        .rev()
+                        .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize])),
+                );
+                id
+            },
             str::to_string,
         )
 }
@@ -674,10 +686,13 @@ impl Gate {
             &ctx.scope,
             self.forward_credentials,
             self.client.target().authority(),
-            framing.content_length(),
+            |_, _| true,
         )?;
+        if let Some(length) = framing.content_length() {
+            upstream_req.content_length(length as u64);
+        }
         if framing == body::RequestFraming::Chunked {
-            upstream_req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            upstream_req.chunked();
         }
         let started = Instant::now();
         let body = match framing {
@@ -702,11 +717,7 @@ impl Gate {
             .with_label_values(&[self.listener.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let event_stream = headers::is_event_stream(open.header());
-        let upstream_length = open
-            .header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let upstream_length = open.content_length().and_then(|n| usize::try_from(n).ok());
         let mut header = headers::client_response(open.take_header(), None);
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
@@ -867,5 +878,30 @@ fn status_label(status: u16) -> &'static str {
         300..=399 => "3xx",
         402..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_a_client_choice_or_a_fresh_hex_id() {
+        let bare = RequestHeader::build("GET", b"/", None).unwrap();
+        let (a, b) = (request_id(&bare), request_id(&bare));
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        // The counter is the last 16 digits.
+        let n = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert!(n(&b) > n(&a));
+        let mut chosen = bare.clone();
+        chosen.insert_header("x-request-id", "trace-42").unwrap();
+        assert_eq!(request_id(&chosen), "trace-42");
+        let mut bad = bare;
+        bad.insert_header("x-request-id", "has space").unwrap();
+        assert_eq!(request_id(&bad).len(), 32);
     }
 }

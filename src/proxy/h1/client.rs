@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::http1::body::{BodyReader, Step};
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head;
+use crate::http1::request::RequestHead;
 
 /// A response head larger than this is refused (mem0's are a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
@@ -28,6 +28,8 @@ pub struct ClientConn {
     write_timeout: Option<Duration>,
     request_chunked: bool,
     header: Option<http::response::Parts>,
+    /// The response's declared `Content-Length`.
+    length: Option<u64>,
     body: BodyReader,
     /// The response allows the connection to carry another request.
     keep_alive: bool,
@@ -46,29 +48,20 @@ impl ClientConn {
             write_timeout,
             request_chunked: false,
             header: None,
+            length: None,
             body: BodyReader::Done,
             keep_alive: false,
         }
     }
 
     /// Writes the request head, and `body` with it when it is small. A
-    /// `Transfer-Encoding: chunked` head makes later [`Self::write_body`]
-    /// calls chunk what they send.
-    pub async fn write_head(&mut self, req: &RequestHeader, body: Option<&[u8]>) -> Result<()> {
-        self.request_chunked = req
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    /// chunked head makes later [`Self::write_body`] calls chunk what they send.
+    pub async fn write_head(&mut self, req: &RequestHead, body: Option<&[u8]>) -> Result<()> {
+        self.request_chunked = req.is_chunked();
         let body = body.filter(|b| !b.is_empty());
         let inline = body.filter(|b| b.len() <= COALESCE && !self.request_chunked);
-        let mut out = BytesMut::with_capacity(256 + path.len() + inline.map_or(0, <[u8]>::len));
-        out.extend_from_slice(req.method.as_str().as_bytes());
-        out.extend_from_slice(b" ");
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        req.header_to_h1_wire(&mut out);
-        out.extend_from_slice(b"\r\n");
+        let mut out = BytesMut::with_capacity(req.wire_len() + inline.map_or(0, <[u8]>::len));
+        req.write_to(&mut out);
         if let Some(body) = inline {
             out.extend_from_slice(body);
         }
@@ -150,6 +143,7 @@ impl ClientConn {
         };
         self.body = BodyReader::of(parsed.framing);
         self.keep_alive = parsed.keep_alive;
+        self.length = parsed.length;
         self.header = Some(parsed.parts);
         Ok(true)
     }
@@ -160,6 +154,11 @@ impl ClientConn {
 
     pub fn resp_header(&self) -> Option<&http::response::Parts> {
         self.header.as_ref()
+    }
+
+    /// The `Content-Length` the response declared.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.length
     }
 
     /// The response head, taken out (the body is still read from here).
