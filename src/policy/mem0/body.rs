@@ -47,8 +47,9 @@ impl Owners<'_> {
         }
     }
 
-    /// Checks and rewrites every `user_id` below `value`.
-    fn rewrite_nested(&self, value: &mut Value) -> Result<(), Deny> {
+    /// Checks and rewrites every `user_id` below `value`; sets `changed`
+    /// when one read otherwise.
+    fn rewrite_nested(&self, value: &mut Value, changed: &mut bool) -> Result<(), Deny> {
         match value {
             Value::Object(map) => {
                 for (key, child) in map.iter_mut() {
@@ -56,17 +57,44 @@ impl Owners<'_> {
                         if !self.accepts_condition(child) {
                             return Err(other_user_denied(self.identity));
                         }
-                        *child = Value::String(self.effective.to_owned());
+                        if !is_string(child, self.effective) {
+                            *changed = true;
+                            *child = Value::String(self.effective.to_owned());
+                        }
                     } else {
-                        self.rewrite_nested(child)?;
+                        self.rewrite_nested(child, changed)?;
                     }
                 }
                 Ok(())
             }
             Value::Array(items) => items
                 .iter_mut()
-                .try_for_each(|item| self.rewrite_nested(item)),
+                .try_for_each(|item| self.rewrite_nested(item, changed)),
             _ => Ok(()),
+        }
+    }
+}
+
+fn is_string(value: &Value, text: &str) -> bool {
+    matches!(value, Value::String(s) if s == text)
+}
+
+/// What the owner rules changed in a body: the caller forwards it as sent,
+/// as sent with `user_id` added in front, or serialized again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edit {
+    Unchanged,
+    /// Only a top-level `user_id` was added (the body had none).
+    AddedUserId,
+    Rewritten,
+}
+
+impl Edit {
+    fn of(added: bool, rewritten: bool) -> Edit {
+        match (added, rewritten) {
+            (_, true) => Edit::Rewritten,
+            (true, false) => Edit::AddedUserId,
+            (false, false) => Edit::Unchanged,
         }
     }
 }
@@ -91,17 +119,17 @@ pub(super) fn check_shape(body: &Map<String, Value>, rewrites_filters: bool) -> 
     Ok(())
 }
 
-/// Applies the owner rules to a body and returns the effective scope. With
-/// `inject`, a missing top-level `user_id` is added; with `filter_scope`,
-/// `filters.user_id` is set too (the keys of `filters` are ANDed by mem0, so
-/// this bounds any `OR`/`NOT` tree inside to the scope).
+/// Applies the owner rules to a body and returns the effective scope and
+/// what changed. With `inject`, a missing top-level `user_id` is added; with
+/// `filter_scope`, `filters.user_id` is set too (the keys of `filters` are
+/// ANDed by mem0, so this bounds any `OR`/`NOT` tree inside to the scope).
 pub(super) fn scope_body(
     identity: &Identity,
     scope: &str,
     body: &mut Map<String, Value>,
     inject: bool,
     filter_scope: bool,
-) -> Result<String, Deny> {
+) -> Result<(String, Edit), Deny> {
     let requested = body.get("user_id").and_then(Value::as_str);
     let effective = check_requested_user(identity, scope, requested)?;
     let owners = Owners {
@@ -109,25 +137,37 @@ pub(super) fn scope_body(
         scope,
         effective: &effective,
     };
+    let mut rewritten = false;
     for (key, value) in body.iter_mut() {
         if key != "user_id" {
-            owners.rewrite_nested(value)?;
+            owners.rewrite_nested(value, &mut rewritten)?;
         }
     }
-    if inject || body.contains_key("user_id") {
-        body.insert("user_id".to_owned(), Value::String(effective.clone()));
+    let mut added = false;
+    match body.get("user_id") {
+        None if !inject => {}
+        Some(named) if is_string(named, &effective) => {}
+        present => {
+            added = present.is_none();
+            rewritten |= present.is_some();
+            body.insert("user_id".to_owned(), Value::String(effective.clone()));
+        }
     }
     if filter_scope {
         let scoped = Value::String(effective.clone());
         match body.get_mut("filters") {
             Some(Value::Object(filters)) => {
-                filters.insert("user_id".to_owned(), scoped);
+                if filters.get("user_id") != Some(&scoped) {
+                    rewritten = true;
+                    filters.insert("user_id".to_owned(), scoped);
+                }
             }
             _ => {
+                rewritten = true;
                 let filters = Map::from_iter([("user_id".to_owned(), scoped)]);
                 body.insert("filters".to_owned(), Value::Object(filters));
             }
         }
     }
-    Ok(effective)
+    Ok((effective, Edit::of(added, rewritten)))
 }
