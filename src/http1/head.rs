@@ -53,15 +53,54 @@ pub struct Request {
     pub keep_alive: bool,
 }
 
-#[derive(Debug)]
+/// A response head as received: its end-to-end header lines stay where they
+/// lie in the head's bytes (a proxy relays them; no header map is built).
+#[derive(Debug, Clone)]
 pub struct Response {
-    /// Status, version and the end-to-end headers (see [`take_response`]).
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub version: Version,
+    head: Bytes,
+    /// The end-to-end header lines (see [`take_response`]): where each
+    /// name and value lies in `head`.
+    fields: Vec<Field>,
     pub framing: Framing,
     /// The `Content-Length` the upstream declared (also on HEAD answers).
     pub length: Option<u64>,
     /// The server lets the connection carry another request.
     pub keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Response {
+    /// The end-to-end headers in the order received: (name as sent, value).
+    /// Names are tokens and values hold no CR, LF or NUL (`httparse`).
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|f| {
+            (
+                &self.head[f.name.0..f.name.1],
+                &self.head[f.value.0..f.value.1],
+            )
+        })
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Drops every header `name` (any case).
+    pub fn remove(&mut self, name: &str) {
+        let head = &self.head;
+        self.fields
+            .retain(|f| !head[f.name.0..f.name.1].eq_ignore_ascii_case(name.as_bytes()));
+    }
 }
 
 /// Where one header's name and value lie in the head.
@@ -70,12 +109,9 @@ struct Noted {
     value: (usize, usize),
 }
 
-fn note<'h, 'b: 'h>(
-    headers: impl IntoIterator<Item = &'h httparse::Header<'b>>,
-    base: usize,
-) -> Result<Vec<Noted>, HeadError> {
+fn note(headers: &[httparse::Header<'_>], base: usize) -> Result<Vec<Noted>, HeadError> {
     headers
-        .into_iter()
+        .iter()
         .map(|h| {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| HeadError("invalid header name".into()))?;
@@ -122,7 +158,7 @@ pub fn take_request(buf: &mut BytesMut) -> Result<Option<Request>, HeadError> {
     let target_at = target.as_ptr() as usize - base;
     let target_at = (target_at, target_at + target.len());
     let version = version(parsed.version);
-    let noted = note(parsed.headers.iter(), base)?;
+    let noted = note(parsed.headers, base)?;
     let head = buf.split_to(len).freeze();
     let uri = request_target(&method, head.slice(target_at.0..target_at.1))?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -253,18 +289,25 @@ pub fn take_response(
     let nominating = fields.connection_tokens().any(|t| {
         !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
     });
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        (start, start + part.len())
+    };
     let end_to_end = fields
         .0
         .iter()
-        .filter(|h| !(is_hop_by_hop(h.name.as_bytes()) || nominating && fields.nominates(h.name)));
-    let noted = note(end_to_end, base)?;
+        .filter(|h| !(is_hop_by_hop(h.name.as_bytes()) || nominating && fields.nominates(h.name)))
+        .map(|h| Field {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = status;
-    parts.version = version;
-    parts.headers = header_map(noted, &head)?;
     Ok(Some(Response {
-        parts,
+        status,
+        version,
+        head,
+        fields: end_to_end,
         framing,
         length,
         keep_alive,
@@ -459,8 +502,13 @@ mod tests {
              Proxy-Authenticate: Basic\r\nX-Kept: 2\r\n\r\n",
         );
         let r = take_response(&mut buf, true).unwrap().unwrap();
-        let names: Vec<&str> = r.parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["content-type", "x-kept"]);
+        let names: Vec<&[u8]> = r.headers().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"Content-Type"[..], b"X-Kept"]);
+        assert_eq!(r.get("x-kept"), Some(&b"2"[..]));
+        let mut r = r;
+        r.remove("CONTENT-type");
+        assert_eq!(r.get("content-type"), None);
+        assert_eq!(r.headers().count(), 1);
         // Declared even where no body follows (the answer to HEAD).
         assert_eq!((r.framing, r.length), (Framing::Empty, Some(7)));
         assert!(r.keep_alive);

@@ -2,8 +2,8 @@
 //! policy (bounded by `limits.max_body_bytes`, uncompressed, with an honest
 //! Content-Length), and how streamed bodies are framed on each side.
 
+use super::headers::{Relayed, SetHeaders};
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::{Session, headers};
@@ -29,7 +29,7 @@ pub async fn continue_if_expected(session: &mut Session) -> Result<()> {
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects && session.response_written().is_none() {
+    if expects && session.response_status().is_none() {
         session
             .write_continue_response()
             .await
@@ -86,19 +86,18 @@ impl RequestFraming {
 /// Frames a streamed answer for the client: the upstream's length when the
 /// body passes unchanged, else chunked on HTTP/1.1 (HTTP/1.0 clients read to
 /// the close; HTTP/2 frames itself). Bodiless answers get neither.
-pub fn frame_stream(
-    header: &mut ResponseHeader,
-    session: &Session,
-    length: Option<usize>,
-) -> Result<()> {
-    let status = header.status.as_u16();
+pub fn frame_stream(header: &mut Relayed, session: &Session, length: Option<usize>) -> Result<()> {
+    let status = header.status().as_u16();
     let req = session.req_header();
     let bodiless =
         status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
     if let Some(length) = length {
-        header.insert_header(http::header::CONTENT_LENGTH, length)?;
+        header.set(http::header::CONTENT_LENGTH, length.into())?;
     } else if !bodiless && !session.is_http2() && req.version == http::Version::HTTP_11 {
-        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        header.set(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        )?;
     }
     Ok(())
 }

@@ -38,41 +38,25 @@ const MAX_INTERIM: usize = 16;
 /// flight, so bursts reuse rather than dial.
 const MAX_IDLE: usize = 256;
 
-/// A response head from the upstream, as plain `http` parts with its
-/// end-to-end headers (`http1::head::take_response`).
-pub type UpstreamHead = http::response::Parts;
+/// A response head from the upstream: its status and end-to-end header
+/// lines as received (`http1::head::take_response`).
+pub type UpstreamHead = crate::http1::head::Response;
 
 pub struct Exchanged {
     pub header: UpstreamHead,
     pub body: Bytes,
 }
 
-/// An exchange whose response body is read chunk by chunk (streams).
+/// An exchange whose response body is read chunk by chunk (streams); its
+/// head is handed out beside it.
 pub struct OpenExchange<'a> {
     client: &'a UpstreamClient,
-    head: UpstreamHead,
     http: ClientConn,
     /// The peer's `reuse_hash`, for the pool.
     peer: u64,
 }
 
 impl OpenExchange<'_> {
-    /// The response header (read before the exchange was handed out).
-    pub fn header(&self) -> &UpstreamHead {
-        &self.head
-    }
-
-    /// The `Content-Length` the upstream declared (not among the header's
-    /// headers: it frames one connection only).
-    pub fn content_length(&self) -> Option<u64> {
-        self.http.declared_length()
-    }
-
-    /// The response header, taken out: `header()` is empty afterwards.
-    pub fn take_header(&mut self) -> UpstreamHead {
-        std::mem::replace(&mut self.head, http::Response::new(()).into_parts().0)
-    }
-
     /// The next piece of the body as it arrives; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         self.http.read_body_bytes().await
@@ -123,7 +107,7 @@ impl UpstreamClient {
         body: Option<Bytes>,
         max_response: usize,
     ) -> Result<Exchanged> {
-        let mut open = self.open(req, body).await?;
+        let (header, mut open) = self.open(req, body).await?;
         let mut buf = BytesMut::new();
         while let Some(chunk) = open.next_chunk().await? {
             if buf.len() + chunk.len() > max_response {
@@ -135,7 +119,6 @@ impl UpstreamClient {
             }
             buf.extend_from_slice(&chunk);
         }
-        let header = open.take_header();
         open.finish().await;
         Ok(Exchanged {
             header,
@@ -143,9 +126,13 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends `req` with `body` and returns once the response header is in;
+    /// Sends `req` with `body` and returns the response head once it is in;
     /// the body is then read with [`OpenExchange::next_chunk`].
-    pub async fn open(&self, req: RequestHead, body: Option<Bytes>) -> Result<OpenExchange<'_>> {
+    pub async fn open(
+        &self,
+        req: RequestHead,
+        body: Option<Bytes>,
+    ) -> Result<(UpstreamHead, OpenExchange<'_>)> {
         self.open_with(req, Outgoing::Whole(body)).await
     }
 
@@ -156,7 +143,7 @@ impl UpstreamClient {
         &'s self,
         req: RequestHead,
         mut body: Outgoing<'_>,
-    ) -> Result<OpenExchange<'s>> {
+    ) -> Result<(UpstreamHead, OpenExchange<'s>)> {
         let peer = self.target.shared_peer().await?;
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
@@ -186,7 +173,7 @@ impl UpstreamClient {
         body: &mut Outgoing<'_>,
         key: u64,
         progress: &mut Progress,
-    ) -> Result<OpenExchange<'_>> {
+    ) -> Result<(UpstreamHead, OpenExchange<'_>)> {
         match body {
             Outgoing::Whole(body) => http.write_head(req, body.as_deref()).await?,
             // Each piece of the client's body must come within the listener's
@@ -242,12 +229,14 @@ impl UpstreamClient {
         let head = http
             .take_header()
             .or_err(ErrorType::InvalidHTTPHeader, "no response header")?;
-        Ok(OpenExchange {
-            client: self,
+        Ok((
             head,
-            http,
-            peer: key,
-        })
+            OpenExchange {
+                client: self,
+                http,
+                peer: key,
+            },
+        ))
     }
 }
 

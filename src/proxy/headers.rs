@@ -7,6 +7,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use super::exchange::UpstreamHead;
 use crate::http1::request::{InvalidHead, RequestHead};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
@@ -210,37 +211,120 @@ pub fn upstream_request(
     Ok(head)
 }
 
-/// Whether a response is a server-sent event stream.
-pub fn is_event_stream(header: &http::response::Parts) -> bool {
-    header
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .get(..17)
-                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-        })
+/// Whether a `Content-Type` value names a server-sent event stream.
+fn is_event_stream_type(value: Option<&[u8]>) -> bool {
+    value.is_some_and(|ct| {
+        ct.trim_ascii_start()
+            .get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+    })
 }
 
-/// The upstream's response header made the client's: memgate frames the
-/// body itself (with `length` when it knows it), and adds the security
-/// headers. `parts` holds end-to-end headers only: the parser left the
-/// hop-by-hop ones out (`http1::head::take_response`). Edited as plain
-/// `http` parts: pingora's setters parse every name again and keep a second,
-/// case-preserving map the client does not need.
-pub fn client_response(mut parts: http::response::Parts, length: Option<usize>) -> ResponseHeader {
+/// Where memgate's own response headers go: the answers it builds
+/// (`ResponseHeader`) and the upstream answers it relays ([`Relayed`]).
+pub trait SetHeaders {
+    /// Sets `name` to `value`, replacing every earlier value.
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    /// Adds a value of `name`, keeping earlier ones.
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+}
+
+impl SetHeaders for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+/// An upstream answer on its way to the client: the upstream's end-to-end
+/// header lines as received, plus the headers memgate sets. Written to an
+/// HTTP/1 client line by line, without a header map in between.
+#[derive(Debug)]
+pub struct Relayed {
+    upstream: UpstreamHead,
+    added: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Relayed {
+    pub fn status(&self) -> http::StatusCode {
+        self.upstream.status
+    }
+
+    /// The first value of `name`: memgate's own if it set one.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.added
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes())
+            .or_else(|| self.upstream.get(name.as_str()))
+    }
+
+    pub fn is_event_stream(&self) -> bool {
+        is_event_stream_type(self.get(&http::header::CONTENT_TYPE))
+    }
+
+    /// Every header line: the upstream's (names as sent), then memgate's.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.upstream.headers().chain(
+            self.added
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
+    }
+
+    /// The same answer as a `ResponseHeader` (for HTTP/2 clients).
+    pub fn into_response_header(self) -> Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status(), Some(self.added.len() + 8))?;
+        for (name, value) in self.lines() {
+            let name = HeaderName::from_bytes(name)
+                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
+            let value = HeaderValue::from_bytes(value)
+                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header value")?;
+            header.append_header(name, value)?;
+        }
+        Ok(header)
+    }
+}
+
+impl SetHeaders for Relayed {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.upstream.remove(name.as_str());
+        self.added.retain(|(n, _)| *n != name);
+        self.added.push((name, value));
+        Ok(())
+    }
+
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.added.push((name, value));
+        Ok(())
+    }
+}
+
+/// The upstream's answer made the client's: memgate frames the body itself
+/// (with `length` when it knows it), and adds the security headers. The
+/// upstream's hop-by-hop headers were left out when its head was parsed
+/// (`http1::head::take_response`).
+pub fn client_response(upstream: UpstreamHead, length: Option<usize>) -> Relayed {
+    let mut relayed = Relayed {
+        upstream,
+        added: Vec::with_capacity(6),
+    };
     // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
-    let status = parts.status.as_u16();
+    let status = relayed.status().as_u16();
     if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
-        parts
-            .headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+        relayed
+            .added
+            .push((http::header::CONTENT_LENGTH, HeaderValue::from(length)));
     }
     for (name, value) in security_headers() {
-        parts.headers.insert(name, value);
+        // The upstream's own copies give way to memgate's.
+        relayed.upstream.remove(name.as_str());
+        relayed.added.push((name, value));
     }
-    ResponseHeader::from(parts)
+    relayed
 }
 
 #[cfg(test)]
@@ -408,24 +492,68 @@ mod tests {
         );
         let upstream = crate::http1::head::take_response(&mut raw, false)
             .unwrap()
-            .unwrap()
-            .parts;
+            .unwrap();
         let streamed = client_response(upstream.clone(), None);
-        assert_eq!(streamed.status, 201);
-        let names: Vec<&str> = streamed.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(streamed.status(), 201);
+        let names: Vec<&[u8]> = streamed.lines().map(|(n, _)| n).collect();
         assert_eq!(
             names,
             [
-                "content-type",
-                "mcp-session-id",
-                "x-content-type-options",
-                "x-frame-options"
+                &b"Content-Type"[..],
+                b"Mcp-Session-Id",
+                b"x-content-type-options",
+                b"x-frame-options"
             ]
         );
-        assert_eq!(streamed.headers["x-content-type-options"], "nosniff");
+        assert_eq!(
+            streamed.get(&http::header::X_CONTENT_TYPE_OPTIONS),
+            Some(&b"nosniff"[..])
+        );
         // memgate's own length frames a body it holds.
         let buffered = client_response(upstream, Some(12));
-        assert_eq!(buffered.headers.get_all("content-length").iter().count(), 1);
-        assert_eq!(buffered.headers["content-length"], "12");
+        let lengths: Vec<&[u8]> = buffered
+            .lines()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(lengths, [&b"12"[..]]);
+        // The H2 form carries the same lines.
+        let h2 = buffered.into_response_header().unwrap();
+        assert_eq!(h2.headers["mcp-session-id"], "abc");
+        assert_eq!(h2.headers["content-length"], "12");
+    }
+
+    #[test]
+    fn memgate_s_headers_replace_the_upstream_s() {
+        let mut raw = bytes::BytesMut::from(
+            "HTTP/1.1 200 OK\r\nX-Frame-Options: ALLOWALL\r\nVary: Accept\r\n\
+             Access-Control-Allow-Origin: *\r\n\r\n",
+        );
+        let upstream = crate::http1::head::take_response(&mut raw, false)
+            .unwrap()
+            .unwrap();
+        let mut relayed = client_response(upstream, None);
+        relayed
+            .set(
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("https://app.example"),
+            )
+            .unwrap();
+        relayed
+            .add(http::header::VARY, HeaderValue::from_static("Origin"))
+            .unwrap();
+        let all = |name: &str| -> Vec<&[u8]> {
+            relayed
+                .lines()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v)
+                .collect()
+        };
+        assert_eq!(all("x-frame-options"), [&b"DENY"[..]]);
+        assert_eq!(
+            all("access-control-allow-origin"),
+            [&b"https://app.example"[..]]
+        );
+        assert_eq!(all("vary"), [&b"Accept"[..], b"Origin"]);
     }
 }

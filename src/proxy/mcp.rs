@@ -15,6 +15,7 @@ use pingora::prelude::*;
 use serde_json::Value;
 
 use super::exchange::UpstreamClient;
+use super::headers::{Relayed, SetHeaders};
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
 use crate::metrics::METRICS;
@@ -377,7 +378,9 @@ impl McpFlow {
         }
         let mut checks = Vec::with_capacity(forward.need_owners.len());
         for check in &forward.need_owners {
-            let owner = match self.owners.owner(&check.memory_id).await {
+            // Boxed: a lookup's future (cache, upstream exchange) is larger
+            // than the rest of a request's, and most calls need none.
+            let owner = match Box::pin(self.owners.owner(&check.memory_id)).await {
                 Ok(owner) => Some(owner),
                 Err(LookupError::NotFound) => None,
                 Err(LookupError::Upstream { status, message }) => {
@@ -458,7 +461,7 @@ impl McpFlow {
             self.upstream_request(session.req_header(), identity, scope, &forward, body.len())?;
         let cors = self.cors_origin(session.req_header());
         let started = std::time::Instant::now();
-        let mut open = match self.client.open(upstream_req, Some(body)).await {
+        let (upstream, mut open) = match self.client.open(upstream_req, Some(body)).await {
             Ok(open) => open,
             Err(e) => {
                 let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
@@ -470,26 +473,25 @@ impl McpFlow {
             .upstream_duration
             .with_label_values(&[super::Listener::Mcp.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let upstream = headers::client_response(open.take_header(), None);
+        let upstream = headers::client_response(upstream, None);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
-            && upstream.status.is_success()
+            && upstream.status().is_success()
             && let Some(id) = upstream
-                .headers
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok())
+                .get(&MCP_SESSION_ID)
+                .and_then(|v| std::str::from_utf8(v).ok())
             && let Err(e) = self.sessions.bind(id, &identity.user_id).await
         {
             tracing::warn!(error = %e, "new MCP session not bound in the store");
         }
-        let event_stream = headers::is_event_stream(&upstream);
+        let event_stream = upstream.is_event_stream();
         let ids = forward.tools_list_ids();
         let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
         if event_stream {
             // Event by event: each complete event goes out as soon as it is in.
             body::frame_stream(&mut header, session, None)?;
-            session.write_response_header(Box::new(header)).await?;
+            session.write_relayed(header).await?;
             let mut rewriter = SseRewriter::default();
             let mut filter = |event: &mut SseEvent| {
                 if !ids.is_empty() {
@@ -550,8 +552,8 @@ impl McpFlow {
         {
             body = Bytes::from(filtered);
         }
-        header.insert_header("content-length", body.len().to_string())?;
-        session.write_response_header(Box::new(header)).await?;
+        header.set(http::header::CONTENT_LENGTH, body.len().into())?;
+        session.write_relayed(header).await?;
         if !body.is_empty() {
             session.write_response_body(body, true).await?;
         }
@@ -562,14 +564,14 @@ impl McpFlow {
     pub fn on_response_header(
         &self,
         watch: &mut StreamWatch,
-        response: &mut ResponseHeader,
+        response: &mut Relayed,
         cors: Option<&str>,
     ) -> Result<()> {
         add_cors(response, cors)?;
-        if !headers::is_event_stream(response) {
+        if !response.is_event_stream() {
             watch.rewriter = None;
         }
-        if response.status.is_success()
+        if response.status().is_success()
             && let Some(id) = watch.ending_session.take()
         {
             let sessions = self.sessions.clone();
@@ -623,11 +625,18 @@ impl McpFlow {
 }
 
 /// CORS headers for an allowed browser origin.
-fn add_cors(header: &mut ResponseHeader, origin: Option<&str>) -> Result<()> {
+fn add_cors(header: &mut impl SetHeaders, origin: Option<&str>) -> Result<()> {
     if let Some(origin) = origin {
-        header.insert_header("access-control-allow-origin", origin)?;
-        header.insert_header("access-control-expose-headers", CORS_EXPOSE_HEADERS)?;
-        header.append_header("vary", "Origin")?;
+        let origin = http::HeaderValue::from_str(origin).or_err(
+            ErrorType::InvalidHTTPHeader,
+            "an Origin that is not a header value",
+        )?;
+        header.set(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+        header.set(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        )?;
+        header.add(http::header::VARY, http::HeaderValue::from_static("Origin"))?;
     }
     Ok(())
 }

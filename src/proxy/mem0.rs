@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
+use super::headers::Relayed;
 use super::{Listener, Session, body, errors, headers};
 use crate::metrics::METRICS;
 use crate::ownership::{LookupError, OwnerResolver};
@@ -257,7 +257,7 @@ impl Mem0Flow {
                     .await;
             }
         };
-        session.write_response_header(Box::new(header)).await?;
+        session.write_relayed(header).await?;
         session.write_response_body(body, true).await
     }
 
@@ -267,7 +267,7 @@ impl Mem0Flow {
         forward: &Forward,
         memory_id: Option<&str>,
         answer: Exchanged,
-    ) -> std::result::Result<(ResponseHeader, Bytes), Deny> {
+    ) -> std::result::Result<(Relayed, Bytes), Deny> {
         let Exchanged {
             header: upstream,
             mut body,

@@ -559,7 +559,7 @@ impl Gate {
         }
         let mut ctx = RequestCtx::new(&self.shared);
         let outcome = self.handle(session, &mut ctx).await;
-        let started = session.response_written().is_some();
+        let started = session.response_status().is_some();
         if let Err(e) = &outcome {
             self.fail(session, e).await;
         }
@@ -627,8 +627,9 @@ impl Gate {
             Flow::Mcp(flow) => {
                 let project = project(session.req_header());
                 let scope = scope_for(&identity, &self.isolation, project.as_deref());
-                // Boxed: the mem0 listener's requests should not carry this future's size.
-                match Box::pin(flow.handle(session, &identity, &scope)).await? {
+                // Not boxed: with owner lookups boxed inside, this future is
+                // about the mem0 flow's size, and a box cost a copy per request.
+                match flow.handle(session, &identity, &scope).await? {
                     McpHandled::Responded(refusal) => (refusal.map(Refusal::from), None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
                 }
@@ -704,21 +705,21 @@ impl Gate {
         };
         // Failures are the upstream's unless the client's side failed;
         // `fail` answers them.
-        let mut open = self
-            .client
-            .open_with(upstream_req, body)
-            .await
-            .map_err(|e| match e.esource() {
-                pingora::ErrorSource::Downstream => e,
-                _ => e.into_up(),
-            })?;
+        let (upstream, mut open) =
+            self.client
+                .open_with(upstream_req, body)
+                .await
+                .map_err(|e| match e.esource() {
+                    pingora::ErrorSource::Downstream => e,
+                    _ => e.into_up(),
+                })?;
         METRICS
             .upstream_duration
             .with_label_values(&[self.listener.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let event_stream = headers::is_event_stream(open.header());
-        let upstream_length = open.content_length().and_then(|n| usize::try_from(n).ok());
-        let mut header = headers::client_response(open.take_header(), None);
+        let upstream_length = upstream.length.and_then(|n| usize::try_from(n).ok());
+        let mut header = headers::client_response(upstream, None);
+        let event_stream = header.is_event_stream();
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());
             flow.on_response_header(watch, &mut header, cors.as_deref())?;
@@ -729,7 +730,7 @@ impl Gate {
         let length = upstream_length.filter(|_| !rewritten);
         body::frame_stream(&mut header, session, length)?;
         session
-            .write_response_header(Box::new(header))
+            .write_relayed(header)
             .await
             .map_err(|e| e.into_down())?;
         loop {
@@ -791,7 +792,7 @@ impl Gate {
         let (code, message) = failure_response(self.listener, e);
         session.set_keepalive(None);
         if code > 0
-            && session.response_written().is_none()
+            && session.response_status().is_none()
             && let Err(write_err) =
                 errors::respond_error(session, self.listener, code, &message).await
         {
@@ -800,7 +801,7 @@ impl Gate {
     }
 
     fn log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = session.response_status().unwrap_or(0);
         let listener = self.listener.as_str();
         METRICS
             .requests

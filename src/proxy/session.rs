@@ -9,6 +9,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
 
 use super::h1::server::H1Session;
+use super::headers::Relayed;
 
 pub enum Session {
     H1(Box<H1Session>),
@@ -72,6 +73,18 @@ impl Session {
         }
     }
 
+    /// Writes an upstream's answer (memgate's HTTP/1 writes its lines as
+    /// they are; HTTP/2 gets a header map).
+    pub async fn write_relayed(&mut self, header: Relayed) -> Result<()> {
+        match self {
+            Session::H1(s) => s.write_relayed(&header).await,
+            Session::H2(s) => {
+                let header = header.into_response_header()?;
+                s.write_response_header(Box::new(header)).await
+            }
+        }
+    }
+
     pub async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         match self {
             Session::H1(s) => s.write_response_body(data, end).await,
@@ -79,10 +92,11 @@ impl Session {
         }
     }
 
-    pub fn response_written(&self) -> Option<&ResponseHeader> {
+    /// The status of the answer written, if one was.
+    pub fn response_status(&self) -> Option<u16> {
         match self {
-            Session::H1(s) => s.response_written(),
-            Session::H2(s) => s.response_written(),
+            Session::H1(s) => s.response_status(),
+            Session::H2(s) => s.response_written().map(|r| r.status.as_u16()),
         }
     }
 

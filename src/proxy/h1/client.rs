@@ -27,9 +27,7 @@ pub struct ClientConn {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     request_chunked: bool,
-    header: Option<http::response::Parts>,
-    /// The response's declared `Content-Length`.
-    length: Option<u64>,
+    header: Option<head::Response>,
     body: BodyReader,
     /// The response allows the connection to carry another request.
     keep_alive: bool,
@@ -48,7 +46,6 @@ impl ClientConn {
             write_timeout,
             request_chunked: false,
             header: None,
-            length: None,
             body: BodyReader::Done,
             keep_alive: false,
         }
@@ -143,8 +140,7 @@ impl ClientConn {
         };
         self.body = BodyReader::of(parsed.framing);
         self.keep_alive = parsed.keep_alive;
-        self.length = parsed.length;
-        self.header = Some(parsed.parts);
+        self.header = Some(parsed);
         Ok(true)
     }
 
@@ -152,17 +148,12 @@ impl ClientConn {
         self.read_timeout
     }
 
-    pub fn resp_header(&self) -> Option<&http::response::Parts> {
+    pub fn resp_header(&self) -> Option<&head::Response> {
         self.header.as_ref()
     }
 
-    /// The `Content-Length` the response declared.
-    pub fn declared_length(&self) -> Option<u64> {
-        self.length
-    }
-
     /// The response head, taken out (the body is still read from here).
-    pub fn take_header(&mut self) -> Option<http::response::Parts> {
+    pub fn take_header(&mut self) -> Option<head::Response> {
         self.header.take()
     }
 

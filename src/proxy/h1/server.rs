@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::http1::body::{BodyReader, Step};
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head::{self, Framing};
+use crate::proxy::headers::Relayed;
 
 const READ_SIZE: usize = 16 * 1024;
 /// Each read and write of a request in progress must finish within this.
@@ -50,7 +51,8 @@ pub struct H1Session {
     out: BytesMut,
     req: Option<RequestHeader>,
     body: BodyReader,
-    response: Option<Box<ResponseHeader>>,
+    /// The status of the answer written to this request, once it was.
+    response: Option<http::StatusCode>,
     response_body: ResponseBody,
     /// Keep-alive as pingora's sessions express it: `Some(idle seconds)`
     /// keeps the connection, `None` closes it after this request.
@@ -211,8 +213,8 @@ impl H1Session {
         self.keepalive
     }
 
-    pub fn response_written(&self) -> Option<&ResponseHeader> {
-        self.response.as_deref()
+    pub fn response_status(&self) -> Option<u16> {
+        self.response.map(|s| s.as_u16())
     }
 
     /// `100 Continue`, for a client that waits for it before its body.
@@ -223,7 +225,63 @@ impl H1Session {
     /// Writes the response head; a fixed-length one waits for its body so
     /// that both go out in one write.
     pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {
-        let status = header.status.as_u16();
+        let chunked = header
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        let length = header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(http::HeaderValue::as_bytes);
+        let connection = self.begin_response(header.status, chunked, length)?;
+        if chunked && self.response_body != ResponseBody::Chunked {
+            header.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        if let Some(value) = connection {
+            header.insert_header(http::header::CONNECTION, value)?;
+        }
+        header.header_to_h1_wire(&mut self.out);
+        self.end_head().await
+    }
+
+    /// Writes an upstream's answer: its header lines as they came, then
+    /// memgate's (see [`Self::write_response_header`]).
+    pub async fn write_relayed(&mut self, header: &Relayed) -> Result<()> {
+        let chunked = header
+            .get(&http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
+        let length = header.get(&http::header::CONTENT_LENGTH);
+        let connection = self.begin_response(header.status(), chunked, length)?;
+        let unchunked = chunked && self.response_body != ResponseBody::Chunked;
+        for (name, value) in header.lines() {
+            if (unchunked && name.eq_ignore_ascii_case(b"transfer-encoding"))
+                || name.eq_ignore_ascii_case(b"connection")
+            {
+                continue;
+            }
+            self.out.reserve(name.len() + value.len() + 4);
+            self.out.extend_from_slice(name);
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if let Some(value) = connection {
+            self.out.extend_from_slice(b"connection: ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.end_head().await
+    }
+
+    /// Decides how the answer's body is framed and whether the connection
+    /// stays open, and starts the head with its status line. Returns the
+    /// `Connection` value the head must carry, if any.
+    fn begin_response(
+        &mut self,
+        status: http::StatusCode,
+        chunked: bool,
+        length: Option<&[u8]>,
+    ) -> Result<Option<&'static str>> {
         // An unreadable request is answered too, before any head was parsed.
         let (head_request, version) = self
             .req
@@ -231,15 +289,12 @@ impl H1Session {
             .map_or((false, http::Version::HTTP_11), |r| {
                 (r.method == http::Method::HEAD, r.version)
             });
-        let bodiless = head_request || status < 200 || status == 204 || status == 304;
-        let chunked = header
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        let length = match header.headers.get(http::header::CONTENT_LENGTH) {
+        let code = status.as_u16();
+        let bodiless = head_request || code < 200 || code == 204 || code == 304;
+        let length = match length {
             None => None,
             Some(value) => Some(
-                crate::http1::parse_length(value.as_bytes())
+                crate::http1::parse_length(value)
                     .or_err(ErrorType::InternalError, "an answer with an invalid length")?,
             ),
         };
@@ -252,9 +307,6 @@ impl H1Session {
         } else {
             ResponseBody::UntilClose
         };
-        if chunked && self.response_body != ResponseBody::Chunked {
-            header.remove_header(&http::header::TRANSFER_ENCODING);
-        }
         // Answered before its body was read (a refusal): the rest of the
         // body may never come (a client waiting for `100 Continue`), so
         // nothing after it can be trusted to start a request. Closed, as
@@ -262,30 +314,24 @@ impl H1Session {
         if self.response_body == ResponseBody::UntilClose || !self.is_body_done() {
             self.keepalive = None;
         }
-        let connection = match (self.keepalive, version) {
+        self.response = Some(status);
+        self.out.reserve(256);
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out.extend_from_slice(status.as_str().as_bytes());
+        self.out.extend_from_slice(b" ");
+        self.out
+            .extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        Ok(match (self.keepalive, version) {
             (None, _) => Some("close"),
             (Some(_), http::Version::HTTP_10) => Some("keep-alive"),
             _ => None,
-        };
-        if let Some(value) = connection {
-            header.insert_header(http::header::CONNECTION, value)?;
-        }
-        self.out.reserve(256);
-        self.out.extend_from_slice(b"HTTP/1.1 ");
-        self.out
-            .extend_from_slice(header.status.as_str().as_bytes());
-        self.out.extend_from_slice(b" ");
-        self.out.extend_from_slice(
-            header
-                .status
-                .canonical_reason()
-                .unwrap_or("Unknown")
-                .as_bytes(),
-        );
+        })
+    }
+
+    /// Ends the head; sends it unless a fixed-length body will follow.
+    async fn end_head(&mut self) -> Result<()> {
         self.out.extend_from_slice(b"\r\n");
-        header.header_to_h1_wire(&mut self.out);
-        self.out.extend_from_slice(b"\r\n");
-        self.response = Some(header);
         if matches!(self.response_body, ResponseBody::Length(_)) {
             return Ok(());
         }
