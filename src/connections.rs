@@ -186,19 +186,29 @@ struct BlankLine {
 }
 
 impl BlankLine {
+    /// Only line ends matter: found with `memchr`, and the bytes between
+    /// two of them only asked whether they hold more than `\r` (this reads
+    /// every request head a kept-alive connection receives).
     fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            match b {
-                b'\n' if self.after_newline && self.content => return true,
-                b'\n' => self.after_newline = true,
-                b'\r' => {}
-                _ => {
-                    self.after_newline = false;
-                    self.content = true;
-                }
+        let mut start = 0;
+        for newline in memchr::memchr_iter(b'\n', bytes) {
+            self.line(&bytes[start..newline]);
+            if self.after_newline && self.content {
+                return true;
             }
+            self.after_newline = true;
+            start = newline + 1;
         }
+        self.line(&bytes[start..]);
         false
+    }
+
+    /// Bytes of a line (no `\n` among them).
+    fn line(&mut self, bytes: &[u8]) {
+        if bytes.iter().any(|&b| b != b'\r') {
+            self.after_newline = false;
+            self.content = true;
+        }
     }
 }
 
@@ -499,6 +509,29 @@ mod tests {
         assert!(!ends(&[b"\n\n", b"\r\n"]));
         assert!(!ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n"]));
         assert!(ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n", b"\r\n"]));
+    }
+
+    proptest::proptest! {
+        /// The same answer as reading byte by byte, however the bytes are split.
+        #[test]
+        fn line_ends_are_found_as_byte_by_byte(
+            bytes in proptest::collection::vec(proptest::sample::select(b"\r\nA ".to_vec()), 0..40),
+            cut in 0usize..40,
+        ) {
+            let mut after_newline = false;
+            let mut content = false;
+            let mut expected = false;
+            for &b in &bytes {
+                match b {
+                    b'\n' if after_newline && content => { expected = true; break; }
+                    b'\n' => after_newline = true,
+                    b'\r' => {}
+                    _ => { after_newline = false; content = true; }
+                }
+            }
+            let cut = cut.min(bytes.len());
+            proptest::prop_assert_eq!(ends(&[&bytes[..cut], &bytes[cut..]]), expected);
+        }
     }
 
     #[test]

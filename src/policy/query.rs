@@ -128,6 +128,10 @@ pub fn force_user_id(raw: Option<&str>, user_id: &str) -> Result<String, QueryEr
 }
 
 fn decode_component(raw: &str) -> Result<String, QueryError> {
+    // Usually nothing is encoded: the text is its own decoding.
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Ok(raw.to_owned());
+    }
     let bytes = percent::decode(raw, true).map_err(|_| QueryError::InvalidEscape)?;
     String::from_utf8(bytes).map_err(|_| QueryError::InvalidUtf8)
 }

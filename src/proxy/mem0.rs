@@ -341,7 +341,13 @@ impl Step {
 
 fn path_and_query(forward: &Forward) -> String {
     match &forward.query {
-        Some(q) => format!("{}?{q}", forward.path),
+        Some(q) => {
+            let mut target = String::with_capacity(forward.path.len() + 1 + q.len());
+            target.push_str(&forward.path);
+            target.push('?');
+            target.push_str(q);
+            target
+        }
         None => forward.path.clone(),
     }
 }
