@@ -86,16 +86,18 @@ pub fn parse_object(bytes: &[u8], max_depth: usize) -> Result<Map<String, Value>
 
 /// Like [`parse_object`] but accepts any JSON value at the top.
 pub fn parse_value(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
-    if std::str::from_utf8(bytes).is_err() {
+    // Checked once here; reading from text then skips serde_json's check of
+    // every string again.
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(JsonError::InvalidUtf8);
-    }
+    };
     let failure = Cell::new(None);
     let seed = ValueSeed {
         depth: 0,
         max_depth: max_depth.min(DEPTH_CEILING),
         failure: &failure,
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = seed
         .deserialize(&mut deserializer)
         .and_then(|value| deserializer.end().map(|()| value));

@@ -25,7 +25,9 @@ mod routes;
 mod tests;
 
 pub use fuzz::{forwards_only_scope, fuzz_entry};
-pub use response::{filter_results, owner_from_get_response, owner_ids_from_create_response};
+pub use response::{
+    filter_results, owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
+};
 pub use routes::{Route, RouteMatch, allowed_methods, memory_path};
 
 use serde_json::{Map, Value};

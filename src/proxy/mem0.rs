@@ -18,7 +18,7 @@ use crate::policy::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_results,
-    owner_ids_from_create_response,
+    owner_ids_in,
 };
 use crate::policy::path;
 
@@ -275,7 +275,7 @@ impl Mem0Flow {
         let ok = upstream.status.is_success();
         let route = forward.route;
         if ok && (route.filters_results() || route.records_owners()) {
-            let parsed: Value = serde_json::from_slice(&body).map_err(|_| {
+            let unreadable = |_: serde_json::Error| {
                 tracing::warn!(
                     route = route.label(),
                     "mem0 answered a non-JSON body; refusing to pass it on unfiltered"
@@ -284,13 +284,15 @@ impl Mem0Flow {
                     502,
                     "The mem0 upstream answered something memgate cannot check",
                 )
-            })?;
+            };
             if route.records_owners() {
-                for id in owner_ids_from_create_response(&parsed) {
+                // Read straight from the text: no `Value` of the answer is needed.
+                for id in owner_ids_in(&body).map_err(unreadable)? {
                     self.owners.record(id, &forward.scope).await;
                 }
             }
             if route.filters_results() {
+                let parsed: Value = serde_json::from_slice(&body).map_err(unreadable)?;
                 let (filtered, dropped) = filter_results(&forward.scope, parsed);
                 if dropped > 0 {
                     tracing::warn!(

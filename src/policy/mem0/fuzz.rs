@@ -5,7 +5,9 @@
 use serde_json::Value;
 
 use super::{Decision, Forward, Mem0Policy, Mem0Request, Route, decide_owner};
-use super::{filter_results, owner_from_get_response, owner_ids_from_create_response};
+use super::{
+    filter_results, owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
+};
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
 use crate::policy::{Identity, Permissions, json};
@@ -139,7 +141,11 @@ pub fn fuzz_entry(data: &[u8]) {
         }
     }
     if let Ok(value) = json::parse_value(body.unwrap_or_default(), usize::MAX) {
-        let _ = owner_ids_from_create_response(&value);
+        // The text reading agrees with the `Value` reading.
+        assert_eq!(
+            owner_ids_in(body.unwrap_or_default()).ok(),
+            Some(owner_ids_from_create_response(&value))
+        );
         let _ = owner_from_get_response(&value);
         let (kept, _) = filter_results("alice", value);
         let items = match &kept {

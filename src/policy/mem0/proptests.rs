@@ -350,3 +350,55 @@ proptest! {
         prop_assert_eq!(crate::policy::path::normalise(&crate::policy::path::encode(&decoded)), Ok(decoded));
     }
 }
+
+/// Create answers in mem0's shapes and off them: lists, `results` (also
+/// repeated, or not a list), items with odd ids and events, junk around.
+fn create_answer() -> impl Strategy<Value = String> {
+    let text = prop_oneof![
+        Just(json!("m1")),
+        Just(json!("m\"2\u{e9}")),
+        Just(json!("DELETE")),
+        Just(json!("ADD")),
+        Just(json!(7)),
+        Just(json!(null)),
+        Just(json!(["x"])),
+        Just(json!({"id": "inner"})),
+    ];
+    let item = prop::collection::vec(
+        (
+            prop_oneof![Just("id"), Just("event"), Just("memory"), Just("idx")],
+            text,
+        ),
+        0..5,
+    )
+    .prop_map(|members| {
+        // Repeated keys on purpose: the last one counts, as in a Value.
+        let body: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    });
+    let item = prop_oneof![4 => item, 1 => Just("3".to_owned()), 1 => Just("[\"id\"]".to_owned())];
+    let list = prop::collection::vec(item, 0..4).prop_map(|items| format!("[{}]", items.join(",")));
+    prop_oneof![
+        list.clone(),
+        (list.clone(), list.clone())
+            .prop_map(|(a, b)| format!("{{\"results\":{a},\"relations\":[],\"results\":{b}}}")),
+        list.clone()
+            .prop_map(|a| format!("{{\"detail\":\"x\",\"results\":{a}}}")),
+        list.prop_map(|a| format!("{{\"results\":{{\"results\":{a}}}}}")),
+        Just("\"results\"".to_owned()),
+        Just("null".to_owned()),
+    ]
+}
+
+proptest! {
+    /// Reading the ids straight from the text finds what the `Value` reading
+    /// finds, for every shape.
+    #[test]
+    fn created_ids_read_from_text_match_the_value_reading(text in create_answer()) {
+        let value: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(owner_ids_in(text.as_bytes()).unwrap(), owner_ids_from_create_response(&value));
+    }
+}

@@ -62,6 +62,161 @@ pub fn owner_ids_from_create_response(response: &Value) -> Vec<String> {
         .collect()
 }
 
+/// [`owner_ids_from_create_response`] read straight from the response text,
+/// without building a `Value` of it (a create answer is read on every
+/// `POST /memories`). An error when the text is not JSON.
+pub fn owner_ids_in(text: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    serde_json::from_slice::<Created>(text).map(|created| created.0)
+}
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A document read for one shape; anything else reads as `None` (as
+/// `Value::get` and `as_str` give nothing on another shape). Defines the
+/// scalar visits once for the readers below.
+macro_rules! otherwise_none {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    };
+}
+
+/// The ids a create answer reports: a list of items, or `results` of an
+/// object (the last one, as a `Value` keeps it).
+struct Created(Vec<String>);
+
+impl<'de> Deserialize<'de> for Created {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemsOr { top: true })
+            .map(|ids| Created(ids.unwrap_or_default()))
+    }
+}
+
+/// A list of items (their ids), or at the top an object with `results`.
+#[derive(Clone, Copy)]
+struct ItemsOr {
+    top: bool,
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor).map(|id| Item(id.flatten()))
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for ItemsOr {
+    type Value = Option<Vec<String>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsOr {
+    type Value = Option<Vec<String>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    otherwise_none!();
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut ids = Vec::new();
+        while let Some(Item(id)) = seq.next_element::<Item>()? {
+            ids.extend(id);
+        }
+        Ok(Some(ids))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut results = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.top && key == "results" {
+                results = map.next_value_seed(ItemsOr { top: false })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(results.filter(|_| self.top))
+    }
+}
+
+/// An item's id, unless it is not a string or the item's event is `DELETE`.
+struct Item(Option<String>);
+
+struct ItemVisitor;
+
+impl<'de> Visitor<'de> for ItemVisitor {
+    type Value = Option<Option<String>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    otherwise_none!();
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut event) = (None, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "id" => id = map.next_value::<Text>()?.0,
+                "event" => event = map.next_value::<Text>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(id.filter(|_| event.as_deref() != Some("DELETE"))))
+    }
+}
+
+/// A string value, or `None` for any other.
+struct Text(Option<String>);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            otherwise_none!();
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Some(text.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        d.deserialize_any(TextVisitor).map(Text)
+    }
+}
+
 /// The owner of a memory from mem0's `GET /memories/{id}` response, in the form
 /// [`super::decide_owner`] takes: `None` when mem0 answered `null` (no such
 /// memory) or something that is not an item, `Some("")` for a memory stored
