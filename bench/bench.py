@@ -412,6 +412,8 @@ class Memgate:
             "[server]",
             f"threads = {THREADS}",
             "grace_period_secs = 1",
+            # More [server] settings for an A/B run, e.g. "work_stealing = false".
+            *[line for line in os.environ.get("BENCH_SERVER_EXTRA", "").split(";") if line],
             extra,
         ]
         self.cfg.write_text("\n".join(lines) + "\n")
