@@ -280,7 +280,13 @@ pub fn take_response(
         .ok_or_else(|| HeadError("invalid status".into()))?;
     let version = version(parsed.version);
     let fields = ResponseFields(parsed.headers);
-    let length = fields.length()?;
+    // A bodiless answer's length frames nothing: one that cannot be read is
+    // left out rather than refused.
+    let bodiless = head_request || is_bodiless(status);
+    let length = match fields.length() {
+        Err(_) if bodiless => None,
+        length => length?,
+    };
     let framing = fields.framing(status, head_request, length)?;
     let keep_alive = version == Version::HTTP_11
         && framing != Framing::UntilClose
@@ -312,6 +318,12 @@ pub fn take_response(
         length,
         keep_alive,
     }))
+}
+
+/// 1xx, 204 and 304 answers have no body (RFC 9112 §6.3).
+fn is_bodiless(status: StatusCode) -> bool {
+    let code = status.as_u16();
+    code < 200 || code == 204 || code == 304
 }
 
 /// A response head's header lines as `httparse` found them.
@@ -366,8 +378,7 @@ impl<'b> ResponseFields<'_, 'b> {
         head_request: bool,
         length: Option<u64>,
     ) -> Result<Framing, HeadError> {
-        let status = status.as_u16();
-        if head_request || status < 200 || status == 204 || status == 304 {
+        if head_request || is_bodiless(status) {
             return Ok(Framing::Empty);
         }
         if let Some(last) = self.values("transfer-encoding").last() {
@@ -512,6 +523,19 @@ mod tests {
         // Declared even where no body follows (the answer to HEAD).
         assert_eq!((r.framing, r.length), (Framing::Empty, Some(7)));
         assert!(r.keep_alive);
+        // An unreadable length on a bodiless answer is left out, not refused.
+        for bodiless in [
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: abc\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bodiless);
+            let r = take_response(&mut buf, true).unwrap().unwrap();
+            assert_eq!(
+                (r.framing, r.length),
+                (Framing::Empty, None),
+                "{bodiless:?}"
+            );
+        }
         let mut close =
             BytesMut::from("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n");
         assert!(

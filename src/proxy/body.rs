@@ -91,7 +91,9 @@ pub fn frame_stream(header: &mut Relayed, session: &Session, length: Option<usiz
     let req = session.req_header();
     let bodiless =
         status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
-    if let Some(length) = length {
+    // 1xx and 204 answers never carry a length (RFC 9110 §8.6); HEAD and
+    // 304 answers may, for the body they stand for.
+    if let Some(length) = length.filter(|_| status >= 200 && status != 204) {
         header.set(http::header::CONTENT_LENGTH, length.into())?;
     } else if !bodiless && !session.is_http2() && req.version == http::Version::HTTP_11 {
         header.set(

@@ -194,7 +194,10 @@ pub fn upstream_request(
     keep: impl Fn(&HeaderName, &HeaderValue) -> bool,
 ) -> Result<RequestHead> {
     let invalid = |e: InvalidHead| Error::explain(ErrorType::InternalError, e.0);
-    let mut head = RequestHead::new(&client_req.method, path_and_query).map_err(invalid)?;
+    // A target that is not visible ASCII (HTTP/2 lets UTF-8 through; HTTP/1
+    // refused it when reading) is the client's error, and not passed on.
+    let mut head = RequestHead::new(&client_req.method, path_and_query)
+        .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), e.0))?;
     for (name, value) in passable(client_req, forward_credentials)? {
         if keep(name, value) {
             head.copy(name, value);
@@ -456,6 +459,12 @@ mod tests {
         assert!(
             upstream_request(&client, "/m", &id, "a\r\nx-b: c", false, "m", |_, _| true).is_err()
         );
+        // A target the upstream could read otherwise is the client's error: 400.
+        for target in ["/mcp/\u{e9}", "*"] {
+            let e = upstream_request(&client, target, &id, "alice", false, "m", |_, _| true)
+                .unwrap_err();
+            assert_eq!(e.etype(), &ErrorType::HTTPStatus(400), "{target}");
+        }
     }
 
     #[test]
