@@ -76,9 +76,18 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 
 /// A document read for one shape; anything else reads as `None` (as
 /// `Value::get` and `as_str` give nothing on another shape). Defines the
-/// scalar visits once for the readers below.
+/// scalar visits (with `str`, strings too) once for the readers below.
 macro_rules! otherwise_none {
+    (str) => {
+        otherwise_none!();
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    };
     () => {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
             Ok(None)
         }
@@ -129,13 +138,7 @@ impl<'de> de::DeserializeSeed<'de> for ItemsOr {
 
 impl<'de> Visitor<'de> for ItemsOr {
     type Value = Option<Vec<String>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    otherwise_none!();
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    otherwise_none!(str);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut ids = Vec::new();
         while let Some(Item(id)) = seq.next_element::<Item>()? {
@@ -163,13 +166,7 @@ struct ItemVisitor;
 
 impl<'de> Visitor<'de> for ItemVisitor {
     type Value = Option<Option<String>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    otherwise_none!();
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    otherwise_none!(str);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(None)
@@ -197,9 +194,6 @@ impl<'de> Deserialize<'de> for Text {
         struct TextVisitor;
         impl<'de> Visitor<'de> for TextVisitor {
             type Value = Option<String>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
             otherwise_none!();
             fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
                 Ok(Some(text.to_owned()))
