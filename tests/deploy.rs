@@ -808,11 +808,16 @@ impl Drop for Running {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: all held until every one is chosen (a port
+/// released at once may be handed out again by the next bind).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -827,14 +832,14 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 fn start_memgate() -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let admin = free_port();
+    let [admin, mcp, mem0] = free_ports::<3>();
     let listen = |port: u16| format!("127.0.0.1:{port}");
     std::fs::write(dir.path().join("none.toml"), "").unwrap();
     let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
     let child = Command::new(BIN)
         .env_clear()
-        .env("MEMGATE_MCP__LISTEN", listen(free_port()))
-        .env("MEMGATE_MEM0__LISTEN", listen(free_port()))
+        .env("MEMGATE_MCP__LISTEN", listen(mcp))
+        .env("MEMGATE_MEM0__LISTEN", listen(mem0))
         .env("MEMGATE_ADMIN__LISTEN", listen(admin))
         .args(["--config", "none.toml", "serve"])
         .current_dir(dir.path())

@@ -135,17 +135,23 @@ impl Drop for TestDb {
     }
 }
 
-/// A free local port (bound, then released for the process under test).
 /// Open file descriptors of a process (Linux `/proc`), for leak checks.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// A free local port (bound, then released for the process under test).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free local ports: all are held until every one is chosen,
+/// since a port released at once may be handed out again by the next bind.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<StdListener> = (0..N)
+        .map(|_| StdListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound port").port())
 }
 
 /// One request as the upstream saw it.
@@ -341,7 +347,7 @@ pub struct Memgate {
 impl Memgate {
     pub async fn start(cfg: MemgateConfig) -> Memgate {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mcp, mem0, admin) = (free_port(), free_port(), free_port());
+        let [mcp, mem0, admin] = free_ports::<3>();
         let text = format!(
             "[database]\nurl = {db:?}\nconnect_timeout_secs = 1\n\n\
              [mcp]\nlisten = \"127.0.0.1:{mcp}\"\nupstream = {mu:?}\nconnect_timeout_secs = 2\nforward_credentials = {fc}\n{mcpx}\n\n\
