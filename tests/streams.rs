@@ -1240,6 +1240,19 @@ async fn request_lines_that_could_be_read_two_ways_never_reach_the_upstream() {
     }
 }
 
+/// `OPTIONS *` is a valid HTTP/1 request line but names no resource behind
+/// memgate: refused, and nothing is passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_wide_options_request_never_reaches_the_upstream() {
+    let (upstream, _db, gate, token) = upstream_and_gate().await;
+    for (name, addr) in listeners(&gate) {
+        upstream.clear();
+        let resp = exchange_fresh(addr, head("OPTIONS", "*", &token, "")).await;
+        assert!((400..500).contains(&status(&resp)), "{name}: {resp:?}");
+        assert_only_control_reached(&upstream, addr, &token, name).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_chunked_body_on_a_checked_route_never_reaches_the_upstream() {
     let (upstream, _db, gate, token) = upstream_and_gate().await;

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use super::{has_token, is_hop_by_hop, parse_length};
+use super::{has_token, is_hop_by_hop, is_visible_ascii, parse_length};
 
 /// More header lines than this make a head malformed.
 pub const MAX_HEADERS: usize = 256;
@@ -179,9 +179,7 @@ pub fn take_request(buf: &mut BytesMut) -> Result<Option<Request>, HeadError> {
 /// method, in visible ASCII; anything else (a relative path, a scheme other than http(s)) is
 /// refused rather than routed on a guess.
 fn request_target(method: &Method, target: Bytes) -> Result<Uri, HeadError> {
-    // A URI is visible ASCII; raw bytes beyond it would reach the upstream
-    // as sent, to be read however it likes.
-    if !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+    if !is_visible_ascii(&target) {
         return refuse("request target is not visible ASCII");
     }
     let first = target.first().copied();

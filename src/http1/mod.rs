@@ -45,6 +45,12 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Whether a request target is visible ASCII, as a URI is: raw bytes beyond
+/// it would reach an upstream as sent, to be read however it likes.
+pub fn is_visible_ascii(target: &[u8]) -> bool {
+    target.iter().all(|b| (0x21..0x7f).contains(b))
+}
+
 /// Whether a comma-separated header (such as `Connection`) lists `token`.
 pub fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {

@@ -38,7 +38,7 @@ pub fn is_value(value: &[u8]) -> bool {
 impl RequestHead {
     /// `target` is origin-form (`/path?query`), visible ASCII.
     pub fn new(method: &Method, target: &str) -> Result<Self, InvalidHead> {
-        if !target.starts_with('/') || !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        if !target.starts_with('/') || !super::is_visible_ascii(target.as_bytes()) {
             return Err(InvalidHead("upstream request target is invalid"));
         }
         let mut bytes = BytesMut::with_capacity(256 + target.len());

@@ -7,8 +7,6 @@
 //! would quietly guess (invalid escapes, invalid UTF-8) memgate refuses, and an
 //! owner selector given twice is refused (parameter pollution, DESIGN.md §4).
 
-use std::fmt;
-
 use thiserror::Error;
 
 use super::deny::Deny;
@@ -113,12 +111,6 @@ impl Query {
     }
 }
 
-impl fmt::Display for Query {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.encoded())
-    }
-}
-
 /// Rebuilds `raw` (the query as sent, or `None`) with `user_id` forced to
 /// `user_id`, in canonical encoding.
 pub fn force_user_id(raw: Option<&str>, user_id: &str) -> Result<String, QueryError> {
@@ -203,7 +195,7 @@ mod tests {
         assert_eq!(force_user_id(None, "alice").unwrap(), "user_id=alice");
         let mut q = Query::parse("a=1&user_id=x").unwrap();
         q.set("a", "2");
-        assert_eq!(q.to_string(), "a=2&user_id=x");
+        assert_eq!(q.encoded(), "a=2&user_id=x");
     }
 
     #[test]

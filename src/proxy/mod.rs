@@ -342,6 +342,12 @@ fn oversized(req: &RequestHeader, shared: &Shared) -> Option<(u16, &'static str)
         .then_some((431, "Request headers too large (limits.max_header_bytes)"))
 }
 
+fn visible_target(req: &RequestHeader) -> bool {
+    req.uri
+        .path_and_query()
+        .is_none_or(|pq| crate::http1::is_visible_ascii(pq.as_str().as_bytes()))
+}
+
 /// The `X-MCP-Project` header, trimmed. A repeated or unreadable one reads as
 /// absent here; both listeners refuse such a request before forwarding it.
 fn project(req: &RequestHeader) -> Option<String> {
@@ -583,6 +589,17 @@ impl Gate {
             return self
                 .refuse_and_close(session, 405, "Method Not Allowed")
                 .await;
+        }
+        // memgate's HTTP/1 reader refused such a target already; pingora's
+        // HTTP/2 lets UTF-8 through. Refused the same way on both.
+        if session.is_http2() && !visible_target(session.req_header()) {
+            return errors::respond_error(
+                session,
+                self.listener,
+                400,
+                "Request target is not visible ASCII",
+            )
+            .await;
         }
         if self.respond_or_pass(session, ctx).await? {
             return Ok(());
@@ -904,5 +921,14 @@ mod tests {
         let mut bad = bare;
         bad.insert_header("x-request-id", "has space").unwrap();
         assert_eq!(request_id(&bad).len(), 32);
+    }
+
+    #[test]
+    fn only_visible_ascii_targets_pass() {
+        let target =
+            |t: &str| visible_target(&RequestHeader::build("GET", t.as_bytes(), None).unwrap());
+        assert!(target("/mcp?session_id=a%20b"));
+        assert!(!target("/mcp/caf\u{e9}"));
+        assert!(!target("/memories?q=\u{fc}"));
     }
 }
