@@ -445,8 +445,9 @@ pub struct ServerConfig {
     pub header_timeout_secs: u64,
     /// Seconds a kept-alive client connection may sit idle between requests.
     pub keepalive_idle_secs: u64,
-    /// Whether a listener's worker threads steal each other's tasks (one
-    /// shared runtime) or each runs its own (pingora's no-steal mode).
+    /// Whether a listener's worker threads share one work-stealing runtime
+    /// (pingora's listening service) or each runs its own runtime, listening
+    /// socket and connections (`crate::per_thread`).
     pub work_stealing: bool,
 }
 
@@ -459,7 +460,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_timeout_secs: 10,
             keepalive_idle_secs: 60,
-            work_stealing: true,
+            work_stealing: false,
         }
     }
 }

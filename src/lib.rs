@@ -11,6 +11,7 @@ pub mod http1;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ownership;
+pub mod per_thread;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::connections::{ConnectionRules, Guarded};
 use crate::lifecycle::InFlight;
 use crate::ownership::OwnerResolver;
+use crate::per_thread::{self, PerThread};
 use crate::policy::mcp::{McpPolicy, default_tool_rules};
 use crate::policy::mem0::Mem0Policy;
 use crate::proxy::Shared;
@@ -220,17 +221,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             connection_rules.clone(),
             listener.as_str(),
         );
-        let mut service = Service::new(listener.as_str().to_string(), guarded);
-        // pingora gives every connection a 64 KiB read buffer at accept; heads
-        // and bodies are read into buffers of their own, so it only costs
-        // memory on each idle connection.
-        let mut endpoint = ListenerConfig::tcp(cfg.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().read(0));
-        if let Some(cert) = &certificate {
-            endpoint = endpoint.tls(cert.settings()?);
+        let tls = certificate.as_ref().map(|c| c.settings()).transpose()?;
+        if config.server.work_stealing {
+            let mut service = Service::new(listener.as_str().to_string(), guarded);
+            // pingora gives every connection a 64 KiB read buffer at accept;
+            // heads and bodies are read into buffers of their own, so it only
+            // costs memory on each idle connection.
+            let mut endpoint = ListenerConfig::tcp(cfg.listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(0));
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls(tls);
+            }
+            service.add_listener(endpoint);
+            server.add_service(service);
+        } else {
+            let key = format!("{}.listen", listener.as_str());
+            let sockets = per_thread::bind(cfg.listen, config.server.threads)
+                .with_context(|| format!("{key}: cannot listen on {}", cfg.listen))?;
+            server.add_service(PerThread::new(listener.as_str(), sockets, tls, guarded));
         }
-        service.add_listener(endpoint);
-        server.add_service(service);
     }
     let mut admin =
         http_proxy_service_with_name(&server.configuration, AdminApi::new(store.clone()), "admin");

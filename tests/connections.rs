@@ -439,3 +439,145 @@ async fn idle_kept_alive_connections_are_closed_and_busy_ones_are_not() {
     .await;
     assert!(released.is_some(), "the closed connection is still counted");
 }
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The default serving model: each of `threads` worker threads has its own
+/// listening socket on the address (SO_REUSEPORT) and serves the connections
+/// it accepts. All of them are served, and no other process can bind the
+/// port beside them and take a share of the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_thread_listens_and_the_port_stays_memgates_alone() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.threads = 2;
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+
+    let names = thread_names(gate.pid());
+    for worker in ["mem0-0", "mem0-1", "mcp-0", "mcp-1"] {
+        assert!(
+            names.iter().any(|n| n == worker),
+            "no thread {worker}: {names:?}"
+        );
+    }
+
+    let request =
+        format!("GET /memories?user_id=alice HTTP/1.1\r\nHost: x\r\nX-MCP-Token: {token}\r\n\r\n");
+    let mut clients = connect_many(gate.mem0, 32).await;
+    for round in 0..3 {
+        for client in clients.iter_mut() {
+            client.write_all(request.as_bytes()).await.unwrap();
+        }
+        for client in clients.iter_mut() {
+            let answer = read_response(client).await;
+            assert_eq!(status_of(&answer), 200, "round {round}: {answer}");
+        }
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 96, "the upstream got {} requests", seen.len());
+    assert!(
+        seen.iter().all(|r| r.uri == "/memories?user_id=alice"),
+        "{:?}",
+        seen.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+
+    // A second memgate for the same mem0 address refuses to start.
+    let [mcp, admin] = free_ports::<2>();
+    let second = gate.config_path.with_file_name("second.toml");
+    let text = std::fs::read_to_string(&gate.config_path)
+        .unwrap()
+        .replace(&gate.mcp.to_string(), &format!("127.0.0.1:{mcp}"))
+        .replace(&gate.admin.to_string(), &format!("127.0.0.1:{admin}"));
+    std::fs::write(&second, text).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&second)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second memgate started on {}", gate.mem0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("mem0.listen: cannot listen on {}", gate.mem0)),
+        "{stderr}"
+    );
+
+    // The first one still serves.
+    let client = &mut clients[0];
+    client.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&read_response(client).await), 200);
+}
+
+/// `work_stealing = true` serves through pingora's listening service and one
+/// shared runtime: the same requests, the same ownership rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_work_stealing_runtime_serves_the_same_requests() {
+    let (_db, upstream, gate) = gate_with("work_stealing = true").await;
+    let token = gate.create_token("alice", &[]);
+    let names = thread_names(gate.pid());
+    assert!(
+        !names.iter().any(|n| n == "mem0-0"),
+        "per-thread workers with work_stealing = true: {names:?}"
+    );
+
+    let client = reqwest::Client::new();
+    let listed = client
+        .get(gate.mem0_url("/memories?user_id=bob"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 403, "another user's memories");
+    let created = client
+        .post(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", &token)
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "tea"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let pinged = client
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", &token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pinged.status(), 200);
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(seen[0].uri, "/memories");
+    assert_eq!(body["user_id"], "alice", "{body}");
+    assert_eq!(seen[1].uri, "/mcp");
+}

@@ -34,8 +34,8 @@ struct Progress {
 /// Interim (1xx) answers skipped before a final one; more is an error.
 const MAX_INTERIM: usize = 16;
 
-/// Idle connections kept per upstream: more than a busy listener keeps in
-/// flight, so bursts reuse rather than dial.
+/// Idle connections kept per upstream and thread: more than a busy listener
+/// keeps in flight, so bursts reuse rather than dial.
 const MAX_IDLE: usize = 256;
 
 /// A response head from the upstream: its status and end-to-end header

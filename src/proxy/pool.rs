@@ -7,9 +7,15 @@
 //! the upstream closed it meanwhile is checked when it is taken (one
 //! non-blocking read), and connections idle longer than the idle timeout are
 //! dropped then or when another connection is returned.
+//!
+//! Idle connections are kept per thread: a socket is registered with the
+//! runtime of the thread that dialled it, and with `server.work_stealing =
+//! false` every thread has its own runtime. A connection used from another
+//! one would have each of its readiness events cross threads.
 
 use std::pin::pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -24,10 +30,22 @@ struct Idle {
     since: Instant,
 }
 
+/// Lists per pool; threads beyond this many share them (still correct, only
+/// slower when their runtimes differ).
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's list, the same in every pool.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
 pub struct IdlePool {
-    /// Oldest first; taken from the back, so busy connections stay warm and
-    /// the ones at the front age out.
-    idle: Mutex<Vec<Idle>>,
+    /// Per thread, oldest first; taken from the back, so busy connections
+    /// stay warm and the ones at the front age out.
+    shards: [Mutex<Vec<Idle>>; SHARDS],
+    /// Idle connections kept per thread.
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -35,14 +53,17 @@ pub struct IdlePool {
 impl IdlePool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         IdlePool {
-            idle: Mutex::new(Vec::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
             max_idle,
             idle_timeout,
         }
     }
 
+    /// The calling thread's list.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[SHARD.with(|s| *s)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently returned connection to `peer` that is still open.
@@ -145,6 +166,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(pool.take(1).map(|s| s.id()), Some(open_id));
         assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn another_thread_does_not_get_the_connection() {
+        let pool = std::sync::Arc::new(IdlePool::new(8, Duration::from_secs(60)));
+        let (a, _sa) = pair().await;
+        let a_id = a.id();
+        pool.put(a, 1);
+        let elsewhere = pool.clone();
+        let taken = std::thread::spawn(move || elsewhere.take(1).is_some())
+            .join()
+            .unwrap();
+        assert!(!taken, "each thread has its own idle connections");
+        assert_eq!(pool.take(1).map(|s| s.id()), Some(a_id));
     }
 
     #[tokio::test]

@@ -306,6 +306,8 @@ pub struct MemgateConfig {
     pub rate_limit: String,
     /// Extra keys for `[audit]` (the spool always lives in the test's directory).
     pub audit: String,
+    /// `[server] threads` (default 1).
+    pub threads: usize,
     /// Keys for `[server]` besides `threads` (default: a 1 s grace period).
     pub server: String,
     /// Extra keys for `[mem0]` (e.g. `allowed_routes = ["GET /sse"]`).
@@ -326,6 +328,7 @@ impl MemgateConfig {
             auth: String::new(),
             rate_limit: "per_token_rps = 0\nfailed_auth_per_ip_per_min = 1000000".into(),
             audit: String::new(),
+            threads: 1,
             server: "grace_period_secs = 1".into(),
             mem0_extra: String::new(),
             mcp_extra: String::new(),
@@ -356,7 +359,7 @@ impl Memgate {
              [auth]\n{auth}\n\n\
              [rate_limit]\n{rate_limit}\n\n\
              [audit]\nspool_dir = {spool:?}\n{audit}\n\n\
-             [server]\nthreads = 1\n{server}\n\n{extra}\n",
+             [server]\nthreads = {threads}\n{server}\n\n{extra}\n",
             db = cfg.database_url,
             mu = cfg.mcp_upstream,
             m0 = cfg.mem0_upstream,
@@ -365,6 +368,7 @@ impl Memgate {
             rate_limit = cfg.rate_limit,
             spool = dir.path().join("spool").display().to_string(),
             audit = cfg.audit,
+            threads = cfg.threads,
             server = cfg.server,
             m0x = cfg.mem0_extra,
             mcpx = cfg.mcp_extra,

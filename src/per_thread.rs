@@ -1,0 +1,212 @@
+//! A proxied listener served by `server.threads` threads that share nothing
+//! per request: each thread has its own single-threaded tokio runtime and its
+//! own listening socket on the same address (`SO_REUSEPORT`, so the kernel
+//! spreads new connections over them), and serves every connection it
+//! accepted from start to finish, upstream connections included
+//! (`proxy::pool` keeps idle ones per thread).
+//!
+//! A shared work-stealing runtime (`server.work_stealing = true`, pingora's
+//! own listening service) hands readiness events and tasks between threads
+//! and parks and wakes workers that a proxy's short requests keep busy only
+//! in bursts; pingora's no-steal mode accepts on one thread and spawns each
+//! connection on a random other one. Both cost CPU on every request
+//! (bench/results/analysis.md, "Eighth pass").
+//!
+//! pingora still runs the process: this is one of its services, started and
+//! stopped with the others, and TLS is its rustls acceptor.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::listener::Listener;
+use pingora::server::ListenFds;
+use pingora::server::ShutdownWatch;
+use pingora::services::Service;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Connections waiting to be accepted, per socket (pingora's value).
+const BACKLOG: i32 = 65535;
+/// A TLS handshake not done by then is dropped (pingora's value).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Linux's errno for "too many open files".
+const EMFILE: i32 = 24;
+
+/// `count` listening sockets on `addr`, all with `SO_REUSEPORT`.
+///
+/// Bind without it first (`server::check_bindable`): any other socket on the
+/// port then fails that bind, so a second memgate cannot quietly share the
+/// port and its connections with this one.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    (0..count)
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.bind(&addr.into())?;
+            socket.listen(BACKLOG)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// The pingora service that runs one listener's threads.
+pub struct PerThread<A> {
+    name: String,
+    sockets: Vec<std::net::TcpListener>,
+    tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    app: Arc<A>,
+}
+
+impl<A> PerThread<A> {
+    /// One thread per socket in `sockets` (from [`bind`]).
+    pub fn new(
+        name: &str,
+        sockets: Vec<std::net::TcpListener>,
+        tls: Option<TlsSettings>,
+        app: A,
+    ) -> Self {
+        PerThread {
+            name: name.to_string(),
+            sockets,
+            tls: tls.map(|settings| Arc::new(settings.build())),
+            app: Arc::new(app),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for PerThread<A> {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        for (index, socket) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
+            let (app, tls, stop) = (self.app.clone(), self.tls.clone(), shutdown.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{index}", self.name))
+                .spawn(move || serve_thread(socket, tls, app, stop));
+            if let Err(e) = spawned {
+                // Without its threads the listener would accept nothing.
+                tracing::error!(listener = %self.name, error = %e, "cannot start a worker thread");
+                std::process::exit(1);
+            }
+        }
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        // As pingora's own listening service does once its accept loops end:
+        // kept-alive connections waiting for a request close now.
+        self.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The service's own runtime only waits for the stop; the work is done
+    /// on the threads started above.
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}
+
+/// One worker thread: accepts on its socket until the stop, and keeps running
+/// the connections it has until the process ends (the graceful stop in
+/// `server` waits for in-flight requests, then exits).
+fn serve_thread<A: ServerApp + Send + Sync + 'static>(
+    socket: std::net::TcpListener,
+    tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    app: Arc<A>,
+    shutdown: ShutdownWatch,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker thread's runtime");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        match tokio::net::TcpListener::from_std(socket) {
+            Ok(listener) => accept_loop(Listener::from(listener), tls, app, shutdown).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch a listening socket");
+                std::process::exit(1);
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: Listener,
+    tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    app: Arc<A>,
+    mut shutdown: ShutdownWatch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors: accept would fail again at once.
+                if e.raw_os_error() == Some(EMFILE) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay() {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let stream: Stream = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.tls_handshake(stream)).await {
+                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        });
+    }
+}
