@@ -48,9 +48,8 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
-            if addr.is_ipv6() {
-                socket.set_only_v6(true)?;
-            }
+            // IPV6_V6ONLY stays the system's default, as with pingora's
+            // listeners: `[::]` also takes IPv4 clients on Linux.
             socket.bind(&addr.into())?;
             socket.listen(BACKLOG)?;
             socket.set_nonblocking(true)?;
