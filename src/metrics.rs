@@ -216,7 +216,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "runtime_tasks",
-                        "Tasks alive on a listener's runtime (connections, streams, watchers), as of its last request.",
+                        "Tasks alive on a listener's runtimes (connections, streams, watchers), summed over its worker threads, each as of its last request.",
                     )
                     .namespace("memgate"),
                     &["listener"],

@@ -15,9 +15,11 @@
 //! pingora still runs the process: this is one of its services, started and
 //! stopped with the others, and TLS is its rustls acceptor.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +30,7 @@ use pingora::protocols::l4::listener::Listener;
 use pingora::server::ListenFds;
 use pingora::server::ShutdownWatch;
 use pingora::services::Service;
+use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Connections waiting to be accepted, per socket (pingora's value).
@@ -36,6 +39,48 @@ const BACKLOG: i32 = 65535;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Linux's errno for "too many open files".
 const EMFILE: i32 = 24;
+
+thread_local! {
+    /// This thread's place among its listener's workers; `None` on threads
+    /// that are not per-thread workers (a shared runtime's, the background's).
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// `memgate_runtime_tasks` for one listener: the live tasks of the runtime a
+/// request ran on, or with a runtime per thread, the sum over the listener's
+/// threads as each last reported (a leak shows whichever thread has it).
+pub struct RuntimeTasks {
+    gauge: IntGauge,
+    per_worker: Box<[AtomicI64]>,
+}
+
+impl RuntimeTasks {
+    pub fn new(gauge: IntGauge, threads: usize) -> Self {
+        RuntimeTasks {
+            gauge,
+            per_worker: (0..threads).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// Called after each request, on the runtime that served it.
+    pub fn record(&self) {
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as i64;
+        match WORKER.get().and_then(|i| self.per_worker.get(i)) {
+            Some(slot) => {
+                slot.store(alive, Ordering::Relaxed);
+                self.gauge.set(
+                    self.per_worker
+                        .iter()
+                        .map(|n| n.load(Ordering::Relaxed))
+                        .sum(),
+                );
+            }
+            None => self.gauge.set(alive),
+        }
+    }
+}
 
 /// `count` listening sockets on `addr`, all with `SO_REUSEPORT`.
 ///
@@ -95,7 +140,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for PerThread<A> {
             let (app, tls, stop) = (self.app.clone(), self.tls.clone(), shutdown.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{index}", self.name))
-                .spawn(move || serve_thread(socket, tls, app, stop));
+                .spawn(move || serve_thread(socket, tls, app, stop, index));
             if let Err(e) = spawned {
                 // Without its threads the listener would accept nothing.
                 tracing::error!(listener = %self.name, error = %e, "cannot start a worker thread");
@@ -131,7 +176,9 @@ fn serve_thread<A: ServerApp + Send + Sync + 'static>(
     tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
     app: Arc<A>,
     shutdown: ShutdownWatch,
+    index: usize,
 ) {
+    WORKER.set(Some(index));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

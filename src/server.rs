@@ -215,6 +215,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             cfg.forward_credentials,
             config.isolation.mode(),
             flow,
+            config.server.threads,
         );
         let guarded = Guarded::new(
             crate::proxy::Listening::new(gate),

@@ -486,6 +486,15 @@ async fn every_worker_thread_listens_and_the_port_stays_memgates_alone() {
             assert_eq!(status_of(&answer), 200, "round {round}: {answer}");
         }
     }
+    // Each open connection is a live task on its thread's runtime; the gauge
+    // adds up the threads (one thread's count alone would be about half).
+    let tasks = gate
+        .metric("memgate_runtime_tasks{listener=\"mem0\"}")
+        .await;
+    assert!(
+        tasks >= 32.0,
+        "runtime tasks {tasks} for 32 open connections"
+    );
     let seen = upstream.requests();
     assert_eq!(seen.len(), 96, "the upstream got {} requests", seen.len());
     assert!(

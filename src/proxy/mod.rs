@@ -34,6 +34,7 @@ use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::{Authenticator, Denial, PresentedHeaders};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::METRICS;
+use crate::per_thread::RuntimeTasks;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{RateLimits, RetryAfter};
@@ -122,6 +123,8 @@ pub struct Gate {
     isolation: IsolationMode,
     flow: Flow,
     stopping: Stopping,
+    request_duration: prometheus::Histogram,
+    runtime_tasks: RuntimeTasks,
 }
 
 /// The listener-specific part of the request flow.
@@ -147,7 +150,9 @@ impl Gate {
         forward_credentials: bool,
         isolation: IsolationMode,
         flow: Flow,
+        threads: usize,
     ) -> Self {
+        let label = [listener.as_str()];
         Gate {
             listener,
             shared,
@@ -156,6 +161,11 @@ impl Gate {
             isolation,
             flow,
             stopping: Stopping::default(),
+            request_duration: METRICS.request_duration.with_label_values(&label),
+            runtime_tasks: RuntimeTasks::new(
+                METRICS.runtime_tasks.with_label_values(&label),
+                threads,
+            ),
         }
     }
 
@@ -824,17 +834,11 @@ impl Gate {
             .requests
             .with_label_values(&[listener, ctx.route, status_label(status)])
             .inc();
-        METRICS
-            .request_duration
-            .with_label_values(&[listener])
+        self.request_duration
             .observe(ctx.started.elapsed().as_secs_f64());
-        // Each listener runs on its own runtime: its live task count (client
-        // connections, streams, watchers) shows leaks. An atomic read.
-        METRICS.runtime_tasks.with_label_values(&[listener]).set(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks() as i64,
-        );
+        // Each listener runs on runtimes of its own: their live task count
+        // (client connections, streams, watchers) shows leaks. Atomic reads.
+        self.runtime_tasks.record();
         if let Some(e) = e {
             tracing::info!(listener, status, error = %e, "request failed");
         }
