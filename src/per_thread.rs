@@ -30,6 +30,7 @@ use pingora::protocols::l4::listener::Listener;
 use pingora::server::ListenFds;
 use pingora::server::ShutdownWatch;
 use pingora::services::Service;
+use pingora::services::listening::Service as ListeningService;
 use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -84,10 +85,11 @@ impl RuntimeTasks {
 
 /// `count` listening sockets on `addr`, all with `SO_REUSEPORT`.
 ///
-/// Bind without it first (`server::check_bindable`): any other socket on the
-/// port then fails that bind, so a second memgate cannot quietly share the
-/// port and its connections with this one.
+/// The address is first bound once without that option and released: any
+/// other socket on the port fails that bind, so memgate does not quietly
+/// share the port and its clients with a program already listening there.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    drop(std::net::TcpListener::bind(addr)?);
     (0..count)
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -233,8 +235,8 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         }
         let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let stream: Stream = match tls {
-                None => Box::new(stream),
+            let stream = match tls {
+                None => Box::new(stream) as Stream,
                 Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.tls_handshake(stream)).await {
                         Ok(Ok(tls_stream)) => Box::new(tls_stream),
@@ -249,10 +251,33 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     }
                 }
             };
-            let mut next = app.process_new(stream, &shutdown).await;
-            while let Some(stream) = next {
-                next = app.process_new(stream, &shutdown).await;
-            }
+            // pingora's own per-connection loop (a stream handed back is
+            // served again).
+            ListeningService::<A>::handle_event(stream, app, shutdown).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sockets_share_the_port_with_each_other_only() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap();
+        assert!(bind(busy, 2).is_err(), "joined a port another socket holds");
+        drop(taken);
+
+        let sockets = bind(busy, 2).unwrap();
+        assert_eq!(sockets.len(), 2);
+        assert!(
+            std::net::TcpListener::bind(busy).is_err(),
+            "another socket bound beside the workers"
+        );
+        assert!(
+            bind(busy, 1).is_err(),
+            "a second set joined the workers' port"
+        );
     }
 }

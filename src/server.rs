@@ -45,7 +45,11 @@ use crate::tls::ReloadingCert;
 fn check_bindable(key: &str, addr: SocketAddr) -> anyhow::Result<()> {
     TcpListener::bind(addr)
         .map(drop)
-        .with_context(|| format!("{key}: cannot listen on {addr}"))
+        .with_context(|| cannot_listen(key, addr))
+}
+
+fn cannot_listen(key: &str, addr: SocketAddr) -> String {
+    format!("{key}: cannot listen on {addr}")
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -236,9 +240,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             service.add_listener(endpoint);
             server.add_service(service);
         } else {
-            let key = format!("{}.listen", listener.as_str());
-            let sockets = per_thread::bind(cfg.listen, config.server.threads)
-                .with_context(|| format!("{key}: cannot listen on {}", cfg.listen))?;
+            let sockets =
+                per_thread::bind(cfg.listen, config.server.threads).with_context(|| {
+                    cannot_listen(&format!("{}.listen", listener.as_str()), cfg.listen)
+                })?;
             server.add_service(PerThread::new(listener.as_str(), sockets, tls, guarded));
         }
     }

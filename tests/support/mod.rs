@@ -522,6 +522,29 @@ pub fn cli(config: &std::path::Path, args: &[&str]) -> Output {
         .expect("run memgate")
 }
 
+/// Like [`cli`], for a command that should end by itself (e.g. a `serve`
+/// that must refuse to start): killed if still running after `limit`.
+pub fn cli_within(config: &std::path::Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run memgate");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait for memgate").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("memgate output")
+}
+
 /// A command's stdout, asserting it succeeded.
 pub fn ok(out: &Output) -> String {
     assert!(
