@@ -93,6 +93,10 @@ pub struct Forward {
     pub scope: String,
 }
 
+/// A body under the owner rules: the effective scope, and the bytes to send
+/// instead of the client's (`None`: send them as sent).
+type ScopedBody = (String, Option<Vec<u8>>);
+
 /// The request may go ahead only if the memory belongs to `scope`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeedOwner {
@@ -213,21 +217,14 @@ impl Mem0Policy {
             )));
         }
         let mut query = Query::parse(query.unwrap_or(""))?;
-        let mut json = self.read_body(matched.route, content_type, body)?;
-        let (effective, edit) = match json.as_mut() {
-            Some(object) => scope_json(identity, scope, matched.route, object)?,
-            None => (scope.to_owned(), Edit::Unchanged),
-        };
+        let (effective, body) =
+            match self.scope_plain_body(identity, scope, matched.route, content_type, body) {
+                Some(scoped) => scoped?,
+                None => {
+                    self.scope_parsed_body(identity, scope, matched.route, content_type, body)?
+                }
+            };
         let effective = scope_query(identity, scope, matched.route, &mut query, effective)?;
-        let body = json.and_then(|object| match (edit, body, object.get("user_id")) {
-            (Edit::Unchanged, ..) => None,
-            // The common create: the body as sent with its owner in front,
-            // not parsed and serialized again (a third of a POST's cost).
-            (Edit::AddedUserId, Some(sent), Some(Value::String(owner))) => {
-                Some(json::with_leading_member(sent, "user_id", owner))
-            }
-            _ => Some(json::to_bytes(&object)),
-        });
         let forward = Forward {
             route: matched.route,
             path,
@@ -246,6 +243,68 @@ impl Mem0Policy {
             })),
             None => Err(Deny::route_not_found()),
         }
+    }
+
+    /// The owner rules for a create or update body whose only `user_id` is
+    /// a plain top-level string or absent, decided from a scan that builds
+    /// nothing ([`json::top_level_string`]). Gives the effective scope and
+    /// the bytes to send instead of the client's (`None`: as sent), exactly as
+    /// [`scope_parsed_body`](Self::scope_parsed_body) would. `None`: the body
+    /// needs that full parse (anything else, including every refusal of its
+    /// shape or syntax).
+    fn scope_plain_body(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        route: Route,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Option<Result<ScopedBody, Deny>> {
+        let inject = match route {
+            Route::CreateMemories => true,
+            Route::UpdateMemory => false,
+            _ => return None,
+        };
+        let sent = body.filter(|_| is_json_content_type(content_type))?;
+        let requested = json::top_level_string(sent, self.max_json_depth, "user_id")?;
+        let effective = match check_requested_user(identity, scope, requested) {
+            Ok(effective) => effective,
+            Err(deny) => return Some(Err(deny)),
+        };
+        let body = match requested {
+            Some(named) if named == effective => None,
+            // Another spelling of the caller: rewritten by the full path.
+            Some(_) => return None,
+            // The common create: the body as sent with its owner in front,
+            // not parsed and serialized again.
+            None if inject => Some(json::with_leading_member(sent, "user_id", &effective)),
+            None => None,
+        };
+        Some(Ok((effective, body)))
+    }
+
+    /// The owner rules for any body, on its parsed tree: the effective scope
+    /// and the bytes to send instead of the client's (`None`: as sent).
+    fn scope_parsed_body(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        route: Route,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<ScopedBody, Deny> {
+        let Some(mut object) = self.read_body(route, content_type, body)? else {
+            return Ok((scope.to_owned(), None));
+        };
+        let (effective, edit) = scope_json(identity, scope, route, &mut object)?;
+        let body = match (edit, body, object.get("user_id")) {
+            (Edit::Unchanged, ..) => None,
+            (Edit::AddedUserId, Some(sent), Some(Value::String(owner))) => {
+                Some(json::with_leading_member(sent, "user_id", owner))
+            }
+            _ => Some(json::to_bytes(&object)),
+        };
+        Ok((effective, body))
     }
 
     /// Body checks in DESIGN.md order: 413 (done by the caller), 415, 400.

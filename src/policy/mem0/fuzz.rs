@@ -138,7 +138,24 @@ pub fn fuzz_entry(data: &[u8]) {
             };
             assert!(forwards_only_scope(&forward, body), "{forward:?}");
             assert!(is_admin || forward.route == Route::AllowListed || forward.scope == scope);
+            for route in [Route::CreateMemories, Route::UpdateMemory] {
+                let content_type = request.content_type;
+                let body = request.body.filter(|bytes| !bytes.is_empty());
+                if let Some(plain) =
+                    policy.scope_plain_body(&identity, &scope, route, content_type, body)
+                {
+                    let parsed =
+                        policy.scope_parsed_body(&identity, &scope, route, content_type, body);
+                    assert_eq!(plain, parsed, "the scan's shortcut decided otherwise");
+                }
+            }
         }
+    }
+    let body_bytes = body.unwrap_or_default();
+    for max_depth in [1, 3, 16] {
+        assert!(json::scan_agrees_with_parse(
+            body_bytes, max_depth, "user_id"
+        ));
     }
     if let Ok(value) = json::parse_value(body.unwrap_or_default(), usize::MAX) {
         // The text reading agrees with the `Value` reading.

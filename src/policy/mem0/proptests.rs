@@ -121,6 +121,32 @@ fn json_body() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Bodies whose only owner is at the top (or none): what the scan's
+/// shortcut takes, with the spellings it must leave to the full parse.
+fn top_level_only_body() -> impl Strategy<Value = String> {
+    let owner = prop_oneof![
+        2 => Just(String::new()),
+        6 => name().prop_map(|n| format!("\"user_id\":{},", Value::String(n))),
+        1 => Just("\"user_id\":null,".to_owned()),
+        1 => Just("\"user_id\":\"\\u0061lice\",".to_owned()),
+        1 => Just("\"user_id\":\"bob\",\"user_id\":\"alice\",".to_owned()),
+    ];
+    let rest = prop_oneof![
+        Just(r#""messages":[{"role":"user","content":"tea \"please\"\n"}]"#),
+        Just(r#""metadata":{"topic":"x","n":[1,-2.5,true,null]},"infer":false"#),
+        Just(r#""memory":"new text""#),
+        Just(r#""data":"x","data":"y""#),
+        Just(r#""n":1e3"#),
+    ];
+    (owner, rest, any::<bool>()).prop_map(|(owner, rest, spaced)| {
+        if spaced {
+            format!("{{ {owner}\n {rest} }}")
+        } else {
+            format!("{{{owner}{rest}}}")
+        }
+    })
+}
+
 /// Request bodies: mostly [`json_body`], sometimes with a second `user_id`
 /// smuggled in (plainly or escaped), sometimes not JSON at all.
 fn body() -> impl Strategy<Value = Option<String>> {
@@ -320,6 +346,25 @@ proptest! {
         prop_assert!(forwards_only_scope(&forward, request.body), "{:?}", forward);
         if !admin {
             prop_assert_eq!(&forward.scope, &scope);
+        }
+    }
+
+    /// The scan's shortcut decides every body it takes exactly as the parsed
+    /// tree does: same scope, same bytes sent, same refusal.
+    #[test]
+    fn plain_bodies_are_scoped_as_parsed_ones(
+        route in prop::sample::select(vec![Route::CreateMemories, Route::UpdateMemory, Route::Search]),
+        body in prop_oneof![body(), top_level_only_body().prop_map(Some)],
+        who in identity(),
+        mode in mode(),
+        project in prop_oneof![Just(None), Just(Some("/src/app"))],
+    ) {
+        let policy = Mem0Policy { mode, ..Mem0Policy::default() };
+        let scope = policy.scope_for(&who, project);
+        let sent = body.as_deref().map(str::as_bytes);
+        let json = Some("application/json");
+        if let Some(plain) = policy.scope_plain_body(&who, &scope, route, json, sent) {
+            prop_assert_eq!(plain, policy.scope_parsed_body(&who, &scope, route, json, sent));
         }
     }
 

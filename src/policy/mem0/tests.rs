@@ -1231,3 +1231,27 @@ fn fuzz_entry_survives_samples() {
         fuzz_entry(sample);
     }
 }
+
+#[test]
+fn an_ordinary_create_is_scoped_without_building_a_tree() {
+    let policy = Mem0Policy::default();
+    let body = br#"{"messages":[{"role":"user","content":"I prefer tea"}],"metadata":{"source":"cli"},"infer":false}"#;
+    let plain = policy.scope_plain_body(&alice(), "alice", Route::CreateMemories, JSON, Some(body));
+    let expected = br#"{"user_id":"alice","messages":[{"role":"user","content":"I prefer tea"}],"metadata":{"source":"cli"},"infer":false}"#;
+    assert_eq!(
+        plain,
+        Some(Ok(("alice".to_owned(), Some(expected.to_vec()))))
+    );
+    let own = br#"{"user_id":"alice","memory":"x"}"#;
+    let plain = policy.scope_plain_body(&alice(), "alice", Route::UpdateMemory, JSON, Some(own));
+    assert_eq!(plain, Some(Ok(("alice".to_owned(), None))));
+    let other = br#"{"user_id":"bob","messages":[]}"#;
+    let plain =
+        policy.scope_plain_body(&alice(), "alice", Route::CreateMemories, JSON, Some(other));
+    assert!(matches!(plain, Some(Err(deny)) if deny.status == 403));
+    // A nested user_id is a filter condition: the parsed tree decides it.
+    let nested = br#"{"metadata":{"user_id":"alice"},"messages":[]}"#;
+    let plain =
+        policy.scope_plain_body(&alice(), "alice", Route::CreateMemories, JSON, Some(nested));
+    assert_eq!(plain, None);
+}
