@@ -18,7 +18,7 @@ use crate::policy::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_results,
-    owner_ids_in,
+    foreign_items_in, owner_ids_in,
 };
 use crate::policy::path;
 
@@ -291,21 +291,22 @@ impl Mem0Flow {
                     self.owners.record(id, &forward.scope).await;
                 }
             }
-            if route.filters_results() {
+            // Read without a tree first; built only to drop foreign items.
+            if route.filters_results()
+                && foreign_items_in(&forward.scope, &body).map_err(unreadable)? > 0
+            {
                 let parsed: Value = serde_json::from_slice(&body).map_err(unreadable)?;
                 let (filtered, dropped) = filter_results(&forward.scope, parsed);
-                if dropped > 0 {
-                    tracing::warn!(
-                        route = route.label(),
-                        dropped,
-                        "mem0 returned other users' memories (it ignored the user filter); dropped them"
-                    );
-                    METRICS
-                        .response_items_dropped
-                        .with_label_values(&[route.label()])
-                        .inc_by(dropped as u64);
-                    body = Bytes::from(crate::policy::json::to_bytes(&filtered));
-                }
+                tracing::warn!(
+                    route = route.label(),
+                    dropped,
+                    "mem0 returned other users' memories (it ignored the user filter); dropped them"
+                );
+                METRICS
+                    .response_items_dropped
+                    .with_label_values(&[route.label()])
+                    .inc_by(dropped as u64);
+                body = Bytes::from(crate::policy::json::to_bytes(&filtered));
             }
         }
         if ok

@@ -298,7 +298,10 @@ impl<'a> Scan<'a, '_> {
 fn plain_run(rest: &[u8]) -> usize {
     let mut at = 0;
     for chunk in rest.chunks_exact(16) {
-        if chunk.iter().fold(false, |marked, &b| marked | needs_attention(b)) {
+        if chunk
+            .iter()
+            .fold(false, |marked, &b| marked | needs_attention(b))
+        {
             break;
         }
         at += 16;

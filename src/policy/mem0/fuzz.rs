@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::{Decision, Forward, Mem0Policy, Mem0Request, Route, decide_owner};
 use super::{
-    filter_results, owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
+    filter_results, foreign_items_in, owner_from_get_response, owner_ids_from_create_response,
+    owner_ids_in,
 };
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
@@ -164,7 +165,9 @@ pub fn fuzz_entry(data: &[u8]) {
             Some(owner_ids_from_create_response(&value))
         );
         let _ = owner_from_get_response(&value);
-        let (kept, _) = filter_results("alice", value);
+        let foreign = foreign_items_in("alice", body.unwrap_or_default()).ok();
+        let (kept, dropped) = filter_results("alice", value);
+        assert_eq!(foreign, Some(dropped), "the text reading counts otherwise");
         let items = match &kept {
             Value::Array(items) => Some(items),
             other => other.get("results").and_then(Value::as_array),

@@ -438,6 +438,42 @@ fn create_answer() -> impl Strategy<Value = String> {
     ]
 }
 
+/// List and search answers in mem0's shapes and off them.
+fn list_answer() -> impl Strategy<Value = String> {
+    let owner = prop_oneof![
+        Just("\"alice\""),
+        Just("\"al\\u0069ce\""),
+        Just("\"bob\""),
+        Just("\"\""),
+        Just("null"),
+        Just("7"),
+        Just("[\"alice\"]"),
+        Just("{\"eq\":\"alice\"}"),
+    ];
+    let member = prop_oneof![
+        owner.prop_map(|o| format!("\"user_id\":{o}")),
+        Just("\"memory\":\"x\"".to_owned()),
+        Just("\"metadata\":{\"user_id\":\"bob\"}".to_owned()),
+    ];
+    let item = prop_oneof![
+        6 => prop::collection::vec(member, 0..4).prop_map(|m| format!("{{{}}}", m.join(","))),
+        1 => Just("3".to_owned()),
+        1 => Just("\"alice\"".to_owned()),
+        1 => Just("[{\"user_id\":\"alice\"}]".to_owned()),
+    ];
+    let list = prop::collection::vec(item, 0..5).prop_map(|items| format!("[{}]", items.join(",")));
+    prop_oneof![
+        list.clone(),
+        list.clone().prop_map(|a| format!("{{\"results\":{a}}}")),
+        (list.clone(), list.clone())
+            .prop_map(|(a, b)| format!("{{\"results\":{a},\"relations\":[],\"results\":{b}}}")),
+        list.clone()
+            .prop_map(|a| format!("{{\"results\":{{\"results\":{a}}}}}")),
+        list.prop_map(|a| format!("{{\"results\":\"x\",\"other\":{a}}}")),
+        Just("null".to_owned()),
+    ]
+}
+
 proptest! {
     /// Reading the ids straight from the text finds what the `Value` reading
     /// finds, for every shape.
@@ -445,5 +481,18 @@ proptest! {
     fn created_ids_read_from_text_match_the_value_reading(text in create_answer()) {
         let value: Value = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(owner_ids_in(text.as_bytes()).unwrap(), owner_ids_from_create_response(&value));
+    }
+
+    /// Counting foreign items straight from the text finds as many as
+    /// filtering the `Value` drops, for list and search answers of every
+    /// shape (items owned by others, by nobody, twice, or not items at all).
+    #[test]
+    fn foreign_items_read_from_text_match_the_filter(
+        text in list_answer(),
+        scope in prop_oneof![Just("alice"), Just("bob"), Just("")],
+    ) {
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let (_, dropped) = filter_results(scope, value);
+        prop_assert_eq!(foreign_items_in(scope, text.as_bytes()).unwrap(), dropped);
     }
 }

@@ -74,36 +74,48 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// A document read for one shape; anything else reads as `None` (as
-/// `Value::get` and `as_str` give nothing on another shape). Defines the
-/// scalar visits (with `str`, strings too) once for the readers below.
-macro_rules! otherwise_none {
-    (str) => {
-        otherwise_none!();
+/// A document read for one shape; anything else reads as the given answer
+/// (`None`, as `Value::get` and `as_str` give nothing on another shape, or
+/// `false`). Defines the scalar visits (with `str`, strings too) once for the
+/// readers below.
+macro_rules! otherwise {
+    ($answer:expr, str) => {
+        otherwise!($answer);
         fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
     };
-    () => {
+    ($answer:expr) => {
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON value")
         }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
         fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
         fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
         fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok($answer)
         }
     };
+}
+
+/// Reads past a list or an object that does not matter.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
 }
 
 /// The ids a create answer reports: a list of items, or `results` of an
@@ -138,7 +150,7 @@ impl<'de> de::DeserializeSeed<'de> for ItemsOr {
 
 impl<'de> Visitor<'de> for ItemsOr {
     type Value = Option<Vec<String>>;
-    otherwise_none!(str);
+    otherwise!(None, str);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut ids = Vec::new();
         while let Some(Item(id)) = seq.next_element::<Item>()? {
@@ -159,6 +171,111 @@ impl<'de> Visitor<'de> for ItemsOr {
     }
 }
 
+/// How many items of a list or search answer [`filter_results`] would drop
+/// for `scope`, read straight from the text without building a `Value`: the
+/// proxy builds and filters the tree only when some item is foreign (mem0
+/// ignored the user filter), so a well-behaved answer costs one pass. An
+/// error when the text is not JSON.
+pub fn foreign_items_in(scope: &str, text: &[u8]) -> Result<usize, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let foreign =
+        de::DeserializeSeed::deserialize(Foreign { scope, top: true }, &mut deserializer)?;
+    deserializer.end()?;
+    Ok(foreign.unwrap_or(0))
+}
+
+/// Counts foreign items: of a list, or at the top of `results` in an object
+/// (the last one, as a `Value` keeps it).
+#[derive(Clone, Copy)]
+struct Foreign<'s> {
+    scope: &'s str,
+    top: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Foreign<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Foreign<'_> {
+    type Value = Option<usize>;
+    otherwise!(None, str);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut foreign = 0;
+        while let Some(owned) = seq.next_element_seed(OwnedBy(self.scope))? {
+            foreign += usize::from(!owned);
+        }
+        Ok(Some(foreign))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut results = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.top && key == "results" {
+                results = map.next_value_seed(Foreign { top: false, ..self })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(results.filter(|_| self.top))
+    }
+}
+
+/// Whether an item is an object whose (last) `user_id` is the string `.0`,
+/// as [`filter_results`] keeps it.
+struct OwnedBy<'s>(&'s str);
+
+impl<'de> de::DeserializeSeed<'de> for OwnedBy<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OwnedBy<'_> {
+    type Value = bool;
+    otherwise!(false, str);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        skip_seq(seq).map(|()| false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut owned = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "user_id" {
+                owned = map.next_value_seed(IsText(self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(owned)
+    }
+}
+
+/// Whether a value is the string `.0`.
+struct IsText<'s>(&'s str);
+
+impl<'de> de::DeserializeSeed<'de> for IsText<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsText<'_> {
+    type Value = bool;
+    otherwise!(false);
+    fn visit_str<E>(self, text: &str) -> Result<bool, E> {
+        Ok(text == self.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        skip_seq(seq).map(|()| false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        skip_map(map).map(|()| false)
+    }
+}
+
 /// An item's id, unless it is not a string or the item's event is `DELETE`.
 struct Item(Option<String>);
 
@@ -166,10 +283,9 @@ struct ItemVisitor;
 
 impl<'de> Visitor<'de> for ItemVisitor {
     type Value = Option<Option<String>>;
-    otherwise_none!(str);
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
+    otherwise!(None, str);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq).map(|()| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut id, mut event) = (None, None);
@@ -194,17 +310,15 @@ impl<'de> Deserialize<'de> for Text {
         struct TextVisitor;
         impl<'de> Visitor<'de> for TextVisitor {
             type Value = Option<String>;
-            otherwise_none!();
+            otherwise!(None);
             fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
                 Ok(Some(text.to_owned()))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(None)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| None)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(None)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| None)
             }
         }
         d.deserialize_any(TextVisitor).map(Text)
