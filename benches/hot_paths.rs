@@ -280,6 +280,19 @@ fn bench_mem0(c: &mut Criterion) {
             black_box((kept.to_string(), dropped))
         })
     });
+    let owned: Value = json!({"results": (0..20).map(|i| json!({
+        "id": format!("00000000-0000-0000-0000-{i:012}"),
+        "memory": "The user likes green tea in the morning.",
+        "user_id": "bench",
+        "metadata": {"category": "preferences"},
+        "created_at": "2025-01-01T00:00:00Z"
+    })).collect::<Vec<_>>()});
+    let owned_bytes = owned.to_string().into_bytes();
+    assert_eq!(mem0::foreign_items_in("bench", &owned_bytes).unwrap(), 0);
+    group.bench_function(
+        "foreign_items_in 20 items, all the caller's (what the proxy reads)",
+        |b| b.iter(|| mem0::foreign_items_in("bench", black_box(&owned_bytes))),
+    );
     let created: Value = json!({"results":[{"id":"3f0c6f4e-8d0a-4c55-9a4e-0d6f3c5b2a11","memory":"x","event":"ADD"}]});
     group.bench_function("owner_ids_from_create_response", |b| {
         b.iter(|| mem0::owner_ids_from_create_response(black_box(&created)))
