@@ -7,9 +7,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// Whether `ip` is one of the `trusted` proxies, whose `X-Forwarded-For` counts.
+pub fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
 /// `peer` is the TCP peer; `forwarded_for` every `X-Forwarded-For` value in order.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted(ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }

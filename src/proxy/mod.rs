@@ -79,14 +79,17 @@ pub struct RequestCtx {
     /// A streamed answer ended early (either side failed or left): the client
     /// must not see it as complete.
     cut_short: bool,
+    /// The client's address (through trusted proxies), read once.
+    client_ip: IpAddr,
     /// Holds the request in the in-flight count until it is done.
     _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
-    fn new(shared: &Shared) -> Self {
+    fn new(shared: &Shared, client_ip: IpAddr) -> Self {
         RequestCtx {
             started: Instant::now(),
+            client_ip,
             identity: None,
             scope: String::new(),
             rewritten_uri: None,
@@ -179,7 +182,7 @@ impl Gate {
                 .map(|v| truncate(v, 256))
         };
         let mut event = AuditEvent::new(kind, success);
-        event.ip = Some(self.client_ip(session).to_string());
+        event.ip = Some(ctx.client_ip.to_string());
         event.user_agent = text("user-agent");
         event.method = Some(req.method.to_string());
         event.path = Some(truncate(req.uri.path(), 512));
@@ -196,6 +199,10 @@ impl Gate {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        // Only a trusted proxy's X-Forwarded-For is read at all.
+        if !client_ip::is_trusted(&peer, &self.shared.trusted_proxies) {
+            return peer;
+        }
         let forwarded: Vec<&str> = session
             .req_header()
             .headers
@@ -234,7 +241,7 @@ impl Gate {
     /// Authentication, the per-IP and per-token limits, and the audit of both.
     /// `Ok(None)` means a response was sent.
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Identity>> {
-        let ip = self.client_ip(session);
+        let ip = ctx.client_ip;
         let blocked = self.shared.limits.ip_blocked(ip);
         let outcome = self
             .shared
@@ -573,7 +580,7 @@ impl Gate {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
-        let mut ctx = RequestCtx::new(&self.shared);
+        let mut ctx = RequestCtx::new(&self.shared, self.client_ip(session));
         let outcome = self.handle(session, &mut ctx).await;
         let started = session.response_status().is_some();
         if let Err(e) = &outcome {
