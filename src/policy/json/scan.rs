@@ -122,13 +122,7 @@ impl<'a> Scan<'a, '_> {
 
     /// An object at `depth`, from its `{`.
     fn object(&mut self, depth: usize) -> Option<()> {
-        if depth > self.max_depth {
-            return None;
-        }
-        self.at += 1;
-        self.skip_space();
-        if self.peek()? == b'}' {
-            self.at += 1;
+        if self.entered_empty(depth, b'}')? {
             return Some(());
         }
         let mut keys: [(usize, usize); MAX_KEYS] = [(0, 0); MAX_KEYS];
@@ -168,40 +162,48 @@ impl<'a> Scan<'a, '_> {
             } else {
                 self.value(depth)?;
             }
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closed_after_item(b'}')? {
+                return Some(());
             }
         }
     }
 
     /// An array at `depth`, from its `[`.
     fn array(&mut self, depth: usize) -> Option<()> {
+        if self.entered_empty(depth, b']')? {
+            return Some(());
+        }
+        loop {
+            self.value(depth)?;
+            if self.closed_after_item(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// Enters a container at `depth` from its opening byte: whether it is
+    /// empty (then `close` is consumed too); `None` when it is too deep.
+    fn entered_empty(&mut self, depth: usize, close: u8) -> Option<bool> {
         if depth > self.max_depth {
             return None;
         }
         self.at += 1;
         self.skip_space();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.value(depth)?;
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+        let empty = self.peek()? == close;
+        self.at += usize::from(empty);
+        Some(empty)
+    }
+
+    /// After a member or element: `,` (another follows: `false`) or `close`
+    /// (`true`); anything else is not JSON.
+    fn closed_after_item(&mut self, close: u8) -> Option<bool> {
+        self.skip_space();
+        let next = self.peek()?;
+        self.at += 1;
+        match next {
+            b',' => Some(false),
+            byte if byte == close => Some(true),
+            _ => None,
         }
     }
 

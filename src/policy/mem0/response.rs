@@ -107,6 +107,18 @@ macro_rules! otherwise {
     };
 }
 
+/// A visitor that is also its own seed (it carries what it reads against).
+macro_rules! seed_of_visitor {
+    ($seed:ty, $value:ty) => {
+        impl<'de> de::DeserializeSeed<'de> for $seed {
+            type Value = $value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// Reads past a list or an object that does not matter.
 fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
     while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -141,12 +153,7 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
-impl<'de> de::DeserializeSeed<'de> for ItemsOr {
-    type Value = Option<Vec<String>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_visitor!(ItemsOr, Option<Vec<String>>);
 
 impl<'de> Visitor<'de> for ItemsOr {
     type Value = Option<Vec<String>>;
@@ -192,12 +199,7 @@ struct Foreign<'s> {
     top: bool,
 }
 
-impl<'de> de::DeserializeSeed<'de> for Foreign<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_visitor!(Foreign<'_>, Option<usize>);
 
 impl<'de> Visitor<'de> for Foreign<'_> {
     type Value = Option<usize>;
@@ -226,12 +228,7 @@ impl<'de> Visitor<'de> for Foreign<'_> {
 /// as [`filter_results`] keeps it.
 struct OwnedBy<'s>(&'s str);
 
-impl<'de> de::DeserializeSeed<'de> for OwnedBy<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_visitor!(OwnedBy<'_>, bool);
 
 impl<'de> Visitor<'de> for OwnedBy<'_> {
     type Value = bool;
@@ -255,12 +252,7 @@ impl<'de> Visitor<'de> for OwnedBy<'_> {
 /// Whether a value is the string `.0`.
 struct IsText<'s>(&'s str);
 
-impl<'de> de::DeserializeSeed<'de> for IsText<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_visitor!(IsText<'_>, bool);
 
 impl<'de> Visitor<'de> for IsText<'_> {
     type Value = bool;
