@@ -17,8 +17,8 @@ use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
-    Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_results,
-    foreign_items_in, owner_ids_in,
+    Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
+    owner_ids_in,
 };
 use crate::policy::path;
 
@@ -291,12 +291,10 @@ impl Mem0Flow {
                     self.owners.record(id, &forward.scope).await;
                 }
             }
-            // Read without a tree first; built only to drop foreign items.
             if route.filters_results()
-                && foreign_items_in(&forward.scope, &body).map_err(unreadable)? > 0
+                && let Some((filtered, dropped)) =
+                    filter_answer(&forward.scope, &body).map_err(unreadable)?
             {
-                let parsed: Value = serde_json::from_slice(&body).map_err(unreadable)?;
-                let (filtered, dropped) = filter_results(&forward.scope, parsed);
                 tracing::warn!(
                     route = route.label(),
                     dropped,
@@ -306,7 +304,7 @@ impl Mem0Flow {
                     .response_items_dropped
                     .with_label_values(&[route.label()])
                     .inc_by(dropped as u64);
-                body = Bytes::from(crate::policy::json::to_bytes(&filtered));
+                body = Bytes::from(filtered);
             }
         }
         if ok

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{Decision, Forward, Mem0Policy, Mem0Request, Route, decide_owner};
 use super::{
-    filter_results, foreign_items_in, owner_from_get_response, owner_ids_from_create_response,
-    owner_ids_in,
+    filter_answer, filter_results, foreign_items_in, owner_from_get_response,
+    owner_ids_from_create_response, owner_ids_in,
 };
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
@@ -152,22 +152,23 @@ pub fn fuzz_entry(data: &[u8]) {
             }
         }
     }
-    let body_bytes = body.unwrap_or_default();
+    let body = body.unwrap_or_default();
     for max_depth in [1, 3, 16] {
-        assert!(json::scan_agrees_with_parse(
-            body_bytes, max_depth, "user_id"
-        ));
+        assert!(json::scan_agrees_with_parse(body, max_depth, "user_id"));
     }
-    if let Ok(value) = json::parse_value(body.unwrap_or_default(), usize::MAX) {
+    if let Ok(value) = json::parse_value(body, usize::MAX) {
         // The text reading agrees with the `Value` reading.
         assert_eq!(
-            owner_ids_in(body.unwrap_or_default()).ok(),
+            owner_ids_in(body).ok(),
             Some(owner_ids_from_create_response(&value))
         );
         let _ = owner_from_get_response(&value);
-        let foreign = foreign_items_in("alice", body.unwrap_or_default()).ok();
+        let foreign = foreign_items_in("alice", body).ok();
+        let answer = filter_answer("alice", body).ok();
         let (kept, dropped) = filter_results("alice", value);
         assert_eq!(foreign, Some(dropped), "the text reading counts otherwise");
+        let expected = (dropped > 0).then(|| (json::to_bytes(&kept), dropped));
+        assert_eq!(answer, Some(expected), "the answer is filtered otherwise");
         let items = match &kept {
             Value::Array(items) => Some(items),
             other => other.get("results").and_then(Value::as_array),

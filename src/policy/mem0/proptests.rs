@@ -492,7 +492,9 @@ proptest! {
         scope in prop_oneof![Just("alice"), Just("bob"), Just("")],
     ) {
         let value: Value = serde_json::from_str(&text).unwrap();
-        let (_, dropped) = filter_results(scope, value);
+        let (kept, dropped) = filter_results(scope, value);
         prop_assert_eq!(foreign_items_in(scope, text.as_bytes()).unwrap(), dropped);
+        let expected = (dropped > 0).then(|| (crate::policy::json::to_bytes(&kept), dropped));
+        prop_assert_eq!(filter_answer(scope, text.as_bytes()).unwrap(), expected);
     }
 }

@@ -178,6 +178,21 @@ impl<'de> Visitor<'de> for ItemsOr {
     }
 }
 
+/// A list or search answer without the items [`filter_results`] drops for
+/// `scope`: `None` when it has none (forward it as received; read without
+/// building a `Value`), else the new text and how many items went. An error
+/// when the text is not JSON.
+pub fn filter_answer(
+    scope: &str,
+    text: &[u8],
+) -> Result<Option<(Vec<u8>, usize)>, serde_json::Error> {
+    if foreign_items_in(scope, text)? == 0 {
+        return Ok(None);
+    }
+    let (kept, dropped) = filter_results(scope, serde_json::from_slice(text)?);
+    Ok(Some((crate::policy::json::to_bytes(&kept), dropped)))
+}
+
 /// How many items of a list or search answer [`filter_results`] would drop
 /// for `scope`, read straight from the text without building a `Value`: the
 /// proxy builds and filters the tree only when some item is foreign (mem0
