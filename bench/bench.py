@@ -47,8 +47,8 @@ TOKIO_FLOOR_BIN = os.environ.get("TOKIO_FLOOR_BIN", "")
 ONLY = [k for k in os.environ.get("SCENARIOS", "").split(",") if k]
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/memgate/target")))
 
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
-DURATION = int(os.environ.get("DURATION", "8"))
+ROUNDS = int(os.environ.get("ROUNDS", "4"))
+DURATION = int(os.environ.get("DURATION", "6"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 WRK_THREADS = int(os.environ.get("WRK_THREADS", "2"))
@@ -643,6 +643,25 @@ SCENARIOS = [
 ]
 
 
+def round_order(rnd):
+    """The scenarios of round `rnd`: each request type's scenarios back to
+    back, nginx right next to memgate, so that a ratio compares runs seconds
+    apart rather than a minute apart (a shared VM drifts within a minute).
+    The request types rotate from round to round, and every other round runs
+    each group backwards, so neither side of a pair always goes first."""
+    kinds = list(dict.fromkeys(s[2] for s in SCENARIOS))
+    kinds = kinds[rnd % len(kinds) :] + kinds[: rnd % len(kinds)]
+    # Within a type: the references and floors, then nginx, then memgate.
+    rank = {"direct": 0, "pingora": 1, "tokio": 2, "nginx": 3, "memgate": 4}
+    order = []
+    for kind in kinds:
+        group = sorted((s for s in SCENARIOS if s[2] == kind), key=lambda s: rank[s[3]])
+        if rnd % 2:
+            group.reverse()
+        order += [s[0] for s in group]
+    return order
+
+
 def mode_load():
     global SCENARIOS
     if ONLY:
@@ -727,10 +746,8 @@ def mode_load():
         run_wrk(p["url"], p["lua"], WARMUP)
 
     runs = []
-    keys = [s[0] for s in SCENARIOS]
     for rnd in range(ROUNDS):
-        order = keys[rnd % len(keys) :] + keys[: rnd % len(keys)]
-        for key in order:
+        for key in round_order(rnd):
             p = plan[key]
             m = mg.get(key)
             before_m = m.metrics() if m else None
@@ -895,8 +912,9 @@ def render_load(raw):
     )
     out.append(
         f"wrk `-t{s['wrk_threads']} -c{s['connections']}`, {s['duration_s']} s per scenario per round after a "
-        f"{s['warmup_s']} s warm-up, {s['rounds']} rounds interleaved (round-robin, each round starting one "
-        f"scenario later); medians over rounds. Ratios are computed round by round against the nginx and direct "
+        f"{s['warmup_s']} s warm-up, {s['rounds']} rounds; in each round a request type's scenarios run back to "
+        f"back with nginx next to memgate, the types rotate from round to round and every other round "
+        f"runs each group backwards; medians over rounds. Ratios are computed round by round against the nginx and direct "
         f"runs of the same round and the same request, then the median is taken. memgate: release build, "
         f"`[server] threads = {s['memgate_threads']}` (per listener), SQLite store, one instance per scenario; "
         f"nginx proxy: `worker_processes {s['nginx_workers']}`, `proxy_pass` with `keepalive 64` to the upstream, "

@@ -10,7 +10,7 @@
 #   bench/run.sh all        load, rss and bench in turn
 #
 # Knobs (environment): SCENARIOS (comma-separated keys, e.g. memgate-get: a quick
-# partial run that only prints), ROUNDS (3), DURATION (8 s per scenario per round),
+# partial run that only prints), ROUNDS (4), DURATION (6 s per scenario per round),
 # CONNECTIONS (32), WRK_THREADS (2), THREADS (memgate [server] threads, 2),
 # FLOOD_SECS (10), FLOOD_TOKENS (200), RSS_TOKENS (100000), RSS_SESSIONS (10000),
 # PORT_BASE (18000), MEMGATE_BIN (skip the build and use this binary),
