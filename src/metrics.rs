@@ -1,6 +1,8 @@
 //! Every Prometheus metric memgate exports, declared once with its help text
 //! (DESIGN.md §7), and the text rendering served on the admin listener.
 
+pub mod memo;
+
 use std::sync::LazyLock;
 
 use prometheus::{

@@ -50,10 +50,10 @@ impl Auditor {
 
     /// Whether this success of `token` is the one to audit in its sampling
     /// window (the window is kept on the cached token: no per-token entry here).
-    pub fn success_due(&self, token: &CachedToken) -> bool {
+    pub fn success_due(&self, token: &CachedToken, now: i64) -> bool {
         CachedToken::claim(
             &token.state.success_audited,
-            chrono::Utc::now().timestamp(),
+            now,
             self.sample_window_secs,
         )
     }

@@ -3,6 +3,8 @@
 //! known tokens working for `auth.stale_grace_secs` while the store is down.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -12,7 +14,7 @@ use governor::DefaultDirectRateLimiter;
 
 use chrono::{DateTime, Utc};
 
-use crate::policy::Permissions;
+use crate::policy::Identity;
 use crate::store::{TokenRecord, TokenStatus};
 use crate::token::TokenHash;
 
@@ -26,14 +28,13 @@ pub enum Lookup {
 }
 
 /// What requests read of a token: the store's `TokenRecord` without the
-/// hash (the cache key) and the fields only the CLI shows. 72 bytes instead
-/// of ≈ 210, for every cached token.
+/// hash (the cache key) and the fields only the CLI shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedRecord {
     pub id: i64,
-    pub prefix: Box<str>,
-    pub user_id: Box<str>,
-    pub permissions: Permissions,
+    /// Who the token speaks for (user id, permissions, display prefix),
+    /// built once per read from the store: every request of the token shares it.
+    pub identity: Arc<Identity>,
     pub enabled: bool,
     pub expires_at: Option<DateTime<Utc>>,
     /// Requests per second allowed to this token, overriding the default.
@@ -50,9 +51,11 @@ impl From<TokenRecord> for CachedRecord {
     fn from(r: TokenRecord) -> Self {
         CachedRecord {
             id: r.id,
-            prefix: r.prefix.into_boxed_str(),
-            user_id: r.user_id.into_boxed_str(),
-            permissions: r.permissions,
+            identity: Arc::new(Identity {
+                user_id: r.user_id,
+                permissions: r.permissions,
+                token_prefix: r.prefix,
+            }),
             enabled: r.enabled,
             expires_at: r.expires_at,
             rate_limit_rps: r.rate_limit_rps,
@@ -151,17 +154,48 @@ struct Known {
 }
 
 /// One lock's worth of a map, bounded, with expired entries swept on insert.
-struct Shard<V> {
-    map: HashMap<TokenHash, V>,
+struct Shard<V, S> {
+    map: HashMap<TokenHash, V, S>,
     swept: Millis,
 }
+
+/// Hashes a token hash (a SHA-256 digest) by reading 8 of its bytes, for the
+/// map of known tokens only. Its keys are digests of tokens the store
+/// issued, which no client chooses, so no client can crowd a bucket; a
+/// lookup of a client's key costs what any lookup costs. The map of unknown
+/// tokens, whose keys clients do choose, keeps std's keyed SipHash.
+#[derive(Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Bytes 8..16: byte 0 already picked the shard.
+        match bytes.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(word) => self.0 ^= u64::from_le_bytes(word),
+            None => {
+                for b in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+                }
+            }
+        }
+    }
+
+    /// The slice's length prefix: always 32 here.
+    fn write_usize(&mut self, _: usize) {}
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type DigestState = BuildHasherDefault<DigestHasher>;
 
 /// A map split by the first byte of the key (a SHA-256 digest, so evenly),
 /// to keep worker threads off each other's lock, and bounded as a whole to
 /// `capacity` entries (exceeded by one only when a full map takes a key into
 /// an empty shard while every other shard's lock is held).
-struct Shards<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
+struct Shards<V, S = RandomState> {
+    shards: Box<[Mutex<Shard<V, S>>]>,
     capacity: usize,
     len: AtomicUsize,
 }
@@ -169,13 +203,13 @@ struct Shards<V> {
 /// How often a shard drops its expired entries when the map is not full.
 const SWEEP_EVERY: Millis = 60_000;
 
-impl<V> Shards<V> {
+impl<V, S: BuildHasher + Default> Shards<V, S> {
     fn new(capacity: u64) -> Self {
         Shards {
             shards: (0..16)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         swept: 0,
                     })
                 })
@@ -185,7 +219,7 @@ impl<V> Shards<V> {
         }
     }
 
-    fn lock(&self, key: &TokenHash) -> MutexGuard<'_, Shard<V>> {
+    fn lock(&self, key: &TokenHash) -> MutexGuard<'_, Shard<V, S>> {
         let shard = &self.shards[usize::from(key[0]) % self.shards.len()];
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -194,7 +228,7 @@ impl<V> Shards<V> {
         self.len.load(Ordering::Relaxed)
     }
 
-    fn remove(&self, shard: &mut Shard<V>, key: &TokenHash) {
+    fn remove(&self, shard: &mut Shard<V, S>, key: &TokenHash) {
         if shard.map.remove(key).is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
@@ -211,7 +245,7 @@ impl<V> Shards<V> {
         });
     }
 
-    fn each(&self, mut f: impl FnMut(&mut Shard<V>)) {
+    fn each(&self, mut f: impl FnMut(&mut Shard<V, S>)) {
         for shard in &self.shards {
             f(&mut shard.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -220,7 +254,7 @@ impl<V> Shards<V> {
     /// Drops an arbitrary entry: from `shard`, or, when it is empty, from
     /// the first other shard that is free (never waiting for a lock while
     /// holding one).
-    fn drop_one(&self, shard: &mut Shard<V>) {
+    fn drop_one(&self, shard: &mut Shard<V, S>) {
         if let Some(victim) = shard.map.keys().next().copied() {
             return self.remove(shard, &victim);
         }
@@ -239,7 +273,7 @@ impl<V> Shards<V> {
     /// the negative map, absent ones) get in, so no client chooses what goes.
     fn insert(
         &self,
-        shard: &mut Shard<V>,
+        shard: &mut Shard<V, S>,
         key: TokenHash,
         value: V,
         now: Millis,
@@ -273,7 +307,7 @@ type Flight = Arc<tokio::sync::OnceCell<Result<Lookup, Unavailable>>>;
 
 pub struct TokenCache {
     /// Tokens the store knows: fresh answers and last-known-good copies.
-    known: Shards<Known>,
+    known: Shards<Known, DigestState>,
     /// Tokens the store does not know, until the negative TTL runs out.
     unknown: Shards<Millis>,
     flights: Mutex<HashMap<TokenHash, Flight>>,
@@ -531,7 +565,7 @@ fn test_record(id: i64) -> TokenRecord {
         user_id: "alice".into(),
         name: None,
         email: None,
-        permissions: Permissions::READ_WRITE,
+        permissions: crate::policy::Permissions::READ_WRITE,
         enabled: true,
         created_at: chrono::Utc::now(),
         created_by: None,
@@ -551,6 +585,22 @@ mod tests {
 
     fn record() -> TokenRecord {
         test_record(1)
+    }
+
+    #[test]
+    fn a_digest_hashes_to_its_second_word() {
+        let mut key: TokenHash = [0; 32];
+        key[8..16].copy_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
+        key[0] = 7;
+        key[20] = 9;
+        assert_eq!(DigestState::default().hash_one(key), 0x0123_4567_89ab_cdef);
+        // The shard byte and the rest do not move it; the word does.
+        let mut other = key;
+        other[0] = 8;
+        other[31] = 1;
+        assert_eq!(DigestState::default().hash_one(other), 0x0123_4567_89ab_cdef);
+        other[9] ^= 1;
+        assert_ne!(DigestState::default().hash_one(other), 0x0123_4567_89ab_cdef);
     }
 
     fn cache() -> TokenCache {

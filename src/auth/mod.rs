@@ -9,7 +9,7 @@ mod last_used;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use cache::Unavailable;
 pub use cache::{CachedToken, Lookup, TokenCache};
@@ -17,7 +17,7 @@ pub use credential::{Credential, PresentedHeaders};
 pub use denial::Denial;
 
 use crate::config::AuthConfig;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, memo};
 use crate::policy::Identity;
 use crate::store::{Store, TokenChange, TokenStatus};
 use crate::token;
@@ -25,9 +25,12 @@ use crate::token;
 /// A request that proved who it is.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     /// The cached token: its record (e.g. its own rate limit) and per-token state.
     pub token: Arc<CachedToken>,
+    /// When the token was found valid: one clock read serves every check of
+    /// this request (expiry, last-used, audit sampling).
+    pub at: DateTime<Utc>,
 }
 
 /// A request that did not, with what is known about who tried (for the audit).
@@ -88,20 +91,14 @@ impl Authenticator {
     ) -> Result<Authenticated, Failure> {
         let result = self.check(headers, store_allowed).await;
         match &result {
-            Ok(_) => METRICS
-                .auth_decisions
-                .with_label_values(&["allow", "ok"])
-                .inc(),
+            Ok(_) => memo::inc(&METRICS.auth_decisions, &["allow", "ok"]),
             Err(Failure { denial: d, .. }) => {
                 let result = if *d == Denial::StoreUnavailable {
                     "error"
                 } else {
                     "deny"
                 };
-                METRICS
-                    .auth_decisions
-                    .with_label_values(&[result, d.reason()])
-                    .inc();
+                memo::inc(&METRICS.auth_decisions, &[result, d.reason()]);
             }
         }
         result
@@ -113,7 +110,6 @@ impl Authenticator {
         store_allowed: bool,
     ) -> Result<Authenticated, Failure> {
         let credential = credential::extract(headers)?;
-        let presented_prefix = Some(token::display_prefix(credential.token).to_string());
         let key = token::hash(credential.token);
         let found = if store_allowed {
             self.lookup(key).await
@@ -128,14 +124,15 @@ impl Authenticator {
         .map_err(|denial| Failure {
             denial,
             user_id: None,
-            token_prefix: presented_prefix,
+            token_prefix: Some(token::display_prefix(credential.token).to_string()),
         })?;
         let fail = |denial| Failure {
             denial,
-            user_id: Some(record.user_id.to_string()),
-            token_prefix: Some(record.prefix.to_string()),
+            user_id: Some(record.identity.user_id.clone()),
+            token_prefix: Some(record.identity.token_prefix.clone()),
         };
-        match record.status(Utc::now()) {
+        let now = Utc::now();
+        match record.status(now) {
             TokenStatus::Active => {}
             TokenStatus::Revoked => return Err(fail(Denial::Revoked)),
             TokenStatus::Expired => {
@@ -148,18 +145,15 @@ impl Authenticator {
         }
         if credential
             .claimed_user_id
-            .is_some_and(|claimed| claimed != &*record.user_id)
+            .is_some_and(|claimed| claimed != record.identity.user_id)
         {
             return Err(fail(Denial::UserMismatch));
         }
-        self.last_used.note(&record);
+        self.last_used.note(&record, now);
         Ok(Authenticated {
-            identity: Identity {
-                user_id: record.user_id.to_string(),
-                permissions: record.permissions,
-                token_prefix: record.prefix.to_string(),
-            },
+            identity: record.identity.clone(),
             token: record,
+            at: now,
         })
     }
 
@@ -172,7 +166,7 @@ impl Authenticator {
                 Lookup::Known(_) => "hit",
                 Lookup::Unknown => "negative_hit",
             };
-            METRICS.auth_cache.with_label_values(&[outcome]).inc();
+            memo::inc(&METRICS.auth_cache, &[outcome]);
             return Ok(lookup);
         }
         Box::pin(self.load(key)).await
@@ -204,7 +198,7 @@ impl Authenticator {
                     (Lookup::Known(_), true) => "hit",
                     (Lookup::Unknown, true) => "negative_hit",
                 };
-                METRICS.auth_cache.with_label_values(&[outcome]).inc();
+                memo::inc(&METRICS.auth_cache, &[outcome]);
                 Ok(lookup)
             }
             Err(Unavailable) => Err(Denial::StoreUnavailable),

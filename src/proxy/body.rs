@@ -66,10 +66,13 @@ impl RequestFraming {
                 Ok(n) => Ok(RequestFraming::Length(n)),
                 Err(_) => Err(Deny::bad_request("Invalid Content-Length")),
             },
-            (None, None) if session.is_http2() && !session.is_body_empty() => {
-                Ok(RequestFraming::Chunked)
-            }
-            (None, None) => Ok(RequestFraming::Empty),
+            (None, None) => Ok(
+                if session.is_http2() && !session.is_body_empty() {
+                    RequestFraming::Chunked
+                } else {
+                    RequestFraming::Empty
+                },
+            ),
         }
     }
 

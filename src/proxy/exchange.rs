@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
-use pingora::upstreams::peer::Peer;
 
 use super::Session;
 use super::h1::client::ClientConn;
@@ -144,10 +143,10 @@ impl UpstreamClient {
         req: RequestHead,
         mut body: Outgoing<'_>,
     ) -> Result<(UpstreamHead, OpenExchange<'s>)> {
-        let peer = self.target.shared_peer().await?;
+        let shared = self.target.shared_peer().await?;
+        let (peer, key) = (shared.peer, shared.key);
         // The common case, an idle pooled connection, stays a small future;
         // dialling (and maybe a TLS handshake) is boxed, paid only when needed.
-        let key = peer.reuse_hash();
         let (read_timeout, write_timeout) = (peer.options.read_timeout, peer.options.write_timeout);
         if let Some(stream) = self.pool.take(key) {
             let http = ClientConn::new(stream, read_timeout, write_timeout);

@@ -20,7 +20,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The one value of a header, trimmed; several values are ambiguous and refused.
-pub fn single(req: &RequestHeader, name: &HeaderName) -> std::result::Result<Option<String>, Deny> {
+pub fn single<'r>(
+    req: &'r RequestHeader,
+    name: &HeaderName,
+) -> std::result::Result<Option<&'r str>, Deny> {
     let mut values = req.headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -31,7 +34,7 @@ pub fn single(req: &RequestHeader, name: &HeaderName) -> std::result::Result<Opt
     first
         .map(|v| {
             v.to_str()
-                .map(|s| s.trim().to_string())
+                .map(str::trim)
                 .map_err(|_| Deny::bad_request(format!("The {name} header is not valid text")))
         })
         .transpose()

@@ -18,7 +18,7 @@ use super::exchange::UpstreamClient;
 use super::headers::{Relayed, SetHeaders};
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::mcp::{
@@ -232,7 +232,7 @@ impl McpFlow {
         // The session this request uses: the header, or the legacy query parameter.
         let session_id = match endpoint {
             Endpoint::LegacyMessages => session_id_from_query(req.uri.query()),
-            _ => headers::single(req, &MCP_SESSION_ID),
+            _ => headers::single(req, &MCP_SESSION_ID).map(|id| id.map(str::to_string)),
         };
         let session_id = match session_id {
             Ok(id) => id,
@@ -469,10 +469,11 @@ impl McpFlow {
                 return refuse(session, status, &message, &Value::Null, &[]).await;
             }
         };
-        METRICS
-            .upstream_duration
-            .with_label_values(&[super::Listener::Mcp.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        memo::observe(
+            &METRICS.upstream_duration,
+            &[super::Listener::Mcp.as_str()],
+            started.elapsed().as_secs_f64(),
+        );
         let upstream = headers::client_response(upstream, None);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::exchange::{Exchanged, UpstreamClient};
 use super::headers::Relayed;
 use super::{Listener, Session, body, errors, headers};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
@@ -162,7 +162,9 @@ impl Mem0Flow {
                 Decision::Deny(deny) => Err(Step::deny(deny)),
             };
         }
-        let content_type = headers::single(req, &http::header::CONTENT_TYPE).map_err(Step::deny)?;
+        let content_type = headers::single(req, &http::header::CONTENT_TYPE)
+            .map_err(Step::deny)?
+            .map(str::to_string);
         let body = body::read_whole(session, self.policy.max_body_bytes)
             .await
             .map_err(Step::deny)?;
@@ -243,10 +245,11 @@ impl Mem0Flow {
                 return errors::respond_error(session, Listener::Mem0, status, &message).await;
             }
         };
-        METRICS
-            .upstream_duration
-            .with_label_values(&[Listener::Mem0.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        memo::observe(
+            &METRICS.upstream_duration,
+            &[Listener::Mem0.as_str()],
+            started.elapsed().as_secs_f64(),
+        );
         let (header, body) = match self
             .after_response(&forward, memory_id.as_deref(), answer)
             .await

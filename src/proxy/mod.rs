@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::{Authenticator, Denial, PresentedHeaders};
 use crate::lifecycle::{InFlight, InFlightGuard};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, memo};
 use crate::per_thread::RuntimeTasks;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
@@ -66,7 +66,7 @@ impl Listener {
 /// What one phase of a request learns for the next.
 pub struct RequestCtx {
     started: Instant,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     /// The mem0 user_id the request acts for (DESIGN.md §3).
     scope: String,
     /// Set when the request is streamed to a rewritten path and query.
@@ -240,7 +240,11 @@ impl Gate {
 
     /// Authentication, the per-IP and per-token limits, and the audit of both.
     /// `Ok(None)` means a response was sent.
-    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Identity>> {
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Arc<Identity>>> {
         let ip = ctx.client_ip;
         let blocked = self.shared.limits.ip_blocked(ip);
         let outcome = self
@@ -307,7 +311,7 @@ impl Gate {
             .await?;
             return Ok(None);
         }
-        if self.shared.audit.success_due(&authenticated.token) {
+        if self.shared.audit.success_due(&authenticated.token, authenticated.at.timestamp()) {
             let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
             self.shared.audit.record(event);
         }
@@ -368,7 +372,10 @@ fn visible_target(req: &RequestHeader) -> bool {
 /// The `X-MCP-Project` header, trimmed. A repeated or unreadable one reads as
 /// absent here; both listeners refuse such a request before forwarding it.
 fn project(req: &RequestHeader) -> Option<String> {
-    headers::single(req, &headers::X_MCP_PROJECT).ok().flatten()
+    headers::single(req, &headers::X_MCP_PROJECT)
+        .ok()
+        .flatten()
+        .map(str::to_string)
 }
 
 /// A client-chosen request id (printable, short) or a fresh one: a random
@@ -747,10 +754,11 @@ impl Gate {
                     pingora::ErrorSource::Downstream => e,
                     _ => e.into_up(),
                 })?;
-        METRICS
-            .upstream_duration
-            .with_label_values(&[self.listener.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        memo::observe(
+            &METRICS.upstream_duration,
+            &[self.listener.as_str()],
+            started.elapsed().as_secs_f64(),
+        );
         let upstream_length = upstream.length.and_then(|n| usize::try_from(n).ok());
         let mut header = headers::client_response(upstream, None);
         let event_stream = header.is_event_stream();
@@ -837,10 +845,10 @@ impl Gate {
     fn log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         let status = session.response_status().unwrap_or(0);
         let listener = self.listener.as_str();
-        METRICS
-            .requests
-            .with_label_values(&[listener, ctx.route, status_label(status)])
-            .inc();
+        memo::inc(
+            &METRICS.requests,
+            &[listener, ctx.route, status_label(status)],
+        );
         self.request_duration
             .observe(ctx.started.elapsed().as_secs_f64());
         // Each listener runs on runtimes of its own: their live task count

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora::prelude::*;
+use pingora::upstreams::peer::Peer;
 
 use crate::config::{ListenerConfig, Upstream};
 
@@ -19,9 +20,28 @@ pub struct UpstreamTarget {
     authority: String,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// The host is an IP address: never re-resolved.
+    literal: bool,
     /// The peer for the last resolved address and when it was resolved; one
     /// peer is shared by every request until the address changes.
-    resolved: Mutex<Option<(Instant, Arc<HttpPeer>)>>,
+    resolved: Mutex<Option<(Instant, SharedPeer)>>,
+}
+
+/// The peer requests are sent to, and its `reuse_hash` (the idle pool's key),
+/// worked out once per resolved address rather than per request.
+#[derive(Clone)]
+pub struct SharedPeer {
+    pub peer: Arc<HttpPeer>,
+    pub key: u64,
+}
+
+impl SharedPeer {
+    fn new(peer: HttpPeer) -> Self {
+        SharedPeer {
+            key: peer.reuse_hash(),
+            peer: Arc::new(peer),
+        }
+    }
 }
 
 impl UpstreamTarget {
@@ -30,44 +50,42 @@ impl UpstreamTarget {
         cfg: &ListenerConfig,
     ) -> std::result::Result<Self, crate::config::ConfigError> {
         let upstream = Upstream::parse(key, &cfg.upstream)?;
+        let ip = upstream.host.parse::<IpAddr>().ok();
         let target = UpstreamTarget {
             authority: authority(&upstream),
             upstream,
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
+            literal: ip.is_some(),
             resolved: Mutex::new(None),
         };
-        if let Ok(ip) = target.upstream.host.parse::<IpAddr>() {
+        if let Some(ip) = ip {
             let peer = target.build_peer(SocketAddr::new(ip, target.upstream.port));
             *target.lock() = Some((Instant::now(), peer));
         }
         Ok(target)
     }
 
-    fn is_literal(&self) -> bool {
-        self.upstream.host.parse::<IpAddr>().is_ok()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Arc<HttpPeer>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, SharedPeer)>> {
         self.resolved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn build_peer(&self, addr: SocketAddr) -> Arc<HttpPeer> {
+    fn build_peer(&self, addr: SocketAddr) -> SharedPeer {
         let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(IDLE_TIMEOUT);
-        Arc::new(peer)
+        SharedPeer::new(peer)
     }
 
     /// The peer, with the listener's timeouts, shared by every request; the
     /// host is re-resolved at most every `DNS_TTL`.
-    pub async fn shared_peer(&self) -> Result<Arc<HttpPeer>> {
+    pub async fn shared_peer(&self) -> Result<SharedPeer> {
         let cached = self.lock().clone();
         if let Some((at, peer)) = &cached
-            && (self.is_literal() || at.elapsed() < DNS_TTL)
+            && (self.literal || at.elapsed() < DNS_TTL)
         {
             return Ok(peer.clone());
         }
@@ -85,7 +103,7 @@ impl UpstreamTarget {
         // Same address: keep the peer (and so its pooled connections).
         let peer = match cached {
             Some((_, peer))
-                if peer._address == pingora::protocols::l4::socket::SocketAddr::Inet(addr) =>
+                if peer.peer._address == pingora::protocols::l4::socket::SocketAddr::Inet(addr) =>
             {
                 peer
             }
@@ -134,8 +152,9 @@ mod tests {
     async fn one_peer_is_shared_and_a_re_resolved_same_address_keeps_it() {
         let literal = target("http://127.0.0.1:8081");
         let first = literal.shared_peer().await.unwrap();
-        assert!(Arc::ptr_eq(&first, &literal.shared_peer().await.unwrap()));
-        assert_eq!(first.options.read_timeout, Some(Duration::from_secs(3)));
+        assert!(Arc::ptr_eq(&first.peer, &literal.shared_peer().await.unwrap().peer));
+        assert_eq!(first.peer.options.read_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(first.key, first.peer.reuse_hash());
 
         let named = target("http://localhost:8081");
         let first = named.shared_peer().await.unwrap();
@@ -145,6 +164,6 @@ mod tests {
         {
             *at = old;
         }
-        assert!(Arc::ptr_eq(&first, &named.shared_peer().await.unwrap()));
+        assert!(Arc::ptr_eq(&first.peer, &named.shared_peer().await.unwrap().peer));
     }
 }
