@@ -51,11 +51,7 @@ impl Auditor {
     /// Whether this success of `token` is the one to audit in its sampling
     /// window (the window is kept on the cached token: no per-token entry here).
     pub fn success_due(&self, token: &CachedToken, now: i64) -> bool {
-        CachedToken::claim(
-            &token.state.success_audited,
-            now,
-            self.sample_window_secs,
-        )
+        CachedToken::claim(&token.state.success_audited, now, self.sample_window_secs)
     }
 
     /// Records the event `make` builds only if nothing was recorded under

@@ -598,9 +598,15 @@ mod tests {
         let mut other = key;
         other[0] = 8;
         other[31] = 1;
-        assert_eq!(DigestState::default().hash_one(other), 0x0123_4567_89ab_cdef);
+        assert_eq!(
+            DigestState::default().hash_one(other),
+            0x0123_4567_89ab_cdef
+        );
         other[9] ^= 1;
-        assert_ne!(DigestState::default().hash_one(other), 0x0123_4567_89ab_cdef);
+        assert_ne!(
+            DigestState::default().hash_one(other),
+            0x0123_4567_89ab_cdef
+        );
     }
 
     fn cache() -> TokenCache {

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use super::{has_token, is_hop_by_hop, is_visible_ascii, parse_length};
+use super::{has_token, is_hop_by_hop, is_visible_ascii, parse_length, values};
 
 /// More header lines than this make a head malformed.
 pub const MAX_HEADERS: usize = 256;
@@ -205,10 +205,10 @@ fn request_target(method: &Method, target: Bytes) -> Result<Uri, HeadError> {
 /// encoding were sent (the encoding wins; the gate refuses the request).
 fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadError> {
     let headers = &req.headers;
-    if headers.get_all(HOST).iter().count() > 1 {
+    if values(headers, &HOST).count() > 1 {
         return refuse("several Host headers");
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let mut lengths = values(headers, &CONTENT_LENGTH);
     let length = match (lengths.next(), lengths.next()) {
         (None, _) => None,
         (Some(value), None) => Some(
@@ -217,7 +217,7 @@ fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadEr
         ),
         (Some(_), Some(_)) => return refuse("several Content-Length headers"),
     };
-    if !headers.contains_key(TRANSFER_ENCODING) {
+    if values(headers, &TRANSFER_ENCODING).next().is_none() {
         let framing = match length {
             None | Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
@@ -229,7 +229,7 @@ fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadEr
     }
     // Only plain `chunked`: memgate would have to undo any other coding
     // before the policy could read the body (RFC 9112 §6.1).
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let mut codings = values(headers, &TRANSFER_ENCODING);
     let plain = matches!(
         (codings.next(), codings.next()),
         (Some(value), None) if value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")

@@ -51,9 +51,43 @@ pub fn is_visible_ascii(target: &[u8]) -> bool {
     target.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
+/// Most values a header map may hold for [`values`] to scan it.
+const SCAN_UP_TO: usize = 8;
+
+/// Every value of header `name`, in order: `HeaderMap::get_all`, except that
+/// a small map (most requests and answers carry a handful of headers) is
+/// scanned, which costs less than hashing the name for each lookup.
+pub fn values<'m, 'n>(headers: &'m http::HeaderMap, name: &'n http::HeaderName) -> Values<'m, 'n> {
+    if headers.len() <= SCAN_UP_TO {
+        Values::Scan(headers.iter(), name)
+    } else {
+        Values::Hashed(headers.get_all(name).iter())
+    }
+}
+
+/// What [`values`] returns.
+pub enum Values<'m, 'n> {
+    Scan(
+        http::header::Iter<'m, http::HeaderValue>,
+        &'n http::HeaderName,
+    ),
+    Hashed(http::header::ValueIter<'m, http::HeaderValue>),
+}
+
+impl<'m> Iterator for Values<'m, '_> {
+    type Item = &'m http::HeaderValue;
+
+    fn next(&mut self) -> Option<&'m http::HeaderValue> {
+        match self {
+            Values::Scan(all, name) => all.find(|(n, _)| *n == *name).map(|(_, v)| v),
+            Values::Hashed(values) => values.next(),
+        }
+    }
+}
+
 /// Whether a comma-separated header (such as `Connection`) lists `token`.
 pub fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
+    values(headers, name).any(|v| {
         v.as_bytes()
             .split(|b| *b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
@@ -63,6 +97,37 @@ pub fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_scanned_or_hashed_are_get_all_in_order() {
+        let names = [
+            "a",
+            "x-b",
+            "a",
+            "content-length",
+            "x-b",
+            "a",
+            "c",
+            "d",
+            "e",
+            "f",
+        ];
+        for n in 0..=names.len() {
+            let mut map = http::HeaderMap::new();
+            for (i, name) in names[..n].iter().enumerate() {
+                map.append(*name, http::HeaderValue::from(i));
+            }
+            for name in ["a", "x-b", "content-length", "f", "missing"] {
+                let name = http::HeaderName::from_static(name);
+                let expected: Vec<_> = map.get_all(&name).iter().collect();
+                assert_eq!(
+                    values(&map, &name).collect::<Vec<_>>(),
+                    expected,
+                    "{n} {name}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn lengths_are_plain_digits() {

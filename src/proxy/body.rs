@@ -15,9 +15,9 @@ use crate::policy::deny::Deny;
 /// connection); HTTP/2 forbids `Transfer-Encoding`.
 pub fn ambiguous_framing(session: &Session) -> Option<Deny> {
     let req = session.req_header();
-    (req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && req.headers.contains_key(http::header::CONTENT_LENGTH))
-    .then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
+    let sent = |name| crate::http1::values(&req.headers, name).next().is_some();
+    (sent(&http::header::TRANSFER_ENCODING) && sent(&http::header::CONTENT_LENGTH))
+        .then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
 }
 
 /// Sends `100 Continue` when the client waits for it before its body
@@ -66,13 +66,11 @@ impl RequestFraming {
                 Ok(n) => Ok(RequestFraming::Length(n)),
                 Err(_) => Err(Deny::bad_request("Invalid Content-Length")),
             },
-            (None, None) => Ok(
-                if session.is_http2() && !session.is_body_empty() {
-                    RequestFraming::Chunked
-                } else {
-                    RequestFraming::Empty
-                },
-            ),
+            (None, None) => Ok(if session.is_http2() && !session.is_body_empty() {
+                RequestFraming::Chunked
+            } else {
+                RequestFraming::Empty
+            }),
         }
     }
 

@@ -24,7 +24,7 @@ pub fn single<'r>(
     req: &'r RequestHeader,
     name: &HeaderName,
 ) -> std::result::Result<Option<&'r str>, Deny> {
-    let mut values = req.headers.get_all(name).iter();
+    let mut values = crate::http1::values(&req.headers, name);
     let first = values.next();
     if values.next().is_some() {
         return Err(Deny::bad_request(format!(
@@ -126,23 +126,20 @@ const MAX_NOMINATED: usize = 16;
 /// The names a `Connection` header lists as hop-by-hop (RFC 9110 §7.6.1),
 /// but `keep-alive` and `close`; `None` for a value that is not text.
 fn nominated(headers: &http::HeaderMap) -> impl Iterator<Item = Option<&str>> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|value| {
-            let text = value.to_str();
-            let unreadable = text.is_err().then_some(None);
-            text.unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|t| {
-                    !t.is_empty()
-                        && !t.eq_ignore_ascii_case("keep-alive")
-                        && !t.eq_ignore_ascii_case("close")
-                })
-                .map(Some)
-                .chain(unreadable)
-        })
+    crate::http1::values(headers, &http::header::CONNECTION).flat_map(|value| {
+        let text = value.to_str();
+        let unreadable = text.is_err().then_some(None);
+        text.unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+            })
+            .map(Some)
+            .chain(unreadable)
+    })
 }
 
 /// Headers the client's `Connection` header names: meant for memgate, not

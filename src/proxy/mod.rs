@@ -311,7 +311,11 @@ impl Gate {
             .await?;
             return Ok(None);
         }
-        if self.shared.audit.success_due(&authenticated.token, authenticated.at.timestamp()) {
+        if self
+            .shared
+            .audit
+            .success_due(&authenticated.token, authenticated.at.timestamp())
+        {
             let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
             self.shared.audit.record(event);
         }
@@ -409,9 +413,7 @@ fn request_id(req: &RequestHeader) -> String {
 
 fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
     let all = |name: &http::HeaderName| {
-        req.headers
-            .get_all(name)
-            .iter()
+        crate::http1::values(&req.headers, name)
             .map(|v| v.as_bytes())
             .collect()
     };

@@ -152,8 +152,14 @@ mod tests {
     async fn one_peer_is_shared_and_a_re_resolved_same_address_keeps_it() {
         let literal = target("http://127.0.0.1:8081");
         let first = literal.shared_peer().await.unwrap();
-        assert!(Arc::ptr_eq(&first.peer, &literal.shared_peer().await.unwrap().peer));
-        assert_eq!(first.peer.options.read_timeout, Some(Duration::from_secs(3)));
+        assert!(Arc::ptr_eq(
+            &first.peer,
+            &literal.shared_peer().await.unwrap().peer
+        ));
+        assert_eq!(
+            first.peer.options.read_timeout,
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(first.key, first.peer.reuse_hash());
 
         let named = target("http://localhost:8081");
@@ -164,6 +170,9 @@ mod tests {
         {
             *at = old;
         }
-        assert!(Arc::ptr_eq(&first.peer, &named.shared_peer().await.unwrap().peer));
+        assert!(Arc::ptr_eq(
+            &first.peer,
+            &named.shared_peer().await.unwrap().peer
+        ));
     }
 }

@@ -352,7 +352,7 @@ impl Memgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let [mcp, mem0, admin] = free_ports::<3>();
         let text = format!(
-            "[database]\nurl = {db:?}\nconnect_timeout_secs = 1\n\n\
+            "[database]\nurl = {db:?}\nconnect_timeout_secs = {db_wait}\n\n\
              [mcp]\nlisten = \"127.0.0.1:{mcp}\"\nupstream = {mu:?}\nconnect_timeout_secs = 2\nforward_credentials = {fc}\n{mcpx}\n\n\
              [mem0]\nlisten = \"127.0.0.1:{mem0}\"\nupstream = {m0:?}\nconnect_timeout_secs = 2\nread_timeout_secs = 2\nforward_credentials = {fc}\n{m0x}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
@@ -361,6 +361,13 @@ impl Memgate {
              [audit]\nspool_dir = {spool:?}\n{audit}\n\n\
              [server]\nthreads = {threads}\n{server}\n\n{extra}\n",
             db = cfg.database_url,
+            // PostgreSQL outages should fail fast; opening a local SQLite
+            // file can take over a second on a 2-core machine under load.
+            db_wait = if cfg.database_url.starts_with("sqlite:") {
+                5
+            } else {
+                1
+            },
             mu = cfg.mcp_upstream,
             m0 = cfg.mem0_upstream,
             fc = cfg.forward_credentials,
