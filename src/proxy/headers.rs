@@ -72,23 +72,36 @@ fn security_headers() -> impl Iterator<Item = (HeaderName, HeaderValue)> {
     .chain(hsts)
 }
 
-/// The name lower-cased with `-` and `_` removed, so `X_MCP_UserID`,
-/// `x-mcp-user-id` and `X-MCP-UserID` all compare equal. Header names are
-/// ASCII; the targets below are too, so bytes suffice (and nothing is
-/// allocated: this runs for every header of every request).
-fn squashed(name: &str) -> impl Iterator<Item = u8> + '_ {
-    name.bytes()
-        .filter(|b| *b != b'-' && *b != b'_')
-        .map(|b| b.to_ascii_lowercase())
+/// Compares `name` lower-cased with `-` and `_` removed against `target`
+/// (lower-case, no separators), so `X_MCP_UserID`, `x-mcp-user-id` and
+/// `X-MCP-UserID` all compare equal. Header names are ASCII; the targets are
+/// too, so bytes suffice. A plain loop that stops at the first difference:
+/// this runs for every header of every request.
+/// Returns whether the whole target was matched, and whether the name ended
+/// there (no letters after it).
+fn squashed_match(name: &str, target: &str) -> (bool, bool) {
+    let target = target.as_bytes();
+    let mut at = 0;
+    for &b in name.as_bytes() {
+        if b == b'-' || b == b'_' {
+            continue;
+        }
+        match target.get(at) {
+            Some(t) if *t == b.to_ascii_lowercase() => at += 1,
+            // The target is done: the name goes on.
+            None => return (true, false),
+            Some(_) => return (false, false),
+        }
+    }
+    (at == target.len(), true)
 }
 
 fn squashed_is(name: &str, target: &str) -> bool {
-    squashed(name).eq(target.bytes())
+    squashed_match(name, target) == (true, true)
 }
 
 fn squashed_starts_with(name: &str, prefix: &str) -> bool {
-    let mut s = squashed(name);
-    prefix.bytes().all(|p| s.next() == Some(p))
+    squashed_match(name, prefix).0
 }
 
 /// Headers that claim an identity: memgate sets these itself.
@@ -358,6 +371,31 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn squashed_comparisons_match_squashing_the_name() {
+        let squash = |n: &str| {
+            n.chars()
+                .filter(|c| *c != '-' && *c != '_')
+                .map(|c| c.to_ascii_lowercase())
+                .collect::<String>()
+        };
+        let names = [
+            "", "-", "_x_", "x", "X-MCP-UserID", "x-mcp-userid-2", "xmcpuser", "X_Memgate",
+            "x-memgate-scope", "xmemgat", "-X-HTTP-Method", "x-http-method-override", "Host",
+        ];
+        let targets = ["xmcpuserid", "xmemgate", "xhttpmethod", "xhttpmethodoverride", "x"];
+        for name in names {
+            for target in targets {
+                assert_eq!(squashed_is(name, target), squash(name) == target, "{name} {target}");
+                assert_eq!(
+                    squashed_starts_with(name, target),
+                    squash(name).starts_with(target),
+                    "{name} {target}"
+                );
+            }
+        }
     }
 
     #[test]

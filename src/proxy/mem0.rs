@@ -125,12 +125,13 @@ impl Mem0Flow {
         route: &mut &'static str,
     ) -> std::result::Result<Authorised, Step> {
         let req = session.req_header();
-        let method = req.method.as_str().to_string();
-        let raw_path = req.uri.path().to_string();
-        let query = req.uri.query().map(str::to_string);
-        let matched = self.policy.route(&method, &raw_path).map_err(|deny| {
+        // Shared, not copied: the body is read (a mutable borrow) before the
+        // query is last used. A standard method and a URI clone without allocating.
+        let (method, uri) = (req.method.clone(), req.uri.clone());
+        let (raw_path, query) = (uri.path(), uri.query());
+        let matched = self.policy.route(method.as_str(), raw_path).map_err(|deny| {
             let allow = (deny.status == 405)
-                .then(|| path::normalise(&raw_path).ok())
+                .then(|| path::normalise(raw_path).ok())
                 .flatten()
                 .map(|p| allowed_methods(&p).join(", "));
             Step::Deny(deny, allow, false)
@@ -153,7 +154,7 @@ impl Mem0Flow {
                 identity,
                 &scope,
                 &matched,
-                query.as_deref(),
+                query,
                 None,
                 None,
             ) {
@@ -172,7 +173,7 @@ impl Mem0Flow {
             identity,
             &scope,
             &matched,
-            query.as_deref(),
+            query,
             content_type.as_deref(),
             body.as_deref(),
         );
