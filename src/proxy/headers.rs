@@ -382,13 +382,34 @@ mod tests {
                 .collect::<String>()
         };
         let names = [
-            "", "-", "_x_", "x", "X-MCP-UserID", "x-mcp-userid-2", "xmcpuser", "X_Memgate",
-            "x-memgate-scope", "xmemgat", "-X-HTTP-Method", "x-http-method-override", "Host",
+            "",
+            "-",
+            "_x_",
+            "x",
+            "X-MCP-UserID",
+            "x-mcp-userid-2",
+            "xmcpuser",
+            "X_Memgate",
+            "x-memgate-scope",
+            "xmemgat",
+            "-X-HTTP-Method",
+            "x-http-method-override",
+            "Host",
         ];
-        let targets = ["xmcpuserid", "xmemgate", "xhttpmethod", "xhttpmethodoverride", "x"];
+        let targets = [
+            "xmcpuserid",
+            "xmemgate",
+            "xhttpmethod",
+            "xhttpmethodoverride",
+            "x",
+        ];
         for name in names {
             for target in targets {
-                assert_eq!(squashed_is(name, target), squash(name) == target, "{name} {target}");
+                assert_eq!(
+                    squashed_is(name, target),
+                    squash(name) == target,
+                    "{name} {target}"
+                );
                 assert_eq!(
                     squashed_starts_with(name, target),
                     squash(name).starts_with(target),

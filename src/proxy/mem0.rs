@@ -129,17 +129,20 @@ impl Mem0Flow {
         // query is last used. A standard method and a URI clone without allocating.
         let (method, uri) = (req.method.clone(), req.uri.clone());
         let (raw_path, query) = (uri.path(), uri.query());
-        let matched = self.policy.route(method.as_str(), raw_path).map_err(|deny| {
-            let allow = (deny.status == 405)
-                .then(|| path::normalise(raw_path).ok())
-                .flatten()
-                .map(|p| allowed_methods(&p).join(", "));
-            Step::Deny(deny, allow, false)
-        })?;
+        let matched = self
+            .policy
+            .route(method.as_str(), raw_path)
+            .map_err(|deny| {
+                let allow = (deny.status == 405)
+                    .then(|| path::normalise(raw_path).ok())
+                    .flatten()
+                    .map(|p| allowed_methods(&p).join(", "));
+                Step::Deny(deny, allow, false)
+            })?;
         *route = matched.route.label();
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
         let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
-        let scope = self.policy.scope_for(identity, project.as_deref());
+        let scope = self.policy.scope_for(identity, project);
         if req
             .headers
             .keys()
@@ -150,14 +153,10 @@ impl Mem0Flow {
             )));
         }
         if matched.route == Route::AllowListed {
-            return match self.policy.authorise(
-                identity,
-                &scope,
-                &matched,
-                query,
-                None,
-                None,
-            ) {
+            return match self
+                .policy
+                .authorise(identity, &scope, &matched, query, None, None)
+            {
                 Decision::Forward(forward) => Err(Step::Stream(forward)),
                 Decision::NeedOwner(_) => Err(Step::deny(Deny::route_not_found())),
                 Decision::Deny(deny) => Err(Step::deny(deny)),
