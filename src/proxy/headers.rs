@@ -72,36 +72,40 @@ fn security_headers() -> impl Iterator<Item = (HeaderName, HeaderValue)> {
     .chain(hsts)
 }
 
-/// Compares `name` lower-cased with `-` and `_` removed against `target`
-/// (lower-case, no separators), so `X_MCP_UserID`, `x-mcp-user-id` and
-/// `X-MCP-UserID` all compare equal. Header names are ASCII; the targets are
-/// too, so bytes suffice. A plain loop that stops at the first difference:
-/// this runs for every header of every request.
-/// Returns whether the whole target was matched, and whether the name ended
-/// there (no letters after it).
-fn squashed_match(name: &str, target: &str) -> (bool, bool) {
-    let target = target.as_bytes();
-    let mut at = 0;
-    for &b in name.as_bytes() {
-        if b == b'-' || b == b'_' {
+/// Header names compare lower-cased with `-` and `_` removed, so
+/// `X_MCP_UserID`, `x-mcp-user-id` and `X-MCP-UserID` all compare equal.
+/// Header names are ASCII; the targets (lower-case, no separators) are too,
+/// so bytes suffice. This runs for every header of every request, so it is a
+/// plain loop that stops at the first difference.
+///
+/// What is left of `name` after `prefix`'s letters, from its next letter
+/// (empty when no letter follows); `None` when the squashed name does not
+/// start with `prefix`.
+fn after_squashed<'n>(name: &'n str, prefix: &str) -> Option<&'n [u8]> {
+    let (name, mut wanted) = (name.as_bytes(), prefix.bytes());
+    for (at, &b) in name.iter().enumerate() {
+        if is_separator(b) {
             continue;
         }
-        match target.get(at) {
-            Some(t) if *t == b.to_ascii_lowercase() => at += 1,
-            // The target is done: the name goes on.
-            None => return (true, false),
-            Some(_) => return (false, false),
+        match wanted.next() {
+            Some(w) if w == b.to_ascii_lowercase() => {}
+            Some(_) => return None,
+            None => return Some(&name[at..]),
         }
     }
-    (at == target.len(), true)
+    wanted.next().is_none().then_some(&[])
+}
+
+fn is_separator(b: u8) -> bool {
+    b == b'-' || b == b'_'
 }
 
 fn squashed_is(name: &str, target: &str) -> bool {
-    squashed_match(name, target) == (true, true)
+    after_squashed(name, target).is_some_and(<[u8]>::is_empty)
 }
 
 fn squashed_starts_with(name: &str, prefix: &str) -> bool {
-    squashed_match(name, prefix).0
+    after_squashed(name, prefix).is_some()
 }
 
 /// Headers that claim an identity: memgate sets these itself.
