@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http1::request::{InvalidHead, RequestHead};
-use moka::future::Cache;
 use serde_json::Value;
 
+use crate::http1::request::{InvalidHead, RequestHead};
 use crate::policy::mem0::{memory_path, owner_from_get_response};
 use crate::proxy::Listener;
 use crate::proxy::exchange::UpstreamClient;
+
+mod cache;
+pub use cache::OwnerCache;
 
 /// Why an owner could not be found.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -22,41 +24,6 @@ pub enum LookupError {
     /// The upstream could not be asked, or answered something unexpected.
     #[error("{message}")]
     Upstream { status: u16, message: String },
-}
-
-pub struct OwnerCache {
-    owners: Cache<String, String>,
-}
-
-impl OwnerCache {
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
-        OwnerCache {
-            owners: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
-
-    /// The owner of `memory_id` (a user id, or "" when stored without one).
-    /// Only successful lookups are cached.
-    pub async fn owner<F>(&self, memory_id: &str, lookup: F) -> Result<String, LookupError>
-    where
-        F: Future<Output = Result<String, LookupError>>,
-    {
-        self.owners
-            .try_get_with(memory_id.to_string(), lookup)
-            .await
-            .map_err(|e: Arc<LookupError>| (*e).clone())
-    }
-
-    pub async fn record(&self, memory_id: String, owner: &str) {
-        self.owners.insert(memory_id, owner.to_string()).await;
-    }
-
-    pub async fn forget(&self, memory_id: &str) {
-        self.owners.invalidate(memory_id).await;
-    }
 }
 
 /// Finds owners: the cache, else one `GET {mem0}/memories/{id}` (mem0 answers
@@ -85,12 +52,12 @@ impl OwnerResolver {
         self.cache.owner(memory_id, self.lookup(memory_id)).await
     }
 
-    pub async fn record(&self, memory_id: String, owner: &str) {
-        self.cache.record(memory_id, owner).await;
+    pub fn record(&self, memory_id: String, owner: &str) {
+        self.cache.record(memory_id, owner);
     }
 
-    pub async fn forget(&self, memory_id: &str) {
-        self.cache.forget(memory_id).await;
+    pub fn forget(&self, memory_id: &str) {
+        self.cache.forget(memory_id);
     }
 
     async fn lookup(&self, memory_id: &str) -> Result<String, LookupError> {

@@ -18,7 +18,7 @@ use thiserror::Error;
 use super::deny::Deny;
 
 mod scan;
-pub use scan::{scan_agrees_with_parse, top_level_string};
+pub use scan::{Cursor, scan_agrees_with_parse, top_level_string};
 
 /// The compact JSON text of `value`, as its `Display` writes it, but
 /// serialized straight into bytes: `to_string` goes through a formatter call

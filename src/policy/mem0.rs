@@ -26,7 +26,7 @@ mod tests;
 
 pub use fuzz::{forwards_only_scope, fuzz_entry};
 pub use response::{
-    filter_answer, filter_results, foreign_items_in, owner_from_get_response,
+    created_ids_scanned, filter_answer, filter_results, foreign_items_in, owner_from_get_response,
     owner_ids_from_create_response, owner_ids_in,
 };
 pub use routes::{Route, RouteMatch, allowed_methods, memory_path};

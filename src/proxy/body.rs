@@ -124,14 +124,23 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
     if continue_if_expected(session).await.is_err() {
         return Err(Deny::bad_request("The request body could not be read"));
     }
-    let mut buf = BytesMut::new();
+    // A body that arrived in one piece is kept as it came; pieces are joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
+                let held = first.as_ref().map_or(joined.len(), Bytes::len);
+                if held + chunk.len() > limit {
                     return Err(Deny::payload_too_large(limit));
                 }
-                buf.extend_from_slice(&chunk);
+                match first.take() {
+                    None if joined.is_empty() => first = Some(chunk),
+                    earlier => {
+                        joined.extend_from_slice(&earlier.unwrap_or_default());
+                        joined.extend_from_slice(&chunk);
+                    }
+                }
             }
             Ok(None) => break,
             Err(e) => {
@@ -140,5 +149,6 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
             }
         }
     }
-    Ok((!buf.is_empty()).then(|| buf.freeze()))
+    let whole = first.unwrap_or_else(|| joined.freeze());
+    Ok((!whole.is_empty()).then_some(whole))
 }

@@ -214,11 +214,12 @@ impl Mem0Flow {
         authorised: Authorised,
     ) -> Result<()> {
         let Authorised {
-            forward,
+            mut forward,
             body,
             memory_id,
         } = authorised;
-        let body = forward.body.clone().map(Bytes::from).or(body);
+        // The rewritten body is sent, not kept: moved, not copied.
+        let body = forward.body.take().map(Bytes::from).or(body);
         let length = body.as_ref().map_or(0, Bytes::len);
         let mut upstream_req = headers::upstream_request(
             session.req_header(),
@@ -291,7 +292,7 @@ impl Mem0Flow {
             if route.records_owners() {
                 // Read straight from the text: no `Value` of the answer is needed.
                 for id in owner_ids_in(&body).map_err(unreadable)? {
-                    self.owners.record(id, &forward.scope).await;
+                    self.owners.record(id, &forward.scope);
                 }
             }
             if route.filters_results()
@@ -314,7 +315,7 @@ impl Mem0Flow {
             && route == Route::DeleteMemory
             && let Some(id) = memory_id
         {
-            self.owners.forget(id).await;
+            self.owners.forget(id);
         }
         Ok((headers::client_response(upstream, Some(body.len())), body))
     }

@@ -39,7 +39,7 @@ pub fn top_level_string<'a>(
         text,
         at: 0,
         max_depth: max_depth.min(super::DEPTH_CEILING),
-        key: key.as_bytes(),
+        key: Some(key.as_bytes()),
         member: None,
     };
     scan.skip_space();
@@ -80,7 +80,8 @@ struct Scan<'a, 'k> {
     text: &'a str,
     at: usize,
     max_depth: usize,
-    key: &'k [u8],
+    /// The member [`top_level_string`] looks for; `None` for a [`Cursor`].
+    key: Option<&'k [u8]>,
     /// The top-level `key`'s string, once seen.
     member: Option<&'a str>,
 }
@@ -146,7 +147,7 @@ impl<'a> Scan<'a, '_> {
             keys[count] = (start, end);
             count += 1;
             self.expect(b':')?;
-            if name == self.key {
+            if self.key == Some(name) {
                 if depth > 1 {
                     return None;
                 }
@@ -291,6 +292,100 @@ impl<'a> Scan<'a, '_> {
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.at += 1;
         }
+    }
+}
+
+/// A strict reader for answers whose shape the caller knows (mem0's create
+/// answer): it walks lists and objects the caller names and skips the rest
+/// with the scan's strict rules. Like the scan, it answers `None` ("not
+/// sure") for anything it does not decide itself (invalid text, escaped
+/// keys, equal keys in a skipped object, exponents, ...): the caller then
+/// reads the text with the full parser.
+pub struct Cursor<'a>(Scan<'a, 'static>);
+
+impl<'a> Cursor<'a> {
+    /// A cursor before the first value of `bytes`, if they are UTF-8.
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        Some(Cursor(Scan {
+            text,
+            at: 0,
+            max_depth: super::DEPTH_CEILING,
+            key: None,
+            member: None,
+        }))
+    }
+
+    /// The first byte of the next value, after whitespace.
+    pub fn peek(&mut self) -> Option<u8> {
+        self.0.skip_space();
+        self.0.peek()
+    }
+
+    /// Steps over the next value, inside a container at `depth` (0 for the
+    /// top level).
+    pub fn skip_value(&mut self, depth: usize) -> Option<()> {
+        self.0.value(depth)
+    }
+
+    /// The next value, a string without escapes: its contents.
+    pub fn plain_string(&mut self) -> Option<&'a str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let (start, end, escaped) = self.0.string()?;
+        (!escaped).then(|| &self.0.text[start..end])
+    }
+
+    /// Walks the list that is the next value, at `depth`: `item` reads or
+    /// skips each element.
+    pub fn items(
+        &mut self,
+        depth: usize,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? != b'[' {
+            return None;
+        }
+        if self.0.entered_empty(depth, b']')? {
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            if self.0.closed_after_item(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// Walks the object that is the next value, at `depth`: `member` gets
+    /// each key (escaped ones end the walk: not sure) and reads or skips
+    /// its value. Equal keys are passed on as they come.
+    pub fn members(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        if self.0.entered_empty(depth, b'}')? {
+            return Some(());
+        }
+        loop {
+            let key = self.plain_string()?;
+            self.0.expect(b':')?;
+            member(self, key)?;
+            if self.0.closed_after_item(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// Whether only whitespace is left.
+    pub fn finished(&mut self) -> bool {
+        self.0.skip_space();
+        self.0.at == self.0.text.len()
     }
 }
 

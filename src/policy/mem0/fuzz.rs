@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Decision, Forward, Mem0Policy, Mem0Request, Route, decide_owner};
 use super::{
-    filter_answer, filter_results, foreign_items_in, owner_from_get_response,
+    created_ids_scanned, filter_answer, filter_results, foreign_items_in, owner_from_get_response,
     owner_ids_from_create_response, owner_ids_in,
 };
 use crate::policy::query::Query;
@@ -155,6 +155,12 @@ pub fn fuzz_entry(data: &[u8]) {
     let body = body.unwrap_or_default();
     for max_depth in [1, 3, 16] {
         assert!(json::scan_agrees_with_parse(body, max_depth, "user_id"));
+    }
+    // The create answer's cursor vouches only for JSON (equal keys and all)
+    // that serde reads to the same ids.
+    if let Some(ids) = created_ids_scanned(body) {
+        let value: Value = serde_json::from_slice(body).expect("the cursor vouched for non-JSON");
+        assert_eq!(ids, owner_ids_from_create_response(&value));
     }
     if let Ok(value) = json::parse_value(body, usize::MAX) {
         // The text reading agrees with the `Value` reading.

@@ -432,6 +432,8 @@ fn create_answer() -> impl Strategy<Value = String> {
             .prop_map(|(a, b)| format!("{{\"results\":{a},\"relations\":[],\"results\":{b}}}")),
         list.clone()
             .prop_map(|a| format!("{{\"detail\":\"x\",\"results\":{a}}}")),
+        list.clone()
+            .prop_map(|a| format!("{{\"results\":{a},\"results\":\"x\"}}")),
         list.prop_map(|a| format!("{{\"results\":{{\"results\":{a}}}}}")),
         Just("\"results\"".to_owned()),
         Just("null".to_owned()),
@@ -481,6 +483,37 @@ proptest! {
     fn created_ids_read_from_text_match_the_value_reading(text in create_answer()) {
         let value: Value = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(owner_ids_in(text.as_bytes()).unwrap(), owner_ids_from_create_response(&value));
+        if let Some(ids) = created_ids_scanned(text.as_bytes()) {
+            prop_assert_eq!(ids, owner_ids_from_create_response(&value));
+        }
+    }
+
+    /// The cursor is worth having: it reads mem0's own create answers,
+    /// however Python spaced them.
+    #[test]
+    fn the_cursor_reads_mem0_create_answers(
+        items in prop::collection::vec(
+            ("[a-f0-9-]{1,36}", prop_oneof![Just("ADD"), Just("UPDATE"), Just("DELETE"), Just("NONE")], "[ -~\u{e9}]{0,20}"),
+            0..4,
+        ),
+        pretty in any::<bool>(),
+    ) {
+        let results: Vec<Value> = items
+            .iter()
+            .map(|(id, event, memory)| json!({"id": id, "memory": memory, "event": event}))
+            .collect();
+        let answer = json!({"results": results, "relations": {"added_entities": []}});
+        let text = if pretty {
+            serde_json::to_vec_pretty(&answer).unwrap()
+        } else {
+            serde_json::to_vec(&answer).unwrap()
+        };
+        let expected: Vec<&str> = items
+            .iter()
+            .filter(|(_, event, _)| *event != "DELETE")
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        prop_assert_eq!(created_ids_scanned(&text), Some(expected));
     }
 
     /// Counting foreign items straight from the text finds as many as

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::policy::json::Cursor;
+
 /// Drops from a `GET /memories` or `POST /search` response every item that is
 /// not the scope's, returning the filtered response and how many were dropped.
 /// Handles `{"results": [...]}` (other keys kept) and a bare list; anything
@@ -66,7 +68,73 @@ pub fn owner_ids_from_create_response(response: &Value) -> Vec<String> {
 /// without building a `Value` of it (a create answer is read on every
 /// `POST /memories`). An error when the text is not JSON.
 pub fn owner_ids_in(text: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    if let Some(ids) = created_ids_scanned(text) {
+        return Ok(ids.into_iter().map(str::to_owned).collect());
+    }
     serde_json::from_slice::<Created>(text).map(|created| created.0)
+}
+
+/// The ids of a plain create answer, read with the strict JSON cursor
+/// (a fifth of serde's cost on mem0's answer); `None` when the cursor is not
+/// sure (see [`Cursor`]) or an `id` or `event` is escaped, and then
+/// [`owner_ids_in`] reads the text with serde.
+pub fn created_ids_scanned(text: &[u8]) -> Option<Vec<&str>> {
+    let mut cursor = Cursor::new(text)?;
+    let ids = match cursor.peek()? {
+        b'[' => item_ids(&mut cursor, 1)?,
+        b'{' => {
+            // The last `results` counts, as in a `Value`; one that is not a
+            // list reports nothing.
+            let mut results = None;
+            cursor.members(1, |cursor, key| {
+                if key == "results" && cursor.peek()? == b'[' {
+                    results = Some(item_ids(cursor, 2)?);
+                } else {
+                    if key == "results" {
+                        results = None;
+                    }
+                    cursor.skip_value(1)?;
+                }
+                Some(())
+            })?;
+            results.unwrap_or_default()
+        }
+        _ => {
+            cursor.skip_value(0)?;
+            Vec::new()
+        }
+    };
+    cursor.finished().then_some(ids)
+}
+
+/// The ids of the list at `depth` that the cursor is at: of each item that
+/// is an object whose (last) `id` is a string and whose (last) `event` is
+/// not `DELETE`.
+fn item_ids<'a>(cursor: &mut Cursor<'a>, depth: usize) -> Option<Vec<&'a str>> {
+    let mut ids = Vec::new();
+    cursor.items(depth, |cursor| {
+        if cursor.peek()? != b'{' {
+            return cursor.skip_value(depth);
+        }
+        let (mut id, mut event) = (None, None);
+        cursor.members(depth + 1, |cursor, key| {
+            let slot = match key {
+                "id" => &mut id,
+                "event" => &mut event,
+                _ => return cursor.skip_value(depth + 1),
+            };
+            *slot = if cursor.peek()? == b'"' {
+                Some(cursor.plain_string()?)
+            } else {
+                cursor.skip_value(depth + 1)?;
+                None
+            };
+            Some(())
+        })?;
+        ids.extend(id.filter(|_| event != Some("DELETE")));
+        Some(())
+    })?;
+    Some(ids)
 }
 
 use std::borrow::Cow;

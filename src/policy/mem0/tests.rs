@@ -1195,6 +1195,55 @@ fn results_of_other_users_are_dropped() {
 }
 
 #[test]
+fn plain_create_answers_are_read_by_the_cursor() {
+    fn read(text: &str) -> Option<Vec<&str>> {
+        created_ids_scanned(text.as_bytes())
+    }
+    // mem0's answers, compact and spaced as Python's json writes them.
+    assert_eq!(
+        read(r#"{"results":[{"id":"a","memory":"x","event":"ADD"}]}"#),
+        Some(vec!["a"])
+    );
+    assert_eq!(
+        read(
+            r#" {"results": [{"id": "a", "memory": "x", "event": "ADD", "metadata": {"n": [1, -2.5, null]}},
+                {"id": "b", "event": "DELETE"}, {"id": 7}, {"event": "ADD"}, 3, ["id"]],
+               "relations": {"added_entities": [], "deleted_entities": []}} "#
+        ),
+        Some(vec!["a"])
+    );
+    assert_eq!(read(r#"[{"id":"z","event":"UPDATE"}]"#), Some(vec!["z"]));
+    assert_eq!(read(r#"{"detail":"x"}"#), Some(vec![]));
+    assert_eq!(
+        read(r#"{"results":[{"id":"a"}],"results":"x"}"#),
+        Some(vec![])
+    );
+    assert_eq!(
+        read(r#"{"results":[{"id":"a","id":"b"}]}"#),
+        Some(vec!["b"])
+    );
+    assert_eq!(read("null"), Some(vec![]));
+    // Not sure: serde reads these (escapes, exponents), or refuses them.
+    for text in [
+        r#"{"results":[{"id":"\u0061"}]}"#,
+        r#"{"results":[{"id":"a","event":"DEL\u0045TE"}]}"#,
+        r#"{"res\u0075lts":[{"id":"a"}]}"#,
+        r#"{"results":[{"id":"a","n":1e3}]}"#,
+        r#"{"results":[{"id":"a","m":{"k":1,"k":2}}]}"#,
+        r#"{"results":[{"id":"a"}]"#,
+        r#"{"results":[{"id":"a"},]}"#,
+        r#"{"results":[{"id":"a"}]} x"#,
+        "",
+    ] {
+        assert_eq!(read(text), None, "{text}");
+    }
+    assert_eq!(
+        owner_ids_in(br#"{"results":[{"id":"\u0061","event":"ADD"}]}"#).unwrap(),
+        ["a"]
+    );
+}
+
+#[test]
 fn created_ids_and_owners_are_read_from_responses() {
     let created = json!({"results": [
         {"id": "a", "memory": "x", "event": "ADD"},
