@@ -68,13 +68,14 @@ impl Generations {
 }
 
 impl OwnerCache {
-    /// Keeps at most `capacity` ids (at least two), each for at most `ttl`.
+    /// Keeps at most `capacity` ids, each for at most `ttl`; none for 0, and
+    /// at least one per generation and shard (32 in all) otherwise.
     pub fn new(capacity: u64, ttl: Duration) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         OwnerCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shard_of: RandomState::new(),
-            generation: (capacity / (2 * SHARDS)).max(1),
+            generation: capacity.div_ceil(2 * SHARDS),
             ttl: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             started: Instant::now(),
             flights: Mutex::default(),
@@ -156,6 +157,9 @@ impl OwnerCache {
 
     /// Remembers that `owner` owns `memory_id`.
     pub fn record(&self, memory_id: String, owner: &str) {
+        if self.generation == 0 {
+            return;
+        }
         let entry = Entry {
             owner: owner.into(),
             recorded: self.now(),
@@ -232,13 +236,38 @@ mod tests {
     }
 
     #[test]
-    fn a_tiny_capacity_still_remembers_the_last_id() {
-        let cache = OwnerCache::new(0, DAY);
+    fn a_tiny_capacity_still_remembers_the_last_id_and_none_remembers_nothing() {
+        let cache = OwnerCache::new(1, DAY);
         for i in 0..100 {
             cache.record(format!("id-{i}"), "bob");
             assert_eq!(cached(&cache, &format!("id-{i}")).as_deref(), Some("bob"));
         }
         assert!(cache.len() <= 2 * SHARDS);
+        let off = OwnerCache::new(0, DAY);
+        off.record("m1".into(), "bob");
+        assert_eq!(cached(&off, "m1"), None);
+        assert_eq!(off.len(), 0);
+    }
+
+    /// Not a test of behaviour: prints what 100,000 remembered owners cost
+    /// (`cargo test --lib owner_memory -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn owner_memory() {
+        fn rss_kib() -> u64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+            statm.split(' ').nth(1).unwrap().parse::<u64>().unwrap() * 4
+        }
+        let before = rss_kib();
+        let cache = OwnerCache::new(100_000, DAY);
+        for i in 0..1_000_000u64 {
+            cache.record(
+                format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                "some-user-id",
+            );
+        }
+        let per = (rss_kib() - before) * 1024 / cache.len() as u64;
+        println!("{} owners remembered, about {per} bytes each", cache.len());
     }
 
     #[test]
