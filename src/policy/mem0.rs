@@ -26,8 +26,8 @@ mod tests;
 
 pub use fuzz::{forwards_only_scope, fuzz_entry};
 pub use response::{
-    created_ids_scanned, filter_answer, filter_results, foreign_items_in, owner_from_get_response,
-    owner_ids_from_create_response, owner_ids_in,
+    created_ids_scanned, filter_answer, filter_results, foreign_items_in, foreign_items_scanned,
+    owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
 };
 pub use routes::{Route, RouteMatch, allowed_methods, memory_path};
 

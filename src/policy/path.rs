@@ -62,6 +62,13 @@ pub fn normalise(raw_path: &str) -> Result<String, PathError> {
 /// The canonical percent-encoded form of a path returned by [`normalise`]: what
 /// the upstream is sent, so it decodes to exactly what memgate decided on.
 pub fn encode(decoded_path: &str) -> String {
+    // The usual path needs no escape: copied as it is.
+    if decoded_path
+        .bytes()
+        .all(|b| b == b'/' || percent::is_path_char(b))
+    {
+        return decoded_path.to_owned();
+    }
     let mut out = String::with_capacity(decoded_path.len());
     for (i, segment) in decoded_path.split('/').enumerate() {
         if i > 0 {

@@ -389,23 +389,20 @@ fn request_id(req: &RequestHeader) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static BASE: LazyLock<String> = LazyLock::new(|| audit::new_id()[..16].to_string());
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    req.headers
-        .get(&headers::X_REQUEST_ID)
+    crate::http1::values(&req.headers, &headers::X_REQUEST_ID)
+        .next()
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(
             || {
-                // The counter in fixed-width hex, without the formatting machinery.
+                // The counter in fixed-width hex, written as bytes: no
+                // formatting machinery, no per-character pushes.
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-                let mut id = String::with_capacity(BASE.len() + 16);
-                id.push_str(&BASE);
-                id.extend(
-                    (0..16)
-                        .rev()
-                        .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize])),
-                );
-                id
+                let mut id = Vec::with_capacity(BASE.len() + 16);
+                id.extend_from_slice(BASE.as_bytes());
+                id.extend((0..16).rev().map(|i| HEX[((n >> (i * 4)) & 0xf) as usize]));
+                String::from_utf8(id).expect("hex digits")
             },
             str::to_string,
         )

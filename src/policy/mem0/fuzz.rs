@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{Decision, Forward, Mem0Policy, Mem0Request, Route, decide_owner};
 use super::{
-    created_ids_scanned, filter_answer, filter_results, foreign_items_in, owner_from_get_response,
-    owner_ids_from_create_response, owner_ids_in,
+    created_ids_scanned, filter_answer, filter_results, foreign_items_in, foreign_items_scanned,
+    owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
 };
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
@@ -161,6 +161,10 @@ pub fn fuzz_entry(data: &[u8]) {
     if let Some(ids) = created_ids_scanned(body) {
         let value: Value = serde_json::from_slice(body).expect("the cursor vouched for non-JSON");
         assert_eq!(ids, owner_ids_from_create_response(&value));
+    }
+    if let Some(foreign) = foreign_items_scanned("alice", body) {
+        let value: Value = serde_json::from_slice(body).expect("the cursor vouched for non-JSON");
+        assert_eq!(foreign, filter_results("alice", value).1);
     }
     if let Ok(value) = json::parse_value(body, usize::MAX) {
         // The text reading agrees with the `Value` reading.

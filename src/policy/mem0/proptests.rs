@@ -488,6 +488,28 @@ proptest! {
         }
     }
 
+    /// The cursor is worth having: it counts in mem0's own list answers,
+    /// however Python spaced them.
+    #[test]
+    fn the_cursor_counts_in_mem0_list_answers(
+        owners in prop::collection::vec(prop_oneof![Just("alice"), Just("bob")], 0..5),
+        pretty in any::<bool>(),
+        wrapped in any::<bool>(),
+    ) {
+        let items: Vec<Value> = owners
+            .iter()
+            .map(|owner| json!({"id": "m", "memory": "likes \"tea\"", "user_id": owner, "metadata": {"n": [1, 2.5]}, "score": 0.5}))
+            .collect();
+        let answer = if wrapped { json!({"results": items, "relations": []}) } else { Value::Array(items) };
+        let text = if pretty {
+            serde_json::to_vec_pretty(&answer).unwrap()
+        } else {
+            serde_json::to_vec(&answer).unwrap()
+        };
+        let foreign = owners.iter().filter(|owner| **owner != "alice").count();
+        prop_assert_eq!(foreign_items_scanned("alice", &text), Some(foreign));
+    }
+
     /// The cursor is worth having: it reads mem0's own create answers,
     /// however Python spaced them.
     #[test]
@@ -527,6 +549,9 @@ proptest! {
         let value: Value = serde_json::from_str(&text).unwrap();
         let (kept, dropped) = filter_results(scope, value);
         prop_assert_eq!(foreign_items_in(scope, text.as_bytes()).unwrap(), dropped);
+        if let Some(foreign) = foreign_items_scanned(scope, text.as_bytes()) {
+            prop_assert_eq!(foreign, dropped);
+        }
         let expected = (dropped > 0).then(|| (crate::policy::json::to_bytes(&kept), dropped));
         prop_assert_eq!(filter_answer(scope, text.as_bytes()).unwrap(), expected);
     }

@@ -79,32 +79,76 @@ pub fn owner_ids_in(text: &[u8]) -> Result<Vec<String>, serde_json::Error> {
 /// sure (see [`Cursor`]) or an `id` or `event` is escaped, and then
 /// [`owner_ids_in`] reads the text with serde.
 pub fn created_ids_scanned(text: &[u8]) -> Option<Vec<&str>> {
+    read_results(text, item_ids).map(Option::unwrap_or_default)
+}
+
+/// How many items [`filter_results`] would drop, read with the strict JSON
+/// cursor; `None` when the cursor is not sure (see [`Cursor`]) or a
+/// `user_id` is escaped, and then [`foreign_items_in`] reads with serde.
+pub fn foreign_items_scanned(scope: &str, text: &[u8]) -> Option<usize> {
+    read_results(text, |cursor, depth| foreign_in(cursor, scope, depth)).map(|n| n.unwrap_or(0))
+}
+
+/// Reads an answer in mem0's shapes with the cursor: a list, or an object
+/// whose (last) `results` is a list, which `read` reads (at the depth it is
+/// given). `Some(None)` when no list counts (a `results` that is not a list,
+/// none, or a scalar answer), as the `Value` readings find nothing there.
+fn read_results<'a, T>(
+    text: &'a [u8],
+    mut read: impl FnMut(&mut Cursor<'a>, usize) -> Option<T>,
+) -> Option<Option<T>> {
     let mut cursor = Cursor::new(text)?;
-    let ids = match cursor.peek()? {
-        b'[' => item_ids(&mut cursor, 1)?,
+    let found = match cursor.peek()? {
+        b'[' => Some(read(&mut cursor, 1)?),
         b'{' => {
-            // The last `results` counts, as in a `Value`; one that is not a
-            // list reports nothing.
             let mut results = None;
             cursor.members(1, |cursor, key| {
-                if key == "results" && cursor.peek()? == b'[' {
-                    results = Some(item_ids(cursor, 2)?);
-                } else {
-                    if key == "results" {
-                        results = None;
-                    }
-                    cursor.skip_value(1)?;
+                if key != "results" {
+                    return cursor.skip_value(1);
                 }
-                Some(())
+                results = None;
+                if cursor.peek()? == b'[' {
+                    results = Some(read(cursor, 2)?);
+                    return Some(());
+                }
+                cursor.skip_value(1)
             })?;
-            results.unwrap_or_default()
+            results
         }
         _ => {
             cursor.skip_value(0)?;
-            Vec::new()
+            None
         }
     };
-    cursor.finished().then_some(ids)
+    cursor.finished().then_some(found)
+}
+
+/// How many items of the list at `depth` are not objects whose (last)
+/// `user_id` is the string `scope`.
+fn foreign_in(cursor: &mut Cursor<'_>, scope: &str, depth: usize) -> Option<usize> {
+    let mut foreign = 0;
+    cursor.items(depth, |cursor| {
+        let mut owned = false;
+        if cursor.peek()? == b'{' {
+            cursor.members(depth + 1, |cursor, key| {
+                if key != "user_id" {
+                    return cursor.skip_value(depth + 1);
+                }
+                owned = if cursor.peek()? == b'"' {
+                    cursor.plain_string()? == scope
+                } else {
+                    cursor.skip_value(depth + 1)?;
+                    false
+                };
+                Some(())
+            })?;
+        } else {
+            cursor.skip_value(depth)?;
+        }
+        foreign += usize::from(!owned);
+        Some(())
+    })?;
+    Some(foreign)
 }
 
 /// The ids of the list at `depth` that the cursor is at: of each item that
@@ -267,6 +311,9 @@ pub fn filter_answer(
 /// ignored the user filter), so a well-behaved answer costs one pass. An
 /// error when the text is not JSON.
 pub fn foreign_items_in(scope: &str, text: &[u8]) -> Result<usize, serde_json::Error> {
+    if let Some(foreign) = foreign_items_scanned(scope, text) {
+        return Ok(foreign);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let foreign =
         de::DeserializeSeed::deserialize(Foreign { scope, top: true }, &mut deserializer)?;
