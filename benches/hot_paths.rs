@@ -13,12 +13,14 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
 use memgate::auth::{Authenticator, PresentedHeaders};
 use memgate::config::AuthConfig;
+use memgate::ownership::OwnerCache;
 use memgate::policy::mcp::{McpDecision, McpPolicy};
 use memgate::policy::mem0::{self, Decision, Mem0Policy, Mem0Request};
 use memgate::policy::{Identity, Permissions};
@@ -66,7 +68,7 @@ fn bench_auth(c: &mut Criterion) {
     );
     let plaintext = token::generate().expect("token");
     let (auth, plaintext) = rt.block_on(async {
-        let store = SqliteStore::connect(&url, 2, std::time::Duration::from_secs(3))
+        let store = SqliteStore::connect(&url, 2, Duration::from_secs(3))
             .await
             .expect("sqlite store");
         store.migrate().await.expect("migrate");
@@ -296,6 +298,25 @@ fn bench_mem0(c: &mut Criterion) {
     let created: Value = json!({"results":[{"id":"3f0c6f4e-8d0a-4c55-9a4e-0d6f3c5b2a11","memory":"x","event":"ADD"}]});
     group.bench_function("owner_ids_from_create_response", |b| {
         b.iter(|| mem0::owner_ids_from_create_response(black_box(&created)))
+    });
+    let created_bytes = created.to_string().into_bytes();
+    assert!(mem0::created_ids_scanned(&created_bytes).is_some());
+    group.bench_function("owner_ids_in create answer (what the proxy reads)", |b| {
+        b.iter(|| mem0::owner_ids_in(black_box(&created_bytes)))
+    });
+    // Every create records an owner: at capacity, every record evicts.
+    let owners = OwnerCache::new(100_000, Duration::from_secs(24 * 3600));
+    let ids: Vec<String> = (0..1_000_000u64).map(|i| format!("{i:032x}")).collect();
+    let mut next = ids.iter().cycle();
+    for _ in 0..200_000 {
+        owners.record(next.next().unwrap().clone(), "bench");
+    }
+    group.bench_function("owner cache record at capacity (100,000)", |b| {
+        b.iter_batched(
+            || next.next().unwrap().clone(),
+            |id| owners.record(id, "bench"),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
