@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod flights;
 pub mod http1;
 pub mod lifecycle;
 pub mod metrics;

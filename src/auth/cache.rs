@@ -14,6 +14,7 @@ use governor::DefaultDirectRateLimiter;
 
 use chrono::{DateTime, Utc};
 
+use crate::flights::Flights;
 use crate::policy::Identity;
 use crate::store::{TokenRecord, TokenStatus};
 use crate::token::TokenHash;
@@ -302,15 +303,13 @@ impl<V, S: BuildHasher + Default> Shards<V, S> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unavailable;
 
-/// One store read that concurrent misses for a token share.
-type Flight = Arc<tokio::sync::OnceCell<Result<Lookup, Unavailable>>>;
-
 pub struct TokenCache {
     /// Tokens the store knows: fresh answers and last-known-good copies.
     known: Shards<Known, DigestState>,
     /// Tokens the store does not know, until the negative TTL runs out.
     unknown: Shards<Millis>,
-    flights: Mutex<HashMap<TokenHash, Flight>>,
+    /// Store reads that concurrent misses for a token share.
+    flights: Flights<TokenHash, Result<Lookup, Unavailable>>,
     started: Instant,
     positive_ttl: Millis,
     negative_ttl: Millis,
@@ -376,7 +375,7 @@ impl TokenCache {
         TokenCache {
             known: Shards::new(capacity),
             unknown: Shards::new(capacity),
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             started: Instant::now(),
             positive_ttl: millis(positive_ttl),
             negative_ttl: millis(negative_ttl),
@@ -423,34 +422,10 @@ impl TokenCache {
     where
         F: Future<Output = Result<Lookup, Unavailable>>,
     {
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            match flights.get(&key) {
-                Some(flight) => flight.clone(),
-                None => {
-                    // A flight that ended after this caller's miss cached its
-                    // answer before leaving this map.
-                    if let Some(lookup) = self.cached(&key) {
-                        return Ok((lookup, true));
-                    }
-                    let flight = Flight::default();
-                    flights.insert(key, flight.clone());
-                    flight
-                }
-            }
-        };
-        let mut loaded_here = false;
-        let result = flight
-            .get_or_init(|| {
-                loaded_here = true;
-                load
-            })
-            .await
-            .clone();
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&key);
-        }
+        let (result, loaded_here) = self
+            .flights
+            .join(&key, || self.cached(&key).map(Ok), load)
+            .await;
         result.map(|lookup| (lookup, !loaded_here))
     }
 
@@ -859,7 +834,7 @@ mod tests {
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1, "one store read");
         assert_eq!(shared, 49, "everyone else shared it");
-        assert!(c.flights.lock().unwrap().is_empty(), "the flight is over");
+        assert!(c.flights.is_idle(), "the flight is over");
 
         let failed = c.get_or_load([10; 32], async { Err(Unavailable) }).await;
         assert_eq!(failed.err(), Some(Unavailable));

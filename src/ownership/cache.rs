@@ -13,19 +13,17 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::LookupError;
+use crate::flights::Flights;
 
 /// Shards, so that worker threads rarely wait for each other's lock.
 const SHARDS: usize = 16;
 
 /// Milliseconds since the cache was made.
 type Millis = u64;
-
-/// One lookup of mem0 that concurrent misses for an id share.
-type Flight = Arc<tokio::sync::OnceCell<Result<String, LookupError>>>;
 
 pub struct OwnerCache {
     shards: Box<[Mutex<Generations>]>,
@@ -35,7 +33,8 @@ pub struct OwnerCache {
     generation: usize,
     ttl: Millis,
     started: Instant,
-    flights: Mutex<HashMap<String, Flight>>,
+    /// Lookups of mem0 that concurrent misses for an id share.
+    flights: Flights<String, Result<String, LookupError>>,
 }
 
 type Owners = HashMap<Box<str>, Entry>;
@@ -78,7 +77,7 @@ impl OwnerCache {
             generation: capacity.div_ceil(2 * SHARDS),
             ttl: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             started: Instant::now(),
-            flights: Mutex::default(),
+            flights: Flights::default(),
         }
     }
 
@@ -101,39 +100,18 @@ impl OwnerCache {
         if let Some(owner) = self.cached(memory_id) {
             return Ok(owner);
         }
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(flight) = flights.get(memory_id) {
-                flight.clone()
-            } else {
-                // A flight that ended after this caller's miss remembered
-                // its answer before leaving the map.
-                if let Some(owner) = self.cached(memory_id) {
-                    return Ok(owner);
-                }
-                let flight = Flight::default();
-                flights.insert(memory_id.to_owned(), flight.clone());
-                flight
+        let remember = async {
+            let found = lookup.await;
+            if let Ok(owner) = &found {
+                self.record(memory_id.to_owned(), owner);
             }
+            found
         };
-        let result = flight
-            .get_or_init(|| async {
-                let found = lookup.await;
-                if let Ok(owner) = &found {
-                    self.record(memory_id.to_owned(), owner);
-                }
-                found
-            })
-            .await
-            .clone();
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights
-            .get(memory_id)
-            .is_some_and(|f| Arc::ptr_eq(f, &flight))
-        {
-            flights.remove(memory_id);
-        }
-        result
+        let (found, _) = self
+            .flights
+            .join(memory_id, || self.cached(memory_id).map(Ok), remember)
+            .await;
+        found
     }
 
     /// The remembered owner of `memory_id`, if it is not older than the TTL.
@@ -193,6 +171,7 @@ impl OwnerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -302,10 +281,7 @@ mod tests {
             assert_eq!(waiter.await.unwrap().unwrap(), "alice");
         }
         assert_eq!(lookups.load(Ordering::SeqCst), 1, "one lookup of mem0");
-        assert!(
-            cache.flights.lock().unwrap().is_empty(),
-            "the flight is over"
-        );
+        assert!(cache.flights.is_idle(), "the flight is over");
         assert_eq!(
             cache.owner("m1", async { unreachable!() }).await.unwrap(),
             "alice"

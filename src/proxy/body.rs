@@ -124,22 +124,21 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
     if continue_if_expected(session).await.is_err() {
         return Err(Deny::bad_request("The request body could not be read"));
     }
-    // A body that arrived in one piece is kept as it came; pieces are joined.
-    let mut first: Option<Bytes> = None;
+    // A body that arrived in one piece is kept as it came; only one that
+    // arrived in several is copied together.
+    let mut whole = Bytes::new();
     let mut joined = BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                let held = first.as_ref().map_or(joined.len(), Bytes::len);
-                if held + chunk.len() > limit {
+                if whole.len() + joined.len() + chunk.len() > limit {
                     return Err(Deny::payload_too_large(limit));
                 }
-                match first.take() {
-                    None if joined.is_empty() => first = Some(chunk),
-                    earlier => {
-                        joined.extend_from_slice(&earlier.unwrap_or_default());
-                        joined.extend_from_slice(&chunk);
-                    }
+                if whole.is_empty() && joined.is_empty() {
+                    whole = chunk;
+                } else {
+                    joined.extend_from_slice(&std::mem::take(&mut whole));
+                    joined.extend_from_slice(&chunk);
                 }
             }
             Ok(None) => break,
@@ -149,6 +148,8 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
             }
         }
     }
-    let whole = first.unwrap_or_else(|| joined.freeze());
+    if !joined.is_empty() {
+        whole = joined.freeze();
+    }
     Ok((!whole.is_empty()).then_some(whole))
 }
