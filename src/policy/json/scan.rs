@@ -339,23 +339,8 @@ impl<'a> Cursor<'a> {
 
     /// Walks the list that is the next value, at `depth`: `item` reads or
     /// skips each element.
-    pub fn items(
-        &mut self,
-        depth: usize,
-        mut item: impl FnMut(&mut Self) -> Option<()>,
-    ) -> Option<()> {
-        if self.peek()? != b'[' {
-            return None;
-        }
-        if self.0.entered_empty(depth, b']')? {
-            return Some(());
-        }
-        loop {
-            item(self)?;
-            if self.0.closed_after_item(b']')? {
-                return Some(());
-            }
-        }
+    pub fn items(&mut self, depth: usize, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.container(depth, b'[', b']', item)
     }
 
     /// Walks the object that is the next value, at `depth`: `member` gets
@@ -366,17 +351,31 @@ impl<'a> Cursor<'a> {
         depth: usize,
         mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        if self.peek()? != b'{' {
+        self.container(depth, b'{', b'}', |cursor| {
+            let key = cursor.plain_string()?;
+            cursor.0.expect(b':')?;
+            member(cursor, key)
+        })
+    }
+
+    /// Walks the container between `open` and `close` that is the next
+    /// value, at `depth`, with `each` reading one entry at a time.
+    fn container(
+        &mut self,
+        depth: usize,
+        open: u8,
+        close: u8,
+        mut each: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? != open {
             return None;
         }
-        if self.0.entered_empty(depth, b'}')? {
+        if self.0.entered_empty(depth, close)? {
             return Some(());
         }
         loop {
-            let key = self.plain_string()?;
-            self.0.expect(b':')?;
-            member(self, key)?;
-            if self.0.closed_after_item(b'}')? {
+            each(self)?;
+            if self.0.closed_after_item(close)? {
                 return Some(());
             }
         }
