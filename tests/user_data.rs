@@ -754,6 +754,7 @@ async fn a_scope_that_cannot_be_recorded_is_not_written_to() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
     assert!(
         body["detail"].as_str().unwrap().contains("project scope"),

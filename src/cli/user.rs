@@ -9,7 +9,9 @@
 //! Deletion lists a scope's memories and deletes them one by one
 //! (`DELETE /memories/{id}`), never with `DELETE /memories?user_id=…`: on
 //! mem0 0.1.118–1.0.5 that route ends in `vector_store.reset()` and drops
-//! every user's memories (DESIGN.md §4).
+//! every user's memories (DESIGN.md §4). mem0 lists at most a fixed number
+//! of memories and cannot page ([`MEM0_LIST_MAX`]): deletion lists again
+//! until nothing is left, and an export says when a listing was cut short.
 
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -73,9 +75,9 @@ pub struct DeleteArgs {
 ///   at most 20, and no way to ask for more.
 /// - 2.0.8 and later (2026): `top_k: Query(None, ge=0, le=1000)`
 ///   (`ALL_MEMORIES_LIMIT`); without it `get_all` answers 20; over 1000 is a
-///   422. (`top_k=0` answers one memory: the cut is checked after appending.)
+///   422.
 ///
-/// From 2.0.10 `get_all` also hides memories past their `expiration_date`
+/// From 2.0.10 (release tags of the mem0 repository) `get_all` also hides memories past their `expiration_date`
 /// unless `show_expired=true`; they are still stored, so export and delete ask
 /// for them (older servers ignore the parameter).
 ///

@@ -154,7 +154,8 @@ pub enum Listing {
     /// to `top_k=20`.
     V2Early,
     /// mem0ai 2.0.8 and later (2026): `top_k: Query(None, ge=0, le=1000)`,
-    /// 20 without it, 422 outside the range.
+    /// 20 without it, 422 outside the range. (The stand-in has no expiry, so
+    /// `show_expired` hides nothing.)
     V2,
 }
 
@@ -608,9 +609,21 @@ fn list_limit(listing: Listing, query: &[(String, String)]) -> Result<usize, Res
                     json!({"le": V2_TOP_K_MAX}),
                 ));
             }
-            // `_get_all_from_vector_store` appends before it compares with
-            // the limit: `top_k=0` answers one memory.
-            Ok((top_k as usize).max(1))
+            // Without `show_expired`, `_get_all_from_vector_store` fetches at
+            // least 60 and appends before it compares with the limit:
+            // `top_k=0` answers one memory.
+            let show_expired = query
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "show_expired")
+                .is_some_and(|(_, v)| {
+                    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+                });
+            Ok(if show_expired {
+                top_k as usize
+            } else {
+                (top_k as usize).max(1)
+            })
         }
     }
 }
