@@ -263,8 +263,7 @@ impl Mem0 {
         }
         bail!(
             "mem0 still lists memories of scope {scope} after {MAX_DELETE_ROUNDS} rounds of \
-             listing and deleting ({} deleted in them); memories may be being added meanwhile",
-            seen.len()
+             listing and deleting ({deleted} deleted); memories may be being added meanwhile"
         )
     }
 }
