@@ -1,8 +1,8 @@
 //! Every `memgate_*` metric the Grafana dashboard (`grafana/`) and the alert
 //! rules (`deploy/prometheus/`) use is on a freshly started memgate's
-//! `/metrics`, with the label values they match literally (DESIGN.md §7): a
-//! series that only appears at its first event makes `increase()` miss that
-//! event, and a renamed metric makes a panel or an alert silently empty.
+//! `/metrics`, with the label values they match literally: a series that
+//! only appears at its first event makes `increase()` miss that event, and a
+//! renamed metric makes a panel or an alert silently empty.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
