@@ -1129,7 +1129,25 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
         tool_call(3, "get_all_memories", json!({"user_id": "bob"})),
     )
     .await;
-    assert_refusal(&reply, 200, 3, "legacy call naming bob");
+    // Its refusal comes where a legacy client waits for every answer: on the
+    // session's stream, in place of a harmless ping the upstream answered.
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, data) = events.next_event(STEP).await.expect("the refusal");
+    let refusal: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(refusal["id"], 3, "{refusal}");
+    assert_eq!(refusal["error"]["code"], -32003, "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("alice")),
+        "{refusal}"
+    );
+    assert!(mcp.calls_of("get_all_memories").is_empty());
+    // A refused notification is owed no answer and reaches nothing.
+    let mut notification = tool_call(0, "get_all_memories", json!({"user_id": "bob"}));
+    notification.as_object_mut().unwrap().remove("id");
+    let reply = post(&alice, notification).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
     assert!(mcp.calls_of("get_all_memories").is_empty());
 
     // Bob cannot post into alice's session.

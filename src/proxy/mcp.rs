@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::exchange::UpstreamClient;
 use super::headers::{Relayed, SetHeaders};
@@ -73,6 +73,13 @@ pub enum McpHandled {
     Stream(StreamWatch),
 }
 
+/// A refusal owed on a legacy session's stream: the id of the refused
+/// request and the JSON-RPC error to send as its answer.
+struct PendingRefusal {
+    id: Value,
+    error: Vec<u8>,
+}
+
 /// Per-request state for responses streamed through pingora.
 pub struct StreamWatch {
     /// SSE responses are parsed to learn legacy session ids and trim tool lists.
@@ -106,6 +113,9 @@ pub struct McpFlow {
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
     /// answers will come back on that session's stream.
     pending_lists: moka::sync::Cache<String, Vec<Value>>,
+    /// Legacy SSE: refusals waiting to replace the upstream's answer to the
+    /// stand-in `ping` sent in their place, by session.
+    pending_refusals: moka::sync::Cache<String, Arc<std::sync::Mutex<Vec<PendingRefusal>>>>,
     paths: McpPaths,
     allowed_origins: Vec<String>,
     max_body_bytes: usize,
@@ -138,6 +148,10 @@ impl McpFlow {
             owners: s.owners,
             sessions: s.sessions,
             pending_lists: moka::sync::Cache::builder()
+                .max_capacity(s.max_sessions)
+                .time_to_idle(s.session_idle)
+                .build(),
+            pending_refusals: moka::sync::Cache::builder()
                 .max_capacity(s.max_sessions)
                 .time_to_idle(s.session_idle)
                 .build(),
@@ -305,8 +319,15 @@ impl McpFlow {
                 return Ok(McpHandled::Responded(None));
             }
         };
+        let legacy_session = (endpoint == Endpoint::LegacyMessages)
+            .then(|| session_id.clone())
+            .flatten();
         let forward = match self.policy.decide(identity, scope, &body) {
-            McpDecision::Deny(deny) => return self.refuse_call(session, deny, false).await,
+            McpDecision::Deny(deny) => {
+                return self
+                    .refuse_request(session, identity, scope, legacy_session, deny, false)
+                    .await;
+            }
             McpDecision::Forward(forward) => forward,
         };
         for call in &forward.calls {
@@ -321,7 +342,9 @@ impl McpFlow {
         }
         if let Err(deny) = self.check_owners(identity, scope, &forward).await {
             let ownership = deny.status == 403;
-            return self.refuse_call(session, deny, ownership).await;
+            return self
+                .refuse_request(session, identity, scope, legacy_session, deny, ownership)
+                .await;
         }
         if endpoint == Endpoint::LegacyMessages
             && let Some(id) = &session_id
@@ -350,6 +373,85 @@ impl McpFlow {
             tool: None,
             ownership: false,
             session: true,
+        })))
+    }
+
+    /// Answers a refused JSON-RPC request: on a legacy session's stream when
+    /// that is where its answer is awaited, else in the POST's answer.
+    async fn refuse_request(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+        legacy_session: Option<String>,
+        deny: McpDeny,
+        ownership: bool,
+    ) -> Result<McpHandled> {
+        let refused_id = match serde_json::from_slice::<Value>(&deny.body) {
+            Ok(Value::Object(error)) => error.get("id").cloned(),
+            _ => None,
+        };
+        match (legacy_session, refused_id) {
+            (Some(key), Some(id)) if matches!(deny.status, 403 | 404) => {
+                self.refuse_on_stream(session, identity, scope, key, id, deny, ownership)
+                    .await
+            }
+            _ => self.refuse_call(session, deny, ownership).await,
+        }
+    }
+
+    /// A legacy client reads every answer from its session's stream, and
+    /// waits there for one whatever the POST's answer says. The upstream is
+    /// sent a `ping` with the refused request's id in its place (every MCP
+    /// server answers one and it changes nothing), and its answer on the
+    /// stream is replaced by the refusal. A refused notification (no id) is
+    /// accepted and dropped: it is owed no answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_on_stream(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+        session_key: String,
+        id: Value,
+        deny: McpDeny,
+        ownership: bool,
+    ) -> Result<McpHandled> {
+        if id.is_null() {
+            let mut header = ResponseHeader::build(202, Some(2))?;
+            header.insert_header("content-length", "0")?;
+            headers::secure_response(&mut header)?;
+            session.write_response_header(Box::new(header)).await?;
+            session.write_response_body(Bytes::new(), true).await?;
+        } else {
+            let waiting = self
+                .pending_refusals
+                .get_with(session_key, || Arc::new(std::sync::Mutex::new(Vec::new())));
+            if let Ok(mut waiting) = waiting.lock() {
+                // Bounded: a client that never reads its stream cannot grow it.
+                if waiting.len() >= 64 {
+                    waiting.remove(0);
+                }
+                waiting.push(PendingRefusal {
+                    id: id.clone(),
+                    error: deny.body.clone(),
+                });
+            }
+            let ping = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+            let stand_in = McpForward {
+                body: Some(ping.to_string().into_bytes()),
+                ..McpForward::default()
+            };
+            self.forward(session, identity, scope, stand_in, Vec::new())
+                .await?;
+        }
+        Ok(McpHandled::Responded(Some(McpRefusal {
+            status: deny.status,
+            message: deny.message,
+            method: deny.method,
+            tool: deny.tool,
+            ownership,
+            session: false,
         })))
     }
 
@@ -648,10 +750,20 @@ impl McpFlow {
                 }
                 return;
             }
-            if watch.legacy
-                && let Some(id) = &watch.stream_session
-                && let Some(ids) = self.pending_lists.get(id)
+            if !watch.legacy {
+                return;
+            }
+            let Some(id) = &watch.stream_session else {
+                return;
+            };
+            if let Some(waiting) = self.pending_refusals.get(id)
+                && let Ok(mut waiting) = waiting.lock()
+                && let Some(error) = take_refusal(&mut waiting, event)
             {
+                event.data = Some(error);
+                return;
+            }
+            if let Some(ids) = self.pending_lists.get(id) {
                 self.policy.filter_sse_event(&watch.identity, event, &ids);
             }
         };
@@ -685,6 +797,23 @@ fn add_cors(header: &mut impl SetHeaders, origin: Option<&str>) -> Result<()> {
         header.add(http::header::VARY, http::HeaderValue::from_static("Origin"))?;
     }
     Ok(())
+}
+
+/// The refusal owed for the request `event` answers, if one is waiting: the
+/// event must be a result (the stand-in ping's) for a waiting id.
+fn take_refusal(waiting: &mut Vec<PendingRefusal>, event: &SseEvent) -> Option<String> {
+    if waiting.is_empty() {
+        return None;
+    }
+    let answer: Value = serde_json::from_str(event.data.as_deref()?).ok()?;
+    let answer = answer.as_object()?;
+    if !answer.contains_key("result") {
+        return None;
+    }
+    let at = waiting
+        .iter()
+        .position(|pending| Some(&pending.id) == answer.get("id"))?;
+    String::from_utf8(waiting.remove(at).error).ok()
 }
 
 /// Whether the client reads answers only as an event stream (its `Accept`
