@@ -96,7 +96,7 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    fn with(port: u16, upstream: &str) -> Self {
+    pub(crate) fn with(port: u16, upstream: &str) -> Self {
         ListenerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             upstream: upstream.into(),
@@ -637,6 +637,43 @@ impl Upstream {
     }
 }
 
+/// `mcp.upstream`: one `scheme://host:port`, or a template whose `{scope}`
+/// and `{user}` stand only in the host name (each expands to one host
+/// label), so that no scope can name a path, a port or another scheme.
+fn validate_mcp_upstream(upstream: &str) -> Result<(), ConfigError> {
+    use crate::policy::upstream_name::{SCOPE_PLACEHOLDER, USER_PLACEHOLDER, is_template};
+    const KEY: &str = "mcp.upstream";
+    let rest = upstream
+        .replace(SCOPE_PLACEHOLDER, "")
+        .replace(USER_PLACEHOLDER, "");
+    if !is_template(upstream) && !rest.contains(['{', '}']) {
+        return Upstream::parse(KEY, upstream).map(drop);
+    }
+    let misplaced = || {
+        invalid(
+            KEY,
+            format!(
+                "{upstream:?}: only {{scope}} and {{user}} may be templated, and only in the \
+                 host name, e.g. http://mcp-{{scope}}:8080"
+            ),
+        )
+    };
+    if rest.contains('{') || rest.contains('}') {
+        return Err(misplaced());
+    }
+    let with = |label: &str| {
+        upstream
+            .replace(SCOPE_PLACEHOLDER, label)
+            .replace(USER_PLACEHOLDER, label)
+    };
+    let one = Upstream::parse(KEY, &with("a0")).map_err(|_| misplaced())?;
+    let two = Upstream::parse(KEY, &with("b1")).map_err(|_| misplaced())?;
+    if one.host == two.host || one.port != two.port || one.tls != two.tls {
+        return Err(misplaced());
+    }
+    Ok(())
+}
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
@@ -658,11 +695,14 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        validate_mcp_upstream(&self.mcp.upstream)?;
         for (name, listener) in [
             ("mcp", &self.mcp.listener()),
             ("mem0", &self.mem0.listener()),
         ] {
-            Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
+            if name == "mem0" {
+                Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
+            }
             if listener.connect_timeout_secs == 0 {
                 return Err(invalid(
                     format!("{name}.connect_timeout_secs"),
@@ -953,5 +993,25 @@ mod tests {
         );
         assert!(Upstream::parse("k", "http://x:1/prefix").is_err());
         assert!(Upstream::parse("k", "http://u:p@x:1").is_err());
+        for good in [
+            "http://mcp-{scope}:8080",
+            "http://{user}.mcp.internal:8080",
+            "https://{scope}-{user}.svc",
+        ] {
+            assert!(validate_mcp_upstream(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://mcp:8080/{scope}",
+            "http://mcp:{scope}",
+            "http://{scope}@mcp:8080",
+            "http://mcp:8080/?u={user}",
+            "http://mcp:8080/#{scope}",
+            "{scope}://mcp:8080",
+            "http://mcp-{project}:8080",
+            "http://mcp-{scope:8080",
+        ] {
+            let err = validate_mcp_upstream(bad).unwrap_err().to_string();
+            assert!(err.contains("mcp.upstream"), "{bad}: {err}");
+        }
     }
 }

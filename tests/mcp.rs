@@ -1752,3 +1752,75 @@ async fn legacy_session_ids_are_read_as_the_upstream_reads_them() {
     let answer: Value = serde_json::from_str(&data).expect("JSON-RPC");
     assert_eq!(answer["id"], 1, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_upstream_sends_each_user_to_their_own_server() {
+    // One server per user on 127.0.0.N: the users "2" and "3" are their
+    // own host labels, so `127.0.0.{user}` names each one's server.
+    let port = free_port();
+    let two = McpServer::start_on(format!("127.0.0.2:{port}").parse().unwrap()).await;
+    let three = McpServer::start_on(format!("127.0.0.3:{port}").parse().unwrap()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mem0 = Mem0::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &mem0.url());
+    cfg.mcp_upstream = format!("http://127.0.0.{{user}}:{port}");
+    let gate = Memgate::start(cfg).await;
+    let (user_two, user_three) = (gate.create_token("2", RW), gate.create_token("3", RW));
+
+    let client = connect(&gate, &user_two).await;
+    let listed = tool_names(&client).await;
+    for tool in PER_PROCESS_TOOLS {
+        assert!(listed.contains(tool), "{tool} hidden: {listed:?}");
+    }
+    call_ok(&client, "add_coding_preference", json!({"text": "tabs"})).await;
+    close(client).await;
+
+    let client = connect(&gate, &user_three).await;
+    let found = call_ok(&client, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(found["results"], json!([]), "user 3 sees user 2's: {found}");
+    call_ok(&client, "add_memory", json!({"text": "spaces"})).await;
+    close(client).await;
+
+    assert_eq!(
+        two.calls_of("add_coding_preference"),
+        [json!({"text": "tabs"})]
+    );
+    assert!(two.calls_of("get_all_coding_preferences").is_empty());
+    assert_eq!(three.calls_of("get_all_coding_preferences").len(), 1);
+    assert!(three.calls_of("add_coding_preference").is_empty());
+    for (server, user) in [(&two, "2"), (&three, "3")] {
+        for request in server.http_requests() {
+            assert_eq!(
+                request.header("x-mcp-userid").as_deref(),
+                Some(user),
+                "a request of another user reached {user}'s server: {request:?}"
+            );
+        }
+    }
+
+    // A user id that is not a host label is hashed into one: it can only
+    // ever name a host of its own (here, none that resolves).
+    let odd = gate.create_token("9/../2", RW);
+    let reply = post_raw(
+        &gate,
+        "/mcp",
+        &[("X-MCP-Token", &odd)],
+        initialize_body(1).to_string().into_bytes(),
+    )
+    .await;
+    assert!(reply.status >= 500, "{}: {}", reply.status, reply.text);
+    assert_eq!(
+        two.http_requests()
+            .iter()
+            .filter(|r| r.header("x-mcp-userid").as_deref() != Some("2"))
+            .count(),
+        0
+    );
+
+    let printed = gate.cli(&["upstream-name", "--user", "2"]);
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        printed.contains(&format!("http://127.0.0.2:{port}")),
+        "{printed}"
+    );
+}

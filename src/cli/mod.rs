@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod import;
 pub mod token;
+pub mod upstream_name;
 pub mod user;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub enum Command {
     /// A user's data: export it (memories of every scope, tokens, audit) or delete it
     #[command(subcommand)]
     User(user::UserCommand),
+    /// The server a templated [mcp] upstream (http://mcp-{scope}:8080) sends a user to
+    UpstreamName(upstream_name::UpstreamNameArgs),
 }
 
 /// Loads and validates the configuration named on the command line.

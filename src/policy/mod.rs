@@ -12,6 +12,7 @@ pub mod percent;
 pub mod query;
 pub mod scope;
 pub mod sse;
+pub mod upstream_name;
 
 use std::fmt;
 

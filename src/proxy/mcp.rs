@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::exchange::UpstreamClient;
 use super::headers::{Relayed, SetHeaders};
+use super::targets::Upstreams;
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
 use crate::metrics::{METRICS, memo};
@@ -107,7 +108,7 @@ impl StreamWatch {
 
 pub struct McpFlow {
     policy: McpPolicy,
-    client: Arc<UpstreamClient>,
+    upstreams: Arc<Upstreams>,
     owners: Arc<OwnerResolver>,
     sessions: Arc<SessionBindings>,
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
@@ -126,7 +127,7 @@ pub struct McpFlow {
 /// The settings `McpFlow` is built from.
 pub struct McpSettings {
     pub policy: McpPolicy,
-    pub client: Arc<UpstreamClient>,
+    pub upstreams: Arc<Upstreams>,
     pub owners: Arc<OwnerResolver>,
     pub mcp_path: String,
     pub sse_path: String,
@@ -144,7 +145,7 @@ impl McpFlow {
     pub fn new(s: McpSettings) -> Self {
         McpFlow {
             policy: s.policy,
-            client: s.client,
+            upstreams: s.upstreams,
             owners: s.owners,
             sessions: s.sessions,
             pending_lists: moka::sync::Cache::builder()
@@ -525,6 +526,7 @@ impl McpFlow {
 
     fn upstream_request(
         &self,
+        client: &UpstreamClient,
         client_req: &RequestHeader,
         identity: &Identity,
         scope: &str,
@@ -558,7 +560,7 @@ impl McpFlow {
             identity,
             scope,
             self.forward_credentials,
-            self.client.target().authority(),
+            client.target().authority(),
             |n, v| !unreadable(n, v) && !edited(n),
         )?;
         for (name, value) in &edits {
@@ -586,12 +588,26 @@ impl McpFlow {
         forward: McpForward,
         client_body: Vec<u8>,
     ) -> Result<()> {
+        let client = match self.upstreams.client(scope, &identity.user_id) {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::error!(error = %why, "no MCP upstream for this scope; nothing sent");
+                let message = "This request's upstream cannot be reached safely; the operator must check the logs";
+                return refuse(session, 500, message, &Value::Null, &[]).await;
+            }
+        };
         let body = Bytes::from(forward.body.clone().unwrap_or(client_body));
-        let upstream_req =
-            self.upstream_request(session.req_header(), identity, scope, &forward, body.len())?;
+        let upstream_req = self.upstream_request(
+            &client,
+            session.req_header(),
+            identity,
+            scope,
+            &forward,
+            body.len(),
+        )?;
         let cors = self.cors_origin(session.req_header());
         let started = std::time::Instant::now();
-        let (upstream, mut open) = match self.client.open(upstream_req, Some(body)).await {
+        let (upstream, mut open) = match client.open(upstream_req, Some(body)).await {
             Ok(open) => open,
             Err(e) => {
                 let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
