@@ -1,13 +1,19 @@
 //! Header hygiene (DESIGN.md §1 step 5): identity headers a client sent are
 //! never believed or forwarded, in any spelling; the trusted ones are injected.
+//! Redirects the upstream makes to its own origin are pointed back at memgate.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use super::Session;
 use super::exchange::UpstreamHead;
+use super::upstream::UpstreamTarget;
+use crate::config::Upstream;
 use crate::http1::request::{InvalidHead, RequestHead};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
@@ -45,6 +51,14 @@ static TLS: OnceLock<bool> = OnceLock::new();
 
 pub fn set_tls(enabled: bool) {
     let _ = TLS.set(enabled);
+}
+
+/// `server.trusted_proxies` (set once at start): only their
+/// `X-Forwarded-Proto` says which scheme the client used.
+static TRUSTED_PROXIES: OnceLock<Vec<IpNet>> = OnceLock::new();
+
+pub fn set_trusted_proxies(proxies: Vec<IpNet>) {
+    let _ = TRUSTED_PROXIES.set(proxies);
 }
 
 /// Headers every response carries: no MIME sniffing, no framing, and HSTS
@@ -126,11 +140,30 @@ pub fn is_credential_header(name: &str) -> bool {
     squashed_is(name, "xmcptoken") || squashed_is(name, "authorization")
 }
 
+/// mem0's API key: the upstream's own credential, which only memgate's
+/// `upstream_headers` may supply.
+pub fn is_upstream_key(name: &str) -> bool {
+    squashed_is(name, "xapikey")
+}
+
+/// Whether two header names are one header to an upstream or a framework in
+/// front of it: equal but for case, `-` and `_`.
+pub fn same_header(a: &str, b: &str) -> bool {
+    fn squash(n: &str) -> impl Iterator<Item = u8> + '_ {
+        n.bytes()
+            .filter(|b| !is_separator(*b))
+            .map(|b| b.to_ascii_lowercase())
+    }
+    squash(a).eq(squash(b))
+}
+
 /// Headers memgate never passes on from a client: identity claims, method
-/// overrides, and credentials unless the listener forwards them.
+/// overrides, the upstream's API key, and credentials unless the listener
+/// forwards them.
 fn is_stripped(name: &str, forward_credentials: bool) -> bool {
     is_identity_header(name)
         || is_method_override(name)
+        || is_upstream_key(name)
         || (!forward_credentials && is_credential_header(name))
 }
 
@@ -324,14 +357,20 @@ impl SetHeaders for Relayed {
 }
 
 /// The upstream's answer made the client's: memgate frames the body itself
-/// (with `length` when it knows it), and adds the security headers. The
-/// upstream's hop-by-hop headers were left out when its head was parsed
+/// (with `length` when it knows it), adds the security headers, and points
+/// redirects to the upstream's own origin back at memgate. The upstream's
+/// hop-by-hop headers were left out when its head was parsed
 /// (`http1::head::take_response`).
-pub fn client_response(upstream: UpstreamHead, length: Option<usize>) -> Relayed {
+pub fn client_response(
+    upstream: UpstreamHead,
+    length: Option<usize>,
+    redirects: &Redirects<'_>,
+) -> Relayed {
     let mut relayed = Relayed {
         upstream,
         added: Vec::with_capacity(6),
     };
+    redirects.rewrite(&mut relayed);
     // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
     let status = relayed.status().as_u16();
     if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
@@ -345,6 +384,187 @@ pub fn client_response(upstream: UpstreamHead, length: Option<usize>) -> Relayed
         relayed.added.push((name, value));
     }
     relayed
+}
+
+/// The authority the client addressed: HTTP/2's `:authority` or an
+/// absolute-form target's, else the one `Host` header. `None` when absent,
+/// repeated, or not a plain `host[:port]`.
+pub fn client_host(req: &RequestHeader) -> Option<&str> {
+    let host = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => {
+            let mut hosts = crate::http1::values(&req.headers, &http::header::HOST);
+            let host = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            host.to_str().ok()?
+        }
+    };
+    let parsed: http::uri::Authority = host.parse().ok()?;
+    (!host.contains('@') && !parsed.host().is_empty()).then_some(host)
+}
+
+/// How a response's redirects are pointed back at memgate: the upstream's
+/// origin, and the origin the client reached memgate at (`None` when the
+/// request said no usable host: redirects are then left as they are).
+pub struct Redirects<'a> {
+    upstream: &'a Upstream,
+    client: Option<(&'static str, &'a str)>,
+}
+
+impl<'a> Redirects<'a> {
+    /// For a request on `session` whose upstream is `target`.
+    pub fn of(target: &'a UpstreamTarget, session: &'a Session) -> Self {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tls = TLS.get().copied().unwrap_or(false);
+        let trusted = TRUSTED_PROXIES.get().map_or(&[][..], Vec::as_slice);
+        Redirects::new(target.upstream(), session.req_header(), tls, peer, trusted)
+    }
+
+    pub fn new(
+        upstream: &'a Upstream,
+        req: &'a RequestHeader,
+        tls: bool,
+        peer: Option<IpAddr>,
+        trusted_proxies: &[IpNet],
+    ) -> Self {
+        let forwarded_proto = peer
+            .filter(|ip| super::client_ip::is_trusted(ip, trusted_proxies))
+            .and_then(|_| forwarded_proto(req));
+        let scheme = forwarded_proto.unwrap_or(if tls { "https" } else { "http" });
+        Redirects {
+            upstream,
+            client: client_host(req).map(|host| (scheme, host)),
+        }
+    }
+
+    /// Rewrites `Location` and `Content-Location` lines that point at the
+    /// upstream's origin; the rest stay as the upstream sent them.
+    fn rewrite(&self, relayed: &mut Relayed) {
+        let Some((scheme, host)) = self.client else {
+            return;
+        };
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let values: Vec<&[u8]> = relayed
+                .upstream
+                .headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                .map(|(_, v)| v)
+                .collect();
+            let rewritten: Vec<Option<String>> = values
+                .iter()
+                .map(|v| {
+                    let v = std::str::from_utf8(v).ok()?;
+                    rewrite_location(v, self.upstream, scheme, host)
+                })
+                .collect();
+            if rewritten.iter().all(Option::is_none) {
+                continue;
+            }
+            let values: Vec<HeaderValue> = values
+                .iter()
+                .zip(rewritten)
+                .filter_map(|(old, new)| match new {
+                    Some(new) => HeaderValue::try_from(new).ok(),
+                    None => HeaderValue::from_bytes(old).ok(),
+                })
+                .collect();
+            relayed.upstream.remove(name.as_str());
+            relayed
+                .added
+                .extend(values.into_iter().map(|v| (name.clone(), v)));
+        }
+    }
+}
+
+/// A trusted proxy's `X-Forwarded-Proto`: one value, `http` or `https`.
+fn forwarded_proto(req: &RequestHeader) -> Option<&'static str> {
+    let proto = single(req, &X_FORWARDED_PROTO).ok()??;
+    if proto.eq_ignore_ascii_case("https") {
+        Some("https")
+    } else if proto.eq_ignore_ascii_case("http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `location` pointed at the client-facing origin (`scheme://host`) when it
+/// is an absolute URL (or a `//host` network-path reference) at `upstream`'s
+/// origin: same scheme, host (any case; IP addresses compared as addresses)
+/// and port (a missing one is the scheme's default). Path, query and
+/// fragment are kept as sent. `None` leaves it as it is: relative, foreign,
+/// with userinfo, or unreadable.
+pub fn rewrite_location(
+    location: &str,
+    upstream: &Upstream,
+    scheme: &str,
+    host: &str,
+) -> Option<String> {
+    let upstream_scheme = if upstream.tls { "https" } else { "http" };
+    let (location_scheme, rest) = match location.strip_prefix("//") {
+        Some(rest) => (upstream_scheme, rest),
+        None => {
+            let (location_scheme, rest) = location.split_once("://")?;
+            (location_scheme, rest)
+        }
+    };
+    if !location_scheme.eq_ignore_ascii_case(upstream_scheme) {
+        return None;
+    }
+    // Browsers end an http(s) authority at `\` as at `/`.
+    let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return None;
+    }
+    let (location_host, port) = split_host_port(authority)?;
+    let default_port = if upstream.tls { 443 } else { 80 };
+    let same_host = match (
+        location_host.parse::<IpAddr>(),
+        upstream.host.parse::<IpAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => location_host.eq_ignore_ascii_case(&upstream.host),
+        _ => false,
+    };
+    (same_host && port.unwrap_or(default_port) == upstream.port)
+        .then(|| format!("{scheme}://{host}{tail}"))
+}
+
+/// `host[:port]` or `[v6][:port]`: the host (brackets removed) and the port
+/// if one is given; `None` when it is not that shape.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            host.parse::<std::net::Ipv6Addr>().ok()?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        // `host:` means the default port (RFC 3986 §3.2.3).
+        None | Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
 }
 
 #[cfg(test)]

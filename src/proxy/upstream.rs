@@ -5,10 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 
 use crate::config::{ListenerConfig, Upstream};
+use crate::http1::request::RequestHead;
 
 const DNS_TTL: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection to the upstream is kept.
@@ -18,6 +21,10 @@ pub struct UpstreamTarget {
     upstream: Upstream,
     /// The `host` header value for the upstream.
     authority: String,
+    /// Send the client's `Host` instead of `authority`.
+    preserve_host: bool,
+    /// `upstream_headers`, read when memgate started.
+    headers: UpstreamHeaders,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// The host is an IP address: never re-resolved.
@@ -50,9 +57,13 @@ impl UpstreamTarget {
         cfg: &ListenerConfig,
     ) -> std::result::Result<Self, crate::config::ConfigError> {
         let upstream = Upstream::parse(key, &cfg.upstream)?;
+        let section = key.strip_suffix(".upstream").unwrap_or(key);
+        let headers = UpstreamHeaders(cfg.resolved_upstream_headers(section)?);
         let ip = upstream.host.parse::<IpAddr>().ok();
         let target = UpstreamTarget {
             authority: authority(&upstream),
+            preserve_host: cfg.preserve_host,
+            headers,
             upstream,
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
@@ -116,6 +127,64 @@ impl UpstreamTarget {
     pub fn authority(&self) -> &str {
         &self.authority
     }
+
+    /// The upstream's origin, for recognising redirects back to it.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The `host` to send upstream for a client's request: the client's own
+    /// with `preserve_host` (when it sent a usable one), else the upstream's.
+    pub fn host_for<'r>(&'r self, client_req: &'r RequestHeader) -> &'r str {
+        if self.preserve_host
+            && let Some(host) = super::headers::client_host(client_req)
+        {
+            return host;
+        }
+        &self.authority
+    }
+
+    pub fn headers(&self) -> &UpstreamHeaders {
+        &self.headers
+    }
+}
+
+/// The configured `upstream_headers`: sent on every request to the upstream,
+/// over any header of the same name (in any case or `-`/`_` spelling), be it
+/// the client's or memgate's own. Values never show in Debug output.
+#[derive(Default)]
+pub struct UpstreamHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl UpstreamHeaders {
+    pub fn new(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        UpstreamHeaders(headers)
+    }
+
+    /// Replaces whatever `req` says under these names with the configured values.
+    pub fn apply(&self, req: &mut RequestHead) {
+        if self.0.is_empty() {
+            return;
+        }
+        req.remove_where(|line_name| {
+            let Ok(line_name) = std::str::from_utf8(line_name) else {
+                return false;
+            };
+            self.0
+                .iter()
+                .any(|(name, _)| super::headers::same_header(line_name, name.as_str()))
+        });
+        for (name, value) in &self.0 {
+            req.copy(name, value);
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, _)| (name.as_str(), "****")))
+            .finish()
+    }
 }
 
 fn authority(upstream: &Upstream) -> String {
@@ -144,6 +213,8 @@ mod tests {
             connect_timeout_secs: 2,
             read_timeout_secs: 3,
             forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: Default::default(),
         };
         UpstreamTarget::new("test.upstream", &cfg).unwrap()
     }
