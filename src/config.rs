@@ -726,6 +726,16 @@ fn apply_env(
             ));
         };
         let typed = typed_env_value(default, value).ok_or_else(|| {
+            // Its values may be secrets: not repeated back.
+            if key == "upstream_headers" {
+                return invalid(
+                    name,
+                    format!(
+                        "{section}.upstream_headers wants a TOML inline table, \
+                         e.g. {{ \"X-API-Key\" = {{ env = \"NAME\" }} }}"
+                    ),
+                );
+            }
             invalid(
                 name,
                 format!("{value:?} is not a valid value for {section}.{key}"),
@@ -1141,5 +1151,106 @@ mod tests {
         );
         assert!(Upstream::parse("k", "http://x:1/prefix").is_err());
         assert!(Upstream::parse("k", "http://u:p@x:1").is_err());
+    }
+
+    #[test]
+    fn upstream_headers_are_read_from_strings_the_environment_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "from-file\n").unwrap();
+        let text = format!(
+            "[mem0]\nupstream_headers = {{ \"X-API-Key\" = {{ env = \"MEM0_KEY\" }}, \
+             \"X-Other\" = {{ file = {key_file:?} }}, \"X-Plain\" = \"literal-secret\" }}\n\
+             [mcp]\npreserve_host = true\n"
+        );
+        let c = from_parts(Some(&text), "f", &[]).unwrap();
+        assert!(c.mcp.preserve_host && !c.mem0.preserve_host);
+        let env = |var: &str| (var == "MEM0_KEY").then(|| "from-env".to_string());
+        let resolved = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env).unwrap();
+        let shown: Vec<(&str, &str)> = resolved
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("x-api-key", "from-env"),
+                ("x-other", "from-file"),
+                ("x-plain", "literal-secret")
+            ]
+        );
+        // Secrets show neither in Debug output nor in check-config's TOML.
+        let debug = format!("{c:?} {:?}", c.mem0.listener());
+        assert!(!debug.contains("literal-secret"), "{debug}");
+        let masked = c.to_masked_toml();
+        assert!(!masked.contains("literal-secret") && masked.contains("MEM0_KEY"), "{masked}");
+        assert!(from_parts(Some(&masked), "f", &[]).is_ok(), "the masked form reads back");
+
+        // A missing variable or file names the key, never a value.
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "mem0.upstream_headers.X-API-Key: environment variable MEM0_KEY is not set"
+        );
+        std::fs::remove_file(&key_file).unwrap();
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("mem0.upstream_headers.X-Other: cannot read file"), "{err}");
+        let bad = |var: &str| (var == "MEM0_KEY").then(|| "a\r\nx-evil: 1".to_string());
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("X-API-Key") && !err.contains("evil"), "{err}");
+    }
+
+    #[test]
+    fn upstream_header_names_and_values_are_checked_when_loading() {
+        for (table, key) in [
+            ("{ \"bad name\" = \"v\" }", "mcp.upstream_headers.bad name"),
+            ("{ Host = \"v\" }", "mcp.upstream_headers.Host"),
+            ("{ \"Content-Length\" = \"1\" }", "mcp.upstream_headers.Content-Length"),
+            ("{ \"X-A\" = \"\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = \"a\\nb\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = { env = \"\" } }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = \"1\", \"x_a\" = \"2\" }", "mcp.upstream_headers.x_a"),
+            ("{ \"X-A\" = { nope = \"x\" } }", "mcp.upstream_headers"),
+            ("{ \"X-A\" = 1 }", "mcp.upstream_headers"),
+        ] {
+            let err = from_parts(Some(&format!("[mcp]\nupstream_headers = {table}")), "f", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{table}: {err}");
+        }
+        // The environment can set the whole table, in TOML's inline form.
+        let c = from_parts(
+            None,
+            "f",
+            &env(&[
+                (
+                    "MEMGATE_MEM0__UPSTREAM_HEADERS",
+                    "{ \"X-API-Key\" = { env = \"MEM0_API_KEY\" } }",
+                ),
+                ("MEMGATE_MEM0__PRESERVE_HOST", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mem0.upstream_headers["X-API-Key"],
+            HeaderSource::Env {
+                env: "MEM0_API_KEY".into()
+            }
+        );
+        assert!(c.mem0.preserve_host);
+        let err = from_parts(
+            None,
+            "f",
+            &env(&[("MEMGATE_MEM0__UPSTREAM_HEADERS", "X-API-Key=abc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MEMGATE_MEM0__UPSTREAM_HEADERS") && !err.contains("abc"), "{err}");
     }
 }

@@ -580,6 +580,10 @@ mod tests {
         req
     }
 
+    fn origin(url: &str) -> Upstream {
+        Upstream::parse("test", url).unwrap()
+    }
+
     fn alice() -> Identity {
         Identity {
             user_id: "alice".into(),
@@ -785,7 +789,9 @@ mod tests {
         let upstream = crate::http1::head::take_response(&mut raw, false)
             .unwrap()
             .unwrap();
-        let streamed = client_response(upstream.clone(), None);
+        let (origin, req) = (origin("http://mcp:8081"), request("GET", b"/", &[]));
+        let none = Redirects::new(&origin, &req, false, None, &[]);
+        let streamed = client_response(upstream.clone(), None, &none);
         assert_eq!(streamed.status(), 201);
         let names: Vec<&[u8]> = streamed.lines().map(|(n, _)| n).collect();
         assert_eq!(
@@ -802,7 +808,7 @@ mod tests {
             Some(&b"nosniff"[..])
         );
         // memgate's own length frames a body it holds.
-        let buffered = client_response(upstream, Some(12));
+        let buffered = client_response(upstream, Some(12), &none);
         let lengths: Vec<&[u8]> = buffered
             .lines()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
@@ -824,7 +830,12 @@ mod tests {
         let upstream = crate::http1::head::take_response(&mut raw, false)
             .unwrap()
             .unwrap();
-        let mut relayed = client_response(upstream, None);
+        let (origin, req) = (origin("http://mcp:8081"), request("GET", b"/", &[]));
+        let mut relayed = client_response(
+            upstream,
+            None,
+            &Redirects::new(&origin, &req, false, None, &[]),
+        );
         relayed
             .set(
                 http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -847,5 +858,187 @@ mod tests {
             [&b"https://app.example"[..]]
         );
         assert_eq!(all("vary"), [&b"Accept"[..], b"Origin"]);
+    }
+
+    #[test]
+    fn locations_at_the_upstream_s_origin_point_at_memgate() {
+        let up = origin("http://127.0.0.1:8081");
+        let at = |l: &str| rewrite_location(l, &up, "https", "gate.example:8443");
+        assert_eq!(
+            at("http://127.0.0.1:8081/mcp/").as_deref(),
+            Some("https://gate.example:8443/mcp/")
+        );
+        // Path, query and fragment are kept as sent.
+        assert_eq!(
+            at("http://127.0.0.1:8081/a%2Fb?x=1&y=%20#frag").as_deref(),
+            Some("https://gate.example:8443/a%2Fb?x=1&y=%20#frag")
+        );
+        assert_eq!(
+            at("HTTP://127.0.0.1:8081").as_deref(),
+            Some("https://gate.example:8443")
+        );
+        assert_eq!(
+            at("http://127.0.0.1:8081?q").as_deref(),
+            Some("https://gate.example:8443?q")
+        );
+        assert_eq!(
+            at("//127.0.0.1:8081/mcp/").as_deref(),
+            Some("https://gate.example:8443/mcp/"),
+            "a network-path reference reaches the upstream too"
+        );
+        assert_eq!(
+            at("http://127.0.0.1:8081\\evil/").as_deref(),
+            Some("https://gate.example:8443\\evil/"),
+            "browsers end the authority at a backslash"
+        );
+        for left in [
+            "/mcp/",
+            "mcp/",
+            "?x=1",
+            "http://127.0.0.1:8082/mcp/",
+            "https://127.0.0.1:8081/mcp/",
+            "http://127.0.0.2:8081/mcp/",
+            "http://evil.example/mcp/",
+            "http://user@127.0.0.1:8081/mcp/",
+            "http://u:p@127.0.0.1:8081/mcp/",
+            "http://127.0.0.1:8081@evil.example/",
+            "http://127.0.0.1:80x/",
+            "http://127.0.0.1:99999/",
+            "http://:8081/",
+            "http:/127.0.0.1:8081/",
+            "ftp://127.0.0.1:8081/",
+            "",
+        ] {
+            assert_eq!(at(left), None, "{left}");
+        }
+
+        // Default ports and case.
+        let named = origin("http://MCP.internal");
+        let at = |l: &str| rewrite_location(l, &named, "http", "gate");
+        for same in [
+            "http://mcp.internal/x",
+            "http://MCP.INTERNAL:80/x",
+            "http://mcp.internal:/x",
+        ] {
+            assert_eq!(at(same).as_deref(), Some("http://gate/x"), "{same}");
+        }
+        assert_eq!(at("http://mcp.internal:8080/x"), None);
+        assert_eq!(at("http://mcp.internal./x"), None, "another name");
+        let tls = origin("https://mem0.internal");
+        assert_eq!(
+            rewrite_location("https://mem0.internal:443/m", &tls, "http", "g").as_deref(),
+            Some("http://g/m")
+        );
+        assert_eq!(rewrite_location("http://mem0.internal/m", &tls, "http", "g"), None);
+
+        // IPv6: bracketed, compared as addresses.
+        let v6 = origin("http://[::1]:8081");
+        let at = |l: &str| rewrite_location(l, &v6, "http", "[::1]:8080");
+        assert_eq!(
+            at("http://[0:0:0:0:0:0:0:1]:8081/mcp/").as_deref(),
+            Some("http://[::1]:8080/mcp/")
+        );
+        assert_eq!(at("http://[::1]/mcp/"), None, "port 80");
+        assert_eq!(at("http://[::2]:8081/"), None);
+        assert_eq!(at("http://[::1:8081/"), None, "malformed");
+        assert_eq!(at("http://[zz]:8081/"), None, "malformed");
+        assert_eq!(at("http://::1:8081/"), None, "malformed");
+    }
+
+    #[test]
+    fn the_client_facing_origin_comes_from_the_request_and_trusted_proxies() {
+        let up = origin("http://127.0.0.1:8081");
+        let mut raw = bytes::BytesMut::from(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:8081/mcp/\r\n\
+             Content-Location: http://127.0.0.1:8081/c\r\nLink: <http://127.0.0.1:8081/>\r\n\r\n",
+        );
+        let answer = crate::http1::head::take_response(&mut raw, false)
+            .unwrap()
+            .unwrap();
+        let relay = |req: &RequestHeader, tls: bool, peer: &str, trusted: &[IpNet]| {
+            let redirects = Redirects::new(&up, req, tls, Some(peer.parse().unwrap()), trusted);
+            let relayed = client_response(answer.clone(), None, &redirects);
+            let get = |n| {
+                relayed
+                    .get(&n)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            (
+                get(http::header::LOCATION),
+                get(http::header::CONTENT_LOCATION),
+            )
+        };
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let plain = request("POST", b"/mcp", &[("Host", "gate:8080")]);
+        assert_eq!(
+            relay(&plain, false, "203.0.113.1", &proxies),
+            (
+                Some("http://gate:8080/mcp/".into()),
+                Some("http://gate:8080/c".into())
+            )
+        );
+        assert_eq!(
+            relay(&plain, true, "203.0.113.1", &proxies).0.as_deref(),
+            Some("https://gate:8080/mcp/")
+        );
+        // X-Forwarded-Proto counts from a trusted proxy only, and only as http|https.
+        let forwarded = request(
+            "POST",
+            b"/mcp",
+            &[("Host", "gate.example"), ("X-Forwarded-Proto", "HTTPS")],
+        );
+        assert_eq!(
+            relay(&forwarded, false, "10.1.2.3", &proxies).0.as_deref(),
+            Some("https://gate.example/mcp/")
+        );
+        assert_eq!(
+            relay(&forwarded, false, "203.0.113.1", &proxies).0.as_deref(),
+            Some("http://gate.example/mcp/")
+        );
+        let odd = request(
+            "POST",
+            b"/mcp",
+            &[("Host", "gate.example"), ("X-Forwarded-Proto", "javascript")],
+        );
+        assert_eq!(
+            relay(&odd, true, "10.1.2.3", &proxies).0.as_deref(),
+            Some("https://gate.example/mcp/")
+        );
+        // An HTTP/2 :authority (or absolute-form target) is the client's host.
+        let mut h2 = request("POST", b"/mcp", &[]);
+        h2.set_uri("http://gate.h2:9000/mcp".parse().unwrap());
+        assert_eq!(
+            relay(&h2, false, "203.0.113.1", &[]).0.as_deref(),
+            Some("http://gate.h2:9000/mcp/")
+        );
+        // No usable host: left as it is.
+        for headers in [
+            &[][..],
+            &[("Host", "a"), ("Host", "b")],
+            &[("Host", "u@gate")],
+            &[("Host", "gate/x")],
+            &[("Host", "")],
+        ] {
+            let req = request("POST", b"/mcp", headers);
+            assert_eq!(
+                relay(&req, false, "203.0.113.1", &[]).0.as_deref(),
+                Some("http://127.0.0.1:8081/mcp/"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_s_api_key_never_passes_from_a_client() {
+        for n in ["X-API-Key", "x_api_key", "X-Api_KEY", "xapikey"] {
+            assert!(is_upstream_key(n), "{n}");
+        }
+        let client = request("GET", b"/", &[("X-API-Key", "evil"), ("x_api_key", "evil")]);
+        let head = upstream_request(&client, "/", &alice(), "alice", true, "m", |_, _| true)
+            .unwrap()
+            .parsed();
+        assert!(head.headers.iter().all(|(_, v)| v != "evil"));
+        assert!(same_header("X_MCP-UserID", "x-mcp-userid"));
+        assert!(!same_header("x-mcp-user", "x-mcp-userid"));
     }
 }

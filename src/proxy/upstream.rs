@@ -246,4 +246,67 @@ mod tests {
             &named.shared_peer().await.unwrap().peer
         ));
     }
+
+    #[test]
+    fn configured_headers_replace_every_spelling_of_their_name() {
+        let headers = UpstreamHeaders::new(vec![
+            (
+                HeaderName::from_static("x-mcp-userid"),
+                HeaderValue::from_static("memgate-service"),
+            ),
+            (
+                HeaderName::from_static("x-api-key"),
+                HeaderValue::from_static("k"),
+            ),
+        ]);
+        let mut head = RequestHead::new(&http::Method::POST, "/mcp").unwrap();
+        for (name, value) in [
+            ("host", "mcp"),
+            ("x-mcp-userid", "alice"),
+            ("x_mcp_userid", "alice"),
+            ("x-memgate-scope", "alice"),
+        ] {
+            head.header(&HeaderName::from_static(name), value.as_bytes())
+                .unwrap();
+        }
+        headers.apply(&mut head);
+        let parsed = head.parsed();
+        let all = |n: &str| -> Vec<&str> {
+            parsed
+                .headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-mcp-userid"), ["memgate-service"]);
+        assert!(all("x_mcp_userid").is_empty());
+        assert_eq!(all("x-api-key"), ["k"]);
+        assert_eq!(all("x-memgate-scope"), ["alice"]);
+        assert_eq!(all("host"), ["mcp"]);
+        let debug = format!("{headers:?}");
+        assert!(debug.contains("x-api-key") && !debug.contains("memgate-service"), "{debug}");
+    }
+
+    #[test]
+    fn preserve_host_sends_the_client_s_host() {
+        let mut cfg = ListenerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: "http://mcp:8081".into(),
+            connect_timeout_secs: 2,
+            read_timeout_secs: 3,
+            forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: Default::default(),
+        };
+        let mut req = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        req.insert_header("host", "gate.example:8080").unwrap();
+        let own = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
+        assert_eq!(own.host_for(&req), "mcp:8081");
+        cfg.preserve_host = true;
+        let kept = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
+        assert_eq!(kept.host_for(&req), "gate.example:8080");
+        let bare = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        assert_eq!(kept.host_for(&bare), "mcp:8081", "no Host: the upstream's");
+    }
 }
