@@ -173,17 +173,25 @@ fn squash(name: &str) -> String {
 
 /// Checks what can be checked without reading the environment or files:
 /// names, and literal values.
-fn validate_upstream_headers(section: &str, specs: &UpstreamHeaderSpecs) -> Result<(), ConfigError> {
+fn validate_upstream_headers(
+    section: &str,
+    specs: &UpstreamHeaderSpecs,
+) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for (name, source) in specs {
         let key = format!("{section}.upstream_headers.{name}");
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(invalid(key, "is not a valid header name; use letters, digits and -"));
+            return Err(invalid(
+                key,
+                "is not a valid header name; use letters, digits and -",
+            ));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(invalid(
                 key,
-                format!("memgate sets this header itself; remove it (for Host use {section}.preserve_host)"),
+                format!(
+                    "memgate sets this header itself; remove it (for Host use {section}.preserve_host)"
+                ),
             ));
         }
         if !seen.insert(squash(name)) {
@@ -210,7 +218,10 @@ fn validate_upstream_headers(section: &str, specs: &UpstreamHeaderSpecs) -> Resu
 /// from, never what it is.
 fn header_value(key: &str, value: &str, what: &str) -> Result<http::HeaderValue, ConfigError> {
     if value.is_empty() {
-        return Err(invalid(key, format!("{what} is empty; give it a value or remove the header")));
+        return Err(invalid(
+            key,
+            format!("{what} is empty; give it a value or remove the header"),
+        ));
     }
     let mut value = http::HeaderValue::from_str(value).map_err(|_| {
         invalid(
@@ -1183,8 +1194,14 @@ mod tests {
         let debug = format!("{c:?} {:?}", c.mem0.listener());
         assert!(!debug.contains("literal-secret"), "{debug}");
         let masked = c.to_masked_toml();
-        assert!(!masked.contains("literal-secret") && masked.contains("MEM0_KEY"), "{masked}");
-        assert!(from_parts(Some(&masked), "f", &[]).is_ok(), "the masked form reads back");
+        assert!(
+            !masked.contains("literal-secret") && masked.contains("MEM0_KEY"),
+            "{masked}"
+        );
+        assert!(
+            from_parts(Some(&masked), "f", &[]).is_ok(),
+            "the masked form reads back"
+        );
 
         // A missing variable or file names the key, never a value.
         let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, |_| None)
@@ -1198,7 +1215,10 @@ mod tests {
         let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("mem0.upstream_headers.X-Other: cannot read file"), "{err}");
+        assert!(
+            err.starts_with("mem0.upstream_headers.X-Other: cannot read file"),
+            "{err}"
+        );
         let bad = |var: &str| (var == "MEM0_KEY").then(|| "a\r\nx-evil: 1".to_string());
         let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, bad)
             .unwrap_err()
@@ -1211,17 +1231,27 @@ mod tests {
         for (table, key) in [
             ("{ \"bad name\" = \"v\" }", "mcp.upstream_headers.bad name"),
             ("{ Host = \"v\" }", "mcp.upstream_headers.Host"),
-            ("{ \"Content-Length\" = \"1\" }", "mcp.upstream_headers.Content-Length"),
+            (
+                "{ \"Content-Length\" = \"1\" }",
+                "mcp.upstream_headers.Content-Length",
+            ),
             ("{ \"X-A\" = \"\" }", "mcp.upstream_headers.X-A"),
             ("{ \"X-A\" = \"a\\nb\" }", "mcp.upstream_headers.X-A"),
             ("{ \"X-A\" = { env = \"\" } }", "mcp.upstream_headers.X-A"),
-            ("{ \"X-A\" = \"1\", \"x_a\" = \"2\" }", "mcp.upstream_headers.x_a"),
+            (
+                "{ \"X-A\" = \"1\", \"x_a\" = \"2\" }",
+                "mcp.upstream_headers.x_a",
+            ),
             ("{ \"X-A\" = { nope = \"x\" } }", "mcp.upstream_headers"),
             ("{ \"X-A\" = 1 }", "mcp.upstream_headers"),
         ] {
-            let err = from_parts(Some(&format!("[mcp]\nupstream_headers = {table}")), "f", &[])
-                .unwrap_err()
-                .to_string();
+            let err = from_parts(
+                Some(&format!("[mcp]\nupstream_headers = {table}")),
+                "f",
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
             assert!(err.starts_with(key), "{table}: {err}");
         }
         // The environment can set the whole table, in TOML's inline form.
@@ -1251,6 +1281,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("MEMGATE_MEM0__UPSTREAM_HEADERS") && !err.contains("abc"), "{err}");
+        assert!(
+            err.contains("MEMGATE_MEM0__UPSTREAM_HEADERS") && !err.contains("abc"),
+            "{err}"
+        );
     }
 }

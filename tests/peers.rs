@@ -124,10 +124,10 @@ async fn answer(kind: Kind, sink: Arc<Mutex<Vec<Recorded>>>, req: Request) -> Re
             match path {
                 "/memories" => axum::Json(json!({"results": []})).into_response(),
                 _ => match path.strip_prefix("/memories/") {
-                    Some(id) if !id.contains('/') => axum::Json(
-                        json!({"id": id, "memory": "likes tea", "user_id": "alice"}),
-                    )
-                    .into_response(),
+                    Some(id) if !id.contains('/') => {
+                        axum::Json(json!({"id": id, "memory": "likes tea", "user_id": "alice"}))
+                            .into_response()
+                    }
                     _ => axum::Json(json!({"ok": true})).into_response(),
                 },
             }
@@ -277,7 +277,7 @@ async fn preserve_host_sends_the_client_s_host_upstream() {
         .unwrap();
     assert_eq!(resp.status(), 307);
     let host = e.gate.mcp.to_string();
-    assert_eq!(e.mcp.requests()[0].header_all("host"), [host.clone()]);
+    assert_eq!(e.mcp.requests()[0].header_all("host"), [host.as_str()]);
     // The upstream built the URL from memgate's address already.
     assert_eq!(location(&resp), format!("http://{host}/mcp/"));
 }
@@ -417,7 +417,8 @@ async fn an_unset_upstream_header_variable_stops_memgate_and_is_named() {
     };
     let shown = ok(&run(&["check-config"], Some(MEM0_KEY)));
     assert!(shown.contains("PEERS_TEST_MEM0_KEY") && !shown.contains(MEM0_KEY));
-    let expected = "mem0.upstream_headers.X-API-Key: environment variable PEERS_TEST_MEM0_KEY is not set";
+    let expected =
+        "mem0.upstream_headers.X-API-Key: environment variable PEERS_TEST_MEM0_KEY is not set";
     for args in [&["check-config"][..], &["serve"]] {
         let out = run(args, None);
         assert!(!out.status.success(), "{args:?}");

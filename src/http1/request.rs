@@ -31,7 +31,10 @@ pub struct RequestHead {
 /// and the `upstream_headers` memgate adds).
 impl std::fmt::Debug for RequestHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let line = self.bytes[..].split(|&b| b == b'\r').next().unwrap_or_default();
+        let line = self.bytes[..]
+            .split(|&b| b == b'\r')
+            .next()
+            .unwrap_or_default();
         f.debug_struct("RequestHead")
             .field("request_line", &String::from_utf8_lossy(line))
             .finish_non_exhaustive()
@@ -200,7 +203,10 @@ mod tests {
         head.header(&HeaderName::from_static("x-api-key"), b"secret")
             .unwrap();
         let shown = format!("{head:?}");
-        assert!(shown.contains("GET /m?x=1") && !shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("GET /m?x=1") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -929,7 +929,10 @@ mod tests {
             rewrite_location("https://mem0.internal:443/m", &tls, "http", "g").as_deref(),
             Some("http://g/m")
         );
-        assert_eq!(rewrite_location("http://mem0.internal/m", &tls, "http", "g"), None);
+        assert_eq!(
+            rewrite_location("http://mem0.internal/m", &tls, "http", "g"),
+            None
+        );
 
         // IPv6: bracketed, compared as addresses.
         let v6 = origin("http://[::1]:8081");
@@ -992,13 +995,18 @@ mod tests {
             Some("https://gate.example/mcp/")
         );
         assert_eq!(
-            relay(&forwarded, false, "203.0.113.1", &proxies).0.as_deref(),
+            relay(&forwarded, false, "203.0.113.1", &proxies)
+                .0
+                .as_deref(),
             Some("http://gate.example/mcp/")
         );
         let odd = request(
             "POST",
             b"/mcp",
-            &[("Host", "gate.example"), ("X-Forwarded-Proto", "javascript")],
+            &[
+                ("Host", "gate.example"),
+                ("X-Forwarded-Proto", "javascript"),
+            ],
         );
         assert_eq!(
             relay(&odd, true, "10.1.2.3", &proxies).0.as_deref(),

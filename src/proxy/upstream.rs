@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(all("x-memgate-scope"), ["alice"]);
         assert_eq!(all("host"), ["mcp"]);
         let debug = format!("{headers:?}");
-        assert!(debug.contains("x-api-key") && !debug.contains("memgate-service"), "{debug}");
+        assert!(
+            debug.contains("x-api-key") && !debug.contains("memgate-service"),
+            "{debug}"
+        );
     }
 
     #[test]
