@@ -401,16 +401,26 @@ pub fn client_host(req: &RequestHeader) -> Option<&str> {
             host.to_str().ok()?
         }
     };
-    let parsed: http::uri::Authority = host.parse().ok()?;
-    (!host.contains('@') && !parsed.host().is_empty()).then_some(host)
+    is_plain_authority(host).then_some(host)
+}
+
+/// `host[:port]` (`[v6][:port]`) in the characters RFC 3986 allows a
+/// registered name, without userinfo: checked without allocating, since
+/// `preserve_host` asks on every request.
+fn is_plain_authority(text: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b);
+    text.bytes().all(allowed) && split_host_port(text).is_some()
 }
 
 /// How a response's redirects are pointed back at memgate: the upstream's
-/// origin, and the origin the client reached memgate at (`None` when the
-/// request said no usable host: redirects are then left as they are).
+/// origin, and what says which origin the client reached memgate at (read
+/// only when a response carries a redirect).
 pub struct Redirects<'a> {
     upstream: &'a Upstream,
-    client: Option<(&'static str, &'a str)>,
+    req: &'a RequestHeader,
+    tls: bool,
+    /// The TCP peer is a trusted proxy: its `X-Forwarded-Proto` counts.
+    via_trusted_proxy: bool,
 }
 
 impl<'a> Redirects<'a> {
@@ -432,20 +442,36 @@ impl<'a> Redirects<'a> {
         peer: Option<IpAddr>,
         trusted_proxies: &[IpNet],
     ) -> Self {
-        let forwarded_proto = peer
-            .filter(|ip| super::client_ip::is_trusted(ip, trusted_proxies))
-            .and_then(|_| forwarded_proto(req));
-        let scheme = forwarded_proto.unwrap_or(if tls { "https" } else { "http" });
         Redirects {
             upstream,
-            client: client_host(req).map(|host| (scheme, host)),
+            req,
+            tls,
+            via_trusted_proxy: peer
+                .is_some_and(|ip| super::client_ip::is_trusted(&ip, trusted_proxies)),
         }
+    }
+
+    /// The scheme and host the client used; `None` without a usable host.
+    fn client_origin(&self) -> Option<(&'static str, &'a str)> {
+        let host = client_host(self.req)?;
+        let forwarded = self
+            .via_trusted_proxy
+            .then(|| forwarded_proto(self.req))
+            .flatten();
+        let scheme = forwarded.unwrap_or(if self.tls { "https" } else { "http" });
+        Some((scheme, host))
     }
 
     /// Rewrites `Location` and `Content-Location` lines that point at the
     /// upstream's origin; the rest stay as the upstream sent them.
     fn rewrite(&self, relayed: &mut Relayed) {
-        let Some((scheme, host)) = self.client else {
+        let is_redirect = |n: &[u8]| {
+            n.eq_ignore_ascii_case(b"location") || n.eq_ignore_ascii_case(b"content-location")
+        };
+        if !relayed.upstream.headers().any(|(n, _)| is_redirect(n)) {
+            return;
+        }
+        let Some((scheme, host)) = self.client_origin() else {
             return;
         };
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
