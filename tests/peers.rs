@@ -430,3 +430,67 @@ async fn an_unset_upstream_header_variable_stops_memgate_and_is_named() {
     // Commands that never call an upstream do not need the secret.
     ok(&run(&["token", "list"], None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_and_http2_the_redirect_names_https_and_the_authority() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mcp = StandIn::start(Kind::Starlette).await;
+    let mut cfg = MemgateConfig::new(&db.url, &mcp.url());
+    cfg.extra = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let client = |follow: bool| {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap(),
+            )
+            .redirect(if follow {
+                reqwest::redirect::Policy::limited(3)
+            } else {
+                reqwest::redirect::Policy::none()
+            })
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/mcp", gate.mcp.port());
+    let resp = client(false)
+        .post(&url)
+        .header("X-MCP-Token", &token)
+        .json(&ping())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        location(&resp),
+        format!("https://localhost:{}/mcp/", gate.mcp.port())
+    );
+    let resp = client(true)
+        .post(&url)
+        .header("X-MCP-Token", &token)
+        .json(&ping())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["result"]["served"],
+        "/mcp/"
+    );
+    assert_eq!(
+        mcp.requests().len(),
+        3,
+        "every request went through memgate"
+    );
+}
