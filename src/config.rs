@@ -458,7 +458,7 @@ impl Default for Config {
                 sse_path: "/sse".into(),
                 messages_path: "/messages/".into(),
                 allowed_origins: Vec::new(),
-                unknown_tools: crate::policy::mcp::UnknownTools::Allow,
+                unknown_tools: crate::policy::mcp::UnknownTools::Deny,
                 session_idle_secs: 3600,
                 max_sessions: 100_000,
                 tools: std::collections::BTreeMap::new(),

@@ -5,6 +5,8 @@ pub mod memo;
 
 use std::sync::LazyLock;
 
+use crate::policy::mem0::Route;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -231,7 +233,10 @@ impl Metrics {
     }
 
     /// Creates the label sets alerts and dashboards rely on at zero, so that
-    /// `rate()` and `increase()` work before the first event of each kind.
+    /// `rate()` and `increase()` work before the first event of each kind
+    /// (`tests/metrics_names.rs` checks `grafana/` and `deploy/prometheus/`
+    /// against a fresh `/metrics`). `auth_user_failures_total` is per user:
+    /// its series cannot exist before the user's first failure.
     fn touch_known_labels(&self) {
         for reason in [
             "missing",
@@ -264,6 +269,32 @@ impl Metrics {
                 self.connections_refused
                     .with_label_values(&[listener, reason]);
             }
+            self.request_duration.with_label_values(&[listener]);
+            self.upstream_duration.with_label_values(&[listener]);
+            // What a request without a valid token is counted as: every
+            // deployment sees it, so the family exists before any traffic.
+            self.requests
+                .with_label_values(&[listener, "denied", "401"]);
+        }
+        // A leak alert must see the counter go from 0 to 1, not appear at 1.
+        for route in [Route::ListMemories, Route::Search] {
+            self.response_items_dropped
+                .with_label_values(&[route.label()]);
+        }
+        for route in [
+            Route::GetMemory,
+            Route::UpdateMemory,
+            Route::DeleteMemory,
+            Route::MemoryHistory,
+        ] {
+            self.ownership_denials.with_label_values(&[route.label()]);
+        }
+        // Every MCP session starts with these; tool calls follow per tool.
+        for method in ["initialize", "tools/list"] {
+            self.mcp_requests.with_label_values(&[method, ""]);
+        }
+        for op in ["ping", "token_by_hash", "insert_audit", "record_scopes"] {
+            self.store_queries.with_label_values(&[op]);
         }
     }
 

@@ -1,22 +1,29 @@
 //! Which mem0 scopes each user has used. In `auto` isolation a user's memories
 //! live under `project_{slug}_{hash}` scopes that cannot be derived from the
 //! user id alone, so `memgate user export|delete` (DESIGN.md §8) needs them
-//! recorded. The proxy notes every (user, scope) pair it forwards; the pairs are
-//! written to the store in batches, each at most once per interval (like
+//! recorded. The proxy records every (user, scope) pair it forwards: the first
+//! sighting of a pair in this process is written before its request goes on
+//! (a memory must never exist in a scope `user delete` cannot find), later
+//! sightings in batches, each at most once per interval (like
 //! `last_used_at`, never one write per request).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use moka::sync::Cache;
 
+use crate::flights::Flights;
 use crate::store::{Store, StoreError};
 
 type Pair = (String, String);
 
 pub struct ScopeLog {
+    /// Pairs this process has written to the store (or found there).
+    stored: Cache<Pair, ()>,
+    /// First writes under way: concurrent first requests share one.
+    first_writes: Flights<Pair, Result<(), Arc<StoreError>>>,
     /// Pairs noted within the current interval.
     recent: Cache<Pair, ()>,
     /// Pairs not yet written, with when they were (last) noted.
@@ -28,6 +35,9 @@ impl ScopeLog {
     /// `last_seen` moves at most once per interval).
     pub fn new(interval: Duration) -> Self {
         ScopeLog {
+            // Bounded: a pair evicted here only costs one more awaited write.
+            stored: Cache::builder().max_capacity(1_000_000).build(),
+            first_writes: Flights::default(),
             recent: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(interval)
@@ -56,6 +66,42 @@ impl ScopeLog {
         }
         self.recent.insert(key.clone(), ());
         self.pending().insert(key, Utc::now());
+    }
+
+    /// Records that `user_id` is about to have a request forwarded to mem0
+    /// scope `scope`; call it before forwarding. A pair this process has not
+    /// stored yet is written now, so that a memory created by the request is
+    /// in a scope `memgate user delete` finds even if it runs at once; the
+    /// request must not be forwarded when that write fails. Known pairs are
+    /// only [`noted`](Self::note) (no I/O). The same exclusions as `note`.
+    pub async fn record(
+        &self,
+        store: &dyn Store,
+        user_id: &str,
+        scope: &str,
+    ) -> Result<(), Arc<StoreError>> {
+        if scope == user_id || scope.is_empty() {
+            return Ok(());
+        }
+        let key = (user_id.to_string(), scope.to_string());
+        if self.stored.contains_key(&key) {
+            self.note(user_id, scope);
+            return Ok(());
+        }
+        let write = async {
+            let seen = [(key.0.clone(), key.1.clone(), Utc::now())];
+            match store.record_scopes(&seen).await {
+                Ok(()) => {
+                    self.stored.insert(key.clone(), ());
+                    // Its `last_seen` was just written.
+                    self.recent.insert(key.clone(), ());
+                    Ok(())
+                }
+                Err(e) => Err(Arc::new(e)),
+            }
+        };
+        let cached = || self.stored.contains_key(&key).then_some(Ok(()));
+        self.first_writes.join(&key, cached, write).await.0
     }
 
     /// Pairs noted and not yet written.
@@ -104,5 +150,70 @@ mod tests {
         log.note("alice", "project_web_ba9876543210");
         log.note("bob", "project_app_0123456789ab");
         assert_eq!(log.pending_len(), 3);
+    }
+
+    async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_first_sighting_is_stored_before_record_returns_and_repeats_are_batched() {
+        let (_dir, store) = store().await;
+        let log = ScopeLog::new(Duration::from_secs(60));
+        log.record(store.as_ref(), "alice", "alice").await.unwrap();
+        log.record(store.as_ref(), "alice", "project_app_0123456789ab")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.user_scopes("alice").await.unwrap(),
+            ["project_app_0123456789ab"],
+            "written before the request it came with goes on"
+        );
+        assert_eq!(log.pending_len(), 0);
+        // Known now: no second write on the request path.
+        log.record(store.as_ref(), "alice", "project_app_0123456789ab")
+            .await
+            .unwrap();
+        assert_eq!(log.pending_len(), 0, "noted within the interval already");
+        // Concurrent first sightings of one pair share one write.
+        let pair = "project_web_ba9876543210";
+        let (a, b) = tokio::join!(
+            log.record(store.as_ref(), "alice", pair),
+            log.record(store.as_ref(), "alice", pair)
+        );
+        a.unwrap();
+        b.unwrap();
+        assert!(log.first_writes.is_idle());
+        assert_eq!(store.user_scopes("alice").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_write_is_an_error_and_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        // No migration: the table does not exist, so the write fails.
+        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let log = ScopeLog::new(Duration::from_secs(60));
+        assert!(
+            log.record(store.as_ref(), "alice", "project_app_0123456789ab")
+                .await
+                .is_err()
+        );
+        store.migrate().await.unwrap();
+        log.record(store.as_ref(), "alice", "project_app_0123456789ab")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.user_scopes("alice").await.unwrap(),
+            ["project_app_0123456789ab"]
+        );
     }
 }

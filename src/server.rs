@@ -169,17 +169,32 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sessions.clone(),
         Duration::from_secs(config.mcp.session_idle_secs),
     ));
-    let mcp_flow = McpFlow::new(McpSettings {
-        policy: McpPolicy {
-            tools: {
-                let mut tools = default_tool_rules();
-                tools.extend(config.mcp.tools.clone());
-                tools
-            },
-            unknown_tools: config.mcp.unknown_tools,
-            max_json_depth: config.limits.max_json_depth,
-            ..McpPolicy::default()
+    let mcp_policy = McpPolicy {
+        tools: {
+            let mut tools = default_tool_rules();
+            tools.extend(config.mcp.tools.clone());
+            tools
         },
+        unknown_tools: config.mcp.unknown_tools,
+        max_json_depth: config.limits.max_json_depth,
+        // One scope for everyone: a single upstream is that scope's own.
+        upstream_per_scope: matches!(
+            config.isolation.mode,
+            crate::config::IsolationModeName::Global
+        ),
+        ..McpPolicy::default()
+    };
+    let refused_tools = mcp_policy.tools_refused_on_shared_upstream();
+    if !refused_tools.is_empty() {
+        tracing::warn!(
+            tools = %refused_tools.join(", "),
+            "these MCP tools keep users apart only with an MCP server per user, and mcp.upstream \
+             is one server shared by every user: their calls are refused and they are hidden \
+             from tools/list (set scoped_by in [mcp.tools.NAME] if a tool holds no per-user data)"
+        );
+    }
+    let mcp_flow = McpFlow::new(McpSettings {
+        policy: mcp_policy,
         client: mcp_client.clone(),
         owners,
         mcp_path: config.mcp.path.clone(),

@@ -94,6 +94,32 @@ impl SessionBindings {
         Ok(owner == user_id)
     }
 
+    /// Binds a session the upstream has just handed to `user_id`, in the
+    /// store so every replica knows it; with the store unreachable, here
+    /// only (the user keeps the session this replica serves). False when it
+    /// is bound to another user.
+    pub async fn bind_handed_out(&self, session_id: &str, user_id: &str) -> bool {
+        match self.bind(session_id, user_id).await {
+            Ok(mine) => mine,
+            Err(e) => {
+                tracing::warn!(error = %e, "new MCP session bound on this replica only");
+                self.owners
+                    .entry(session_id.to_string())
+                    .or_insert_with(|| user_id.to_string())
+                    .value()
+                    == user_id
+            }
+        }
+    }
+
+    /// A stream of `session_id` is still open: its binding stays, here and
+    /// (written at most once a minute) in the store.
+    pub fn keep_alive(&self, session_id: &str) {
+        if self.owners.get(session_id).is_some() {
+            self.note_use(session_id);
+        }
+    }
+
     /// For synchronous callers (a streamed response): binds here at once and
     /// in the store in the background.
     pub fn bind_detached(self: &Arc<Self>, session_id: &str, user_id: &str) -> bool {
@@ -199,6 +225,8 @@ mod tests {
             SessionUse::Foreign
         );
         assert_eq!(two.check("abc", "alice").await.unwrap(), SessionUse::Owner);
+        assert!(!two.bind_handed_out("abc", "mallory").await);
+        assert!(two.bind_handed_out("abc", "alice").await);
         one.end("abc").await;
         let three = SessionBindings::new(one.store.clone(), 10, Duration::from_secs(60));
         assert_eq!(
@@ -217,5 +245,37 @@ mod tests {
         assert!(s.local_len() <= 100, "{}", s.local_len());
         s.housekeeping(Duration::from_secs(0), true).await;
         assert_eq!(store.session_owner("s1").await.unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_open_stream_keeps_its_binding_past_the_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let idle = Duration::from_millis(300);
+        let s = SessionBindings::new(store.clone(), 10, idle);
+        assert!(s.bind_handed_out("streamed", "alice").await);
+        assert!(s.bind_handed_out("quiet", "alice").await);
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.keep_alive("streamed");
+        }
+        assert_eq!(
+            s.check("streamed", "alice").await.unwrap(),
+            SessionUse::Owner
+        );
+        assert_eq!(
+            s.owner_here("quiet"),
+            None,
+            "an idle binding without a stream is forgotten here"
+        );
     }
 }

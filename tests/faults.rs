@@ -218,6 +218,7 @@ struct Targets {
 }
 
 const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
 
 async fn probe(
     client: &reqwest::Client,
@@ -707,7 +708,9 @@ async fn the_mcp_listener_answers_a_slow_or_refusing_upstream_with_json_rpc_504_
 
 /// An MCP upstream whose event streams (legacy `GET /sse`, Streamable `GET
 /// /mcp`) send one event and stay open until `close` is set, then end
-/// cleanly (last chunk) and close the connection. Other requests get 202.
+/// cleanly (last chunk) and close the connection. A `POST /mcp` is taken for
+/// an `initialize` and answered with a new `Mcp-Session-Id`; other requests
+/// get 202.
 async fn closing_streams() -> (String, tokio::sync::watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -735,6 +738,16 @@ async fn closing_streams() -> (String, tokio::sync::watch::Sender<bool>) {
                         "params": {"level": "info", "data": format!("stream {n}")},
                     });
                     format!("id: {n}\nevent: message\ndata: {data}\n\n")
+                } else if head.starts_with(b"POST /mcp") {
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Mcp-Session-Id: closing-session-{n}\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    return;
                 } else {
                     let accepted = b"HTTP/1.1 202 Accepted\r\nContent-Length: 8\r\n\
                                      Connection: close\r\n\r\nAccepted";
@@ -781,17 +794,17 @@ async fn sse_streams_the_upstream_closes_end_cleanly_and_release_their_connectio
     let token = gate.create_token("alice", &[]);
     // Warm up the store path that binds sessions.
     let client = reqwest::Client::new();
-    let warm = futures::future::join_all((0..10).map(|i| {
+    let initialize = |client: &reqwest::Client| {
         client
-            .post(gate.mcp_url(&format!("/messages/?session_id=warm{i}")))
+            .post(gate.mcp_url("/mcp"))
             .header("X-MCP-Token", &token)
             .header("content-type", "application/json")
-            .body(PING)
+            .body(INITIALIZE)
             .send()
-    }))
-    .await;
+    };
+    let warm = futures::future::join_all((0..10).map(|_| initialize(&client))).await;
     for resp in warm {
-        assert_eq!(resp.unwrap().status(), 202);
+        assert_eq!(resp.unwrap().status(), 200);
     }
     drop(client);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -808,7 +821,10 @@ async fn sse_streams_the_upstream_closes_end_cleanly_and_release_their_connectio
             .header("X-MCP-Token", &token)
             .header("accept", "text/event-stream");
         if i >= LEGACY {
-            req = req.header("mcp-session-id", format!("closing-session-{i}"));
+            let answer = initialize(&client).await.unwrap();
+            assert_eq!(answer.status(), 200, "initialize {i}");
+            let session = answer.headers()["mcp-session-id"].clone();
+            req = req.header("mcp-session-id", session);
         }
         let resp = tokio::time::timeout(Duration::from_secs(5), req.send())
             .await

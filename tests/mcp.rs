@@ -76,14 +76,24 @@ const WRITE_TOOLS: [&str; 5] = [
     "delete_all_memories",
     "add_coding_preference",
 ];
-const READ_TOOLS: [&str; 6] = [
+const READ_TOOLS: [&str; 4] = [
     "search_memories",
     "get_all_memories",
     "get_memory",
     "get_memory_history",
+];
+/// The stand-in's tools that act on one mem0 id per server process (like
+/// the Mem0 MCP Server stack's): refused and hidden on a shared upstream.
+const PER_PROCESS_TOOLS: [&str; 3] = [
+    "add_coding_preference",
     "search_coding_preferences",
     "get_all_coding_preferences",
 ];
+
+/// The rule a test needs to call the stand-in's `slow_progress` (a tool no
+/// shipped rule names).
+const SLOW_PROGRESS_RULE: &str =
+    "[mcp.tools.slow_progress]\npermission = \"read\"\nscoped_by = \"none\"\n";
 
 /// Runs `fut`, failing the test if it takes longer than `limit`.
 async fn bounded<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
@@ -498,11 +508,15 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
     assert!(client.peer_info().is_some(), "no initialize result");
 
     let listed = tool_names(&client).await;
-    let every: BTreeSet<String> = support::mcp_server::tool_names()
+    let callable: BTreeSet<String> = support::mcp_server::tool_names()
         .into_iter()
+        .filter(|tool| !PER_PROCESS_TOOLS.contains(tool) && *tool != "slow_progress")
         .map(String::from)
         .collect();
-    assert_eq!(listed, every, "a read-write token sees every tool");
+    assert_eq!(
+        listed, callable,
+        "a read-write token sees every tool it may call on a shared upstream"
+    );
 
     let added = call_ok(&client, "add_memory", json!({"text": "I drink green tea"})).await;
     assert_eq!(added["results"][0]["event"], "ADD", "{added}");
@@ -559,7 +573,7 @@ async fn rmcp_client_initializes_lists_and_calls_tools_through_memgate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_progress_notification_is_streamed_before_the_result() {
-    let env = env().await;
+    let env = env_with("", SLOW_PROGRESS_RULE).await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let client = connect(gate, &alice).await;
@@ -683,7 +697,7 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
         ),
     ] {
         let error = call_refused(&client, tool, arguments.clone()).await;
-        assert!(error.contains("403"), "{tool} {arguments}: {error}");
+        assert!(error.contains("-32003"), "{tool} {arguments}: {error}");
     }
     assert!(
         mcp.tool_calls().is_empty(),
@@ -698,7 +712,7 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
     );
     close(client).await;
 
-    // The refusal itself: 403 with a JSON-RPC error for the request's id.
+    // The refusal itself: a JSON-RPC error for the request's id, in a 200.
     let session = raw_session(gate, &alice, &[]).await;
     mcp.clear();
     let reply = post_rpc(
@@ -712,7 +726,7 @@ async fn a_user_argument_naming_another_user_is_refused_and_never_reaches_the_to
         ),
     )
     .await;
-    assert_refusal(&reply, 403, 7, "user_id of another user");
+    assert_refusal(&reply, 200, 7, "user_id of another user");
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap_or_default()
@@ -811,7 +825,7 @@ async fn auto_isolation_rewrites_user_arguments_to_the_project_scope() {
     let other = format!("project_myapp_{}", project_hash("bob", project));
     for user in ["bob", other.as_str()] {
         let error = call_refused(&client, "get_all_memories", json!({"user_id": user})).await;
-        assert!(error.contains("403"), "{user}: {error}");
+        assert!(error.contains("-32003"), "{user}: {error}");
     }
     assert_eq!(mcp.tool_calls().len(), 3, "{:?}", mcp.tool_calls());
     close(client).await;
@@ -839,7 +853,7 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
         ("delete_memory", json!({"memory_id": bobs})),
     ] {
         let error = call_refused(&client, tool, arguments.clone()).await;
-        assert!(error.contains("403"), "{tool}: {error}");
+        assert!(error.contains("-32003"), "{tool}: {error}");
         assert!(error.contains(&denied), "{tool}: {error}");
     }
     assert!(
@@ -855,7 +869,7 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
     assert_eq!(deletes[0]["memory_id"], json!(alices));
     close(client).await;
 
-    // The refusal on the wire: 403, the request's id, the §4 message.
+    // The refusal on the wire: a 200, the request's id, the §4 message.
     let session = raw_session(gate, &alice, &[]).await;
     let reply = post_rpc(
         gate,
@@ -864,7 +878,7 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
         &tool_call(11, "delete_memory", json!({"memory_id": bobs})),
     )
     .await;
-    assert_refusal(&reply, 403, 11, "delete_memory of bob's memory");
+    assert_refusal(&reply, 200, 11, "delete_memory of bob's memory");
     assert_eq!(
         reply.json()["error"]["message"],
         json!(denied),
@@ -913,7 +927,7 @@ async fn a_read_only_token_neither_sees_nor_calls_write_tools() {
         ("add_coding_preference", json!({"text": "tabs"})),
     ] {
         let error = call_refused(&client, tool, arguments).await;
-        assert!(error.contains("403"), "{tool}: {error}");
+        assert!(error.contains("-32003"), "{tool}: {error}");
     }
     assert!(
         mcp.tool_calls().is_empty(),
@@ -933,14 +947,14 @@ async fn a_read_only_token_neither_sees_nor_calls_write_tools() {
         &tool_call(3, "add_memory", json!({"text": "nope"})),
     )
     .await;
-    assert_refusal(&reply, 403, 3, "write tool with a read-only token");
+    assert_refusal(&reply, 200, 3, "write tool with a read-only token");
     assert_eq!(mcp.calls_of("add_memory").len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tools_follow_the_configured_mode_and_rules() {
-    // deny: a tool with no rule is hidden and refused.
-    let env = env_with("unknown_tools = \"deny\"", "").await;
+    // By default a tool with no rule is hidden and refused, with the fix.
+    let env = env().await;
     let Env { mcp, gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let client = connect(gate, &alice).await;
@@ -948,7 +962,25 @@ async fn unknown_tools_follow_the_configured_mode_and_rules() {
     assert!(!listed.contains("slow_progress"), "{listed:?}");
     assert!(listed.contains("add_memory"), "{listed:?}");
     let error = call_refused(&client, "slow_progress", json!({})).await;
-    assert!(error.contains("403"), "{error}");
+    assert!(error.contains("-32003"), "{error}");
+    assert!(
+        error.contains("[mcp.tools.slow_progress]") && error.contains("mcp.unknown_tools"),
+        "the refusal says how to add a rule: {error}"
+    );
+    assert!(mcp.calls_of("slow_progress").is_empty());
+    // The session survived the refusal: the next call goes through.
+    call_ok(&client, "get_all_memories", json!({})).await;
+    close(client).await;
+    drop(env);
+
+    // allow: forwarded, with the standard user arguments still forced.
+    let env = env_with("unknown_tools = \"allow\"", "").await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(gate, &alice).await;
+    assert!(tool_names(&client).await.contains("slow_progress"));
+    let error = call_refused(&client, "slow_progress", json!({"user_id": "bob"})).await;
+    assert!(error.contains("-32003"), "{error}");
     assert!(mcp.calls_of("slow_progress").is_empty());
     close(client).await;
     drop(env);
@@ -962,7 +994,7 @@ async fn unknown_tools_follow_the_configured_mode_and_rules() {
     assert!(tool_names(&client).await.contains("slow_progress"));
     call_ok(&client, "slow_progress", json!({})).await;
     let error = call_refused(&client, "slow_progress", json!({"owner": "bob"})).await;
-    assert!(error.contains("403"), "{error}");
+    assert!(error.contains("-32003"), "{error}");
     assert_eq!(mcp.calls_of("slow_progress"), [json!({"owner": "alice"})]);
     close(client).await;
 }
@@ -1097,7 +1129,7 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
         tool_call(3, "get_all_memories", json!({"user_id": "bob"})),
     )
     .await;
-    assert_refusal(&reply, 403, 3, "legacy call naming bob");
+    assert_refusal(&reply, 200, 3, "legacy call naming bob");
     assert!(mcp.calls_of("get_all_memories").is_empty());
 
     // Bob cannot post into alice's session.
@@ -1317,7 +1349,7 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
         ),
     ] {
         let reply = post_rpc(gate, &alice, Some(&session), &batch).await;
-        assert_eq!(reply.status, 403, "{what}: {}", reply.text);
+        assert_eq!(reply.status, 200, "{what}: {}", reply.text);
         let body = reply.json();
         let errors: Vec<&Value> = match &body {
             Value::Array(items) => items.iter().collect(),
@@ -1469,7 +1501,7 @@ async fn encoded_or_extended_endpoint_paths_never_reach_the_mcp_server() {
     );
     // The canonical spelling is policed as before: a reader may not delete.
     let reply = post_raw(&env.gate, "/mcp", &auth, body).await;
-    assert_ne!(reply.status, 200, "{}", reply.text);
+    assert_refusal(&reply, 200, 7, "delete_all_memories for a reader");
     assert!(env.mcp.tool_calls().is_empty());
 }
 
@@ -1511,4 +1543,194 @@ async fn transport_endpoints_refuse_methods_that_would_skip_the_tool_rules() {
         mcp.http_requests()
     );
     assert!(mcp.calls_of("get_all_memories").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Servers that serve one user per process
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_process_tools_are_refused_in_band_on_a_shared_upstream() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bob = gate.create_token("bob", RW);
+    let client = connect(gate, &alice).await;
+    let listed = tool_names(&client).await;
+    for tool in PER_PROCESS_TOOLS {
+        assert!(!listed.contains(tool), "{tool} listed: {listed:?}");
+        let error = call_refused(&client, tool, json!({"text": "tabs", "query": "tabs"})).await;
+        assert!(
+            error.contains("-32003") && error.contains("[mcp.spawn]"),
+            "{tool}: the refusal names the fix: {error}"
+        );
+        // The session survives each refusal.
+        call_ok(&client, "get_all_memories", json!({})).await;
+    }
+    assert!(
+        PER_PROCESS_TOOLS
+            .iter()
+            .all(|tool| mcp.calls_of(tool).is_empty()),
+        "a per-process tool reached the shared server: {:?}",
+        mcp.tool_calls()
+    );
+    close(client).await;
+
+    // A client that reads only event streams gets the refusal as an event.
+    let session = raw_session(gate, &bob, &[]).await;
+    let sent = http()
+        .post(gate.mcp_url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .header("X-MCP-Token", &bob)
+        .header("Mcp-Session-Id", &session)
+        .body(tool_call(9, "search_coding_preferences", json!({"query": "q"})).to_string())
+        .send();
+    let reply = reply_of(bounded(STEP, "POST", sent).await.expect("POST")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    let events = sse_events(&reply.text);
+    assert_eq!(events.len(), 1, "{}", reply.text);
+    let error: Value = serde_json::from_str(&events[0].1).expect("JSON-RPC in the event");
+    assert_eq!(error["id"], 9);
+    assert_eq!(error["error"]["code"], -32003);
+    assert!(mcp.calls_of("search_coding_preferences").is_empty());
+
+    // Refusals are audited like any other.
+    let audited = within(Duration::from_secs(5), || async {
+        let out = gate.cli(&["audit", "--json", "--event", "permission_denied"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        events.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["user_id"] == "bob" && e["tool"] == "search_coding_preferences")
+        })
+    })
+    .await;
+    assert!(audited.is_some(), "no audit row for bob's refused call");
+    assert!(
+        gate.log()
+            .contains("add_coding_preference, get_all_coding_preferences"),
+        "serve warns once at start, naming the tools: {}",
+        gate.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_process_tools_work_when_everyone_shares_one_scope() {
+    let env = env_with("", "[isolation]\nmode = \"global\"\n").await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let client = connect(gate, &alice).await;
+    let listed = tool_names(&client).await;
+    for tool in PER_PROCESS_TOOLS {
+        assert!(listed.contains(tool), "{tool} hidden: {listed:?}");
+    }
+    call_ok(&client, "add_coding_preference", json!({"text": "tabs"})).await;
+    let found = call_ok(&client, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(found["results"][0]["memory"], "tabs", "{found}");
+    assert_eq!(
+        mcp.calls_of("add_coding_preference"),
+        [json!({"text": "tabs"})]
+    );
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_never_handed_out_are_404() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    // An id the upstream never handed to anyone is not claimed by its
+    // first presenter.
+    for id in ["made-up", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"] {
+        let reply = post_rpc(gate, &alice, Some(id), &ping(1)).await;
+        assert_eq!(reply.status, 404, "{id}: {}", reply.text);
+    }
+    // The spelling the upstream handed out is the one that counts.
+    let session = raw_session(gate, &alice, &[]).await;
+    let other_case = if session.to_ascii_uppercase() == session {
+        session.to_ascii_lowercase()
+    } else {
+        session.to_ascii_uppercase()
+    };
+    let reply = post_rpc(gate, &alice, Some(&other_case), &ping(2)).await;
+    assert_eq!(reply.status, 404, "{}", reply.text);
+    let reply = post_rpc(gate, &alice, Some(&session), &ping(3)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let log = mcp.http_requests();
+    assert!(
+        !log.iter().any(|r| {
+            let id = r.header("mcp-session-id");
+            id.as_deref() == Some("made-up") || id.as_deref() == Some(other_case.as_str())
+        }),
+        "an id memgate never saw handed out reached the server: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_session_ids_are_read_as_the_upstream_reads_them() {
+    let env = env().await;
+    let Env { mcp, gate, .. } = &env;
+    let alice = gate.create_token("alice", RW);
+    let bob = gate.create_token("bob", RW);
+    let stream = open_stream(gate, "/sse", &[("X-MCP-Token", &alice)]).await;
+    let mut events = SseReader::new(stream);
+    let (_, endpoint) = events.next_event(STEP).await.expect("endpoint event");
+    let id = endpoint
+        .split_once("session_id=")
+        .map(|(_, id)| id.to_string())
+        .expect("a session id");
+    assert_eq!(id.len(), 32, "{id}");
+    let hyphenated = format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    );
+    let spellings = [
+        id.to_ascii_uppercase(),
+        hyphenated.clone(),
+        format!("{{{hyphenated}}}"),
+        format!("urn:uuid:{hyphenated}"),
+    ];
+    mcp.clear();
+    for spelling in &spellings {
+        let path = format!(
+            "/messages/?session_id={}",
+            spelling.replace('{', "%7B").replace('}', "%7D")
+        );
+        let reply = post_raw(
+            gate,
+            &path,
+            &[("X-MCP-Token", &bob)],
+            tool_call(4, "get_all_memories", json!({}))
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(reply.status, 404, "bob with {spelling}: {}", reply.text);
+    }
+    assert!(
+        mcp.http_requests().is_empty(),
+        "bob reached alice's session: {:?}",
+        mcp.http_requests()
+    );
+    // Alice may spell her own session any way the upstream reads it.
+    let path = format!("/messages/?session_id={}", id.to_ascii_uppercase());
+    let reply = post_raw(
+        gate,
+        &path,
+        &[("X-MCP-Token", &alice)],
+        initialize_body(1).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, data) = events.next_event(STEP).await.expect("initialize answer");
+    let answer: Value = serde_json::from_str(&data).expect("JSON-RPC");
+    assert_eq!(answer["id"], 1, "{answer}");
 }

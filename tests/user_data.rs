@@ -524,3 +524,265 @@ async fn the_proxy_records_auto_scopes_by_itself() {
         serde_json::from_str(&ok(&gate.cli(&["user", "export", "--user-id", "alice"]))).unwrap();
     assert_eq!(exported(&doc).0, BTreeSet::from([own, in_app]));
 }
+
+// ---------------------------------------------------------------------------
+// mem0's listing limits
+
+/// A config file for the CLI alone: the store and the mem0 stand-in.
+fn cli_config(dir: &std::path::Path, db: &TestDb, mem0: &Mem0) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = {:?}\n[mem0]\nupstream = {:?}\n",
+            db.url,
+            mem0.url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn seed_many(mem0: &Mem0, user: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|i| mem0.seed(user, &format!("{user}'s memory {i}")))
+        .collect()
+}
+
+fn held_by(mem0: &Mem0, user: &str) -> usize {
+    mem0.memories()
+        .iter()
+        .filter(|m| m["user_id"] == user)
+        .count()
+}
+
+/// Each mem0's `GET /memories` stops at a limit and none pages (1.0.x: 100,
+/// `top_k` ignored; 2.0.0–2.0.7: 20, `top_k` ignored; 2.0.8+: `top_k` up to
+/// 1000, 20 without it). Export asks for the most and says when it was cut;
+/// delete lists and deletes until nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_delete_get_past_each_mem0_versions_listing_limit() {
+    use support::mem0::{Listing, V2_TOP_K_MAX};
+    // (server, its most per listing, whether it takes top_k)
+    let versions = [
+        (Listing::V2, V2_TOP_K_MAX, true),
+        (Listing::V1, 100, false),
+        (Listing::V2Early, 20, false),
+    ];
+    for (listing, most, takes_top_k) in versions {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let mem0 = Mem0::start().await;
+        mem0.set_listing(listing);
+        let dir = tempfile::tempdir().unwrap();
+        let config = cli_config(dir.path(), &db, &mem0);
+        let alice = seed_many(&mem0, "alice", 36);
+        let carol = seed_many(&mem0, "carol", most + 7);
+        let bob = seed_many(&mem0, "bob", 3);
+
+        // 36 memories: all of them, where the server allows 36 in one listing.
+        mem0.clear();
+        let out = cli(&config, &["user", "export", "--user-id", "alice"]);
+        let doc: Value = serde_json::from_str(&ok(&out)).unwrap();
+        let asked = mem0.requests();
+        assert!(
+            asked[0].uri.contains("top_k=1000"),
+            "{listing:?}: not asked for the most: {}",
+            asked[0].uri
+        );
+        if 36 <= most {
+            assert_eq!(exported(&doc).0, alice, "{listing:?}");
+            assert_eq!(doc["memory_count"], 36);
+            assert_eq!(doc["memories_complete"], true, "{listing:?}: {doc}");
+            assert_eq!(doc["scopes"][0]["memories_complete"], true);
+            assert_eq!(doc["warnings"], json!([]));
+        } else {
+            assert_eq!(doc["memory_count"], most, "{listing:?}");
+            assert_eq!(doc["memories_complete"], false, "{listing:?}: {doc}");
+            assert!(doc["scopes"][0]["note"].as_str().unwrap().contains("top_k"));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("may hold more"),
+                "{listing:?}: the cut is not said on stderr"
+            );
+        }
+
+        // More than the server ever lists: the export says it is cut short.
+        let out = cli(&config, &["user", "export", "--user-id", "carol"]);
+        let doc: Value = serde_json::from_str(&ok(&out)).unwrap();
+        assert_eq!(doc["memory_count"], most, "{listing:?}");
+        assert!(exported(&doc).0.is_subset(&carol));
+        assert_eq!(doc["memories_complete"], false, "{listing:?}: {doc}");
+        assert_eq!(doc["scopes"][0]["memories_complete"], false);
+        let note = doc["scopes"][0]["note"].as_str().expect("a note");
+        assert!(note.contains("may hold more"), "{note}");
+        assert!(
+            note.contains(if takes_top_k {
+                "no paging"
+            } else {
+                "ignores top_k"
+            }),
+            "{listing:?}: {note}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("warning: ") && stderr.contains("carol"),
+            "{stderr}"
+        );
+        let with_file = dir.path().join("carol.json");
+        let said = ok(&cli(
+            &config,
+            &[
+                "user",
+                "export",
+                "--user-id",
+                "carol",
+                "--output",
+                with_file.to_str().unwrap(),
+            ],
+        ));
+        assert!(said.contains("INCOMPLETE"), "{said}");
+
+        // Delete lists and deletes until the listing comes back empty.
+        let said = ok(&cli(
+            &config,
+            &["user", "delete", "--user-id", "alice", "--yes"],
+        ));
+        assert!(
+            said.contains("36 memories in 1 scope"),
+            "{listing:?}: {said}"
+        );
+        assert_eq!(held_by(&mem0, "alice"), 0, "{listing:?}");
+        let said = ok(&cli(
+            &config,
+            &["user", "delete", "--user-id", "carol", "--yes"],
+        ));
+        assert!(
+            said.contains(&format!("{} memories in 1 scope", most + 7)),
+            "{listing:?}: {said}"
+        );
+        assert_eq!(held_by(&mem0, "carol"), 0, "{listing:?}");
+        assert_eq!(
+            ids_in(&mem0.memories()),
+            bob,
+            "{listing:?}: only bob's are left"
+        );
+    }
+}
+
+/// The stand-in refuses what mem0 2.x refuses: a `top_k` over 1000 is a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2026_mem0_stand_in_lists_20_by_default_and_refuses_top_k_over_1000() {
+    use support::mem0::Listing;
+    let mem0 = Mem0::start().await;
+    mem0.set_listing(Listing::V2);
+    seed_many(&mem0, "alice", 30);
+    let list = |query: &'static str| {
+        let url = format!("{}/memories?user_id=alice{query}", mem0.url());
+        async move {
+            let resp = reqwest::get(url).await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = list("").await;
+    assert_eq!(
+        (status, body["results"].as_array().unwrap().len()),
+        (200, 20)
+    );
+    let (_, body) = list("&top_k=25").await;
+    assert_eq!(body["results"].as_array().unwrap().len(), 25);
+    let (_, body) = list("&top_k=1000").await;
+    assert_eq!(body["results"].as_array().unwrap().len(), 30);
+    let (status, body) = list("&top_k=1001").await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "top_k"]));
+    mem0.set_listing(Listing::V1);
+    let (_, body) = list("&top_k=5").await;
+    assert_eq!(
+        body["results"].as_array().unwrap().len(),
+        30,
+        "1.0.x ignores top_k"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Scopes recorded before they are used
+
+/// A memory written in a project scope the proxy has never seen is found by
+/// a `user delete` run right after (the scope is stored before the write is
+/// forwarded, not in the next batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_project_scope_is_recorded_before_its_first_request_is_forwarded() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let mem0 = Mem0::start().await;
+        let mut cfg = MemgateConfig::new(&db.url, &mem0.url());
+        cfg.extra = AUTO.into();
+        let gate = Memgate::start(cfg).await;
+        let alice = gate.create_token("alice", &[]);
+        remember(&gate, &alice, Some(APP), "app uses axum").await;
+        let in_app = scope("alice", APP);
+        assert_eq!(held_by(&mem0, &in_app), 1);
+        // No waiting for the batch.
+        let said = ok(&gate.cli(&["user", "delete", "--user-id", "alice", "--yes"]));
+        assert!(said.contains(&in_app), "{backend:?}: {said}");
+        assert_eq!(held_by(&mem0, &in_app), 0, "{backend:?}: left behind");
+        assert!(mem0.memories().is_empty());
+    }
+}
+
+/// When the scope cannot be recorded, the request is refused rather than
+/// forwarded into a scope `user delete` would not find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_that_cannot_be_recorded_is_not_written_to() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = Relay::start(pg_addr()).await;
+    let mem0 = Mem0::start().await;
+    let mut cfg = MemgateConfig::new(&db.url_via(relay.addr), &mem0.url());
+    cfg.extra = AUTO.into();
+    let gate = Memgate::start(cfg).await;
+    let alice = gate.create_token("alice", &[]);
+    // The token is cached, so it is still accepted while the store is away.
+    assert_eq!(list_status(&gate, &alice).await, 200);
+    relay.cut();
+    mem0.clear();
+    let resp = reqwest::Client::new()
+        .post(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", &alice)
+        .header("X-MCP-Project", WEB)
+        .json(&json!({"messages": [{"role": "user", "content": "web uses svelte"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("project scope"),
+        "{body}"
+    );
+    assert!(
+        mem0.requests().is_empty(),
+        "forwarded: {:?}",
+        mem0.requests()
+    );
+    assert!(mem0.memories().is_empty());
+
+    relay.restore();
+    let stored = within(Duration::from_secs(10), || async {
+        let resp = reqwest::Client::new()
+            .post(gate.mem0_url("/memories"))
+            .header("X-MCP-Token", &alice)
+            .header("X-MCP-Project", WEB)
+            .json(&json!({"messages": [{"role": "user", "content": "web uses svelte"}]}))
+            .send()
+            .await
+            .unwrap();
+        resp.status() == 200
+    })
+    .await;
+    assert!(stored.is_some(), "not accepted once the store is back");
+    assert_eq!(
+        db.store().await.user_scopes("alice").await.unwrap(),
+        [scope("alice", WEB)]
+    );
+}

@@ -9,7 +9,9 @@
 //! Deletion lists a scope's memories and deletes them one by one
 //! (`DELETE /memories/{id}`), never with `DELETE /memories?user_id=…`: on
 //! mem0 0.1.118–1.0.5 that route ends in `vector_store.reset()` and drops
-//! every user's memories (DESIGN.md §4).
+//! every user's memories (DESIGN.md §4). mem0 lists at most a fixed number
+//! of memories and cannot page ([`MEM0_LIST_MAX`]): deletion lists again
+//! until nothing is left, and an export says when a listing was cut short.
 
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -63,8 +65,34 @@ pub struct DeleteArgs {
     pub json: bool,
 }
 
-/// mem0's `get_all` default page size: a listing of exactly this many may be cut short.
-const MEM0_DEFAULT_LIMIT: usize = 100;
+/// How many memories mem0's `GET /memories?user_id=…` hands out, by server
+/// version (`server/main.py` and `Memory.get_all` of mem0ai):
+///
+/// - 1.0.x (October 2025): the route declares only `user_id`, `run_id` and
+///   `agent_id` and calls `get_all` with its default `limit=100`. FastAPI
+///   drops undeclared query parameters, so `top_k` is ignored: at most 100.
+/// - 2.0.0–2.0.7: the same route; `get_all`'s default became `top_k=20`:
+///   at most 20, and no way to ask for more.
+/// - 2.0.8 and later (2026): `top_k: Query(None, ge=0, le=1000)`
+///   (`ALL_MEMORIES_LIMIT`); without it `get_all` answers 20; over 1000 is a
+///   422.
+///
+/// From 2.0.10 (release tags of the mem0 repository) `get_all` also hides memories past their `expiration_date`
+/// unless `show_expired=true`; they are still stored, so export and delete ask
+/// for them (older servers ignore the parameter).
+///
+/// None of them pages: there is no `page`, `offset` or cursor, and the order
+/// is the vector store's. A listing as long as the server's limit may be cut
+/// short, and the only way past it is deleting what was listed and listing
+/// again.
+const MEM0_LIST_MAX: usize = 1000;
+
+/// The fixed limits of the versions that ignore `top_k` (1.0.x, 2.0.0–2.0.7).
+const MEM0_FIXED_LIMITS: [usize; 2] = [100, 20];
+
+/// Rounds of list-then-delete one scope may take before `user delete` gives
+/// up: at 20 a round (the smallest limit above) that is 20 000 memories.
+const MAX_DELETE_ROUNDS: usize = 1000;
 
 /// Runs one user command and returns what to print on stdout.
 pub async fn run(store: &dyn Store, config: &Config, cmd: UserCommand) -> anyhow::Result<String> {
@@ -130,12 +158,12 @@ impl Mem0 {
         Ok((status, body))
     }
 
-    /// The memories mem0 lists for `scope`, keeping only those whose `user_id`
-    /// is the scope (a mem0 that ignores the filter must not hand over, or get
-    /// us to delete, anyone else's).
-    async fn list(&self, scope: &str) -> anyhow::Result<Vec<Value>> {
+    /// One listing of `scope`, asking for up to `top_k` memories. Keeps only
+    /// the memories whose `user_id` is the scope (a mem0 that ignores the
+    /// filter must not hand over, or get us to delete, anyone else's).
+    async fn list(&self, scope: &str, top_k: usize) -> anyhow::Result<Listing> {
         let path = format!(
-            "/memories?user_id={}",
+            "/memories?user_id={}&top_k={top_k}&show_expired=true",
             percent::encode(scope, percent::is_unreserved)
         );
         let (status, body) = self.call("GET", &path, scope).await?;
@@ -158,10 +186,40 @@ impl Mem0 {
                 brief(&other)
             ),
         };
-        Ok(items
+        let listed = items.len();
+        let memories = items
             .into_iter()
             .filter(|item| item.get("user_id").and_then(Value::as_str) == Some(scope))
-            .collect())
+            .collect();
+        Ok(Listing { memories, listed })
+    }
+
+    /// Everything mem0 lets us list of `scope`, and why it may be incomplete
+    /// (`None` when it is known to be all). See [`MEM0_LIST_MAX`].
+    async fn list_all(&self, scope: &str) -> anyhow::Result<(Vec<Value>, Option<String>)> {
+        let listing = self.list(scope, MEM0_LIST_MAX).await?;
+        let n = listing.listed;
+        let cut = if n >= MEM0_LIST_MAX {
+            Some(format!(
+                "mem0 listed {n} memories for scope {scope}, the most its GET /memories \
+                 returns (top_k at most {MEM0_LIST_MAX}, no paging): the scope may hold more"
+            ))
+        } else if MEM0_FIXED_LIMITS.contains(&n) && self.ignores_top_k(scope).await? {
+            Some(format!(
+                "mem0 listed {n} memories for scope {scope} and ignores top_k (mem0 1.0.x \
+                 returns at most 100, 2.0.0-2.0.7 at most 20, with no paging): the scope \
+                 may hold more; upgrade mem0 to export them all"
+            ))
+        } else {
+            None
+        };
+        Ok((listing.memories, cut))
+    }
+
+    /// Whether mem0 answers more than one memory when asked for one: a server
+    /// that does not take `top_k` answers its fixed limit whatever is asked.
+    async fn ignores_top_k(&self, scope: &str) -> anyhow::Result<bool> {
+        Ok(self.list(scope, 1).await?.listed > 1)
     }
 
     async fn delete_one(&self, scope: &str, id: &str) -> anyhow::Result<Deleted> {
@@ -177,13 +235,14 @@ impl Mem0 {
         }
     }
 
-    /// Deletes every memory of `scope`, listing again until mem0 lists none
-    /// (a listing is one page of at most `MEM0_DEFAULT_LIMIT` on most servers).
-    /// `deleted` is bumped as memories go, so a failure still tells how many did.
+    /// Deletes every memory of `scope`, listing again until mem0 lists none:
+    /// a listing is cut at the server's limit and cannot page past it
+    /// ([`MEM0_LIST_MAX`]). `deleted` is bumped as memories go, so a failure
+    /// still tells how many did.
     async fn delete_scope(&self, scope: &str, deleted: &mut u64) -> anyhow::Result<()> {
         let mut seen: HashSet<String> = HashSet::new();
-        loop {
-            let items = self.list(scope).await?;
+        for _ in 0..MAX_DELETE_ROUNDS {
+            let items = self.list(scope, MEM0_LIST_MAX).await?.memories;
             if items.is_empty() {
                 return Ok(());
             }
@@ -202,7 +261,19 @@ impl Mem0 {
                 }
             }
         }
+        bail!(
+            "mem0 still lists memories of scope {scope} after {MAX_DELETE_ROUNDS} rounds of \
+             listing and deleting ({deleted} deleted); memories may be being added meanwhile"
+        )
     }
+}
+
+/// One answer of `GET /memories`.
+struct Listing {
+    /// The memories of the scope asked for.
+    memories: Vec<Value>,
+    /// How many items mem0 answered, whoever's: what its limit cuts.
+    listed: usize,
 }
 
 /// A short rendering of a response body for an error message.
@@ -292,21 +363,22 @@ async fn export(store: &dyn Store, config: &Config, args: ExportArgs) -> anyhow:
 
     let mut scope_docs = Vec::new();
     let mut memory_count = 0usize;
+    let mut cut_scopes = 0usize;
     for scope in &scopes {
-        let memories = mem0.list(scope).await?;
-        if memories.len() >= MEM0_DEFAULT_LIMIT {
-            warnings.push(format!(
-                "mem0 listed {} memories for scope {scope}; mem0's GET /memories returns at most \
-                 {MEM0_DEFAULT_LIMIT} on many versions, so this scope may be incomplete",
-                memories.len()
-            ));
-        }
+        let (memories, cut) = mem0.list_all(scope).await?;
         memory_count += memories.len();
-        scope_docs.push(json!({
+        let mut doc = json!({
             "scope": scope,
             "kind": if scope == user_id { "user" } else { "project" },
+            "memories_complete": cut.is_none(),
             "memories": memories,
-        }));
+        });
+        if let Some(note) = cut {
+            cut_scopes += 1;
+            doc["note"] = json!(note);
+            warnings.push(note);
+        }
+        scope_docs.push(doc);
     }
     let tokens = store.tokens(Some(user_id)).await?;
     let audit = store
@@ -326,18 +398,26 @@ async fn export(store: &dyn Store, config: &Config, args: ExportArgs) -> anyhow:
         "memgate_version": env!("CARGO_PKG_VERSION"),
         "mem0_upstream": config.mem0.upstream,
         "memory_count": memory_count,
+        // False when mem0 cut a listing short: `memory_count` is then a floor.
+        "memories_complete": cut_scopes == 0,
         "scopes": scope_docs,
         "tokens": tokens.iter().map(|t| super::token::listed_json(t, now)).collect::<Vec<_>>(),
         "audit": audit.iter().map(super::audit::event_json).collect::<Vec<_>>(),
         "warnings": warnings,
     });
-    let summary = format!(
+    let mut summary = format!(
         "{} in {}, {}, {}",
         plural(memory_count as u64, "memory", "memories"),
         plural(scopes.len() as u64, "scope", "scopes"),
         plural(tokens.len() as u64, "token", "tokens"),
         plural(audit.len() as u64, "audit event", "audit events"),
     );
+    if cut_scopes > 0 {
+        summary.push_str(&format!(
+            " (INCOMPLETE: mem0 cut the listing of {} short)",
+            plural(cut_scopes as u64, "scope", "scopes")
+        ));
+    }
     let text = serde_json::to_string_pretty(&document)?;
     let out = match &args.output {
         Some(path) => {
@@ -439,7 +519,7 @@ async fn delete(store: &dyn Store, config: &Config, args: DeleteArgs) -> anyhow:
     let mem0 = Mem0::new(config, user_id)?;
     // Reach mem0 before changing anything: an unreachable or misconfigured
     // upstream leaves everything as it was.
-    mem0.list(user_id).await?;
+    mem0.list(user_id, 1).await?;
 
     let mut removed = Removed::default();
     match delete_everything(store, &mem0, user_id, &scopes, &tokens, &mut removed).await {

@@ -47,7 +47,8 @@ pub use rpc::{
     RATE_LIMITED, UNAUTHORIZED, code_for_status, error_body, error_object,
 };
 pub use rules::{
-    STANDARD_MEMORY_ID_ARGS, STANDARD_USER_ARGS, ToolRule, UnknownTools, default_tool_rules,
+    STANDARD_MEMORY_ID_ARGS, STANDARD_USER_ARGS, ScopedBy, ToolRule, UnknownTools,
+    default_tool_rules,
 };
 pub use tools_list::tools_list_ids;
 
@@ -80,6 +81,10 @@ pub struct McpPolicy {
     /// The permission an allowed unknown tool needs. Default `write`: memgate
     /// cannot tell whether a tool it does not know changes data.
     pub unknown_tool_permission: Permission,
+    /// Whether each scope reaches an upstream of its own (a templated or
+    /// spawned upstream, or `global` isolation where everyone shares one
+    /// scope): only then are `scoped_by = "upstream"` tools callable.
+    pub upstream_per_scope: bool,
     /// Deepest JSON nesting accepted (top-level object = 1), at most 100.
     pub max_json_depth: usize,
     /// Most messages in one batch.
@@ -92,8 +97,9 @@ impl Default for McpPolicy {
     fn default() -> McpPolicy {
         McpPolicy {
             tools: default_tool_rules(),
-            unknown_tools: UnknownTools::Allow,
+            unknown_tools: UnknownTools::Deny,
             unknown_tool_permission: Permission::Write,
+            upstream_per_scope: false,
             max_json_depth: 32,
             max_batch_len: 64,
             max_owner_checks: 64,
@@ -224,6 +230,7 @@ impl McpPolicy {
             (None, UnknownTools::Deny) => None,
             (None, UnknownTools::Allow) => Some(Cow::Owned(ToolRule {
                 permission: self.unknown_tool_permission,
+                scoped_by: ScopedBy::Argument,
                 user_args: Vec::new(),
                 memory_id_args: STANDARD_MEMORY_ID_ARGS.map(str::to_owned).to_vec(),
                 inject_user: false,
@@ -232,10 +239,30 @@ impl McpPolicy {
     }
 
     /// Whether `identity` may call `tool` at all (its permission, or for an
-    /// unknown tool `unknown_tools` and the unknown-tool permission).
+    /// unknown tool `unknown_tools` and the unknown-tool permission), on this
+    /// upstream.
     pub fn may_call(&self, identity: &Identity, tool: &str) -> bool {
-        self.rule_for(tool)
-            .is_some_and(|rule| identity.permissions.allows(rule.permission))
+        self.rule_for(tool).is_some_and(|rule| {
+            identity.permissions.allows(rule.permission) && self.upstream_keeps_apart(&rule)
+        })
+    }
+
+    /// Whether the upstream keeps users apart for a tool with `rule`.
+    fn upstream_keeps_apart(&self, rule: &ToolRule) -> bool {
+        rule.scoped_by != ScopedBy::Upstream || self.upstream_per_scope
+    }
+
+    /// Tools refused because they need an upstream per scope and this one
+    /// is shared (for the warning `serve` logs at start).
+    pub fn tools_refused_on_shared_upstream(&self) -> Vec<&str> {
+        if self.upstream_per_scope {
+            return Vec::new();
+        }
+        self.tools
+            .iter()
+            .filter(|(_, rule)| rule.scoped_by == ScopedBy::Upstream)
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// A bounded metrics label for a tool: its rule's name, else `unknown`.
@@ -411,8 +438,11 @@ impl McpPolicy {
         let denied = |message: String| Refusal::new(403, FORBIDDEN, message, id.clone());
         let Some(rule) = self.rule_for(&tool) else {
             return Err(denied(format!(
-                "Access denied: tool {} is not allowed",
-                quoted(&tool)
+                "Access denied: tool {} has no rule in memgate, which cannot tell how it keeps \
+                 users apart; an operator can add one ([mcp.tools.{}] with permission and \
+                 scoped_by) or set mcp.unknown_tools = \"allow\"",
+                quoted(&tool),
+                config_key(&tool)
             )));
         };
         if !identity.permissions.allows(rule.permission) {
@@ -420,6 +450,14 @@ impl McpPolicy {
                 "Access denied: tool {} needs the {} permission, which this token lacks",
                 quoted(&tool),
                 rule.permission.as_str()
+            )));
+        }
+        if !self.upstream_keeps_apart(&rule) {
+            return Err(denied(format!(
+                "Access denied: tool {} keeps users apart only when each user has an MCP \
+                 server of their own, and this one is shared by every user; an operator can \
+                 give each user one ([mcp.spawn], or {{scope}} in mcp.upstream)",
+                quoted(&tool)
             )));
         }
         if scope.is_empty() {
@@ -566,6 +604,35 @@ pub fn session_id_from_query(query: Option<&str>) -> Result<Option<String>, Deny
     Ok(first.map(|(_, value)| value.clone()))
 }
 
+/// The form in which memgate binds and compares a session id: the form the
+/// upstream reads it in. Streamable HTTP servers look `Mcp-Session-Id` up as
+/// the exact string. Legacy SSE servers (the MCP Python SDK) parse
+/// `session_id` as a UUID, so case, hyphens, braces and `urn:uuid:` do not
+/// make another session: a legacy id that reads as a UUID is its 32
+/// lowercase hex digits. Any other legacy id stays as sent; memgate answers
+/// only ids it saw the upstream hand out, so a spelling it cannot read is
+/// simply one it never saw.
+pub fn session_key(id: &str, legacy: bool) -> String {
+    if legacy && let Some(uuid) = uuid_hex(id) {
+        return uuid;
+    }
+    id.to_owned()
+}
+
+/// The UUID in `text` as Python's `uuid.UUID(text)` finds it (`urn:` and
+/// `uuid:` removed, braces stripped from both ends, hyphens dropped), when
+/// what is left is 32 ASCII hex digits.
+fn uuid_hex(text: &str) -> Option<String> {
+    let text = text.replace("urn:", "").replace("uuid:", "");
+    let hex: String = text
+        .trim_matches(|c| c == '{' || c == '}')
+        .chars()
+        .filter(|c| *c != '-')
+        .collect();
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
 /// A bounded metrics label for a JSON-RPC method: the method when MCP defines
 /// it, else `other`.
 pub fn method_label(method: &str) -> &'static str {
@@ -598,6 +665,17 @@ pub fn method_label(method: &str) -> &'static str {
         .find(|known| **known == method)
         .copied()
         .unwrap_or("other")
+}
+
+/// A tool name as a TOML key in a refusal's advice: bare when TOML allows,
+/// else quoted (at most 64 characters either way).
+fn config_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare { name.to_owned() } else { quoted(name) }
 }
 
 /// A client-chosen name for a message: quoted, at most 64 characters.

@@ -23,7 +23,7 @@ use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::Identity;
 use crate::policy::mcp::{
     McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, is_param_header, method_label,
-    origin_allowed, param_header_rewrites, session_id_from_query,
+    origin_allowed, param_header_rewrites, session_id_from_query, session_key,
 };
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
@@ -79,8 +79,13 @@ pub struct StreamWatch {
     rewriter: Option<SseRewriter>,
     user_id: String,
     identity: Identity,
-    /// The legacy session this stream carries, once its `endpoint` event is seen.
-    legacy_session: Option<String>,
+    /// The session this stream carries (its key, [`session_key`]): named by
+    /// the request, or for a legacy stream learnt from its `endpoint` event.
+    /// Its binding lives as long as the stream.
+    stream_session: Option<String>,
+    /// Whether `stream_session` came from a legacy `endpoint` event (whose
+    /// session's `tools/list` answers come back on this stream).
+    legacy: bool,
     /// A DELETE of this session: forget the binding once the upstream agrees.
     ending_session: Option<String>,
 }
@@ -229,11 +234,15 @@ impl McpFlow {
             return Ok(McpHandled::Responded(None));
         }
         let method = req.method.clone();
-        // The session this request uses: the header, or the legacy query parameter.
-        let session_id = match endpoint {
-            Endpoint::LegacyMessages => session_id_from_query(req.uri.query()),
-            _ => headers::single(req, &MCP_SESSION_ID).map(|id| id.map(str::to_string)),
-        };
+        // The session this request uses: the header, or the legacy query
+        // parameter, in the form the upstream reads it in.
+        let session_id =
+            match endpoint {
+                Endpoint::LegacyMessages => session_id_from_query(req.uri.query())
+                    .map(|id| id.map(|id| session_key(&id, true))),
+                _ => headers::single(req, &MCP_SESSION_ID)
+                    .map(|id| id.map(|id| session_key(id, false))),
+            };
         let session_id = match session_id {
             Ok(id) => id,
             Err(deny) => {
@@ -242,17 +251,21 @@ impl McpFlow {
             }
         };
         if let Some(id) = &session_id {
-            let verdict = match self.sessions.check(id, &identity.user_id).await {
-                Ok(SessionUse::Owner) => Ok(true),
-                // Not known to any replica (new, or idle-expired): the first
-                // user to present it holds it from now on.
-                Ok(SessionUse::Unknown) => self.sessions.bind(id, &identity.user_id).await,
-                Ok(SessionUse::Foreign) => Ok(false),
-                Err(e) => Err(e),
-            };
-            match verdict {
-                Ok(true) => {}
-                Ok(false) => return self.refuse_session(session).await,
+            match self.sessions.check(id, &identity.user_id).await {
+                Ok(SessionUse::Owner) => {}
+                // Only ids memgate saw the upstream hand to this user are
+                // forwarded: an upstream may read another spelling as the
+                // same session, and a forgotten one is started again.
+                Ok(SessionUse::Unknown) => {
+                    return self
+                        .refuse_session(session, "session id never handed to this user")
+                        .await;
+                }
+                Ok(SessionUse::Foreign) => {
+                    return self
+                        .refuse_session(session, "session belongs to another user")
+                        .await;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot check an MCP session's owner");
                     let message =
@@ -278,7 +291,8 @@ impl McpFlow {
                 rewriter,
                 user_id: identity.user_id.clone(),
                 identity: identity.clone(),
-                legacy_session: None,
+                stream_session: session_id.clone(),
+                legacy: false,
                 ending_session: (method == http::Method::DELETE)
                     .then_some(session_id)
                     .flatten(),
@@ -326,12 +340,12 @@ impl McpFlow {
         Ok(McpHandled::Responded(None))
     }
 
-    async fn refuse_session(&self, session: &mut Session) -> Result<McpHandled> {
+    async fn refuse_session(&self, session: &mut Session, why: &str) -> Result<McpHandled> {
         let message = "Session not found";
         refuse(session, 404, message, &Value::Null, &[]).await?;
         Ok(McpHandled::Responded(Some(McpRefusal {
             status: 404,
-            message: "session belongs to another user".into(),
+            message: why.into(),
             method: None,
             tool: None,
             ownership: false,
@@ -339,6 +353,10 @@ impl McpFlow {
         })))
     }
 
+    /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
+    /// a memory that does not exist) is an answer to that request, in a 200:
+    /// MCP clients end their whole session on an HTTP error, and the caller
+    /// is authenticated. An unreadable body keeps its HTTP status.
     async fn refuse_call(
         &self,
         session: &mut Session,
@@ -346,16 +364,26 @@ impl McpFlow {
         ownership: bool,
     ) -> Result<McpHandled> {
         let cors = self.cors_origin(session.req_header());
-        let mut header = ResponseHeader::build(deny.status, Some(4))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header("content-length", deny.body.len().to_string())?;
+        let in_band = matches!(deny.status, 403 | 404);
+        let (status, content_type, body) =
+            if in_band && wants_event_stream_only(session.req_header()) {
+                let mut event = b"event: message\ndata: ".to_vec();
+                event.extend_from_slice(&deny.body);
+                event.extend_from_slice(b"\n\n");
+                (200, "text/event-stream", event)
+            } else if in_band {
+                (200, "application/json", deny.body)
+            } else {
+                (deny.status, "application/json", deny.body)
+            };
+        let mut header = ResponseHeader::build(status, Some(4))?;
+        header.insert_header("content-type", content_type)?;
+        header.insert_header("content-length", body.len().to_string())?;
         header.insert_header("cache-control", "no-store")?;
         add_cors(&mut header, cors.as_deref())?;
         headers::secure_response(&mut header)?;
         session.write_response_header(Box::new(header)).await?;
-        session
-            .write_response_body(Bytes::from(deny.body), true)
-            .await?;
+        session.write_response_body(Bytes::from(body), true).await?;
         Ok(McpHandled::Responded(Some(McpRefusal {
             status: deny.status,
             message: deny.message,
@@ -479,12 +507,22 @@ impl McpFlow {
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status().is_success()
-            && let Some(id) = upstream
-                .get(&MCP_SESSION_ID)
-                .and_then(|v| std::str::from_utf8(v).ok())
-            && let Err(e) = self.sessions.bind(id, &identity.user_id).await
+            && let Some(id) = upstream.get(&MCP_SESSION_ID)
         {
-            tracing::warn!(error = %e, "new MCP session not bound in the store");
+            let Some(id) = std::str::from_utf8(id)
+                .ok()
+                .map(|id| session_key(id, false))
+            else {
+                open.finish().await;
+                let message = "The MCP upstream answered with a session id that is not text";
+                return refuse(session, 502, message, &Value::Null, &[]).await;
+            };
+            if !self.sessions.bind_handed_out(&id, &identity.user_id).await {
+                open.finish().await;
+                tracing::error!("the MCP upstream handed out a session id bound to another user");
+                let message = "The MCP upstream handed out a session id already in use";
+                return refuse(session, 502, message, &Value::Null, &[]).await;
+            }
         }
         let event_stream = upstream.is_event_stream();
         let ids = forward.tools_list_ids();
@@ -590,22 +628,29 @@ impl McpFlow {
         body: &mut Option<Bytes>,
         end: bool,
     ) -> Result<()> {
+        if let Some(id) = &watch.stream_session {
+            self.sessions.keep_alive(id);
+        }
         let Some(mut rewriter) = watch.rewriter.take() else {
             return Ok(());
         };
         let chunk = body.take().unwrap_or_default();
         let mut on_event = |event: &mut SseEvent| {
             if event.event.as_deref() == Some("endpoint")
+                && watch.stream_session.is_none()
                 && let Some(id) = event.data.as_deref().and_then(endpoint_session_id)
             {
+                let id = session_key(&id, true);
                 if self.sessions.bind_detached(&id, &watch.user_id) {
-                    watch.legacy_session = Some(id);
+                    watch.stream_session = Some(id);
+                    watch.legacy = true;
                 } else {
                     tracing::warn!("a legacy SSE stream announced a session bound to another user");
                 }
                 return;
             }
-            if let Some(id) = &watch.legacy_session
+            if watch.legacy
+                && let Some(id) = &watch.stream_session
                 && let Some(ids) = self.pending_lists.get(id)
             {
                 self.policy.filter_sse_event(&watch.identity, event, &ids);
@@ -641,6 +686,29 @@ fn add_cors(header: &mut impl SetHeaders, origin: Option<&str>) -> Result<()> {
         header.add(http::header::VARY, http::HeaderValue::from_static("Origin"))?;
     }
     Ok(())
+}
+
+/// Whether the client reads answers only as an event stream (its `Accept`
+/// names `text/event-stream` and no JSON); otherwise a JSON body is read.
+fn wants_event_stream_only(req: &RequestHeader) -> bool {
+    let mut event_stream = false;
+    for value in req.headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for media in value.split(',') {
+            let media = media.split(';').next().unwrap_or_default().trim();
+            if media.eq_ignore_ascii_case("text/event-stream") {
+                event_stream = true;
+            } else if media.eq_ignore_ascii_case("application/json")
+                || media == "*/*"
+                || media.eq_ignore_ascii_case("application/*")
+            {
+                return false;
+            }
+        }
+    }
+    event_stream
 }
 
 /// A JSON-RPC error response.

@@ -322,17 +322,35 @@ impl Gate {
         Ok(Some(identity))
     }
 
-    /// Remembers the project scope a user works in (`auto` isolation), so the
-    /// user's data can be found again for export and deletion.
-    fn note_project_scope(&self, session: &Session, identity: &Identity) {
+    /// Records the project scope a user works in (`auto` isolation) before
+    /// the request goes on, so the user's data can be found again for export
+    /// and deletion. `Ok(true)`: it could not be recorded, a 503 was sent.
+    async fn record_project_scope(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+    ) -> Result<bool> {
         if !matches!(self.isolation, IsolationMode::Auto) {
-            return;
+            return Ok(false);
         }
         let project = project(session.req_header());
         let scope = scope_for(identity, &self.isolation, project.as_deref());
-        if scope != identity.user_id {
-            self.shared.scopes.note(&identity.user_id, &scope);
+        if scope == identity.user_id {
+            return Ok(false);
         }
+        let store = self.shared.auth.store();
+        let Err(e) = self
+            .shared
+            .scopes
+            .record(store.as_ref(), &identity.user_id, &scope)
+            .await
+        else {
+            return Ok(false);
+        };
+        tracing::warn!(error = %e, user_id = %identity.user_id, "project scope not recorded; request refused");
+        let message = "The project scope of this request could not be recorded (token store unavailable); retry later";
+        errors::respond_error(session, self.listener, 503, message).await?;
+        Ok(true)
     }
 
     /// Audits a policy refusal worth keeping.
@@ -652,7 +670,9 @@ impl Gate {
             return Ok(true);
         };
         ctx.route = self.listener.as_str();
-        self.note_project_scope(session, &identity);
+        if self.record_project_scope(session, &identity).await? {
+            return Ok(true);
+        }
         let (refusal, stream) = match &self.flow {
             Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
                 Handled::Responded(refusal) => (refusal.map(Refusal::from), None),

@@ -17,9 +17,12 @@
 //! {user_id?}`, `add_coding_preference {text}`, `search_coding_preferences
 //! {query}`, `get_all_coding_preferences {}` and `slow_progress {}` (Streamable
 //! HTTP only: one progress notification, 300 ms, then the result). Like the
-//! real servers, a missing `user_id` falls back to `default_user` and the
-//! coding-preference tools take the user from the trusted `X-MCP-UserID`
-//! header. Every call is recorded with the exact arguments the tool received
+//! real servers, a missing `user_id` falls back to `default_user`, and like
+//! the Mem0 MCP Server stack's server the coding-preference tools take no
+//! user at all: they act on one mem0 id fixed for the process
+//! ([`PROCESS_USER`]), whoever calls. Legacy session ids are read as the MCP
+//! Python SDK reads them: parsed as a UUID (any case, hyphens, braces,
+//! `urn:uuid:`), 400 when unreadable, 404 when unknown. Every call is recorded with the exact arguments the tool received
 //! ([`McpServer::tool_calls`]); every HTTP request with its method, URI,
 //! headers and body ([`McpServer::http_requests`]).
 
@@ -53,6 +56,10 @@ use super::Recorded;
 
 /// The user the real servers fall back to when a call names none.
 pub const DEFAULT_USER: &str = "default_user";
+
+/// The one mem0 id the stack's server uses for every caller (its
+/// `project_{dirname}_{hash}` of the directory it runs in).
+pub const PROCESS_USER: &str = "project_stand-in_5e1f0c2a";
 
 /// The tools both transports list: (name, description, properties, required).
 const TOOLS: &[(&str, &str, &[&str], &[&str])] = &[
@@ -203,17 +210,11 @@ impl Shared {
     }
 
     /// Runs a tool of the in-memory store: `Ok(result JSON)` or `Err(message)`.
-    /// `header_user` is the `X-MCP-UserID` the request carried.
-    fn run_tool(
-        &self,
-        name: &str,
-        args: &Map<String, Value>,
-        header_user: Option<&str>,
-    ) -> Result<Value, String> {
+    fn run_tool(&self, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_owned);
         let required = |key: &str| text(key).ok_or_else(|| format!("missing argument {key}"));
         let user = || text("user_id").unwrap_or_else(|| DEFAULT_USER.to_owned());
-        let prefs_user = || format!("prefs:{}", header_user.unwrap_or(DEFAULT_USER));
+        let prefs_user = || PROCESS_USER.to_owned();
         let mut memories = self.memories.lock().expect("memories");
         let search = |memories: &BTreeMap<String, StoredMemory>, owner: &str, query: &str| {
             let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
@@ -323,12 +324,6 @@ impl ServerHandler for Handler {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
         self.shared.record_call(&request.name, &args);
-        let header_user = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.headers.get("x-mcp-userid"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         if request.name == "slow_progress" {
             let token = context
                 .meta
@@ -346,10 +341,7 @@ impl ServerHandler for Handler {
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        match self
-            .shared
-            .run_tool(&request.name, &args, header_user.as_deref())
-        {
+        match self.shared.run_tool(&request.name, &args) {
             Ok(value) => {
                 Ok(CallToolResult::success(vec![ContentBlock::text(value.to_string())]).into())
             }
@@ -497,28 +489,23 @@ async fn legacy_stream(State(shared): State<Arc<Shared>>) -> Response {
 async fn legacy_message(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(sender) = query
-        .get("session_id")
-        .and_then(|id| shared.legacy.lock().expect("legacy").get(id).cloned())
-    else {
+    let Some(id) = query.get("session_id").and_then(|id| python_uuid_hex(id)) else {
+        return (StatusCode::BAD_REQUEST, "Invalid session ID").into_response();
+    };
+    let Some(sender) = shared.legacy.lock().expect("legacy").get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "Could not find session").into_response();
     };
     let Ok(message) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "Could not parse message").into_response();
     };
-    let header_user = headers
-        .get("x-mcp-userid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let messages = match message {
         Value::Array(items) => items,
         one => vec![one],
     };
     for message in messages {
-        if let Some(answer) = legacy_answer(&shared, &message, header_user.as_deref()) {
+        if let Some(answer) = legacy_answer(&shared, &message) {
             let event = format!("event: message\ndata: {answer}\n\n");
             let _ = sender.send(Bytes::from(event));
         }
@@ -528,7 +515,7 @@ async fn legacy_message(
 
 /// The JSON-RPC answer to one legacy message (`None` for notifications and
 /// responses).
-fn legacy_answer(shared: &Shared, message: &Value, header_user: Option<&str>) -> Option<Value> {
+fn legacy_answer(shared: &Shared, message: &Value) -> Option<Value> {
     let id = message.get("id")?.clone();
     let method = message.get("method")?.as_str()?;
     let params = message.get("params").cloned().unwrap_or(Value::Null);
@@ -552,7 +539,7 @@ fn legacy_answer(shared: &Shared, message: &Value, header_user: Option<&str>) ->
                 .unwrap_or_default();
             shared.record_call(name, &args);
             shared
-                .run_tool(name, &args, header_user)
+                .run_tool(name, &args)
                 .map(|value| {
                     json!({"content": [{"type": "text", "text": value.to_string()}], "isError": false})
                 })
@@ -566,6 +553,21 @@ fn legacy_answer(shared: &Shared, message: &Value, header_user: Option<&str>) ->
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
         }
     })
+}
+
+/// The session id as the MCP Python SDK's legacy transport reads it,
+/// `uuid.UUID(hex=text).hex`: `urn:` and `uuid:` removed, braces stripped
+/// from both ends, hyphens dropped, then 32 hex digits in any case. (Python's
+/// `int()` would also take a sign, `0x` or `_`; ids are never sent so.)
+fn python_uuid_hex(text: &str) -> Option<String> {
+    let text = text.replace("urn:", "").replace("uuid:", "");
+    let hex: String = text
+        .trim_matches(|c| c == '{' || c == '}')
+        .chars()
+        .filter(|c| *c != '-')
+        .collect();
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
 }
 
 /// `GET /quiet-stream`: three events, 20 s apart, the first after 20 s.

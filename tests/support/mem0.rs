@@ -27,6 +27,9 @@
 //!
 //! [`Mem0::set_ignore_filters`] makes list and search return every user's
 //! memories, to test memgate's own response filtering.
+//!
+//! `GET /memories` lists every match unless [`Mem0::set_listing`] picks a real
+//! server's limit ([`Listing`]); none of them pages.
 
 // Handlers return ready-made error responses as their `Err` side; boxing them
 // would only add noise to a test fake.
@@ -138,12 +141,34 @@ impl HistoryRow {
     }
 }
 
+/// How many memories `GET /memories` answers, as each mem0 server does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Listing {
+    /// Every match: no real server, but what tests of the policy want.
+    #[default]
+    Unlimited,
+    /// mem0ai 1.0.x (October 2025): the route takes no `top_k` (FastAPI drops
+    /// it) and `Memory.get_all` defaults to `limit=100`.
+    V1,
+    /// mem0ai 2.0.0–2.0.7: still no `top_k` on the route; `get_all` defaults
+    /// to `top_k=20`.
+    V2Early,
+    /// mem0ai 2.0.8 and later (2026): `top_k: Query(None, ge=0, le=1000)`,
+    /// 20 without it, 422 outside the range. (The stand-in has no expiry, so
+    /// `show_expired` hides nothing.)
+    V2,
+}
+
+/// `ALL_MEMORIES_LIMIT` of mem0 2.x's `server/main.py`.
+pub const V2_TOP_K_MAX: usize = 1000;
+
 #[derive(Default)]
 struct State {
     memories: Vec<Memory>,
     history: Vec<HistoryRow>,
     log: Vec<Recorded>,
     ignore_filters: bool,
+    listing: Listing,
 }
 
 impl State {
@@ -288,6 +313,11 @@ impl Mem0 {
     /// owns it and whatever was asked.
     pub fn set_ignore_filters(&self, on: bool) {
         self.lock().ignore_filters = on;
+    }
+
+    /// Which server's `GET /memories` limit to copy.
+    pub fn set_listing(&self, listing: Listing) {
+        self.lock().listing = listing;
     }
 }
 
@@ -507,9 +537,20 @@ fn add_memories(state: &mut State, body: Map<String, Value>) -> Response {
 }
 
 fn list_memories(state: &State, query: &[(String, String)]) -> Response {
+    let limit = match list_limit(state.listing, query) {
+        Ok(limit) => limit,
+        Err(resp) => return resp,
+    };
     let owners = query_owners(query);
     if state.ignore_filters {
-        return results(state.memories.iter().map(Memory::item).collect());
+        return results(
+            state
+                .memories
+                .iter()
+                .take(limit)
+                .map(Memory::item)
+                .collect(),
+        );
     }
     if owners.iter().all(Option::is_none) {
         return reply(
@@ -522,9 +563,69 @@ fn list_memories(state: &State, query: &[(String, String)]) -> Response {
             .memories
             .iter()
             .filter(|m| owned_by(m, &owners))
+            .take(limit)
             .map(Memory::item)
             .collect(),
     )
+}
+
+/// The most `GET /memories` answers under `listing`, or FastAPI's 422 for a
+/// `top_k` the 2.x route refuses.
+fn list_limit(listing: Listing, query: &[(String, String)]) -> Result<usize, Response> {
+    match listing {
+        Listing::Unlimited => Ok(usize::MAX),
+        Listing::V1 => Ok(100),
+        Listing::V2Early => Ok(20),
+        Listing::V2 => {
+            let Some((_, raw)) = query.iter().rev().find(|(k, _)| k == "top_k") else {
+                return Ok(20);
+            };
+            let refuse = |kind: &str, msg: &str, ctx: Value| {
+                let mut error =
+                    json!({"type": kind, "loc": ["query", "top_k"], "msg": msg, "input": raw});
+                if !ctx.is_null() {
+                    error["ctx"] = ctx;
+                }
+                reply(422, json!({"detail": [error]}))
+            };
+            let Ok(top_k) = raw.trim().parse::<i64>() else {
+                return Err(refuse(
+                    "int_parsing",
+                    "Input should be a valid integer, unable to parse string as an integer",
+                    Value::Null,
+                ));
+            };
+            if top_k < 0 {
+                return Err(refuse(
+                    "greater_than_equal",
+                    "Input should be greater than or equal to 0",
+                    json!({"ge": 0}),
+                ));
+            }
+            if top_k > V2_TOP_K_MAX as i64 {
+                return Err(refuse(
+                    "less_than_equal",
+                    &format!("Input should be less than or equal to {V2_TOP_K_MAX}"),
+                    json!({"le": V2_TOP_K_MAX}),
+                ));
+            }
+            // Without `show_expired`, `_get_all_from_vector_store` fetches at
+            // least 60 and appends before it compares with the limit:
+            // `top_k=0` answers one memory.
+            let show_expired = query
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "show_expired")
+                .is_some_and(|(_, v)| {
+                    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+                });
+            Ok(if show_expired {
+                top_k as usize
+            } else {
+                (top_k as usize).max(1)
+            })
+        }
+    }
 }
 
 fn delete_memories(state: &mut State, query: &[(String, String)]) -> Response {

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    McpDecision, McpForward, McpPolicy, TOOLS_CALL, ToolRule, UnknownTools, decide_owners,
-    origin_allowed, param_header_rewrites, tools_list_ids,
+    McpDecision, McpForward, McpPolicy, ScopedBy, TOOLS_CALL, ToolRule, UnknownTools,
+    decide_owners, origin_allowed, param_header_rewrites, tools_list_ids,
 };
 use crate::policy::scope::project_scope;
 use crate::policy::sse::{SseRewriter, endpoint_session_id};
@@ -117,17 +117,18 @@ fn nested_only(names: &[&str], scope: &str, value: &Value, top: bool) -> bool {
 /// a JSON-RPC error, a filtered list still holding a tool the token may not
 /// call, or an SSE rewrite that changes bytes it was not asked to change.
 pub fn fuzz_entry(data: &[u8]) {
-    let mut strict = McpPolicy {
-        unknown_tools: UnknownTools::Deny,
+    let mut lenient = McpPolicy {
+        unknown_tools: UnknownTools::Allow,
+        upstream_per_scope: true,
         max_json_depth: 16,
         ..McpPolicy::default()
     };
-    let mut custom = ToolRule::new(Permission::Read);
+    let mut custom = ToolRule::new(Permission::Read, ScopedBy::Argument);
     custom.user_args = vec!["owner".to_owned()];
     custom.memory_id_args = vec!["ids".to_owned()];
     custom.inject_user = true;
-    strict.tools.insert("custom".to_owned(), custom);
-    let policies = [McpPolicy::default(), strict];
+    lenient.tools.insert("custom".to_owned(), custom);
+    let policies = [McpPolicy::default(), lenient];
     let ids = tools_list_ids(data);
     for (user_id, permissions) in [
         ("alice", "read,write"),

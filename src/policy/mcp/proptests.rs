@@ -147,12 +147,15 @@ fn identity() -> impl Strategy<Value = (Identity, String)> {
 }
 
 fn policy() -> impl Strategy<Value = McpPolicy> {
-    any::<bool>().prop_map(|deny_unknown| {
-        let mut policy = McpPolicy::default();
-        if deny_unknown {
-            policy.unknown_tools = UnknownTools::Deny;
+    (any::<bool>(), any::<bool>()).prop_map(|(deny_unknown, upstream_per_scope)| {
+        let mut policy = McpPolicy {
+            upstream_per_scope,
+            ..McpPolicy::default()
+        };
+        if !deny_unknown {
+            policy.unknown_tools = UnknownTools::Allow;
         }
-        let mut custom = ToolRule::new(Permission::Read);
+        let mut custom = ToolRule::new(Permission::Read, ScopedBy::Argument);
         custom.user_args = vec!["owner".to_owned()];
         custom.memory_id_args = vec!["ids".to_owned()];
         custom.inject_user = true;

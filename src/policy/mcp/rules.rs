@@ -1,7 +1,8 @@
-//! Tool rules: for each MCP tool name, the permission it needs, the arguments
-//! that name a mem0 user (forced to the scope) and the arguments that name a
-//! memory (checked for ownership). Shipped defaults cover the common mem0 MCP
-//! servers; the configuration may replace or add rules by tool name.
+//! Tool rules: for each MCP tool name, the permission it needs, how the
+//! upstream keeps users apart for it, the arguments that name a mem0 user
+//! (forced to the scope) and the arguments that name a memory (checked for
+//! ownership). Shipped defaults cover the common mem0 MCP servers; the
+//! configuration may replace or add rules by tool name.
 
 use std::collections::BTreeMap;
 
@@ -16,16 +17,43 @@ pub const STANDARD_USER_ARGS: [&str; 2] = ["user_id", "userId"];
 /// Argument names that carry a memory id in tools memgate has no rule for.
 pub const STANDARD_MEMORY_ID_ARGS: [&str; 2] = ["memory_id", "memoryId"];
 
+/// How the upstream keeps one user's data apart from another's for a tool.
+/// Most MCP servers serve one user per process and never look at who calls,
+/// so only `argument` makes a shared upstream safe for per-user data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScopedBy {
+    /// The tool's user arguments: memgate forces them to the caller's scope.
+    #[serde(rename = "argument")]
+    Argument,
+    /// The upstream process itself is the scope (one mem0 id per process):
+    /// safe only when each scope has an upstream of its own.
+    #[serde(rename = "upstream")]
+    Upstream,
+    /// The tool touches no per-user data (or only memories named by id,
+    /// which are ownership-checked whatever this says).
+    #[serde(rename = "none")]
+    Unscoped,
+}
+
+impl ScopedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopedBy::Argument => "argument",
+            ScopedBy::Upstream => "upstream",
+            ScopedBy::Unscoped => "none",
+        }
+    }
+}
+
 /// What memgate enforces for one tool (`[mcp.tools.<name>]` in the config).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ToolRuleSpec")]
 pub struct ToolRule {
     /// `"read"`, `"write"` or `"admin"`.
-    #[serde(
-        deserialize_with = "permission_from_name",
-        serialize_with = "permission_name"
-    )]
+    #[serde(serialize_with = "permission_name")]
     pub permission: Permission,
+    /// How the upstream keeps users apart for this tool.
+    pub scoped_by: ScopedBy,
     /// Arguments that name the mem0 user; [`STANDARD_USER_ARGS`] are checked
     /// on top of these. The first is the one injected (`user_id` if empty).
     #[serde(default)]
@@ -39,11 +67,53 @@ pub struct ToolRule {
     pub inject_user: bool,
 }
 
+/// A tool rule as written in the config: `scoped_by` may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolRuleSpec {
+    #[serde(deserialize_with = "permission_from_name")]
+    permission: Permission,
+    #[serde(default)]
+    scoped_by: Option<ScopedBy>,
+    #[serde(default)]
+    user_args: Vec<String>,
+    #[serde(default)]
+    memory_id_args: Vec<String>,
+    #[serde(default)]
+    inject_user: bool,
+}
+
+impl From<ToolRuleSpec> for ToolRule {
+    /// Without `scoped_by`, a rule naming user arguments is `argument`, one
+    /// naming only memory ids is `none` (the ids are ownership-checked), and
+    /// any other is `upstream`: a tool that says nothing of its user may
+    /// still hold per-user data, so it is refused on a shared upstream.
+    fn from(spec: ToolRuleSpec) -> ToolRule {
+        let scoped_by =
+            spec.scoped_by
+                .unwrap_or(if !spec.user_args.is_empty() || spec.inject_user {
+                    ScopedBy::Argument
+                } else if !spec.memory_id_args.is_empty() {
+                    ScopedBy::Unscoped
+                } else {
+                    ScopedBy::Upstream
+                });
+        ToolRule {
+            permission: spec.permission,
+            scoped_by,
+            user_args: spec.user_args,
+            memory_id_args: spec.memory_id_args,
+            inject_user: spec.inject_user,
+        }
+    }
+}
+
 impl ToolRule {
     /// A rule with no user or memory arguments.
-    pub fn new(permission: Permission) -> ToolRule {
+    pub fn new(permission: Permission, scoped_by: ScopedBy) -> ToolRule {
         ToolRule {
             permission,
+            scoped_by,
             user_args: Vec::new(),
             memory_id_args: Vec::new(),
             inject_user: false,
@@ -78,9 +148,10 @@ impl ToolRule {
 pub enum UnknownTools {
     /// Forwarded (with the unknown-tool permission, user arguments forced and
     /// `memory_id`/`memoryId` checked for ownership).
-    #[default]
     Allow,
-    /// Refused with 403 and hidden from `tools/list`.
+    /// Refused (with how to add a rule) and hidden from `tools/list`:
+    /// memgate cannot tell how an unknown tool keeps users apart.
+    #[default]
     Deny,
 }
 
@@ -119,19 +190,23 @@ pub fn default_tool_rules() -> BTreeMap<String, ToolRule> {
     // missing, injected, so the server never falls back to a default user.
     let collection = |permission| ToolRule {
         permission,
+        scoped_by: ScopedBy::Argument,
         user_args: user(),
         memory_id_args: Vec::new(),
         inject_user: true,
     };
-    // Tools on one memory: its owner decides, a user argument is still forced.
+    // Tools on one memory: its owner decides, whatever the upstream does with
+    // users; a user argument is still forced.
     let one_memory = |permission| ToolRule {
         permission,
+        scoped_by: ScopedBy::Unscoped,
         user_args: user(),
         memory_id_args: memory(),
         inject_user: false,
     };
-    // The Mem0 MCP Server stack reads the user from memgate's trusted headers.
-    let header_user = ToolRule::new;
+    // The Mem0 MCP Server stack's tools take no user: each server process
+    // calls mem0 with one id fixed by its environment.
+    let per_process = |permission| ToolRule::new(permission, ScopedBy::Upstream);
     let rules = [
         ("add_memory", collection(Permission::Write)),
         ("search_memories", collection(Permission::Read)),
@@ -143,9 +218,9 @@ pub fn default_tool_rules() -> BTreeMap<String, ToolRule> {
         ("update_memory", one_memory(Permission::Write)),
         ("delete_memory", one_memory(Permission::Write)),
         ("get_memory_history", one_memory(Permission::Read)),
-        ("add_coding_preference", header_user(Permission::Write)),
-        ("search_coding_preferences", header_user(Permission::Read)),
-        ("get_all_coding_preferences", header_user(Permission::Read)),
+        ("add_coding_preference", per_process(Permission::Write)),
+        ("search_coding_preferences", per_process(Permission::Read)),
+        ("get_all_coding_preferences", per_process(Permission::Read)),
     ];
     rules
         .into_iter()
@@ -166,18 +241,31 @@ mod tests {
         assert_eq!(rule.permission, Permission::Write);
         assert_eq!(rule.injected_arg(), "owner");
         assert_eq!(rule.all_user_args(), ["owner", "user_id", "userId"]);
+        assert_eq!(rule.scoped_by, ScopedBy::Argument);
         let minimal: ToolRule = serde_json::from_str(r#"{"permission":"read"}"#).unwrap();
-        assert_eq!(minimal, ToolRule::new(Permission::Read));
+        assert_eq!(
+            minimal,
+            ToolRule::new(Permission::Read, ScopedBy::Upstream),
+            "a rule that names no user fails closed on a shared upstream"
+        );
         assert_eq!(minimal.injected_arg(), "user_id");
+        let by_id: ToolRule =
+            serde_json::from_str(r#"{"permission":"read","memory_id_args":["id"]}"#).unwrap();
+        assert_eq!(by_id.scoped_by, ScopedBy::Unscoped);
+        let explicit: ToolRule =
+            serde_json::from_str(r#"{"permission":"read","scoped_by":"none"}"#).unwrap();
+        assert_eq!(explicit.scoped_by, ScopedBy::Unscoped);
         for bad in [
             r#"{"permission":"root"}"#,
             r#"{"permission":"read","inject":true}"#,
+            r#"{"permission":"read","scoped_by":"process"}"#,
             r#"{}"#,
         ] {
             assert!(serde_json::from_str::<ToolRule>(bad).is_err(), "{bad}");
         }
-        let mode: UnknownTools = serde_json::from_str(r#""deny""#).unwrap();
-        assert_eq!(mode, UnknownTools::Deny);
+        let mode: UnknownTools = serde_json::from_str(r#""allow""#).unwrap();
+        assert_eq!(mode, UnknownTools::Allow);
+        assert_eq!(UnknownTools::default(), UnknownTools::Deny);
     }
 
     #[test]
@@ -196,5 +284,17 @@ mod tests {
             Permission::Read
         );
         assert!(rules.values().all(|r| r.permission != Permission::Admin));
+        for name in [
+            "add_coding_preference",
+            "search_coding_preferences",
+            "get_all_coding_preferences",
+        ] {
+            assert_eq!(rules[name].scoped_by, ScopedBy::Upstream, "{name}");
+        }
+        for name in ["delete_memory", "get_memory_history", "get_memory"] {
+            assert_eq!(rules[name].scoped_by, ScopedBy::Unscoped, "{name}");
+            assert!(!rules[name].memory_id_args.is_empty(), "{name}");
+        }
+        assert_eq!(rules["add_memory"].scoped_by, ScopedBy::Argument);
     }
 }

@@ -39,6 +39,14 @@ fn decide_with(policy: &McpPolicy, who: &Identity, scope: &str, body: &str) -> M
     decision
 }
 
+/// The shipped rules in front of an upstream per scope.
+fn per_scope() -> McpPolicy {
+    McpPolicy {
+        upstream_per_scope: true,
+        ..McpPolicy::default()
+    }
+}
+
 fn decide(who: &Identity, body: &str) -> McpDecision {
     decide_with(&McpPolicy::default(), who, &who.user_id.clone(), body)
 }
@@ -362,7 +370,10 @@ fn tools_that_do_not_inject_are_left_alone_without_a_user() {
     assert_eq!(fwd.body, None);
     assert!(fwd.param_headers.is_empty());
     let body = call(json!(1), "add_coding_preference", json!({"text": "x"}));
-    assert_eq!(forward(decide(&alice(), &body)).body, None);
+    assert_eq!(
+        forward(decide_with(&per_scope(), &alice(), "alice", &body)).body,
+        None
+    );
 }
 
 #[test]
@@ -374,13 +385,24 @@ fn user_arguments_are_checked_on_every_tool() {
         "search_coding_preferences",
         json!({"query": "q", "user_id": "bob"}),
     );
-    assert_eq!(refused(decide(&alice(), &body)).0.status, 403);
+    let policy = per_scope();
+    assert_eq!(
+        refused(decide_with(&policy, &alice(), "alice", &body))
+            .0
+            .status,
+        403
+    );
     let body = call(
         json!(1),
         "search_coding_preferences",
         json!({"query": "q", "userId": "alice"}),
     );
-    assert_eq!(forward(decide(&alice(), &body)).param_headers.len(), 1);
+    assert_eq!(
+        forward(decide_with(&policy, &alice(), "alice", &body))
+            .param_headers
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -530,7 +552,7 @@ fn global_mode_forces_the_shared_user() {
 #[test]
 fn an_empty_scope_never_reaches_a_tool() {
     let body = call(json!(1), "search_coding_preferences", json!({"query": "q"}));
-    let (deny, _) = refused(decide_with(&McpPolicy::default(), &alice(), "", &body));
+    let (deny, _) = refused(decide_with(&per_scope(), &alice(), "", &body));
     assert_eq!(deny.status, 403);
     assert!(deny.message.contains("no memory scope"));
 }
@@ -563,6 +585,11 @@ fn read_only_tokens_cannot_call_write_tools() {
 
 #[test]
 fn unknown_tools_under_allow() {
+    let allow = McpPolicy {
+        unknown_tools: UnknownTools::Allow,
+        ..McpPolicy::default()
+    };
+    let decide = |who: &Identity, body: &str| decide_with(&allow, who, &who.user_id, body);
     let body = call(
         json!(1),
         "link_memories",
@@ -586,7 +613,7 @@ fn unknown_tools_under_allow() {
     assert_eq!(deny.status, 403);
     let lenient = McpPolicy {
         unknown_tool_permission: Permission::Read,
-        ..McpPolicy::default()
+        ..allow.clone()
     };
     assert!(matches!(
         decide_with(&lenient, &reader(), "reader", &body),
@@ -595,22 +622,89 @@ fn unknown_tools_under_allow() {
 }
 
 #[test]
-fn unknown_tools_under_deny() {
-    let policy = McpPolicy {
-        unknown_tools: UnknownTools::Deny,
-        ..McpPolicy::default()
-    };
+fn unknown_tools_are_denied_by_default_with_how_to_add_a_rule() {
+    assert_eq!(McpPolicy::default().unknown_tools, UnknownTools::Deny);
     for tool in ["link_memories", "Add_Memory", "add_memory ", ""] {
         let body = call(json!(1), tool, json!({}));
-        let (deny, error) = refused(decide_with(&policy, &root(), "root", &body));
+        let (deny, error) = refused(decide(&root(), &body));
         assert_eq!(deny.status, 403, "{tool:?}");
         assert_eq!(error["error"]["code"], FORBIDDEN);
+        assert!(
+            deny.message.contains("mcp.unknown_tools"),
+            "{}",
+            deny.message
+        );
     }
-    let body = call(json!(1), "add_memory", json!({}));
-    assert!(matches!(
-        decide_with(&policy, &alice(), "alice", &body),
-        McpDecision::Forward(_)
+    let (deny, _) = refused(decide(
+        &alice(),
+        &call(json!(1), "link_memories", json!({})),
     ));
+    assert!(
+        deny.message.contains("[mcp.tools.link_memories]") && deny.message.contains("scoped_by"),
+        "{}",
+        deny.message
+    );
+    let (deny, _) = refused(decide(&alice(), &call(json!(1), "a.b \"c", json!({}))));
+    assert!(
+        deny.message.contains(r#"[mcp.tools."a.b \"c"]"#),
+        "an odd name is quoted as a TOML key: {}",
+        deny.message
+    );
+    let body = call(json!(1), "add_memory", json!({}));
+    assert!(matches!(decide(&alice(), &body), McpDecision::Forward(_)));
+    let policy = McpPolicy::default();
+    assert!(!policy.may_call(&root(), "link_memories"));
+}
+
+#[test]
+fn upstream_scoped_tools_need_an_upstream_per_scope() {
+    let shared = McpPolicy::default();
+    let per_scope = per_scope();
+    let tools = [
+        "add_coding_preference",
+        "get_all_coding_preferences",
+        "search_coding_preferences",
+    ];
+    assert_eq!(shared.tools_refused_on_shared_upstream(), tools);
+    assert!(per_scope.tools_refused_on_shared_upstream().is_empty());
+    for tool in tools {
+        let body = call(json!("c1"), tool, json!({"query": "q"}));
+        let (deny, error) = refused(decide_with(&shared, &root(), "root", &body));
+        assert_eq!(deny.status, 403, "{tool}");
+        assert_eq!(error["id"], "c1");
+        assert_eq!(error["error"]["code"], FORBIDDEN);
+        assert!(
+            deny.message.contains("[mcp.spawn]") && deny.message.contains("{scope}"),
+            "the refusal names the fix: {}",
+            deny.message
+        );
+        assert!(!shared.may_call(&root(), tool), "hidden from tools/list");
+        let fwd = forward(decide_with(&per_scope, &alice(), "alice", &body));
+        assert_eq!(fwd.body, None, "nothing to rewrite: {tool}");
+        assert!(per_scope.may_call(&alice(), tool));
+        // A user argument is still checked whatever the tool's scoping.
+        let body = call(json!(1), tool, json!({"user_id": "bob"}));
+        assert_eq!(
+            refused(decide_with(&per_scope, &alice(), "alice", &body))
+                .0
+                .status,
+            403
+        );
+    }
+    // One-memory tools stay callable on a shared upstream: the id's owner decides.
+    for tool in ["delete_memory", "get_memory_history"] {
+        let body = call(json!(1), tool, json!({"memory_id": "m1"}));
+        let fwd = forward(decide_with(&shared, &alice(), "alice", &body));
+        assert_eq!(fwd.need_owners.len(), 1, "{tool}");
+    }
+    // The permission is checked first: a reader learns it lacks write.
+    let body = call(json!(1), "add_coding_preference", json!({"text": "t"}));
+    let (deny, _) = refused(decide_with(&shared, &reader(), "reader", &body));
+    assert!(
+        deny.message.contains("write permission"),
+        "{}",
+        deny.message
+    );
 }
 
 #[test]
@@ -651,9 +745,10 @@ fn config_rules_override_and_add() {
     )
     .unwrap();
     policy.tools.insert("recall".to_owned(), rule);
-    policy
-        .tools
-        .insert("add_memory".to_owned(), ToolRule::new(Permission::Admin));
+    policy.tools.insert(
+        "add_memory".to_owned(),
+        ToolRule::new(Permission::Admin, ScopedBy::Argument),
+    );
     let body = call(json!(1), "recall", json!({"ids": ["m1", "m2", "m1"]}));
     let fwd = forward(decide_with(&policy, &reader(), "reader", &body));
     assert_eq!(sent_args(&fwd)["owner"], "reader");
@@ -715,7 +810,7 @@ fn memory_ids_become_owner_checks_with_the_request_id() {
 fn too_many_owner_checks_are_refused() {
     let ids: Vec<String> = (0..65).map(|i| format!("m{i}")).collect();
     let mut policy = McpPolicy::default();
-    let mut rule = ToolRule::new(Permission::Write);
+    let mut rule = ToolRule::new(Permission::Write, ScopedBy::Unscoped);
     rule.memory_id_args = vec!["memory_ids".to_owned()];
     policy.tools.insert("batch_delete".to_owned(), rule);
     let body = call(json!(1), "batch_delete", json!({ "memory_ids": ids }));
@@ -885,7 +980,10 @@ fn tools_list_hides_what_the_token_cannot_call() {
         {"name":"get_memory_history"}
     ]}})
     .to_string();
-    let policy = McpPolicy::default();
+    let policy = McpPolicy {
+        unknown_tools: UnknownTools::Allow,
+        ..McpPolicy::default()
+    };
     let names = |bytes: Option<Vec<u8>>| -> Option<Vec<String>> {
         let value: Value = serde_json::from_slice(&bytes?).unwrap();
         Some(
@@ -910,10 +1008,7 @@ fn tools_list_hides_what_the_token_cannot_call() {
         policy.filter_tools_list(&reader(), response.as_bytes(), &[json!(6)]),
         None
     );
-    let deny_unknown = McpPolicy {
-        unknown_tools: UnknownTools::Deny,
-        ..McpPolicy::default()
-    };
+    let deny_unknown = McpPolicy::default();
     assert_eq!(
         names(deny_unknown.filter_tools_list(&root(), response.as_bytes(), &ids)).unwrap(),
         ["add_memory", "search_memories", "get_memory_history"]
@@ -999,5 +1094,39 @@ fn mirrored_headers_follow_the_rewrite() {
     assert_eq!(
         param_header_rewrites(&headers, &fwd.param_headers),
         vec![("Mcp-Param-User_Id".to_owned(), Some(scope))]
+    );
+}
+
+#[test]
+fn legacy_session_ids_are_compared_as_the_upstream_parses_them() {
+    let id = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let same = [
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "0F1E2D3C4B5A69788796A5B4C3D2E1F0",
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "{0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0}",
+        "urn:uuid:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "uuid:0F1E2D3C4B5A69788796A5B4C3D2E1F0",
+        "{{0f1e2d3c4b5a-69788796a5b4c3d2e1f0}",
+        "0f-1e2d3c4b5a69788796a5b4c3d2e1f0-",
+    ];
+    for spelling in same {
+        assert_eq!(session_key(spelling, true), id, "{spelling}");
+    }
+    // Not a UUID to memgate: kept as sent (and so never one it handed out).
+    for other in [
+        "0x0f1e2d3c4b5a69788796a5b4c3d2e1f",
+        "0f1e2d3c_4b5a69788796a5b4c3d2e1f0",
+        " 0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f",
+        "URN:UUID:0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "",
+    ] {
+        assert_eq!(session_key(other, true), other, "{other:?}");
+    }
+    // Streamable HTTP ids are looked up as exact strings upstream.
+    assert_eq!(
+        session_key("0F1E2D3C4B5A69788796A5B4C3D2E1F0", false),
+        "0F1E2D3C4B5A69788796A5B4C3D2E1F0"
     );
 }
