@@ -1,4 +1,4 @@
-//! End to end against stand-ins shaped like the real peers (DESIGN.md §11):
+//! End to end against stand-ins shaped like the real peers memgate joins:
 //! the Mem0 MCP Server stack's uvicorn/Starlette server, which answers
 //! `POST /mcp` with a 307 to `/mcp/` built from the request's Host, and
 //! mem0's 2026 server, which wants its `X-API-Key` on every request.
