@@ -93,6 +93,10 @@ pub struct ListenerConfig {
     pub read_timeout_secs: u64,
     /// Pass `X-MCP-Token` / `Authorization` on to the upstream (off: they are removed).
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream instead of the upstream's own authority.
+    pub preserve_host: bool,
+    /// Headers memgate sends upstream on every request, over any of the same name.
+    pub upstream_headers: UpstreamHeaderSpecs,
 }
 
 impl ListenerConfig {
@@ -103,8 +107,167 @@ impl ListenerConfig {
             connect_timeout_secs: 5,
             read_timeout_secs: 600,
             forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: UpstreamHeaderSpecs::new(),
         }
     }
+
+    /// `upstream_headers` of listener `section` with every value read (from
+    /// the process environment and files) and checked.
+    pub fn resolved_upstream_headers(
+        &self,
+        section: &str,
+    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+        resolve_upstream_headers(section, &self.upstream_headers, |var| {
+            std::env::var(var).ok()
+        })
+    }
+}
+
+/// `upstream_headers`: header name → where its value comes from.
+pub type UpstreamHeaderSpecs = std::collections::BTreeMap<String, HeaderSource>;
+
+/// One `upstream_headers` value: the value itself, or where to read it when
+/// memgate starts (secrets stay out of the config file that way).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum HeaderSource {
+    Literal(String),
+    Env { env: String },
+    File { file: String },
+}
+
+/// Literal values are secrets as often as not: never shown.
+impl std::fmt::Debug for HeaderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderSource::Literal(_) => f.write_str("\"****\""),
+            HeaderSource::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            HeaderSource::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
+}
+
+/// Headers memgate frames or addresses the request with itself; an
+/// `upstream_headers` entry cannot replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
+
+/// Names that differ only in case, `-` or `_` are one header to an upstream.
+fn squash(name: &str) -> String {
+    name.bytes()
+        .filter(|b| *b != b'-' && *b != b'_')
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
+}
+
+/// Checks what can be checked without reading the environment or files:
+/// names, and literal values.
+fn validate_upstream_headers(
+    section: &str,
+    specs: &UpstreamHeaderSpecs,
+) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (name, source) in specs {
+        let key = format!("{section}.upstream_headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(
+                key,
+                "is not a valid header name; use letters, digits and -",
+            ));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                key,
+                format!(
+                    "memgate sets this header itself; remove it (for Host use {section}.preserve_host)"
+                ),
+            ));
+        }
+        if !seen.insert(squash(name)) {
+            return Err(invalid(
+                key,
+                "names a header already listed (names differing only in case, - or _ are one header); keep one",
+            ));
+        }
+        match source {
+            HeaderSource::Literal(value) => header_value(&key, value, "the value").map(drop)?,
+            HeaderSource::Env { env } if env.is_empty() => {
+                return Err(invalid(key, "env is empty; name an environment variable"));
+            }
+            HeaderSource::File { file } if file.is_empty() => {
+                return Err(invalid(key, "file is empty; name a file"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A header value from the configuration, checked: `what` says where it came
+/// from, never what it is.
+fn header_value(key: &str, value: &str, what: &str) -> Result<http::HeaderValue, ConfigError> {
+    if value.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{what} is empty; give it a value or remove the header"),
+        ));
+    }
+    let mut value = http::HeaderValue::from_str(value).map_err(|_| {
+        invalid(
+            key,
+            format!("{what} is not a valid header value (no line breaks or control characters)"),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Reads every `upstream_headers` value of `section` (literal, environment
+/// variable through `env`, or file with one trailing newline trimmed) and
+/// checks it. The values are secrets: errors name the key, never the value.
+pub fn resolve_upstream_headers(
+    section: &str,
+    specs: &UpstreamHeaderSpecs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    validate_upstream_headers(section, specs)?;
+    specs
+        .iter()
+        .map(|(name, source)| {
+            let key = format!("{section}.upstream_headers.{name}");
+            let value = match source {
+                HeaderSource::Literal(value) => header_value(&key, value, "the value")?,
+                HeaderSource::Env { env: var } => {
+                    let value = env(var).ok_or_else(|| {
+                        invalid(&key, format!("environment variable {var} is not set"))
+                    })?;
+                    header_value(&key, &value, &format!("environment variable {var}"))?
+                }
+                HeaderSource::File { file } => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| invalid(&key, format!("cannot read file {file}: {e}")))?;
+                    let text = text
+                        .strip_suffix('\n')
+                        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                    header_value(&key, text, &format!("the content of {file}"))?
+                }
+            };
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&key, "is not a valid header name"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The `[mcp]` listener: a proxied listener plus the MCP policy's own keys.
@@ -117,6 +280,10 @@ pub struct McpConfig {
     /// Longest silence on a stream before memgate gives up on it.
     pub read_timeout_secs: u64,
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream (for upstreams that build URLs from it).
+    pub preserve_host: bool,
+    /// Headers sent upstream on every request (`{ env = … }`, `{ file = … }` or a string).
+    pub upstream_headers: UpstreamHeaderSpecs,
     /// The Streamable HTTP endpoint (with or without a trailing slash).
     pub path: String,
     /// The legacy SSE transport's stream and message endpoints.
@@ -143,6 +310,8 @@ impl McpConfig {
             connect_timeout_secs: self.connect_timeout_secs,
             read_timeout_secs: self.read_timeout_secs,
             forward_credentials: self.forward_credentials,
+            preserve_host: self.preserve_host,
+            upstream_headers: self.upstream_headers.clone(),
         }
     }
 }
@@ -156,6 +325,11 @@ pub struct Mem0Config {
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream (for upstreams that build URLs from it).
+    pub preserve_host: bool,
+    /// Headers sent upstream on every request, and on memgate's own owner
+    /// lookups (`{ env = … }`, `{ file = … }` or a string).
+    pub upstream_headers: UpstreamHeaderSpecs,
     /// Lets non-admin tokens call `DELETE /memories` (always with user_id = scope).
     pub allow_delete_all: bool,
     /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
@@ -174,6 +348,8 @@ impl Mem0Config {
             connect_timeout_secs: self.connect_timeout_secs,
             read_timeout_secs: self.read_timeout_secs,
             forward_credentials: self.forward_credentials,
+            preserve_host: self.preserve_host,
+            upstream_headers: self.upstream_headers.clone(),
         }
     }
 
@@ -276,6 +452,8 @@ impl Default for Config {
                 connect_timeout_secs: mcp.connect_timeout_secs,
                 read_timeout_secs: mcp.read_timeout_secs,
                 forward_credentials: false,
+                preserve_host: false,
+                upstream_headers: UpstreamHeaderSpecs::new(),
                 path: "/mcp".into(),
                 sse_path: "/sse".into(),
                 messages_path: "/messages/".into(),
@@ -291,6 +469,8 @@ impl Default for Config {
                 connect_timeout_secs: mem0.connect_timeout_secs,
                 read_timeout_secs: 120,
                 forward_credentials: false,
+                preserve_host: false,
+                upstream_headers: UpstreamHeaderSpecs::new(),
                 allow_delete_all: false,
                 allowed_routes: Vec::new(),
                 owner_cache_capacity: 100_000,
@@ -557,6 +737,16 @@ fn apply_env(
             ));
         };
         let typed = typed_env_value(default, value).ok_or_else(|| {
+            // Its values may be secrets: not repeated back.
+            if key == "upstream_headers" {
+                return invalid(
+                    name,
+                    format!(
+                        "{section}.upstream_headers wants a TOML inline table, \
+                         e.g. {{ \"X-API-Key\" = {{ env = \"NAME\" }} }}"
+                    ),
+                );
+            }
             invalid(
                 name,
                 format!("{value:?} is not a valid value for {section}.{key}"),
@@ -703,6 +893,7 @@ impl Config {
             if name == "mem0" {
                 Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
             }
+            validate_upstream_headers(name, &listener.upstream_headers)?;
             if listener.connect_timeout_secs == 0 {
                 return Err(invalid(
                     format!("{name}.connect_timeout_secs"),
@@ -837,10 +1028,28 @@ impl Config {
         Ok(())
     }
 
+    /// Reads every `upstream_headers` value now, as `serve` does before it
+    /// binds: a missing variable or unreadable file is reported by name.
+    pub fn check_upstream_headers(&self) -> Result<(), ConfigError> {
+        self.mcp.listener().resolved_upstream_headers("mcp")?;
+        self.mem0.listener().resolved_upstream_headers("mem0")?;
+        Ok(())
+    }
+
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = mask_url_password(&shown.database.url);
+        for specs in [
+            &mut shown.mcp.upstream_headers,
+            &mut shown.mem0.upstream_headers,
+        ] {
+            for source in specs.values_mut() {
+                if let HeaderSource::Literal(value) = source {
+                    *value = "****".into();
+                }
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -1013,5 +1222,128 @@ mod tests {
             let err = validate_mcp_upstream(bad).unwrap_err().to_string();
             assert!(err.contains("mcp.upstream"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn upstream_headers_are_read_from_strings_the_environment_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "from-file\n").unwrap();
+        let text = format!(
+            "[mem0]\nupstream_headers = {{ \"X-API-Key\" = {{ env = \"MEM0_KEY\" }}, \
+             \"X-Other\" = {{ file = {key_file:?} }}, \"X-Plain\" = \"literal-secret\" }}\n\
+             [mcp]\npreserve_host = true\n"
+        );
+        let c = from_parts(Some(&text), "f", &[]).unwrap();
+        assert!(c.mcp.preserve_host && !c.mem0.preserve_host);
+        let env = |var: &str| (var == "MEM0_KEY").then(|| "from-env".to_string());
+        let resolved = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env).unwrap();
+        let shown: Vec<(&str, &str)> = resolved
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("x-api-key", "from-env"),
+                ("x-other", "from-file"),
+                ("x-plain", "literal-secret")
+            ]
+        );
+        // Secrets show neither in Debug output nor in check-config's TOML.
+        let debug = format!("{c:?} {:?}", c.mem0.listener());
+        assert!(!debug.contains("literal-secret"), "{debug}");
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("literal-secret") && masked.contains("MEM0_KEY"),
+            "{masked}"
+        );
+        assert!(
+            from_parts(Some(&masked), "f", &[]).is_ok(),
+            "the masked form reads back"
+        );
+
+        // A missing variable or file names the key, never a value.
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "mem0.upstream_headers.X-API-Key: environment variable MEM0_KEY is not set"
+        );
+        std::fs::remove_file(&key_file).unwrap();
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("mem0.upstream_headers.X-Other: cannot read file"),
+            "{err}"
+        );
+        let bad = |var: &str| (var == "MEM0_KEY").then(|| "a\r\nx-evil: 1".to_string());
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("X-API-Key") && !err.contains("evil"), "{err}");
+    }
+
+    #[test]
+    fn upstream_header_names_and_values_are_checked_when_loading() {
+        for (table, key) in [
+            ("{ \"bad name\" = \"v\" }", "mcp.upstream_headers.bad name"),
+            ("{ Host = \"v\" }", "mcp.upstream_headers.Host"),
+            (
+                "{ \"Content-Length\" = \"1\" }",
+                "mcp.upstream_headers.Content-Length",
+            ),
+            ("{ \"X-A\" = \"\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = \"a\\nb\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = { env = \"\" } }", "mcp.upstream_headers.X-A"),
+            (
+                "{ \"X-A\" = \"1\", \"x_a\" = \"2\" }",
+                "mcp.upstream_headers.x_a",
+            ),
+            ("{ \"X-A\" = { nope = \"x\" } }", "mcp.upstream_headers"),
+            ("{ \"X-A\" = 1 }", "mcp.upstream_headers"),
+        ] {
+            let err = from_parts(
+                Some(&format!("[mcp]\nupstream_headers = {table}")),
+                "f",
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(key), "{table}: {err}");
+        }
+        // The environment can set the whole table, in TOML's inline form.
+        let c = from_parts(
+            None,
+            "f",
+            &env(&[
+                (
+                    "MEMGATE_MEM0__UPSTREAM_HEADERS",
+                    "{ \"X-API-Key\" = { env = \"MEM0_API_KEY\" } }",
+                ),
+                ("MEMGATE_MEM0__PRESERVE_HOST", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mem0.upstream_headers["X-API-Key"],
+            HeaderSource::Env {
+                env: "MEM0_API_KEY".into()
+            }
+        );
+        assert!(c.mem0.preserve_host);
+        let err = from_parts(
+            None,
+            "f",
+            &env(&[("MEMGATE_MEM0__UPSTREAM_HEADERS", "X-API-Key=abc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("MEMGATE_MEM0__UPSTREAM_HEADERS") && !err.contains("abc"),
+            "{err}"
+        );
     }
 }

@@ -132,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // pingora sleeps the whole grace period after SIGTERM; `graceful_stop`
     // below ends the process as soon as the last request is done.
     crate::proxy::headers::set_tls(config.tls.enabled());
+    crate::proxy::headers::set_trusted_proxies(config.server.trusted_proxies.clone());
     let certificate = if config.tls.enabled() {
         Some(ReloadingCert::new(&config.tls.cert, &config.tls.key)?)
     } else {

@@ -66,8 +66,14 @@ pub enum Command {
 }
 
 /// Loads and validates the configuration named on the command line.
+/// `check-config` also reads every `upstream_headers` value, as `serve`
+/// does; other commands do not need them (and may run without the secrets).
 pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
-    Ok(config::load(cli.config.as_deref())?)
+    let loaded = config::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::CheckConfig) {
+        loaded.config.check_upstream_headers()?;
+    }
+    Ok(loaded)
 }
 
 /// Opens (and migrates) the store for a one-shot command.

@@ -560,7 +560,7 @@ impl McpFlow {
             identity,
             scope,
             self.forward_credentials,
-            client.target().authority(),
+            client.target().host_for(client_req),
             |n, v| !unreadable(n, v) && !edited(n),
         )?;
         for (name, value) in &edits {
@@ -620,7 +620,8 @@ impl McpFlow {
             &[super::Listener::Mcp.as_str()],
             started.elapsed().as_secs_f64(),
         );
-        let upstream = headers::client_response(upstream, None);
+        let redirects = headers::Redirects::of(client.target(), session);
+        let upstream = headers::client_response(upstream, None, &redirects);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status().is_success()

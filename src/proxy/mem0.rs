@@ -10,7 +10,7 @@ use pingora::prelude::*;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
-use super::headers::Relayed;
+use super::headers::{Redirects, Relayed};
 use super::{Listener, Session, body, errors, headers};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
@@ -227,7 +227,7 @@ impl Mem0Flow {
             identity,
             &forward.scope,
             self.forward_credentials,
-            self.client.target().authority(),
+            self.client.target().host_for(session.req_header()),
             |_, _| true,
         )?;
         if length > 0 || session.req_header().method != http::Method::GET {
@@ -251,8 +251,9 @@ impl Mem0Flow {
             &[Listener::Mem0.as_str()],
             started.elapsed().as_secs_f64(),
         );
+        let redirects = Redirects::of(self.client.target(), session);
         let (header, body) = match self
-            .after_response(&forward, memory_id.as_deref(), answer)
+            .after_response(&forward, memory_id.as_deref(), answer, &redirects)
             .await
         {
             Ok(parts) => parts,
@@ -271,6 +272,7 @@ impl Mem0Flow {
         forward: &Forward,
         memory_id: Option<&str>,
         answer: Exchanged,
+        redirects: &Redirects<'_>,
     ) -> std::result::Result<(Relayed, Bytes), Deny> {
         let Exchanged {
             header: upstream,
@@ -317,7 +319,10 @@ impl Mem0Flow {
         {
             self.owners.forget(id);
         }
-        Ok((headers::client_response(upstream, Some(body.len())), body))
+        Ok((
+            headers::client_response(upstream, Some(body.len()), redirects),
+            body,
+        ))
     }
 }
 

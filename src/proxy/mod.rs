@@ -761,7 +761,7 @@ impl Gate {
             identity,
             &ctx.scope,
             self.forward_credentials,
-            client.target().authority(),
+            client.target().host_for(req),
             |_, _| true,
         )?;
         if let Some(length) = framing.content_length() {
@@ -794,7 +794,8 @@ impl Gate {
             started.elapsed().as_secs_f64(),
         );
         let upstream_length = upstream.length.and_then(|n| usize::try_from(n).ok());
-        let mut header = headers::client_response(upstream, None);
+        let redirects = headers::Redirects::of(client.target(), session);
+        let mut header = headers::client_response(upstream, None, &redirects);
         let event_stream = header.is_event_stream();
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());

@@ -38,6 +38,10 @@ impl Upstreams {
                 target,
             )))));
         }
+        // Each scope's target reads them when first used; a missing one must
+        // stop memgate before it binds, as for a single upstream.
+        let section = key.strip_suffix(".upstream").unwrap_or(key);
+        listener.resolved_upstream_headers(section)?;
         Ok(Upstreams::PerScope(ScopeUpstreams {
             key: key.to_owned(),
             listener: listener.clone(),
