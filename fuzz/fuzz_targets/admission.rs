@@ -123,7 +123,7 @@ fn parse(data: &[u8]) -> Option<Request> {
 /// The chunked body, decoded; `None` when it is broken or cut short.
 fn dechunk(buf: &mut bytes::BytesMut) -> Option<Vec<u8>> {
     use http1::chunked::{ChunkedDecoder, Decoded};
-    let mut decoder = ChunkedDecoder::default();
+    let mut decoder = ChunkedDecoder::request();
     let mut body = Vec::new();
     loop {
         match decoder.decode(buf).ok()? {
