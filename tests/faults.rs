@@ -973,7 +973,7 @@ async fn an_upstream_failure_answer_keeps_its_keep_alive_promise() {
     cfg.mem0_extra = "allowed_routes = [\"GET /sse\"]".into();
     let refused = Memgate::start(cfg).await;
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.mcp_extra = "read_timeout_secs = 1".into();
+    cfg.mcp_extra = "read_timeout_secs = 1\nallowed_paths = [\"/slow\"]".into();
     let slow = Memgate::start(cfg).await;
     let token = refused.create_token("alice", &[]);
     let get = |path: &str| {
