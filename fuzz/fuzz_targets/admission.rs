@@ -286,6 +286,7 @@ fn mem0_flow(policy: &Mem0Policy, identity: &Identity, request: &Request) {
     };
     let scope = policy.scope_for(identity, project.as_deref());
     if policy::method_override::refuse(request.headers.keys().map(|n| n.as_str()), None).is_err()
+        || policy.check_query(&matched, query).is_err()
     {
         return;
     }

@@ -6,12 +6,13 @@
 //!
 //! 1. [`Mem0Policy::route`]: path normalisation (400), unknown route (404),
 //!    wrong method (405).
-//! 2. [`Mem0Policy::admit`]: the route's permission (403). Nothing read yet.
+//! 2. [`Mem0Policy::admit`]: the route's permission (403), then
+//!    [`Mem0Policy::check_query`]: method overrides and parameters the route
+//!    does not take (400). Nothing read yet.
 //! 3. Read the body (at most `max_body_bytes + 1` bytes), then
-//!    [`Mem0Policy::authorise`]: size (413), method override and query
-//!    parameters the route does not take (400), content type (415), query
-//!    and JSON shape (400), then the owner rules (403), giving the rewritten
-//!    request.
+//!    [`Mem0Policy::authorise`]: size (413), the query again (400), content
+//!    type (415), JSON shape (400), then the owner rules (403), giving the
+//!    rewritten request.
 //! 4. On [`Decision::NeedOwner`], look the memory up (owner cache, else
 //!    `GET {mem0}` [`memory_path`]) and call [`decide_owner`].
 //!
@@ -150,6 +151,23 @@ impl Mem0Policy {
                 "Access denied: deleting all memories needs the admin permission \
                  (mem0.allow_delete_all is off); delete memories one at a time instead",
             ));
+        }
+        Ok(())
+    }
+
+    /// Step 2b: the query alone (400), so that a request refused for it is
+    /// refused before its body is read: a method override, or a parameter
+    /// mem0 does not define for the route. [`authorise`](Self::authorise)
+    /// repeats it.
+    pub fn check_query(&self, matched: &RouteMatch, query: Option<&str>) -> Result<(), Deny> {
+        let Some(raw) = query.filter(|q| !q.is_empty()) else {
+            return Ok(());
+        };
+        if method_override::names_override_param(raw) {
+            return Err(method_override::refusal_for_param());
+        }
+        if matched.route.query_params().is_some() {
+            check_query_params(matched, &Query::parse(raw)?)?;
         }
         Ok(())
     }

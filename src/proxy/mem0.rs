@@ -143,9 +143,10 @@ impl Mem0Flow {
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
         let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project);
-        // The query's `_method` is the policy's (`authorise`), also on
-        // allow-listed routes.
         method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)
+            .map_err(Step::deny)?;
+        self.policy
+            .check_query(&matched, query)
             .map_err(Step::deny)?;
         if matched.route == Route::AllowListed {
             return match self

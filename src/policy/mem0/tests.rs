@@ -835,6 +835,47 @@ fn list_and_delete_all_take_only_the_parameters_mem0_defines() {
     }
 }
 
+/// The proxy asks before it reads a body; `authorise` agrees with it.
+#[test]
+fn the_query_is_judged_before_the_body_is_read() {
+    let policy = Mem0Policy {
+        allowed_routes: vec![("GET".to_owned(), "/docs".to_owned())],
+        ..Mem0Policy::default()
+    };
+    let check = |method: &str, path: &str, query: &str| {
+        let matched = policy.route(method, path).unwrap();
+        policy
+            .check_query(&matched, Some(query))
+            .map_err(|d| d.status)
+    };
+    assert_eq!(check("GET", "/memories", "user_id=alice&top_k=3"), Ok(()));
+    assert_eq!(check("GET", "/memories", ""), Ok(()));
+    assert_eq!(check("GET", "/memories", "filters=x"), Err(400));
+    assert_eq!(check("GET", "/memories", "user_id=a&user_id=b"), Err(400));
+    assert_eq!(check("POST", "/search", "top_k=3"), Err(400));
+    assert_eq!(check("GET", "/docs", "anything=1"), Ok(()));
+    assert_eq!(check("GET", "/docs", "_method=DELETE"), Err(400));
+    for (method, path, query) in [
+        ("GET", "/memories", "user_id=alice&top_k=3"),
+        ("GET", "/memories", "filters=x"),
+        ("POST", "/search", "top_k=3"),
+        ("GET", "/docs", "_method=DELETE"),
+    ] {
+        let body = (method == "POST").then_some(r#"{"query":"q"}"#);
+        let decided = decide_with(
+            &policy,
+            &alice(),
+            "alice",
+            request(method, path, Some(query), body),
+        );
+        assert_eq!(
+            check(method, path, query).is_err(),
+            matches!(decided, Decision::Deny(ref d) if d.status == 400),
+            "{method} {path}?{query}: {decided:?}"
+        );
+    }
+}
+
 #[test]
 fn unknown_parameter_names_are_shown_shortened() {
     let long = "k".repeat(500);
