@@ -383,7 +383,7 @@ fn scope_json(
 }
 
 /// Refuses (400) the first query parameter mem0 does not define for the
-/// route ([`Route::query_params`]), naming it as FastAPI names fields.
+/// route ([`Route::query_params`]), naming it (shortened if long).
 fn check_query_params(matched: &RouteMatch, query: &Query) -> Result<(), Deny> {
     let Some(allowed) = matched.route.query_params() else {
         return Ok(());

@@ -22,8 +22,8 @@ const HEADERS: [&str; 4] = [
 pub const PARAM: &str = "_method";
 
 /// Whether `name` is an override header in any case, with `-` or `_` between
-/// its words (servers such as uvicorn pass `_` spellings on unchanged, and
-/// some frameworks fold them into `-`).
+/// its words: CGI-style servers turn both into `_`, so either spelling reaches
+/// the application as the same variable.
 pub fn is_override_header(name: &str) -> bool {
     let squashed = || {
         name.bytes()
