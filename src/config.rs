@@ -289,6 +289,9 @@ pub struct McpConfig {
     /// The legacy SSE transport's stream and message endpoints.
     pub sse_path: String,
     pub messages_path: String,
+    /// Other paths forwarded (authenticated, unchanged), as exact decoded
+    /// paths such as `/health`; any path not an endpoint nor listed is 404.
+    pub allowed_paths: Vec<String>,
     /// Browser origins allowed to call (DNS-rebinding protection); no Origin
     /// header is always allowed. `"*"` allows any origin.
     pub allowed_origins: Vec<String>,
@@ -457,6 +460,7 @@ impl Default for Config {
                 path: "/mcp".into(),
                 sse_path: "/sse".into(),
                 messages_path: "/messages/".into(),
+                allowed_paths: Vec::new(),
                 allowed_origins: Vec::new(),
                 unknown_tools: crate::policy::mcp::UnknownTools::Deny,
                 session_idle_secs: 3600,
@@ -936,6 +940,11 @@ impl Config {
                 return Err(invalid(key, "must be a plain path starting with /"));
             }
         }
+        for path in &self.mcp.allowed_paths {
+            if let Some(why) = crate::policy::endpoint::allowed_path_error(path) {
+                return Err(invalid("mcp.allowed_paths", format!("{path:?} {why}")));
+            }
+        }
         if self.mcp.session_idle_secs == 0 || self.mcp.max_sessions == 0 {
             return Err(invalid(
                 "mcp.session_idle_secs",
@@ -1140,6 +1149,39 @@ mod tests {
         assert_eq!(c.mem0.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.auth.cache_ttl_secs, 7);
         assert!(c.mcp.forward_credentials);
+    }
+
+    #[test]
+    fn mcp_allowed_paths_come_from_the_file_or_the_environment() {
+        let c = from_parts(Some("[mcp]\nallowed_paths = [\"/health\"]\n"), "f", &[]).unwrap();
+        assert_eq!(c.mcp.allowed_paths, ["/health"]);
+        let c = from_parts(
+            None,
+            "f",
+            &env(&[(
+                "MEMGATE_MCP__ALLOWED_PATHS",
+                r#"["/health", "/.well-known/oauth-protected-resource"]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mcp.allowed_paths,
+            ["/health", "/.well-known/oauth-protected-resource"]
+        );
+        for bad in [
+            r#"["health"]"#,
+            r#"["/a?b"]"#,
+            r#"["/a/../b"]"#,
+            "\"/health\"",
+        ] {
+            let err = from_parts(None, "f", &env(&[("MEMGATE_MCP__ALLOWED_PATHS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ALLOWED_PATHS") || err.contains("allowed_paths"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

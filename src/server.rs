@@ -201,6 +201,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         mcp_path: config.mcp.path.clone(),
         sse_path: config.mcp.sse_path.clone(),
         messages_path: config.mcp.messages_path.clone(),
+        allowed_paths: config.mcp.allowed_paths.clone(),
         allowed_origins: config.mcp.allowed_origins.clone(),
         sessions,
         session_idle: Duration::from_secs(config.mcp.session_idle_secs),

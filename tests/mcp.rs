@@ -1223,7 +1223,7 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_silent_for_20_seconds_at_a_time_is_not_cut() {
-    let env = env().await;
+    let env = env_with(r#"allowed_paths = ["/quiet-stream"]"#, "").await;
     let Env { gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let started = Instant::now();

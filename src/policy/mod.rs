@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod json;
 pub mod mcp;
 pub mod mem0;
+pub mod method_override;
 pub mod path;
 pub mod percent;
 pub mod query;

@@ -6,6 +6,7 @@
 //! `tools/list` results trimmed to what the token may call.
 
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
+use crate::policy::method_override;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +133,8 @@ pub struct McpSettings {
     pub mcp_path: String,
     pub sse_path: String,
     pub messages_path: String,
+    /// `mcp.allowed_paths`: other paths forwarded as they are.
+    pub allowed_paths: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub sessions: Arc<SessionBindings>,
     pub session_idle: Duration,
@@ -156,7 +159,8 @@ impl McpFlow {
                 .max_capacity(s.max_sessions)
                 .time_to_idle(s.session_idle)
                 .build(),
-            paths: McpPaths::new(&s.mcp_path, &s.sse_path, &s.messages_path),
+            paths: McpPaths::new(&s.mcp_path, &s.sse_path, &s.messages_path)
+                .allowing(&s.allowed_paths),
             allowed_origins: s.allowed_origins,
             max_body_bytes: s.max_body_bytes,
             max_response_bytes: s.max_response_bytes,
@@ -241,6 +245,13 @@ impl McpFlow {
                 &[("allow", allow)],
             )
             .await?;
+            return Ok(McpHandled::Responded(None));
+        }
+        if let Err(deny) = method_override::refuse(
+            req.headers.keys().map(http::HeaderName::as_str),
+            req.uri.query(),
+        ) {
+            refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
             return Ok(McpHandled::Responded(None));
         }
         // Refused as on the mem0 listener: which project was meant is unclear.

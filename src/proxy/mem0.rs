@@ -20,7 +20,7 @@ use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
     owner_ids_in,
 };
-use crate::policy::path;
+use crate::policy::{method_override, path};
 
 /// A policy refusal, for the audit trail.
 pub struct Mem0Refusal {
@@ -143,15 +143,11 @@ impl Mem0Flow {
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
         let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project);
-        if req
-            .headers
-            .keys()
-            .any(|h| headers::is_method_override(h.as_str()))
-        {
-            return Err(Step::deny(Deny::bad_request(
-                "Method override headers are not accepted; use the HTTP method itself",
-            )));
-        }
+        method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)
+            .map_err(Step::deny)?;
+        self.policy
+            .check_query(&matched, query)
+            .map_err(Step::deny)?;
         if matched.route == Route::AllowListed {
             return match self
                 .policy
