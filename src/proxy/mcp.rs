@@ -47,6 +47,20 @@ pub struct McpRefusal {
     pub session: bool,
 }
 
+impl McpRefusal {
+    /// A refused JSON-RPC request, for audit.
+    fn of_call(deny: McpDeny, ownership: bool) -> McpRefusal {
+        McpRefusal {
+            status: deny.status,
+            message: deny.message,
+            method: deny.method,
+            tool: deny.tool,
+            ownership,
+            session: false,
+        }
+    }
+}
+
 impl From<McpRefusal> for super::Refusal {
     fn from(r: McpRefusal) -> super::Refusal {
         use crate::audit::kind;
@@ -457,14 +471,9 @@ impl McpFlow {
             self.forward(session, identity, scope, stand_in, Vec::new())
                 .await?;
         }
-        Ok(McpHandled::Responded(Some(McpRefusal {
-            status: deny.status,
-            message: deny.message,
-            method: deny.method,
-            tool: deny.tool,
-            ownership,
-            session: false,
-        })))
+        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
+            deny, ownership,
+        ))))
     }
 
     /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
@@ -474,7 +483,7 @@ impl McpFlow {
     async fn refuse_call(
         &self,
         session: &mut Session,
-        deny: McpDeny,
+        mut deny: McpDeny,
         ownership: bool,
     ) -> Result<McpHandled> {
         let cors = self.cors_origin(session.req_header());
@@ -486,9 +495,13 @@ impl McpFlow {
                 event.extend_from_slice(b"\n\n");
                 (200, "text/event-stream", event)
             } else if in_band {
-                (200, "application/json", deny.body)
+                (200, "application/json", std::mem::take(&mut deny.body))
             } else {
-                (deny.status, "application/json", deny.body)
+                (
+                    deny.status,
+                    "application/json",
+                    std::mem::take(&mut deny.body),
+                )
             };
         let mut header = ResponseHeader::build(status, Some(4))?;
         header.insert_header("content-type", content_type)?;
@@ -498,14 +511,9 @@ impl McpFlow {
         headers::secure_response(&mut header)?;
         session.write_response_header(Box::new(header)).await?;
         session.write_response_body(Bytes::from(body), true).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal {
-            status: deny.status,
-            message: deny.message,
-            method: deny.method,
-            tool: deny.tool,
-            ownership,
-            session: false,
-        })))
+        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
+            deny, ownership,
+        ))))
     }
 
     /// The owners of every memory id the calls name, then the policy's verdict.
