@@ -12,6 +12,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// `ownership_denials_total{route}` of an MCP tool call naming a memory of
+/// another user.
+pub const MCP_OWNERSHIP_ROUTE: &str = "tools/call";
+
 pub struct Metrics {
     registry: Registry,
     /// `listener`, `route`, `status`.
@@ -289,6 +293,8 @@ impl Metrics {
         ] {
             self.ownership_denials.with_label_values(&[route.label()]);
         }
+        self.ownership_denials
+            .with_label_values(&[MCP_OWNERSHIP_ROUTE]);
         // Every MCP session starts with these; tool calls follow per tool.
         for method in ["initialize", "tools/list"] {
             self.mcp_requests.with_label_values(&[method, ""]);

@@ -887,6 +887,12 @@ async fn memory_ids_of_another_user_are_refused_and_never_reach_the_tool() {
     );
     assert_eq!(mcp.calls_of("delete_memory").len(), 1);
     assert!(mem0.memory(&bobs).is_some(), "bob's memory is still there");
+    assert!(
+        gate.metric("memgate_ownership_denials_total{route=\"tools/call\"}")
+            .await
+            >= 1.0,
+        "ownership refusals on the MCP listener are counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

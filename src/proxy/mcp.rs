@@ -413,6 +413,12 @@ impl McpFlow {
         deny: McpDeny,
         ownership: bool,
     ) -> Result<McpHandled> {
+        if ownership {
+            METRICS
+                .ownership_denials
+                .with_label_values(&[crate::metrics::MCP_OWNERSHIP_ROUTE])
+                .inc();
+        }
         let refused_id = match serde_json::from_slice::<Value>(&deny.body) {
             Ok(Value::Object(error)) => error.get("id").cloned(),
             _ => None,
