@@ -19,15 +19,15 @@
 // URL defaults to $MEMGATE_MCP_URL, the token comes from $MEMGATE_TOKEN (or
 // --token), the calls from $MEMGATE_CALLS: [{"tool": NAME, "arguments": {}}].
 
-import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 
-const SDK_VERSION = createRequire(import.meta.url)(
-  "@modelcontextprotocol/sdk/package.json",
+const SDK_VERSION = JSON.parse(
+  readFileSync(new URL("./node_modules/@modelcontextprotocol/sdk/package.json", import.meta.url)),
 ).version;
 
 // Codes the SDK raises itself when the connection is gone or silent.

@@ -67,6 +67,13 @@ def error_fields(exc):
     }
 
 
+def leaves(exc):
+    """The exceptions inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
 async def step(name, timeout, coro_fn, **extra):
     """Runs one request; returns its result or raises SessionDied."""
     try:
@@ -138,21 +145,30 @@ async def main():
         else:
             from mcp.client.streamable_http import streamable_http_client
 
+            # The Mcp-Session-Id the server handed out, read off the responses
+            # themselves: 2.x no longer yields a getter for it.
+            seen = {}
+
+            async def on_response(response):
+                if "mcp-session-id" in response.headers:
+                    seen["id"] = response.headers["mcp-session-id"]
+
             async with create_mcp_http_client(headers=headers) as http:
+                http.event_hooks = {"request": [], "response": [on_response]}
                 async with streamable_http_client(args.url, http_client=http) as streams:
-                    # 1.x also yields a session-id getter; 2.x yields the two streams.
                     read, write = streams[0], streams[1]
-                    get_id = streams[2] if len(streams) > 2 else (lambda: None)
-                    await run_session(read, write, calls, args.step_timeout, get_id)
-    except* SessionDied as group:
-        for exc in group.exceptions:
-            emit(step="session", ok=False, fatal=str(exc))
-        status = 3
-    except* Exception as group:  # noqa: BLE001 - the transport itself failed
-        for exc in group.exceptions:
-            emit(step="session", ok=False,
-                 fatal=f"{type(exc).__name__}: {exc}",
-                 traceback="".join(traceback.format_exception(exc))[-2000:])
+                    await run_session(read, write, calls, args.step_timeout,
+                                      lambda: seen.get("id"))
+    except BaseException as exc:  # noqa: BLE001 - whatever ended the session
+        if not isinstance(exc, Exception):
+            raise
+        died = [e for e in leaves(exc) if isinstance(e, SessionDied)]
+        for leaf in died or leaves(exc):
+            line = {"step": "session", "ok": False,
+                    "fatal": str(leaf) if died else f"{type(leaf).__name__}: {leaf}"}
+            if not died:
+                line["traceback"] = "".join(traceback.format_exception(leaf))[-2000:]
+            emit(**line)
         status = 3
     if status == 0:
         emit(step="close", ok=True)
