@@ -10,6 +10,7 @@
 //! skipped with a notice on stderr, unless `MEMGATE_REQUIRE_SDK_CLIENTS` is
 //! set (as `.ci/run` does), which turns the skip into a failure.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -102,7 +103,10 @@ impl SdkClient {
             "{}: {missing}, and {REQUIRE_VAR} is set; run .ci/run (it installs the client SDKs)",
             self.name()
         );
-        eprintln!(
+        // Straight to stderr: the test harness swallows `eprintln!` output of
+        // passing tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n!!! SKIPPED: {}: {missing}. Run .ci/run (or its setup_sdk_clients step) to \
              install the MCP client SDKs; set {REQUIRE_VAR}=1 to make this a failure. !!!\n",
             self.name()
