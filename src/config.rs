@@ -93,18 +93,181 @@ pub struct ListenerConfig {
     pub read_timeout_secs: u64,
     /// Pass `X-MCP-Token` / `Authorization` on to the upstream (off: they are removed).
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream instead of the upstream's own authority.
+    pub preserve_host: bool,
+    /// Headers memgate sends upstream on every request, over any of the same name.
+    pub upstream_headers: UpstreamHeaderSpecs,
 }
 
 impl ListenerConfig {
-    fn with(port: u16, upstream: &str) -> Self {
+    pub(crate) fn with(port: u16, upstream: &str) -> Self {
         ListenerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             upstream: upstream.into(),
             connect_timeout_secs: 5,
             read_timeout_secs: 600,
             forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: UpstreamHeaderSpecs::new(),
         }
     }
+
+    /// `upstream_headers` of listener `section` with every value read (from
+    /// the process environment and files) and checked.
+    pub fn resolved_upstream_headers(
+        &self,
+        section: &str,
+    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+        resolve_upstream_headers(section, &self.upstream_headers, |var| {
+            std::env::var(var).ok()
+        })
+    }
+}
+
+/// `upstream_headers`: header name → where its value comes from.
+pub type UpstreamHeaderSpecs = std::collections::BTreeMap<String, HeaderSource>;
+
+/// One `upstream_headers` value: the value itself, or where to read it when
+/// memgate starts (secrets stay out of the config file that way).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum HeaderSource {
+    Literal(String),
+    Env { env: String },
+    File { file: String },
+}
+
+/// Literal values are secrets as often as not: never shown.
+impl std::fmt::Debug for HeaderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderSource::Literal(_) => f.write_str("\"****\""),
+            HeaderSource::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            HeaderSource::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
+}
+
+/// Headers memgate frames or addresses the request with itself; an
+/// `upstream_headers` entry cannot replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
+
+/// Names that differ only in case, `-` or `_` are one header to an upstream.
+fn squash(name: &str) -> String {
+    name.bytes()
+        .filter(|b| *b != b'-' && *b != b'_')
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
+}
+
+/// Checks what can be checked without reading the environment or files:
+/// names, and literal values.
+fn validate_upstream_headers(
+    section: &str,
+    specs: &UpstreamHeaderSpecs,
+) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (name, source) in specs {
+        let key = format!("{section}.upstream_headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(
+                key,
+                "is not a valid header name; use letters, digits and -",
+            ));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                key,
+                format!(
+                    "memgate sets this header itself; remove it (for Host use {section}.preserve_host)"
+                ),
+            ));
+        }
+        if !seen.insert(squash(name)) {
+            return Err(invalid(
+                key,
+                "names a header already listed (names differing only in case, - or _ are one header); keep one",
+            ));
+        }
+        match source {
+            HeaderSource::Literal(value) => header_value(&key, value, "the value").map(drop)?,
+            HeaderSource::Env { env } if env.is_empty() => {
+                return Err(invalid(key, "env is empty; name an environment variable"));
+            }
+            HeaderSource::File { file } if file.is_empty() => {
+                return Err(invalid(key, "file is empty; name a file"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A header value from the configuration, checked: `what` says where it came
+/// from, never what it is.
+fn header_value(key: &str, value: &str, what: &str) -> Result<http::HeaderValue, ConfigError> {
+    if value.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{what} is empty; give it a value or remove the header"),
+        ));
+    }
+    let mut value = http::HeaderValue::from_str(value).map_err(|_| {
+        invalid(
+            key,
+            format!("{what} is not a valid header value (no line breaks or control characters)"),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Reads every `upstream_headers` value of `section` (literal, environment
+/// variable through `env`, or file with one trailing newline trimmed) and
+/// checks it. The values are secrets: errors name the key, never the value.
+pub fn resolve_upstream_headers(
+    section: &str,
+    specs: &UpstreamHeaderSpecs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    validate_upstream_headers(section, specs)?;
+    specs
+        .iter()
+        .map(|(name, source)| {
+            let key = format!("{section}.upstream_headers.{name}");
+            let value = match source {
+                HeaderSource::Literal(value) => header_value(&key, value, "the value")?,
+                HeaderSource::Env { env: var } => {
+                    let value = env(var).ok_or_else(|| {
+                        invalid(&key, format!("environment variable {var} is not set"))
+                    })?;
+                    header_value(&key, &value, &format!("environment variable {var}"))?
+                }
+                HeaderSource::File { file } => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| invalid(&key, format!("cannot read file {file}: {e}")))?;
+                    let text = text
+                        .strip_suffix('\n')
+                        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                    header_value(&key, text, &format!("the content of {file}"))?
+                }
+            };
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&key, "is not a valid header name"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The `[mcp]` listener: a proxied listener plus the MCP policy's own keys.
@@ -117,11 +280,18 @@ pub struct McpConfig {
     /// Longest silence on a stream before memgate gives up on it.
     pub read_timeout_secs: u64,
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream (for upstreams that build URLs from it).
+    pub preserve_host: bool,
+    /// Headers sent upstream on every request (`{ env = … }`, `{ file = … }` or a string).
+    pub upstream_headers: UpstreamHeaderSpecs,
     /// The Streamable HTTP endpoint (with or without a trailing slash).
     pub path: String,
     /// The legacy SSE transport's stream and message endpoints.
     pub sse_path: String,
     pub messages_path: String,
+    /// Other paths forwarded (authenticated, unchanged), as exact decoded
+    /// paths such as `/health`; any path not an endpoint nor listed is 404.
+    pub allowed_paths: Vec<String>,
     /// Browser origins allowed to call (DNS-rebinding protection); no Origin
     /// header is always allowed. `"*"` allows any origin.
     pub allowed_origins: Vec<String>,
@@ -143,6 +313,8 @@ impl McpConfig {
             connect_timeout_secs: self.connect_timeout_secs,
             read_timeout_secs: self.read_timeout_secs,
             forward_credentials: self.forward_credentials,
+            preserve_host: self.preserve_host,
+            upstream_headers: self.upstream_headers.clone(),
         }
     }
 }
@@ -156,6 +328,11 @@ pub struct Mem0Config {
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
     pub forward_credentials: bool,
+    /// Send the client's `Host` upstream (for upstreams that build URLs from it).
+    pub preserve_host: bool,
+    /// Headers sent upstream on every request, and on memgate's own owner
+    /// lookups (`{ env = … }`, `{ file = … }` or a string).
+    pub upstream_headers: UpstreamHeaderSpecs,
     /// Lets non-admin tokens call `DELETE /memories` (always with user_id = scope).
     pub allow_delete_all: bool,
     /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
@@ -174,6 +351,8 @@ impl Mem0Config {
             connect_timeout_secs: self.connect_timeout_secs,
             read_timeout_secs: self.read_timeout_secs,
             forward_credentials: self.forward_credentials,
+            preserve_host: self.preserve_host,
+            upstream_headers: self.upstream_headers.clone(),
         }
     }
 
@@ -276,9 +455,12 @@ impl Default for Config {
                 connect_timeout_secs: mcp.connect_timeout_secs,
                 read_timeout_secs: mcp.read_timeout_secs,
                 forward_credentials: false,
+                preserve_host: false,
+                upstream_headers: UpstreamHeaderSpecs::new(),
                 path: "/mcp".into(),
                 sse_path: "/sse".into(),
                 messages_path: "/messages/".into(),
+                allowed_paths: Vec::new(),
                 allowed_origins: Vec::new(),
                 unknown_tools: crate::policy::mcp::UnknownTools::Deny,
                 session_idle_secs: 3600,
@@ -291,6 +473,8 @@ impl Default for Config {
                 connect_timeout_secs: mem0.connect_timeout_secs,
                 read_timeout_secs: 120,
                 forward_credentials: false,
+                preserve_host: false,
+                upstream_headers: UpstreamHeaderSpecs::new(),
                 allow_delete_all: false,
                 allowed_routes: Vec::new(),
                 owner_cache_capacity: 100_000,
@@ -557,6 +741,16 @@ fn apply_env(
             ));
         };
         let typed = typed_env_value(default, value).ok_or_else(|| {
+            // Its values may be secrets: not repeated back.
+            if key == "upstream_headers" {
+                return invalid(
+                    name,
+                    format!(
+                        "{section}.upstream_headers wants a TOML inline table, \
+                         e.g. {{ \"X-API-Key\" = {{ env = \"NAME\" }} }}"
+                    ),
+                );
+            }
             invalid(
                 name,
                 format!("{value:?} is not a valid value for {section}.{key}"),
@@ -637,6 +831,43 @@ impl Upstream {
     }
 }
 
+/// `mcp.upstream`: one `scheme://host:port`, or a template whose `{scope}`
+/// and `{user}` stand only in the host name (each expands to one host
+/// label), so that no scope can name a path, a port or another scheme.
+fn validate_mcp_upstream(upstream: &str) -> Result<(), ConfigError> {
+    use crate::policy::upstream_name::{SCOPE_PLACEHOLDER, USER_PLACEHOLDER, is_template};
+    const KEY: &str = "mcp.upstream";
+    let rest = upstream
+        .replace(SCOPE_PLACEHOLDER, "")
+        .replace(USER_PLACEHOLDER, "");
+    if !is_template(upstream) && !rest.contains(['{', '}']) {
+        return Upstream::parse(KEY, upstream).map(drop);
+    }
+    let misplaced = || {
+        invalid(
+            KEY,
+            format!(
+                "{upstream:?}: only {{scope}} and {{user}} may be templated, and only in the \
+                 host name, e.g. http://mcp-{{scope}}:8080"
+            ),
+        )
+    };
+    if rest.contains('{') || rest.contains('}') {
+        return Err(misplaced());
+    }
+    let with = |label: &str| {
+        upstream
+            .replace(SCOPE_PLACEHOLDER, label)
+            .replace(USER_PLACEHOLDER, label)
+    };
+    let one = Upstream::parse(KEY, &with("a0")).map_err(|_| misplaced())?;
+    let two = Upstream::parse(KEY, &with("b1")).map_err(|_| misplaced())?;
+    if one.host == two.host || one.port != two.port || one.tls != two.tls {
+        return Err(misplaced());
+    }
+    Ok(())
+}
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
@@ -658,11 +889,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        validate_mcp_upstream(&self.mcp.upstream)?;
         for (name, listener) in [
             ("mcp", &self.mcp.listener()),
             ("mem0", &self.mem0.listener()),
         ] {
-            Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
+            if name == "mem0" {
+                Upstream::parse(&format!("{name}.upstream"), &listener.upstream)?;
+            }
+            validate_upstream_headers(name, &listener.upstream_headers)?;
             if listener.connect_timeout_secs == 0 {
                 return Err(invalid(
                     format!("{name}.connect_timeout_secs"),
@@ -703,6 +938,11 @@ impl Config {
         ] {
             if !path.starts_with('/') || path.contains(['?', '#', '%']) {
                 return Err(invalid(key, "must be a plain path starting with /"));
+            }
+        }
+        for path in &self.mcp.allowed_paths {
+            if let Some(why) = crate::policy::endpoint::allowed_path_error(path) {
+                return Err(invalid("mcp.allowed_paths", format!("{path:?} {why}")));
             }
         }
         if self.mcp.session_idle_secs == 0 || self.mcp.max_sessions == 0 {
@@ -797,10 +1037,28 @@ impl Config {
         Ok(())
     }
 
+    /// Reads every `upstream_headers` value now, as `serve` does before it
+    /// binds: a missing variable or unreadable file is reported by name.
+    pub fn check_upstream_headers(&self) -> Result<(), ConfigError> {
+        self.mcp.listener().resolved_upstream_headers("mcp")?;
+        self.mem0.listener().resolved_upstream_headers("mem0")?;
+        Ok(())
+    }
+
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = mask_url_password(&shown.database.url);
+        for specs in [
+            &mut shown.mcp.upstream_headers,
+            &mut shown.mem0.upstream_headers,
+        ] {
+            for source in specs.values_mut() {
+                if let HeaderSource::Literal(value) = source {
+                    *value = "****".into();
+                }
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -894,6 +1152,39 @@ mod tests {
     }
 
     #[test]
+    fn mcp_allowed_paths_come_from_the_file_or_the_environment() {
+        let c = from_parts(Some("[mcp]\nallowed_paths = [\"/health\"]\n"), "f", &[]).unwrap();
+        assert_eq!(c.mcp.allowed_paths, ["/health"]);
+        let c = from_parts(
+            None,
+            "f",
+            &env(&[(
+                "MEMGATE_MCP__ALLOWED_PATHS",
+                r#"["/health", "/.well-known/oauth-protected-resource"]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mcp.allowed_paths,
+            ["/health", "/.well-known/oauth-protected-resource"]
+        );
+        for bad in [
+            r#"["health"]"#,
+            r#"["/a?b"]"#,
+            r#"["/a/../b"]"#,
+            "\"/health\"",
+        ] {
+            let err = from_parts(None, "f", &env(&[("MEMGATE_MCP__ALLOWED_PATHS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ALLOWED_PATHS") || err.contains("allowed_paths"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
@@ -953,5 +1244,148 @@ mod tests {
         );
         assert!(Upstream::parse("k", "http://x:1/prefix").is_err());
         assert!(Upstream::parse("k", "http://u:p@x:1").is_err());
+        for good in [
+            "http://mcp-{scope}:8080",
+            "http://{user}.mcp.internal:8080",
+            "https://{scope}-{user}.svc",
+        ] {
+            assert!(validate_mcp_upstream(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://mcp:8080/{scope}",
+            "http://mcp:{scope}",
+            "http://{scope}@mcp:8080",
+            "http://mcp:8080/?u={user}",
+            "http://mcp:8080/#{scope}",
+            "{scope}://mcp:8080",
+            "http://mcp-{project}:8080",
+            "http://mcp-{scope:8080",
+        ] {
+            let err = validate_mcp_upstream(bad).unwrap_err().to_string();
+            assert!(err.contains("mcp.upstream"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn upstream_headers_are_read_from_strings_the_environment_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "from-file\n").unwrap();
+        let text = format!(
+            "[mem0]\nupstream_headers = {{ \"X-API-Key\" = {{ env = \"MEM0_KEY\" }}, \
+             \"X-Other\" = {{ file = {key_file:?} }}, \"X-Plain\" = \"literal-secret\" }}\n\
+             [mcp]\npreserve_host = true\n"
+        );
+        let c = from_parts(Some(&text), "f", &[]).unwrap();
+        assert!(c.mcp.preserve_host && !c.mem0.preserve_host);
+        let env = |var: &str| (var == "MEM0_KEY").then(|| "from-env".to_string());
+        let resolved = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env).unwrap();
+        let shown: Vec<(&str, &str)> = resolved
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("x-api-key", "from-env"),
+                ("x-other", "from-file"),
+                ("x-plain", "literal-secret")
+            ]
+        );
+        // Secrets show neither in Debug output nor in check-config's TOML.
+        let debug = format!("{c:?} {:?}", c.mem0.listener());
+        assert!(!debug.contains("literal-secret"), "{debug}");
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("literal-secret") && masked.contains("MEM0_KEY"),
+            "{masked}"
+        );
+        assert!(
+            from_parts(Some(&masked), "f", &[]).is_ok(),
+            "the masked form reads back"
+        );
+
+        // A missing variable or file names the key, never a value.
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "mem0.upstream_headers.X-API-Key: environment variable MEM0_KEY is not set"
+        );
+        std::fs::remove_file(&key_file).unwrap();
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("mem0.upstream_headers.X-Other: cannot read file"),
+            "{err}"
+        );
+        let bad = |var: &str| (var == "MEM0_KEY").then(|| "a\r\nx-evil: 1".to_string());
+        let err = resolve_upstream_headers("mem0", &c.mem0.upstream_headers, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("X-API-Key") && !err.contains("evil"), "{err}");
+    }
+
+    #[test]
+    fn upstream_header_names_and_values_are_checked_when_loading() {
+        for (table, key) in [
+            ("{ \"bad name\" = \"v\" }", "mcp.upstream_headers.bad name"),
+            ("{ Host = \"v\" }", "mcp.upstream_headers.Host"),
+            (
+                "{ \"Content-Length\" = \"1\" }",
+                "mcp.upstream_headers.Content-Length",
+            ),
+            ("{ \"X-A\" = \"\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = \"a\\nb\" }", "mcp.upstream_headers.X-A"),
+            ("{ \"X-A\" = { env = \"\" } }", "mcp.upstream_headers.X-A"),
+            (
+                "{ \"X-A\" = \"1\", \"x_a\" = \"2\" }",
+                "mcp.upstream_headers.x_a",
+            ),
+            ("{ \"X-A\" = { nope = \"x\" } }", "mcp.upstream_headers"),
+            ("{ \"X-A\" = 1 }", "mcp.upstream_headers"),
+        ] {
+            let err = from_parts(
+                Some(&format!("[mcp]\nupstream_headers = {table}")),
+                "f",
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(key), "{table}: {err}");
+        }
+        // The environment can set the whole table, in TOML's inline form.
+        let c = from_parts(
+            None,
+            "f",
+            &env(&[
+                (
+                    "MEMGATE_MEM0__UPSTREAM_HEADERS",
+                    "{ \"X-API-Key\" = { env = \"MEM0_API_KEY\" } }",
+                ),
+                ("MEMGATE_MEM0__PRESERVE_HOST", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mem0.upstream_headers["X-API-Key"],
+            HeaderSource::Env {
+                env: "MEM0_API_KEY".into()
+            }
+        );
+        assert!(c.mem0.preserve_host);
+        let err = from_parts(
+            None,
+            "f",
+            &env(&[("MEMGATE_MEM0__UPSTREAM_HEADERS", "X-API-Key=abc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("MEMGATE_MEM0__UPSTREAM_HEADERS") && !err.contains("abc"),
+            "{err}"
+        );
     }
 }

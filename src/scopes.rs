@@ -153,13 +153,7 @@ mod tests {
     }
 
     async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
+        crate::store::temporary(true).await
     }
 
     #[tokio::test]
@@ -195,12 +189,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_first_write_is_an_error_and_is_tried_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
         // No migration: the table does not exist, so the write fails.
-        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (_dir, store) = crate::store::temporary(false).await;
         let log = ScopeLog::new(Duration::from_secs(60));
         assert!(
             log.record(store.as_ref(), "alice", "project_app_0123456789ab")

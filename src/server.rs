@@ -31,6 +31,7 @@ use crate::proxy::Shared;
 use crate::proxy::exchange::UpstreamClient;
 use crate::proxy::mcp::{McpFlow, McpSettings};
 use crate::proxy::mem0::Mem0Flow;
+use crate::proxy::targets::Upstreams;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Flow, Gate, Listener};
 use crate::ratelimit::RateLimits;
@@ -54,7 +55,7 @@ fn cannot_listen(key: &str, addr: SocketAddr) -> String {
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     let mcp_listener = config.mcp.listener();
-    let mcp_upstream = Arc::new(UpstreamTarget::new("mcp.upstream", &mcp_listener)?);
+    let mcp_upstreams = Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?);
     let mem0_listener = config.mem0.listener();
     let mem0_upstream = Arc::new(UpstreamTarget::new("mem0.upstream", &mem0_listener)?);
     let mem0_policy = Mem0Policy {
@@ -131,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // pingora sleeps the whole grace period after SIGTERM; `graceful_stop`
     // below ends the process as soon as the last request is done.
     crate::proxy::headers::set_tls(config.tls.enabled());
+    crate::proxy::headers::set_trusted_proxies(config.server.trusted_proxies.clone());
     let certificate = if config.tls.enabled() {
         Some(ReloadingCert::new(&config.tls.cert, &config.tls.key)?)
     } else {
@@ -147,7 +149,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     let mem0_client = Arc::new(UpstreamClient::new(mem0_upstream));
-    let mcp_client = Arc::new(UpstreamClient::new(mcp_upstream));
     let owners = Arc::new(OwnerResolver::new(
         mem0_client.clone(),
         config.mem0.owner_cache_capacity,
@@ -177,10 +178,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         unknown_tools: config.mcp.unknown_tools,
         max_json_depth: config.limits.max_json_depth,
         // One scope for everyone: a single upstream is that scope's own.
-        upstream_per_scope: matches!(
-            config.isolation.mode,
-            crate::config::IsolationModeName::Global
-        ),
+        upstream_per_scope: mcp_upstreams.per_scope()
+            || matches!(
+                config.isolation.mode,
+                crate::config::IsolationModeName::Global
+            ),
         ..McpPolicy::default()
     };
     let refused_tools = mcp_policy.tools_refused_on_shared_upstream();
@@ -194,11 +196,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let mcp_flow = McpFlow::new(McpSettings {
         policy: mcp_policy,
-        client: mcp_client.clone(),
+        upstreams: mcp_upstreams.clone(),
         owners,
         mcp_path: config.mcp.path.clone(),
         sse_path: config.mcp.sse_path.clone(),
         messages_path: config.mcp.messages_path.clone(),
+        allowed_paths: config.mcp.allowed_paths.clone(),
         allowed_origins: config.mcp.allowed_origins.clone(),
         sessions,
         session_idle: Duration::from_secs(config.mcp.session_idle_secs),
@@ -211,13 +214,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         (
             Listener::Mcp,
             &mcp_listener,
-            mcp_client,
+            mcp_upstreams,
             Flow::Mcp(Box::new(mcp_flow)),
         ),
         (
             Listener::Mem0,
             &mem0_listener,
-            mem0_client,
+            Arc::new(Upstreams::One(mem0_client)),
             Flow::Mem0(mem0_flow),
         ),
     ];

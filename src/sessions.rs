@@ -193,13 +193,7 @@ mod tests {
     use super::*;
 
     async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
+        crate::store::temporary(true).await
     }
 
     #[tokio::test]
@@ -246,20 +240,10 @@ mod tests {
         s.housekeeping(Duration::from_secs(0), true).await;
         assert_eq!(store.session_owner("s1").await.unwrap(), None);
     }
-}
-
-#[cfg(test)]
-mod stream_tests {
-    use super::*;
 
     #[tokio::test]
     async fn an_open_stream_keeps_its_binding_past_the_idle_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let store = crate::store::connect(&url, 2, Duration::from_secs(5))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = store().await;
         let idle = Duration::from_millis(300);
         let s = SessionBindings::new(store.clone(), 10, idle);
         assert!(s.bind_handed_out("streamed", "alice").await);

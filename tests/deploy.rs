@@ -1382,3 +1382,54 @@ fn deploy_readme_covers_every_file() {
         );
     }
 }
+
+/// `docker-compose.per-user.yml`: memgate's templated upstream names exactly
+/// the service that serves each user, and every such server is fixed to its
+/// user and reachable only on the backend network.
+#[test]
+fn the_per_user_compose_variant_gives_each_user_the_server_memgate_names() {
+    use memgate::policy::upstream_name::expand;
+    let variant = yaml("deploy/docker-compose.per-user.yml");
+    let env = compose_environment(&variant["services"]["memgate"], "memgate");
+    let template = env
+        .iter()
+        .find(|(name, _)| name == "MEMGATE_MCP__UPSTREAM")
+        .map(|(_, value)| value.clone())
+        .expect("the variant sets MEMGATE_MCP__UPSTREAM");
+    let mut users = Vec::new();
+    for (name, service) in services(&variant) {
+        if !name.starts_with("mcp-") || name == "mcp-server" {
+            continue;
+        }
+        let env = compose_environment(service, &name);
+        let value = |key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{name}: no {key}"))
+        };
+        assert_eq!(value("PROJECT_ID_MODE"), "manual", "{name}");
+        let user = value("DEFAULT_USER_ID");
+        assert_eq!(
+            expand(&template, &user, &user),
+            format!("http://{name}:8081"),
+            "{name} must be the host memgate sends {user} to"
+        );
+        assert_eq!(
+            service["networks"].as_sequence().map(Vec::len),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(service["networks"][0], "backend", "{name}");
+        assert!(
+            variant["services"]["memgate"]["depends_on"][name.as_str()].is_mapping(),
+            "memgate waits for {name}"
+        );
+        users.push(user);
+    }
+    assert!(users.len() >= 2, "{users:?}");
+    assert!(
+        variant["services"]["mcp-server"]["profiles"].is_sequence(),
+        "the shared server is left out of this layout"
+    );
+}

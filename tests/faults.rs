@@ -609,7 +609,7 @@ async fn the_mcp_listener_answers_a_slow_or_refusing_upstream_with_json_rpc_504_
     // The upstream answers `x-test-slow` requests and `/slow` after 3 s, and
     // pauses 1.5 s between the two events of `/sse`.
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.mcp_extra = "read_timeout_secs = 1".into();
+    cfg.mcp_extra = "read_timeout_secs = 1\nallowed_paths = [\"/slow\"]".into();
     let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
     // A connection per request: see the keep-alive test below.
@@ -989,7 +989,7 @@ async fn an_upstream_failure_answer_keeps_its_keep_alive_promise() {
     cfg.mem0_extra = "allowed_routes = [\"GET /sse\"]".into();
     let refused = Memgate::start(cfg).await;
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.mcp_extra = "read_timeout_secs = 1".into();
+    cfg.mcp_extra = "read_timeout_secs = 1\nallowed_paths = [\"/slow\"]".into();
     let slow = Memgate::start(cfg).await;
     let token = refused.create_token("alice", &[]);
     let get = |path: &str| {

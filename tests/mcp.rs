@@ -1129,7 +1129,25 @@ async fn legacy_sse_sessions_carry_answers_and_refuse_other_users() {
         tool_call(3, "get_all_memories", json!({"user_id": "bob"})),
     )
     .await;
-    assert_refusal(&reply, 200, 3, "legacy call naming bob");
+    // Its refusal comes where a legacy client waits for every answer: on the
+    // session's stream, in place of a harmless ping the upstream answered.
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, data) = events.next_event(STEP).await.expect("the refusal");
+    let refusal: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(refusal["id"], 3, "{refusal}");
+    assert_eq!(refusal["error"]["code"], -32003, "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("alice")),
+        "{refusal}"
+    );
+    assert!(mcp.calls_of("get_all_memories").is_empty());
+    // A refused notification is owed no answer and reaches nothing.
+    let mut notification = tool_call(0, "get_all_memories", json!({"user_id": "bob"}));
+    notification.as_object_mut().unwrap().remove("id");
+    let reply = post(&alice, notification).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
     assert!(mcp.calls_of("get_all_memories").is_empty());
 
     // Bob cannot post into alice's session.
@@ -1205,7 +1223,7 @@ async fn session_protocol_version_and_last_event_id_headers_pass_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_silent_for_20_seconds_at_a_time_is_not_cut() {
-    let env = env().await;
+    let env = env_with(r#"allowed_paths = ["/quiet-stream"]"#, "").await;
     let Env { gate, .. } = &env;
     let alice = gate.create_token("alice", RW);
     let started = Instant::now();
@@ -1733,4 +1751,76 @@ async fn legacy_session_ids_are_read_as_the_upstream_reads_them() {
     let (_, data) = events.next_event(STEP).await.expect("initialize answer");
     let answer: Value = serde_json::from_str(&data).expect("JSON-RPC");
     assert_eq!(answer["id"], 1, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_upstream_sends_each_user_to_their_own_server() {
+    // One server per user on 127.0.0.N: the users "2" and "3" are their
+    // own host labels, so `127.0.0.{user}` names each one's server.
+    let port = free_port();
+    let two = McpServer::start_on(format!("127.0.0.2:{port}").parse().unwrap()).await;
+    let three = McpServer::start_on(format!("127.0.0.3:{port}").parse().unwrap()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mem0 = Mem0::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &mem0.url());
+    cfg.mcp_upstream = format!("http://127.0.0.{{user}}:{port}");
+    let gate = Memgate::start(cfg).await;
+    let (user_two, user_three) = (gate.create_token("2", RW), gate.create_token("3", RW));
+
+    let client = connect(&gate, &user_two).await;
+    let listed = tool_names(&client).await;
+    for tool in PER_PROCESS_TOOLS {
+        assert!(listed.contains(tool), "{tool} hidden: {listed:?}");
+    }
+    call_ok(&client, "add_coding_preference", json!({"text": "tabs"})).await;
+    close(client).await;
+
+    let client = connect(&gate, &user_three).await;
+    let found = call_ok(&client, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(found["results"], json!([]), "user 3 sees user 2's: {found}");
+    call_ok(&client, "add_memory", json!({"text": "spaces"})).await;
+    close(client).await;
+
+    assert_eq!(
+        two.calls_of("add_coding_preference"),
+        [json!({"text": "tabs"})]
+    );
+    assert!(two.calls_of("get_all_coding_preferences").is_empty());
+    assert_eq!(three.calls_of("get_all_coding_preferences").len(), 1);
+    assert!(three.calls_of("add_coding_preference").is_empty());
+    for (server, user) in [(&two, "2"), (&three, "3")] {
+        for request in server.http_requests() {
+            assert_eq!(
+                request.header("x-mcp-userid").as_deref(),
+                Some(user),
+                "a request of another user reached {user}'s server: {request:?}"
+            );
+        }
+    }
+
+    // A user id that is not a host label is hashed into one: it can only
+    // ever name a host of its own (here, none that resolves).
+    let odd = gate.create_token("9/../2", RW);
+    let reply = post_raw(
+        &gate,
+        "/mcp",
+        &[("X-MCP-Token", &odd)],
+        initialize_body(1).to_string().into_bytes(),
+    )
+    .await;
+    assert!(reply.status >= 500, "{}: {}", reply.status, reply.text);
+    assert_eq!(
+        two.http_requests()
+            .iter()
+            .filter(|r| r.header("x-mcp-userid").as_deref() != Some("2"))
+            .count(),
+        0
+    );
+
+    let printed = gate.cli(&["upstream-name", "--user", "2"]);
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        printed.contains(&format!("http://127.0.0.2:{port}")),
+        "{printed}"
+    );
 }

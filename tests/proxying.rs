@@ -223,6 +223,7 @@ async fn clients_that_expect_100_continue_get_it_before_they_send_their_body() {
     let upstream = Upstream::start().await;
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
     cfg.mem0_extra = "allowed_routes = [\"POST /upload\"]".into();
+    cfg.mcp_extra = "allowed_paths = [\"/stream/upload\"]".into();
     let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;

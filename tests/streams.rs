@@ -37,12 +37,38 @@ async fn timed<F: Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
 }
 
+/// The `/stream/...` paths these tests send to the MCP listener, which
+/// forwards only the paths it is told to (`mcp.allowed_paths`).
+const STREAM_PATHS: &[&str] = &[
+    "/stream/after",
+    "/stream/broken",
+    "/stream/chunked",
+    "/stream/connect",
+    "/stream/control",
+    "/stream/empty",
+    "/stream/eof",
+    "/stream/head",
+    "/stream/hop",
+    "/stream/interim",
+    "/stream/length",
+    "/stream/next",
+    "/stream/nominated",
+    "/stream/proxied",
+    "/stream/smuggled",
+    "/stream/stalled",
+    "/stream/switch",
+    "/stream/tunnelled",
+    "/stream/upload",
+];
+
 /// A memgate in front of `upstream` whose mem0 listener streams every route
-/// outside mem0's own API (`allowed_routes = ["* /"]`), with a token for alice.
+/// outside mem0's own API (`allowed_routes = ["* /"]`) and whose MCP listener
+/// streams [`STREAM_PATHS`], with a token for alice.
 async fn gate(upstream: &str) -> (TestDb, Memgate, String) {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut cfg = MemgateConfig::new(&db.url, upstream);
     cfg.mem0_extra = r#"allowed_routes = ["* /"]"#.into();
+    cfg.mcp_extra = format!("allowed_paths = {STREAM_PATHS:?}");
     let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
     (db, gate, token)

@@ -73,6 +73,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 const MCP_PATH: &str = "/mcp";
 const SSE_PATH: &str = "/sse";
 const MESSAGES_PATH: &str = "/messages/";
+/// `mcp.allowed_paths`: one other path, streamed through like the endpoints.
+const ALLOWED_PATH: &str = "/health";
 const ALLOWED_ORIGIN: &str = "https://app.example";
 /// A legacy or Streamable session bound to `bob`, whom no identity here is.
 const FOREIGN_SESSION: &str = "bobs-session";
@@ -123,7 +125,7 @@ fn parse(data: &[u8]) -> Option<Request> {
 /// The chunked body, decoded; `None` when it is broken or cut short.
 fn dechunk(buf: &mut bytes::BytesMut) -> Option<Vec<u8>> {
     use http1::chunked::{ChunkedDecoder, Decoded};
-    let mut decoder = ChunkedDecoder::default();
+    let mut decoder = ChunkedDecoder::request();
     let mut body = Vec::new();
     loop {
         match decoder.decode(buf).ok()? {
@@ -238,19 +240,6 @@ fn single(headers: &HeaderMap, name: &str) -> Result<Option<String>, Deny> {
         .transpose()
 }
 
-/// `proxy::headers::is_method_override`.
-fn is_method_override(name: &str) -> bool {
-    let squashed: String = name
-        .chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    matches!(
-        squashed.as_str(),
-        "xhttpmethodoverride" | "xhttpmethod" | "xmethodoverride"
-    )
-}
-
 /// `proxy::body::read_whole`'s checks on the body as read. `Err` is a
 /// refusal; a short or broken body is a read error (400).
 fn read_body(request: &Request, limit: usize) -> Result<Option<&[u8]>, Deny> {
@@ -296,10 +285,8 @@ fn mem0_flow(policy: &Mem0Policy, identity: &Identity, request: &Request) {
         return;
     };
     let scope = policy.scope_for(identity, project.as_deref());
-    if request
-        .headers
-        .keys()
-        .any(|name| is_method_override(name.as_str()))
+    if policy::method_override::refuse(request.headers.keys().map(|n| n.as_str()), None).is_err()
+        || policy.check_query(&matched, query).is_err()
     {
         return;
     }
@@ -441,10 +428,19 @@ fn mcp_flow(policy: &McpPolicy, mode: &IsolationMode, identity: &Identity, reque
         .and_then(|v| v.to_str().ok());
     let scope = scope_for(identity, mode, project);
     // `McpFlow::handle` classifies with the pure `McpPaths` (refusals end here).
-    let paths = policy::endpoint::McpPaths::new(MCP_PATH, SSE_PATH, MESSAGES_PATH);
+    let paths = policy::endpoint::McpPaths::new(MCP_PATH, SSE_PATH, MESSAGES_PATH)
+        .allowing(&[ALLOWED_PATH.to_owned()]);
     let Ok(endpoint) = paths.classify(request.uri.path()) else {
         return;
     };
+    if policy::method_override::refuse(
+        request.headers.keys().map(|n| n.as_str()),
+        request.uri.query(),
+    )
+    .is_err()
+    {
+        return;
+    }
     let endpoint = match endpoint {
         McpEndpoint::Streamable => Endpoint::Streamable,
         McpEndpoint::LegacyStream => Endpoint::LegacyStream,

@@ -148,9 +148,13 @@ pub async fn run(store: &dyn Store, args: ImportArgs) -> anyhow::Result<String> 
     for reason in &skipped {
         out.push_str(&format!("\n  skipped {reason}"));
     }
+    // The stack's MCP server reads this table on every tool call (memgate's
+    // service row lives there), so only the imported plaintext rows go.
     out.push_str(&format!(
-        "\nmemgate stores only hashes. The old table still holds every token in plain text: \
-         once clients work through memgate, drop it (DROP TABLE {};) and its backups.",
+        "\nmemgate stores only hashes. The old table still holds the imported tokens in plain \
+         text, and the stack's MCP server still reads it: keep the table and memgate's service \
+         row, and once clients work through memgate delete the imported rows \
+         (DELETE FROM {} WHERE token LIKE 'mcp\\_%';) and old backups.",
         args.table
     ));
     Ok(out)

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod import;
 pub mod token;
+pub mod upstream_name;
 pub mod user;
 
 use std::path::PathBuf;
@@ -60,11 +61,19 @@ pub enum Command {
     /// A user's data: export it (memories of every scope, tokens, audit) or delete it
     #[command(subcommand)]
     User(user::UserCommand),
+    /// The server a templated [mcp] upstream (http://mcp-{scope}:8080) sends a user to
+    UpstreamName(upstream_name::UpstreamNameArgs),
 }
 
 /// Loads and validates the configuration named on the command line.
+/// `check-config` also reads every `upstream_headers` value, as `serve`
+/// does; other commands do not need them (and may run without the secrets).
 pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
-    Ok(config::load(cli.config.as_deref())?)
+    let loaded = config::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::CheckConfig) {
+        loaded.config.check_upstream_headers()?;
+    }
+    Ok(loaded)
 }
 
 /// Opens (and migrates) the store for a one-shot command.

@@ -23,11 +23,22 @@ pub enum Step {
 }
 
 impl BodyReader {
+    /// A body framed as an upstream's answer may be (RFC 9112 as written).
     pub fn of(framing: Framing) -> BodyReader {
+        BodyReader::framed(framing, ChunkedDecoder::default)
+    }
+
+    /// A client's request body: chunks are read by the stricter request
+    /// rules ([`ChunkedDecoder::request`]).
+    pub fn of_request(framing: Framing) -> BodyReader {
+        BodyReader::framed(framing, ChunkedDecoder::request)
+    }
+
+    fn framed(framing: Framing, chunked: fn() -> ChunkedDecoder) -> BodyReader {
         match framing {
             Framing::Empty | Framing::Length(0) => BodyReader::Done,
             Framing::Length(n) => BodyReader::Length(n),
-            Framing::Chunked => BodyReader::Chunked(ChunkedDecoder::default()),
+            Framing::Chunked => BodyReader::Chunked(chunked()),
             Framing::UntilClose => BodyReader::UntilClose,
         }
     }
@@ -112,5 +123,21 @@ mod tests {
         assert_eq!(&buf[..], b"NEXT");
         let mut broken = BodyReader::of(Framing::Chunked);
         assert!(broken.next(&mut BytesMut::from("x\r\n")).is_err());
+    }
+
+    #[test]
+    fn only_request_bodies_refuse_padded_chunk_sizes() {
+        let padded = "03\r\nabc\r\n0\r\n\r\n";
+        let mut answer = BodyReader::of(Framing::Chunked);
+        assert_eq!(
+            answer.next(&mut BytesMut::from(padded)),
+            Ok(Step::Data(Bytes::from("abc")))
+        );
+        let mut request = BodyReader::of_request(Framing::Chunked);
+        assert!(request.next(&mut BytesMut::from(padded)).is_err());
+        let mut plain = BodyReader::of_request(Framing::Chunked);
+        let mut buf = BytesMut::from("3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(plain.next(&mut buf), Ok(Step::Data(Bytes::from("abc"))));
+        assert_eq!(plain.next(&mut buf), Ok(Step::End));
     }
 }

@@ -2,6 +2,12 @@
 //! of at most 15 digits, extensions skipped, every line ended by CRLF,
 //! trailers read and dropped, bounded so a peer cannot make memgate buffer
 //! without limit. Pure: bytes in, data out, no I/O.
+//!
+//! Request bodies are read stricter still ([`ChunkedDecoder::request`]): a
+//! size with a leading zero (`0a`, `00`) or followed by spaces or tabs is
+//! refused. RFC 9112 allows both, but proxies and servers disagree on them
+//! (whitespace is not in the grammar, only tolerated by some), so a client
+//! could frame one body two ways. Upstream answers keep the RFC's reading.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -62,20 +68,33 @@ enum State {
     Done,
 }
 
+/// Decodes one chunked body. `default()` reads as RFC 9112 allows (upstream
+/// answers); [`ChunkedDecoder::request`] refuses the ambiguous spellings.
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: State,
+    strict: bool,
 }
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
             state: State::Size { size: 0, digits: 0 },
+            strict: false,
         }
     }
 }
 
 impl ChunkedDecoder {
+    /// For a client's request body: no leading zeros in a size (a lone `0`
+    /// ends the body) and no whitespace between a size and its `;` or CRLF.
+    pub fn request() -> Self {
+        ChunkedDecoder {
+            strict: true,
+            ..ChunkedDecoder::default()
+        }
+    }
+
     /// Takes what it can from the front of `buf`: the next piece of data, or
     /// the end. Framing bytes are consumed as they are understood.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
@@ -100,15 +119,19 @@ impl ChunkedDecoder {
                 return Ok(Decoded::NeedMore);
             };
             buf.advance(1);
-            self.state = step(self.state, byte)?;
+            self.state = step(self.state, byte, self.strict)?;
         }
     }
 }
 
-/// One framing byte.
-fn step(state: State, byte: u8) -> Result<State, ChunkError> {
+/// One framing byte; `strict` for request bodies.
+fn step(state: State, byte: u8, strict: bool) -> Result<State, ChunkError> {
     Ok(match state {
         State::Size { size, digits } => match (byte as char).to_digit(16) {
+            // Every digit so far was a zero, and another follows.
+            Some(_) if strict && digits > 0 && size == 0 => {
+                return Err(ChunkError("chunk size with a leading zero"));
+            }
             Some(d) if digits < 15 => State::Size {
                 size: size << 4 | u64::from(d),
                 digits: digits + 1,
@@ -117,6 +140,9 @@ fn step(state: State, byte: u8) -> Result<State, ChunkError> {
             None if digits == 0 => return Err(ChunkError("chunk size missing")),
             None => match byte {
                 b'\r' => State::SizeLf { size },
+                b' ' | b'\t' if strict => {
+                    return Err(ChunkError("whitespace after a chunk size"));
+                }
                 b';' | b' ' | b'\t' => State::Extension { size, seen: 1 },
                 _ => return Err(ChunkError("invalid chunk size")),
             },
@@ -196,9 +222,21 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 mod tests {
     use super::*;
 
-    /// Decodes `wire` fed in pieces of `step` bytes.
+    /// Decodes `wire` fed in pieces of `step` bytes, as an answer is.
     fn decode_in_pieces(wire: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
-        let mut decoder = ChunkedDecoder::default();
+        decode_with(ChunkedDecoder::default(), wire, step)
+    }
+
+    /// The same, as a request body is.
+    fn decode_request(wire: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
+        decode_with(ChunkedDecoder::request(), wire, step)
+    }
+
+    fn decode_with(
+        mut decoder: ChunkedDecoder,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut pieces = wire.chunks(step.max(1));
@@ -255,6 +293,41 @@ mod tests {
     }
 
     #[test]
+    fn requests_refuse_leading_zeros_and_whitespace_after_a_size() {
+        for wire in [
+            &b"0a\r\n0123456789\r\n0\r\n\r\n"[..],
+            b"05\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n00\r\n\r\n",
+            b"5\r\nhello\r\n000;x\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+            b"5 ;x=1\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0 \r\n\r\n",
+        ] {
+            let shown = String::from_utf8_lossy(wire);
+            for step in [1, 3, wire.len()] {
+                assert!(
+                    decode_request(wire, step).is_err(),
+                    "{shown:?} was accepted"
+                );
+            }
+            // The RFC's reading, which upstream answers keep.
+            assert!(decode_in_pieces(wire, 3).is_ok(), "{shown:?} was refused");
+        }
+        for wire in [
+            &b"5\r\nhello\r\n0\r\n\r\n"[..],
+            b"a\r\n0123456789\r\n0\r\n\r\n",
+            b"10\r\n0123456789abcdef\r\n0\r\n\r\n",
+            b"5;x=1\r\nhello\r\n0;y\r\n\r\n",
+            b"0\r\n\r\n",
+            b"0\r\nX-Sum: 1\r\n\r\n",
+        ] {
+            let shown = String::from_utf8_lossy(wire);
+            assert!(decode_request(wire, 2).is_ok(), "{shown:?} was refused");
+        }
+    }
+
+    #[test]
     fn bounds_extensions_and_trailers() {
         let mut wire = b"1;".to_vec();
         wire.extend(std::iter::repeat_n(b'a', MAX_LINE + 1));
@@ -307,8 +380,11 @@ mod tests {
                 wire.extend_from_slice(LAST_CHUNK);
                 wire.extend_from_slice(b"GET /");
                 let (decoded, after) = decode_in_pieces(&wire, step).unwrap();
-                prop_assert_eq!(decoded, body);
+                prop_assert_eq!(&decoded, &body);
                 prop_assert_eq!(after, b"GET /".to_vec());
+                // memgate's own encoding passes the request-side rules too.
+                let (decoded, _) = decode_request(&wire, step).unwrap();
+                prop_assert_eq!(decoded, body);
             }
 
             /// Arbitrary bytes never panic the decoder, and it never hands

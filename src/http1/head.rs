@@ -3,9 +3,10 @@
 //! body after each head is delimited (RFC 9112 §6).
 //!
 //! Strict where two readings of a request could differ (request smuggling):
-//! a `Content-Length` is one plain number, a `Transfer-Encoding` is plain
-//! `chunked` and is refused on HTTP/1.0, one `Host` at most, and the request
-//! target is origin-form, absolute-form, `*` or (CONNECT only) authority-form.
+//! a `Content-Length` is one plain number without leading zeros, a
+//! `Transfer-Encoding` is plain `chunked` and is refused on HTTP/1.0, exactly
+//! one `Host` on HTTP/1.1 (at most one on HTTP/1.0), and the request target
+//! is origin-form, absolute-form, `*` or (CONNECT only) authority-form.
 //! A request with both a length and an encoding keeps both headers so that
 //! the gate refuses it by name; it is never kept alive.
 
@@ -15,7 +16,9 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use super::{has_token, is_hop_by_hop, is_visible_ascii, parse_length, values};
+use super::{
+    has_token, is_hop_by_hop, is_visible_ascii, parse_length, parse_request_length, values,
+};
 
 /// More header lines than this make a head malformed.
 pub const MAX_HEADERS: usize = 256;
@@ -205,14 +208,18 @@ fn request_target(method: &Method, target: Bytes) -> Result<Uri, HeadError> {
 /// encoding were sent (the encoding wins; the gate refuses the request).
 fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadError> {
     let headers = &req.headers;
-    if values(headers, &HOST).count() > 1 {
-        return refuse("several Host headers");
+    match values(headers, &HOST).count() {
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request
+        // without Host. HTTP/1.0 predates the header.
+        0 if req.version == Version::HTTP_11 => return refuse("an HTTP/1.1 request without Host"),
+        0 | 1 => {}
+        _ => return refuse("several Host headers"),
     }
     let mut lengths = values(headers, &CONTENT_LENGTH);
     let length = match (lengths.next(), lengths.next()) {
         (None, _) => None,
         (Some(value), None) => Some(
-            parse_length(value.as_bytes())
+            parse_request_length(value.as_bytes())
                 .ok_or_else(|| HeadError("invalid Content-Length".into()))?,
         ),
         (Some(_), Some(_)) => return refuse("several Content-Length headers"),
@@ -443,39 +450,85 @@ mod tests {
     fn request_bodies_are_framed_strictly() {
         let framing = |head: &str| request(head).map(|r| (r.framing, r.keep_alive));
         assert_eq!(
-            framing("GET / HTTP/1.1\r\n\r\n"),
+            framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
             Ok((Framing::Empty, true))
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked \r\n\r\n"),
             Ok((Framing::Chunked, true))
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            framing(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
             Ok((Framing::Chunked, false)),
             "both kept for the gate to refuse, and never kept alive"
         );
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n",
         ] {
             assert!(request(bad).is_err(), "{bad:?} was accepted");
         }
     }
 
     #[test]
+    fn request_lengths_with_leading_zeros_are_refused() {
+        let framing = |head: &str| request(head).map(|r| r.framing);
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"),
+            Ok(Framing::Length(10))
+        );
+        for padded in ["007", "00", "01", "0000000000000000"] {
+            let head = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {padded}\r\n\r\n");
+            assert!(framing(&head).is_err(), "{padded:?} was accepted");
+        }
+        // An upstream's answer may still pad its length.
+        assert_eq!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\n", false),
+            Ok(Framing::Length(7))
+        );
+    }
+
+    #[test]
+    fn http_1_1_requests_need_a_host_and_http_1_0_ones_do_not() {
+        for missing in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET http://mem0:8000/a HTTP/1.1\r\n\r\n",
+            "POST /mcp HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-Host: a\r\n\r\n",
+        ] {
+            let err = request(missing).expect_err(missing);
+            assert!(err.0.contains("Host"), "{err}");
+        }
+        assert!(request("GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert!(request("GET / HTTP/1.1\r\nhOsT: a\r\n\r\n").is_ok());
+        // Empty is what RFC 9112 §3.2 prescribes for a target without authority.
+        assert!(request("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
+        assert!(request("GET / HTTP/1.0\r\n\r\n").is_ok());
+        assert!(request("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n").is_err());
+    }
+
+    #[test]
     fn request_targets_must_take_a_form_the_method_allows() {
-        let target = |head: &str| request(head).map(|r| r.parts.uri.to_string());
+        let target = |head: &str| {
+            let head = head.replacen("\r\n", "\r\nHost: a\r\n", 1);
+            request(&head).map(|r| r.parts.uri.to_string())
+        };
         assert_eq!(target("GET /a/b?c HTTP/1.1\r\n\r\n").unwrap(), "/a/b?c");
         assert_eq!(
             target("GET http://mem0:8000/a?c HTTP/1.1\r\n\r\n").unwrap(),
@@ -498,7 +551,9 @@ mod tests {
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
         let keeps = |head: &str| request(head).unwrap().keep_alive;
-        assert!(!keeps("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keeps(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
         assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }

@@ -9,7 +9,8 @@ pub mod head;
 pub mod request;
 
 /// A `Content-Length` value: digits only (no sign, no spaces, no list), at
-/// most 18 of them.
+/// most 18 of them. Leading zeros are read as the number they pad: upstream
+/// answers are taken as RFC 9110 allows them.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
@@ -17,6 +18,17 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     value.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
+}
+
+/// A request's `Content-Length`: [`parse_length`] without leading zeros
+/// (`0` alone stays). A padded length is valid RFC 9110, but a server or
+/// filter in front of memgate may read `007` otherwise (octal, or not at
+/// all), and a request two parsers frame differently is a smuggling vector.
+pub fn parse_request_length(value: &[u8]) -> Option<u64> {
+    if value.len() > 1 && value[0] == b'0' {
+        return None;
+    }
+    parse_length(value)
 }
 
 /// Hop-by-hop and framing headers: meant for one connection, never passed
@@ -150,6 +162,23 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn request_lengths_have_no_leading_zeros() {
+        assert_eq!(parse_request_length(b"0"), Some(0));
+        assert_eq!(parse_request_length(b"10"), Some(10));
+        assert_eq!(parse_request_length(b"1024"), Some(1024));
+        for bad in [&b"00"[..], b"007", b"01", b"0000000000", b"", b"+7", b"7 "] {
+            assert_eq!(
+                parse_request_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Answers keep the lenient reading.
+        assert_eq!(parse_length(b"007"), Some(7));
     }
 
     #[test]

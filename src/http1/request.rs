@@ -18,13 +18,27 @@ impl std::fmt::Display for InvalidHead {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestHead {
     method: Method,
     /// The request line and header lines, without the blank line that ends
     /// the head.
     bytes: BytesMut,
     chunked: bool,
+}
+
+/// The request line only: header values hold credentials (the client's,
+/// and the `upstream_headers` memgate adds).
+impl std::fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = self.bytes[..]
+            .split(|&b| b == b'\r')
+            .next()
+            .unwrap_or_default();
+        f.debug_struct("RequestHead")
+            .field("request_line", &String::from_utf8_lossy(line))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a header value may hold (as `http::HeaderValue` allows): visible
@@ -70,6 +84,32 @@ impl RequestHead {
     /// sent, as parsed).
     pub fn copy(&mut self, name: &HeaderName, value: &http::HeaderValue) {
         self.line(name.as_str().as_bytes(), value.as_bytes());
+    }
+
+    /// Drops every header line whose name `drop` matches; the request line
+    /// stays. Nothing is copied when no line matches.
+    pub fn remove_where(&mut self, drop: impl Fn(&[u8]) -> bool) {
+        // The request line ends at the first CRLF: targets are visible ASCII.
+        let Some(first) = self.bytes.windows(2).position(|w| w == b"\r\n") else {
+            return;
+        };
+        let start = first + 2;
+        let lines = || {
+            self.bytes[start..]
+                .split_inclusive(|&b| b == b'\n')
+                .map(|line| (line, line.split(|&b| b == b':').next().unwrap_or(line)))
+        };
+        if !lines().any(|(_, name)| drop(name)) {
+            return;
+        }
+        let mut kept = BytesMut::with_capacity(self.bytes.len());
+        kept.extend_from_slice(&self.bytes[..start]);
+        for (line, name) in lines() {
+            if !drop(name) {
+                kept.extend_from_slice(line);
+            }
+        }
+        self.bytes = kept;
     }
 
     pub fn content_length(&mut self, length: u64) {
@@ -143,6 +183,30 @@ mod tests {
         assert!(!head.is_chunked());
         head.chunked();
         assert!(head.is_chunked());
+    }
+
+    #[test]
+    fn lines_can_be_removed_by_name_and_debug_shows_no_value() {
+        let mut head = RequestHead::new(&Method::GET, "/m?x=1").unwrap();
+        head.header(&http::header::HOST, b"mem0").unwrap();
+        head.header(&HeaderName::from_static("x-api-key"), b"secret")
+            .unwrap();
+        head.header(&http::header::ACCEPT, b"a:b").unwrap();
+        head.remove_where(|n| n.eq_ignore_ascii_case(b"nothing"));
+        head.remove_where(|n| n.eq_ignore_ascii_case(b"x-api-key"));
+        let mut out = BytesMut::new();
+        head.write_to(&mut out);
+        assert_eq!(
+            &out[..],
+            b"GET /m?x=1 HTTP/1.1\r\nhost: mem0\r\naccept: a:b\r\n\r\n"
+        );
+        head.header(&HeaderName::from_static("x-api-key"), b"secret")
+            .unwrap();
+        let shown = format!("{head:?}");
+        assert!(
+            shown.contains("GET /m?x=1") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

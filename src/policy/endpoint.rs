@@ -4,6 +4,11 @@
 //! are therefore decoded once, non-canonical spellings are refused (the path
 //! is forwarded as sent), and sub-paths of the policed endpoints are refused,
 //! because an upstream that mounts an endpoint matches by prefix.
+//!
+//! Any other path is 404 unless the operator lists it in `mcp.allowed_paths`
+//! (exact decoded paths): what else an MCP server serves (a health check, a
+//! debug page, an endpoint a later version adds) is unknown to memgate, so
+//! it is not forwarded on a guess.
 
 use super::deny::Deny;
 use super::path;
@@ -16,7 +21,8 @@ pub enum McpEndpoint {
     LegacyStream,
     /// The legacy message POSTs (`mcp.messages_path`, `?session_id=`).
     LegacyMessages,
-    /// Anything else the upstream serves; streamed through after authentication.
+    /// A path listed in `mcp.allowed_paths`; streamed through after
+    /// authentication.
     Other,
 }
 
@@ -47,12 +53,15 @@ impl McpEndpoint {
     }
 }
 
-/// The configured endpoint paths, in decoded canonical form.
+/// The configured endpoint paths, in decoded canonical form, and the other
+/// paths the operator allows.
 #[derive(Clone, Debug)]
 pub struct McpPaths {
     mcp: String,
     sse: String,
     messages: String,
+    /// `mcp.allowed_paths`: decoded, compared exactly (a trailing `/` too).
+    allowed: Vec<String>,
 }
 
 impl McpPaths {
@@ -64,7 +73,16 @@ impl McpPaths {
             mcp: canonical(mcp),
             sse: canonical(sse),
             messages: canonical(messages),
+            allowed: Vec::new(),
         }
+    }
+
+    /// Also forwards these exact decoded paths (`mcp.allowed_paths`). One
+    /// that names an endpoint or a sub-path of one changes nothing: those
+    /// are policed or refused first.
+    pub fn allowing(mut self, allowed: &[String]) -> McpPaths {
+        self.allowed = allowed.to_vec();
+        self
     }
 
     pub fn classify(&self, raw_path: &str) -> Result<McpEndpoint, Deny> {
@@ -94,7 +112,41 @@ impl McpPaths {
                 return Err(Deny::not_found("No such MCP endpoint"));
             }
         }
-        Ok(McpEndpoint::Other)
+        // `normalise` dropped one trailing slash; the allow-list is exact.
+        let slash = raw_path.len() > 1 && raw_path.ends_with('/');
+        let allowed = self.allowed.iter().any(|allowed| {
+            allowed
+                .strip_prefix(decoded.as_str())
+                .is_some_and(|rest| rest == if slash { "/" } else { "" })
+        });
+        if allowed {
+            return Ok(McpEndpoint::Other);
+        }
+        Err(Deny::not_found(
+            "No such MCP endpoint (mcp.allowed_paths lists other paths to forward)",
+        ))
+    }
+}
+
+/// Why an `mcp.allowed_paths` entry could never match a request, if so: it
+/// must be a decoded path that a request could spell canonically.
+pub fn allowed_path_error(decoded: &str) -> Option<&'static str> {
+    if !decoded.starts_with('/') {
+        return Some("must start with /");
+    }
+    if decoded.contains(['?', '#']) {
+        return Some("must be a path alone, without ? or #");
+    }
+    let bare = match decoded.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => decoded,
+    };
+    match path::normalise(&path::encode(bare)) {
+        Ok(back) if back == bare => None,
+        _ => Some(
+            "must be a decoded path without empty, '.' or '..' segments, \
+             percent escapes or control characters",
+        ),
     }
 }
 
@@ -104,6 +156,11 @@ mod tests {
 
     fn paths() -> McpPaths {
         McpPaths::new("/mcp", "/sse", "/messages/")
+    }
+
+    fn allowing(allowed: &[&str]) -> McpPaths {
+        let allowed: Vec<String> = allowed.iter().map(|p| (*p).to_owned()).collect();
+        paths().allowing(&allowed)
     }
 
     #[test]
@@ -141,9 +198,85 @@ mod tests {
         assert_eq!(p.classify("/sse"), Ok(McpEndpoint::LegacyStream));
         assert_eq!(p.classify("/messages/"), Ok(McpEndpoint::LegacyMessages));
         assert_eq!(p.classify("/messages"), Ok(McpEndpoint::LegacyMessages));
+    }
+
+    #[test]
+    fn other_paths_are_404_unless_allowed_exactly() {
+        let p = paths();
+        for raw in [
+            "/MCP",
+            "/Mcp/",
+            "/mcp;x",
+            "/mcpx",
+            "/other",
+            "/",
+            "/health",
+            "/SSE",
+            "/messages;a",
+        ] {
+            let deny = p.classify(raw).expect_err(raw);
+            assert_eq!(deny.status, 404, "{raw}");
+        }
+        let p = allowing(&[
+            "/health",
+            "/.well-known/oauth-protected-resource",
+            "/files/a b",
+        ]);
         assert_eq!(p.classify("/health"), Ok(McpEndpoint::Other));
-        assert_eq!(p.classify("/mcpx"), Ok(McpEndpoint::Other));
+        assert_eq!(
+            p.classify("/.well-known/oauth-protected-resource"),
+            Ok(McpEndpoint::Other)
+        );
+        assert_eq!(p.classify("/files/a%20b"), Ok(McpEndpoint::Other));
+        for raw in [
+            "/health/",
+            "/Health",
+            "/health/x",
+            "/healthz",
+            "/.well-known",
+            "/",
+        ] {
+            assert_eq!(p.classify(raw).expect_err(raw).status, 404, "{raw}");
+        }
+        let p = allowing(&["/status/", "/"]);
+        assert_eq!(p.classify("/status/"), Ok(McpEndpoint::Other));
+        assert_eq!(p.classify("/status").unwrap_err().status, 404);
         assert_eq!(p.classify("/"), Ok(McpEndpoint::Other));
+    }
+
+    #[test]
+    fn allowing_an_endpoint_or_its_sub_paths_changes_nothing() {
+        let p = allowing(&["/mcp", "/mcp/x", "/messages/y"]);
+        assert_eq!(p.classify("/mcp"), Ok(McpEndpoint::Streamable));
+        assert_eq!(p.classify("/mcp/x").unwrap_err().status, 404);
+        assert_eq!(p.classify("/messages/y").unwrap_err().status, 404);
+        // Non-canonical spellings stay 400 whatever is allowed.
+        assert_eq!(
+            allowing(&["/health"])
+                .classify("/%68ealth")
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn allowed_paths_must_be_able_to_match() {
+        for good in [
+            "/health",
+            "/health/",
+            "/",
+            "/.well-known/x",
+            "/a b/é",
+            "/v1;x",
+        ] {
+            assert_eq!(allowed_path_error(good), None, "{good}");
+        }
+        for bad in [
+            "health", "", "/a?b", "/a#b", "//a", "/a//b", "/./a", "/a/..", "/a\u{0}", "/%41",
+        ] {
+            assert!(allowed_path_error(bad).is_some(), "{bad:?}");
+        }
     }
 
     /// Found by the `admission` fuzz target's upstream model: the raw path was
@@ -163,7 +296,10 @@ mod tests {
             assert_eq!(deny.status, 400, "{raw}");
         }
         // Encoding what must be encoded is fine, elsewhere.
-        assert_eq!(p.classify("/files/a%20b"), Ok(McpEndpoint::Other));
+        assert_eq!(
+            allowing(&["/files/a b"]).classify("/files/a%20b"),
+            Ok(McpEndpoint::Other)
+        );
     }
 
     #[test]

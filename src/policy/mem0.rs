@@ -6,10 +6,13 @@
 //!
 //! 1. [`Mem0Policy::route`]: path normalisation (400), unknown route (404),
 //!    wrong method (405).
-//! 2. [`Mem0Policy::admit`]: the route's permission (403). Nothing read yet.
+//! 2. [`Mem0Policy::admit`]: the route's permission (403), then
+//!    [`Mem0Policy::check_query`]: method overrides and parameters the route
+//!    does not take (400). Nothing read yet.
 //! 3. Read the body (at most `max_body_bytes + 1` bytes), then
-//!    [`Mem0Policy::authorise`]: size (413), content type (415), query and
-//!    JSON shape (400), then the owner rules (403), giving the rewritten request.
+//!    [`Mem0Policy::authorise`]: size (413), the query again (400), content
+//!    type (415), JSON shape (400), then the owner rules (403), giving the
+//!    rewritten request.
 //! 4. On [`Decision::NeedOwner`], look the memory up (owner cache, else
 //!    `GET {mem0}` [`memory_path`]) and call [`decide_owner`].
 //!
@@ -34,6 +37,7 @@ pub use routes::{Route, RouteMatch, allowed_methods, memory_path};
 use serde_json::{Map, Value};
 
 use super::deny::Deny;
+use super::method_override;
 use super::query::Query;
 use super::scope::{self, IsolationMode, check_requested_user};
 use super::{Identity, Permission, json, path};
@@ -151,6 +155,23 @@ impl Mem0Policy {
         Ok(())
     }
 
+    /// Step 2b: the query alone (400), so that a request refused for it is
+    /// refused before its body is read: a method override, or a parameter
+    /// mem0 does not define for the route. [`authorise`](Self::authorise)
+    /// repeats it.
+    pub fn check_query(&self, matched: &RouteMatch, query: Option<&str>) -> Result<(), Deny> {
+        let Some(raw) = query.filter(|q| !q.is_empty()) else {
+            return Ok(());
+        };
+        if method_override::names_override_param(raw) {
+            return Err(method_override::refusal_for_param());
+        }
+        if matched.route.query_params().is_some() {
+            check_query_params(matched, &Query::parse(raw)?)?;
+        }
+        Ok(())
+    }
+
     /// Step 3: everything else, given the body that was read. Repeats
     /// [`admit`](Self::admit), so it is complete on its own.
     pub fn authorise(
@@ -199,6 +220,10 @@ impl Mem0Policy {
         if body.is_some_and(|bytes| bytes.len() > self.max_body_bytes) {
             return Err(Deny::payload_too_large(self.max_body_bytes));
         }
+        // Even an allow-listed route: the upstream may honour the override.
+        if query.is_some_and(method_override::names_override_param) {
+            return Err(method_override::refusal_for_param());
+        }
         let path = path::encode(&matched.path);
         if matched.route == Route::AllowListed {
             return Ok(Decision::Forward(Forward {
@@ -218,6 +243,7 @@ impl Mem0Policy {
             )));
         }
         let mut query = Query::parse(query.unwrap_or(""))?;
+        check_query_params(matched, &query)?;
         let (effective, body) =
             match self.scope_plain_body(identity, scope, matched.route, content_type, body) {
                 Some(scoped) => scoped?,
@@ -356,10 +382,39 @@ fn scope_json(
     }
 }
 
+/// Refuses (400) the first query parameter mem0 does not define for the
+/// route ([`Route::query_params`]), naming it (shortened if long).
+fn check_query_params(matched: &RouteMatch, query: &Query) -> Result<(), Deny> {
+    let Some(allowed) = matched.route.query_params() else {
+        return Ok(());
+    };
+    let Some((unknown, _)) = query
+        .pairs()
+        .iter()
+        .find(|(key, _)| !allowed.contains(&key.as_str()))
+    else {
+        return Ok(());
+    };
+    let shown = match unknown.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &unknown[..at]),
+        None => unknown.clone(),
+    };
+    let route = matched.route.label();
+    Err(Deny::bad_request(if allowed.is_empty() {
+        format!("Unknown query parameter {shown:?}: {route} takes no query parameters")
+    } else {
+        format!(
+            "Unknown query parameter {shown:?}: {route} takes only {}",
+            allowed.join(", ")
+        )
+    }))
+}
+
 /// Applies the owner rules to the query. `GET`/`DELETE /memories` always get
-/// `user_id` (the acceptance rule; other selectors are ANDed with it); on other
-/// routes mem0 ignores the query, but a `user_id` in it must still be one the
-/// caller may name and is rewritten to the effective scope.
+/// `user_id` (the acceptance rule; other selectors are ANDed with it). Other
+/// routes take no query ([`check_query_params`]); should one ever take
+/// `user_id`, it must still be one the caller may name and is rewritten to
+/// the effective scope.
 fn scope_query(
     identity: &Identity,
     scope: &str,

@@ -7,11 +7,13 @@ pub mod endpoint;
 pub mod json;
 pub mod mcp;
 pub mod mem0;
+pub mod method_override;
 pub mod path;
 pub mod percent;
 pub mod query;
 pub mod scope;
 pub mod sse;
+pub mod upstream_name;
 
 use std::fmt;
 

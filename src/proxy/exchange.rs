@@ -138,11 +138,14 @@ impl UpstreamClient {
     /// As [`Self::open`], with the body from `body`. A pooled connection the
     /// upstream closed while idle is retried once on a fresh one, unless the
     /// client's body was already taken; see [`retry_on_fresh`] for the rest.
+    /// Every request leaves here, so the configured `upstream_headers` are
+    /// set here: proxied requests, owner lookups and the CLI's alike.
     pub async fn open_with<'s>(
         &'s self,
-        req: RequestHead,
+        mut req: RequestHead,
         mut body: Outgoing<'_>,
     ) -> Result<(UpstreamHead, OpenExchange<'s>)> {
+        self.target.headers().apply(&mut req);
         let shared = self.target.shared_peer().await?;
         let (peer, key) = (shared.peer, shared.key);
         // The common case, an idle pooled connection, stays a small future;

@@ -1,13 +1,19 @@
 //! Header hygiene (DESIGN.md §1 step 5): identity headers a client sent are
 //! never believed or forwarded, in any spelling; the trusted ones are injected.
+//! Redirects the upstream makes to its own origin are pointed back at memgate.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use super::Session;
 use super::exchange::UpstreamHead;
+use super::upstream::UpstreamTarget;
+use crate::config::Upstream;
 use crate::http1::request::{InvalidHead, RequestHead};
 use crate::policy::Identity;
 use crate::policy::deny::Deny;
@@ -45,6 +51,14 @@ static TLS: OnceLock<bool> = OnceLock::new();
 
 pub fn set_tls(enabled: bool) {
     let _ = TLS.set(enabled);
+}
+
+/// `server.trusted_proxies` (set once at start): only their
+/// `X-Forwarded-Proto` says which scheme the client used.
+static TRUSTED_PROXIES: OnceLock<Vec<IpNet>> = OnceLock::new();
+
+pub fn set_trusted_proxies(proxies: Vec<IpNet>) {
+    let _ = TRUSTED_PROXIES.set(proxies);
 }
 
 /// Headers every response carries: no MIME sniffing, no framing, and HSTS
@@ -126,11 +140,30 @@ pub fn is_credential_header(name: &str) -> bool {
     squashed_is(name, "xmcptoken") || squashed_is(name, "authorization")
 }
 
+/// mem0's API key: the upstream's own credential, which only memgate's
+/// `upstream_headers` may supply.
+pub fn is_upstream_key(name: &str) -> bool {
+    squashed_is(name, "xapikey")
+}
+
+/// Whether two header names are one header to an upstream or a framework in
+/// front of it: equal but for case, `-` and `_`.
+pub fn same_header(a: &str, b: &str) -> bool {
+    fn squash(n: &str) -> impl Iterator<Item = u8> + '_ {
+        n.bytes()
+            .filter(|b| !is_separator(*b))
+            .map(|b| b.to_ascii_lowercase())
+    }
+    squash(a).eq(squash(b))
+}
+
 /// Headers memgate never passes on from a client: identity claims, method
-/// overrides, and credentials unless the listener forwards them.
+/// overrides, the upstream's API key, and credentials unless the listener
+/// forwards them.
 fn is_stripped(name: &str, forward_credentials: bool) -> bool {
     is_identity_header(name)
         || is_method_override(name)
+        || is_upstream_key(name)
         || (!forward_credentials && is_credential_header(name))
 }
 
@@ -324,14 +357,20 @@ impl SetHeaders for Relayed {
 }
 
 /// The upstream's answer made the client's: memgate frames the body itself
-/// (with `length` when it knows it), and adds the security headers. The
-/// upstream's hop-by-hop headers were left out when its head was parsed
+/// (with `length` when it knows it), adds the security headers, and points
+/// redirects to the upstream's own origin back at memgate. The upstream's
+/// hop-by-hop headers were left out when its head was parsed
 /// (`http1::head::take_response`).
-pub fn client_response(upstream: UpstreamHead, length: Option<usize>) -> Relayed {
+pub fn client_response(
+    upstream: UpstreamHead,
+    length: Option<usize>,
+    redirects: &Redirects<'_>,
+) -> Relayed {
     let mut relayed = Relayed {
         upstream,
         added: Vec::with_capacity(6),
     };
+    redirects.rewrite(&mut relayed);
     // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
     let status = relayed.status().as_u16();
     if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
@@ -347,6 +386,213 @@ pub fn client_response(upstream: UpstreamHead, length: Option<usize>) -> Relayed
     relayed
 }
 
+/// The authority the client addressed: HTTP/2's `:authority` or an
+/// absolute-form target's, else the one `Host` header. `None` when absent,
+/// repeated, or not a plain `host[:port]`.
+pub fn client_host(req: &RequestHeader) -> Option<&str> {
+    let host = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => {
+            let mut hosts = crate::http1::values(&req.headers, &http::header::HOST);
+            let host = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            host.to_str().ok()?
+        }
+    };
+    is_plain_authority(host).then_some(host)
+}
+
+/// `host[:port]` (`[v6][:port]`) in the characters RFC 3986 allows a
+/// registered name, without userinfo: checked without allocating, since
+/// `preserve_host` asks on every request.
+fn is_plain_authority(text: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b);
+    text.bytes().all(allowed) && split_host_port(text).is_some()
+}
+
+/// How a response's redirects are pointed back at memgate: the upstream's
+/// origin, and what says which origin the client reached memgate at (read
+/// only when a response carries a redirect).
+pub struct Redirects<'a> {
+    upstream: &'a Upstream,
+    req: &'a RequestHeader,
+    tls: bool,
+    /// The TCP peer is a trusted proxy: its `X-Forwarded-Proto` counts.
+    via_trusted_proxy: bool,
+}
+
+impl<'a> Redirects<'a> {
+    /// For a request on `session` whose upstream is `target`.
+    pub fn of(target: &'a UpstreamTarget, session: &'a Session) -> Self {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tls = TLS.get().copied().unwrap_or(false);
+        let trusted = TRUSTED_PROXIES.get().map_or(&[][..], Vec::as_slice);
+        Redirects::new(target.upstream(), session.req_header(), tls, peer, trusted)
+    }
+
+    pub fn new(
+        upstream: &'a Upstream,
+        req: &'a RequestHeader,
+        tls: bool,
+        peer: Option<IpAddr>,
+        trusted_proxies: &[IpNet],
+    ) -> Self {
+        Redirects {
+            upstream,
+            req,
+            tls,
+            via_trusted_proxy: peer
+                .is_some_and(|ip| super::client_ip::is_trusted(&ip, trusted_proxies)),
+        }
+    }
+
+    /// The scheme and host the client used; `None` without a usable host.
+    fn client_origin(&self) -> Option<(&'static str, &'a str)> {
+        let host = client_host(self.req)?;
+        let forwarded = self
+            .via_trusted_proxy
+            .then(|| forwarded_proto(self.req))
+            .flatten();
+        let scheme = forwarded.unwrap_or(if self.tls { "https" } else { "http" });
+        Some((scheme, host))
+    }
+
+    /// Rewrites `Location` and `Content-Location` lines that point at the
+    /// upstream's origin; the rest stay as the upstream sent them.
+    fn rewrite(&self, relayed: &mut Relayed) {
+        let is_redirect = |n: &[u8]| {
+            n.eq_ignore_ascii_case(b"location") || n.eq_ignore_ascii_case(b"content-location")
+        };
+        if !relayed.upstream.headers().any(|(n, _)| is_redirect(n)) {
+            return;
+        }
+        let Some((scheme, host)) = self.client_origin() else {
+            return;
+        };
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let values: Vec<&[u8]> = relayed
+                .upstream
+                .headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                .map(|(_, v)| v)
+                .collect();
+            let rewritten: Vec<Option<String>> = values
+                .iter()
+                .map(|v| {
+                    let v = std::str::from_utf8(v).ok()?;
+                    rewrite_location(v, self.upstream, scheme, host)
+                })
+                .collect();
+            if rewritten.iter().all(Option::is_none) {
+                continue;
+            }
+            let values: Vec<HeaderValue> = values
+                .iter()
+                .zip(rewritten)
+                .filter_map(|(old, new)| match new {
+                    Some(new) => HeaderValue::try_from(new).ok(),
+                    None => HeaderValue::from_bytes(old).ok(),
+                })
+                .collect();
+            relayed.upstream.remove(name.as_str());
+            relayed
+                .added
+                .extend(values.into_iter().map(|v| (name.clone(), v)));
+        }
+    }
+}
+
+/// A trusted proxy's `X-Forwarded-Proto`: one value, `http` or `https`.
+fn forwarded_proto(req: &RequestHeader) -> Option<&'static str> {
+    let proto = single(req, &X_FORWARDED_PROTO).ok()??;
+    if proto.eq_ignore_ascii_case("https") {
+        Some("https")
+    } else if proto.eq_ignore_ascii_case("http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `location` pointed at the client-facing origin (`scheme://host`) when it
+/// is an absolute URL (or a `//host` network-path reference) at `upstream`'s
+/// origin: same scheme, host (any case; IP addresses compared as addresses)
+/// and port (a missing one is the scheme's default). Path, query and
+/// fragment are kept as sent. `None` leaves it as it is: relative, foreign,
+/// with userinfo, or unreadable.
+pub fn rewrite_location(
+    location: &str,
+    upstream: &Upstream,
+    scheme: &str,
+    host: &str,
+) -> Option<String> {
+    let upstream_scheme = if upstream.tls { "https" } else { "http" };
+    let (location_scheme, rest) = match location.strip_prefix("//") {
+        Some(rest) => (upstream_scheme, rest),
+        None => {
+            let (location_scheme, rest) = location.split_once("://")?;
+            (location_scheme, rest)
+        }
+    };
+    if !location_scheme.eq_ignore_ascii_case(upstream_scheme) {
+        return None;
+    }
+    // Browsers end an http(s) authority at `\` as at `/`.
+    let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return None;
+    }
+    let (location_host, port) = split_host_port(authority)?;
+    let default_port = if upstream.tls { 443 } else { 80 };
+    let same_host = match (
+        location_host.parse::<IpAddr>(),
+        upstream.host.parse::<IpAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => location_host.eq_ignore_ascii_case(&upstream.host),
+        _ => false,
+    };
+    (same_host && port.unwrap_or(default_port) == upstream.port)
+        .then(|| format!("{scheme}://{host}{tail}"))
+}
+
+/// `host[:port]` or `[v6][:port]`: the host (brackets removed) and the port
+/// if one is given; `None` when it is not that shape.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            host.parse::<std::net::Ipv6Addr>().ok()?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        // `host:` means the default port (RFC 3986 §3.2.3).
+        None | Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +604,10 @@ mod tests {
             req.append_header(*n, *v).unwrap();
         }
         req
+    }
+
+    fn origin(url: &str) -> Upstream {
+        Upstream::parse("test", url).unwrap()
     }
 
     fn alice() -> Identity {
@@ -565,7 +815,9 @@ mod tests {
         let upstream = crate::http1::head::take_response(&mut raw, false)
             .unwrap()
             .unwrap();
-        let streamed = client_response(upstream.clone(), None);
+        let (origin, req) = (origin("http://mcp:8081"), request("GET", b"/", &[]));
+        let none = Redirects::new(&origin, &req, false, None, &[]);
+        let streamed = client_response(upstream.clone(), None, &none);
         assert_eq!(streamed.status(), 201);
         let names: Vec<&[u8]> = streamed.lines().map(|(n, _)| n).collect();
         assert_eq!(
@@ -582,7 +834,7 @@ mod tests {
             Some(&b"nosniff"[..])
         );
         // memgate's own length frames a body it holds.
-        let buffered = client_response(upstream, Some(12));
+        let buffered = client_response(upstream, Some(12), &none);
         let lengths: Vec<&[u8]> = buffered
             .lines()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
@@ -604,7 +856,12 @@ mod tests {
         let upstream = crate::http1::head::take_response(&mut raw, false)
             .unwrap()
             .unwrap();
-        let mut relayed = client_response(upstream, None);
+        let (origin, req) = (origin("http://mcp:8081"), request("GET", b"/", &[]));
+        let mut relayed = client_response(
+            upstream,
+            None,
+            &Redirects::new(&origin, &req, false, None, &[]),
+        );
         relayed
             .set(
                 http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -627,5 +884,195 @@ mod tests {
             [&b"https://app.example"[..]]
         );
         assert_eq!(all("vary"), [&b"Accept"[..], b"Origin"]);
+    }
+
+    #[test]
+    fn locations_at_the_upstream_s_origin_point_at_memgate() {
+        let up = origin("http://127.0.0.1:8081");
+        let at = |l: &str| rewrite_location(l, &up, "https", "gate.example:8443");
+        assert_eq!(
+            at("http://127.0.0.1:8081/mcp/").as_deref(),
+            Some("https://gate.example:8443/mcp/")
+        );
+        // Path, query and fragment are kept as sent.
+        assert_eq!(
+            at("http://127.0.0.1:8081/a%2Fb?x=1&y=%20#frag").as_deref(),
+            Some("https://gate.example:8443/a%2Fb?x=1&y=%20#frag")
+        );
+        assert_eq!(
+            at("HTTP://127.0.0.1:8081").as_deref(),
+            Some("https://gate.example:8443")
+        );
+        assert_eq!(
+            at("http://127.0.0.1:8081?q").as_deref(),
+            Some("https://gate.example:8443?q")
+        );
+        assert_eq!(
+            at("//127.0.0.1:8081/mcp/").as_deref(),
+            Some("https://gate.example:8443/mcp/"),
+            "a network-path reference reaches the upstream too"
+        );
+        assert_eq!(
+            at("http://127.0.0.1:8081\\evil/").as_deref(),
+            Some("https://gate.example:8443\\evil/"),
+            "browsers end the authority at a backslash"
+        );
+        for left in [
+            "/mcp/",
+            "mcp/",
+            "?x=1",
+            "http://127.0.0.1:8082/mcp/",
+            "https://127.0.0.1:8081/mcp/",
+            "http://127.0.0.2:8081/mcp/",
+            "http://evil.example/mcp/",
+            "http://user@127.0.0.1:8081/mcp/",
+            "http://u:p@127.0.0.1:8081/mcp/",
+            "http://127.0.0.1:8081@evil.example/",
+            "http://127.0.0.1:80x/",
+            "http://127.0.0.1:99999/",
+            "http://:8081/",
+            "http:/127.0.0.1:8081/",
+            "ftp://127.0.0.1:8081/",
+            "",
+        ] {
+            assert_eq!(at(left), None, "{left}");
+        }
+
+        // Default ports and case.
+        let named = origin("http://MCP.internal");
+        let at = |l: &str| rewrite_location(l, &named, "http", "gate");
+        for same in [
+            "http://mcp.internal/x",
+            "http://MCP.INTERNAL:80/x",
+            "http://mcp.internal:/x",
+        ] {
+            assert_eq!(at(same).as_deref(), Some("http://gate/x"), "{same}");
+        }
+        assert_eq!(at("http://mcp.internal:8080/x"), None);
+        assert_eq!(at("http://mcp.internal./x"), None, "another name");
+        let tls = origin("https://mem0.internal");
+        assert_eq!(
+            rewrite_location("https://mem0.internal:443/m", &tls, "http", "g").as_deref(),
+            Some("http://g/m")
+        );
+        assert_eq!(
+            rewrite_location("http://mem0.internal/m", &tls, "http", "g"),
+            None
+        );
+
+        // IPv6: bracketed, compared as addresses.
+        let v6 = origin("http://[::1]:8081");
+        let at = |l: &str| rewrite_location(l, &v6, "http", "[::1]:8080");
+        assert_eq!(
+            at("http://[0:0:0:0:0:0:0:1]:8081/mcp/").as_deref(),
+            Some("http://[::1]:8080/mcp/")
+        );
+        assert_eq!(at("http://[::1]/mcp/"), None, "port 80");
+        assert_eq!(at("http://[::2]:8081/"), None);
+        assert_eq!(at("http://[::1:8081/"), None, "malformed");
+        assert_eq!(at("http://[zz]:8081/"), None, "malformed");
+        assert_eq!(at("http://::1:8081/"), None, "malformed");
+    }
+
+    #[test]
+    fn the_client_facing_origin_comes_from_the_request_and_trusted_proxies() {
+        let up = origin("http://127.0.0.1:8081");
+        let mut raw = bytes::BytesMut::from(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:8081/mcp/\r\n\
+             Content-Location: http://127.0.0.1:8081/c\r\nLink: <http://127.0.0.1:8081/>\r\n\r\n",
+        );
+        let answer = crate::http1::head::take_response(&mut raw, false)
+            .unwrap()
+            .unwrap();
+        let relay = |req: &RequestHeader, tls: bool, peer: &str, trusted: &[IpNet]| {
+            let redirects = Redirects::new(&up, req, tls, Some(peer.parse().unwrap()), trusted);
+            let relayed = client_response(answer.clone(), None, &redirects);
+            let get = |n| {
+                relayed
+                    .get(&n)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            (
+                get(http::header::LOCATION),
+                get(http::header::CONTENT_LOCATION),
+            )
+        };
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let plain = request("POST", b"/mcp", &[("Host", "gate:8080")]);
+        assert_eq!(
+            relay(&plain, false, "203.0.113.1", &proxies),
+            (
+                Some("http://gate:8080/mcp/".into()),
+                Some("http://gate:8080/c".into())
+            )
+        );
+        assert_eq!(
+            relay(&plain, true, "203.0.113.1", &proxies).0.as_deref(),
+            Some("https://gate:8080/mcp/")
+        );
+        // X-Forwarded-Proto counts from a trusted proxy only, and only as http|https.
+        let forwarded = request(
+            "POST",
+            b"/mcp",
+            &[("Host", "gate.example"), ("X-Forwarded-Proto", "HTTPS")],
+        );
+        assert_eq!(
+            relay(&forwarded, false, "10.1.2.3", &proxies).0.as_deref(),
+            Some("https://gate.example/mcp/")
+        );
+        assert_eq!(
+            relay(&forwarded, false, "203.0.113.1", &proxies)
+                .0
+                .as_deref(),
+            Some("http://gate.example/mcp/")
+        );
+        let odd = request(
+            "POST",
+            b"/mcp",
+            &[
+                ("Host", "gate.example"),
+                ("X-Forwarded-Proto", "javascript"),
+            ],
+        );
+        assert_eq!(
+            relay(&odd, true, "10.1.2.3", &proxies).0.as_deref(),
+            Some("https://gate.example/mcp/")
+        );
+        // An HTTP/2 :authority (or absolute-form target) is the client's host.
+        let mut h2 = request("POST", b"/mcp", &[]);
+        h2.set_uri("http://gate.h2:9000/mcp".parse().unwrap());
+        assert_eq!(
+            relay(&h2, false, "203.0.113.1", &[]).0.as_deref(),
+            Some("http://gate.h2:9000/mcp/")
+        );
+        // No usable host: left as it is.
+        for headers in [
+            &[][..],
+            &[("Host", "a"), ("Host", "b")],
+            &[("Host", "u@gate")],
+            &[("Host", "gate/x")],
+            &[("Host", "")],
+        ] {
+            let req = request("POST", b"/mcp", headers);
+            assert_eq!(
+                relay(&req, false, "203.0.113.1", &[]).0.as_deref(),
+                Some("http://127.0.0.1:8081/mcp/"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_s_api_key_never_passes_from_a_client() {
+        for n in ["X-API-Key", "x_api_key", "X-Api_KEY", "xapikey"] {
+            assert!(is_upstream_key(n), "{n}");
+        }
+        let client = request("GET", b"/", &[("X-API-Key", "evil"), ("x_api_key", "evil")]);
+        let head = upstream_request(&client, "/", &alice(), "alice", true, "m", |_, _| true)
+            .unwrap()
+            .parsed();
+        assert!(head.headers.iter().all(|(_, v)| v != "evil"));
+        assert!(same_header("X_MCP-UserID", "x-mcp-userid"));
+        assert!(!same_header("x-mcp-user", "x-mcp-userid"));
     }
 }

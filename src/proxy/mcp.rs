@@ -6,16 +6,18 @@
 //! `tools/list` results trimmed to what the token may call.
 
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
+use crate::policy::method_override;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::exchange::UpstreamClient;
 use super::headers::{Relayed, SetHeaders};
+use super::targets::Upstreams;
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
 use crate::metrics::{METRICS, memo};
@@ -43,6 +45,20 @@ pub struct McpRefusal {
     pub tool: Option<String>,
     pub ownership: bool,
     pub session: bool,
+}
+
+impl McpRefusal {
+    /// A refused JSON-RPC request, for audit.
+    fn of_call(deny: McpDeny, ownership: bool) -> McpRefusal {
+        McpRefusal {
+            status: deny.status,
+            message: deny.message,
+            method: deny.method,
+            tool: deny.tool,
+            ownership,
+            session: false,
+        }
+    }
 }
 
 impl From<McpRefusal> for super::Refusal {
@@ -73,6 +89,13 @@ pub enum McpHandled {
     Stream(StreamWatch),
 }
 
+/// A refusal owed on a legacy session's stream: the id of the refused
+/// request and the JSON-RPC error to send as its answer.
+struct PendingRefusal {
+    id: Value,
+    error: Vec<u8>,
+}
+
 /// Per-request state for responses streamed through pingora.
 pub struct StreamWatch {
     /// SSE responses are parsed to learn legacy session ids and trim tool lists.
@@ -100,12 +123,15 @@ impl StreamWatch {
 
 pub struct McpFlow {
     policy: McpPolicy,
-    client: Arc<UpstreamClient>,
+    upstreams: Arc<Upstreams>,
     owners: Arc<OwnerResolver>,
     sessions: Arc<SessionBindings>,
     /// Legacy SSE: ids of `tools/list` requests posted to a session, whose
     /// answers will come back on that session's stream.
     pending_lists: moka::sync::Cache<String, Vec<Value>>,
+    /// Legacy SSE: refusals waiting to replace the upstream's answer to the
+    /// stand-in `ping` sent in their place, by session.
+    pending_refusals: moka::sync::Cache<String, Arc<std::sync::Mutex<Vec<PendingRefusal>>>>,
     paths: McpPaths,
     allowed_origins: Vec<String>,
     max_body_bytes: usize,
@@ -116,11 +142,13 @@ pub struct McpFlow {
 /// The settings `McpFlow` is built from.
 pub struct McpSettings {
     pub policy: McpPolicy,
-    pub client: Arc<UpstreamClient>,
+    pub upstreams: Arc<Upstreams>,
     pub owners: Arc<OwnerResolver>,
     pub mcp_path: String,
     pub sse_path: String,
     pub messages_path: String,
+    /// `mcp.allowed_paths`: other paths forwarded as they are.
+    pub allowed_paths: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub sessions: Arc<SessionBindings>,
     pub session_idle: Duration,
@@ -134,14 +162,19 @@ impl McpFlow {
     pub fn new(s: McpSettings) -> Self {
         McpFlow {
             policy: s.policy,
-            client: s.client,
+            upstreams: s.upstreams,
             owners: s.owners,
             sessions: s.sessions,
             pending_lists: moka::sync::Cache::builder()
                 .max_capacity(s.max_sessions)
                 .time_to_idle(s.session_idle)
                 .build(),
-            paths: McpPaths::new(&s.mcp_path, &s.sse_path, &s.messages_path),
+            pending_refusals: moka::sync::Cache::builder()
+                .max_capacity(s.max_sessions)
+                .time_to_idle(s.session_idle)
+                .build(),
+            paths: McpPaths::new(&s.mcp_path, &s.sse_path, &s.messages_path)
+                .allowing(&s.allowed_paths),
             allowed_origins: s.allowed_origins,
             max_body_bytes: s.max_body_bytes,
             max_response_bytes: s.max_response_bytes,
@@ -228,6 +261,13 @@ impl McpFlow {
             .await?;
             return Ok(McpHandled::Responded(None));
         }
+        if let Err(deny) = method_override::refuse(
+            req.headers.keys().map(http::HeaderName::as_str),
+            req.uri.query(),
+        ) {
+            refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+            return Ok(McpHandled::Responded(None));
+        }
         // Refused as on the mem0 listener: which project was meant is unclear.
         if let Err(deny) = headers::single(req, &headers::X_MCP_PROJECT) {
             refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
@@ -305,8 +345,15 @@ impl McpFlow {
                 return Ok(McpHandled::Responded(None));
             }
         };
+        let legacy_session = (endpoint == Endpoint::LegacyMessages)
+            .then(|| session_id.clone())
+            .flatten();
         let forward = match self.policy.decide(identity, scope, &body) {
-            McpDecision::Deny(deny) => return self.refuse_call(session, deny, false).await,
+            McpDecision::Deny(deny) => {
+                return self
+                    .refuse_request(session, identity, scope, legacy_session, deny, false)
+                    .await;
+            }
             McpDecision::Forward(forward) => forward,
         };
         for call in &forward.calls {
@@ -321,7 +368,9 @@ impl McpFlow {
         }
         if let Err(deny) = self.check_owners(identity, scope, &forward).await {
             let ownership = deny.status == 403;
-            return self.refuse_call(session, deny, ownership).await;
+            return self
+                .refuse_request(session, identity, scope, legacy_session, deny, ownership)
+                .await;
         }
         if endpoint == Endpoint::LegacyMessages
             && let Some(id) = &session_id
@@ -353,6 +402,80 @@ impl McpFlow {
         })))
     }
 
+    /// Answers a refused JSON-RPC request: on a legacy session's stream when
+    /// that is where its answer is awaited, else in the POST's answer.
+    async fn refuse_request(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+        legacy_session: Option<String>,
+        deny: McpDeny,
+        ownership: bool,
+    ) -> Result<McpHandled> {
+        let refused_id = match serde_json::from_slice::<Value>(&deny.body) {
+            Ok(Value::Object(error)) => error.get("id").cloned(),
+            _ => None,
+        };
+        match (legacy_session, refused_id) {
+            (Some(key), Some(id)) if matches!(deny.status, 403 | 404) => {
+                self.refuse_on_stream(session, identity, scope, key, id, deny, ownership)
+                    .await
+            }
+            _ => self.refuse_call(session, deny, ownership).await,
+        }
+    }
+
+    /// A legacy client reads every answer from its session's stream, and
+    /// waits there for one whatever the POST's answer says. The upstream is
+    /// sent a `ping` with the refused request's id in its place (every MCP
+    /// server answers one and it changes nothing), and its answer on the
+    /// stream is replaced by the refusal. A refused notification (no id) is
+    /// accepted and dropped: it is owed no answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_on_stream(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        scope: &str,
+        session_key: String,
+        id: Value,
+        deny: McpDeny,
+        ownership: bool,
+    ) -> Result<McpHandled> {
+        if id.is_null() {
+            let mut header = ResponseHeader::build(202, Some(2))?;
+            header.insert_header("content-length", "0")?;
+            headers::secure_response(&mut header)?;
+            session.write_response_header(Box::new(header)).await?;
+            session.write_response_body(Bytes::new(), true).await?;
+        } else {
+            let waiting = self
+                .pending_refusals
+                .get_with(session_key, || Arc::new(std::sync::Mutex::new(Vec::new())));
+            if let Ok(mut waiting) = waiting.lock() {
+                // Bounded: a client that never reads its stream cannot grow it.
+                if waiting.len() >= 64 {
+                    waiting.remove(0);
+                }
+                waiting.push(PendingRefusal {
+                    id: id.clone(),
+                    error: deny.body.clone(),
+                });
+            }
+            let ping = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+            let stand_in = McpForward {
+                body: Some(ping.to_string().into_bytes()),
+                ..McpForward::default()
+            };
+            self.forward(session, identity, scope, stand_in, Vec::new())
+                .await?;
+        }
+        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
+            deny, ownership,
+        ))))
+    }
+
     /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
     /// a memory that does not exist) is an answer to that request, in a 200:
     /// MCP clients end their whole session on an HTTP error, and the caller
@@ -360,7 +483,7 @@ impl McpFlow {
     async fn refuse_call(
         &self,
         session: &mut Session,
-        deny: McpDeny,
+        mut deny: McpDeny,
         ownership: bool,
     ) -> Result<McpHandled> {
         let cors = self.cors_origin(session.req_header());
@@ -372,9 +495,13 @@ impl McpFlow {
                 event.extend_from_slice(b"\n\n");
                 (200, "text/event-stream", event)
             } else if in_band {
-                (200, "application/json", deny.body)
+                (200, "application/json", std::mem::take(&mut deny.body))
             } else {
-                (deny.status, "application/json", deny.body)
+                (
+                    deny.status,
+                    "application/json",
+                    std::mem::take(&mut deny.body),
+                )
             };
         let mut header = ResponseHeader::build(status, Some(4))?;
         header.insert_header("content-type", content_type)?;
@@ -384,14 +511,9 @@ impl McpFlow {
         headers::secure_response(&mut header)?;
         session.write_response_header(Box::new(header)).await?;
         session.write_response_body(Bytes::from(body), true).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal {
-            status: deny.status,
-            message: deny.message,
-            method: deny.method,
-            tool: deny.tool,
-            ownership,
-            session: false,
-        })))
+        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
+            deny, ownership,
+        ))))
     }
 
     /// The owners of every memory id the calls name, then the policy's verdict.
@@ -423,6 +545,7 @@ impl McpFlow {
 
     fn upstream_request(
         &self,
+        client: &UpstreamClient,
         client_req: &RequestHeader,
         identity: &Identity,
         scope: &str,
@@ -456,7 +579,7 @@ impl McpFlow {
             identity,
             scope,
             self.forward_credentials,
-            self.client.target().authority(),
+            client.target().host_for(client_req),
             |n, v| !unreadable(n, v) && !edited(n),
         )?;
         for (name, value) in &edits {
@@ -484,12 +607,26 @@ impl McpFlow {
         forward: McpForward,
         client_body: Vec<u8>,
     ) -> Result<()> {
+        let client = match self.upstreams.client(scope, &identity.user_id) {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::error!(error = %why, "no MCP upstream for this scope; nothing sent");
+                let message = "This request's upstream cannot be reached safely; the operator must check the logs";
+                return refuse(session, 500, message, &Value::Null, &[]).await;
+            }
+        };
         let body = Bytes::from(forward.body.clone().unwrap_or(client_body));
-        let upstream_req =
-            self.upstream_request(session.req_header(), identity, scope, &forward, body.len())?;
+        let upstream_req = self.upstream_request(
+            &client,
+            session.req_header(),
+            identity,
+            scope,
+            &forward,
+            body.len(),
+        )?;
         let cors = self.cors_origin(session.req_header());
         let started = std::time::Instant::now();
-        let (upstream, mut open) = match self.client.open(upstream_req, Some(body)).await {
+        let (upstream, mut open) = match client.open(upstream_req, Some(body)).await {
             Ok(open) => open,
             Err(e) => {
                 let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
@@ -502,7 +639,8 @@ impl McpFlow {
             &[super::Listener::Mcp.as_str()],
             started.elapsed().as_secs_f64(),
         );
-        let upstream = headers::client_response(upstream, None);
+        let redirects = headers::Redirects::of(client.target(), session);
+        let upstream = headers::client_response(upstream, None, &redirects);
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status().is_success()
@@ -648,10 +786,20 @@ impl McpFlow {
                 }
                 return;
             }
-            if watch.legacy
-                && let Some(id) = &watch.stream_session
-                && let Some(ids) = self.pending_lists.get(id)
+            if !watch.legacy {
+                return;
+            }
+            let Some(id) = &watch.stream_session else {
+                return;
+            };
+            if let Some(waiting) = self.pending_refusals.get(id)
+                && let Ok(mut waiting) = waiting.lock()
+                && let Some(error) = take_refusal(&mut waiting, event)
             {
+                event.data = Some(error);
+                return;
+            }
+            if let Some(ids) = self.pending_lists.get(id) {
                 self.policy.filter_sse_event(&watch.identity, event, &ids);
             }
         };
@@ -685,6 +833,23 @@ fn add_cors(header: &mut impl SetHeaders, origin: Option<&str>) -> Result<()> {
         header.add(http::header::VARY, http::HeaderValue::from_static("Origin"))?;
     }
     Ok(())
+}
+
+/// The refusal owed for the request `event` answers, if one is waiting: the
+/// event must be a result (the stand-in ping's) for a waiting id.
+fn take_refusal(waiting: &mut Vec<PendingRefusal>, event: &SseEvent) -> Option<String> {
+    if waiting.is_empty() {
+        return None;
+    }
+    let answer: Value = serde_json::from_str(event.data.as_deref()?).ok()?;
+    let answer = answer.as_object()?;
+    if !answer.contains_key("result") {
+        return None;
+    }
+    let at = waiting
+        .iter()
+        .position(|pending| Some(&pending.id) == answer.get("id"))?;
+    String::from_utf8(waiting.remove(at).error).ok()
 }
 
 /// Whether the client reads answers only as an event stream (its `Accept`

@@ -10,7 +10,7 @@ use pingora::prelude::*;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
-use super::headers::Relayed;
+use super::headers::{Redirects, Relayed};
 use super::{Listener, Session, body, errors, headers};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
@@ -20,7 +20,7 @@ use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
     owner_ids_in,
 };
-use crate::policy::path;
+use crate::policy::{method_override, path};
 
 /// A policy refusal, for the audit trail.
 pub struct Mem0Refusal {
@@ -143,15 +143,11 @@ impl Mem0Flow {
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
         let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project);
-        if req
-            .headers
-            .keys()
-            .any(|h| headers::is_method_override(h.as_str()))
-        {
-            return Err(Step::deny(Deny::bad_request(
-                "Method override headers are not accepted; use the HTTP method itself",
-            )));
-        }
+        method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)
+            .map_err(Step::deny)?;
+        self.policy
+            .check_query(&matched, query)
+            .map_err(Step::deny)?;
         if matched.route == Route::AllowListed {
             return match self
                 .policy
@@ -227,7 +223,7 @@ impl Mem0Flow {
             identity,
             &forward.scope,
             self.forward_credentials,
-            self.client.target().authority(),
+            self.client.target().host_for(session.req_header()),
             |_, _| true,
         )?;
         if length > 0 || session.req_header().method != http::Method::GET {
@@ -251,8 +247,9 @@ impl Mem0Flow {
             &[Listener::Mem0.as_str()],
             started.elapsed().as_secs_f64(),
         );
+        let redirects = Redirects::of(self.client.target(), session);
         let (header, body) = match self
-            .after_response(&forward, memory_id.as_deref(), answer)
+            .after_response(&forward, memory_id.as_deref(), answer, &redirects)
             .await
         {
             Ok(parts) => parts,
@@ -271,6 +268,7 @@ impl Mem0Flow {
         forward: &Forward,
         memory_id: Option<&str>,
         answer: Exchanged,
+        redirects: &Redirects<'_>,
     ) -> std::result::Result<(Relayed, Bytes), Deny> {
         let Exchanged {
             header: upstream,
@@ -317,7 +315,10 @@ impl Mem0Flow {
         {
             self.owners.forget(id);
         }
-        Ok((headers::client_response(upstream, Some(body.len())), body))
+        Ok((
+            headers::client_response(upstream, Some(body.len()), redirects),
+            body,
+        ))
     }
 }
 

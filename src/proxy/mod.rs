@@ -12,6 +12,7 @@ pub mod mcp;
 pub mod mem0;
 pub mod pool;
 pub mod session;
+pub mod targets;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -39,9 +40,10 @@ use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
-use exchange::{Outgoing, UpstreamClient};
+use exchange::Outgoing;
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
+use targets::Upstreams;
 
 pub use session::Session;
 
@@ -121,7 +123,7 @@ pub struct Gate {
     listener: Listener,
     shared: Arc<Shared>,
     /// Sends streamed requests; the flows' exchanges share its idle connections.
-    client: Arc<UpstreamClient>,
+    upstreams: Arc<Upstreams>,
     forward_credentials: bool,
     isolation: IsolationMode,
     flow: Flow,
@@ -149,7 +151,7 @@ impl Gate {
     pub fn new(
         listener: Listener,
         shared: Arc<Shared>,
-        client: Arc<UpstreamClient>,
+        upstreams: Arc<Upstreams>,
         forward_credentials: bool,
         isolation: IsolationMode,
         flow: Flow,
@@ -159,7 +161,7 @@ impl Gate {
         Gate {
             listener,
             shared,
-            client,
+            upstreams,
             forward_credentials,
             isolation,
             flow,
@@ -731,6 +733,19 @@ impl Gate {
                     .await;
             }
         };
+        let client = match self.upstreams.client(&ctx.scope, &identity.user_id) {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::error!(error = %why, "no upstream for this scope; nothing sent");
+                return errors::respond_error(
+                    session,
+                    self.listener,
+                    500,
+                    "This request's upstream cannot be reached safely; the operator must check the logs",
+                )
+                .await;
+            }
+        };
         let req = session.req_header();
         let path_and_query = match ctx.rewritten_uri.take() {
             Some(uri) => uri,
@@ -746,7 +761,7 @@ impl Gate {
             identity,
             &ctx.scope,
             self.forward_credentials,
-            self.client.target().authority(),
+            client.target().host_for(req),
             |_, _| true,
         )?;
         if let Some(length) = framing.content_length() {
@@ -766,7 +781,7 @@ impl Gate {
         // Failures are the upstream's unless the client's side failed;
         // `fail` answers them.
         let (upstream, mut open) =
-            self.client
+            client
                 .open_with(upstream_req, body)
                 .await
                 .map_err(|e| match e.esource() {
@@ -779,7 +794,8 @@ impl Gate {
             started.elapsed().as_secs_f64(),
         );
         let upstream_length = upstream.length.and_then(|n| usize::try_from(n).ok());
-        let mut header = headers::client_response(upstream, None);
+        let redirects = headers::Redirects::of(client.target(), session);
+        let mut header = headers::client_response(upstream, None, &redirects);
         let event_stream = header.is_event_stream();
         if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
             let cors = flow.cors_origin(session.req_header());

@@ -5,10 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 
 use crate::config::{ListenerConfig, Upstream};
+use crate::http1::request::RequestHead;
 
 const DNS_TTL: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection to the upstream is kept.
@@ -18,6 +21,10 @@ pub struct UpstreamTarget {
     upstream: Upstream,
     /// The `host` header value for the upstream.
     authority: String,
+    /// Send the client's `Host` instead of `authority`.
+    preserve_host: bool,
+    /// `upstream_headers`, read when memgate started.
+    headers: UpstreamHeaders,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// The host is an IP address: never re-resolved.
@@ -50,9 +57,13 @@ impl UpstreamTarget {
         cfg: &ListenerConfig,
     ) -> std::result::Result<Self, crate::config::ConfigError> {
         let upstream = Upstream::parse(key, &cfg.upstream)?;
+        let section = key.strip_suffix(".upstream").unwrap_or(key);
+        let headers = UpstreamHeaders(cfg.resolved_upstream_headers(section)?);
         let ip = upstream.host.parse::<IpAddr>().ok();
         let target = UpstreamTarget {
             authority: authority(&upstream),
+            preserve_host: cfg.preserve_host,
+            headers,
             upstream,
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs),
@@ -116,6 +127,64 @@ impl UpstreamTarget {
     pub fn authority(&self) -> &str {
         &self.authority
     }
+
+    /// The upstream's origin, for recognising redirects back to it.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The `host` to send upstream for a client's request: the client's own
+    /// with `preserve_host` (when it sent a usable one), else the upstream's.
+    pub fn host_for<'r>(&'r self, client_req: &'r RequestHeader) -> &'r str {
+        if self.preserve_host
+            && let Some(host) = super::headers::client_host(client_req)
+        {
+            return host;
+        }
+        &self.authority
+    }
+
+    pub fn headers(&self) -> &UpstreamHeaders {
+        &self.headers
+    }
+}
+
+/// The configured `upstream_headers`: sent on every request to the upstream,
+/// over any header of the same name (in any case or `-`/`_` spelling), be it
+/// the client's or memgate's own. Values never show in Debug output.
+#[derive(Default)]
+pub struct UpstreamHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl UpstreamHeaders {
+    pub fn new(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        UpstreamHeaders(headers)
+    }
+
+    /// Replaces whatever `req` says under these names with the configured values.
+    pub fn apply(&self, req: &mut RequestHead) {
+        if self.0.is_empty() {
+            return;
+        }
+        req.remove_where(|line_name| {
+            let Ok(line_name) = std::str::from_utf8(line_name) else {
+                return false;
+            };
+            self.0
+                .iter()
+                .any(|(name, _)| super::headers::same_header(line_name, name.as_str()))
+        });
+        for (name, value) in &self.0 {
+            req.copy(name, value);
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, _)| (name.as_str(), "****")))
+            .finish()
+    }
 }
 
 fn authority(upstream: &Upstream) -> String {
@@ -144,6 +213,8 @@ mod tests {
             connect_timeout_secs: 2,
             read_timeout_secs: 3,
             forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: Default::default(),
         };
         UpstreamTarget::new("test.upstream", &cfg).unwrap()
     }
@@ -174,5 +245,71 @@ mod tests {
             &first.peer,
             &named.shared_peer().await.unwrap().peer
         ));
+    }
+
+    #[test]
+    fn configured_headers_replace_every_spelling_of_their_name() {
+        let headers = UpstreamHeaders::new(vec![
+            (
+                HeaderName::from_static("x-mcp-userid"),
+                HeaderValue::from_static("memgate-service"),
+            ),
+            (
+                HeaderName::from_static("x-api-key"),
+                HeaderValue::from_static("k"),
+            ),
+        ]);
+        let mut head = RequestHead::new(&http::Method::POST, "/mcp").unwrap();
+        for (name, value) in [
+            ("host", "mcp"),
+            ("x-mcp-userid", "alice"),
+            ("x_mcp_userid", "alice"),
+            ("x-memgate-scope", "alice"),
+        ] {
+            head.header(&HeaderName::from_static(name), value.as_bytes())
+                .unwrap();
+        }
+        headers.apply(&mut head);
+        let parsed = head.parsed();
+        let all = |n: &str| -> Vec<&str> {
+            parsed
+                .headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-mcp-userid"), ["memgate-service"]);
+        assert!(all("x_mcp_userid").is_empty());
+        assert_eq!(all("x-api-key"), ["k"]);
+        assert_eq!(all("x-memgate-scope"), ["alice"]);
+        assert_eq!(all("host"), ["mcp"]);
+        let debug = format!("{headers:?}");
+        assert!(
+            debug.contains("x-api-key") && !debug.contains("memgate-service"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn preserve_host_sends_the_client_s_host() {
+        let mut cfg = ListenerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: "http://mcp:8081".into(),
+            connect_timeout_secs: 2,
+            read_timeout_secs: 3,
+            forward_credentials: false,
+            preserve_host: false,
+            upstream_headers: Default::default(),
+        };
+        let mut req = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        req.insert_header("host", "gate.example:8080").unwrap();
+        let own = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
+        assert_eq!(own.host_for(&req), "mcp:8081");
+        cfg.preserve_host = true;
+        let kept = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
+        assert_eq!(kept.host_for(&req), "gate.example:8080");
+        let bare = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        assert_eq!(kept.host_for(&bare), "mcp:8081", "no Host: the upstream's");
     }
 }

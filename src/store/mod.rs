@@ -219,6 +219,21 @@ pub struct UserStats {
     pub last_audit_event: Option<DateTime<Utc>>,
 }
 
+/// A fresh SQLite store in a temporary folder (kept while the folder
+/// lives), migrated unless `migrated` is false, for unit tests.
+#[cfg(test)]
+pub async fn temporary(migrated: bool) -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let store = connect(&url, 2, Duration::from_secs(5))
+        .await
+        .expect("temporary store");
+    if migrated {
+        store.migrate().await.expect("migrations");
+    }
+    (dir, store)
+}
+
 /// Opens the store named by `database.url`.
 pub async fn connect(
     url: &str,

@@ -360,10 +360,14 @@ pub struct McpServer {
 
 impl McpServer {
     pub async fn start() -> McpServer {
+        McpServer::start_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// [`McpServer::start`] on a chosen address (one server per user on
+    /// 127.0.0.N, for templated upstreams).
+    pub async fn start_on(addr: SocketAddr) -> McpServer {
         let shared: Arc<Shared> = Arc::default();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind MCP server");
+        let listener = TcpListener::bind(addr).await.expect("bind MCP server");
         let addr = listener.local_addr().expect("addr");
         // memgate names itself in Host; the Origin check is memgate's job here.
         let config = StreamableHttpServerConfig::default()

@@ -17,10 +17,23 @@ use crate::policy::{Identity, Permissions, json};
 /// `user_id` in the query and anywhere in the JSON body that will be sent
 /// (`forward.body`, else the client's `client_body`) equals it, the list and
 /// delete-all queries carry it, and create/search bodies carry it (search in
-/// `filters` too). Admin-only and allow-listed routes are not rewritten and
-/// pass trivially.
+/// `filters` too), and the query holds only parameters mem0 defines for the
+/// route. Admin-only and allow-listed routes are not rewritten and pass
+/// otherwise.
 pub fn forwards_only_scope(forward: &Forward, client_body: Option<&[u8]>) -> bool {
     let scope = forward.scope.as_str();
+    if let Some(allowed) = forward.route.query_params() {
+        let Ok(query) = Query::parse(forward.query.as_deref().unwrap_or("")) else {
+            return false;
+        };
+        if query
+            .pairs()
+            .iter()
+            .any(|(key, _)| !allowed.contains(&key.as_str()))
+        {
+            return false;
+        }
+    }
     if matches!(
         forward.route,
         Route::AllowListed | Route::Reset | Route::Configure

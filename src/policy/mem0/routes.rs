@@ -72,6 +72,27 @@ impl Route {
         )
     }
 
+    /// The query parameters mem0's server reads on this route, the union of
+    /// its October 2025 (mem0ai 1.0) and 2026 (mem0ai 2.x) `server/main.py`;
+    /// any other is refused rather than passed to a server that might one
+    /// day read it (`filters`, say) without memgate's owner rules.
+    /// `None`: an allow-listed route, forwarded as sent.
+    pub fn query_params(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            Route::ListMemories => &["user_id", "agent_id", "run_id", "top_k", "show_expired"],
+            Route::DeleteAllMemories => &["user_id", "agent_id", "run_id"],
+            Route::CreateMemories
+            | Route::Search
+            | Route::GetMemory
+            | Route::UpdateMemory
+            | Route::DeleteMemory
+            | Route::MemoryHistory
+            | Route::Reset
+            | Route::Configure => &[],
+            Route::AllowListed => return None,
+        })
+    }
+
     pub(super) fn body_use(self) -> BodyUse {
         match self {
             Route::CreateMemories | Route::Search | Route::UpdateMemory | Route::Configure => {

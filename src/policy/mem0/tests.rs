@@ -573,7 +573,7 @@ fn delete_all_when_allowed_only_deletes_the_scope() {
 fn delete_all_without_any_selector_is_refused_even_for_admins() {
     let p = delete_all_allowed();
     for who in [alice(), root()] {
-        for query in [None, Some(""), Some("user_id="), Some("top_k=5")] {
+        for query in [None, Some(""), Some("user_id="), Some("agent_id=&run_id=")] {
             let deny = denied(decide_with(
                 &p,
                 &who,
@@ -726,35 +726,279 @@ fn awkward_scopes_are_encoded_so_they_round_trip() {
 }
 
 #[test]
-fn user_id_in_the_query_of_body_routes_is_checked_too() {
-    assert_eq!(
-        status(decide(
-            &alice(),
+fn routes_without_query_parameters_refuse_any_even_user_id() {
+    let search = Some(r#"{"query":"q"}"#);
+    for (method, path, body) in [
+        ("POST", "/search", search),
+        (
             "POST",
-            "/search",
-            Some("user_id=bob"),
-            Some(r#"{"query":"q"}"#)
-        )),
-        403
-    );
-    assert_eq!(
-        status(decide(
-            &alice(),
-            "GET",
-            "/memories/m1",
-            Some("user_id=bob"),
-            None
-        )),
-        403
-    );
+            "/memories",
+            Some(r#"{"messages":[{"role":"user","content":"hi"}]}"#),
+        ),
+        ("GET", "/memories/m1", None),
+        ("PUT", "/memories/m1", Some(r#"{"text":"t"}"#)),
+        ("DELETE", "/memories/m1", None),
+        ("GET", "/memories/m1/history", None),
+    ] {
+        for query in ["user_id=bob", "user_id=alice", "x=1", "filters=%7B%7D"] {
+            let deny = denied(decide(&alice(), method, path, Some(query), body));
+            assert_eq!(deny.status, 400, "{method} {path}?{query}");
+            assert!(
+                deny.message.contains("takes no query parameters"),
+                "{}",
+                deny.message
+            );
+        }
+        // An empty query is no parameter at all.
+        assert!(!matches!(
+            decide(&alice(), method, path, Some(""), body),
+            Decision::Deny(_)
+        ));
+    }
+    for path in ["/reset", "/configure"] {
+        let deny = denied(decide(&root(), "POST", path, Some("force=1"), Some("{}")));
+        assert_eq!(deny.status, 400, "{path}");
+    }
+}
+
+/// `GET /memories?filters=...` would let a mem0 that reads `filters` from
+/// the query (or a framework in front of it) pick the owner itself.
+#[test]
+fn list_and_delete_all_take_only_the_parameters_mem0_defines() {
     let f = forward(decide(
         &alice(),
-        "POST",
-        "/search",
-        Some("user_id=alice&x=1"),
-        Some(r#"{"query":"q"}"#),
+        "GET",
+        "/memories",
+        Some("user_id=alice&agent_id=a&run_id=r&top_k=5&show_expired=true"),
+        None,
     ));
-    assert_eq!(f.query.as_deref(), Some("user_id=alice&x=1"));
+    assert_eq!(
+        f.query.as_deref(),
+        Some("user_id=alice&agent_id=a&run_id=r&top_k=5&show_expired=true")
+    );
+    for query in [
+        r#"filters={"user_id":"bob"}"#,
+        "filters=%7B%22user_id%22%3A%22bob%22%7D",
+        "user_id=alice&limit=5",
+        "USER_ID=bob",
+        "user_id=alice&page=2",
+        "=x",
+    ] {
+        let deny = denied(decide(&alice(), "GET", "/memories", Some(query), None));
+        assert_eq!(deny.status, 400, "{query}");
+        assert!(
+            deny.message.contains("Unknown query parameter"),
+            "{query}: {}",
+            deny.message
+        );
+        assert!(
+            deny.message
+                .contains("user_id, agent_id, run_id, top_k, show_expired"),
+            "{}",
+            deny.message
+        );
+    }
+    let deny = denied(decide(
+        &alice(),
+        "GET",
+        "/memories",
+        Some("filters=x"),
+        None,
+    ));
+    assert_eq!(
+        deny.detail_json(),
+        r#"{"detail":"Unknown query parameter \"filters\": GET /memories takes only user_id, agent_id, run_id, top_k, show_expired"}"#
+    );
+    let p = delete_all_allowed();
+    let f = forward(decide_with(
+        &p,
+        &alice(),
+        "alice",
+        request("DELETE", "/memories", Some("agent_id=a&run_id=r"), None),
+    ));
+    assert_eq!(
+        f.query.as_deref(),
+        Some("agent_id=a&run_id=r&user_id=alice")
+    );
+    for query in [
+        "user_id=alice&top_k=5",
+        "user_id=alice&show_expired=true",
+        "user_id=alice&x",
+    ] {
+        let deny = denied(decide_with(
+            &p,
+            &alice(),
+            "alice",
+            request("DELETE", "/memories", Some(query), None),
+        ));
+        assert_eq!(deny.status, 400, "{query}");
+    }
+}
+
+/// The proxy asks before it reads a body; `authorise` agrees with it.
+#[test]
+fn the_query_is_judged_before_the_body_is_read() {
+    let policy = Mem0Policy {
+        allowed_routes: vec![("GET".to_owned(), "/docs".to_owned())],
+        ..Mem0Policy::default()
+    };
+    let check = |method: &str, path: &str, query: &str| {
+        let matched = policy.route(method, path).unwrap();
+        policy
+            .check_query(&matched, Some(query))
+            .map_err(|d| d.status)
+    };
+    assert_eq!(check("GET", "/memories", "user_id=alice&top_k=3"), Ok(()));
+    assert_eq!(check("GET", "/memories", ""), Ok(()));
+    assert_eq!(check("GET", "/memories", "filters=x"), Err(400));
+    assert_eq!(check("GET", "/memories", "user_id=a&user_id=b"), Err(400));
+    assert_eq!(check("POST", "/search", "top_k=3"), Err(400));
+    assert_eq!(check("GET", "/docs", "anything=1"), Ok(()));
+    assert_eq!(check("GET", "/docs", "_method=DELETE"), Err(400));
+    for (method, path, query) in [
+        ("GET", "/memories", "user_id=alice&top_k=3"),
+        ("GET", "/memories", "filters=x"),
+        ("POST", "/search", "top_k=3"),
+        ("GET", "/docs", "_method=DELETE"),
+    ] {
+        let body = (method == "POST").then_some(r#"{"query":"q"}"#);
+        let decided = decide_with(
+            &policy,
+            &alice(),
+            "alice",
+            request(method, path, Some(query), body),
+        );
+        assert_eq!(
+            check(method, path, query).is_err(),
+            matches!(decided, Decision::Deny(ref d) if d.status == 400),
+            "{method} {path}?{query}: {decided:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_parameter_names_are_shown_shortened() {
+    let long = "k".repeat(500);
+    let deny = denied(decide(
+        &alice(),
+        "GET",
+        "/memories",
+        Some(&format!("{long}=1")),
+        None,
+    ));
+    assert_eq!(deny.status, 400);
+    assert!(deny.message.len() < 300, "{}", deny.message);
+}
+
+#[test]
+fn the_method_parameter_is_refused_on_every_route() {
+    for (method, path, body) in [
+        ("GET", "/memories", None),
+        ("DELETE", "/memories", None),
+        ("GET", "/memories/m1", None),
+        ("POST", "/search", Some(r#"{"query":"q"}"#)),
+    ] {
+        for query in [
+            "_method=DELETE",
+            "user_id=alice&%5Fmethod=DELETE",
+            "_METHOD=put",
+        ] {
+            let deny = denied(decide(&root(), method, path, Some(query), body));
+            assert_eq!(deny.status, 400, "{method} {path}?{query}");
+            assert!(deny.message.contains("_method"), "{}", deny.message);
+        }
+    }
+    // Also where everything else is forwarded as sent.
+    let policy = Mem0Policy {
+        allowed_routes: vec![("*".to_owned(), "/docs".to_owned())],
+        ..Mem0Policy::default()
+    };
+    let deny = denied(decide_with(
+        &policy,
+        &alice(),
+        "alice",
+        request("GET", "/docs", Some("a=1;_method=DELETE"), None),
+    ));
+    assert_eq!(deny.status, 400);
+    let f = forward(decide_with(
+        &policy,
+        &alice(),
+        "alice",
+        request("GET", "/docs", Some("method=x&anything=goes"), None),
+    ));
+    assert_eq!(f.query.as_deref(), Some("method=x&anything=goes"));
+}
+
+/// mem0 2.x adds routes memgate has no owner rules for; they stay closed
+/// unless the operator opens them.
+#[test]
+fn mem0_2026_routes_are_404_unless_allow_listed() {
+    let routes = [
+        ("GET", "/entities"),
+        ("DELETE", "/entities/user/bob"),
+        ("GET", "/api-keys"),
+        ("POST", "/api-keys"),
+        ("DELETE", "/api-keys/k1"),
+        ("GET", "/auth/setup-status"),
+        ("POST", "/auth/register"),
+        ("POST", "/auth/login"),
+        ("POST", "/auth/refresh"),
+        ("GET", "/auth/me"),
+        ("PATCH", "/auth/me"),
+        ("POST", "/auth/change-password"),
+        ("POST", "/auth/onboarding-complete"),
+        ("GET", "/requests"),
+        ("GET", "/configure/providers"),
+        ("POST", "/generate-instructions"),
+    ];
+    for (method, path) in routes {
+        for who in [alice(), root()] {
+            let deny = denied(decide(&who, method, path, None, None));
+            assert_eq!(
+                (deny.status, deny.detail_json().as_str()),
+                (404, r#"{"detail":"Not Found"}"#),
+                "{method} {path}"
+            );
+        }
+    }
+    // GET /configure (2.x: the running configuration) is a known path with
+    // another method: 405.
+    assert_eq!(
+        status(decide(&root(), "GET", "/configure", None, None)),
+        405
+    );
+    let policy = Mem0Policy {
+        allowed_routes: vec![
+            ("GET".to_owned(), "/entities".to_owned()),
+            ("*".to_owned(), "/auth".to_owned()),
+        ],
+        ..Mem0Policy::default()
+    };
+    for (method, path) in [
+        ("GET", "/entities"),
+        ("POST", "/auth/login"),
+        ("GET", "/auth/me"),
+    ] {
+        let f = forward(decide_with(
+            &policy,
+            &alice(),
+            "alice",
+            request(method, path, Some("limit=5"), None),
+        ));
+        assert_eq!(
+            (f.route, f.query.as_deref()),
+            (Route::AllowListed, Some("limit=5"))
+        );
+    }
+    assert_eq!(
+        status(decide_with(
+            &policy,
+            &alice(),
+            "alice",
+            request("DELETE", "/entities/user/bob", None, None),
+        )),
+        404
+    );
 }
 
 #[test]

@@ -128,7 +128,7 @@ impl H1Session {
         // A request without a length or chunks has no body (RFC 9112 §6.3).
         self.body = match parsed.framing {
             Framing::UntilClose => BodyReader::Done,
-            framing => BodyReader::of(framing),
+            framing => BodyReader::of_request(framing),
         };
         self.keepalive = parsed.keep_alive.then_some(0);
         self.req = Some(RequestHeader::from(parsed.parts));
