@@ -1,6 +1,6 @@
 //! The official MCP client SDKs keep their session after memgate refuses a
-//! call (DESIGN.md §5: once the caller is authenticated, a refusal is a
-//! JSON-RPC error carrying the request's id in a 200 answer). Each client —
+//! call (once the caller is authenticated, memgate answers a refusal with a
+//! JSON-RPC error carrying the request's id in a 200). Each client —
 //! the MCP Python SDK 1.x and 2.x, the TypeScript SDK (child processes
 //! running `tests/clients/`, see `support::sdk`) and rmcp — makes three calls
 //! memgate refuses in-band, then two allowed ones in the same session; the
