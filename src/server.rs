@@ -369,7 +369,9 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
         if ticks % 60 == 1 {
             shared.limits.housekeeping();
             if retention_days > 0 {
-                let before = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+                let before = chrono::Duration::try_days(i64::from(retention_days))
+                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
                 match store.prune_audit(before).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "pruned old audit events"),

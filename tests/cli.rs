@@ -6,10 +6,30 @@ mod support;
 use serde_json::Value;
 use support::*;
 
+/// A config for `db`, whose store is created (only `migrate` and `serve` may).
 fn config_for(db: &TestDb, dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
+    ok(&cli(&path, &["migrate"]));
     path
+}
+
+/// `memgate args…` in `dir` with no config file named and none of the
+/// environment's `MEMGATE_*` settings, plus `env`.
+fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MEMGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +219,7 @@ fn bad_input_exits_non_zero_with_a_reason() {
         ),
     )
     .unwrap();
+    ok(&cli(&path, &["migrate"]));
     assert!(
         err(&cli(
             &path,
@@ -252,6 +273,68 @@ fn check_config_masks_secrets_and_reports_overrides() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("memgate:****@db"));
     assert!(text.contains("upstream = \"http://mem0:8000\""));
+}
+
+#[test]
+fn memgate_variables_that_are_not_overrides_do_not_stop_memgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(
+        dir.path(),
+        &["check-config"],
+        &[
+            ("MEMGATE_TEST_PG", "postgres://postgres@127.0.0.1:5432"),
+            ("MEMGATE_MEM0_UPSTREAM", "http://mem0:9"),
+        ],
+    );
+    let text = ok(&out);
+    assert!(!text.contains("mem0:9"), "a near-miss is not applied: {text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MEMGATE_MEM0_UPSTREAM") && stderr.contains("MEMGATE_MEM0__UPSTREAM"),
+        "a near-miss is warned about, with the right name: {stderr}"
+    );
+    assert!(!stderr.contains("MEMGATE_TEST_PG"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_serve_and_migrate_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = dir.path().join("memgate.db");
+    for args in [
+        &["token", "list"][..],
+        &["token", "create", "--user-id", "alice"],
+        &["audit"],
+        &["stats", "alice"],
+        &["user", "export", "--user-id", "alice"],
+    ] {
+        let message = err(&run_in(dir.path(), args, &[]));
+        assert!(
+            message.contains("no store at sqlite://memgate.db")
+                && message.contains("memgate migrate")
+                && message.trim().lines().count() == 1,
+            "{args:?}: {message}"
+        );
+        assert!(!db_file.exists(), "{args:?} created the store");
+    }
+    ok(&run_in(dir.path(), &["check-config"], &[]));
+    assert!(!db_file.exists(), "check-config opened the store");
+    ok(&run_in(dir.path(), &["migrate"], &[]));
+    assert!(db_file.exists());
+    assert_eq!(ok(&run_in(dir.path(), &["token", "list"], &[])).trim(), "No tokens.");
+
+    // A PostgreSQL database without memgate's tables is not a store either
+    // (and the password in its URL is not shown).
+    let pg = TestDb::new(Backend::Postgres).await;
+    let url = pg.url.replacen("postgres@", "postgres:hunter2@", 1);
+    let env = [("MEMGATE_DATABASE__URL", url.as_str())];
+    let message = err(&run_in(dir.path(), &["token", "list"], &env));
+    assert!(
+        message.contains("no store at") && message.contains("memgate migrate"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2") && message.contains("****"), "{message}");
+    ok(&run_in(dir.path(), &["migrate"], &env));
+    ok(&run_in(dir.path(), &["token", "list"], &env));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

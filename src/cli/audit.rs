@@ -11,8 +11,8 @@ use crate::store::{AuditFilter, Store, TokenStatus};
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// How many days back to look
-    #[arg(long, default_value_t = 7)]
+    /// How many days back to look (at most 36500)
+    #[arg(long, default_value_t = 7, value_parser = super::parse_days)]
     pub days: u32,
     #[arg(long)]
     pub user_id: Option<String>,
@@ -53,7 +53,7 @@ pub(crate) fn event_json(e: &AuditEvent) -> Value {
 
 pub async fn audit(store: &dyn Store, args: AuditArgs) -> anyhow::Result<String> {
     let filter = AuditFilter {
-        since: Utc::now() - Duration::days(i64::from(args.days)),
+        since: super::days_after(Utc::now(), -i64::from(args.days), "--days")?,
         user_id: args.user_id,
         event: args.event,
         limit: i64::from(args.limit),
