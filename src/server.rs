@@ -91,6 +91,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     background.block_on(store.migrate())?;
+    tracing::info!(store = %crate::config::mask_url_password(&db.url), "store ready");
     let auth = Arc::new(Authenticator::new(store.clone(), &config.auth));
     background.spawn(
         auth.clone()

@@ -229,7 +229,16 @@ mod tests {
                     token::expiry(expires_days, now).unwrap();
                 }
                 if let Ok(Cli { command: Command::Audit(args), .. }) = parse(&["audit", "--days", &text]) {
-                    days_after(now, -i64::from(args.days), "--days").unwrap();
+                    audit::window(&args, now).unwrap();
+                }
+                for unit in ["s", "m", "h", "d", "w"] {
+                    let age = format!("{text}{unit}");
+                    for flag in ["--since", "--until"] {
+                        if let Ok(Cli { command: Command::Audit(args), .. }) = parse(&["audit", flag, &age]) {
+                            // An --until before the default window is refused, not a panic.
+                            let _ = audit::window(&args, now);
+                        }
+                    }
                 }
                 for flag in ["--limit", "--rate-limit"] {
                     let _ = parse(&["audit", flag, &text]);

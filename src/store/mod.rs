@@ -204,13 +204,18 @@ pub trait Store: Send + Sync + 'static {
     async fn watch_changes(&self, on_change: ChangeHandler, poll: Duration);
 }
 
-/// Which audit events `audit_events` returns, oldest first.
+/// Which audit events `audit_events` returns, and in which order.
 #[derive(Clone, Debug)]
 pub struct AuditFilter {
+    /// Events at or after this time.
     pub since: DateTime<Utc>,
+    /// Events before this time (all when `None`).
+    pub until: Option<DateTime<Utc>>,
     pub user_id: Option<String>,
     pub event: Option<String>,
+    /// At most this many: the newest ones when `newest_first`, else the oldest.
     pub limit: i64,
+    pub newest_first: bool,
 }
 
 /// Activity of one user, from the audit trail.
