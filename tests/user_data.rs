@@ -380,6 +380,7 @@ async fn an_unreachable_mem0_fails_the_command_and_changes_nothing() {
         ),
     )
     .unwrap();
+    ok(&cli(&config, &["migrate"]));
     ok(&cli(&config, &["token", "create", "--user-id", "alice"]));
     let e = err(&cli(&config, &["user", "export", "--user-id", "alice"]));
     assert!(e.starts_with("error: ") && e.contains("mem0"), "{e}");
@@ -546,6 +547,7 @@ fn cli_config(dir: &std::path::Path, db: &TestDb, mem0: &Mem0) -> std::path::Pat
         ),
     )
     .unwrap();
+    ok(&cli(&config, &["migrate"]));
     config
 }
 
