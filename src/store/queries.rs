@@ -157,22 +157,22 @@ macro_rules! impl_store {
         }
 
         async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-            macro_rules! select_audit {
-                ($order:literal) => {
-                    concat!(
-                        "SELECT ",
-                        audit_columns!(),
-                        " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
-                         AND ($3 IS NULL OR event = $3) AND ($5 IS NULL OR time < $5) ORDER BY ",
-                        $order,
-                        " LIMIT $4"
-                    )
-                };
-            }
             let query = if filter.newest_first {
-                select_audit!("time DESC, id DESC")
+                concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
+                     AND ($3 IS NULL OR event = $3) AND ($5 IS NULL OR time < $5) \
+                     ORDER BY time DESC, id DESC LIMIT $4"
+                )
             } else {
-                select_audit!("time, id")
+                concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
+                     AND ($3 IS NULL OR event = $3) AND ($5 IS NULL OR time < $5) \
+                     ORDER BY time, id LIMIT $4"
+                )
             };
             let r = sqlx::query_as::<_, AuditEvent>(query)
             .bind(filter.since)
