@@ -1385,7 +1385,8 @@ mod tests {
                 "pw-q",
                 "postgres://db/m?user=u&password=****&sslmode=require",
             ),
-            ("http://:pw-t@mcp-{scope}:8080", "pw-t", "http://****@mcp-{scope}:8080"),
+            ("http://:pw-t@mcp-{scope}:8080", "pw-t", "http://:****@mcp-{scope}:8080/"),
+            ("postgres://u:pw-x@h:5432:1/db", "pw-x", "postgres://****@h:5432:1/db"),
         ] {
             let masked = mask_url_password(url);
             assert!(!masked.contains(secret), "{masked}");
