@@ -1177,7 +1177,11 @@ pub fn mask_url_password(text: &str) -> String {
         );
         masked = true;
     }
-    if masked { url.to_string() } else { text.to_string() }
+    if masked {
+        url.to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -1345,9 +1349,15 @@ mod tests {
         assert_eq!(c.auth.cache_ttl_secs, Config::default().auth.cache_ttl_secs);
         let warnings = near_miss_overrides(&vars);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("MEMGATE_MEM0_UPSTREAM") && warnings[0].contains("MEMGATE_MEM0__UPSTREAM"));
+        assert!(
+            warnings[0].contains("MEMGATE_MEM0_UPSTREAM")
+                && warnings[0].contains("MEMGATE_MEM0__UPSTREAM")
+        );
         assert!(warnings[1].contains("MEMGATE_AUTH__CACHE_TTL_SECS"));
-        assert!(warnings.iter().all(|w| !w.contains("mem0:9")), "values may be secrets");
+        assert!(
+            warnings.iter().all(|w| !w.contains("mem0:9")),
+            "values may be secrets"
+        );
         // A SECTION__KEY name is an override, so a wrong key still stops memgate.
         assert!(from_parts(None, "f", &env(&[("MEMGATE_AUTH__NOPE", "1")])).is_err());
     }
@@ -1355,9 +1365,18 @@ mod tests {
     #[test]
     fn time_spans_are_bounded_to_a_hundred_years() {
         for (text, key) in [
-            ("[audit]\nretention_days = 4294967295", "audit.retention_days"),
-            ("[mcp]\nsession_idle_secs = 9000000000000000", "mcp.session_idle_secs"),
-            ("[redis]\ntimeout_ms = 9000000000000000000", "redis.timeout_ms"),
+            (
+                "[audit]\nretention_days = 4294967295",
+                "audit.retention_days",
+            ),
+            (
+                "[mcp]\nsession_idle_secs = 9000000000000000",
+                "mcp.session_idle_secs",
+            ),
+            (
+                "[redis]\ntimeout_ms = 9000000000000000000",
+                "redis.timeout_ms",
+            ),
         ] {
             let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains("100 years"), "{err}");
@@ -1378,28 +1397,47 @@ mod tests {
     #[test]
     fn masks_every_credential_in_urls() {
         for (url, secret, shown) in [
-            ("redis://:pw-r1@redis:6379/0", "pw-r1", "redis://:****@redis:6379/0"),
+            (
+                "redis://:pw-r1@redis:6379/0",
+                "pw-r1",
+                "redis://:****@redis:6379/0",
+            ),
             ("redis://u:pw-r2@redis", "pw-r2", "redis://u:****@redis"),
             (
                 "postgres://db/m?user=u&password=pw-q&sslmode=require",
                 "pw-q",
                 "postgres://db/m?user=u&password=****&sslmode=require",
             ),
-            ("http://:pw-t@mcp-{scope}:8080", "pw-t", "http://:****@mcp-{scope}:8080/"),
-            ("postgres://u:pw-x@h:5432:1/db", "pw-x", "postgres://****@h:5432:1/db"),
+            (
+                "http://:pw-t@mcp-{scope}:8080",
+                "pw-t",
+                "http://:****@mcp-{scope}:8080/",
+            ),
+            (
+                "postgres://u:pw-x@h:5432:1/db",
+                "pw-x",
+                "postgres://****@h:5432:1/db",
+            ),
         ] {
             let masked = mask_url_password(url);
             assert!(!masked.contains(secret), "{masked}");
             assert_eq!(masked, shown);
         }
-        for plain in ["sqlite://memgate.db?mode=rwc", "redis://127.0.0.1:6379", "http://mem0:8000"] {
+        for plain in [
+            "sqlite://memgate.db?mode=rwc",
+            "redis://127.0.0.1:6379",
+            "http://mem0:8000",
+        ] {
             assert_eq!(mask_url_password(plain), plain);
         }
         let mut c = Config::default();
         c.redis.url = "redis://:pw-redis@redis:6379/0".into();
         c.database.url = "postgres://db/m?password=pw-db".into();
         let shown = c.to_masked_toml();
-        assert!(!shown.contains("pw-redis") && !shown.contains("pw-db"), "{shown}");
+        assert!(
+            !shown.contains("pw-redis") && !shown.contains("pw-db"),
+            "{shown}"
+        );
     }
 
     #[test]

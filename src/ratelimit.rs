@@ -122,11 +122,11 @@ impl RateLimits {
                         "per-token limits are shared through Redis"
                     );
                     Some(RedisLimits {
-                    client,
-                    connection: tokio::sync::OnceCell::new(),
-                    script: redis::Script::new(GCRA),
-                    timeout: Duration::from_millis(redis.timeout_ms),
-                    last_warning: AtomicU64::new(0),
+                        client,
+                        connection: tokio::sync::OnceCell::new(),
+                        script: redis::Script::new(GCRA),
+                        timeout: Duration::from_millis(redis.timeout_ms),
+                        last_warning: AtomicU64::new(0),
                     })
                 }
                 Err(e) => {

@@ -8,7 +8,10 @@ use std::process::Command;
 fn alert_rules_pass_their_promtool_unit_tests() {
     let root = env!("CARGO_MANIFEST_DIR");
     let tests = format!("{root}/deploy/prometheus/alerts.test.yml");
-    let out = match Command::new("promtool").args(["test", "rules", &tests]).output() {
+    let out = match Command::new("promtool")
+        .args(["test", "rules", &tests])
+        .output()
+    {
         Ok(out) => out,
         Err(e) => {
             assert!(

@@ -287,7 +287,10 @@ fn memgate_variables_that_are_not_overrides_do_not_stop_memgate() {
         ],
     );
     let text = ok(&out);
-    assert!(!text.contains("mem0:9"), "a near-miss is not applied: {text}");
+    assert!(
+        !text.contains("mem0:9"),
+        "a near-miss is not applied: {text}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("MEMGATE_MEM0_UPSTREAM") && stderr.contains("MEMGATE_MEM0__UPSTREAM"),
@@ -320,7 +323,10 @@ async fn only_serve_and_migrate_create_a_store() {
     assert!(!db_file.exists(), "check-config opened the store");
     ok(&run_in(dir.path(), &["migrate"], &[]));
     assert!(db_file.exists());
-    assert_eq!(ok(&run_in(dir.path(), &["token", "list"], &[])).trim(), "No tokens.");
+    assert_eq!(
+        ok(&run_in(dir.path(), &["token", "list"], &[])).trim(),
+        "No tokens."
+    );
 
     // A PostgreSQL database without memgate's tables is not a store either
     // (and the password in its URL is not shown).
@@ -332,7 +338,10 @@ async fn only_serve_and_migrate_create_a_store() {
         message.contains("no store at") && message.contains("memgate migrate"),
         "{message}"
     );
-    assert!(!message.contains("hunter2") && message.contains("****"), "{message}");
+    assert!(
+        !message.contains("hunter2") && message.contains("****"),
+        "{message}"
+    );
     ok(&run_in(dir.path(), &["migrate"], &env));
     ok(&run_in(dir.path(), &["token", "list"], &env));
 }
@@ -374,7 +383,10 @@ async fn audit_shows_the_newest_events_and_says_when_rows_were_cut() {
         );
         let (shown, note) = reasons(&[]);
         assert_eq!(shown, ["h1", "h2", "h3", "h4", "h5"], "{backend:?}");
-        assert!(!note.contains("showing"), "{backend:?}: nothing was cut: {note}");
+        assert!(
+            !note.contains("showing"),
+            "{backend:?}: nothing was cut: {note}"
+        );
         let (shown, _) = reasons(&["--limit", "2", "--oldest-first"]);
         assert_eq!(shown, ["h5", "h4"], "{backend:?}");
         let (shown, note) = reasons(&["--since", "150m"]);
@@ -390,7 +402,13 @@ async fn audit_shows_the_newest_events_and_says_when_rows_were_cut() {
 }
 
 /// Secrets that must never appear in anything memgate prints or logs.
-const SECRETS: [&str; 5] = ["redis-pw-1", "db-pw-1", "db-pw-2", "hdr-secret-1", "key-secret-1"];
+const SECRETS: [&str; 5] = [
+    "redis-pw-1",
+    "db-pw-1",
+    "db-pw-2",
+    "hdr-secret-1",
+    "key-secret-1",
+];
 
 fn assert_masked(what: &str, out: &std::process::Output) {
     let text = format!(
@@ -407,8 +425,16 @@ fn assert_masked(what: &str, out: &std::process::Output) {
 async fn credentials_are_masked_wherever_they_are_printed_or_logged() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot-a-cert\n-----END CERTIFICATE-----\n").unwrap();
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nkey-secret-1\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot-a-cert\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nkey-secret-1\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("config.toml"),
         "[mem0]\nupstream_headers = { \"X-API-Key\" = \"hdr-secret-1\" }\n",
@@ -431,7 +457,10 @@ async fn credentials_are_masked_wherever_they_are_printed_or_logged() {
 
     let out = run_in(dir.path(), &["check-config"], &env);
     let text = ok(&out);
-    assert!(text.contains("redis://:****@127.0.0.1") && text.contains("u:****@127.0.0.1"), "{text}");
+    assert!(
+        text.contains("redis://:****@127.0.0.1") && text.contains("u:****@127.0.0.1"),
+        "{text}"
+    );
     assert!(text.contains("password=****"), "{text}");
     assert_masked("check-config", &out);
 
@@ -463,7 +492,8 @@ async fn credentials_are_masked_wherever_they_are_printed_or_logged() {
         &db.url.replacen("postgres@", "postgres:db-pw-1@", 1),
         &upstream.url(),
     );
-    cfg.rate_limit = "backend = \"redis\"\nper_token_rps = 100\nfailed_auth_per_ip_per_min = 1000000".into();
+    cfg.rate_limit =
+        "backend = \"redis\"\nper_token_rps = 100\nfailed_auth_per_ip_per_min = 1000000".into();
     cfg.extra = format!("[redis]\nurl = {redis:?}\ntimeout_ms = 200\n");
     let gate = Memgate::start(cfg).await;
     let token = gate.create_token("alice", &[]);
@@ -476,7 +506,10 @@ async fn credentials_are_masked_wherever_they_are_printed_or_logged() {
         .status();
     assert_eq!(status, 200, "local limits when Redis is down");
     let log = gate.log();
-    assert!(log.contains("store ready") && log.contains("postgres:****@"), "{log}");
+    assert!(
+        log.contains("store ready") && log.contains("postgres:****@"),
+        "{log}"
+    );
     assert!(log.contains("redis://:****@127.0.0.1"), "{log}");
     assert!(log.contains("Redis unreachable"), "{log}");
     for secret in SECRETS {

@@ -47,7 +47,9 @@ impl When {
         match self {
             When::At(t) => t,
             // Ages are at most 100 years (see `parse_when`), so this stays a date.
-            When::Ago(age) => now.checked_sub_signed(age).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            When::Ago(age) => now
+                .checked_sub_signed(age)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
         }
     }
 }
@@ -59,7 +61,9 @@ pub(crate) fn parse_when(text: &str) -> Result<When, String> {
         return Ok(When::At(t.with_timezone(&Utc)));
     }
     let wrong = || {
-        format!("{text:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor an age like 30m, 2h or 7d")
+        format!(
+            "{text:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor an age like 30m, 2h or 7d"
+        )
     };
     let unit = text.chars().last().ok_or_else(wrong)?;
     let unit_secs: u64 = match unit {
@@ -143,7 +147,11 @@ pub async fn audit(store: &dyn Store, args: AuditArgs) -> anyhow::Result<String>
     let mut events = store.audit_events(&filter).await?;
     if events.len() as i64 > limit {
         events.truncate(args.limit as usize);
-        let which = if args.oldest_first { "oldest" } else { "newest" };
+        let which = if args.oldest_first {
+            "oldest"
+        } else {
+            "newest"
+        };
         eprintln!(
             "note: showing the {which} {limit} of at least {} events; use --limit or --since",
             limit + 1
@@ -233,13 +241,26 @@ mod tests {
     fn times_are_rfc_3339_or_ages() {
         let now = Utc::now();
         assert_eq!(parse_when("2h").unwrap().at(now), now - Duration::hours(2));
-        assert_eq!(parse_when("30m").unwrap().at(now), now - Duration::minutes(30));
+        assert_eq!(
+            parse_when("30m").unwrap().at(now),
+            now - Duration::minutes(30)
+        );
         assert_eq!(parse_when("7d").unwrap().at(now), now - Duration::days(7));
         assert_eq!(
             parse_when("2026-01-31T12:00:00+01:00").unwrap().at(now),
             DateTime::parse_from_rfc3339("2026-01-31T11:00:00Z").unwrap()
         );
-        for bad in ["", "h", "2", "-2h", "2y", "1.5h", "36501d", "18446744073709551615w", "2026-01-31"] {
+        for bad in [
+            "",
+            "h",
+            "2",
+            "-2h",
+            "2y",
+            "1.5h",
+            "36501d",
+            "18446744073709551615w",
+            "2026-01-31",
+        ] {
             assert!(parse_when(bad).is_err(), "{bad:?}");
         }
         assert!(parse_when("36500d").is_ok());

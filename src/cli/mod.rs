@@ -201,8 +201,22 @@ mod tests {
     #[test]
     fn day_counts_past_a_hundred_years_are_refused_with_a_reason() {
         for args in [
-            &["token", "create", "--user-id", "a", "--expires-days", "4294967295"][..],
-            &["token", "create", "--user-id", "a", "--expires-days", "3000000"],
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "a",
+                "--expires-days",
+                "4294967295",
+            ][..],
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "a",
+                "--expires-days",
+                "3000000",
+            ],
             &["token", "rotate", "mcp_AAAAAAAA", "--expires-days", "36501"],
             &["audit", "--days", "4294967295"],
         ] {

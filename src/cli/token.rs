@@ -399,6 +399,9 @@ mod tests {
     fn expiry_zero_means_never() {
         let now = Utc::now();
         assert_eq!(expiry(0, now).unwrap(), None);
-        assert_eq!(expiry(365, now).unwrap(), Some(now + chrono::Duration::days(365)));
+        assert_eq!(
+            expiry(365, now).unwrap(),
+            Some(now + chrono::Duration::days(365))
+        );
     }
 }
