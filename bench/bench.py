@@ -417,6 +417,8 @@ class Memgate:
             extra,
         ]
         self.cfg.write_text("\n".join(lines) + "\n")
+        # Tokens are created before `serve` starts; only migrate creates a store.
+        self.cli("migrate")
         self.proc = None
         self.token = None
 

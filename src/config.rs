@@ -676,6 +676,9 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
         }
     };
     let config = from_parts(text.as_deref(), &path.display().to_string(), &env_vars)?;
+    for warning in near_miss_overrides(&env_vars) {
+        tracing::warn!("{warning}");
+    }
     Ok(Loaded {
         config,
         file: text.map(|_| path),
@@ -703,6 +706,7 @@ pub fn from_parts(
         overlay(&mut table, file);
     }
     apply_env(&mut table, &defaults, env_vars)?;
+    check_spans(&table)?;
     let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
     config.validate()?;
@@ -723,11 +727,10 @@ fn apply_env(
         if rest == "CONFIG" || rest == "LOG" {
             continue;
         }
+        // Other tools (the test suite, bench scripts) use MEMGATE_* names of their
+        // own; only the SECTION__KEY shape is claimed as an override.
         let Some((section, key)) = rest.split_once("__") else {
-            return Err(invalid(
-                name,
-                "expected MEMGATE_SECTION__KEY (two underscores between section and key)",
-            ));
+            continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let Some(default) = defaults
@@ -765,6 +768,82 @@ fn apply_env(
         section_table.insert(key, typed);
     }
     Ok(())
+}
+
+/// The longest time span a config key may give: 100 years. Spans are added
+/// to and subtracted from the clock; bounding them here keeps that
+/// arithmetic from overflowing whatever the operator writes.
+const MAX_SPAN_SECS: i64 = 36_500 * 86_400;
+
+/// Every `*_secs`, `*_ms` and `*_days` key is at most [`MAX_SPAN_SECS`] long.
+fn check_spans(table: &toml::Table) -> Result<(), ConfigError> {
+    for (section, keys) in table {
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
+        for (key, value) in keys {
+            let Some(n) = value.as_integer() else {
+                continue;
+            };
+            let max = if key.ends_with("_secs") {
+                MAX_SPAN_SECS
+            } else if key.ends_with("_ms") {
+                MAX_SPAN_SECS * 1000
+            } else if key.ends_with("_days") {
+                MAX_SPAN_SECS / 86_400
+            } else {
+                continue;
+            };
+            if n > max {
+                return Err(invalid(
+                    format!("{section}.{key}"),
+                    format!("{n} is longer than 100 years; give at most {max}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `MEMGATE_*` names that are not overrides but would be with two underscores
+/// between section and key (`MEMGATE_MEM0_UPSTREAM`), one warning each:
+/// such a variable is ignored, and the operator most likely meant it.
+pub fn near_miss_overrides(env_vars: &[(String, String)]) -> Vec<String> {
+    let Ok(defaults) = toml::Table::try_from(Config::default()) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    for (name, _) in env_vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if rest.contains("__") {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        for (section, keys) in &defaults {
+            let Some(keys) = keys.as_table() else {
+                continue;
+            };
+            let Some(key) = rest
+                .strip_prefix(section.as_str())
+                .and_then(|k| k.strip_prefix('_'))
+            else {
+                continue;
+            };
+            if keys.contains_key(key) {
+                let fixed = format!(
+                    "{ENV_PREFIX}{}__{}",
+                    section.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                );
+                warnings.push(format!(
+                    "{name} is ignored: not a config override; to set {section}.{key}, name it {fixed}"
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// Merges `top` into `base`, table by table.
@@ -1048,7 +1127,14 @@ impl Config {
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.database.url = mask_url_password(&shown.database.url);
+        for url in [
+            &mut shown.database.url,
+            &mut shown.redis.url,
+            &mut shown.mcp.upstream,
+            &mut shown.mem0.upstream,
+        ] {
+            *url = mask_url_password(url);
+        }
         for specs in [
             &mut shown.mcp.upstream_headers,
             &mut shown.mem0.upstream_headers,
@@ -1063,14 +1149,38 @@ impl Config {
     }
 }
 
-/// Replaces the password of a URL (`postgres://u:secret@h/db`) with `****`.
+/// Replaces the credentials in a URL with `****`: the password of its user
+/// info (`postgres://u:secret@h/db`, `redis://:secret@h`) and query
+/// parameters such as `?password=secret`, which PostgreSQL URLs accept.
 pub fn mask_url_password(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("****"));
-            url.to_string()
-        }
-        _ => text.to_string(),
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    let Ok(mut url) = url::Url::parse(text) else {
+        // Not a URL the parser accepts (a template, a typo): whatever sits
+        // between the scheme and an `@` may be a password.
+        return match (text.find("://"), text.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme + 3 => {
+                format!("{}****{}", &text[..scheme + 3], &text[at..])
+            }
+            _ => text.to_string(),
+        };
+    };
+    let mut masked = false;
+    if url.password().is_some() {
+        masked = url.set_password(Some("****")).is_ok();
+    }
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    if pairs.iter().any(|(key, _)| secret(key)) {
+        url.query_pairs_mut().clear().extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if secret(k) { "****" } else { v.as_str() })),
+        );
+        masked = true;
+    }
+    if masked {
+        url.to_string()
+    } else {
+        text.to_string()
     }
 }
 
@@ -1227,12 +1337,107 @@ mod tests {
     }
 
     #[test]
+    fn other_memgate_variables_are_not_overrides_and_near_misses_are_named() {
+        let vars = env(&[
+            ("MEMGATE_TEST_PG", "postgres://postgres@127.0.0.1:5432"),
+            ("MEMGATE_BIN", "/x/memgate"),
+            ("MEMGATE_MEM0_UPSTREAM", "http://mem0:9"),
+            ("MEMGATE_AUTH_CACHE_TTL_SECS", "7"),
+        ]);
+        let c = from_parts(None, "f", &vars).unwrap();
+        assert_eq!(c.mem0.upstream, Config::default().mem0.upstream);
+        assert_eq!(c.auth.cache_ttl_secs, Config::default().auth.cache_ttl_secs);
+        let warnings = near_miss_overrides(&vars);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("MEMGATE_MEM0_UPSTREAM")
+                && warnings[0].contains("MEMGATE_MEM0__UPSTREAM")
+        );
+        assert!(warnings[1].contains("MEMGATE_AUTH__CACHE_TTL_SECS"));
+        assert!(
+            warnings.iter().all(|w| !w.contains("mem0:9")),
+            "values may be secrets"
+        );
+        // A SECTION__KEY name is an override, so a wrong key still stops memgate.
+        assert!(from_parts(None, "f", &env(&[("MEMGATE_AUTH__NOPE", "1")])).is_err());
+    }
+
+    #[test]
+    fn time_spans_are_bounded_to_a_hundred_years() {
+        for (text, key) in [
+            (
+                "[audit]\nretention_days = 4294967295",
+                "audit.retention_days",
+            ),
+            (
+                "[mcp]\nsession_idle_secs = 9000000000000000",
+                "mcp.session_idle_secs",
+            ),
+            (
+                "[redis]\ntimeout_ms = 9000000000000000000",
+                "redis.timeout_ms",
+            ),
+        ] {
+            let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("100 years"), "{err}");
+        }
+        let c = from_parts(Some("[audit]\nretention_days = 36500"), "f", &[]).unwrap();
+        assert_eq!(c.audit.retention_days, 36_500);
+    }
+
+    #[test]
     fn masks_database_password() {
         let mut c = Config::default();
         c.database.url = "postgres://memgate:s3cret@db:5432/memgate".into();
         let shown = c.to_masked_toml();
         assert!(!shown.contains("s3cret"));
         assert!(shown.contains("memgate:****@db"));
+    }
+
+    #[test]
+    fn masks_every_credential_in_urls() {
+        for (url, secret, shown) in [
+            (
+                "redis://:pw-r1@redis:6379/0",
+                "pw-r1",
+                "redis://:****@redis:6379/0",
+            ),
+            ("redis://u:pw-r2@redis", "pw-r2", "redis://u:****@redis"),
+            (
+                "postgres://db/m?user=u&password=pw-q&sslmode=require",
+                "pw-q",
+                "postgres://db/m?user=u&password=****&sslmode=require",
+            ),
+            (
+                "http://:pw-t@mcp-{scope}:8080",
+                "pw-t",
+                "http://:****@mcp-{scope}:8080/",
+            ),
+            (
+                "postgres://u:pw-x@h:5432:1/db",
+                "pw-x",
+                "postgres://****@h:5432:1/db",
+            ),
+        ] {
+            let masked = mask_url_password(url);
+            assert!(!masked.contains(secret), "{masked}");
+            assert_eq!(masked, shown);
+        }
+        for plain in [
+            "sqlite://memgate.db?mode=rwc",
+            "redis://127.0.0.1:6379",
+            "http://mem0:8000",
+        ] {
+            assert_eq!(mask_url_password(plain), plain);
+        }
+        let mut c = Config::default();
+        c.redis.url = "redis://:pw-redis@redis:6379/0".into();
+        c.database.url = "postgres://db/m?password=pw-db".into();
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("pw-redis") && !shown.contains("pw-db"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -49,23 +49,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // pingora builds its own runtimes, so serve must not run inside one.
         Command::Serve => memgate::server::run(config),
         Command::Migrate => one_shot(async move {
-            cli::open_store(&config).await?;
+            cli::open_store(&config, cli::Open::CreateIfMissing).await?;
             Ok("Migrations applied.".to_string())
         }),
         Command::Token(cmd) => one_shot(async move {
-            let store = cli::open_store(&config).await?;
+            let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::token::run(store.as_ref(), cmd).await
         }),
         Command::Audit(args) => one_shot(async move {
-            let store = cli::open_store(&config).await?;
+            let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::audit::audit(store.as_ref(), args).await
         }),
         Command::Stats(args) => one_shot(async move {
-            let store = cli::open_store(&config).await?;
+            let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::audit::stats(store.as_ref(), args).await
         }),
         Command::User(cmd) => one_shot(async move {
-            let store = cli::open_store(&config).await?;
+            let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::user::run(store.as_ref(), &config, cmd).await
         }),
     }

@@ -116,13 +116,19 @@ impl RateLimits {
         let redis = match cfg.backend {
             RateLimitBackend::Local => None,
             RateLimitBackend::Redis => match redis::Client::open(redis.url.as_str()) {
-                Ok(client) => Some(RedisLimits {
-                    client,
-                    connection: tokio::sync::OnceCell::new(),
-                    script: redis::Script::new(GCRA),
-                    timeout: Duration::from_millis(redis.timeout_ms),
-                    last_warning: AtomicU64::new(0),
-                }),
+                Ok(client) => {
+                    tracing::info!(
+                        redis = %crate::config::mask_url_password(&redis.url),
+                        "per-token limits are shared through Redis"
+                    );
+                    Some(RedisLimits {
+                        client,
+                        connection: tokio::sync::OnceCell::new(),
+                        script: redis::Script::new(GCRA),
+                        timeout: Duration::from_millis(redis.timeout_ms),
+                        last_warning: AtomicU64::new(0),
+                    })
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "redis.url is unusable; per-token limits are local");
                     None

@@ -91,6 +91,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     background.block_on(store.migrate())?;
+    tracing::info!(store = %crate::config::mask_url_password(&db.url), "store ready");
     let auth = Arc::new(Authenticator::new(store.clone(), &config.auth));
     background.spawn(
         auth.clone()
@@ -369,7 +370,9 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
         if ticks % 60 == 1 {
             shared.limits.housekeeping();
             if retention_days > 0 {
-                let before = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+                let before = chrono::Duration::try_days(i64::from(retention_days))
+                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
                 match store.prune_audit(before).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "pruned old audit events"),

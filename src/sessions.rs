@@ -171,8 +171,11 @@ impl SessionBindings {
             tracing::debug!(error = %e, "session uses not recorded");
         }
         if prune {
-            let before =
-                Utc::now() - chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::hours(1));
+            // An idle time too long to subtract from now forgets nothing.
+            let before = chrono::Duration::from_std(idle)
+                .ok()
+                .and_then(|idle| Utc::now().checked_sub_signed(idle))
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
             match self.store.prune_sessions(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(forgotten = n, "idle MCP sessions forgotten"),

@@ -6,10 +6,30 @@ mod support;
 use serde_json::Value;
 use support::*;
 
+/// A config for `db`, whose store is created (only `migrate` and `serve` may).
 fn config_for(db: &TestDb, dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
+    ok(&cli(&path, &["migrate"]));
     path
+}
+
+/// `memgate args…` in `dir` with no config file named and none of the
+/// environment's `MEMGATE_*` settings, plus `env`.
+fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MEMGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +219,7 @@ fn bad_input_exits_non_zero_with_a_reason() {
         ),
     )
     .unwrap();
+    ok(&cli(&path, &["migrate"]));
     assert!(
         err(&cli(
             &path,
@@ -252,6 +273,248 @@ fn check_config_masks_secrets_and_reports_overrides() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("memgate:****@db"));
     assert!(text.contains("upstream = \"http://mem0:8000\""));
+}
+
+#[test]
+fn memgate_variables_that_are_not_overrides_do_not_stop_memgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(
+        dir.path(),
+        &["check-config"],
+        &[
+            ("MEMGATE_TEST_PG", "postgres://postgres@127.0.0.1:5432"),
+            ("MEMGATE_MEM0_UPSTREAM", "http://mem0:9"),
+        ],
+    );
+    let text = ok(&out);
+    assert!(
+        !text.contains("mem0:9"),
+        "a near-miss is not applied: {text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MEMGATE_MEM0_UPSTREAM") && stderr.contains("MEMGATE_MEM0__UPSTREAM"),
+        "a near-miss is warned about, with the right name: {stderr}"
+    );
+    assert!(!stderr.contains("MEMGATE_TEST_PG"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_serve_and_migrate_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = dir.path().join("memgate.db");
+    for args in [
+        &["token", "list"][..],
+        &["token", "create", "--user-id", "alice"],
+        &["audit"],
+        &["stats", "alice"],
+        &["user", "export", "--user-id", "alice"],
+    ] {
+        let message = err(&run_in(dir.path(), args, &[]));
+        assert!(
+            message.contains("no store at sqlite://memgate.db")
+                && message.contains("memgate migrate")
+                && message.trim().lines().count() == 1,
+            "{args:?}: {message}"
+        );
+        assert!(!db_file.exists(), "{args:?} created the store");
+    }
+    ok(&run_in(dir.path(), &["check-config"], &[]));
+    assert!(!db_file.exists(), "check-config opened the store");
+    ok(&run_in(dir.path(), &["migrate"], &[]));
+    assert!(db_file.exists());
+    assert_eq!(
+        ok(&run_in(dir.path(), &["token", "list"], &[])).trim(),
+        "No tokens."
+    );
+
+    // A PostgreSQL database without memgate's tables is not a store either
+    // (and the password in its URL is not shown).
+    let pg = TestDb::new(Backend::Postgres).await;
+    let url = pg.url.replacen("postgres@", "postgres:hunter2@", 1);
+    let env = [("MEMGATE_DATABASE__URL", url.as_str())];
+    let message = err(&run_in(dir.path(), &["token", "list"], &env));
+    assert!(
+        message.contains("no store at") && message.contains("memgate migrate"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("hunter2") && message.contains("****"),
+        "{message}"
+    );
+    ok(&run_in(dir.path(), &["migrate"], &env));
+    ok(&run_in(dir.path(), &["token", "list"], &env));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_shows_the_newest_events_and_says_when_rows_were_cut() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_for(&db, &dir);
+        let now = chrono::Utc::now();
+        // One failure an hour, 1 to 5 hours ago: reason "h1" … "h5".
+        let events: Vec<_> = (1..=5)
+            .map(|h| {
+                let mut e = memgate::audit::AuditEvent::new("auth_failure", false);
+                e.time = now - chrono::Duration::hours(h);
+                e.reason = Some(format!("h{h}"));
+                e
+            })
+            .collect();
+        db.store().await.insert_audit(&events).await.unwrap();
+        let reasons = |args: &[&str]| {
+            let mut all = vec!["audit", "--event", "auth_failure", "--json"];
+            all.extend_from_slice(args);
+            let out = cli(&cfg, &all);
+            let rows: Vec<Value> = serde_json::from_str(&ok(&out)).unwrap();
+            let reasons: Vec<String> = rows
+                .iter()
+                .map(|r| r["reason"].as_str().unwrap().to_string())
+                .collect();
+            (reasons, String::from_utf8_lossy(&out.stderr).to_string())
+        };
+
+        let (shown, note) = reasons(&["--limit", "2"]);
+        assert_eq!(shown, ["h1", "h2"], "{backend:?}: newest first");
+        assert!(
+            note.contains("showing the newest 2 of at least 3 events; use --limit or --since"),
+            "{backend:?}: {note}"
+        );
+        let (shown, note) = reasons(&[]);
+        assert_eq!(shown, ["h1", "h2", "h3", "h4", "h5"], "{backend:?}");
+        assert!(
+            !note.contains("showing"),
+            "{backend:?}: nothing was cut: {note}"
+        );
+        let (shown, _) = reasons(&["--limit", "2", "--oldest-first"]);
+        assert_eq!(shown, ["h5", "h4"], "{backend:?}");
+        let (shown, note) = reasons(&["--since", "150m"]);
+        assert_eq!(shown, ["h1", "h2"], "{backend:?}");
+        assert!(!note.contains("showing"), "{backend:?}: {note}");
+        let until = (now - chrono::Duration::minutes(150)).to_rfc3339();
+        let (shown, _) = reasons(&["--since", "270m", "--until", &until]);
+        assert_eq!(shown, ["h3", "h4"], "{backend:?}");
+        let (shown, _) = reasons(&["--days", "1", "--until", "150m"]);
+        assert_eq!(shown, ["h3", "h4", "h5"], "{backend:?}");
+        assert!(err(&cli(&cfg, &["audit", "--since", "1h", "--until", "2h"])).contains("--until"));
+    }
+}
+
+/// Secrets that must never appear in anything memgate prints or logs.
+const SECRETS: [&str; 5] = [
+    "redis-pw-1",
+    "db-pw-1",
+    "db-pw-2",
+    "hdr-secret-1",
+    "key-secret-1",
+];
+
+fn assert_masked(what: &str, out: &std::process::Output) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_masked_wherever_they_are_printed_or_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot-a-cert\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nkey-secret-1\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[mem0]\nupstream_headers = { \"X-API-Key\" = \"hdr-secret-1\" }\n",
+    )
+    .unwrap();
+    let closed = free_port();
+    let redis = format!("redis://:redis-pw-1@127.0.0.1:{closed}/0");
+    let database = format!("postgres://u:db-pw-1@127.0.0.1:{closed}/m?password=db-pw-2");
+    // serve must get as far as the store (or TLS), whatever else listens here.
+    let listen = free_ports::<3>().map(|port| format!("127.0.0.1:{port}"));
+    let env = [
+        ("MEMGATE_MCP__LISTEN", listen[0].as_str()),
+        ("MEMGATE_MEM0__LISTEN", listen[1].as_str()),
+        ("MEMGATE_ADMIN__LISTEN", listen[2].as_str()),
+        ("MEMGATE_REDIS__URL", redis.as_str()),
+        ("MEMGATE_RATE_LIMIT__BACKEND", "redis"),
+        ("MEMGATE_DATABASE__URL", database.as_str()),
+        ("MEMGATE_DATABASE__CONNECT_TIMEOUT_SECS", "1"),
+    ];
+
+    let out = run_in(dir.path(), &["check-config"], &env);
+    let text = ok(&out);
+    assert!(
+        text.contains("redis://:****@127.0.0.1") && text.contains("u:****@127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("password=****"), "{text}");
+    assert_masked("check-config", &out);
+
+    // The store cannot be reached: the errors name it, masked.
+    for args in [&["token", "list"][..], &["migrate"], &["serve"]] {
+        let out = run_in(dir.path(), args, &env);
+        assert!(err(&out).contains("u:****@127.0.0.1"), "{args:?}");
+        assert_masked(&format!("{args:?}"), &out);
+    }
+
+    // A TLS key that does not load: the error names the file, never its contents.
+    let tls = [
+        env[0],
+        env[1],
+        env[2],
+        ("MEMGATE_TLS__CERT", cert.to_str().unwrap()),
+        ("MEMGATE_TLS__KEY", key.to_str().unwrap()),
+        ("MEMGATE_DATABASE__URL", "sqlite://memgate.db?mode=rwc"),
+    ];
+    let out = run_in(dir.path(), &["serve"], &tls);
+    assert!(!out.status.success());
+    assert_masked("serve with a bad TLS key", &out);
+
+    // A running server logs which store and Redis it uses, masked, and
+    // Redis being unreachable.
+    let db = TestDb::new(Backend::Postgres).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(
+        &db.url.replacen("postgres@", "postgres:db-pw-1@", 1),
+        &upstream.url(),
+    );
+    cfg.rate_limit =
+        "backend = \"redis\"\nper_token_rps = 100\nfailed_auth_per_ip_per_min = 1000000".into();
+    cfg.extra = format!("[redis]\nurl = {redis:?}\ntimeout_ms = 200\n");
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let status = reqwest::Client::new()
+        .get(gate.mem0_url("/memories"))
+        .header("X-MCP-Token", token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "local limits when Redis is down");
+    let log = gate.log();
+    assert!(
+        log.contains("store ready") && log.contains("postgres:****@"),
+        "{log}"
+    );
+    assert!(log.contains("redis://:****@127.0.0.1"), "{log}");
+    assert!(log.contains("Redis unreachable"), "{log}");
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "the serve log shows {secret}: {log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,9 +294,11 @@ async fn all_audit_rows(db: &TestDb) -> Vec<memgate::audit::AuditEvent> {
         .await
         .audit_events(&memgate::store::AuditFilter {
             since: chrono::Utc::now() - chrono::Duration::days(1),
+            until: None,
             user_id: None,
             event: None,
             limit: 1_000_000,
+            newest_first: false,
         })
         .await
         .unwrap()

@@ -18,9 +18,11 @@ async fn audit_rows(db: &TestDb, event: &str) -> Vec<memgate::audit::AuditEvent>
         .await
         .audit_events(&memgate::store::AuditFilter {
             since: chrono::Utc::now() - chrono::Duration::days(1),
+            until: None,
             user_id: None,
             event: Some(event.into()),
             limit: 1_000_000,
+            newest_first: false,
         })
         .await
         .unwrap()

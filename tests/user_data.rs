@@ -178,9 +178,11 @@ async fn export_holds_exactly_the_users_memories_tokens_and_audit() {
                 .await
                 .audit_events(&memgate::store::AuditFilter {
                     since: Utc::now() - Days::days(1),
+                    until: None,
                     user_id: Some("alice".into()),
                     event: None,
                     limit: 100_000,
+                    newest_first: false,
                 })
                 .await
                 .unwrap();
@@ -210,9 +212,11 @@ async fn export_holds_exactly_the_users_memories_tokens_and_audit() {
         let admin = store
             .audit_events(&memgate::store::AuditFilter {
                 since: Utc::now() - Days::days(1),
+                until: None,
                 user_id: Some("alice".into()),
                 event: Some("user_admin".into()),
                 limit: 100,
+                newest_first: false,
             })
             .await
             .unwrap();
@@ -293,9 +297,11 @@ async fn delete_removes_exactly_the_users_memories_and_tokens_and_can_be_rerun()
         let audit = store
             .audit_events(&memgate::store::AuditFilter {
                 since,
+                until: None,
                 user_id: Some("alice".into()),
                 event: None,
                 limit: 100_000,
+                newest_first: false,
             })
             .await
             .unwrap();
@@ -374,6 +380,7 @@ async fn an_unreachable_mem0_fails_the_command_and_changes_nothing() {
         ),
     )
     .unwrap();
+    ok(&cli(&config, &["migrate"]));
     ok(&cli(&config, &["token", "create", "--user-id", "alice"]));
     let e = err(&cli(&config, &["user", "export", "--user-id", "alice"]));
     assert!(e.starts_with("error: ") && e.contains("mem0"), "{e}");
@@ -540,6 +547,7 @@ fn cli_config(dir: &std::path::Path, db: &TestDb, mem0: &Mem0) -> std::path::Pat
         ),
     )
     .unwrap();
+    ok(&cli(&config, &["migrate"]));
     config
 }
 

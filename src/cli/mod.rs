@@ -76,21 +76,33 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
     Ok(loaded)
 }
 
+/// Whether a command may create the store it opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// `serve` and `migrate`: create the store (SQLite file, tables) if missing.
+    CreateIfMissing,
+    /// Every other command: a missing store is an error, so a command run in
+    /// the wrong folder or with the wrong config does not act on an empty,
+    /// freshly created store.
+    Existing,
+}
+
 /// Opens (and migrates) the store for a one-shot command.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config, open: Open) -> anyhow::Result<Arc<dyn Store>> {
     let db = &config.database;
-    let store = store::connect(
-        &db.url,
-        db.max_connections,
-        Duration::from_secs(db.connect_timeout_secs),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot open the store at {}",
-            config::mask_url_password(&db.url)
-        )
-    })?;
+    let timeout = Duration::from_secs(db.connect_timeout_secs);
+    let shown = config::mask_url_password(&db.url);
+    let store = match open {
+        Open::CreateIfMissing => store::connect(&db.url, db.max_connections, timeout).await,
+        Open::Existing => store::connect_existing(&db.url, db.max_connections, timeout).await,
+    };
+    let store = match store {
+        Err(store::StoreError::Missing(why)) => anyhow::bail!(
+            "no store at {shown} ({why}); create it with `memgate migrate`, \
+             or point database.url (or --config) at the existing one"
+        ),
+        other => other.with_context(|| format!("cannot open the store at {shown}"))?,
+    };
     store.migrate().await?;
     Ok(store)
 }
@@ -138,6 +150,33 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// The longest span a day count may name (100 years): further than any
+/// token lifetime or audit window anyone means, and far inside what dates
+/// can represent, so date arithmetic on it cannot overflow.
+pub const MAX_DAYS: u32 = 36_500;
+
+/// A day count from the command line (`--days`, `--expires-days`), at most [`MAX_DAYS`].
+pub(crate) fn parse_days(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u64>() {
+        Ok(days) if days <= u64::from(MAX_DAYS) => Ok(days as u32),
+        Ok(_) => Err(format!(
+            "{text} is more than {MAX_DAYS} days (100 years); give a smaller number"
+        )),
+        Err(_) => Err(format!("{text:?} is not a whole number of days")),
+    }
+}
+
+/// `t + days`, or an error naming `flag` when the result is not a date.
+pub(crate) fn days_after(
+    t: chrono::DateTime<chrono::Utc>,
+    days: i64,
+    flag: &str,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    chrono::Duration::try_days(days)
+        .and_then(|d| t.checked_add_signed(d))
+        .ok_or_else(|| anyhow::anyhow!("{flag} {days} is out of range; give at most {MAX_DAYS}"))
+}
+
 /// A time as the CLI prints it: RFC 3339, UTC, whole seconds.
 pub(crate) fn time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -147,4 +186,79 @@ pub(crate) fn opt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> serde_json::
     t.map_or(serde_json::Value::Null, |t| {
         serde_json::Value::String(time(t))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Datelike;
+    use proptest::prelude::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("memgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn day_counts_past_a_hundred_years_are_refused_with_a_reason() {
+        for args in [
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "a",
+                "--expires-days",
+                "4294967295",
+            ][..],
+            &[
+                "token",
+                "create",
+                "--user-id",
+                "a",
+                "--expires-days",
+                "3000000",
+            ],
+            &["token", "rotate", "mcp_AAAAAAAA", "--expires-days", "36501"],
+            &["audit", "--days", "4294967295"],
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains("100 years"), "{args:?}: {e}");
+        }
+        assert!(parse(&["audit", "--days", "36500"]).is_ok());
+    }
+
+    proptest! {
+        /// Whatever number reaches a day-count argument, parsing either
+        /// refuses it or the date arithmetic it feeds gives a real date.
+        #[test]
+        fn numeric_arguments_never_panic(n in any::<i128>(), small in 0u64..100_000) {
+            let now = chrono::Utc::now();
+            for text in [n.to_string(), small.to_string()] {
+                let create = ["token", "create", "--user-id", "a", "--expires-days", &text];
+                if let Ok(Cli { command: Command::Token(token::TokenCommand::Create(args)), .. }) = parse(&create) {
+                    let at = token::expiry(args.expires_days, now).unwrap();
+                    prop_assert!(at.is_none_or(|at| at.year() <= now.year() + 101));
+                }
+                let rotate = ["token", "rotate", "mcp_AAAAAAAA", "--expires-days", &text];
+                if let Ok(Cli { command: Command::Token(token::TokenCommand::Rotate { expires_days, .. }), .. }) = parse(&rotate) {
+                    token::expiry(expires_days, now).unwrap();
+                }
+                if let Ok(Cli { command: Command::Audit(args), .. }) = parse(&["audit", "--days", &text]) {
+                    audit::window(&args, now).unwrap();
+                }
+                for unit in ["s", "m", "h", "d", "w"] {
+                    let age = format!("{text}{unit}");
+                    for flag in ["--since", "--until"] {
+                        if let Ok(Cli { command: Command::Audit(args), .. }) = parse(&["audit", flag, &age]) {
+                            // An --until before the default window is refused, not a panic.
+                            let _ = audit::window(&args, now);
+                        }
+                    }
+                }
+                for flag in ["--limit", "--rate-limit"] {
+                    let _ = parse(&["audit", flag, &text]);
+                    let _ = parse(&["token", "create", "--user-id", "a", flag, &text]);
+                }
+            }
+        }
+    }
 }

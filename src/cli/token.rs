@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -37,8 +37,8 @@ pub enum TokenCommand {
     Rotate {
         /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
         prefix: String,
-        /// Days until the new token expires; 0 = never
-        #[arg(long, default_value_t = 365)]
+        /// Days until the new token expires (at most 36500); 0 = never
+        #[arg(long, default_value_t = 365, value_parser = super::parse_days)]
         expires_days: u32,
         #[arg(long)]
         json: bool,
@@ -54,8 +54,8 @@ pub struct CreateArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub email: Option<String>,
-    /// Days until the token expires; 0 = never
-    #[arg(long, default_value_t = 365)]
+    /// Days until the token expires (at most 36500); 0 = never
+    #[arg(long, default_value_t = 365, value_parser = super::parse_days)]
     pub expires_days: u32,
     /// Comma-separated: read, write, admin
     #[arg(long, default_value = "read,write")]
@@ -104,8 +104,11 @@ fn permission_list(p: Permissions) -> Vec<String> {
     p.to_string().split(',').map(str::to_string).collect()
 }
 
-fn expiry(days: u32, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    (days > 0).then(|| now + Duration::days(i64::from(days)))
+pub(crate) fn expiry(days: u32, now: DateTime<Utc>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    if days == 0 {
+        return Ok(None);
+    }
+    super::days_after(now, i64::from(days), "--expires-days").map(Some)
 }
 
 fn created_by() -> Option<String> {
@@ -136,7 +139,7 @@ fn new_token(
         permissions,
         created_at: now,
         created_by: created_by(),
-        expires_at: expiry(expires_days, now),
+        expires_at: expiry(expires_days, now)?,
         rate_limit_rps,
     };
     Ok((secret, row))
@@ -395,7 +398,10 @@ mod tests {
     #[test]
     fn expiry_zero_means_never() {
         let now = Utc::now();
-        assert_eq!(expiry(0, now), None);
-        assert_eq!(expiry(365, now), Some(now + Duration::days(365)));
+        assert_eq!(expiry(0, now).unwrap(), None);
+        assert_eq!(
+            expiry(365, now).unwrap(),
+            Some(now + chrono::Duration::days(365))
+        );
     }
 }

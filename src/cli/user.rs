@@ -384,9 +384,11 @@ async fn export(store: &dyn Store, config: &Config, args: ExportArgs) -> anyhow:
     let audit = store
         .audit_events(&AuditFilter {
             since: DateTime::<Utc>::UNIX_EPOCH,
+            until: None,
             user_id: Some(user_id.to_string()),
             event: None,
             limit: i64::MAX,
+            newest_first: false,
         })
         .await?;
     for w in &warnings {

@@ -28,6 +28,10 @@ pub enum StoreError {
     Query(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The store does not exist (or holds no memgate tables) and was not
+    /// to be created.
+    #[error("{0}")]
+    Missing(String),
     #[error("stored token {prefix} is corrupt: {reason}")]
     Corrupt { prefix: String, reason: String },
 }
@@ -130,6 +134,8 @@ pub type ChangeHandler = Arc<dyn Fn(TokenChange) + Send + Sync>;
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+    /// Whether migrations have ever been applied (the store was created).
+    async fn has_schema(&self) -> Result<bool, StoreError>;
     /// Cheap reachability check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
@@ -198,13 +204,18 @@ pub trait Store: Send + Sync + 'static {
     async fn watch_changes(&self, on_change: ChangeHandler, poll: Duration);
 }
 
-/// Which audit events `audit_events` returns, oldest first.
+/// Which audit events `audit_events` returns, and in which order.
 #[derive(Clone, Debug)]
 pub struct AuditFilter {
+    /// Events at or after this time.
     pub since: DateTime<Utc>,
+    /// Events before this time (all when `None`).
+    pub until: Option<DateTime<Utc>>,
     pub user_id: Option<String>,
     pub event: Option<String>,
+    /// At most this many: the newest ones when `newest_first`, else the oldest.
     pub limit: i64,
+    pub newest_first: bool,
 }
 
 /// Activity of one user, from the audit trail.
@@ -234,15 +245,41 @@ pub async fn temporary(migrated: bool) -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, store)
 }
 
-/// Opens the store named by `database.url`.
+/// Opens the store named by `database.url`, creating a SQLite file if the
+/// URL allows it (`mode=rwc`).
 pub async fn connect(
     url: &str,
     max_connections: u32,
     connect_timeout: Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    open(url, max_connections, connect_timeout, true).await
+}
+
+/// Opens a store that must already exist: no SQLite file is created, and a
+/// database without memgate's tables is [`StoreError::Missing`].
+pub async fn connect_existing(
+    url: &str,
+    max_connections: u32,
+    connect_timeout: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let store = open(url, max_connections, connect_timeout, false).await?;
+    if !store.has_schema().await? {
+        return Err(StoreError::Missing(
+            "it holds no memgate tables".to_string(),
+        ));
+    }
+    Ok(store)
+}
+
+async fn open(
+    url: &str,
+    max_connections: u32,
+    connect_timeout: Duration,
+    create: bool,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(
-            SqliteStore::connect(url, max_connections, connect_timeout).await?,
+            SqliteStore::open(url, max_connections, connect_timeout, create).await?,
         ))
     } else {
         Ok(Arc::new(

@@ -60,6 +60,13 @@ impl_store!(PostgresStore, sqlx::Postgres, {
             .map_err(|e| StoreError::Migration(e.to_string()))
     }
 
+    async fn has_schema(&self) -> Result<bool, StoreError> {
+        let r = sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await;
+        observed("has_schema", r)
+    }
+
     async fn watch_changes(&self, on_change: ChangeHandler, _poll: Duration) {
         loop {
             if let Err(e) = self.listen_once(&on_change).await {

@@ -157,16 +157,29 @@ macro_rules! impl_store {
         }
 
         async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-            let r = sqlx::query_as::<_, AuditEvent>(concat!(
-                "SELECT ",
-                audit_columns!(),
-                " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
-                 AND ($3 IS NULL OR event = $3) ORDER BY time, id LIMIT $4"
-            ))
+            let query = if filter.newest_first {
+                concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
+                     AND ($3 IS NULL OR event = $3) AND ($5 IS NULL OR time < $5) \
+                     ORDER BY time DESC, id DESC LIMIT $4"
+                )
+            } else {
+                concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM audit_events WHERE time >= $1 AND ($2 IS NULL OR user_id = $2) \
+                     AND ($3 IS NULL OR event = $3) AND ($5 IS NULL OR time < $5) \
+                     ORDER BY time, id LIMIT $4"
+                )
+            };
+            let r = sqlx::query_as::<_, AuditEvent>(query)
             .bind(filter.since)
             .bind(&filter.user_id)
             .bind(&filter.event)
             .bind(filter.limit)
+            .bind(filter.until)
             .fetch_all(&self.pool)
             .await;
             observed("audit_events", r)

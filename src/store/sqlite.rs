@@ -29,8 +29,31 @@ impl SqliteStore {
         max_connections: u32,
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?
+        Self::open(url, max_connections, connect_timeout, true).await
+    }
+
+    /// Like [`SqliteStore::connect`]; with `create` false a missing database
+    /// file is an error even if the URL says `mode=rwc`.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?;
+        if !create {
+            let file = options.get_filename();
+            // In-memory databases have no file and are always "created".
+            if !url.contains(":memory:") && !url.contains("mode=memory") && !file.exists() {
+                return Err(StoreError::Missing(format!(
+                    "{} does not exist",
+                    file.display()
+                )));
+            }
+            options = options.create_if_missing(false);
+        }
+        let options = options
             // WAL lets the CLI write while a server reads; busy_timeout waits for locks.
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5))
@@ -78,6 +101,15 @@ impl_store!(SqliteStore, sqlx::Sqlite, {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    async fn has_schema(&self) -> Result<bool, StoreError> {
+        let r = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        observed("has_schema", r).map(|n| n > 0)
     }
 
     async fn watch_changes(&self, on_change: ChangeHandler, poll: Duration) {
