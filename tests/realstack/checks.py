@@ -243,7 +243,7 @@ async def mcp_refusals():
             res = await s.call_tool("get_memory_history", {"memory_id": alice_id})
             text = " ".join(getattr(c, "text", "") for c in res.content)
             report("c.3 the same SDK session makes the next call (own memory's history)",
-                   not res.isError and alice_id in text or "ADD" in text, f"isError={res.isError} {text[:200]}")
+                   not res.isError and "ADD" in text and "\u274c" not in text, f"isError={res.isError} {text[:200]}")
     r = mem0_direct("GET", f"/memories/{bob_id}")
     report("c.4 bob's memory survived alice's delete_memory", r.status_code == 200 and (r.json() or {}).get("id") == bob_id,
            f"{r.status_code} {r.text[:200]}")
@@ -255,9 +255,18 @@ async def mcp_refusals():
 @guarded("d legacy SSE session spellings")
 async def sse_spellings():
     async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("GET", MG_MCP + "/sse", headers={**tok("alice"), "Accept": "text/event-stream"}) as resp:
+        sse_url = MG_MCP + "/sse"
+        r = await client.get(sse_url, headers={**tok("alice"), "Accept": "text/event-stream"})
+        if r.status_code in (301, 302, 307, 308):
+            # The stack mounts its SSE app at /sse, so Starlette redirects to /sse/.
+            loc = r.headers.get("location", "")
+            report("d.0 GET /sse redirect points at memgate", loc.startswith(MG_MCP + "/"),
+                   f"{r.status_code} Location {loc!r}")
+            STATE["sse_redirect"] = f"GET /sse -> {r.status_code} {loc}"
+            sse_url = MG_MCP + urlsplit(loc).path
+        async with client.stream("GET", sse_url, headers={**tok("alice"), "Accept": "text/event-stream"}) as resp:
             if resp.status_code != 200:
-                report("d.0 alice opens /sse", False, f"{resp.status_code}")
+                report("d.0 alice opens the SSE stream", False, f"GET {sse_url} -> {resp.status_code}")
                 return
             endpoint = None
             event = None
@@ -268,7 +277,15 @@ async def sse_spellings():
                     endpoint = line[5:].strip()
                     break
             report("d.0 alice's /sse announces an endpoint", bool(endpoint), f"endpoint {endpoint!r}")
-            path, _, query = endpoint.partition("?")
+            announced, _, query = endpoint.partition("?")
+            # The stack's handle_post_message is mounted at /messages; mcp >= 1.9 announces
+            # the mount prefix too (/sse/messages/), which the stack routes to its GET app.
+            path = "/messages/"
+            if announced != path:
+                r = await client.post(MG_MCP + announced, params={"session_id": "0" * 32},
+                                      json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=tok("alice"))
+                STATE["sse_note"] = (f"endpoint event names {announced}; memgate answers a POST there with "
+                                     f"{r.status_code}; the checks post to {path}, where the stack handles messages")
             sid = query.split("session_id=", 1)[1].split("&", 1)[0]
             u = uuid.UUID(sid)
             ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
@@ -283,9 +300,6 @@ async def sse_spellings():
             r = await client.post(MG_MCP + path, params={"session_id": sid}, json=ping, headers=tok("alice"))
             report("d.2 alice posting to her own session is accepted", r.status_code in (200, 202),
                    f"POST {path} -> {r.status_code} {r.text[:160]}")
-            if path != "/messages/":
-                r = await client.post(MG_MCP + "/messages/", params={"session_id": sid}, json=ping, headers=tok("alice"))
-                STATE["sse_note"] = f"endpoint event names {path}; POST /messages/ by alice -> {r.status_code}"
 
 
 # ---------------------------------------------------------------- (g) auto + user delete
@@ -354,7 +368,7 @@ async def main():
         if only and key not in only:
             continue
         await fn()
-    for key in ("refusals", "sse_note"):
+    for key in ("refusals", "sse_redirect", "sse_note"):
         if key in STATE:
             print(f"NOTE {key}: {STATE[key]}")
     failed = [n for n, ok in RESULTS if not ok]

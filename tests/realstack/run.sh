@@ -96,6 +96,13 @@ CLIENT_PY="$WORK/venv-client/bin/python"
 [ -x "$MEMGATE" ] || die "no memgate binary at $MEMGATE (cargo build, or set RS_MEMGATE)"
 
 # ---------------------------------------------------------------- state
+for p in $P_FAKE $P_MEM0 $P_STACK $P_MG_MEM0 $P_MG_MCP $P_MG_ADMIN $P_AU_MEM0 $P_AU_MCP $P_AU_ADMIN \
+  $P_TP_MEM0 $P_TP_MCP $P_TP_ADMIN; do
+  if curl -s -o /dev/null -m 1 "http://127.0.0.1:$p/"; then die "port $p is taken (RS_PORT_BASE moves them)"; fi
+done
+for u in $TPL_USERS; do
+  if curl -s -o /dev/null -m 1 "http://127.0.0.$u:$P_STACK_U/"; then die "127.0.0.$u:$P_STACK_U is taken"; fi
+done
 rm -rf "$STATE"; mkdir -p "$STATE"
 for db in "$MEM0_DB" "$STACK_DB"; do
   psql_ -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
