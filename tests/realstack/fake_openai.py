@@ -20,6 +20,7 @@ a request creates. Standard library only.
 Usage: python fake_openai.py PORT
 """
 
+import ast
 import base64
 import hashlib
 import json
@@ -85,10 +86,13 @@ def new_messages(body):
 def fenced_fact_list(text):
     """The last ``` block holding a JSON list of strings (mem0 1.x update prompt)."""
     for block in reversed(re.findall(r"```(?:json)?\s*(.*?)```", text, re.S)):
-        try:
-            value = json.loads(block)
-        except ValueError:
-            continue
+        value = None
+        for parse in (json.loads, ast.literal_eval):  # 1.x prints the list with repr()
+            try:
+                value = parse(block.strip())
+                break
+            except (ValueError, SyntaxError):
+                continue
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
     return None

@@ -112,10 +112,17 @@ done
 start fake "$PY" "$HERE/fake_openai.py" "$P_FAKE"
 wait_http "http://127.0.0.1:$P_FAKE/v1/models" fake
 
-# ---------------------------------------------------------------- mem0 (auth on)
+# ---------------------------------------------------------------- mem0
+# The 2026 server (it has alembic.ini) keeps users and API keys in PostgreSQL
+# and wants JWT_SECRET; auth stays on, with ADMIN_API_KEY. October 2025's has no auth.
 export POSTGRES_HOST=$PGHOST POSTGRES_PORT=$PGPORT POSTGRES_USER=$PGUSER POSTGRES_PASSWORD=${RS_PGPASSWORD:-}
-(cd "$MEM0_SRC" && APP_DB_NAME=$MEM0_DB "$WORK/venv-mem0-$MEM0AI_VERSION/bin/alembic" upgrade head) \
-  >"$STATE/alembic.log" 2>&1 || { cat "$STATE/alembic.log" >&2; die "alembic failed"; }
+if [ -e "$MEM0_SRC/alembic.ini" ]; then
+  MEM0_GEN=2026
+  (cd "$MEM0_SRC" && APP_DB_NAME=$MEM0_DB "$WORK/venv-mem0-$MEM0AI_VERSION/bin/alembic" upgrade head) \
+    >"$STATE/alembic.log" 2>&1 || { cat "$STATE/alembic.log" >&2; die "alembic failed"; }
+else
+  MEM0_GEN=2025
+fi
 JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 start mem0 env APP_DB_NAME=$MEM0_DB JWT_SECRET="$JWT_SECRET" ADMIN_API_KEY="$MEM0_API_KEY" \
   OPENAI_API_KEY=sk-offline OPENAI_BASE_URL="http://127.0.0.1:$P_FAKE/v1" MEM0_TELEMETRY=false \
@@ -182,7 +189,7 @@ export RS_MEM0_URL="http://127.0.0.1:$P_MEM0" RS_MEM0_API_KEY=$MEM0_API_KEY \
   RS_MG_MEM0_URL="http://127.0.0.1:$P_MG_MEM0" RS_MG_MCP_URL="http://127.0.0.1:$P_MG_MCP" \
   RS_MG_CONFIG="$STATE/mg.toml" RS_MG_AUTO_MEM0_URL="http://127.0.0.1:$P_AU_MEM0" \
   RS_MG_AUTO_CONFIG="$STATE/auto.toml" RS_MG_TPL_MCP_URL="http://127.0.0.1:$P_TP_MCP" \
-  RS_TPL_USERS="$TPL_USERS"
+  RS_TPL_USERS="$TPL_USERS" RS_MEM0_GEN=$MEM0_GEN
 log "mem0ai $("$MEM0_PY" -c 'import importlib.metadata as m; print(m.version("mem0ai"))'), \
 stack mcp $("$STACK_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'), \
 client mcp $("$CLIENT_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
