@@ -113,6 +113,25 @@ async def rest_isolation():
     owners = {i.get("user_id") for i in r.json().get("results", [])} if r.status_code == 200 else None
     report("a.8 alice's search sees only alice", r.status_code == 200 and owners == {"alice"},
            f"{r.status_code} owners {owners}")
+    bob_id = b_ids[0]
+    for label, method, path, kw, want in (
+        ("a.9 alice PUT bob's memory is 403", "PUT", f"/memories/{bob_id}", {"json": {"text": "pwned"}}, (403,)),
+        ("a.10 alice GET bob's memory history is 403", "GET", f"/memories/{bob_id}/history", {}, (403,)),
+        ("a.11 alice DELETE /memories (no identifier) is refused", "DELETE", "/memories", {}, (400, 403)),
+        ("a.12 alice DELETE /memories?user_id=alice is refused (allow_delete_all off)", "DELETE", "/memories",
+         {"params": {"user_id": "alice"}}, (403,)),
+        ("a.13 alice POST /reset is 403", "POST", "/reset", {}, (403,)),
+        ("a.14 an unknown memory id is 404 (mem0 answers 200 null)", "GET", f"/memories/{uuid.uuid4()}", {}, (404,)),
+        ("a.15 mem0 2026 route /api-keys is not reachable", "POST", "/api-keys", {"json": {"name": "x"}}, (404,)),
+        ("a.16 mem0 2026 route /entities is not reachable", "GET", "/entities", {}, (404,)),
+        ("a.17 alice POST /configure is 403", "POST", "/configure", {"json": {}}, (403,)),
+    ):
+        r = httpx.request(method, MG_MEM0 + path, headers=tok("alice"), timeout=60, **kw)
+        report(label, r.status_code in want, f"{method} {path} -> {r.status_code} {r.text[:160]}")
+    r = mem0_direct("GET", f"/memories/{bob_id}")
+    body = r.json() if r.status_code == 200 else None
+    report("a.18 bob's memory is still there and unchanged", bool(body) and body.get("memory", "").startswith("bob"),
+           f"{r.status_code} {r.text[:160]}")
 
 
 # ---------------------------------------------------------------- (e) X-API-Key
@@ -242,7 +261,8 @@ async def mcp_refusals():
                    "search_coding_preferences" not in names and "add_coding_preference" not in names,
                    f"listed {sorted(names)}")
             for tool, args, why in (("search_coding_preferences", {"query": "tea", "limit": 3}, "shared upstream"),
-                                    ("delete_memory", {"memory_id": bob_id}, "bob's memory")):
+                                    ("delete_memory", {"memory_id": bob_id}, "bob's memory"),
+                                    ("get_memory_history", {"memory_id": bob_id}, "bob's memory")):
                 try:
                     res = await s.call_tool(tool, args)
                     report(f"c.2 {tool} ({why}) is a JSON-RPC error", False,
@@ -342,7 +362,10 @@ async def stack_call(url, headers, tool, args):
     async with streamablehttp_client(url + "/mcp", headers=headers) as (read, write, _):
         async with ClientSession(read, write) as s:
             await s.initialize()
-            res = await s.call_tool(tool, args)
+            try:
+                res = await s.call_tool(tool, args)
+            except McpError as e:  # caught here: past the transport's task group it is wrapped
+                return "rpc-error", f"{e.error.code} {e.error.message}"
             return res.isError, " ".join(getattr(c, "text", "") for c in res.content)
 
 
@@ -354,19 +377,30 @@ async def per_user_upstreams():
     for user in users:
         err, text = await stack_call(url, tok("u" + user), "add_coding_preference",
                                      {"text": f"user {user} prefers tabs {tag}"})
-        report(f"h.1 add_coding_preference as user {user}", not err and "Successfully" in text, text[:200])
+        report(f"h.1 add_coding_preference as user {user}", err is False and "Successfully" in text, text[:200])
     for user in users:
         err, text = await stack_call(url, tok("u" + user), "get_all_coding_preferences", {})
         others = [u for u in users if u != user and f"user {u} prefers tabs {tag}" in text]
         report(f"h.2 user {user} sees their own preference and no one else's",
-               not err and f"user {user} prefers tabs {tag}" in text and not others, f"others seen {others}; {text[:200]}")
+               err is False and f"user {user} prefers tabs {tag}" in text and not others, f"others seen {others}; {text[:200]}")
     for user in users:
         status, items = listing(MEM0, {"X-API-Key": ADMIN_KEY}, user_id=user, top_k=1000)
         texts = [i.get("memory", "") for i in items] if status == 200 else []
+        if items and status == 200:
+            STATE.setdefault("tpl_ids", {})[user] = items[0]["id"]
         report(f"h.3 mem0 holds user {user}'s preference under user_id {user} only",
                any(f"user {user} prefers" in t for t in texts)
                and not any(f"prefers tabs {tag}" in t and f"user {user} " not in t for t in texts),
                f"mem0 texts {texts}")
+    ids = STATE.get("tpl_ids", {})
+    if len(users) >= 2 and users[1] in ids:
+        victim = ids[users[1]]
+        err, text = await stack_call(url, tok("u" + users[0]), "delete_memory", {"memory_id": victim})
+        report(f"h.4 user {users[0]} delete_memory of user {users[1]}'s memory is a JSON-RPC error",
+               err == "rpc-error", f"got a result: isError={err} {text[:160]}")
+        r = mem0_direct("GET", f"/memories/{victim}")
+        report(f"h.5 user {users[1]}'s memory survived", r.status_code == 200 and (r.json() or {}).get("id") == victim,
+               f"{r.status_code} {r.text[:160]}")
 
 
 async def main():
