@@ -314,8 +314,17 @@ async def sse_spellings():
             if announced != path:
                 r = await client.post(MG_MCP + announced, params={"session_id": "0" * 32},
                                       json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=tok("alice"))
+                direct = "?"
+                try:  # the same POST straight to the stack, to tell its behaviour from memgate's
+                    d = await client.post(ENV["RS_STACK_URL"] + announced, params={"session_id": "0" * 32},
+                                          json={"jsonrpc": "2.0", "id": 6, "method": "ping"},
+                                          headers={"Accept": "text/event-stream"}, timeout=3)
+                    direct = f"{d.status_code} {d.headers.get('content-type', '')}"
+                except httpx.HTTPError as e:
+                    direct = f"{type(e).__name__} (the stack's GET-only SSE app took the POST)"
                 STATE["sse_note"] = (f"endpoint event names {announced}; memgate answers a POST there with "
-                                     f"{r.status_code}; the checks post to {path}, where the stack handles messages")
+                                     f"{r.status_code}, the stack itself with {direct}; the checks post to {path}, "
+                                     f"where the stack mounts its message handler")
             sid = query.split("session_id=", 1)[1].split("&", 1)[0]
             u = uuid.UUID(sid)
             ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}

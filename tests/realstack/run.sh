@@ -40,6 +40,7 @@ log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
 psql_() { psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -v ON_ERROR_STOP=1 -qAt "$@"; }
 
+# shellcheck disable=SC2329 # called by the EXIT trap
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -54,8 +55,8 @@ start() { # start NAME CMD... : run in the background, log to $STATE/NAME.log
 }
 
 wait_http() { # wait_http URL NAME : until anything answers
-  local i
-  for i in $(seq 1 120); do
+  local _
+  for _ in $(seq 1 120); do
     if curl -s -o /dev/null -m 2 "$1"; then return 0; fi
     sleep 0.5
   done
@@ -189,7 +190,7 @@ export RS_MEM0_URL="http://127.0.0.1:$P_MEM0" RS_MEM0_API_KEY=$MEM0_API_KEY \
   RS_MG_MEM0_URL="http://127.0.0.1:$P_MG_MEM0" RS_MG_MCP_URL="http://127.0.0.1:$P_MG_MCP" \
   RS_MG_CONFIG="$STATE/mg.toml" RS_MG_AUTO_MEM0_URL="http://127.0.0.1:$P_AU_MEM0" \
   RS_MG_AUTO_CONFIG="$STATE/auto.toml" RS_MG_TPL_MCP_URL="http://127.0.0.1:$P_TP_MCP" \
-  RS_TPL_USERS="$TPL_USERS" RS_MEM0_GEN=$MEM0_GEN
+  RS_TPL_USERS="$TPL_USERS" RS_MEM0_GEN=$MEM0_GEN RS_STACK_URL="http://127.0.0.1:$P_STACK"
 log "mem0ai $("$MEM0_PY" -c 'import importlib.metadata as m; print(m.version("mem0ai"))'), \
 stack mcp $("$STACK_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'), \
 client mcp $("$CLIENT_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
