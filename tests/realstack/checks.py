@@ -128,6 +128,30 @@ async def rest_isolation():
     ):
         r = httpx.request(method, MG_MEM0 + path, headers=tok("alice"), timeout=60, **kw)
         report(label, r.status_code in want, f"{method} {path} -> {r.status_code} {r.text[:160]}")
+    # mem0 2.x filter operators: any spelling that names bob must be refused.
+    for label, filters in (("AND", {"AND": [{"user_id": "bob"}]}), ("OR", {"OR": [{"user_id": "alice"}, {"user_id": "bob"}]}),
+                           ("in", {"user_id": {"in": ["alice", "bob"]}}), ("ne", {"user_id": {"ne": "alice"}}),
+                           ("wildcard", {"user_id": "*"}), ("NOT", {"NOT": [{"user_id": "alice"}]})):
+        r = httpx.post(f"{MG_MEM0}/search", json={"query": f"rust {tag}", "filters": filters}, headers=tok("alice"))
+        leaked = [i for i in r.json().get("results", []) if i.get("user_id") != "alice"] if r.status_code == 200 else []
+        report(f"a.19 alice /search with filters {label} naming others is 403 (or leaks nothing)",
+               r.status_code == 403 or (r.status_code in (200, 400) and not leaked),
+               f"{r.status_code} leaked {len(leaked)}: {r.text[:160]}")
+    r = httpx.get(f"{MG_MEM0}/memories", params={"user_id": "bob"}, headers=tok("alice"))
+    report("a.20 alice GET /memories?user_id=bob is 403", r.status_code == 403, f"{r.status_code} {r.text[:160]}")
+    run = f"run-{tag}"
+    add(MG_MEM0, tok("bob"), [f"bob note in run {tag}"], run_id=run)
+    r = httpx.get(f"{MG_MEM0}/memories", params={"run_id": run}, headers=tok("alice"))
+    items = r.json().get("results", []) if r.status_code == 200 else []
+    report("a.21 alice GET /memories?run_id=<bob's run> sees nothing of bob's",
+           r.status_code in (200, 403) and not [i for i in items if i.get("user_id") != "alice"],
+           f"{r.status_code} {len(items)} items: {r.text[:160]}")
+    r = httpx.post(f"{MG_MEM0}/memories", json={"messages": [{"role": "user", "content": f"agent only {tag}"}],
+                                               "agent_id": "helper"}, headers=tok("alice"))
+    ids = [i["id"] for i in r.json().get("results", [])] if r.status_code == 200 else []
+    owner = (mem0_direct("GET", f"/memories/{ids[0]}").json() or {}).get("user_id") if ids else None
+    report("a.22 POST /memories with only agent_id is stored under alice", r.status_code == 200 and owner == "alice",
+           f"{r.status_code} owner {owner}: {r.text[:160]}")
     r = mem0_direct("GET", f"/memories/{bob_id}")
     body = r.json() if r.status_code == 200 else None
     report("a.18 bob's memory is still there and unchanged", bool(body) and body.get("memory", "").startswith("bob"),
