@@ -438,16 +438,55 @@ async def per_user_upstreams():
                f"{r.status_code} {r.text[:160]}")
 
 
+# ---------------------------------------------------------------- (i) the stack's tokens
+
+
+def stack_token_cli(*args):
+    return subprocess.run([ENV["RS_STACK_PY"], os.path.join(ENV["RS_HERE"], "stack_token.py"),
+                           ENV["RS_STACK_TOKEN_CLI"], *args], capture_output=True, text=True, timeout=120)
+
+
+@guarded("i import-legacy of the stack's tokens")
+async def legacy_tokens():
+    made = {}
+    for user in ("dave", "erin"):
+        out = stack_token_cli("create", "--user-id", user, "--name", user.title(), "--expires-days", "30")
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("Token:")]
+        made[user] = line[0].split(":", 1)[1].strip() if line else None
+    report("i.1 the stack's mcp-token.py creates tokens", all(made.values()), f"{made}")
+    out = stack_token_cli("revoke", made["erin"][:16], "--yes")
+    report("i.2 the stack's mcp-token.py revokes erin's", out.returncode == 0, out.stdout[-200:] + out.stderr[-200:])
+    out = memgate_cli(ENV["RS_MG_CONFIG"], "token", "import-legacy", "--from", ENV["RS_STACK_DB_URL"], "--json")
+    report("i.3 memgate token import-legacy reads the stack's table", out.returncode == 0,
+           f"exit {out.returncode}: {out.stderr.strip()[:300]}")
+    r = httpx.get(MG_MEM0 + "/memories", headers={"X-MCP-Token": made["dave"]})
+    items = r.json().get("results", []) if r.status_code == 200 else None
+    report("i.4 dave's imported stack token works on memgate and sees only dave",
+           r.status_code == 200 and not [i for i in items if i.get("user_id") != "dave"], f"{r.status_code} {r.text[:160]}")
+    r = httpx.get(MG_MEM0 + "/memories", headers={"X-MCP-Token": made["erin"]})
+    report("i.5 erin's revoked stack token is refused by memgate", r.status_code == 401, f"{r.status_code} {r.text[:160]}")
+    out = memgate_cli(ENV["RS_MG_CONFIG"], "token", "list", "--user-id", "dave", "--json")
+    rows = json.loads(out.stdout) if out.returncode == 0 else []
+    exp = rows[0].get("expires_at") if rows else None
+    report("i.6 the imported token keeps its expiry (30 days)", bool(exp), f"token list: {out.stdout[:300]} {out.stderr[:200]}")
+    STATE["legacy"] = f"dave's imported token expires_at {exp}"
+    # The stack's clients send both headers (MEM0_TOKEN, MEM0_USER_ID): keep working, mismatch is 401.
+    r = httpx.get(MG_MEM0 + "/memories", headers={"X-MCP-Token": made["dave"], "X-MCP-UserID": "dave"})
+    report("i.7 a stack client's X-MCP-Token + matching X-MCP-UserID works", r.status_code == 200, f"{r.status_code}")
+    r = httpx.get(MG_MEM0 + "/memories", headers={"X-MCP-Token": made["dave"], "X-MCP-UserID": "alice"})
+    report("i.8 X-MCP-UserID naming another user is 401", r.status_code == 401, f"{r.status_code} {r.text[:160]}")
+
+
 async def main():
     only = set(sys.argv[1:])
     scenarios = [("a", rest_isolation), ("e", api_key_injection), ("f", listing_cap_and_export),
                  ("b", mcp_redirect), ("c", mcp_refusals), ("d", sse_spellings),
-                 ("g", auto_then_delete), ("h", per_user_upstreams)]
+                 ("g", auto_then_delete), ("h", per_user_upstreams), ("i", legacy_tokens)]
     for key, fn in scenarios:
         if only and key not in only:
             continue
         await fn()
-    for key in ("filters", "export", "refusals", "sse_redirect", "sse_note"):
+    for key in ("legacy", "filters", "export", "refusals", "sse_redirect", "sse_note"):
         if key in STATE:
             print(f"NOTE {key}: {STATE[key]}")
     failed = [n for n, ok in RESULTS if not ok]

@@ -74,7 +74,7 @@ extract() { # extract GITDIR COMMIT DEST PATHS...
 }
 log "peers: mem0 $MEM0_COMMIT (mem0ai $MEM0AI_VERSION), stack $STACK_COMMIT (mcp $STACK_MCP_VERSION)"
 extract "$MEM0_GIT" "$MEM0_COMMIT" "$WORK/src/mem0-$MEM0_COMMIT" server
-extract "$STACK_GIT" "$STACK_COMMIT" "$STACK_SRC" mcp-server migrations
+extract "$STACK_GIT" "$STACK_COMMIT" "$STACK_SRC" mcp-server migrations scripts/mcp-token.py
 
 # ---------------------------------------------------------------- venvs
 venv() { # venv DIR PIP-ARGS... : create once
@@ -89,7 +89,7 @@ venv() { # venv DIR PIP-ARGS... : create once
 venv "$WORK/venv-mem0-$MEM0AI_VERSION" "mem0ai==$MEM0AI_VERSION" qdrant-client -r "$MEM0_SRC/requirements.txt"
 # mcp 1.18 imports a pydantic internal that pydantic 2.13 removed.
 venv "$WORK/venv-stack-$STACK_MCP_VERSION" -r "$STACK_SRC/mcp-server/requirements.txt" \
-  "mcp[cli]==$STACK_MCP_VERSION" "pydantic<2.13"
+  "mcp[cli]==$STACK_MCP_VERSION" "pydantic<2.13" tabulate
 venv "$WORK/venv-client" "mcp<2" httpx
 MEM0_PY="$WORK/venv-mem0-$MEM0AI_VERSION/bin/python"
 STACK_PY="$WORK/venv-stack-$STACK_MCP_VERSION/bin/python"
@@ -190,7 +190,10 @@ export RS_MEM0_URL="http://127.0.0.1:$P_MEM0" RS_MEM0_API_KEY=$MEM0_API_KEY \
   RS_MG_MEM0_URL="http://127.0.0.1:$P_MG_MEM0" RS_MG_MCP_URL="http://127.0.0.1:$P_MG_MCP" \
   RS_MG_CONFIG="$STATE/mg.toml" RS_MG_AUTO_MEM0_URL="http://127.0.0.1:$P_AU_MEM0" \
   RS_MG_AUTO_CONFIG="$STATE/auto.toml" RS_MG_TPL_MCP_URL="http://127.0.0.1:$P_TP_MCP" \
-  RS_TPL_USERS="$TPL_USERS" RS_MEM0_GEN=$MEM0_GEN RS_STACK_URL="http://127.0.0.1:$P_STACK"
+  RS_TPL_USERS="$TPL_USERS" RS_MEM0_GEN=$MEM0_GEN RS_STACK_URL="http://127.0.0.1:$P_STACK" \
+  RS_STACK_PY=$STACK_PY RS_STACK_TOKEN_CLI="$STACK_SRC/scripts/mcp-token.py" RS_HERE=$HERE \
+  RS_STACK_DB_URL="postgres://$PGUSER${RS_PGPASSWORD:+:$RS_PGPASSWORD}@$PGHOST:$PGPORT/$STACK_DB" \
+  POSTGRES_DB=$STACK_DB
 log "mem0ai $("$MEM0_PY" -c 'import importlib.metadata as m; print(m.version("mem0ai"))'), \
 stack mcp $("$STACK_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'), \
 client mcp $("$CLIENT_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
