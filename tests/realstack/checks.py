@@ -274,6 +274,20 @@ async def mcp_redirect():
             names = sorted(t.name for t in tools.tools)
     report("b.2 the MCP SDK configured with .../mcp initializes and lists tools", bool(names), f"tools {names}")
     STATE["tools"] = names
+    accept = {"Accept": "application/json, text/event-stream"}
+    r = httpx.post(MG_MCP + "/mcp/", json=init, headers={**tok("alice"), **accept})
+    sid = r.headers.get("mcp-session-id")
+    report("b.3 alice's initialize at /mcp/ hands out a session id", r.status_code == 200 and bool(sid),
+           f"{r.status_code} session {sid!r}")
+    if sid:
+        listing_req = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        for label, spelled in (("exact", sid), ("upper", sid.upper())):
+            r = httpx.post(MG_MCP + "/mcp/", json=listing_req,
+                           headers={**tok("bob"), **accept, "Mcp-Session-Id": spelled, "MCP-Protocol-Version": "2025-03-26"})
+            report(f"b.4 bob using alice's Mcp-Session-Id ({label}) gets 404", r.status_code == 404,
+                   f"{r.status_code} {r.text[:160]}")
+        r = httpx.delete(MG_MCP + "/mcp/", headers={**tok("bob"), "Mcp-Session-Id": sid})
+        report("b.5 bob cannot DELETE alice's session", r.status_code == 404, f"{r.status_code} {r.text[:160]}")
 
 
 @guarded("c MCP refusals in-band")
