@@ -5,7 +5,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=${RS_WORK:-/tmp/realpeers}
+WORK=${RS_WORK:-/tmp/memgate-realstack}
 MEM0_GIT=${RS_MEM0_GIT:?set RS_MEM0_GIT to a clone of github.com/mem0ai/mem0}
 STACK_GIT=${RS_STACK_GIT:?set RS_STACK_GIT to a clone of github.com/snorlak1/mem0-server-mcp}
 MEM0_COMMIT=${RS_MEM0_COMMIT:-8d5b7865bd0521e75fe9ab1b260eeccc83f8a378}
