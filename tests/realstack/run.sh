@@ -77,20 +77,21 @@ extract "$MEM0_GIT" "$MEM0_COMMIT" "$WORK/src/mem0-$MEM0_COMMIT" server
 extract "$STACK_GIT" "$STACK_COMMIT" "$STACK_SRC" mcp-server migrations scripts/mcp-token.py
 
 # ---------------------------------------------------------------- venvs
-venv() { # venv DIR PIP-ARGS... : create once
-  local dir=$1; shift
+venv() { # venv NAME PIP-ARGS... : create $WORK/venv-NAME once, pinned by constraints-NAME.txt if any
+  local dir="$WORK/venv-$1" pins="$HERE/constraints-$1.txt"; shift
   [ -x "$dir/bin/python" ] && [ -e "$dir/.done" ] && return 0
   log "creating $dir"
   "$PY" -m venv "$dir"
   "$dir/bin/pip" install -q --upgrade pip
+  if [ -e "$pins" ] && [ -z "${RS_UNPINNED:-}" ]; then set -- -c "$pins" "$@"; fi
   "$dir/bin/pip" install -q "$@"
   touch "$dir/.done"
 }
-venv "$WORK/venv-mem0-$MEM0AI_VERSION" "mem0ai==$MEM0AI_VERSION" qdrant-client -r "$MEM0_SRC/requirements.txt"
-# mcp 1.18 imports a pydantic internal that pydantic 2.13 removed.
-venv "$WORK/venv-stack-$STACK_MCP_VERSION" -r "$STACK_SRC/mcp-server/requirements.txt" \
+venv "mem0-$MEM0AI_VERSION" "mem0ai==$MEM0AI_VERSION" qdrant-client -r "$MEM0_SRC/requirements.txt"
+# mcp 1.18 imports a pydantic internal that pydantic 2.13 removed; tabulate is for mcp-token.py.
+venv "stack-$STACK_MCP_VERSION" -r "$STACK_SRC/mcp-server/requirements.txt" \
   "mcp[cli]==$STACK_MCP_VERSION" "pydantic<2.13" tabulate
-venv "$WORK/venv-client" "mcp<2" httpx
+venv client "mcp<2" httpx
 MEM0_PY="$WORK/venv-mem0-$MEM0AI_VERSION/bin/python"
 STACK_PY="$WORK/venv-stack-$STACK_MCP_VERSION/bin/python"
 CLIENT_PY="$WORK/venv-client/bin/python"
