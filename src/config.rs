@@ -417,8 +417,10 @@ fn validate_spawn_upstream(upstream: &str) -> Result<(), ConfigError> {
     if !upstream.contains(PORT_PLACEHOLDER) {
         return Err(wrong());
     }
-    let one = Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "1")).map_err(|_| wrong())?;
-    let two = Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "2")).map_err(|_| wrong())?;
+    let one =
+        Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "1")).map_err(|_| wrong())?;
+    let two =
+        Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "2")).map_err(|_| wrong())?;
     if one.host != two.host || (one.port, two.port) != (1, 2) || one.host.contains(['{', '}']) {
         return Err(wrong());
     }
@@ -1356,7 +1358,12 @@ mod tests {
         assert_eq!(c.mcp.upstream, SPAWN_UPSTREAM);
         let spawn = c.mcp.spawn.as_ref().unwrap();
         assert_eq!(
-            (spawn.max_processes, spawn.idle_secs, spawn.ready_timeout_secs, spawn.stop_grace_secs),
+            (
+                spawn.max_processes,
+                spawn.idle_secs,
+                spawn.ready_timeout_secs,
+                spawn.stop_grace_secs
+            ),
             (32, 600, 20, 5)
         );
         assert!(c.to_masked_toml().contains("MEM0_USER = \"****\""));
@@ -1372,11 +1379,26 @@ mod tests {
         );
         let cases: &[(&str, &str)] = &[
             ("[mcp.spawn]\nargs = [\"x\"]", "mcp.spawn.command"),
-            ("[mcp]\nupstream = \"http://127.0.0.1:8081\"\n[mcp.spawn]\ncommand = \"s\"", "mcp.upstream"),
-            ("[mcp]\nupstream = \"http://{port}:80\"\n[mcp.spawn]\ncommand = \"s\"", "mcp.upstream"),
-            ("[mcp]\nupstream = \"http://127.0.0.1:{port}\"", "mcp.upstream"),
-            ("[mcp.spawn]\ncommand = \"s\"\nmax_processes = 0", "mcp.spawn.max_processes"),
-            ("[mcp.spawn]\ncommand = \"s\"\ninherit_env = [\"A=B\"]", "mcp.spawn.inherit_env"),
+            (
+                "[mcp]\nupstream = \"http://127.0.0.1:8081\"\n[mcp.spawn]\ncommand = \"s\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp]\nupstream = \"http://{port}:80\"\n[mcp.spawn]\ncommand = \"s\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp]\nupstream = \"http://127.0.0.1:{port}\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp.spawn]\ncommand = \"s\"\nmax_processes = 0",
+                "mcp.spawn.max_processes",
+            ),
+            (
+                "[mcp.spawn]\ncommand = \"s\"\ninherit_env = [\"A=B\"]",
+                "mcp.spawn.inherit_env",
+            ),
             ("[mcp.spawn]\ncommand = \"s\"\nbogus = 1", "bogus"),
         ];
         for (text, key) in cases {

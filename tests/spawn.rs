@@ -126,7 +126,10 @@ fn initialize() -> Value {
 async fn session(gate: &Memgate, token: &str) -> String {
     let reply = post(gate, token, None, &initialize()).await;
     assert_eq!(reply.status, 200, "initialize: {:?}", reply.body);
-    let id = reply.headers["mcp-session-id"].to_str().unwrap().to_string();
+    let id = reply.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert_eq!(post(gate, token, Some(&id), &initialized).await.status, 202);
     id
@@ -201,9 +204,27 @@ async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given()
     )
     .await;
     assert_eq!(added["user"], "alice");
-    let bobs = call(gate, &bob, &bob_session, "get_all_coding_preferences", json!({})).await;
-    assert_eq!(bobs, json!({"user": "bob", "results": []}), "bob sees alice's");
-    let alices = call(gate, &alice, &alice_session, "get_all_coding_preferences", json!({})).await;
+    let bobs = call(
+        gate,
+        &bob,
+        &bob_session,
+        "get_all_coding_preferences",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        bobs,
+        json!({"user": "bob", "results": []}),
+        "bob sees alice's"
+    );
+    let alices = call(
+        gate,
+        &alice,
+        &alice_session,
+        "get_all_coding_preferences",
+        json!({}),
+    )
+    .await;
     assert_eq!(alices["results"], json!(["tabs"]));
     // A session of one scope's server means nothing to another's.
     let foreign = post(
@@ -217,10 +238,21 @@ async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given()
 
     let names = call(gate, &alice, &alice_session, "env_names", json!({})).await;
     let names: BTreeSet<String> = serde_json::from_value(names["names"].clone()).unwrap();
-    let allowed: BTreeSet<&str> = ["PATH", "HOME", "LANG", "TZ", "MEM0_USER", "PID_LOG", SHARED.0]
-        .into();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "MEM0_USER",
+        "PID_LOG",
+        SHARED.0,
+    ]
+    .into();
     for name in &names {
-        assert!(allowed.contains(name.as_str()), "child got {name}: {names:?}");
+        assert!(
+            allowed.contains(name.as_str()),
+            "child got {name}: {names:?}"
+        );
     }
     for name in ["PATH", "MEM0_USER", SHARED.0] {
         assert!(names.contains(name), "child lacks {name}: {names:?}");
@@ -239,13 +271,19 @@ async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given()
     let log = gate.log();
     let pid = pids["alice"][0];
     assert!(
-        log.lines().any(|l| l.contains("single-tenant MCP server for 'alice'")
-            && l.contains(&format!("pid={pid}"))),
+        log.lines()
+            .any(|l| l.contains("single-tenant MCP server for 'alice'")
+                && l.contains(&format!("pid={pid}"))),
         "child output not logged with its pid:\n{log}"
     );
-    assert_eq!(gate.metric("memgate_upstream_spawns_total{result=\"ok\"}").await, 2.0);
     assert_eq!(
-        gate.metric("memgate_upstream_processes{state=\"running\"}").await,
+        gate.metric("memgate_upstream_spawns_total{result=\"ok\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gate.metric("memgate_upstream_processes{state=\"running\"}")
+            .await,
         2.0
     );
     eprintln!("first request of a spawned scope: {first_request:?}");
@@ -321,7 +359,10 @@ async fn at_the_limit_an_idle_child_gives_way_and_busy_ones_refuse() {
         post(gate, &dave, None, &initialize()).await.status == 200
     })
     .await;
-    assert!(served.is_some(), "dave never got a server once one was free");
+    assert!(
+        served.is_some(),
+        "dave never got a server once one was free"
+    );
 }
 
 #[tokio::test]
@@ -331,9 +372,14 @@ async fn an_idle_child_is_stopped_and_started_again_when_needed() {
     let alice = gate.create_token("alice", &[]);
     session(gate, &alice).await;
     let first = env.pid_of("alice");
-    assert!(gone_within(first, Duration::from_secs(10)).await, "idle child kept");
+    assert!(
+        gone_within(first, Duration::from_secs(10)).await,
+        "idle child kept"
+    );
     let running = within(STEP, || async {
-        gate.metric("memgate_upstream_processes{state=\"running\"}").await == 0.0
+        gate.metric("memgate_upstream_processes{state=\"running\"}")
+            .await
+            == 0.0
     })
     .await;
     assert!(running.is_some());
@@ -347,7 +393,14 @@ async fn a_crashed_child_is_restarted_and_its_sessions_are_forgotten() {
     let gate = &env.gate;
     let alice = gate.create_token("alice", &[]);
     let old = session(gate, &alice).await;
-    call(gate, &alice, &old, "add_coding_preference", json!({"text": "tabs"})).await;
+    call(
+        gate,
+        &alice,
+        &old,
+        "add_coding_preference",
+        json!({"text": "tabs"}),
+    )
+    .await;
     let first = env.pid_of("alice");
     kill(first, libc::SIGKILL);
     assert!(gone_within(first, STEP).await);
@@ -357,7 +410,10 @@ async fn a_crashed_child_is_restarted_and_its_sessions_are_forgotten() {
         post(gate, &alice, Some(&old), &ping).await.status == 404
     })
     .await;
-    assert!(forgotten.is_some(), "the crashed child's session still works");
+    assert!(
+        forgotten.is_some(),
+        "the crashed child's session still works"
+    );
     let new = session(gate, &alice).await;
     assert_ne!(new, old);
     assert_ne!(env.pid_of("alice"), first, "not restarted");

@@ -79,7 +79,11 @@ pub fn child_env(
     get: impl Fn(&str) -> Option<String>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for name in BASE_ENV.iter().copied().chain(inherit.iter().map(String::as_str)) {
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(inherit.iter().map(String::as_str))
+    {
         if let Some(value) = get(name) {
             out.insert(name.to_string(), value);
         }
@@ -323,13 +327,13 @@ impl Supervisor {
         std::thread::Builder::new()
             .name("memgate-spawner".into())
             .spawn(move || spawner(queue))
-            .map_err(|e| ConfigError::Unsupported(format!("cannot start the spawner thread: {e}")))?;
-        let templates = std::iter::once(&spawn.command)
+            .map_err(|e| {
+                ConfigError::Unsupported(format!("cannot start the spawner thread: {e}"))
+            })?;
+        let per_user = std::iter::once(&spawn.command)
             .chain(&spawn.args)
             .chain(spawn.env.values())
-            .chain(std::iter::once(&spawn.cwd));
-        let per_user = templates
-            .into_iter()
+            .chain(std::iter::once(&spawn.cwd))
             .any(|t| t.contains(USER_PLACEHOLDER));
         let supervisor = Arc::new(Supervisor {
             spawn: spawn.clone(),
@@ -425,7 +429,12 @@ impl Supervisor {
         Duration::from_secs(self.spawn.stop_grace_secs)
     }
 
-    fn client_for(&self, scope: &str, user: &str, port: u16) -> Result<Arc<UpstreamClient>, ConfigError> {
+    fn client_for(
+        &self,
+        scope: &str,
+        user: &str,
+        port: u16,
+    ) -> Result<Arc<UpstreamClient>, ConfigError> {
         let vars = Vars { scope, user, port };
         let listener = ListenerConfig {
             upstream: fill(&self.listener.upstream, &vars),
@@ -511,11 +520,17 @@ impl Supervisor {
     /// exits, or `ready_timeout_secs` pass.
     async fn await_port(&self, child: &Child) -> Result<(), &'static str> {
         let deadline = Instant::now() + Duration::from_secs(self.spawn.ready_timeout_secs);
-        let host = Upstream::parse(&self.key, &fill(&self.listener.upstream, &Vars {
-            scope: "",
-            user: "",
-            port: child.port,
-        }))
+        let host = Upstream::parse(
+            &self.key,
+            &fill(
+                &self.listener.upstream,
+                &Vars {
+                    scope: "",
+                    user: "",
+                    port: child.port,
+                },
+            ),
+        )
         .map(|u| u.host)
         .unwrap_or_else(|_| "127.0.0.1".into());
         let mut pause = Duration::from_millis(5);
@@ -586,7 +601,8 @@ impl Supervisor {
         let status = process.wait();
         tracing::info!(scope = %child.key, pid = pid.as_raw(), status = ?status.ok(), "MCP server exited");
         self.forget(child);
-        let sessions = std::mem::take(&mut *child.sessions.lock().unwrap_or_else(|e| e.into_inner()));
+        let sessions =
+            std::mem::take(&mut *child.sessions.lock().unwrap_or_else(|e| e.into_inner()));
         if !sessions.is_empty() {
             let bindings = self.sessions.clone();
             self.runtime.block_on(async move {
@@ -637,7 +653,10 @@ impl Supervisor {
         if children.is_empty() {
             return;
         }
-        tracing::info!(children = children.len(), "stopping the spawned MCP servers");
+        tracing::info!(
+            children = children.len(),
+            "stopping the spawned MCP servers"
+        );
         let mut stops = tokio::task::JoinSet::new();
         for child in children {
             stops.spawn_on(stop(child, self.grace()), &self.runtime);
@@ -658,7 +677,10 @@ async fn stop(child: Arc<Child>, grace: Duration) {
         Child::set_phase(&mut phase, Phase::Stopping);
     }
     let mut exited = child.exited.subscribe();
-    if tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err() {
+    if tokio::time::timeout(grace, exited.wait_for(|e| *e))
+        .await
+        .is_err()
+    {
         tracing::warn!(scope = %child.key, "the MCP server ignored SIGTERM; killing it");
         child.signal(&child.phase(), Signal::SIGKILL);
         let _ = exited.wait_for(|e| *e).await;
@@ -668,7 +690,7 @@ async fn stop(child: Arc<Child>, grace: Duration) {
 /// Runs the idle check until the supervisor is gone.
 async fn reap_idle(supervisor: std::sync::Weak<Supervisor>) {
     let every = match supervisor.upgrade() {
-        Some(s) => Duration::from_millis((s.spawn.idle_secs * 250).clamp(100, 5000)),
+        Some(s) => Duration::from_millis(s.spawn.idle_secs.saturating_mul(250).clamp(100, 5000)),
         None => return,
     };
     let mut tick = tokio::time::interval(every);
@@ -684,12 +706,16 @@ async fn reap_idle(supervisor: std::sync::Weak<Supervisor>) {
 /// A loopback port no live child uses, free when asked.
 fn free_port(table: &Table) -> std::io::Result<u16> {
     for _ in 0..16 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         if !table.live.values().any(|c| c.port == port) {
             return Ok(port);
         }
     }
-    Err(std::io::Error::other("every port offered is in use by a child"))
+    Err(std::io::Error::other(
+        "every port offered is in use by a child",
+    ))
 }
 
 /// The spawner thread: forks every child, so that their parent-death
@@ -796,9 +822,12 @@ mod tests {
             ("TZ".to_string(), "Europe/Paris".to_string()),
         ]
         .into();
-        let got = child_env(&["MEM0_API_KEY".into(), "ABSENT".into()], &env, &vars(), |n| {
-            outside.get(n).map(|v| v.to_string())
-        });
+        let got = child_env(
+            &["MEM0_API_KEY".into(), "ABSENT".into()],
+            &env,
+            &vars(),
+            |n| outside.get(n).map(|v| v.to_string()),
+        );
         let want: BTreeMap<String, String> = [
             ("PATH", "/bin"),
             ("HOME", "/root"),

@@ -127,10 +127,12 @@ impl Upstreams {
                 client: client.clone(),
                 child: None,
             }),
-            Upstreams::PerScope(scoped) => scoped.client(scope, user_id).map(|client| UpstreamLease {
-                client,
-                child: None,
-            }),
+            Upstreams::PerScope(scoped) => {
+                scoped.client(scope, user_id).map(|client| UpstreamLease {
+                    client,
+                    child: None,
+                })
+            }
         }
     }
 }
