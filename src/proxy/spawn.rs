@@ -587,12 +587,9 @@ impl Supervisor {
         };
         // WNOWAIT leaves the zombie in place: its pid cannot be reused while
         // the group is signalled below.
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
         {
             let mut phase = child.phase();
             let _ = killpg(pid, Signal::SIGKILL);
