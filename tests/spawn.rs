@@ -62,6 +62,12 @@ fn script() -> PathBuf {
 /// A memgate spawning the test server per scope; `spawn_extra` adds keys to
 /// `[mcp.spawn]`.
 async fn env_with(spawn_extra: &str) -> Env {
+    let args = format!("[{:?}, \"{{port}}\"]", script().display().to_string());
+    env_running(&args, spawn_extra).await
+}
+
+/// Like [`env_with`], with the interpreter running `args` (a TOML list).
+async fn env_running(args: &str, spawn_extra: &str) -> Env {
     let db = TestDb::new(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = MemgateConfig::new(&db.url, "http://127.0.0.1:9");
@@ -73,12 +79,11 @@ async fn env_with(spawn_extra: &str) -> Env {
     let dir_path = dir.path().display().to_string();
     cfg.extra = format!(
         "[mcp.tools.env_names]\npermission = \"read\"\nscoped_by = \"upstream\"\n\n\
-         [mcp.spawn]\ncommand = {python:?}\nargs = [{script:?}, \"{{port}}\"]\n\
+         [mcp.spawn]\ncommand = {python:?}\nargs = {args}\n\
          env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\" }}\n\
          cwd = \"{dir_path}/scopes/{{scope}}\"\ninherit_env = [{shared:?}]\n\
          stop_grace_secs = 2\n{spawn_extra}\n",
         python = python(),
-        script = script().display().to_string(),
         shared = SHARED.0,
     );
     let gate = Memgate::start(cfg).await;
@@ -450,4 +455,53 @@ async fn no_child_outlives_memgate_stopped_or_killed() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_child_that_never_listens_or_cannot_start_gets_503() {
+    let env = env_running(
+        "[\"-c\", \"import time; time.sleep(60)\"]",
+        "ready_timeout_secs = 1",
+    )
+    .await;
+    let alice = env.gate.create_token("alice", &[]);
+    let started = Instant::now();
+    let refused = post(&env.gate, &alice, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"timeout\"}")
+            .await,
+        1.0
+    );
+    let stopped = within(STEP, || async {
+        env.gate
+            .metric("memgate_upstream_processes{state=\"stopping\"}")
+            .await
+            == 0.0
+            && env
+                .gate
+                .metric("memgate_upstream_processes{state=\"starting\"}")
+                .await
+                == 0.0
+    })
+    .await;
+    assert!(stopped.is_some(), "the child that never listened was kept");
+
+    let env = env_running("[\"/nonexistent/script.py\"]", "").await;
+    let alice = env.gate.create_token("alice", &[]);
+    let refused = post(&env.gate, &alice, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"failed\"}")
+            .await,
+        1.0
+    );
 }
