@@ -35,6 +35,10 @@ use crate::sessions::SessionBindings;
 const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 /// Seconds a client is told to wait when no child can serve it now.
 const RETRY_AFTER_SECS: u64 = 2;
+/// Sessions remembered per child, so a long-lived child's list stays
+/// bounded; an older one left bound is unknown to the next child, which
+/// refuses it itself.
+const MAX_NOTED_SESSIONS: usize = 4096;
 /// Stack of the waiter and output threads: they only wait and copy lines.
 const SMALL_STACK: usize = 128 * 1024;
 
@@ -166,8 +170,9 @@ struct Child {
     last_used: AtomicU64,
     ready: watch::Sender<Readiness>,
     exited: watch::Sender<bool>,
-    /// Session ids this child handed out: they die with it.
-    sessions: Mutex<Vec<String>>,
+    /// Session ids this child handed out, the latest [`MAX_NOTED_SESSIONS`]:
+    /// they die with it.
+    sessions: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Child {
@@ -186,7 +191,7 @@ impl Child {
             last_used: AtomicU64::new(now),
             ready: watch::Sender::new(Readiness::Pending),
             exited: watch::Sender::new(false),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -250,7 +255,10 @@ impl ChildLease {
     /// child goes (a new process would not know it).
     pub fn note_session(&self, session_key: &str) {
         if let Ok(mut sessions) = self.child.sessions.lock() {
-            sessions.push(session_key.to_string());
+            if sessions.len() >= MAX_NOTED_SESSIONS {
+                sessions.pop_front();
+            }
+            sessions.push_back(session_key.to_string());
         }
     }
 }
@@ -476,26 +484,24 @@ impl Supervisor {
                 Err("failed")
             }
         };
-        let result = match outcome {
-            Ok(()) => {
-                Child::set_phase(&mut child.phase(), Phase::Running);
-                child.ready.send_replace(Readiness::Ready);
-                if self.closing.load(Ordering::Acquire) {
-                    self.runtime.spawn(stop(child.clone(), self.grace()));
-                }
-                "ok"
-            }
-            Err(result) => {
-                child.ready.send_replace(Readiness::Failed);
-                if result == "timeout" {
-                    tracing::warn!(scope = %child.key, "the MCP server did not accept connections in time (mcp.spawn.ready_timeout_secs); stopping it");
-                }
-                self.table_drop_current(&child);
-                stop(child.clone(), self.grace()).await;
-                result
-            }
-        };
+        // Counted before the waiting requests are answered, so the count
+        // already holds when they see the outcome.
+        let result = outcome.err().unwrap_or("ok");
         METRICS.upstream_spawns.with_label_values(&[result]).inc();
+        if result == "ok" {
+            Child::set_phase(&mut child.phase(), Phase::Running);
+            child.ready.send_replace(Readiness::Ready);
+            if self.closing.load(Ordering::Acquire) {
+                self.runtime.spawn(stop(child.clone(), self.grace()));
+            }
+            return;
+        }
+        child.ready.send_replace(Readiness::Failed);
+        if result == "timeout" {
+            tracing::warn!(scope = %child.key, "the MCP server did not accept connections in time (mcp.spawn.ready_timeout_secs); stopping it");
+        }
+        self.table_drop_current(&child);
+        stop(child, self.grace()).await;
     }
 
     /// Hands `launch` to the spawner thread.
