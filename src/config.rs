@@ -22,6 +22,9 @@ pub enum ConfigError {
     Syntax { path: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// A setting memgate knows but cannot honour yet; the text says which.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -303,6 +306,125 @@ pub struct McpConfig {
     pub max_sessions: u64,
     /// Tool rules by tool name, added to (or replacing) the shipped defaults.
     pub tools: std::collections::BTreeMap<String, crate::policy::mcp::ToolRule>,
+    /// One MCP server process per scope, started by memgate (DESIGN.md §5a).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn: Option<SpawnConfig>,
+}
+
+/// How a spawned MCP server is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpawnTransport {
+    /// The child listens on `mcp.upstream` (loopback, `{port}`).
+    #[default]
+    Http,
+    /// MCP over the child's stdin/stdout.
+    Stdio,
+}
+
+/// `[mcp.spawn]`: the command memgate runs for each scope. `command`, `args`,
+/// `env` and `cwd` may hold `{scope}`, `{user}` (host labels) and `{port}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpawnConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    /// Set in the child's environment (over the inherited names).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The child's working directory, created (0700) if missing; empty: memgate's.
+    pub cwd: String,
+    pub transport: SpawnTransport,
+    /// Names of memgate's environment variables the child also gets, besides
+    /// PATH, HOME, LANG and TZ.
+    pub inherit_env: Vec<String>,
+    pub max_processes: usize,
+    pub idle_secs: u64,
+    pub ready_timeout_secs: u64,
+    pub stop_grace_secs: u64,
+}
+
+impl Default for SpawnConfig {
+    fn default() -> Self {
+        SpawnConfig {
+            command: String::new(),
+            args: Vec::new(),
+            env: std::collections::BTreeMap::new(),
+            cwd: String::new(),
+            transport: SpawnTransport::Http,
+            inherit_env: Vec::new(),
+            max_processes: 32,
+            idle_secs: 600,
+            ready_timeout_secs: 20,
+            stop_grace_secs: 5,
+        }
+    }
+}
+
+/// `mcp.upstream` when `[mcp.spawn]` is on and the file does not set it.
+pub const SPAWN_UPSTREAM: &str = "http://127.0.0.1:{port}";
+
+/// Stands for the port memgate picks for a spawned child.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+
+impl SpawnConfig {
+    fn validate(&self, upstream: &str) -> Result<(), ConfigError> {
+        if self.transport == SpawnTransport::Stdio {
+            return Err(ConfigError::Unsupported(
+                "mcp.spawn.transport = \"stdio\" is not supported yet".into(),
+            ));
+        }
+        if self.command.trim().is_empty() {
+            return Err(invalid("mcp.spawn.command", "must name the program to run"));
+        }
+        let bad_name = |n: &str| n.is_empty() || n.contains(['=', '\0']);
+        if let Some(name) = self.inherit_env.iter().find(|n| bad_name(n)) {
+            return Err(invalid(
+                "mcp.spawn.inherit_env",
+                format!("{name:?} is not an environment variable name"),
+            ));
+        }
+        if let Some(name) = self.env.keys().find(|n| bad_name(n)) {
+            return Err(invalid(
+                "mcp.spawn.env",
+                format!("{name:?} is not an environment variable name"),
+            ));
+        }
+        for (key, value) in [
+            ("mcp.spawn.max_processes", self.max_processes as u64),
+            ("mcp.spawn.idle_secs", self.idle_secs),
+            ("mcp.spawn.ready_timeout_secs", self.ready_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        validate_spawn_upstream(upstream)
+    }
+}
+
+/// With spawn, `mcp.upstream` is where each child listens: a plain
+/// `scheme://host:{port}`.
+fn validate_spawn_upstream(upstream: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "mcp.upstream";
+    let wrong = || {
+        invalid(
+            KEY,
+            format!(
+                "{upstream:?}: with [mcp.spawn] it must be scheme://host:{{port}}, e.g. {SPAWN_UPSTREAM}"
+            ),
+        )
+    };
+    if !upstream.contains(PORT_PLACEHOLDER) {
+        return Err(wrong());
+    }
+    let one =
+        Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "1")).map_err(|_| wrong())?;
+    let two =
+        Upstream::parse(KEY, &upstream.replace(PORT_PLACEHOLDER, "2")).map_err(|_| wrong())?;
+    if one.host != two.host || (one.port, two.port) != (1, 2) || one.host.contains(['{', '}']) {
+        return Err(wrong());
+    }
+    Ok(())
 }
 
 impl McpConfig {
@@ -466,6 +588,7 @@ impl Default for Config {
                 session_idle_secs: 3600,
                 max_sessions: 100_000,
                 tools: std::collections::BTreeMap::new(),
+                spawn: None,
             },
             mem0: Mem0Config {
                 listen: mem0.listen,
@@ -707,10 +830,39 @@ pub fn from_parts(
     }
     apply_env(&mut table, &defaults, env_vars)?;
     check_spans(&table)?;
+    default_spawn_upstream(&mut table, file_text, env_vars);
     let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
     config.validate()?;
     Ok(config)
+}
+
+/// With `[mcp.spawn]` on and `mcp.upstream` set neither in the file nor in
+/// the environment, the children listen on a loopback port memgate picks.
+fn default_spawn_upstream(
+    table: &mut toml::Table,
+    file_text: Option<&str>,
+    env_vars: &[(String, String)],
+) {
+    let Some(mcp) = table.get_mut("mcp").and_then(|m| m.as_table_mut()) else {
+        return;
+    };
+    if !mcp.contains_key("spawn") {
+        return;
+    }
+    let in_file = file_text
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|file| {
+            file.get("mcp")
+                .and_then(|m| m.as_table())
+                .is_some_and(|m| m.contains_key("upstream"))
+        });
+    let in_env = env_vars
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("MEMGATE_MCP__UPSTREAM"));
+    if !in_file && !in_env {
+        mcp.insert("upstream".into(), SPAWN_UPSTREAM.into());
+    }
 }
 
 /// Applies `MEMGATE_SECTION__KEY=value` overrides. The value is read with the
@@ -777,29 +929,39 @@ const MAX_SPAN_SECS: i64 = 36_500 * 86_400;
 
 /// Every `*_secs`, `*_ms` and `*_days` key is at most [`MAX_SPAN_SECS`] long.
 fn check_spans(table: &toml::Table) -> Result<(), ConfigError> {
-    for (section, keys) in table {
-        let Some(keys) = keys.as_table() else {
+    check_spans_under("", table)
+}
+
+/// [`check_spans`] for the keys of `table`, a section at `prefix` (nested
+/// sections such as `[mcp.spawn]` included).
+fn check_spans_under(prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if let Some(nested) = value.as_table() {
+            check_spans_under(&path, nested)?;
+            continue;
+        }
+        let Some(n) = value.as_integer() else {
             continue;
         };
-        for (key, value) in keys {
-            let Some(n) = value.as_integer() else {
-                continue;
-            };
-            let max = if key.ends_with("_secs") {
-                MAX_SPAN_SECS
-            } else if key.ends_with("_ms") {
-                MAX_SPAN_SECS * 1000
-            } else if key.ends_with("_days") {
-                MAX_SPAN_SECS / 86_400
-            } else {
-                continue;
-            };
-            if n > max {
-                return Err(invalid(
-                    format!("{section}.{key}"),
-                    format!("{n} is longer than 100 years; give at most {max}"),
-                ));
-            }
+        let max = if key.ends_with("_secs") {
+            MAX_SPAN_SECS
+        } else if key.ends_with("_ms") {
+            MAX_SPAN_SECS * 1000
+        } else if key.ends_with("_days") {
+            MAX_SPAN_SECS / 86_400
+        } else {
+            continue;
+        };
+        if n > max {
+            return Err(invalid(
+                path,
+                format!("{n} is longer than 100 years; give at most {max}"),
+            ));
         }
     }
     Ok(())
@@ -968,7 +1130,16 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        validate_mcp_upstream(&self.mcp.upstream)?;
+        match &self.mcp.spawn {
+            Some(spawn) => spawn.validate(&self.mcp.upstream)?,
+            None if self.mcp.upstream.contains(PORT_PLACEHOLDER) => {
+                return Err(invalid(
+                    "mcp.upstream",
+                    "{port} stands for a spawned server's port: only with [mcp.spawn]",
+                ));
+            }
+            None => validate_mcp_upstream(&self.mcp.upstream)?,
+        }
         for (name, listener) in [
             ("mcp", &self.mcp.listener()),
             ("mem0", &self.mem0.listener()),
@@ -1145,6 +1316,12 @@ impl Config {
                 }
             }
         }
+        // A child's environment may carry its credentials.
+        if let Some(spawn) = &mut shown.mcp.spawn {
+            for value in spawn.env.values_mut() {
+                *value = "****".into();
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -1295,6 +1472,62 @@ mod tests {
     }
 
     #[test]
+    fn spawn_defaults_its_upstream_and_checks_its_keys() {
+        let on = "[mcp.spawn]\ncommand = \"server\"\nenv = { MEM0_USER = \"{scope}\" }";
+        let c = from_parts(Some(on), "f", &[]).unwrap();
+        assert_eq!(c.mcp.upstream, SPAWN_UPSTREAM);
+        let spawn = c.mcp.spawn.as_ref().unwrap();
+        assert_eq!(
+            (
+                spawn.max_processes,
+                spawn.idle_secs,
+                spawn.ready_timeout_secs,
+                spawn.stop_grace_secs
+            ),
+            (32, 600, 20, 5)
+        );
+        assert!(c.to_masked_toml().contains("MEM0_USER = \"****\""));
+        let set = format!("[mcp]\nupstream = \"http://localhost:{{port}}\"\n{on}");
+        assert_eq!(
+            from_parts(Some(&set), "f", &[]).unwrap().mcp.upstream,
+            "http://localhost:{port}"
+        );
+        let stdio = format!("{on}\ntransport = \"stdio\"");
+        assert_eq!(
+            from_parts(Some(&stdio), "f", &[]).unwrap_err().to_string(),
+            "mcp.spawn.transport = \"stdio\" is not supported yet"
+        );
+        let cases: &[(&str, &str)] = &[
+            ("[mcp.spawn]\nargs = [\"x\"]", "mcp.spawn.command"),
+            (
+                "[mcp]\nupstream = \"http://127.0.0.1:8081\"\n[mcp.spawn]\ncommand = \"s\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp]\nupstream = \"http://{port}:80\"\n[mcp.spawn]\ncommand = \"s\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp]\nupstream = \"http://127.0.0.1:{port}\"",
+                "mcp.upstream",
+            ),
+            (
+                "[mcp.spawn]\ncommand = \"s\"\nmax_processes = 0",
+                "mcp.spawn.max_processes",
+            ),
+            (
+                "[mcp.spawn]\ncommand = \"s\"\ninherit_env = [\"A=B\"]",
+                "mcp.spawn.inherit_env",
+            ),
+            ("[mcp.spawn]\ncommand = \"s\"\nbogus = 1", "bogus"),
+        ];
+        for (text, key) in cases {
+            let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err:?} should name {key}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
@@ -1376,6 +1609,10 @@ mod tests {
             (
                 "[redis]\ntimeout_ms = 9000000000000000000",
                 "redis.timeout_ms",
+            ),
+            (
+                "[mcp.spawn]\ncommand = \"x\"\nidle_secs = 9000000000000000",
+                "mcp.spawn.idle_secs",
             ),
         ] {
             let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// `listener`: tasks alive on the listener's runtime, as of its last request.
     pub runtime_tasks: IntGaugeVec,
+    /// `state` (starting|running|stopping): spawned MCP servers (`[mcp.spawn]`).
+    pub upstream_processes: IntGaugeVec,
+    /// `result` (ok|failed|timeout): starts of spawned MCP servers.
+    pub upstream_spawns: IntCounterVec,
     /// `version`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -231,6 +235,24 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| panic!("metric runtime_tasks is malformed: {e}")),
             ),
+            upstream_processes: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "upstream_processes",
+                        "MCP server processes memgate spawned ([mcp.spawn]), by state: starting (not yet accepting connections), running, stopping.",
+                    )
+                    .namespace("memgate"),
+                    &["state"],
+                )
+                .unwrap_or_else(|e| panic!("metric upstream_processes is malformed: {e}")),
+            ),
+            upstream_spawns: counter_vec(
+                &r,
+                "upstream_spawns_total",
+                "Starts of spawned MCP server processes, by result: ok (accepting connections), failed (could not run or exited first), timeout (not ready within mcp.spawn.ready_timeout_secs).",
+                &["result"],
+            ),
             build_info,
             registry: r,
         }
@@ -298,6 +320,12 @@ impl Metrics {
         // Every MCP session starts with these; tool calls follow per tool.
         for method in ["initialize", "tools/list"] {
             self.mcp_requests.with_label_values(&[method, ""]);
+        }
+        for state in ["starting", "running", "stopping"] {
+            self.upstream_processes.with_label_values(&[state]);
+        }
+        for result in ["ok", "failed", "timeout"] {
+            self.upstream_spawns.with_label_values(&[result]);
         }
         for op in ["ping", "token_by_hash", "insert_audit", "record_scopes"] {
             self.store_queries.with_label_values(&[op]);

@@ -31,6 +31,7 @@ use crate::proxy::Shared;
 use crate::proxy::exchange::UpstreamClient;
 use crate::proxy::mcp::{McpFlow, McpSettings};
 use crate::proxy::mem0::Mem0Flow;
+use crate::proxy::spawn::Supervisor;
 use crate::proxy::targets::Upstreams;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::proxy::{Flow, Gate, Listener};
@@ -55,7 +56,12 @@ fn cannot_listen(key: &str, addr: SocketAddr) -> String {
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     let mcp_listener = config.mcp.listener();
-    let mcp_upstreams = Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?);
+    // Spawned servers need the background runtime and the session bindings:
+    // they are set up below.
+    let fixed_upstreams = match &config.mcp.spawn {
+        None => Some(Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?)),
+        Some(_) => None,
+    };
     let mem0_listener = config.mem0.listener();
     let mem0_upstream = Arc::new(UpstreamTarget::new("mem0.upstream", &mem0_listener)?);
     let mem0_policy = Mem0Policy {
@@ -170,6 +176,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sessions.clone(),
         Duration::from_secs(config.mcp.session_idle_secs),
     ));
+    let mcp_upstreams = match (&config.mcp.spawn, fixed_upstreams) {
+        (Some(spawn), _) => Arc::new(Upstreams::Spawned(Supervisor::start(
+            "mcp.upstream",
+            &mcp_listener,
+            spawn,
+            background.handle().clone(),
+            sessions.clone(),
+        )?)),
+        (None, Some(upstreams)) => upstreams,
+        (None, None) => Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?),
+    };
+    let supervisor = mcp_upstreams.supervisor().cloned();
     let mcp_policy = McpPolicy {
         tools: {
             let mut tools = default_tool_rules();
@@ -287,23 +305,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         stopping.clone(),
         shared.clone(),
         store.clone(),
+        supervisor.clone(),
     )?);
     drop(entered);
     server.run(RunArgs::default());
     // SIGINT (fast shutdown) ends up here.
-    background.block_on(flush(&stopping, &shared, store.as_ref()));
+    background.block_on(async {
+        if let Some(supervisor) = &supervisor {
+            supervisor.stop_all().await;
+        }
+        flush(&stopping, &shared, store.as_ref()).await;
+    });
     Ok(())
 }
 
 type Stopping = Arc<tokio::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>>;
 
-/// Waits for SIGTERM, then for in-flight requests (at most `grace`), flushes and exits 0.
+/// Waits for SIGTERM, then for in-flight requests (at most `grace`), stops
+/// the spawned MCP servers, flushes and exits 0.
 fn graceful_stop(
     in_flight: InFlight,
     grace: Duration,
     stopping: Stopping,
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
+    supervisor: Option<Arc<Supervisor>>,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
@@ -317,6 +343,9 @@ fn graceful_stop(
                 in_flight = in_flight.count(),
                 "grace period over; cutting the rest"
             );
+        }
+        if let Some(supervisor) = &supervisor {
+            supervisor.stop_all().await;
         }
         flush(&stopping, &shared, store.as_ref()).await;
         tracing::info!("stopped");

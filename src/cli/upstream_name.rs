@@ -48,7 +48,9 @@ pub fn run(config: &Config, args: &UpstreamNameArgs) -> anyhow::Result<String> {
         })
         .to_string());
     }
-    let note = if templated {
+    let note = if config.mcp.spawn.is_some() {
+        "   ([mcp.spawn]: memgate starts this scope's process and picks {port})"
+    } else if templated {
         ""
     } else {
         "   (mcp.upstream has no {scope} or {user}: every user shares it)"

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::exchange::UpstreamClient;
 use super::headers::{Relayed, SetHeaders};
-use super::targets::Upstreams;
+use super::targets::{NoUpstream, UpstreamLease, Upstreams};
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
 use crate::metrics::{METRICS, memo};
@@ -613,12 +613,16 @@ impl McpFlow {
         forward: McpForward,
         client_body: Vec<u8>,
     ) -> Result<()> {
-        let client = match self.upstreams.client(scope, &identity.user_id) {
+        let client = match self.upstreams.client(scope, &identity.user_id).await {
             Ok(client) => client,
-            Err(why) => {
+            Err(NoUpstream::Unsafe(why)) => {
                 tracing::error!(error = %why, "no MCP upstream for this scope; nothing sent");
                 let message = "This request's upstream cannot be reached safely; the operator must check the logs";
                 return refuse(session, 500, message, &Value::Null, &[]).await;
+            }
+            Err(NoUpstream::NotReady(why)) => {
+                let retry = [("retry-after", why.retry_after_secs.to_string())];
+                return refuse(session, 503, &why.message, &Value::Null, &retry).await;
             }
         };
         let body = Bytes::from(forward.body.clone().unwrap_or(client_body));
@@ -666,6 +670,7 @@ impl McpFlow {
                 let message = "The MCP upstream handed out a session id already in use";
                 return refuse(session, 502, message, &Value::Null, &[]).await;
             }
+            client.note_session(&id);
         }
         let event_stream = upstream.is_event_stream();
         let ids = forward.tools_list_ids();
@@ -768,6 +773,7 @@ impl McpFlow {
     pub fn on_response_chunk(
         &self,
         watch: &mut StreamWatch,
+        upstream: &UpstreamLease,
         body: &mut Option<Bytes>,
         end: bool,
     ) -> Result<()> {
@@ -785,6 +791,7 @@ impl McpFlow {
             {
                 let id = session_key(&id, true);
                 if self.sessions.bind_detached(&id, &watch.user_id) {
+                    upstream.note_session(&id);
                     watch.stream_session = Some(id);
                     watch.legacy = true;
                 } else {

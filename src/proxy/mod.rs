@@ -12,6 +12,7 @@ pub mod mcp;
 pub mod mem0;
 pub mod pool;
 pub mod session;
+pub mod spawn;
 pub mod targets;
 pub mod upstream;
 
@@ -733,9 +734,15 @@ impl Gate {
                     .await;
             }
         };
-        let client = match self.upstreams.client(&ctx.scope, &identity.user_id) {
+        let client = match self.upstreams.client(&ctx.scope, &identity.user_id).await {
             Ok(client) => client,
-            Err(why) => {
+            Err(targets::NoUpstream::NotReady(why)) => {
+                let body =
+                    errors::error_body(self.listener, 503, &why.message, &serde_json::Value::Null);
+                let retry = [("retry-after", why.retry_after_secs.to_string())];
+                return errors::respond_json(session, 503, body, &retry).await;
+            }
+            Err(targets::NoUpstream::Unsafe(why)) => {
                 tracing::error!(error = %why, "no upstream for this scope; nothing sent");
                 return errors::respond_error(
                     session,
@@ -831,7 +838,7 @@ impl Gate {
                 }
             };
             if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
-                flow.on_response_chunk(watch, &mut chunk, end)?;
+                flow.on_response_chunk(watch, &client, &mut chunk, end)?;
             }
             if chunk.is_some() || end {
                 session

@@ -1,11 +1,13 @@
-//! Which upstream serves a request: the listener's one, or for a templated
+//! Which upstream serves a request: the listener's one, for a templated
 //! `[mcp] upstream` (`http://mcp-{scope}:8080`) the scope's own server, each
-//! with its own connection pool and DNS resolution.
+//! with its own connection pool and DNS resolution, or with `[mcp.spawn]` the
+//! scope's own process, started by memgate.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::exchange::UpstreamClient;
+use super::spawn::{ChildLease, NotReady, Supervisor};
 use super::upstream::UpstreamTarget;
 use crate::config::{ConfigError, ListenerConfig};
 use crate::policy::upstream_name::{expand, is_template};
@@ -20,6 +22,47 @@ pub enum Upstreams {
     One(Arc<UpstreamClient>),
     /// Each scope has a server of its own, named by a template.
     PerScope(ScopeUpstreams),
+    /// Each scope has a process of its own, started on its first request.
+    Spawned(Arc<Supervisor>),
+}
+
+/// Why a request has no upstream.
+#[derive(Debug)]
+pub enum NoUpstream {
+    /// The expansion is not a plain `scheme://host:port`: 500, nothing sent.
+    Unsafe(String),
+    /// The scope's process is not ready, or none may start now: 503.
+    NotReady(NotReady),
+}
+
+/// The upstream serving one request. A spawned child counts it as in use
+/// (so it is neither stopped for being idle nor to make room) until dropped.
+pub struct UpstreamLease {
+    client: Arc<UpstreamClient>,
+    child: Option<ChildLease>,
+}
+
+impl UpstreamLease {
+    /// The client itself (shared with every request to this upstream).
+    pub fn shared(&self) -> &Arc<UpstreamClient> {
+        &self.client
+    }
+
+    /// A session id the upstream handed out on this lease: with spawned
+    /// processes it is forgotten when its process goes.
+    pub fn note_session(&self, session_key: &str) {
+        if let Some(child) = &self.child {
+            child.note_session(session_key);
+        }
+    }
+}
+
+impl std::ops::Deref for UpstreamLease {
+    type Target = UpstreamClient;
+
+    fn deref(&self) -> &UpstreamClient {
+        &self.client
+    }
 }
 
 pub struct ScopeUpstreams {
@@ -54,29 +97,59 @@ impl Upstreams {
 
     /// Whether each scope reaches a server of its own.
     pub fn per_scope(&self) -> bool {
-        matches!(self, Upstreams::PerScope(_))
+        matches!(self, Upstreams::PerScope(_) | Upstreams::Spawned(_))
     }
 
-    /// The upstream serving `scope` for `user_id`. An expansion that is not a
-    /// plain `scheme://host:port` is an error naming it, never a request.
-    pub fn client(&self, scope: &str, user_id: &str) -> Result<Arc<UpstreamClient>, String> {
+    /// The spawned processes' supervisor, if any.
+    pub fn supervisor(&self) -> Option<&Arc<Supervisor>> {
         match self {
-            Upstreams::One(client) => Ok(client.clone()),
+            Upstreams::Spawned(supervisor) => Some(supervisor),
+            _ => None,
+        }
+    }
+
+    /// The upstream serving `scope` for `user_id`, held until the lease
+    /// drops. An expansion that is not a plain `scheme://host:port` is an
+    /// error naming it, never a request.
+    pub async fn client(&self, scope: &str, user_id: &str) -> Result<UpstreamLease, NoUpstream> {
+        match self {
+            Upstreams::Spawned(supervisor) => {
+                // Boxed: starting a process is rare, and its future is large.
+                let child = Box::pin(supervisor.lease(scope, user_id))
+                    .await
+                    .map_err(NoUpstream::NotReady)?;
+                Ok(UpstreamLease {
+                    client: child.client().clone(),
+                    child: Some(child),
+                })
+            }
+            Upstreams::One(client) => Ok(UpstreamLease {
+                client: client.clone(),
+                child: None,
+            }),
             Upstreams::PerScope(scoped) => {
-                let upstream = expand(&scoped.listener.upstream, scope, user_id);
-                scoped
-                    .clients
-                    .try_get_with(upstream.clone(), || {
-                        let listener = ListenerConfig {
-                            upstream: upstream.clone(),
-                            ..scoped.listener.clone()
-                        };
-                        UpstreamTarget::new(&scoped.key, &listener)
-                            .map(|target| Arc::new(UpstreamClient::new(Arc::new(target))))
-                    })
-                    .map_err(|e| e.to_string())
+                scoped.client(scope, user_id).map(|client| UpstreamLease {
+                    client,
+                    child: None,
+                })
             }
         }
+    }
+}
+
+impl ScopeUpstreams {
+    fn client(&self, scope: &str, user_id: &str) -> Result<Arc<UpstreamClient>, NoUpstream> {
+        let upstream = expand(&self.listener.upstream, scope, user_id);
+        self.clients
+            .try_get_with(upstream.clone(), || {
+                let listener = ListenerConfig {
+                    upstream: upstream.clone(),
+                    ..self.listener.clone()
+                };
+                UpstreamTarget::new(&self.key, &listener)
+                    .map(|target| Arc::new(UpstreamClient::new(Arc::new(target))))
+            })
+            .map_err(|e| NoUpstream::Unsafe(e.to_string()))
     }
 }
 
@@ -96,16 +169,16 @@ mod tests {
         let upstreams =
             Upstreams::new("mcp.upstream", &listener("http://mcp-{scope}:8080")).unwrap();
         assert!(upstreams.per_scope());
-        let alice = upstreams.client("alice", "alice").unwrap();
-        let again = upstreams.client("alice", "alice").unwrap();
-        let bob = upstreams.client("bob", "bob").unwrap();
+        let alice = upstreams.client("alice", "alice").await.unwrap();
+        let again = upstreams.client("alice", "alice").await.unwrap();
+        let bob = upstreams.client("bob", "bob").await.unwrap();
         assert!(
-            Arc::ptr_eq(&alice, &again),
+            Arc::ptr_eq(alice.shared(), again.shared()),
             "one client (and pool) per upstream"
         );
-        assert!(!Arc::ptr_eq(&alice, &bob));
+        assert!(!Arc::ptr_eq(alice.shared(), bob.shared()));
         assert_eq!(alice.target().authority(), "mcp-alice:8080");
-        let odd = upstreams.client("Project_X", "alice").unwrap();
+        let odd = upstreams.client("Project_X", "alice").await.unwrap();
         assert!(
             odd.target().authority().starts_with("mcp-x-"),
             "{}",
@@ -115,8 +188,8 @@ mod tests {
         let one = Upstreams::new("mcp.upstream", &listener("http://127.0.0.1:9")).unwrap();
         assert!(!one.per_scope());
         assert!(Arc::ptr_eq(
-            &one.client("alice", "alice").unwrap(),
-            &one.client("bob", "bob").unwrap()
+            one.client("alice", "alice").await.unwrap().shared(),
+            one.client("bob", "bob").await.unwrap().shared()
         ));
     }
 }

@@ -317,6 +317,8 @@ pub struct MemgateConfig {
     /// Tool rules go in `extra` as `[mcp.tools.NAME]` tables.
     pub mcp_extra: String,
     pub forward_credentials: bool,
+    /// Variables set in memgate's environment (beside the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl MemgateConfig {
@@ -334,6 +336,7 @@ impl MemgateConfig {
             mem0_extra: String::new(),
             mcp_extra: String::new(),
             forward_credentials: false,
+            env: Vec::new(),
         }
     }
 }
@@ -390,6 +393,7 @@ impl Memgate {
             .arg(&config_path)
             .arg("serve")
             .env("MEMGATE_LOG", "info,pingora_core=warn,pingora_proxy=warn")
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,507 @@
+//! End to end with `[mcp.spawn]` (DESIGN.md §5a): memgate starts one
+//! single-tenant MCP server per scope (`support/single_tenant_mcp.py`, which
+//! serves the user named by `MEM0_USER` in its environment, like the Mem0 MCP
+//! Server stack's server) and stops it when idle, to make room, when it
+//! crashed, and when memgate stops or is killed.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+const STEP: Duration = Duration::from_secs(20);
+
+/// A secret in memgate's environment that no child may see.
+const SECRET: (&str, &str) = ("SPAWN_TEST_SECRET", "do-not-leak");
+/// A variable the children inherit because `inherit_env` names it.
+const SHARED: (&str, &str) = ("SPAWN_TEST_SHARED", "shared-value");
+
+struct Env {
+    _db: TestDb,
+    gate: Memgate,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Pids the children wrote at start, by the user they serve.
+    fn pids(&self) -> BTreeMap<String, Vec<i32>> {
+        let text = std::fs::read_to_string(self.dir.path().join("pids")).unwrap_or_default();
+        let mut pids: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((user, pid)) = line.split_once(' ') {
+                pids.entry(user.to_string())
+                    .or_default()
+                    .push(pid.parse().expect("pid"));
+            }
+        }
+        pids
+    }
+
+    fn pid_of(&self, user: &str) -> i32 {
+        *self.pids()[user].last().expect("a pid")
+    }
+}
+
+/// The interpreter itself, not a wrapper script that may re-exec.
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 must be installed for the spawn tests");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/single_tenant_mcp.py")
+}
+
+/// A memgate spawning the test server per scope; `spawn_extra` adds keys to
+/// `[mcp.spawn]`.
+async fn env_with(spawn_extra: &str) -> Env {
+    let args = format!("[{:?}, \"{{port}}\"]", script().display().to_string());
+    env_running(&args, spawn_extra).await
+}
+
+/// Like [`env_with`], with the interpreter running `args` (a TOML list).
+async fn env_running(args: &str, spawn_extra: &str) -> Env {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = MemgateConfig::new(&db.url, "http://127.0.0.1:9");
+    cfg.mcp_upstream = "http://127.0.0.1:{port}".into();
+    cfg.env = vec![
+        (SECRET.0.into(), SECRET.1.into()),
+        (SHARED.0.into(), SHARED.1.into()),
+    ];
+    let dir_path = dir.path().display().to_string();
+    cfg.extra = format!(
+        "[mcp.tools.env_names]\npermission = \"read\"\nscoped_by = \"upstream\"\n\n\
+         [mcp.spawn]\ncommand = {python:?}\nargs = {args}\n\
+         env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\" }}\n\
+         cwd = \"{dir_path}/scopes/{{scope}}\"\ninherit_env = [{shared:?}]\n\
+         stop_grace_secs = 2\n{spawn_extra}\n",
+        python = python(),
+        shared = SHARED.0,
+    );
+    let gate = Memgate::start(cfg).await;
+    Env { _db: db, gate, dir }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(STEP).build().unwrap()
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn post(gate: &Memgate, token: &str, session: Option<&str>, body: &Value) -> Reply {
+    let mut req = http()
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    if let Some(session) = session {
+        req = req.header("Mcp-Session-Id", session);
+    }
+    let resp = req.send().await.expect("POST /mcp");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "spawn-tests", "version": "0"}}})
+}
+
+/// Starts a session (initialize, then initialized) and returns its id.
+async fn session(gate: &Memgate, token: &str) -> String {
+    let reply = post(gate, token, None, &initialize()).await;
+    assert_eq!(reply.status, 200, "initialize: {:?}", reply.body);
+    let id = reply.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post(gate, token, Some(&id), &initialized).await.status, 202);
+    id
+}
+
+/// Calls a tool and returns its structured result.
+async fn call(gate: &Memgate, token: &str, session: &str, tool: &str, args: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": tool, "arguments": args}});
+    let reply = post(gate, token, Some(session), &body).await;
+    assert_eq!(reply.status, 200, "{tool}: {:?}", reply.body);
+    assert!(
+        reply.body["result"].is_object(),
+        "{tool} refused: {}",
+        reply.body
+    );
+    reply.body["result"]["structuredContent"].clone()
+}
+
+/// Whether a process runs (a zombie has ended).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+async fn gone_within(pid: i32, limit: Duration) -> bool {
+    within(limit, || async move { !alive(pid) }).await.is_some()
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Opens the session's GET event stream; it stays open while the response lives.
+async fn open_stream(gate: &Memgate, token: &str, session: &str) -> reqwest::Response {
+    let resp = reqwest::Client::new()
+        .get(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", token)
+        .header("Mcp-Session-Id", session)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET /mcp");
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+#[tokio::test]
+async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given() {
+    let env = env_with("").await;
+    let gate = &env.gate;
+    let (alice, bob) = (
+        gate.create_token("alice", &[]),
+        gate.create_token("bob", &[]),
+    );
+    let started = Instant::now();
+    let alice_session = session(gate, &alice).await;
+    let first_request = started.elapsed();
+    let bob_session = session(gate, &bob).await;
+
+    let added = call(
+        gate,
+        &alice,
+        &alice_session,
+        "add_coding_preference",
+        json!({"text": "tabs"}),
+    )
+    .await;
+    assert_eq!(added["user"], "alice");
+    let bobs = call(
+        gate,
+        &bob,
+        &bob_session,
+        "get_all_coding_preferences",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        bobs,
+        json!({"user": "bob", "results": []}),
+        "bob sees alice's"
+    );
+    let alices = call(
+        gate,
+        &alice,
+        &alice_session,
+        "get_all_coding_preferences",
+        json!({}),
+    )
+    .await;
+    assert_eq!(alices["results"], json!(["tabs"]));
+    // A session of one scope's server means nothing to another's.
+    let foreign = post(
+        gate,
+        &bob,
+        Some(&alice_session),
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(foreign.status, 404);
+
+    let names = call(gate, &alice, &alice_session, "env_names", json!({})).await;
+    let names: BTreeSet<String> = serde_json::from_value(names["names"].clone()).unwrap();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "MEM0_USER",
+        "PID_LOG",
+        SHARED.0,
+    ]
+    .into();
+    for name in &names {
+        assert!(
+            allowed.contains(name.as_str()),
+            "child got {name}: {names:?}"
+        );
+    }
+    for name in ["PATH", "MEM0_USER", SHARED.0] {
+        assert!(names.contains(name), "child lacks {name}: {names:?}");
+    }
+    assert!(!names.contains(SECRET.0) && !names.contains("MEMGATE_LOG"));
+
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = env.dir.path().join("scopes/alice");
+    assert_eq!(
+        std::fs::metadata(&cwd).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let pids = env.pids();
+    assert_eq!(pids["alice"].len(), 1);
+    assert_eq!(pids["bob"].len(), 1);
+    let log = gate.log();
+    let pid = pids["alice"][0];
+    assert!(
+        log.lines()
+            .any(|l| l.contains("single-tenant MCP server for 'alice'")
+                && l.contains(&format!("pid={pid}"))),
+        "child output not logged with its pid:\n{log}"
+    );
+    assert_eq!(
+        gate.metric("memgate_upstream_spawns_total{result=\"ok\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gate.metric("memgate_upstream_processes{state=\"running\"}")
+            .await,
+        2.0
+    );
+    eprintln!("first request of a spawned scope: {first_request:?}");
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_of_a_scope_share_one_start() {
+    let env = env_with("").await;
+    let tokens: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            let user = format!("user{i}");
+            let token = env.gate.create_token(&user, &[]);
+            (user, token)
+        })
+        .collect();
+    let mut requests = Vec::new();
+    for (_, token) in &tokens {
+        for _ in 0..5 {
+            let (url, token) = (env.gate.mcp_url("/mcp"), token.clone());
+            requests.push(tokio::spawn(async move {
+                http()
+                    .post(url)
+                    .header("X-MCP-Token", token)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .body(initialize().to_string())
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+        }
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap(), 200);
+    }
+    let pids = env.pids();
+    assert_eq!(pids.len(), 20, "{pids:?}");
+    assert!(pids.values().all(|p| p.len() == 1), "{pids:?}");
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"ok\"}")
+            .await,
+        20.0
+    );
+}
+
+#[tokio::test]
+async fn at_the_limit_an_idle_child_gives_way_and_busy_ones_refuse() {
+    let env = env_with("max_processes = 2").await;
+    let gate = &env.gate;
+    let [alice, bob, carol, dave] =
+        ["alice", "bob", "carol", "dave"].map(|u| gate.create_token(u, &[]));
+    session(gate, &alice).await;
+    let bob_session = session(gate, &bob).await;
+    let carol_session = session(gate, &carol).await;
+    assert!(
+        gone_within(env.pid_of("alice"), STEP).await,
+        "the least recently used child was not stopped"
+    );
+    assert!(alive(env.pid_of("bob")));
+
+    let bob_stream = open_stream(gate, &bob, &bob_session).await;
+    let carol_stream = open_stream(gate, &carol, &carol_session).await;
+    let refused = post(gate, &dave, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(alive(env.pid_of("bob")) && alive(env.pid_of("carol")));
+    assert!(!env.pids().contains_key("dave"));
+
+    drop(bob_stream);
+    drop(carol_stream);
+    let served = within(STEP, || async {
+        post(gate, &dave, None, &initialize()).await.status == 200
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "dave never got a server once one was free"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_child_is_stopped_and_started_again_when_needed() {
+    let env = env_with("idle_secs = 1").await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    session(gate, &alice).await;
+    let first = env.pid_of("alice");
+    assert!(
+        gone_within(first, Duration::from_secs(10)).await,
+        "idle child kept"
+    );
+    let running = within(STEP, || async {
+        gate.metric("memgate_upstream_processes{state=\"running\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    assert!(running.is_some());
+    session(gate, &alice).await;
+    assert_ne!(env.pid_of("alice"), first);
+}
+
+#[tokio::test]
+async fn a_crashed_child_is_restarted_and_its_sessions_are_forgotten() {
+    let env = env_with("").await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let old = session(gate, &alice).await;
+    call(
+        gate,
+        &alice,
+        &old,
+        "add_coding_preference",
+        json!({"text": "tabs"}),
+    )
+    .await;
+    let first = env.pid_of("alice");
+    kill(first, libc::SIGKILL);
+    assert!(gone_within(first, STEP).await);
+
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let forgotten = within(STEP, || async {
+        post(gate, &alice, Some(&old), &ping).await.status == 404
+    })
+    .await;
+    assert!(
+        forgotten.is_some(),
+        "the crashed child's session still works"
+    );
+    let new = session(gate, &alice).await;
+    assert_ne!(new, old);
+    assert_ne!(env.pid_of("alice"), first, "not restarted");
+    let found = call(gate, &alice, &new, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(found["user"], "alice");
+    assert_eq!(
+        post(gate, &alice, Some(&old), &ping).await.status,
+        404,
+        "the old session id reached the new child"
+    );
+}
+
+#[tokio::test]
+async fn no_child_outlives_memgate_stopped_or_killed() {
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let mut env = env_with("").await;
+        let (alice, bob) = (
+            env.gate.create_token("alice", &[]),
+            env.gate.create_token("bob", &[]),
+        );
+        let alice_session = session(&env.gate, &alice).await;
+        session(&env.gate, &bob).await;
+        let _stream = open_stream(&env.gate, &alice, &alice_session).await;
+        let pids = [env.pid_of("alice"), env.pid_of("bob")];
+        if signal == libc::SIGTERM {
+            env.gate.terminate().await;
+        } else {
+            kill(env.gate.pid() as i32, libc::SIGKILL);
+        }
+        for pid in pids {
+            assert!(
+                gone_within(pid, Duration::from_secs(8)).await,
+                "child {pid} outlived memgate (signal {signal})"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_never_listens_or_cannot_start_gets_503() {
+    let env = env_running(
+        "[\"-c\", \"import time; time.sleep(60)\"]",
+        "ready_timeout_secs = 1",
+    )
+    .await;
+    let alice = env.gate.create_token("alice", &[]);
+    let started = Instant::now();
+    let refused = post(&env.gate, &alice, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"timeout\"}")
+            .await,
+        1.0
+    );
+    let stopped = within(STEP, || async {
+        env.gate
+            .metric("memgate_upstream_processes{state=\"stopping\"}")
+            .await
+            == 0.0
+            && env
+                .gate
+                .metric("memgate_upstream_processes{state=\"starting\"}")
+                .await
+                == 0.0
+    })
+    .await;
+    assert!(stopped.is_some(), "the child that never listened was kept");
+
+    let env = env_running("[\"/nonexistent/script.py\"]", "").await;
+    let alice = env.gate.create_token("alice", &[]);
+    let refused = post(&env.gate, &alice, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"failed\"}")
+            .await,
+        1.0
+    );
+}
