@@ -6,14 +6,16 @@
 //! systemd unit have what deploy/README.md promises.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+
+#[path = "support/bare.rs"]
+mod bare;
+
+use bare::{free_ports, http_get, start_memgate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_memgate");
 
@@ -794,77 +796,6 @@ fn kubernetes_deployment_is_replicated_locked_down_and_probed_on_the_admin_port(
 // ---------------------------------------------------------------------------
 // A running memgate answers what the probes and health checks ask
 
-struct Running {
-    child: Child,
-    admin: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
-/// `N` distinct free ports: all held until every one is chosen (a port
-/// released at once may be handed out again by the next bind).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    Some((status, response))
-}
-
-fn start_memgate() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let [admin, mcp, mem0] = free_ports::<3>();
-    let listen = |port: u16| format!("127.0.0.1:{port}");
-    std::fs::write(dir.path().join("none.toml"), "").unwrap();
-    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let child = Command::new(BIN)
-        .env_clear()
-        .env("MEMGATE_MCP__LISTEN", listen(mcp))
-        .env("MEMGATE_MEM0__LISTEN", listen(mem0))
-        .env("MEMGATE_ADMIN__LISTEN", listen(admin))
-        .args(["--config", "none.toml", "serve"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running {
-        child,
-        admin,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(admin, "/health").is_none() {
-        let exited = running.child.try_wait().unwrap();
-        if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(running._dir.path().join("stderr")).unwrap();
-            panic!("memgate did not come up ({exited:?}): {log}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    running
-}
-
 /// The exec-form command of the Dockerfile's HEALTHCHECK.
 fn dockerfile_healthcheck() -> Vec<String> {
     let healthcheck = dockerfile()
@@ -938,7 +869,7 @@ fn probes_and_health_checks_ask_what_a_running_memgate_answers() {
     );
     drop(memgate);
     assert!(
-        !run(free_port()),
+        !run(free_ports::<1>()[0]),
         "the health check passes with nothing listening"
     );
 }

@@ -23,7 +23,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use support::mcp_server::McpServer;
+use support::mcp_server::{McpEnv, McpServer};
 use support::mem0::Mem0;
 use support::*;
 
@@ -34,32 +34,13 @@ use support::*;
 /// Longest any single network step may take (streams excepted).
 const STEP: Duration = Duration::from_secs(10);
 
-struct Env {
-    _db: TestDb,
-    mem0: Mem0,
-    mcp: McpServer,
-    gate: Memgate,
-}
+type Env = McpEnv;
 
 /// A memgate whose MCP listener fronts a fresh fake MCP server and whose
 /// owner lookups go to a fresh fake mem0. `mcp_extra` goes inside `[mcp]`,
 /// `extra` is appended as whole sections.
 async fn env_with(mcp_extra: &str, extra: &str) -> Env {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mem0 = Mem0::start().await;
-    let mcp = McpServer::start().await;
-    let mut cfg = MemgateConfig::new(&db.url, &mcp.url());
-    cfg.mcp_upstream = mcp.url();
-    cfg.mem0_upstream = mem0.url();
-    cfg.mcp_extra = mcp_extra.to_string();
-    cfg.extra = extra.to_string();
-    let gate = Memgate::start(cfg).await;
-    Env {
-        _db: db,
-        mem0,
-        mcp,
-        gate,
-    }
+    McpEnv::start(mcp_extra, extra).await
 }
 
 async fn env() -> Env {

@@ -5,13 +5,12 @@
 //! renamed metric makes a panel or an alert silently empty.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_memgate");
+#[path = "support/bare.rs"]
+mod bare;
+
+use bare::{http_get, start_memgate};
 
 /// Metrics labelled by user: no series can exist before that user's first
 /// event. They must still be declared (`src/metrics.rs`).
@@ -195,65 +194,6 @@ fn samples(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
     out
 }
 
-struct Running {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    Some((status, response))
-}
-
-/// A memgate with the default configuration (SQLite store in a temporary
-/// directory) and its admin port, once `/health` answers.
-fn start_memgate() -> (Running, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    let held: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let [admin, mcp, mem0] = std::array::from_fn(|i| held[i].local_addr().unwrap().port());
-    drop(held);
-    let listen = |port: u16| format!("127.0.0.1:{port}");
-    std::fs::write(dir.path().join("none.toml"), "").unwrap();
-    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let child = Command::new(BIN)
-        .env_clear()
-        .env("MEMGATE_MCP__LISTEN", listen(mcp))
-        .env("MEMGATE_MEM0__LISTEN", listen(mem0))
-        .env("MEMGATE_ADMIN__LISTEN", listen(admin))
-        .args(["--config", "none.toml", "serve"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(admin, "/health").is_none() {
-        let exited = running.child.try_wait().unwrap();
-        if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(running._dir.path().join("stderr")).unwrap();
-            panic!("memgate did not come up ({exited:?}): {log}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (running, admin)
-}
-
 #[test]
 fn the_expression_scanner_finds_names_and_literal_label_values() {
     let found = references(
@@ -318,7 +258,8 @@ fn every_metric_the_dashboard_and_alerts_use_is_on_a_fresh_metrics_page() {
         "the scanner missed names the files are known to use: {names:?}"
     );
 
-    let (memgate, admin) = start_memgate();
+    let memgate = start_memgate();
+    let admin = memgate.admin;
     let (status, response) = http_get(admin, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200, "{response}");
     drop(memgate);

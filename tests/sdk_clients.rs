@@ -23,39 +23,17 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ServiceError, ServiceExt};
 use serde_json::{Value, json};
-use support::mcp_server::McpServer;
-use support::mem0::Mem0;
+use support::mcp_server::McpEnv;
 use support::sdk::{SdkClient, SdkRun};
-use support::*;
 
 /// Longest one client run (start-up, five calls, close) may take.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// Longest any single request may take inside a client.
 const STEP: Duration = Duration::from_secs(10);
 
-struct Env {
-    _db: TestDb,
-    mem0: Mem0,
-    mcp: McpServer,
-    gate: Memgate,
-}
-
-/// A memgate whose MCP listener fronts a fresh stand-in MCP server and whose
-/// owner lookups go to a fresh stand-in mem0.
-async fn env() -> Env {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mem0 = Mem0::start().await;
-    let mcp = McpServer::start().await;
-    let mut cfg = MemgateConfig::new(&db.url, &mcp.url());
-    cfg.mcp_upstream = mcp.url();
-    cfg.mem0_upstream = mem0.url();
-    let gate = Memgate::start(cfg).await;
-    Env {
-        _db: db,
-        mem0,
-        mcp,
-        gate,
-    }
+/// The stand-ins and memgate in front of them.
+async fn env() -> McpEnv {
+    McpEnv::start("", "").await
 }
 
 /// Alice's token, and the id of a memory of bob's (bob has a token too).
@@ -64,7 +42,7 @@ struct Cast {
     bobs_memory: String,
 }
 
-fn cast(env: &Env) -> Cast {
+fn cast(env: &McpEnv) -> Cast {
     let alice = env.gate.create_token("alice", &[]);
     env.gate.create_token("bob", &[]);
     let bobs_memory = env.mem0.seed("bob", "bob's secret");
@@ -102,7 +80,7 @@ fn rpc_method(body: &[u8]) -> Option<String> {
 /// Checks one client's run of [`script`]: three in-band refusals reported as
 /// `error_kind`, the session alive for the two allowed calls, and the
 /// upstream's records.
-fn assert_session_survived(env: &Env, cast: &Cast, run: &SdkRun, error_kind: &str) {
+fn assert_session_survived(env: &McpEnv, cast: &Cast, run: &SdkRun, error_kind: &str) {
     let out = run.describe();
     assert!(run.fatal().is_none(), "the session died: {out}");
     assert!(run.success, "the client failed: {out}");

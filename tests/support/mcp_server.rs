@@ -586,3 +586,33 @@ async fn quiet_stream() -> Response {
     });
     event_stream(Body::from_stream(stream))
 }
+
+/// A memgate whose MCP listener fronts a fresh [`McpServer`] and whose owner
+/// lookups go to a fresh stand-in mem0, each dropped with it.
+pub struct McpEnv {
+    pub db: super::TestDb,
+    pub mem0: super::mem0::Mem0,
+    pub mcp: McpServer,
+    pub gate: super::Memgate,
+}
+
+impl McpEnv {
+    /// `mcp_extra` goes inside `[mcp]`; `extra` is appended as whole sections.
+    pub async fn start(mcp_extra: &str, extra: &str) -> McpEnv {
+        let db = super::TestDb::new(super::Backend::Sqlite).await;
+        let mem0 = super::mem0::Mem0::start().await;
+        let mcp = McpServer::start().await;
+        let mut cfg = super::MemgateConfig::new(&db.url, &mcp.url());
+        cfg.mcp_upstream = mcp.url();
+        cfg.mem0_upstream = mem0.url();
+        cfg.mcp_extra = mcp_extra.to_string();
+        cfg.extra = extra.to_string();
+        let gate = super::Memgate::start(cfg).await;
+        McpEnv {
+            db,
+            mem0,
+            mcp,
+            gate,
+        }
+    }
+}
