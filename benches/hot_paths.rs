@@ -1,4 +1,4 @@
-//! Micro-benchmarks of memgate's per-request work, without sockets (issue #7):
+//! Micro-benchmarks of memgate's per-request work, without sockets:
 //!
 //! - `auth/*`: token hashing alone, and `Authenticator::authenticate` on the
 //!   cache-hit path (header extraction, SHA-256, cache lookup, status checks,

@@ -1,4 +1,4 @@
-//! A diagnosis for `bench/run.sh` (issue #7): the cheapest HTTP/1 reverse
+//! A diagnosis for `bench/run.sh`: the cheapest HTTP/1 reverse
 //! proxy tokio allows, to learn what a hand-written serving layer could reach
 //! next to nginx on this machine before anyone proposes one. No auth, no
 //! policy, bodies only with `Content-Length`, no chunked encoding: a floor,

@@ -21,7 +21,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 /// mimalloc instead of glibc's malloc: a proxied request allocates and frees
 /// a few dozen small objects, and glibc spent about a quarter of all of
-/// memgate's instructions on them (bench/results/analysis.md, sixth pass).
+/// memgate's instructions on them (measured in bench/results/analysis.md).
 /// Built without transparent huge pages (`no_thp`): with them, 100,000 cached
 /// tokens held 114 MiB resident instead of 80 (bench/run.sh rss).
 #[global_allocator]

@@ -10,7 +10,7 @@
 //! and parks and wakes workers that a proxy's short requests keep busy only
 //! in bursts; pingora's no-steal mode accepts on one thread and spawns each
 //! connection on a random other one. Both cost CPU on every request
-//! (bench/results/analysis.md, "Eighth pass").
+//! (measured in bench/results/analysis.md).
 //!
 //! pingora still runs the process: this is one of its services, started and
 //! stopped with the others, and TLS is its rustls acceptor.
