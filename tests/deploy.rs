@@ -15,7 +15,7 @@ use serde_yaml_ng::Value;
 #[path = "support/bare.rs"]
 mod bare;
 
-use bare::{free_ports, http_get, start_memgate};
+use bare::{files_under, free_ports, http_get, start_memgate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_memgate");
 
@@ -44,20 +44,6 @@ fn yaml(relative: &str) -> Value {
     let mut docs = yaml_documents(relative);
     assert_eq!(docs.len(), 1, "{relative}: expected one YAML document");
     docs.remove(0)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
 }
 
 fn relative(path: &Path) -> String {

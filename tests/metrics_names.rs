@@ -5,12 +5,12 @@
 //! renamed metric makes a panel or an alert silently empty.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[path = "support/bare.rs"]
 mod bare;
 
-use bare::{http_get, start_memgate};
+use bare::{files_under, http_get, start_memgate};
 
 /// Metrics labelled by user: no series can exist before that user's first
 /// event. They must still be declared (`src/metrics.rs`).
@@ -18,20 +18,6 @@ const PER_USER: [&str; 1] = ["memgate_auth_user_failures_total"];
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Every string in a JSON or YAML document (expressions, queries, titles…).

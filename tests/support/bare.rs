@@ -1,10 +1,11 @@
 //! A memgate on its built-in defaults (SQLite store in a temporary folder,
 //! nothing else running), for tests that only ask its admin listener, and a
-//! plain HTTP/1.0 GET. Kept apart from the rest of `support` so that those
+//! plain HTTP/1.0 GET, and the repository's files under a folder. Kept apart from the rest of `support` so that those
 //! tests need neither PostgreSQL nor an async runtime.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,4 +76,19 @@ pub fn start_memgate() -> Running {
         std::thread::sleep(Duration::from_millis(100));
     }
     running
+}
+
+/// Every file under `dir`, in order.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
