@@ -74,6 +74,39 @@ pub fn fill(template: &str, vars: &Vars) -> String {
         .replace(PORT_PLACEHOLDER, &vars.port.to_string())
 }
 
+/// An `env` value with each placeholder replaced by the value itself: the
+/// scope is the mem0 user id memgate forces on the REST listener and records
+/// for `user export`/`user delete`, so a server that takes its mem0 id from
+/// the environment must get exactly that, not its host label. One pass, so a
+/// value that holds a placeholder's text is never expanded again.
+pub fn fill_env(template: &str, vars: &Vars) -> String {
+    let port = vars.port.to_string();
+    let placeholders = [
+        (SCOPE_PLACEHOLDER, vars.scope),
+        (USER_PLACEHOLDER, vars.user),
+        (PORT_PLACEHOLDER, port.as_str()),
+    ];
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while !rest.is_empty() {
+        match placeholders
+            .iter()
+            .find(|(placeholder, _)| rest.starts_with(placeholder))
+        {
+            Some((placeholder, value)) => {
+                out.push_str(value);
+                rest = &rest[placeholder.len()..];
+            }
+            None => {
+                let next = rest.chars().next().map_or(1, char::len_utf8);
+                out.push_str(&rest[..next]);
+                rest = &rest[next..];
+            }
+        }
+    }
+    out
+}
+
 /// The child's whole environment: the base names and `inherit` from
 /// memgate's (through `get`), then `env` filled in.
 pub fn child_env(
@@ -93,7 +126,7 @@ pub fn child_env(
         }
     }
     for (name, value) in env {
-        out.insert(name.clone(), fill(value, vars));
+        out.insert(name.clone(), fill_env(value, vars));
     }
     out
 }
@@ -791,6 +824,21 @@ mod tests {
             user: "Bob Smith",
             port: 4100,
         }
+    }
+
+    #[test]
+    fn env_values_get_the_scope_itself_in_one_pass() {
+        let vars = Vars {
+            scope: "project_api_0123456789ab",
+            user: "Bob {port} {scope}",
+            port: 4100,
+        };
+        assert_eq!(
+            fill_env("{scope}|{user}|{port}", &vars),
+            "project_api_0123456789ab|Bob {port} {scope}|4100"
+        );
+        assert_eq!(fill_env("plain é", &vars), "plain é");
+        assert_ne!(fill("{scope}", &vars), fill_env("{scope}", &vars));
     }
 
     #[test]
