@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use pingora::prelude::HttpPeer;
 
-use memgate::auth::{Authenticator, PresentedHeaders};
+use memgate::auth::{Authenticator, PresentedHeaders, StoreAccess};
 use memgate::config::{AuthConfig, Config};
 use memgate::http1::request::RequestHead;
 use memgate::proxy::exchange::UpstreamClient;
@@ -75,6 +75,6 @@ fn main() {
     let headers = PresentedHeaders::default();
     show(
         "memgate Authenticator::authenticate",
-        size_of_val(&auth.authenticate(&headers, true)),
+        size_of_val(&auth.authenticate(&headers, StoreAccess::Open)),
     );
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
-use memgate::auth::{Authenticator, PresentedHeaders};
+use memgate::auth::{Authenticator, PresentedHeaders, StoreAccess};
 use memgate::config::AuthConfig;
 use memgate::ownership::OwnerCache;
 use memgate::policy::mcp::{McpDecision, McpPolicy};
@@ -96,7 +96,7 @@ fn bench_auth(c: &mut Criterion) {
         ..PresentedHeaders::default()
     };
     // Warm the cache: the first call is the one store query.
-    rt.block_on(auth.authenticate(&headers(), true))
+    rt.block_on(auth.authenticate(&headers(), StoreAccess::Open))
         .expect("token authenticates");
 
     let mut group = c.benchmark_group("auth");
@@ -106,7 +106,7 @@ fn bench_auth(c: &mut Criterion) {
     group.bench_function("authenticate_cache_hit", |b| {
         b.to_async(&rt).iter(|| async {
             let h = headers();
-            let ok = auth.authenticate(black_box(&h), true).await;
+            let ok = auth.authenticate(black_box(&h), StoreAccess::Open).await;
             black_box(ok.is_ok())
         })
     });
@@ -117,7 +117,7 @@ fn bench_auth(c: &mut Criterion) {
                 authorization: vec![bearer.as_bytes()],
                 ..PresentedHeaders::default()
             };
-            black_box(auth.authenticate(black_box(&h), true).await.is_ok())
+            black_box(auth.authenticate(black_box(&h), StoreAccess::Open).await.is_ok())
         })
     });
     let unknown = token::generate().expect("token");
@@ -126,7 +126,7 @@ fn bench_auth(c: &mut Criterion) {
             x_mcp_token: vec![unknown.as_bytes()],
             ..PresentedHeaders::default()
         },
-        true,
+        StoreAccess::Open,
     ))
     .expect_err("unknown token");
     group.bench_function("authenticate_negative_hit", |b| {
@@ -135,7 +135,7 @@ fn bench_auth(c: &mut Criterion) {
                 x_mcp_token: vec![unknown.as_bytes()],
                 ..PresentedHeaders::default()
             };
-            black_box(auth.authenticate(black_box(&h), true).await.is_err())
+            black_box(auth.authenticate(black_box(&h), StoreAccess::Open).await.is_err())
         })
     });
     group.finish();

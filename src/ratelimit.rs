@@ -96,11 +96,17 @@ impl RetryAfter {
     }
 }
 
+/// How often a cut-off address may have a token looked up in the store; it is
+/// also the `Retry-After` such an address is given.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct RateLimits {
     redis: Option<RedisLimits>,
     default_rps: u32,
     default_burst: u32,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
+    /// Store lookups granted to a cut-off IP for tokens the cache does not know.
+    probes: DefaultKeyedRateLimiter<IpAddr>,
     /// IPs over their failed-auth budget, until when.
     blocked: Cache<IpAddr, Instant>,
     clock: DefaultClock,
@@ -140,6 +146,7 @@ impl RateLimits {
             default_rps: cfg.per_token_rps,
             default_burst: cfg.per_token_burst,
             failed_auth: RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(per_min)),
+            probes: RateLimiter::keyed(Quota::with_period(PROBE_INTERVAL).expect("non-zero period")),
             blocked: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(60))
@@ -196,6 +203,14 @@ impl RateLimits {
         (until > now).then(|| RetryAfter(until - now))
     }
 
+    /// Whether a cut-off `ip` may have one store lookup now: one per
+    /// [`PROBE_INTERVAL`], so a valid token behind an address shared with a
+    /// guesser (an office NAT) gets in within about that long, while the
+    /// guesser costs the store at most one query per interval.
+    pub fn take_probe(&self, ip: IpAddr) -> bool {
+        self.probes.check_key(&ip).is_ok()
+    }
+
     /// Counts one failed authentication from `ip`; past the budget the IP is
     /// blocked until a cell frees up.
     pub fn note_failed_auth(&self, ip: IpAddr) {
@@ -208,6 +223,7 @@ impl RateLimits {
     /// Forgets idle keys; call now and then.
     pub fn housekeeping(&self) {
         self.failed_auth.retain_recent();
+        self.probes.retain_recent();
     }
 }
 
@@ -270,5 +286,17 @@ mod tests {
         let retry = l.ip_blocked(ip).expect("blocked");
         assert!(retry.0 > Duration::ZERO && retry.0 <= Duration::from_secs(60));
         assert!(l.ip_blocked("192.0.2.8".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_cut_off_ip_gets_one_store_probe_per_interval_of_its_own() {
+        let l = limits(0, 0, 3);
+        let (office, other): (IpAddr, IpAddr) =
+            ("192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap());
+        assert!(l.take_probe(office));
+        assert!(!l.take_probe(office), "one per interval");
+        assert!(l.take_probe(other), "each address has its own");
+        std::thread::sleep(PROBE_INTERVAL);
+        assert!(l.take_probe(office), "the next interval grants another");
     }
 }

@@ -53,6 +53,16 @@ impl From<Denial> for Failure {
     }
 }
 
+/// Whether a token the cache does not know may be looked up in the store.
+#[derive(Clone, Copy)]
+pub enum StoreAccess<'a> {
+    Open,
+    /// A client cut off for failing too often: a cache miss reaches the
+    /// store only when `probe` grants it (a few lookups per second per
+    /// address, so one valid token behind a shared address still gets in).
+    Probe(&'a (dyn Fn() -> bool + Sync)),
+}
+
 pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: TokenCache,
@@ -82,14 +92,14 @@ impl Authenticator {
         &self.store
     }
 
-    /// Authenticates the credential headers of one request. With
-    /// `store_allowed` false only cached tokens are accepted (a throttled client).
+    /// Authenticates the credential headers of one request; `store` says
+    /// whether a token missing from the cache may be looked up.
     pub async fn authenticate(
         &self,
         headers: &PresentedHeaders<'_>,
-        store_allowed: bool,
+        store: StoreAccess<'_>,
     ) -> Result<Authenticated, Failure> {
-        let result = self.check(headers, store_allowed).await;
+        let result = self.check(headers, store).await;
         match &result {
             Ok(_) => memo::inc(&METRICS.auth_decisions, &["allow", "ok"]),
             Err(Failure { denial: d, .. }) => {
@@ -107,14 +117,17 @@ impl Authenticator {
     async fn check(
         &self,
         headers: &PresentedHeaders<'_>,
-        store_allowed: bool,
+        store: StoreAccess<'_>,
     ) -> Result<Authenticated, Failure> {
         let credential = credential::extract(headers)?;
         let key = token::hash(credential.token);
-        let found = if store_allowed {
-            self.lookup(key).await
-        } else {
-            self.cache.cached(&key).ok_or(Denial::Throttled)
+        let found = match store {
+            StoreAccess::Open => self.lookup(key).await,
+            StoreAccess::Probe(probe) => match self.cache.cached(&key) {
+                Some(lookup) => Ok(lookup),
+                None if probe() => self.lookup(key).await,
+                None => Err(Denial::Throttled),
+            },
         };
         let record = match found {
             Ok(Lookup::Known(record)) => Ok(record),

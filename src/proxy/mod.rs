@@ -33,13 +33,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::audit::{self, AuditEvent, Auditor};
-use crate::auth::{Authenticator, Denial, PresentedHeaders};
+use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{METRICS, memo};
 use crate::per_thread::RuntimeTasks;
 use crate::policy::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
-use crate::ratelimit::{RateLimits, RetryAfter};
+use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
 use exchange::Outgoing;
 use mcp::{McpFlow, McpHandled, StreamWatch};
@@ -250,23 +250,31 @@ impl Gate {
     ) -> Result<Option<Arc<Identity>>> {
         let ip = ctx.client_ip;
         let blocked = self.shared.limits.ip_blocked(ip);
+        let probe = || self.shared.limits.take_probe(ip);
+        let store = match blocked {
+            None => StoreAccess::Open,
+            Some(_) => StoreAccess::Probe(&probe),
+        };
         let outcome = self
             .shared
             .auth
-            .authenticate(&presented(session.req_header()), blocked.is_none())
+            .authenticate(&presented(session.req_header()), store)
             .await;
         let authenticated = match outcome {
             Ok(authenticated) => authenticated,
-            // A cut-off address gets 429 for anything but a token it already proved.
-            Err(_) if blocked.is_some() => {
-                let retry = blocked.unwrap_or(RetryAfter(std::time::Duration::from_secs(60)));
+            // A cut-off address gets 429 for anything but a valid token: one
+            // it already proved, or one a store probe just found.
+            Err(failure) if blocked.is_some() => {
+                if !matches!(failure.denial, Denial::Throttled | Denial::StoreUnavailable) {
+                    self.shared.limits.note_failed_auth(ip);
+                }
                 let message = Denial::Throttled.message();
                 self.refuse_rate_limited(
                     session,
                     ctx,
                     "failed_auth_ip",
                     ip.to_string(),
-                    retry,
+                    RetryAfter(PROBE_INTERVAL),
                     &message,
                 )
                 .await?;

@@ -46,8 +46,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// memgate with an empty config file and an empty environment, once its
-/// `/health` answers.
+/// `/health` answers. A port chosen free can be taken by a parallel test
+/// before memgate binds it; that start is retried on fresh ports.
 pub fn start_memgate() -> Running {
+    for _ in 0..5 {
+        match try_start_memgate() {
+            Ok(running) => return running,
+            Err(log) if log.contains("Address already in use") => continue,
+            Err(log) => panic!("memgate did not come up: {log}"),
+        }
+    }
+    panic!("memgate found no free ports in 5 tries")
+}
+
+fn try_start_memgate() -> Result<Running, String> {
     let dir = tempfile::tempdir().unwrap();
     let [admin, mcp, mem0] = free_ports::<3>();
     let listen = |port: u16| format!("127.0.0.1:{port}");
@@ -71,11 +83,11 @@ pub fn start_memgate() -> Running {
         let exited = running.child.try_wait().unwrap();
         if exited.is_some() || Instant::now() > deadline {
             let log = std::fs::read_to_string(running.dir.path().join("stderr")).unwrap();
-            panic!("memgate did not come up ({exited:?}): {log}");
+            return Err(format!("({exited:?}) {log}"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    running
+    Ok(running)
 }
 
 /// Every file under `dir`, in order.

@@ -352,7 +352,24 @@ pub struct Memgate {
 }
 
 impl Memgate {
+    /// Starts memgate and waits until it answers. A port chosen free can be
+    /// taken by a parallel test before memgate binds it; that start is retried
+    /// on fresh ports.
     pub async fn start(cfg: MemgateConfig) -> Memgate {
+        let mut attempts = 0;
+        loop {
+            let mut gate = Memgate::spawn(&cfg);
+            match gate.wait_healthy().await {
+                Ok(()) => return gate,
+                Err(log) if log.contains("Address already in use") && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(log) => panic!("memgate exited instead of starting:\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(cfg: &MemgateConfig) -> Memgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let [mcp, mem0, admin] = free_ports::<3>();
         let text = format!(
@@ -398,19 +415,18 @@ impl Memgate {
             .stderr(log)
             .spawn()
             .expect("spawn memgate");
-        let mut gate = Memgate {
+        Memgate {
             mcp: SocketAddr::from(([127, 0, 0, 1], mcp)),
             mem0: SocketAddr::from(([127, 0, 0, 1], mem0)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             config_path,
             child,
             _dir: dir,
-        };
-        gate.wait_healthy().await;
-        gate
+        }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits for `/health`; `Err` carries the log of a memgate that exited.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         loop {
@@ -424,13 +440,10 @@ impl Memgate {
                     .await
                     .is_ok_and(|r| r.status() == 200);
             if healthy {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "memgate exited ({status}) instead of starting:\n{}",
-                    self.log()
-                );
+                return Err(format!("({status})\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
