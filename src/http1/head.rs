@@ -247,12 +247,13 @@ fn request_framing(req: &http::request::Parts) -> Result<(Framing, bool), HeadEr
     Ok((Framing::Chunked, length.is_some()))
 }
 
-/// Keep-alive is HTTP/1.1's default and HTTP/1.0's exception.
+/// Keep-alive is HTTP/1.1's default and HTTP/1.0's exception; `close`
+/// wins over `keep-alive` when both are sent.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    match version {
-        Version::HTTP_11 => !has_token(headers, &CONNECTION, "close"),
-        _ => has_token(headers, &CONNECTION, "keep-alive"),
+    if has_token(headers, &CONNECTION, "close") {
+        return false;
     }
+    version == Version::HTTP_11 || has_token(headers, &CONNECTION, "keep-alive")
 }
 
 /// Takes a complete response head from the front of `buf`; `Ok(None)` while
@@ -292,6 +293,11 @@ pub fn take_response(
         Err(_) if bodiless => None,
         length => length?,
     };
+    // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+    // framing, whatever else it says.
+    if version == Version::HTTP_10 && fields.values("transfer-encoding").next().is_some() {
+        return refuse("an HTTP/1.0 answer with Transfer-Encoding");
+    }
     let framing = fields.framing(status, head_request, length)?;
     let keep_alive = version == Version::HTTP_11
         && framing != Framing::UntilClose
@@ -385,6 +391,15 @@ impl<'b> ResponseFields<'_, 'b> {
     ) -> Result<Framing, HeadError> {
         if head_request || is_bodiless(status) {
             return Ok(Framing::Empty);
+        }
+        // A coding list in other bytes than ASCII is read as chunked by one
+        // reader and as no coding at all by another.
+        let ascii = |v: &[u8]| {
+            v.iter()
+                .all(|b| b.is_ascii() && (*b == b'\t' || !b.is_ascii_control()))
+        };
+        if !self.values("transfer-encoding").all(ascii) {
+            return refuse("Transfer-Encoding is not ASCII");
         }
         if let Some(last) = self.values("transfer-encoding").last() {
             if length.is_some() {
@@ -556,6 +571,10 @@ mod tests {
         ));
         assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
         assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        // As hyper reads it (found by tests/codec_differential.rs).
+        assert!(!keeps(
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -635,6 +654,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            // Read otherwise by hyper (found by tests/codec_differential.rs).
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: \u{e9}gzip, chunked\r\n\r\n",
         ] {
             assert!(response(bad, false).is_err(), "{bad:?} was accepted");
         }
