@@ -1412,7 +1412,7 @@ def assemble():
         "Re-running a mode rewrites its section; the real-peer section is written by hand from `tests/realstack/run.sh` (`bench/results/realpeers.md`). What the numbers mean and where the time goes is in the "
         "Analysis section at the end (hand-written in `bench/results/analysis.md`, not regenerated).\n",
     ]
-    for name in ("load", "rss", "criterion", "soak", "fuzz", "spawn", "realpeers", "analysis"):
+    for name in ("load", "rss", "criterion", "soak", "fuzz", "spawn", "cutoff", "realpeers", "analysis"):
         path = RESULTS_DIR / f"{name}.md"
         if path.exists():
             parts.append(path.read_text().rstrip() + "\n")

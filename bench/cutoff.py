@@ -14,7 +14,8 @@ has never seen tries to get in, retrying after each 429 as `Retry-After` says:
   store, so the address's store probes (one per second) are all it gets.
 
 The upstream is a stub that answers every request, so the colleague's first
-answer that is not 429 is the moment they got in.
+answer that is not 429 is the moment they got in. The colleague's token is
+issued a moment before it is used, once memgate's change feed has carried it.
 
 Usage: bench/cutoff.py [--bin target/release/memgate] [--trials 10] [--flood-secs 5]
 Writes bench/results/cutoff.json and cutoff.md; bench/bench.py puts cutoff.md
@@ -39,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spawn import ROOT, RESULTS, free_ports, percentile, token, wait_port  # noqa: E402
 
 OFFICE = "198.51.100.10"
+# memgate hears of a new token through the store's change feed within this.
+CHANGE_FEED_SECS = 1.5
 LOOKUPS = 'memgate_store_queries_total{op="token_by_hash"}'
 
 
@@ -134,8 +137,10 @@ def scenario(kind, port, admin, run, trials, flood_secs, threads=2):
         before, started = metric(admin, LOOKUPS), time.perf_counter()
         for w in workers:
             w.start()
-        time.sleep(flood_secs / 2)
-        waited, n = time_to_accept(port, token(run, f"{kind}{trial}"))
+        colleague = token(run, f"{kind}{trial}")
+        # Tokens are issued before they are used: let the change feed carry it.
+        time.sleep(max(CHANGE_FEED_SECS, flood_secs / 2))
+        waited, n = time_to_accept(port, colleague)
         time.sleep(max(0.0, flood_secs / 2 - (waited or 0)))
         stop.set()
         for w in workers:
@@ -209,6 +214,8 @@ def main():
     (RESULTS / "cutoff.json").write_text(json.dumps(result, indent=2) + "\n")
     binary = Path(args.bin)
     shown = binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary
+    # A debug build measures memgate's logic (lookups, tries), not its speed.
+    shown = f"`{shown}` (a **debug** build)" if "debug" in binary.parts else f"`{shown}`"
     rows = ""
     for kind, what in [("stale", "one stale token retried"), ("guessing", "a new random token per request")]:
         r = result[kind]
@@ -218,15 +225,19 @@ def main():
                  f"| {t['median']} ms (p90 {t['p90']}, max {t['max']}) | {r['tries']['median']} |\n")
     (RESULTS / "cutoff.md").write_text(
         "## An office cut off for failed logins\n\n"
-        f"`bench/cutoff.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, binary `{shown}`; "
+        f"`bench/cutoff.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, binary {shown}; "
         "`failed_auth_per_ip_per_min = 10`; two flooding connections from the office's address, "
-        "and a colleague's never-seen valid token from the same address retrying as `Retry-After` says.\n\n"
+        "and a colleague's valid token (issued 1.5 s before, never used) from the same address, retrying "
+        "as `Retry-After` says.\n\n"
         "| flood | flood requests/s | store queries/s during the flood | valid token got in "
         "| time to get in | tries |\n|---|---|---|---|---|---|\n"
         + rows
-        + "\nA stale token is answered from the negative cache and costs no store query, so the "
-        "colleague's first try is the address's probe. Guesses compete for the one probe per second "
-        "with the colleague, so under a guessing flood getting in takes a few probes.\n"
+        + "\nWhile cut off, the flood itself costs no store query: a stale token is answered from the "
+        "negative cache, and a guess is refused without a lookup because memgate keeps the hashes of "
+        "the store's tokens in memory (a token the store cannot hold is not worth one of the address's "
+        "lookups). The queries counted are the address's failed-login budget (10 a minute) letting "
+        "one failure through as it refills, and the colleague's own lookup: the address's one lookup "
+        "per second goes to a token the store holds.\n"
     )
     print(json.dumps(result, indent=2))
 

@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -381,8 +383,9 @@ async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second()
     cfg.server = "grace_period_secs = 1\ntrusted_proxies = [\"127.0.0.1/32\"]".into();
     let gate = Memgate::start(cfg).await;
     let office = "198.51.100.10";
-    let get = |token: String| {
-        let url = gate.mem0_url("/memories");
+    let url = gate.mem0_url("/memories");
+    let get = move |token: String| {
+        let url = url.clone();
         async move {
             let resp = reqwest::Client::new()
                 .get(url)
@@ -419,6 +422,19 @@ async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second()
         before,
         "a token already found unknown costs no store query"
     );
+    // Someone at the office guesses tokens as fast as memgate answers.
+    let guessing = Arc::new(AtomicBool::new(true));
+    let guesser = tokio::spawn({
+        let (guessing, get) = (guessing.clone(), get.clone());
+        async move {
+            let mut guesses = 0u32;
+            while guessing.load(Ordering::Relaxed) {
+                assert_eq!(get(memgate::token::generate().unwrap()).await.0, 429);
+                guesses += 1;
+            }
+            guesses
+        }
+    });
     // A new colleague's token, never seen by memgate, gets in at once.
     let carol = gate.create_token("carol", &[]);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -430,11 +446,13 @@ async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second()
         status = get(carol.clone()).await;
     }
     assert_eq!(status.0, 200, "the valid token gets in");
+    guessing.store(false, Ordering::Relaxed);
+    assert!(guesser.await.unwrap() > 10, "the guesses ran alongside");
     assert_eq!(get(stale).await.0, 429, "the stale token stays cut off");
     assert_eq!(get(carol).await.0, 200, "and carol stays in");
     assert!(
         gate.metric(lookups).await - before <= 2.0,
-        "one probe found carol"
+        "guesses cost no store query; one found carol"
     );
 }
 

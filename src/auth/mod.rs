@@ -4,6 +4,7 @@
 mod cache;
 pub mod credential;
 mod denial;
+mod known;
 mod last_used;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use cache::Unavailable;
 pub use cache::{CachedToken, Lookup, TokenCache};
 pub use credential::{Credential, PresentedHeaders};
 pub use denial::Denial;
+use known::KnownTokens;
 
 use crate::config::AuthConfig;
 use crate::metrics::{METRICS, memo};
@@ -58,8 +60,9 @@ impl From<Denial> for Failure {
 pub enum StoreAccess<'a> {
     Open,
     /// A client cut off for failing too often: a cache miss reaches the
-    /// store only when `probe` grants it (a few lookups per second per
-    /// address, so one valid token behind a shared address still gets in).
+    /// store only for a token the store may hold, and only when `probe`
+    /// grants it (a few lookups per second per address, so one valid token
+    /// behind a shared address still gets in).
     Probe(&'a (dyn Fn() -> bool + Sync)),
 }
 
@@ -67,6 +70,7 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: TokenCache,
     last_used: last_used::LastUsed,
+    known: KnownTokens,
 }
 
 impl Authenticator {
@@ -80,6 +84,7 @@ impl Authenticator {
                 Duration::from_secs(cfg.stale_grace_secs),
             ),
             last_used: last_used::LastUsed::new(Duration::from_secs(cfg.last_used_interval_secs)),
+            known: KnownTokens::default(),
         }
     }
 
@@ -125,7 +130,7 @@ impl Authenticator {
             StoreAccess::Open => self.lookup(key).await,
             StoreAccess::Probe(probe) => match self.cache.cached(&key) {
                 Some(lookup) => Ok(lookup),
-                None if probe() => self.lookup(key).await,
+                None if self.known.may_hold(&key) && probe() => self.lookup(key).await,
                 None => Err(Denial::Throttled),
             },
         };
@@ -225,17 +230,40 @@ impl Authenticator {
                 let mut key = [0u8; 32];
                 if hex::decode_to_slice(&hash_hex, &mut key).is_ok() {
                     self.cache.invalidate(&key);
+                    self.known.add(&key);
                 } else {
                     tracing::warn!("ignoring a token change with a malformed hash");
                     self.cache.invalidate_fresh();
+                    self.load_known().await;
                 }
             }
-            TokenChange::Unknown => self.cache.invalidate_fresh(),
+            TokenChange::Unknown => {
+                self.cache.invalidate_fresh();
+                self.load_known().await;
+            }
+        }
+    }
+
+    /// Reads which tokens the store holds. Until that succeeds every token
+    /// may be known (a cut-off client's lookups are only rate-limited then).
+    async fn load_known(&self) {
+        self.known.forget();
+        match self.store.tokens(None).await {
+            Ok(tokens) => self.known.replace(tokens.iter().filter_map(|t| {
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(&t.token_hash, &mut key)
+                    .is_ok()
+                    .then_some(key)
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the store's tokens; cut-off clients get rate-limited lookups for any token");
+            }
         }
     }
 
     /// Follows the store's change feed until the process ends.
     pub async fn watch_changes(self: Arc<Self>, poll: Duration) {
+        self.load_known().await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let store = self.store.clone();
         let feed = tokio::spawn(async move {
