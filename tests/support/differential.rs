@@ -3,8 +3,9 @@
 //! stricter of the two on purpose); it may never read a message differently,
 //! nor end a message where hyper does not.
 //!
-//! Shared by `tests/codec_differential.rs` and the fuzz target
-//! `codec_differential`; the including crate provides `http1` (memgate's own).
+//! Shared by `tests/codec_differential.rs` and the fuzz targets
+//! `codec_requests` and `codec_responses`; the including crate provides
+//! `http1` (memgate's own).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
