@@ -87,8 +87,6 @@ pub struct McpPolicy {
     pub upstream_per_scope: bool,
     /// Deepest JSON nesting accepted (top-level object = 1), at most 100.
     pub max_json_depth: usize,
-    /// Most messages in one batch.
-    pub max_batch_len: usize,
     /// Most memory ids one body may ask memgate to look up.
     pub max_owner_checks: usize,
 }
@@ -101,7 +99,6 @@ impl Default for McpPolicy {
             unknown_tool_permission: Permission::Write,
             upstream_per_scope: false,
             max_json_depth: 32,
-            max_batch_len: 64,
             max_owner_checks: 64,
         }
     }
@@ -126,8 +123,6 @@ pub struct OwnerCheck {
     /// The id of the request naming it (`null` for a notification).
     pub request_id: Value,
     pub tool: String,
-    /// The message's place in a batch; `None` when the body is one message.
-    pub batch_index: Option<usize>,
 }
 
 /// What to forward.
@@ -163,8 +158,7 @@ pub struct McpDeny {
     pub status: u16,
     /// The first refusal's reason, for logs and audit.
     pub message: String,
-    /// One JSON-RPC error object carrying the refused request's id, or for a
-    /// batch an array with one per refused message.
+    /// One JSON-RPC error object carrying the refused request's id.
     pub body: Vec<u8>,
     /// Method and tool of the first refused message, when it had a method
     /// (metrics, audit); the body carries its id.
@@ -185,31 +179,19 @@ impl McpDeny {
         }
     }
 
-    fn from_refusals(first: Refusal, rest: Vec<Refusal>, batch: bool) -> McpDeny {
-        let body = if batch {
-            let errors: Vec<Value> = std::iter::once(&first)
-                .chain(rest.iter())
-                .map(Refusal::to_error_object)
-                .collect();
-            json::to_bytes(&Value::Array(errors))
-        } else {
-            json::to_bytes(&first.to_error_object())
-        };
-        let (method, tool) = match first.call {
+    fn single(refusal: Refusal) -> McpDeny {
+        let body = json::to_bytes(&refusal.to_error_object());
+        let (method, tool) = match refusal.call {
             Some(call) => (Some(call.method), call.tool),
             None => (None, None),
         };
         McpDeny {
-            status: first.status,
-            message: first.message,
+            status: refusal.status,
+            message: refusal.message,
             body,
             method,
             tool,
         }
-    }
-
-    fn single(refusal: Refusal) -> McpDeny {
-        McpDeny::from_refusals(refusal, Vec::new(), false)
     }
 }
 
@@ -272,47 +254,27 @@ impl McpPolicy {
             .map_or("unknown", |(name, _)| name.as_str())
     }
 
-    /// Decides a request body (one message or a batch); see the module docs.
-    /// A batch is forwarded whole or refused whole: one refused message
-    /// refuses it, with one error per refused message.
+    /// Decides a request body (one message); see the module docs. A JSON-RPC
+    /// batch is refused (400): MCP no longer has batches, and one body that
+    /// mixes calls memgate would forward and refuse has no single answer.
     pub fn decide(&self, identity: &Identity, scope: &str, body: &[u8]) -> McpDecision {
-        let parsed = match json::parse_value(body, self.max_json_depth) {
+        let mut message = match json::parse_value(body, self.max_json_depth) {
+            Ok(Value::Array(_)) => {
+                return McpDecision::Deny(McpDeny::single(Refusal::new(
+                    400,
+                    INVALID_REQUEST,
+                    "Invalid Request: JSON-RPC batches are not accepted; send one message per request",
+                    Value::Null,
+                )));
+            }
             Ok(parsed) => parsed,
             Err(err) => return McpDecision::Deny(McpDeny::single(Refusal::unparsed(&err))),
         };
-        let (mut messages, batch) = match parsed {
-            Value::Array(items) => (items, true),
-            single => (vec![single], false),
-        };
-        if messages.is_empty() {
-            return McpDecision::Deny(McpDeny::single(Refusal::invalid_request(
-                Value::Null,
-                "Invalid Request: empty batch",
-            )));
-        }
-        if messages.len() > self.max_batch_len {
-            return McpDecision::Deny(McpDeny::single(Refusal::invalid_request(
-                Value::Null,
-                format!(
-                    "Invalid Request: a batch may hold at most {} messages",
-                    self.max_batch_len
-                ),
-            )));
-        }
         let mut forward = McpForward::default();
-        let mut refusals: Vec<Refusal> = Vec::new();
-        let mut changed = false;
-        for (index, message) in messages.iter_mut().enumerate() {
-            let batch_index = batch.then_some(index);
-            match self.check_message(identity, scope, message, batch_index, &mut forward) {
-                Ok(rewrote) => changed |= rewrote,
-                Err(refusal) => refusals.push(refusal),
-            }
-        }
-        let mut refusals = refusals.into_iter();
-        if let Some(first) = refusals.next() {
-            return McpDecision::Deny(McpDeny::from_refusals(first, refusals.collect(), batch));
-        }
+        let changed = match self.check_message(identity, scope, &mut message, &mut forward) {
+            Ok(changed) => changed,
+            Err(refusal) => return McpDecision::Deny(McpDeny::single(refusal)),
+        };
         if forward.need_owners.len() > self.max_owner_checks {
             return McpDecision::Deny(McpDeny::single(Refusal::invalid_request(
                 Value::Null,
@@ -323,12 +285,7 @@ impl McpPolicy {
             )));
         }
         if changed {
-            let sent = if batch {
-                Value::Array(messages)
-            } else {
-                messages.pop().unwrap_or_default()
-            };
-            forward.body = Some(json::to_bytes(&sent));
+            forward.body = Some(json::to_bytes(&message));
         }
         McpDecision::Forward(forward)
     }
@@ -339,7 +296,6 @@ impl McpPolicy {
         identity: &Identity,
         scope: &str,
         message: &mut Value,
-        batch_index: Option<usize>,
         forward: &mut McpForward,
     ) -> Result<bool, Refusal> {
         let Value::Object(object) = message else {
@@ -395,7 +351,6 @@ impl McpPolicy {
                         memory_id,
                         request_id: reply_id.clone(),
                         tool: tool.clone(),
-                        batch_index,
                     }));
                 for pair in scoped.user_values {
                     if !forward.param_headers.contains(&pair) {
@@ -543,21 +498,13 @@ impl McpPolicy {
 /// be the scope's unless the token is an admin. A refusal names the memory
 /// and the token's user (`Access denied: Memory {id} does not belong to user
 /// {user}`, 403, or `Memory {id} not found`, 404) and carries the request's
-/// id; in a batch, the body has one error per refused request and the status
-/// is the first one's.
+/// id; the first memory refused answers.
 pub fn decide_owners(
     identity: &Identity,
     scope: &str,
     checks: &[(OwnerCheck, Option<String>)],
 ) -> Result<(), McpDeny> {
-    let mut refusals: Vec<(Option<usize>, Refusal)> = Vec::new();
     for (check, owner) in checks {
-        if refusals
-            .iter()
-            .any(|(index, refusal)| *index == check.batch_index && refusal.id == check.request_id)
-        {
-            continue;
-        }
         let Err(deny) = mem0::decide_owner(identity, scope, &check.memory_id, owner.as_deref())
         else {
             continue;
@@ -578,14 +525,9 @@ pub fn decide_owners(
             tool: Some(check.tool.clone()),
             id: Some(check.request_id.clone()),
         }));
-        refusals.push((check.batch_index, refusal));
+        return Err(McpDeny::single(refusal));
     }
-    let batch = checks.iter().any(|(check, _)| check.batch_index.is_some());
-    let mut refusals = refusals.into_iter().map(|(_, refusal)| refusal);
-    match refusals.next() {
-        None => Ok(()),
-        Some(first) => Err(McpDeny::from_refusals(first, refusals.collect(), batch)),
-    }
+    Ok(())
 }
 
 /// The `session_id` of a legacy `POST /messages/?session_id=…` from its raw

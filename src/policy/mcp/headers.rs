@@ -24,7 +24,7 @@ const SENTINEL_SUFFIX: &str = "?=";
 /// ([`super::McpForward::param_headers`]). Each edit is (header name as sent,
 /// `Some(value)`: replace every header of that name with this one value;
 /// `None`: remove every header of that name). A header mirroring an argument
-/// given different values in one batch, or mirroring a user argument
+/// given different values in one body, or mirroring a user argument
 /// (`user_id`, `userId`) the body does not carry, is removed.
 pub fn param_header_rewrites(
     headers: &[(String, String)],

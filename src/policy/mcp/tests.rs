@@ -142,13 +142,6 @@ fn bodies_that_are_not_messages() {
         assert_eq!(deny.status, 400, "{body}");
         assert_eq!(error["error"]["code"], INVALID_REQUEST, "{body}");
     }
-    // A batch element that is not an object.
-    let (_, errors) = refused(decide(
-        &alice(),
-        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 5]"#,
-    ));
-    assert_eq!(errors.as_array().unwrap().len(), 1);
-    assert_eq!(errors[0]["error"]["code"], INVALID_REQUEST);
     // Neither method nor result nor error.
     let (_, error) = refused(decide(&alice(), r#"{"jsonrpc":"2.0","id":3}"#));
     assert_eq!(
@@ -167,17 +160,6 @@ fn bodies_that_are_not_messages() {
         r#"{"jsonrpc":"2.0","id":5,"method":["tools/call"]}"#,
     ));
     assert_eq!(error["id"], 5);
-}
-
-#[test]
-fn oversized_batches_are_refused() {
-    let one = r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#;
-    let body = format!("[{}]", vec![one; 65].join(","));
-    let (deny, error) = refused(decide(&alice(), &body));
-    assert_eq!(deny.status, 400);
-    assert!(error.is_object());
-    let body = format!("[{}]", vec![one; 64].join(","));
-    assert_eq!(forward(decide(&alice(), &body)).calls.len(), 64);
 }
 
 #[test]
@@ -241,24 +223,34 @@ fn other_methods_pass_untouched() {
 
 #[test]
 fn notifications_and_client_responses_pass_untouched() {
-    let body = r#"[{"jsonrpc":"2.0","method":"notifications/initialized"},
-        {"jsonrpc":"2.0","id":"srv-1","result":{"roots":[{"uri":"file:///x","user_id":"bob"}]}},
-        {"jsonrpc":"2.0","id":"srv-2","error":{"code":-1,"message":"no"}},
-        {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}]"#;
-    let fwd = forward(decide(&reader(), body));
-    assert_eq!(fwd.body, None);
-    let methods: Vec<_> = fwd
-        .calls
-        .iter()
-        .map(|c| (c.method.as_str(), c.id.clone()))
-        .collect();
-    assert_eq!(
-        methods,
-        [
-            ("notifications/initialized", None),
-            ("notifications/cancelled", None)
-        ]
-    );
+    for (body, call) in [
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            Some("notifications/initialized"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"srv-1","result":{"roots":[{"uri":"file:///x","user_id":"bob"}]}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"srv-2","error":{"code":-1,"message":"no"}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
+            Some("notifications/cancelled"),
+        ),
+    ] {
+        let fwd = forward(decide(&reader(), body));
+        assert_eq!(fwd.body, None, "{body}");
+        let methods: Vec<_> = fwd
+            .calls
+            .iter()
+            .map(|c| (c.method.as_str(), c.id.clone()))
+            .collect();
+        let expected: Vec<(&str, Option<Value>)> = call.map(|m| (m, None)).into_iter().collect();
+        assert_eq!(methods, expected, "{body}");
+    }
 }
 
 #[test]
@@ -797,7 +789,6 @@ fn memory_ids_become_owner_checks_with_the_request_id() {
             memory_id: "m-1".to_owned(),
             request_id: json!("r1"),
             tool: "delete_memory".to_owned(),
-            batch_index: None,
         }]
     );
     for bad in [json!(""), json!(12), json!({"id": "m"}), json!([""])] {
@@ -824,17 +815,16 @@ fn too_many_owner_checks_are_refused() {
 
 #[test]
 fn owner_decisions() {
-    let check = |id: &str, request: Value, batch_index| OwnerCheck {
+    let check = |id: &str, request: Value| OwnerCheck {
         memory_id: id.to_owned(),
         request_id: request,
         tool: "get_memory".to_owned(),
-        batch_index,
     };
-    let mine = (check("m1", json!(1), None), Some("alice".to_owned()));
+    let mine = (check("m1", json!(1)), Some("alice".to_owned()));
     assert!(decide_owners(&alice(), "alice", std::slice::from_ref(&mine)).is_ok());
     assert!(decide_owners(&alice(), "alice", &[]).is_ok());
 
-    let theirs = (check("m2", json!(1), None), Some("bob".to_owned()));
+    let theirs = (check("m2", json!(1)), Some("bob".to_owned()));
     let deny = decide_owners(&alice(), "alice", std::slice::from_ref(&theirs)).unwrap_err();
     assert_eq!(deny.status, 403);
     let error: Value = serde_json::from_slice(&deny.body).unwrap();
@@ -842,7 +832,7 @@ fn owner_decisions() {
         error,
         json!({"jsonrpc":"2.0","id":1,"error":{"code":-32003,"message":"Access denied: Memory m2 does not belong to user alice"}})
     );
-    let unowned = (check("m3", json!(1), None), Some(String::new()));
+    let unowned = (check("m3", json!(1)), Some(String::new()));
     assert_eq!(
         decide_owners(&alice(), "alice", std::slice::from_ref(&unowned))
             .unwrap_err()
@@ -850,7 +840,7 @@ fn owner_decisions() {
         403
     );
 
-    let missing = (check("m4", json!("x"), None), None);
+    let missing = (check("m4", json!("x")), None);
     let deny = decide_owners(&alice(), "alice", std::slice::from_ref(&missing)).unwrap_err();
     let error: Value = serde_json::from_slice(&deny.body).unwrap();
     assert_eq!(
@@ -873,30 +863,22 @@ fn owner_decisions() {
 }
 
 #[test]
-fn owner_refusals_in_a_batch_are_one_per_request() {
-    let check = |id: &str, request: i64, index| {
+fn the_first_memory_refused_answers() {
+    let check = |id: &str| {
         (
             OwnerCheck {
                 memory_id: id.to_owned(),
-                request_id: json!(request),
+                request_id: json!(1),
                 tool: "t".to_owned(),
-                batch_index: Some(index),
             },
             Some("bob".to_owned()),
         )
     };
-    let checks = [check("a", 1, 0), check("b", 1, 0), check("c", 2, 2)];
-    let deny = decide_owners(&alice(), "alice", &checks).unwrap_err();
-    let errors: Value = serde_json::from_slice(&deny.body).unwrap();
-    let ids: Vec<_> = errors
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].clone())
-        .collect();
-    assert_eq!(ids, [json!(1), json!(2)]);
+    let deny = decide_owners(&alice(), "alice", &[check("a"), check("b")]).unwrap_err();
+    let error: Value = serde_json::from_slice(&deny.body).unwrap();
+    assert_eq!(error["id"], 1);
     assert!(
-        errors[0]["error"]["message"]
+        error["error"]["message"]
             .as_str()
             .unwrap()
             .contains("Memory a ")
@@ -906,57 +888,23 @@ fn owner_refusals_in_a_batch_are_one_per_request() {
 // --- Batches -----------------------------------------------------------------
 
 #[test]
-fn a_batch_with_one_denied_call_is_refused_whole() {
-    let body = format!(
-        "[{},{},{},{}]",
-        call(json!(1), "add_memory", json!({"text": "ok"})),
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        call(json!(2), "search_memories", json!({"user_id": "bob"})),
-        call(json!(3), "get_memory", json!({"memory_id": 4})),
-    );
-    let (deny, errors) = refused(decide(&alice(), &body));
-    assert_eq!(deny.status, 403, "the first refusal's status");
-    let errors = errors.as_array().unwrap();
-    assert_eq!(errors.len(), 2);
-    assert_eq!(
-        (errors[0]["id"].clone(), errors[0]["error"]["code"].clone()),
-        (json!(2), json!(FORBIDDEN))
-    );
-    assert_eq!(
-        (errors[1]["id"].clone(), errors[1]["error"]["code"].clone()),
-        (json!(3), json!(INVALID_PARAMS))
-    );
-    assert_eq!(deny.tool.as_deref(), Some("search_memories"));
-}
-
-#[test]
-fn an_allowed_batch_is_rewritten_in_place() {
-    let body = format!(
-        "[{},{},{}]",
+fn a_batch_is_refused_whatever_it_holds() {
+    let allowed = format!(
+        "[{},{}]",
         r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#,
         call(json!(1), "add_memory", json!({"text": "a"})),
-        call(
-            json!(2),
-            "get_memory",
-            json!({"memory_id": "m9", "user_id": "alice"})
-        ),
     );
-    let fwd = forward(decide(&alice(), &body));
-    let sent = sent(&fwd, &body);
-    assert_eq!(sent.as_array().unwrap().len(), 3);
-    assert_eq!(
-        sent[0],
-        json!({"jsonrpc":"2.0","id":"l","method":"tools/list"})
+    let denied = format!(
+        "[{}]",
+        call(json!(2), "search_memories", json!({"user_id": "bob"}))
     );
-    assert_eq!(sent[1]["params"]["arguments"]["user_id"], "alice");
-    assert_eq!(fwd.need_owners[0].batch_index, Some(2));
-    assert_eq!(
-        fwd.param_headers,
-        vec![("user_id".to_owned(), "alice".to_owned())]
-    );
-    assert_eq!(fwd.tools_list_ids(), vec![json!("l")]);
-    let methods: Vec<_> = fwd.calls.iter().map(|c| c.method.as_str()).collect();
-    assert_eq!(methods, ["tools/list", "tools/call", "tools/call"]);
+    for body in [allowed.as_str(), denied.as_str(), "[]", "[5]"] {
+        let (deny, error) = refused(decide(&alice(), body));
+        assert_eq!(deny.status, 400, "{body}");
+        assert_eq!(error["id"], Value::Null, "{body}");
+        assert_eq!(error["error"]["code"], INVALID_REQUEST, "{body}");
+        assert!(deny.message.contains("batches are not accepted"), "{body}");
+    }
 }
 
 #[test]
