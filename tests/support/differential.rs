@@ -218,16 +218,31 @@ pub fn memgate_response(input: &[u8], head: bool) -> Reading {
         Ok(body) => stop(
             vec![Message {
                 start: format!("{} {:?}", resp.status.as_u16(), resp.version),
-                headers: resp
-                    .headers()
-                    .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
-                    .collect(),
+                headers: grouped(resp.headers()),
                 body,
             }],
             Ending::Closed,
         ),
         Err(ending) => stop(Vec::new(), ending),
     }
+}
+
+/// Headers in wire order, grouped by name as a header map lists them (the
+/// order of different names is not part of a message's meaning).
+fn grouped<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<(String, Vec<u8>)> {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        match (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => panic!("memgate kept a header no header map holds: {name:?}: {value:?}"),
+        }
+    }
+    headers_of(&map)
 }
 
 /// The end-to-end headers of an answer, as a proxy passes them on: without
