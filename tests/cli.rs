@@ -610,3 +610,81 @@ async fn legacy_plaintext_tokens_are_imported_as_hashes_and_keep_working() {
         serde_json::json!(["read", "write"])
     );
 }
+
+/// Every configuration error is one line that says what is wrong, where
+/// (`file:line:column`, or the key or variable) and what to do about it.
+#[test]
+fn config_errors_are_one_line_with_what_where_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let missing = dir.path().join("absent.toml");
+    let cases: Vec<(std::path::PathBuf, Vec<(&str, &str)>, Vec<String>)> = vec![
+        (
+            missing.clone(),
+            vec![],
+            vec![format!("{}: cannot read", missing.display()), "--config".into()],
+        ),
+        (
+            write("unknown.toml", "[server]\nthreads = 2\nbogus = 1\n"),
+            vec![],
+            vec![
+                "unknown.toml:3:1: server.bogus".into(),
+                "keepalive_idle_secs".into(),
+                "remove it or correct the spelling".into(),
+            ],
+        ),
+        (
+            write("syntax.toml", "[database]\nurl = \"x\"\n[server\n"),
+            vec![],
+            vec!["syntax.toml:3:8: not valid TOML".into(), "correct".into()],
+        ),
+        (
+            write("type.toml", "[server]\nmax_connections = \"many\"\n"),
+            vec![],
+            vec![
+                "type.toml:2:1: server.max_connections".into(),
+                "a whole number".into(),
+            ],
+        ),
+        (
+            write(
+                "tls.toml",
+                "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+            ),
+            vec![],
+            vec![
+                "tls.toml:2:1: tls.cert".into(),
+                "/nonexistent/cert.pem".into(),
+                "give the path of a PEM file".into(),
+            ],
+        ),
+        (
+            write("empty.toml", ""),
+            vec![("MEMGATE_SERVER__NOPE", "1")],
+            vec![
+                "MEMGATE_SERVER__NOPE".into(),
+                "server.nope".into(),
+                "unset the variable".into(),
+            ],
+        ),
+    ];
+    for (config, env, wanted) in cases {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null());
+        let message = err(&command.output().unwrap());
+        assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
+        assert!(!message.contains("os error"), "{message}");
+        for part in &wanted {
+            assert!(message.contains(part.as_str()), "{part:?} missing: {message}");
+        }
+    }
+}
