@@ -513,6 +513,16 @@ pub enum IsolationModeName {
     Global,
 }
 
+impl McpConfig {
+    /// The tool rules memgate enforces: the built-in ones, with the
+    /// config's `[mcp.tools.NAME]` tables added or replacing them by name.
+    pub fn effective_tools(&self) -> std::collections::BTreeMap<String, crate::policy::mcp::ToolRule> {
+        let mut tools = crate::policy::mcp::default_tool_rules();
+        tools.extend(self.tools.clone());
+        tools
+    }
+}
+
 /// `[isolation]`: which mem0 user_id a request may touch (DESIGN.md §3).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1448,7 +1458,22 @@ impl Config {
 
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(&self.masked())
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The effective configuration as JSON, with secrets masked.
+    pub fn to_masked_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.masked()).unwrap_or_else(|e| {
+            serde_json::json!({ "error": format!("cannot render: {e}") })
+        })
+    }
+
+    /// The configuration as memgate applies it: secrets masked, and
+    /// `[mcp.tools]` with the built-in rules the file's tables are added to.
+    fn masked(&self) -> Config {
         let mut shown = self.clone();
+        shown.mcp.tools = self.mcp.effective_tools();
         for url in [
             &mut shown.database.url,
             &mut shown.redis.url,
@@ -1473,7 +1498,7 @@ impl Config {
                 *value = "****".into();
             }
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        shown
     }
 }
 

@@ -44,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = cli::load_config(&cli)?;
     let config = loaded.config.clone();
     match cli.command {
-        Command::CheckConfig => print_out(&cli::check_config(&loaded)),
+        Command::CheckConfig(args) => print_out(&cli::check_config(&loaded, &args)),
         Command::UpstreamName(args) => print_out(&cli::upstream_name::run(&config, &args)?),
         // pingora builds its own runtimes, so serve must not run inside one.
         Command::Serve => memgate::server::run(config),

@@ -688,3 +688,74 @@ fn config_errors_are_one_line_with_what_where_and_the_fix() {
         }
     }
 }
+
+/// Arguments that would do nothing are refused instead of ignored: `--yes`
+/// on `token enable` (which asks nothing), an event kind memgate never
+/// writes, `stats` for a user memgate has never seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_that_would_do_nothing_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(&db, &dir);
+    let created: Value = serde_json::from_str(&ok(&cli(
+        &cfg,
+        &["token", "create", "--user-id", "alice", "--json"],
+    )))
+    .unwrap();
+    let prefix = created["prefix"].as_str().unwrap();
+    ok(&cli(&cfg, &["token", "revoke", prefix, "--yes"]));
+
+    let message = err(&cli(&cfg, &["token", "enable", prefix, "--yes"]));
+    assert!(message.contains("--yes"), "{message}");
+    ok(&cli(&cfg, &["token", "enable", prefix]));
+
+    let message = err(&cli(&cfg, &["audit", "--event", "bogus"]));
+    assert!(
+        message.contains("bogus") && message.contains("auth_failure"),
+        "the valid kinds are listed: {message}"
+    );
+    let rows: Vec<Value> = serde_json::from_str(&ok(&cli(
+        &cfg,
+        &["audit", "--event", "token_admin", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(rows.len(), 3, "create, revoke, enable: {rows:?}");
+
+    let message = err(&cli(&cfg, &["stats", "nobody"]));
+    assert!(
+        message.contains("nobody") && message.contains("token list"),
+        "{message}"
+    );
+    assert_eq!(message.trim().lines().count(), 1, "{message}");
+    assert!(ok(&cli(&cfg, &["stats", "alice"])).contains("User:            alice"));
+}
+
+/// `check-config --json` is the same configuration as the TOML output, and
+/// both show the built-in `[mcp.tools]` rules with the file's merged in.
+#[test]
+fn check_config_shows_the_tool_rules_in_effect_as_toml_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"postgres://memgate:hunter2@db:5432/memgate\"\n\
+         [mcp.tools.recall]\npermission = \"read\"\nscoped_by = \"none\"\n",
+    )
+    .unwrap();
+    let text = ok(&cli(&path, &["check-config"]));
+    for table in ["[mcp.tools.add_memory]", "[mcp.tools.recall]"] {
+        assert!(text.contains(table), "{table} missing: {text}");
+    }
+    let json: Value = serde_json::from_str(&ok(&cli(&path, &["check-config", "--json"]))).unwrap();
+    assert_eq!(json["file"], path.display().to_string());
+    let config = &json["config"];
+    assert_eq!(config["database"]["url"], "postgres://memgate:****@db:5432/memgate");
+    assert_eq!(config["mcp"]["tools"]["recall"]["scoped_by"], "none");
+    assert_eq!(config["mcp"]["tools"]["add_memory"]["scoped_by"], "argument");
+    let from_toml: toml::Table = text.parse().unwrap();
+    assert_eq!(
+        serde_json::to_value(&from_toml).unwrap(),
+        *config,
+        "the TOML and JSON outputs agree"
+    );
+}

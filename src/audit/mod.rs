@@ -21,6 +21,17 @@ pub mod kind {
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const TOKEN_ADMIN: &str = "token_admin";
     pub const USER_ADMIN: &str = "user_admin";
+    /// Every event kind, for `memgate audit --event`.
+    pub const ALL: &[&str] = &[
+        AUTH_SUCCESS,
+        AUTH_FAILURE,
+        PERMISSION_DENIED,
+        OWNERSHIP_DENIED,
+        SESSION_DENIED,
+        RATE_LIMITED,
+        TOKEN_ADMIN,
+        USER_ADMIN,
+    ];
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]

@@ -20,10 +20,11 @@ pub struct AuditArgs {
     /// Events before this time: RFC 3339 or an age (30m, 2h, 7d)
     #[arg(long, value_name = "TIME", value_parser = parse_when)]
     pub until: Option<When>,
-    #[arg(long)]
+    /// Only this user's events
+    #[arg(long, value_name = "ID")]
     pub user_id: Option<String>,
-    /// Only this event (auth_failure, auth_success, ownership_denied, …)
-    #[arg(long)]
+    /// Only this kind of event
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::audit::kind::ALL))]
     pub event: Option<String>,
     /// At most this many events: the newest ones (the oldest with --oldest-first)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -31,6 +32,7 @@ pub struct AuditArgs {
     /// Oldest events first (default: newest first)
     #[arg(long)]
     pub oldest_first: bool,
+    /// Print a JSON array instead of a table
     #[arg(long)]
     pub json: bool,
 }
@@ -109,7 +111,10 @@ pub(crate) fn window(
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {
+    /// The user to report on
+    #[arg(value_name = "USER_ID")]
     pub user_id: String,
+    /// Print a JSON object instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -198,6 +203,12 @@ pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String>
     let stats = store
         .user_stats(&args.user_id, now - Duration::days(30))
         .await?;
+    if tokens.is_empty() && stats.last_audit_event.is_none() {
+        anyhow::bail!(
+            "no tokens and no audit events for user {:?}; check the id against `memgate token list`",
+            args.user_id
+        );
+    }
     let last_token_use = tokens.iter().filter_map(|t| t.last_used_at).max();
     let last_activity = last_token_use.max(stats.last_audit_event);
     if args.json {

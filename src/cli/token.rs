@@ -20,15 +20,17 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens (never shows a full token)
     List {
-        #[arg(long)]
+        /// Only this user's tokens
+        #[arg(long, value_name = "ID")]
         user_id: Option<String>,
+        /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Disable a token; it stops working within a second
     Revoke(TargetArgs),
-    /// Re-enable a revoked token
-    Enable(TargetArgs),
+    /// Re-enable a revoked token (no confirmation: it takes nothing away)
+    Enable(EnableArgs),
     /// Delete a token for good
     Delete(TargetArgs),
     /// Import the plaintext tokens of the Mem0 MCP Server stack (stores hashes only)
@@ -40,6 +42,7 @@ pub enum TokenCommand {
         /// Days until the new token expires (at most 36500); 0 = never
         #[arg(long, default_value_t = 365, value_parser = super::parse_days)]
         expires_days: u32,
+        /// Print the new token as JSON
         #[arg(long)]
         json: bool,
     },
@@ -47,11 +50,13 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    #[arg(long)]
+    /// The user the token authenticates as (the mem0 user_id in manual isolation)
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Display name of the holder
     #[arg(long)]
     pub name: Option<String>,
+    /// Contact address of the holder, shown by `token list`
     #[arg(long)]
     pub email: Option<String>,
     /// Days until the token expires (at most 36500); 0 = never
@@ -63,6 +68,7 @@ pub struct CreateArgs {
     /// Requests per second for this token, e.g. 5/s (default: rate_limit.per_token_rps)
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     pub rate_limit: Option<u32>,
+    /// Print the new token as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -74,6 +80,16 @@ pub struct TargetArgs {
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EnableArgs {
+    /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
+    pub prefix: String,
+    /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
 }

@@ -47,7 +47,8 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    #[arg(long)]
+    /// The user whose data to export
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Write the document to FILE (created with mode 0600) instead of stdout
     #[arg(long, value_name = "FILE")]
@@ -56,11 +57,13 @@ pub struct ExportArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    #[arg(long)]
+    /// The user whose memories and tokens to delete
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Print what was deleted as JSON
     #[arg(long)]
     pub json: bool,
 }
