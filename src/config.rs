@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` plus `MEMGATE_SECTION__KEY` environment overrides,
 //! validated up front so a bad value stops memgate before any port is bound
-//! (DESIGN.md §9). Every error names the offending key.
+//! (docs/design.md §9). Every error names the offending key.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -309,7 +309,7 @@ pub struct McpConfig {
     pub max_sessions: u64,
     /// Tool rules by tool name, added to (or replacing) the shipped defaults.
     pub tools: std::collections::BTreeMap<String, crate::policy::mcp::ToolRule>,
-    /// One MCP server process per scope, started by memgate (DESIGN.md §5a).
+    /// One MCP server process per scope, started by memgate (docs/design.md §5a).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawn: Option<SpawnConfig>,
 }
@@ -460,7 +460,7 @@ pub struct Mem0Config {
     pub upstream_headers: UpstreamHeaderSpecs,
     /// Lets non-admin tokens call `DELETE /memories` (always with user_id = scope).
     pub allow_delete_all: bool,
-    /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
+    /// Routes outside docs/design.md §4 that are forwarded unchanged, as
     /// `"METHOD /path-prefix"` (`*` for any method), e.g. `"GET /docs"`.
     pub allowed_routes: Vec<String>,
     /// Memory owners remembered (memory id → user); others are asked of mem0.
@@ -523,7 +523,7 @@ impl McpConfig {
     }
 }
 
-/// `[isolation]`: which mem0 user_id a request may touch (DESIGN.md §3).
+/// `[isolation]`: which mem0 user_id a request may touch (docs/design.md §3).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolationConfig {

@@ -1,5 +1,5 @@
 //! Every Prometheus metric memgate exports, declared once with its help text
-//! (DESIGN.md §7), and the text rendering served on the admin listener.
+//! (docs/design.md §7), and the text rendering served on the admin listener.
 
 pub mod memo;
 

@@ -1,4 +1,4 @@
-//! The audit trail (DESIGN.md §6): one event per decision worth keeping,
+//! The audit trail (docs/design.md §6): one event per decision worth keeping,
 //! written off the request path in batches, spooled to disk while the store is
 //! unreachable, and never dropped silently.
 

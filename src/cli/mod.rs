@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §8): argument definitions and dispatch helpers.
+//! The command line (docs/design.md §8): argument definitions and dispatch helpers.
 //! `main.rs` only parses and calls into here.
 
 pub mod audit;

@@ -1,6 +1,6 @@
 //! The pingora glue: one `Gate` per proxied listener. Each hook is short and
 //! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
-//! routes (DESIGN.md §1, §10).
+//! routes (docs/design.md §1, §10).
 
 pub mod body;
 pub mod client_ip;
@@ -70,7 +70,7 @@ impl Listener {
 pub struct RequestCtx {
     started: Instant,
     identity: Option<Arc<Identity>>,
-    /// The mem0 user_id the request acts for (DESIGN.md §3).
+    /// The mem0 user_id the request acts for (docs/design.md §3).
     scope: String,
     /// Set when the request is streamed to a rewritten path and query.
     rewritten_uri: Option<String>,
