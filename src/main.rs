@@ -41,11 +41,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Documentation needs no configuration: it works before one exists.
+    match &cli.command {
+        Command::Completions(args) => return print_out(&cli::docs::completions(args)?),
+        Command::Man => return print_out(&cli::docs::man()?),
+        _ => {}
+    }
     let loaded = cli::load_config(&cli)?;
     let config = loaded.config.clone();
     match cli.command {
         Command::CheckConfig(args) => print_out(&cli::check_config(&loaded, &args)),
         Command::UpstreamName(args) => print_out(&cli::upstream_name::run(&config, &args)?),
+        Command::Completions(args) => print_out(&cli::docs::completions(&args)?),
+        Command::Man => print_out(&cli::docs::man()?),
         // pingora builds its own runtimes, so serve must not run inside one.
         Command::Serve => memgate::server::run(config),
         Command::Migrate => one_shot(async move {

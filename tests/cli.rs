@@ -759,3 +759,67 @@ fn check_config_shows_the_tool_rules_in_effect_as_toml_or_json() {
         "the TOML and JSON outputs agree"
     );
 }
+
+/// Every subcommand path and every flag of the parser, from the parser itself.
+fn every_command_and_flag() -> (Vec<String>, Vec<String>) {
+    fn walk(command: &clap::Command, path: &str, paths: &mut Vec<String>, flags: &mut Vec<String>) {
+        // Global flags are listed once, under memgate itself.
+        for arg in command
+            .get_arguments()
+            .filter(|a| path == "memgate" || !a.is_global_set())
+        {
+            if let Some(long) = arg.get_long() {
+                if long != "help" && long != "version" {
+                    flags.push(format!("{path}: --{long}"));
+                }
+            }
+        }
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub_path = format!("{path} {}", sub.get_name());
+            paths.push(sub_path.clone());
+            walk(sub, &sub_path, paths, flags);
+        }
+    }
+    let (mut paths, mut flags) = (Vec::new(), Vec::new());
+    let mut command = <memgate::cli::Cli as clap::CommandFactory>::command();
+    command.build();
+    walk(&command, "memgate", &mut paths, &mut flags);
+    (paths, flags)
+}
+
+/// `memgate completions SHELL` and `memgate man` know every subcommand and
+/// flag, and need no config file.
+#[test]
+fn completions_and_the_man_page_cover_every_command_and_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent.toml");
+    let (paths, flags) = every_command_and_flag();
+    assert!(paths.len() > 15 && flags.len() > 20, "{paths:?} {flags:?}");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(&cli(&absent, &["completions", shell]));
+        for path in &paths {
+            let name = path.rsplit(' ').next().unwrap();
+            assert!(script.contains(name), "{shell} completion lacks {path}");
+        }
+        for flag in &flags {
+            let long = flag.rsplit("--").next().unwrap();
+            assert!(script.contains(long), "{shell} completion lacks {flag}");
+        }
+    }
+    let page = ok(&cli(&absent, &["man"])).replace("\\-", "-");
+    assert!(page.starts_with(".ie") || page.contains(".TH memgate 1"), "{page}");
+    for path in &paths {
+        assert!(page.contains(path.as_str()), "the man page lacks {path}");
+    }
+    for flag in &flags {
+        let (path, long) = flag.split_once(": ").unwrap();
+        // Each command's flags follow its own entry.
+        let at = page
+            .find(&format!("\\fB{path}"))
+            .or_else(|| (path == "memgate").then_some(0))
+            .unwrap_or_else(|| panic!("no entry for {path}"));
+        assert!(page[at..].contains(long), "the man page lacks {flag}");
+    }
+    let message = err(&cli(&absent, &["completions", "tcsh"]));
+    assert!(message.contains("bash"), "the shells are listed: {message}");
+}

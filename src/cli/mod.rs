@@ -2,6 +2,7 @@
 //! `main.rs` only parses and calls into here.
 
 pub mod audit;
+pub mod docs;
 pub mod import;
 pub mod token;
 pub mod upstream_name;
@@ -63,6 +64,10 @@ pub enum Command {
     User(user::UserCommand),
     /// The server a templated [mcp] upstream (http://mcp-{scope}:8080) sends a user to
     UpstreamName(upstream_name::UpstreamNameArgs),
+    /// Print a shell completion script
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page memgate(1) in roff (memgate man > memgate.1)
+    Man,
 }
 
 #[derive(clap::Args, Debug)]
