@@ -536,3 +536,62 @@ async fn every_metric_used_by_the_dashboard_and_alerts_is_exported() {
         );
     }
 }
+
+/// Tokens that expire soon are listed by `token list --expiring` (soonest
+/// first) and counted in `memgate_tokens_expiring{within}`: only enabled
+/// tokens, each window counting what expires within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expiring_soon_are_listed_and_counted() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
+        ok(&cli(&config, &["migrate"]));
+        let create = |user: &str, days: &str| -> String {
+            let out = ok(&cli(
+                &config,
+                &["token", "create", "--user-id", user, "--expires-days", days, "--json"],
+            ));
+            serde_json::from_str::<Value>(&out).unwrap()["prefix"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let in_20_days = create("carol", "20");
+        let in_3_days = create("alice", "3");
+        create("bob", "100");
+        create("dave", "0");
+        let revoked = create("eve", "2");
+        ok(&cli(&config, &["token", "revoke", &revoked, "--yes"]));
+
+        let listed = |span: &str| -> Vec<String> {
+            let out = ok(&cli(&config, &["token", "list", "--expiring", span, "--json"]));
+            serde_json::from_str::<Vec<Value>>(&out)
+                .unwrap()
+                .iter()
+                .map(|t| t["prefix"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(listed("7d"), vec![in_3_days.clone()], "{backend:?}");
+        assert_eq!(listed("30d"), vec![in_3_days, in_20_days], "{backend:?}: soonest first");
+        assert!(listed("1h").is_empty());
+        let text = ok(&cli(&config, &["token", "list", "--expiring", "1h"]));
+        assert!(text.contains("No active token expires"), "{text}");
+        assert!(err(&cli(&config, &["token", "list", "--expiring", "soon"])).contains("7d"));
+
+        let upstream = Upstream::start().await;
+        let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+        let counted = within(Duration::from_secs(10), || async {
+            gate.metric("memgate_tokens_expiring{within=\"7d\"}").await == 1.0
+                && gate.metric("memgate_tokens_expiring{within=\"30d\"}").await == 2.0
+        })
+        .await;
+        assert!(
+            counted.is_some(),
+            "{backend:?}: 7d={} 30d={}",
+            gate.metric("memgate_tokens_expiring{within=\"7d\"}").await,
+            gate.metric("memgate_tokens_expiring{within=\"30d\"}").await
+        );
+    }
+}

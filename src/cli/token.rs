@@ -23,6 +23,9 @@ pub enum TokenCommand {
         /// Only this user's tokens
         #[arg(long, value_name = "ID")]
         user_id: Option<String>,
+        /// Only active tokens that expire within this span (e.g. 7d, 30d, 12h), soonest first
+        #[arg(long, value_name = "SPAN", value_parser = parse_span)]
+        expiring: Option<chrono::Duration>,
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
@@ -92,6 +95,16 @@ pub struct EnableArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--expiring`: a span like `30d`, `12h` or `2w` (the ages `audit --since` takes).
+fn parse_span(text: &str) -> Result<chrono::Duration, String> {
+    match super::audit::parse_when(text) {
+        Ok(super::audit::When::Ago(span)) => Ok(span),
+        _ => Err(format!(
+            "{text:?} is not a span like 7d, 30d, 12h or 2w (at most 36500 days)"
+        )),
+    }
 }
 
 /// `N/s` (or a bare `N`) requests per second, N ≥ 1.
@@ -327,10 +340,24 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 created_text(&secret, &stored)
             })
         }
-        TokenCommand::List { user_id, json } => {
-            let tokens = store.tokens(user_id.as_deref()).await?;
+        TokenCommand::List {
+            user_id,
+            expiring,
+            json,
+        } => {
+            let mut tokens = store.tokens(user_id.as_deref()).await?;
+            if let Some(span) = expiring {
+                let until = now.checked_add_signed(span).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                tokens.retain(|t| {
+                    t.status(now) == crate::store::TokenStatus::Active
+                        && t.expires_at.is_some_and(|at| at <= until)
+                });
+                tokens.sort_by_key(|t| t.expires_at);
+            }
             Ok(if json {
                 Value::Array(tokens.iter().map(|t| listed_json(t, now)).collect()).to_string()
+            } else if tokens.is_empty() && expiring.is_some() {
+                "No active token expires within that span.".to_string()
             } else if tokens.is_empty() {
                 "No tokens.".to_string()
             } else {

@@ -140,6 +140,13 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// How many enabled tokens expire after `now` and at or before `until`
+    /// (for `memgate_tokens_expiring`: one counting query, no rows fetched).
+    async fn count_tokens_expiring(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
     /// Tokens whose display prefix starts with `prefix`.
     async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;

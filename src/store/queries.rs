@@ -331,6 +331,22 @@ macro_rules! impl_store {
             observed("tokens", r)?.into_iter().map(TokenRow::into_record).collect()
         }
 
+        async fn count_tokens_expiring(
+            &self,
+            now: DateTime<Utc>,
+            until: DateTime<Utc>,
+        ) -> Result<i64, StoreError> {
+            let r = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM tokens \
+                 WHERE enabled AND expires_at IS NOT NULL AND expires_at > $1 AND expires_at <= $2",
+            )
+            .bind(now)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await;
+            observed("count_tokens_expiring", r)
+        }
+
         async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError> {
             // substr instead of LIKE: `_` is both a token character and a LIKE wildcard.
             let r = sqlx::query_as::<_, TokenRow>(concat!(
