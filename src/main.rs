@@ -64,6 +64,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::token::run(store.as_ref(), cmd).await
         }),
+        Command::Audit(args) if args.follow => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let store = cli::open_store(&config, cli::Open::Existing).await?;
+                let mut stdout = std::io::stdout();
+                cli::audit::follow(
+                    store.as_ref(),
+                    args,
+                    &mut stdout,
+                    std::time::Duration::from_secs(1),
+                )
+                .await
+            })
+        }
         Command::Audit(args) => one_shot(async move {
             let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::audit::audit(store.as_ref(), args).await

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::Value;
 use support::*;
 
@@ -822,4 +824,105 @@ fn completions_and_the_man_page_cover_every_command_and_flag() {
     }
     let message = err(&cli(&absent, &["completions", "tcsh"]));
     assert!(message.contains("bash"), "the shells are listed: {message}");
+}
+
+/// `memgate audit --follow` prints the window's events, then each event as
+/// it is stored (a spool replay's older timestamps included), filtered, as
+/// NDJSON with `--json` and as table rows without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_follow_prints_events_as_they_are_stored() {
+    use std::io::BufRead;
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_for(&db, &dir);
+        let store = db.store().await;
+        let event = |kind: &str, user: &str| {
+            let mut e = memgate::audit::AuditEvent::new(kind, kind == "auth_success");
+            e.user_id = Some(user.into());
+            e.reason = Some("unknown".into());
+            e
+        };
+        store
+            .insert_audit(&[event("auth_failure", "before"), event("auth_success", "before-ok")])
+            .await
+            .unwrap();
+
+        let follow = |extra: &[&str]| {
+            let mut child = std::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["audit", "--follow", "--event", "auth_failure"])
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (send, lines) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            (child, lines)
+        };
+        let next = |lines: &std::sync::mpsc::Receiver<String>| {
+            lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the follower printed nothing within 10 s")
+        };
+
+        let (mut child, lines) = follow(&["--json"]);
+        let first: Value = serde_json::from_str(&next(&lines)).unwrap();
+        assert_eq!(first["user_id"], "before", "{first}");
+        let mut replayed = event("auth_failure", "replayed");
+        replayed.time = chrono::Utc::now() - chrono::Duration::hours(3);
+        store
+            .insert_audit(&[
+                event("auth_failure", "new-1"),
+                event("auth_success", "filtered-out"),
+                event("auth_failure", "new-2"),
+            ])
+            .await
+            .unwrap();
+        store.insert_audit(&[replayed]).await.unwrap();
+        let users: Vec<String> = (0..3)
+            .map(|_| {
+                let line = next(&lines);
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!(v["event"], "auth_failure", "{v}");
+                v["user_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(users, ["new-1", "new-2", "replayed"], "{backend:?}");
+        assert!(
+            lines.recv_timeout(Duration::from_millis(1500)).is_err(),
+            "each event is printed once"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // The window (the last hour) is printed oldest first.
+        let (mut child, lines) = follow(&["--since", "1h"]);
+        assert!(next(&lines).starts_with("TIME  EVENT  RESULT"));
+        let window: Vec<String> = (0..3).map(|_| next(&lines)).collect();
+        for (row, user) in window.iter().zip(["before", "new-1", "new-2"]) {
+            assert!(row.contains(&format!("  {user}  ")), "{window:?}");
+        }
+        store.insert_audit(&[event("auth_failure", "text-user")]).await.unwrap();
+        let row = next(&lines);
+        assert!(row.contains("auth_failure  FAIL  text-user"), "{row}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let message = err(&cli(
+        &std::path::PathBuf::from("/nonexistent.toml"),
+        &["audit", "--follow", "--until", "1h"],
+    ));
+    assert!(message.contains("--until"), "{message}");
 }

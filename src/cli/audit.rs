@@ -32,9 +32,13 @@ pub struct AuditArgs {
     /// Oldest events first (default: newest first)
     #[arg(long)]
     pub oldest_first: bool,
-    /// Print a JSON array instead of a table
+    /// Print a JSON array instead of a table (with --follow: one JSON object per line)
     #[arg(long)]
     pub json: bool,
+    /// Keep running and print events as they are stored, like `tail -f`: the
+    /// window's events oldest first, then each new one
+    #[arg(long, conflicts_with_all = ["until", "oldest_first"])]
+    pub follow: bool,
 }
 
 /// A point in time given on the command line: absolute, or an age before now.
@@ -168,29 +172,128 @@ pub async fn audit(store: &dyn Store, args: AuditArgs) -> anyhow::Result<String>
     if events.is_empty() {
         return Ok("No audit events.".into());
     }
+    let rows: Vec<Vec<String>> = events.iter().map(event_row).collect();
+    Ok(render_table(&COLUMNS, &rows))
+}
+
+const COLUMNS: [&str; 9] = [
+    "TIME", "EVENT", "RESULT", "USER", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
+];
+
+/// One event as the cells of [`COLUMNS`].
+fn event_row(e: &AuditEvent) -> Vec<String> {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
-            vec![
-                time(e.time),
-                e.event.clone(),
-                if e.success { "ok" } else { "FAIL" }.into(),
-                dash(&e.user_id),
-                dash(&e.token_prefix),
-                dash(&e.ip),
-                format!("{} {}", dash(&e.method), dash(&e.path)),
-                dash(&e.tool),
-                dash(&e.reason),
-            ]
+    vec![
+        time(e.time),
+        e.event.clone(),
+        if e.success { "ok" } else { "FAIL" }.into(),
+        dash(&e.user_id),
+        dash(&e.token_prefix),
+        dash(&e.ip),
+        format!("{} {}", dash(&e.method), dash(&e.path)),
+        dash(&e.tool),
+        dash(&e.reason),
+    ]
+}
+
+/// How long a row id is watched for rows stored below it. With PostgreSQL,
+/// ids are handed out when a batch is inserted but become visible when its
+/// transaction commits, so a replica's batch can appear after a higher id
+/// was already printed; rows committed within this lag are still found.
+const FOLLOW_LAG: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most rows read per poll; a longer backlog is read over several polls.
+const FOLLOW_BATCH: i64 = 10_000;
+
+/// `memgate audit --follow`: prints the window's events oldest first (at
+/// most `--limit`, the newest ones), then every new event as it is stored,
+/// polling every `poll`, until writing fails (a closed pipe ends it quietly).
+/// Text lines have the table's columns, two spaces apart; `--json` writes
+/// one object per line (NDJSON).
+pub async fn follow(
+    store: &dyn Store,
+    args: AuditArgs,
+    out: &mut (dyn std::io::Write + Send),
+    poll: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut write = |line: String| -> anyhow::Result<bool> {
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let render = |e: &AuditEvent| {
+        if args.json {
+            event_json(e).to_string()
+        } else {
+            event_row(e).join("  ")
+        }
+    };
+    // The cursor is read first: an event stored while the window is read is
+    // then found by the first poll, and printed once (ids seen are kept).
+    let mut cursor = store.last_audit_id().await?;
+    let (since, _) = window(&args, Utc::now())?;
+    let mut initial = store
+        .audit_events(&AuditFilter {
+            since,
+            until: None,
+            user_id: args.user_id.clone(),
+            event: args.event.clone(),
+            limit: i64::from(args.limit),
+            newest_first: true,
         })
-        .collect();
-    Ok(render_table(
-        &[
-            "TIME", "EVENT", "RESULT", "USER", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
-        ],
-        &rows,
-    ))
+        .await?;
+    initial.reverse();
+    // At most --limit ids, kept for the whole run.
+    let printed: std::collections::HashSet<String> =
+        initial.iter().map(|e| e.event_id.clone()).collect();
+    if !args.json && !write(COLUMNS.join("  "))? {
+        return Ok(());
+    }
+    for e in &initial {
+        if !write(render(e))? {
+            return Ok(());
+        }
+    }
+    // (when, cursor then): the cursor as it was FOLLOW_LAG ago is where each
+    // poll starts reading, so late commits below the newest id are found.
+    let mut history: std::collections::VecDeque<(std::time::Instant, i64)> =
+        std::collections::VecDeque::new();
+    let filter = AuditFilter {
+        since,
+        until: None,
+        user_id: args.user_id.clone(),
+        event: args.event.clone(),
+        limit: FOLLOW_BATCH,
+        newest_first: false,
+    };
+    let mut seen_ids: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    loop {
+        let now = std::time::Instant::now();
+        history.push_back((now, cursor));
+        while history
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= FOLLOW_LAG)
+        {
+            history.pop_front();
+        }
+        let from = history.front().map_or(cursor, |(_, c)| *c);
+        seen_ids = seen_ids.split_off(&from);
+        let rows = store.audit_events_after(from, &filter).await?;
+        for (id, e) in &rows {
+            cursor = cursor.max(*id);
+            if !seen_ids.insert(*id) || printed.contains(&e.event_id) {
+                continue;
+            }
+            if !write(render(e))? {
+                return Ok(());
+            }
+        }
+        if rows.len() < FOLLOW_BATCH as usize {
+            tokio::time::sleep(poll).await;
+        }
+    }
 }
 
 pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String> {

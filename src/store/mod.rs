@@ -166,6 +166,16 @@ pub trait Store: Send + Sync + 'static {
     /// Writes audit events; events already stored (same `event_id`) are skipped.
     async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Audit events stored after row `after_id`, in the order they were
+    /// stored, with their row ids (for `memgate audit --follow`); `filter`'s
+    /// user, event and limit apply, its times do not.
+    async fn audit_events_after(
+        &self,
+        after_id: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<(i64, AuditEvent)>, StoreError>;
+    /// The id of the newest audit row, 0 when there is none.
+    async fn last_audit_id(&self) -> Result<i64, StoreError>;
     /// Deletes audit events older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Sets `last_used_at` for (token id, time) pairs, never moving it back.
