@@ -52,6 +52,15 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tls: TlsConfig,
     pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: what `serve` logs besides its own events.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// One line per request (`crate::access_log`); off by default.
+    pub access: bool,
 }
 
 /// `[tls]`: PEM certificate chain and key for the mcp and mem0 listeners.
@@ -624,6 +633,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

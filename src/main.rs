@@ -55,7 +55,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions(args) => print_out(&cli::docs::completions(&args)?),
         Command::Man => print_out(&cli::docs::man()?),
         // pingora builds its own runtimes, so serve must not run inside one.
-        Command::Serve => memgate::server::run(config),
+        Command::Serve => {
+            memgate::access_log::set_enabled(config.log.access);
+            memgate::server::run(config)
+        }
         Command::Migrate => one_shot(async move {
             cli::open_store(&config, cli::Open::CreateIfMissing).await?;
             Ok("Migrations applied.".to_string())

@@ -595,3 +595,84 @@ async fn tokens_expiring_soon_are_listed_and_counted() {
         );
     }
 }
+
+/// With `[log] access = true` every request is one log line (JSON under
+/// `--log-format json`) with its method, path and parameter names, status,
+/// user, scope, latency and request id, and never a token or a query value;
+/// without it there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_each_request_without_secrets() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.extra = "[log]\naccess = true\n".into();
+    cfg.env.push(("MEMGATE_LOG_FORMAT".into(), "json".into()));
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let client = reqwest::Client::new();
+    let answer = client
+        .get(gate.mem0_url("/memories?user_id=alice&top_k=5"))
+        .header("X-MCP-Token", &token)
+        .header("X-Request-Id", "trace-access-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let refused = client
+        .get(gate.mem0_url(&format!("/memories/{token}?secret=hunter2")))
+        .header("X-Request-Id", "trace-access-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let lines = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "memgate::access")
+            .collect()
+    };
+    let found = within(Duration::from_secs(5), || async { lines(&gate.log()).len() >= 2 }).await;
+    let log = gate.log();
+    assert!(found.is_some(), "no access lines:\n{log}");
+    let entries = lines(&log);
+    let by_id = |id: &str| {
+        entries
+            .iter()
+            .find(|v| v["fields"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{log}"))["fields"]
+            .clone()
+    };
+    let ok = by_id("trace-access-1");
+    assert_eq!(ok["listener"], "mem0");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/memories?user_id&top_k");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["scope"], "alice");
+    assert!(ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{ok}");
+    let denied = by_id("trace-access-2");
+    assert_eq!(denied["status"], 401);
+    assert_eq!(denied["user"], "-");
+    assert_eq!(
+        denied["path"],
+        format!("/memories/{}…?secret", &token[..12]),
+        "a token in the path is cut to its prefix"
+    );
+    for secret in [&token[12..], "hunter2", "top_k=5", "user_id=alice"] {
+        assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
+    }
+
+    // Off by default.
+    let quiet = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let status = client
+        .get(quiet.mem0_url("/memories"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!quiet.log().contains("memgate::access") && !quiet.log().contains("request_id"));
+}

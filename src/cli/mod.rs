@@ -32,7 +32,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEMGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "MEMGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

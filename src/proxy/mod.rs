@@ -907,6 +907,27 @@ impl Gate {
         if let Some(e) = e {
             tracing::info!(listener, status, error = %e, "request failed");
         }
+        if crate::access_log::enabled() {
+            let req = session.req_header();
+            // Requests memgate answers itself never set ctx.scope.
+            let scope = match &ctx.identity {
+                Some(identity) if ctx.scope.is_empty() => {
+                    scope_for(identity, &self.isolation, project(req).as_deref())
+                }
+                _ => ctx.scope.clone(),
+            };
+            crate::access_log::record(&crate::access_log::AccessRecord {
+                listener,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                status,
+                user: ctx.identity.as_deref().map(|i| i.user_id.as_str()),
+                scope: &scope,
+                latency: ctx.started.elapsed(),
+                request_id: &ctx.request_id,
+            });
+        }
     }
 }
 
