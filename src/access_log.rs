@@ -83,11 +83,7 @@ fn without_tokens(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let rest = &bytes[i..];
-        let secret_len = rest
-            .iter()
-            .skip(4)
-            .take_while(|&&b| token_char(b))
-            .count();
+        let secret_len = rest.iter().skip(4).take_while(|&&b| token_char(b)).count();
         if rest.starts_with(b"mcp_") && secret_len >= 43 {
             out.push_str(&text[i..i + 12]);
             out.push('…');

@@ -525,7 +525,9 @@ pub enum IsolationModeName {
 impl McpConfig {
     /// The tool rules memgate enforces: the built-in ones, with the
     /// config's `[mcp.tools.NAME]` tables added or replacing them by name.
-    pub fn effective_tools(&self) -> std::collections::BTreeMap<String, crate::policy::mcp::ToolRule> {
+    pub fn effective_tools(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::policy::mcp::ToolRule> {
         let mut tools = crate::policy::mcp::default_tool_rules();
         tools.extend(self.tools.clone());
         tools
@@ -822,9 +824,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
                         "name an existing file with --config or MEMGATE_CONFIG \
                          (with neither, ./config.toml is read if it exists)"
                     }
-                    std::io::ErrorKind::PermissionDenied => {
-                        "let the user memgate runs as read it"
-                    }
+                    std::io::ErrorKind::PermissionDenied => "let the user memgate runs as read it",
                     _ => "name a readable TOML file with --config or MEMGATE_CONFIG",
                 },
                 reason: io_reason(&e),
@@ -871,8 +871,8 @@ pub fn from_parts(
     apply_env(&mut table, &defaults, env_vars)?;
     check_spans(&table).map_err(located)?;
     default_spawn_upstream(&mut table, file_text, env_vars);
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-        .map_err(|e| {
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = type_error_message(&key, e.inner().message());
             located(invalid(key, message))
@@ -905,11 +905,7 @@ fn one_line(message: &str) -> String {
 fn line_column(text: &str, offset: usize) -> String {
     let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("{line}:{column}")
 }
 
@@ -1468,15 +1464,13 @@ impl Config {
 
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(&self.masked())
-            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        toml::to_string_pretty(&self.masked()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     /// The effective configuration as JSON, with secrets masked.
     pub fn to_masked_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.masked()).unwrap_or_else(|e| {
-            serde_json::json!({ "error": format!("cannot render: {e}") })
-        })
+        serde_json::to_value(self.masked())
+            .unwrap_or_else(|e| serde_json::json!({ "error": format!("cannot render: {e}") }))
     }
 
     /// The configuration as memgate applies it: secrets masked, and

@@ -624,11 +624,16 @@ fn config_errors_are_one_line_with_what_where_and_the_fix() {
         path
     };
     let missing = dir.path().join("absent.toml");
-    let cases: Vec<(std::path::PathBuf, Vec<(&str, &str)>, Vec<String>)> = vec![
+    /// (config file, environment, what the message must contain)
+    type Case<'a> = (std::path::PathBuf, Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
         (
             missing.clone(),
             vec![],
-            vec![format!("{}: cannot read", missing.display()), "--config".into()],
+            vec![
+                format!("{}: cannot read", missing.display()),
+                "--config".into(),
+            ],
         ),
         (
             write("unknown.toml", "[server]\nthreads = 2\nbogus = 1\n"),
@@ -686,7 +691,10 @@ fn config_errors_are_one_line_with_what_where_and_the_fix() {
         assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
         assert!(!message.contains("os error"), "{message}");
         for part in &wanted {
-            assert!(message.contains(part.as_str()), "{part:?} missing: {message}");
+            assert!(
+                message.contains(part.as_str()),
+                "{part:?} missing: {message}"
+            );
         }
     }
 }
@@ -751,9 +759,15 @@ fn check_config_shows_the_tool_rules_in_effect_as_toml_or_json() {
     let json: Value = serde_json::from_str(&ok(&cli(&path, &["check-config", "--json"]))).unwrap();
     assert_eq!(json["file"], path.display().to_string());
     let config = &json["config"];
-    assert_eq!(config["database"]["url"], "postgres://memgate:****@db:5432/memgate");
+    assert_eq!(
+        config["database"]["url"],
+        "postgres://memgate:****@db:5432/memgate"
+    );
     assert_eq!(config["mcp"]["tools"]["recall"]["scoped_by"], "none");
-    assert_eq!(config["mcp"]["tools"]["add_memory"]["scoped_by"], "argument");
+    assert_eq!(
+        config["mcp"]["tools"]["add_memory"]["scoped_by"],
+        "argument"
+    );
     let from_toml: toml::Table = text.parse().unwrap();
     assert_eq!(
         serde_json::to_value(&from_toml).unwrap(),
@@ -770,10 +784,11 @@ fn every_command_and_flag() -> (Vec<String>, Vec<String>) {
             .get_arguments()
             .filter(|a| path == "memgate" || !a.is_global_set())
         {
-            if let Some(long) = arg.get_long() {
-                if long != "help" && long != "version" {
-                    flags.push(format!("{path}: --{long}"));
-                }
+            if let Some(long) = arg.get_long()
+                && long != "help"
+                && long != "version"
+            {
+                flags.push(format!("{path}: --{long}"));
             }
         }
         for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
@@ -809,7 +824,10 @@ fn completions_and_the_man_page_cover_every_command_and_flag() {
         }
     }
     let page = ok(&cli(&absent, &["man"])).replace("\\-", "-");
-    assert!(page.starts_with(".ie") || page.contains(".TH memgate 1"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH memgate 1"),
+        "{page}"
+    );
     for path in &paths {
         assert!(page.contains(path.as_str()), "the man page lacks {path}");
     }
@@ -844,7 +862,10 @@ async fn audit_follow_prints_events_as_they_are_stored() {
             e
         };
         store
-            .insert_audit(&[event("auth_failure", "before"), event("auth_success", "before-ok")])
+            .insert_audit(&[
+                event("auth_failure", "before"),
+                event("auth_success", "before-ok"),
+            ])
             .await
             .unwrap();
 
@@ -894,7 +915,8 @@ async fn audit_follow_prints_events_as_they_are_stored() {
         let users: Vec<String> = (0..3)
             .map(|_| {
                 let line = next(&lines);
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
                 assert_eq!(v["event"], "auth_failure", "{v}");
                 v["user_id"].as_str().unwrap().to_string()
             })
@@ -914,7 +936,10 @@ async fn audit_follow_prints_events_as_they_are_stored() {
         for (row, user) in window.iter().zip(["before", "new-1", "new-2"]) {
             assert!(row.contains(&format!("  {user}  ")), "{window:?}");
         }
-        store.insert_audit(&[event("auth_failure", "text-user")]).await.unwrap();
+        store
+            .insert_audit(&[event("auth_failure", "text-user")])
+            .await
+            .unwrap();
         let row = next(&lines);
         assert!(row.contains("auth_failure  FAIL  text-user"), "{row}");
         child.kill().unwrap();

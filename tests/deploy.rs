@@ -598,7 +598,9 @@ fn kubernetes_validate() -> Option<PathBuf> {
     if venv.exists() {
         return Some(venv);
     }
-    let on_path = Command::new("kubernetes-validate").arg("--version").output();
+    let on_path = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
     on_path
         .is_ok_and(|out| out.status.success())
         .then(|| PathBuf::from("kubernetes-validate"))
@@ -633,7 +635,10 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "kubernetes-validate failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed:\n{report}"
+    );
     let all = manifests();
     for (file, doc) in &all {
         let kind = text(&doc["kind"], file);
@@ -642,16 +647,27 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
             continue;
         }
         let passed = format!("passed for resource {}/{name}", kind.to_lowercase());
-        assert!(report.contains(&passed), "{file}: {kind} {name} not validated:\n{report}");
+        assert!(
+            report.contains(&passed),
+            "{file}: {kind} {name} not validated:\n{report}"
+        );
     }
 
     // The validator does refuse what the API would.
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
-    let deployment = read("deploy/kubernetes/deployment.yaml").replace("replicas: 2", "replicas: two");
+    let deployment =
+        read("deploy/kubernetes/deployment.yaml").replace("replicas: 2", "replicas: two");
     std::fs::write(&broken, deployment).unwrap();
-    let out = Command::new(&validate).arg("--strict").arg(&broken).output().unwrap();
-    assert!(!out.status.success(), "a Deployment with replicas: two passed validation");
+    let out = Command::new(&validate)
+        .arg("--strict")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a Deployment with replicas: two passed validation"
+    );
 }
 
 /// NetworkPolicies admit only memgate's pods to mem0 and the MCP server, on

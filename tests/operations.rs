@@ -408,7 +408,11 @@ async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second()
     for _ in 0..50 {
         let (status, retry) = get(stale.clone()).await;
         assert_eq!(status, 429);
-        assert_eq!(retry, Some(Duration::from_secs(1)), "retry when a probe is free");
+        assert_eq!(
+            retry,
+            Some(Duration::from_secs(1)),
+            "retry when a probe is free"
+        );
     }
     assert_eq!(
         gate.metric(lookups).await,
@@ -551,7 +555,15 @@ async fn tokens_expiring_soon_are_listed_and_counted() {
         let create = |user: &str, days: &str| -> String {
             let out = ok(&cli(
                 &config,
-                &["token", "create", "--user-id", user, "--expires-days", days, "--json"],
+                &[
+                    "token",
+                    "create",
+                    "--user-id",
+                    user,
+                    "--expires-days",
+                    days,
+                    "--json",
+                ],
             ));
             serde_json::from_str::<Value>(&out).unwrap()["prefix"]
                 .as_str()
@@ -566,7 +578,10 @@ async fn tokens_expiring_soon_are_listed_and_counted() {
         ok(&cli(&config, &["token", "revoke", &revoked, "--yes"]));
 
         let listed = |span: &str| -> Vec<String> {
-            let out = ok(&cli(&config, &["token", "list", "--expiring", span, "--json"]));
+            let out = ok(&cli(
+                &config,
+                &["token", "list", "--expiring", span, "--json"],
+            ));
             serde_json::from_str::<Vec<Value>>(&out)
                 .unwrap()
                 .iter()
@@ -574,7 +589,11 @@ async fn tokens_expiring_soon_are_listed_and_counted() {
                 .collect()
         };
         assert_eq!(listed("7d"), vec![in_3_days.clone()], "{backend:?}");
-        assert_eq!(listed("30d"), vec![in_3_days, in_20_days], "{backend:?}: soonest first");
+        assert_eq!(
+            listed("30d"),
+            vec![in_3_days, in_20_days],
+            "{backend:?}: soonest first"
+        );
         assert!(listed("1h").is_empty());
         let text = ok(&cli(&config, &["token", "list", "--expiring", "1h"]));
         assert!(text.contains("No active token expires"), "{text}");
@@ -632,7 +651,10 @@ async fn the_access_log_names_each_request_without_secrets() {
             .filter(|v| v["target"] == "memgate::access")
             .collect()
     };
-    let found = within(Duration::from_secs(5), || async { lines(&gate.log()).len() >= 2 }).await;
+    let found = within(Duration::from_secs(5), || async {
+        lines(&gate.log()).len() >= 2
+    })
+    .await;
     let log = gate.log();
     assert!(found.is_some(), "no access lines:\n{log}");
     let entries = lines(&log);
@@ -650,7 +672,10 @@ async fn the_access_log_names_each_request_without_secrets() {
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["user"], "alice");
     assert_eq!(ok["scope"], "alice");
-    assert!(ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{ok}");
+    assert!(
+        ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{ok}"
+    );
     let denied = by_id("trace-access-2");
     assert_eq!(denied["status"], 401);
     assert_eq!(denied["user"], "-");

@@ -57,8 +57,10 @@ fn build_memgate(env: &[(&str, &str)], floors: bool) -> (i32, String, bool) {
 /// needs when a scenario wants a floor binary that is not there.
 #[test]
 fn bench_with_memgate_bin_builds_nothing() {
-    let (code, stderr, built) =
-        build_memgate(&[("MEMGATE_BIN", "/bin/true"), ("SCENARIOS", "memgate-get")], true);
+    let (code, stderr, built) = build_memgate(
+        &[("MEMGATE_BIN", "/bin/true"), ("SCENARIOS", "memgate-get")],
+        true,
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(!built, "cargo ran although MEMGATE_BIN was given");
 
@@ -96,7 +98,10 @@ fn ci_installs_the_programs_the_tests_start() {
             ci.contains(&format!("command -v {program}")),
             ".ci/run does not install {program}"
         );
-        assert!(readme.contains(program), "README.md does not mention {program}");
+        assert!(
+            readme.contains(program),
+            "README.md does not mention {program}"
+        );
     }
 }
 
@@ -106,13 +111,19 @@ fn ci_installs_the_programs_the_tests_start() {
 #[test]
 fn readme_commands_find_the_binary_with_or_without_cargo_target_dir() {
     let readme = read("README.md");
-    assert!(!readme.contains("alias memgate"), "xargs cannot see an alias");
+    assert!(
+        !readme.contains("alias memgate"),
+        "xargs cannot see an alias"
+    );
     let line = readme
         .lines()
         .find(|l| l.starts_with("MEMGATE="))
         .expect("the walkthrough names the binary in MEMGATE");
     for (target_dir, wanted) in [
-        (Some("/srv/cache/target"), "/srv/cache/target/release/memgate".to_string()),
+        (
+            Some("/srv/cache/target"),
+            "/srv/cache/target/release/memgate".to_string(),
+        ),
         (None, format!("{REPO}/target/release/memgate")),
     ] {
         let mut command = Command::new("bash");
@@ -175,7 +186,11 @@ fn the_project_is_self_contained() {
             || rel == "tests/scripts.rs"
     };
     for path in repo_files(Path::new(REPO)) {
-        let rel = path.strip_prefix(REPO).unwrap().to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(REPO)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if skip(&rel) {
             continue;
         }
@@ -197,7 +212,10 @@ fn the_project_is_self_contained() {
         }
     }
     assert!(old.is_empty(), "files naming {old_name}: {old:?}");
-    assert!(dangling.is_empty(), "references to missing sections: {dangling:?}");
+    assert!(
+        dangling.is_empty(),
+        "references to missing sections: {dangling:?}"
+    );
 }
 
 /// Every file under `dir` but the build and dependency folders (which

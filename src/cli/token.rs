@@ -347,7 +347,9 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
         } => {
             let mut tokens = store.tokens(user_id.as_deref()).await?;
             if let Some(span) = expiring {
-                let until = now.checked_add_signed(span).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let until = now
+                    .checked_add_signed(span)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 tokens.retain(|t| {
                     t.status(now) == crate::store::TokenStatus::Active
                         && t.expires_at.is_some_and(|at| at <= until)
