@@ -216,6 +216,17 @@ pub async fn follow(
     out: &mut (dyn std::io::Write + Send),
     poll: std::time::Duration,
 ) -> anyhow::Result<()> {
+    follow_in_batches(store, args, out, poll, FOLLOW_BATCH).await
+}
+
+/// [`follow`], reading at most `batch` rows per query.
+async fn follow_in_batches(
+    store: &dyn Store,
+    args: AuditArgs,
+    out: &mut (dyn std::io::Write + Send),
+    poll: std::time::Duration,
+    batch: i64,
+) -> anyhow::Result<()> {
     let mut write = |line: String| -> anyhow::Result<bool> {
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => Ok(true),
@@ -265,7 +276,7 @@ pub async fn follow(
         until: None,
         user_id: args.user_id.clone(),
         event: args.event.clone(),
-        limit: FOLLOW_BATCH,
+        limit: batch,
         newest_first: false,
     };
     let mut seen_ids: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
@@ -278,21 +289,27 @@ pub async fn follow(
         {
             history.pop_front();
         }
-        let from = history.front().map_or(cursor, |(_, c)| *c);
+        let mut from = history.front().map_or(cursor, |(_, c)| *c);
         seen_ids = seen_ids.split_off(&from);
-        let rows = store.audit_events_after(from, &filter).await?;
-        for (id, e) in &rows {
-            cursor = cursor.max(*id);
-            if !seen_ids.insert(*id) || printed.contains(&e.event_id) {
-                continue;
+        // A full batch is followed by the next one from where it ended, so
+        // a backlog longer than a batch is read through, not read again.
+        loop {
+            let rows = store.audit_events_after(from, &filter).await?;
+            for (id, e) in &rows {
+                cursor = cursor.max(*id);
+                if !seen_ids.insert(*id) || printed.contains(&e.event_id) {
+                    continue;
+                }
+                if !write(render(e))? {
+                    return Ok(());
+                }
             }
-            if !write(render(e))? {
-                return Ok(());
+            match rows.last() {
+                Some((last, _)) if rows.len() as i64 >= batch => from = *last,
+                _ => break,
             }
         }
-        if rows.len() < FOLLOW_BATCH as usize {
-            tokio::time::sleep(poll).await;
-        }
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -350,6 +367,78 @@ pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Write` the test reads while `follow` writes to it.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A backlog longer than one read is read through, each event once.
+    #[tokio::test]
+    async fn follow_reads_a_backlog_longer_than_a_batch() {
+        use clap::Parser;
+        let (_dir, store) = crate::store::temporary(true).await;
+        let super::super::Cli {
+            command: super::super::Command::Audit(args),
+            ..
+        } = super::super::Cli::parse_from(["memgate", "audit", "--follow", "--json"])
+        else {
+            unreachable!("parsed as audit")
+        };
+        let out = Shared::default();
+        let follower = {
+            let (store, mut out) = (store.clone(), out.clone());
+            tokio::spawn(async move {
+                follow_in_batches(
+                    store.as_ref(),
+                    args,
+                    &mut out,
+                    std::time::Duration::from_millis(20),
+                    4,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let events: Vec<AuditEvent> = (0..25)
+            .map(|i| {
+                let mut e = AuditEvent::new(crate::audit::kind::AUTH_FAILURE, false);
+                e.user_id = Some(format!("u{i}"));
+                e
+            })
+            .collect();
+        store.insert_audit(&events).await.unwrap();
+        let lines = || {
+            String::from_utf8(out.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..200 {
+            if lines().len() >= 25 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        follower.abort();
+        let users: Vec<String> = lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["user_id"].to_string())
+            .collect();
+        let wanted: Vec<String> = (0..25).map(|i| format!("\"u{i}\"")).collect();
+        assert_eq!(users, wanted);
+    }
 
     #[test]
     fn times_are_rfc_3339_or_ages() {
