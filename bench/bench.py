@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""memgate load benchmark driver (issue #7). Run it through bench/run.sh.
+"""memgate load benchmark driver. Run it through bench/run.sh.
 
 Modes:
   load     direct / nginx / memgate scenarios with wrk, interleaved rounds,

@@ -2,18 +2,40 @@
 # unless MEMGATE_BIN is given, then run a Python driver in a temporary work
 # directory and kill everything it started when it ends, however it ends.
 
-# build_memgate LABEL: sets and exports MEMGATE_BIN, and the load benchmark's
-# floors BARE_PROXY_BIN (examples/bare_proxy.rs, pingora) and TOKIO_FLOOR_BIN
-# (examples/tokio_floor.rs, hand-written HTTP/1 on tokio).
+# build_memgate LABEL [floors]: sets and exports MEMGATE_BIN and, with
+# `floors` (the load benchmark), BARE_PROXY_BIN (examples/bare_proxy.rs,
+# pingora) and TOKIO_FLOOR_BIN (examples/tokio_floor.rs, hand-written HTTP/1
+# on tokio). Without MEMGATE_BIN it builds all three. With MEMGATE_BIN it
+# builds nothing: the floors are the variables' binaries, else ones already
+# built in $CARGO_TARGET_DIR/release/examples, and a floor scenario without
+# its binary stops the run before anything starts.
 build_memgate() {
-  if [ -z "${MEMGATE_BIN:-}" ] || [ -z "${BARE_PROXY_BIN:-}" ] || [ -z "${TOKIO_FLOOR_BIN:-}" ]; then
-    echo "$1: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
+  local label="$1" floors="${2:-}"
+  if [ -z "${MEMGATE_BIN:-}" ]; then
+    echo "$label: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
     (cd "$REPO" && cargo build --release --bin memgate --example bare_proxy --example tokio_floor --quiet)
-    MEMGATE_BIN="${MEMGATE_BIN:-$CARGO_TARGET_DIR/release/memgate}"
-    BARE_PROXY_BIN="${BARE_PROXY_BIN:-$CARGO_TARGET_DIR/release/examples/bare_proxy}"
-    TOKIO_FLOOR_BIN="${TOKIO_FLOOR_BIN:-$CARGO_TARGET_DIR/release/examples/tokio_floor}"
+    MEMGATE_BIN="$CARGO_TARGET_DIR/release/memgate"
   fi
-  export MEMGATE_BIN BARE_PROXY_BIN TOKIO_FLOOR_BIN
+  [ -x "$MEMGATE_BIN" ] || { echo "$label: MEMGATE_BIN=$MEMGATE_BIN is not an executable" >&2; exit 2; }
+  export MEMGATE_BIN
+  [ "$floors" = floors ] || return 0
+  BARE_PROXY_BIN="${BARE_PROXY_BIN:-$CARGO_TARGET_DIR/release/examples/bare_proxy}"
+  TOKIO_FLOOR_BIN="${TOKIO_FLOOR_BIN:-$CARGO_TARGET_DIR/release/examples/tokio_floor}"
+  export BARE_PROXY_BIN TOKIO_FLOOR_BIN
+  local wanted="${SCENARIOS:-pingora-,tokio-}" var bin
+  for var in BARE_PROXY_BIN TOKIO_FLOOR_BIN; do
+    bin="${!var}"
+    case "$var,$wanted" in
+      BARE_PROXY_BIN,*pingora-*|TOKIO_FLOOR_BIN,*tokio-*) ;;
+      *) continue ;;
+    esac
+    if [ ! -x "$bin" ]; then
+      echo "$label: $var=$bin is not built; build it with" \
+        "\`cargo build --release --example bare_proxy --example tokio_floor\`," \
+        "set $var, or leave its scenarios out of SCENARIOS" >&2
+      exit 2
+    fi
+  done
 }
 
 # run_driver LABEL DRIVER [ARGS...]: runs `python3 DRIVER ARGS` with

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# memgate load benchmark (issue #7). One command; writes bench/RESULTS.md.
+# memgate load benchmark. One command; writes bench/RESULTS.md.
 #
 #   bench/run.sh            load: direct / nginx / memgate scenarios, interleaved
 #                           rounds, medians, plus the invalid-token flood (≈5 min)
@@ -13,19 +13,22 @@
 # partial run that only prints), ROUNDS (4), DURATION (6 s per scenario per round),
 # CONNECTIONS (32), WRK_THREADS (2), THREADS (memgate [server] threads, 2),
 # FLOOD_SECS (10), FLOOD_TOKENS (200), RSS_TOKENS (100000), RSS_SESSIONS (10000),
-# PORT_BASE (18000), MEMGATE_BIN (skip the build and use this binary),
+# PORT_BASE (18000), MEMGATE_BIN (use this binary and build nothing; the load
+# scenarios pingora-* and tokio-* then need BARE_PROXY_BIN and TOKIO_FLOOR_BIN,
+# or those examples already built under $CARGO_TARGET_DIR/release/examples),
 # KEEP_WORK=1 (keep the temporary directory with configs and logs), BENCH_WRAP (a
 # command to run memgate under, e.g. "heaptrack -o /tmp/mg": diagnosis only).
 #
 # It installs what it needs from Debian (wrk, nginx-light, python3) when missing,
-# builds memgate with `cargo build --release` (CARGO_TARGET_DIR defaults to
+# builds memgate and the two floor examples with `cargo build --release`
+# unless MEMGATE_BIN is set (CARGO_TARGET_DIR defaults to
 # ~/.cache/memgate/target), and kills every process it started on exit.
 set -euo pipefail
 
 MODE="${1:-load}"
 case "$MODE" in
   load|rss|bench|profile|all) ;;
-  -h|--help|help) sed -n '2,20p' "$0"; exit 0 ;;
+  -h|--help|help) sed -n '2,25p' "$0"; exit 0 ;;
   *) echo "usage: bench/run.sh [load|rss|bench|profile|all]" >&2; exit 2 ;;
 esac
 
@@ -47,7 +50,8 @@ export PATH="$PATH:/usr/sbin"
 
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
-if [ "$MODE" != bench ]; then
-  build_memgate bench
-fi
+case "$MODE" in
+  load|all) build_memgate bench floors ;;
+  rss|profile) build_memgate bench ;;
+esac
 run_driver bench "$REPO/bench/bench.py" "$MODE"

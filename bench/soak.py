@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""memgate soak test (issue #8, item 4). Run it through bench/soak.sh.
+"""memgate soak test. Run it through bench/soak.sh.
 
 One memgate (release build, SQLite store, every success audited) in front of a
 fake mem0 + MCP upstream (this file, `soak.py upstream`), driven for
@@ -433,7 +433,7 @@ class Recorder:
 
 
 def expected_events(status, kind):
-    """The audit rows memgate should write for a decision (DESIGN.md §6, with
+    """The audit rows memgate should write for a decision (docs/design.md §6, with
     audit.success_sample_secs = 0 every authenticated request is recorded)."""
     if 200 <= status < 300:
         return "auth_success"
@@ -1551,7 +1551,7 @@ def render(raw):
         "Audit completeness. Every request carries a unique `X-Request-Id`, which memgate keeps as the "
         "audit row's `request_id`; after the run memgate is stopped with SIGTERM (it flushes its queue) "
         "and the client's decisions are joined with `audit_events` in the SQLite file. Expected rows per "
-        "decision (DESIGN.md §6, src/proxy/mod.rs): allowed → `auth_success`; 401 → `auth_failure`; 429 → "
+        "decision (docs/design.md §6, src/proxy/mod.rs): allowed → `auth_success`; 401 → `auth_failure`; 429 → "
         "`rate_limited`; 403 → `auth_success` + `permission_denied`/`ownership_denied` (the request "
         "authenticated, then was refused); foreign session 404 → `auth_success` + `session_denied`. Not "
         "decisions, so not audited: the admin listener (`/metrics`, `/ready`, scraped every 10 s), "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# memgate soak test (issue #8): 30 minutes of mixed traffic (valid, invalid,
+# memgate soak test: 30 minutes of mixed traffic (valid, invalid,
 # rewrites, SSE streams, token revocations) against one memgate with a SQLite
 # store; reports unexpected responses, memory growth and audit completeness
 # (audit rows = decisions). Writes bench/results/soak.{json,md} and

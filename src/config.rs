@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` plus `MEMGATE_SECTION__KEY` environment overrides,
 //! validated up front so a bad value stops memgate before any port is bound
-//! (DESIGN.md §9). Every error names the offending key.
+//! (docs/design.md §9). Every error names the offending key.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,13 +13,16 @@ const ENV_PREFIX: &str = "MEMGATE_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The config file cannot be read; `fix` says what to do about it.
+    #[error("{path}: cannot read the config file: {reason}; {fix}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: String,
+        fix: &'static str,
     },
-    #[error("config file {path}: {message}")]
-    Syntax { path: String, message: String },
+    /// `location` is `file:line:column`.
+    #[error("{location}: not valid TOML: {message}; correct the file there")]
+    Syntax { location: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     /// A setting memgate knows but cannot honour yet; the text says which.
@@ -49,6 +52,15 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tls: TlsConfig,
     pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: what `serve` logs besides its own events.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// One line per request (`crate::access_log`); off by default.
+    pub access: bool,
 }
 
 /// `[tls]`: PEM certificate chain and key for the mcp and mem0 listeners.
@@ -306,7 +318,7 @@ pub struct McpConfig {
     pub max_sessions: u64,
     /// Tool rules by tool name, added to (or replacing) the shipped defaults.
     pub tools: std::collections::BTreeMap<String, crate::policy::mcp::ToolRule>,
-    /// One MCP server process per scope, started by memgate (DESIGN.md §5a).
+    /// One MCP server process per scope, started by memgate (docs/design.md §5a).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawn: Option<SpawnConfig>,
 }
@@ -457,7 +469,7 @@ pub struct Mem0Config {
     pub upstream_headers: UpstreamHeaderSpecs,
     /// Lets non-admin tokens call `DELETE /memories` (always with user_id = scope).
     pub allow_delete_all: bool,
-    /// Routes outside DESIGN.md §4 that are forwarded unchanged, as
+    /// Routes outside docs/design.md §4 that are forwarded unchanged, as
     /// `"METHOD /path-prefix"` (`*` for any method), e.g. `"GET /docs"`.
     pub allowed_routes: Vec<String>,
     /// Memory owners remembered (memory id → user); others are asked of mem0.
@@ -510,7 +522,19 @@ pub enum IsolationModeName {
     Global,
 }
 
-/// `[isolation]`: which mem0 user_id a request may touch (DESIGN.md §3).
+impl McpConfig {
+    /// The tool rules memgate enforces: the built-in ones, with the
+    /// config's `[mcp.tools.NAME]` tables added or replacing them by name.
+    pub fn effective_tools(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::policy::mcp::ToolRule> {
+        let mut tools = crate::policy::mcp::default_tool_rules();
+        tools.extend(self.tools.clone());
+        tools
+    }
+}
+
+/// `[isolation]`: which mem0 user_id a request may touch (docs/design.md §3).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolationConfig {
@@ -611,6 +635,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -791,10 +816,18 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text),
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
+        Err(e) => {
             return Err(ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                fix: match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "name an existing file with --config or MEMGATE_CONFIG \
+                         (with neither, ./config.toml is read if it exists)"
+                    }
+                    std::io::ErrorKind::PermissionDenied => "let the user memgate runs as read it",
+                    _ => "name a readable TOML file with --config or MEMGATE_CONFIG",
+                },
+                reason: io_reason(&e),
             });
         }
     };
@@ -823,18 +856,128 @@ pub fn from_parts(
         let file: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: file_name.into(),
-                message: e.message().to_string(),
+                location: format!(
+                    "{file_name}:{}",
+                    line_column(text, e.span().map_or(0, |s| s.start))
+                ),
+                message: one_line(e.message()),
             })?;
         overlay(&mut table, file);
     }
+    let located = |e: ConfigError| match file_text {
+        Some(text) => locate_in_file(e, file_name, text),
+        None => e,
+    };
     apply_env(&mut table, &defaults, env_vars)?;
-    check_spans(&table)?;
+    check_spans(&table).map_err(located)?;
     default_spawn_upstream(&mut table, file_text, env_vars);
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-        .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
-    config.validate()?;
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = type_error_message(&key, e.inner().message());
+            located(invalid(key, message))
+        })?;
+    config.validate().map_err(located)?;
     Ok(config)
+}
+
+/// An I/O error's reason without the `(os error N)` suffix, which says
+/// nothing more to an operator.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// A multi-line parser message as one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `line:column` (both from 1, the column in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> String {
+    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{line}:{column}")
+}
+
+/// Where a key (`server.threads`, `mcp.tools.x.scoped_by`,
+/// `mem0.allowed_routes[2]`) is written in the file, as `line:column`; `None`
+/// when the file does not set it (a default or an environment override).
+fn key_position(text: &str, key: &str) -> Option<String> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let name = part.split('[').next().unwrap_or(part);
+        let table = item.as_table_like()?;
+        let (found_key, found) = table.get_key_value(name)?;
+        span = found_key.span().or(span);
+        item = found;
+    }
+    span.map(|s| line_column(text, s.start))
+}
+
+/// An error about a key the file sets, prefixed with `file:line:column`.
+fn locate_in_file(e: ConfigError, file_name: &str, text: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, message } => match key_position(text, &key) {
+            Some(at) => ConfigError::Invalid {
+                key: format!("{file_name}:{at}: {key}"),
+                message,
+            },
+            None => ConfigError::Invalid { key, message },
+        },
+        other => other,
+    }
+}
+
+/// The deserializer's message for `key`, with what to write instead.
+fn type_error_message(key: &str, message: &str) -> String {
+    let message = one_line(message);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let known: Vec<&str> = rest
+            .split_once("expected ")
+            .map(|(_, known)| known.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let section = key.rsplit_once('.').map_or("the top level", |(s, _)| s);
+        return format!(
+            "unknown key {name:?}; {section} takes {}; remove it or correct the spelling \
+             (config.toml lists every key)",
+            if known.is_empty() {
+                "no other keys".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    if message.starts_with("missing field") {
+        return format!("{message}; add it (config.toml shows an example)");
+    }
+    let mut message = message;
+    for (rust, operator) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected bool", "expected true or false"),
+    ] {
+        if message.ends_with(rust) {
+            message = format!("{}{operator}", &message[..message.len() - rust.len()]);
+        }
+    }
+    format!("{message}; give a value of that type (config.toml shows each key's default)")
 }
 
 /// With `[mcp.spawn]` on and `mcp.upstream` set neither in the file nor in
@@ -892,7 +1035,10 @@ fn apply_env(
         else {
             return Err(invalid(
                 name,
-                format!("there is no config key {section}.{key}"),
+                format!(
+                    "there is no config key {section}.{key}; unset the variable or correct \
+                     its name (MEMGATE_SECTION__KEY, config.toml lists every key)"
+                ),
             ));
         };
         let typed = typed_env_value(default, value).ok_or_else(|| {
@@ -1265,8 +1411,29 @@ impl Config {
         match (self.tls.cert.is_empty(), self.tls.key.is_empty()) {
             (true, true) => {}
             (false, false) => {
-                crate::tls::load(&self.tls.cert, &self.tls.key)
-                    .map_err(|e| invalid("tls.cert", e.to_string()))?;
+                for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                    std::fs::File::open(path).map_err(|e| {
+                        invalid(
+                            key,
+                            format!(
+                                "cannot read {path}: {}; give the path of a PEM file \
+                                 readable by the user memgate runs as",
+                                io_reason(&e)
+                            ),
+                        )
+                    })?;
+                }
+                crate::tls::load(&self.tls.cert, &self.tls.key).map_err(|e| {
+                    let crate::tls::TlsError::Load(e) = e;
+                    invalid(
+                        "tls.cert",
+                        format!(
+                            "{e}; give a PEM certificate chain in tls.cert ({}) and its \
+                             private key in tls.key ({})",
+                            self.tls.cert, self.tls.key
+                        ),
+                    )
+                })?;
             }
             _ => {
                 return Err(invalid(
@@ -1297,7 +1464,20 @@ impl Config {
 
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(&self.masked()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The effective configuration as JSON, with secrets masked.
+    pub fn to_masked_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.masked())
+            .unwrap_or_else(|e| serde_json::json!({ "error": format!("cannot render: {e}") }))
+    }
+
+    /// The configuration as memgate applies it: secrets masked, and
+    /// `[mcp.tools]` with the built-in rules the file's tables are added to.
+    fn masked(&self) -> Config {
         let mut shown = self.clone();
+        shown.mcp.tools = self.mcp.effective_tools();
         for url in [
             &mut shown.database.url,
             &mut shown.redis.url,
@@ -1322,7 +1502,7 @@ impl Config {
                 *value = "****".into();
             }
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        shown
     }
 }
 
@@ -1796,7 +1976,9 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-            assert!(err.starts_with(key), "{table}: {err}");
+            // Named where the file sets it: the header's line and column.
+            assert!(err.starts_with("f:2:"), "{table}: {err}");
+            assert!(err.contains(&format!(" {key}")), "{table}: {err}");
         }
         // The environment can set the whole table, in TOML's inline form.
         let c = from_parts(

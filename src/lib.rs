@@ -1,6 +1,7 @@
 //! memgate: authentication and per-user ownership in front of unmodified mem0
-//! and MCP servers. See DESIGN.md for the contract; §10 maps it onto these modules.
+//! and MCP servers. docs/design.md describes how it works; §10 maps it onto these modules.
 
+pub mod access_log;
 pub mod admin;
 pub mod audit;
 pub mod auth;

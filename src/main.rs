@@ -41,13 +41,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Documentation needs no configuration: it works before one exists.
+    match &cli.command {
+        Command::Completions(args) => return print_out(&cli::docs::completions(args)?),
+        Command::Man => return print_out(&cli::docs::man()?),
+        _ => {}
+    }
     let loaded = cli::load_config(&cli)?;
     let config = loaded.config.clone();
     match cli.command {
-        Command::CheckConfig => print_out(&cli::check_config(&loaded)),
+        Command::CheckConfig(args) => print_out(&cli::check_config(&loaded, &args)),
         Command::UpstreamName(args) => print_out(&cli::upstream_name::run(&config, &args)?),
+        Command::Completions(args) => print_out(&cli::docs::completions(&args)?),
+        Command::Man => print_out(&cli::docs::man()?),
         // pingora builds its own runtimes, so serve must not run inside one.
-        Command::Serve => memgate::server::run(config),
+        Command::Serve => {
+            memgate::access_log::set_enabled(config.log.access);
+            memgate::server::run(config)
+        }
         Command::Migrate => one_shot(async move {
             cli::open_store(&config, cli::Open::CreateIfMissing).await?;
             Ok("Migrations applied.".to_string())
@@ -56,6 +67,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::token::run(store.as_ref(), cmd).await
         }),
+        Command::Audit(args) if args.follow => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let store = cli::open_store(&config, cli::Open::Existing).await?;
+                let mut stdout = std::io::stdout();
+                cli::audit::follow(
+                    store.as_ref(),
+                    args,
+                    &mut stdout,
+                    std::time::Duration::from_secs(1),
+                )
+                .await
+            })
+        }
         Command::Audit(args) => one_shot(async move {
             let store = cli::open_store(&config, cli::Open::Existing).await?;
             cli::audit::audit(store.as_ref(), args).await

@@ -1,5 +1,5 @@
 //! Every Prometheus metric memgate exports, declared once with its help text
-//! (DESIGN.md §7), and the text rendering served on the admin listener.
+//! (docs/design.md §7), and the text rendering served on the admin listener.
 
 pub mod memo;
 
@@ -57,8 +57,28 @@ pub struct Metrics {
     pub upstream_processes: IntGaugeVec,
     /// `result` (ok|failed|timeout): starts of spawned MCP servers.
     pub upstream_spawns: IntCounterVec,
+    /// `within` (7d|30d): enabled tokens that expire within that window.
+    pub tokens_expiring: IntGaugeVec,
     /// `version`, always 1.
     pub build_info: IntGaugeVec,
+}
+
+/// The windows `memgate_tokens_expiring{within}` counts, as (label, days):
+/// a week to act on before clients start failing, and a month to plan.
+pub const TOKEN_EXPIRY_WINDOWS: [(&str, i64); 2] = [("7d", 7), ("30d", 30)];
+
+/// Sets `memgate_tokens_expiring` from the store. Called every few minutes
+/// by `serve`: expiry moves by the clock, not by events memgate sees. A
+/// failed query keeps the last values (the store error is counted).
+pub async fn refresh_tokens_expiring(store: &dyn crate::store::Store) {
+    let now = chrono::Utc::now();
+    for (label, days) in TOKEN_EXPIRY_WINDOWS {
+        let until = now + chrono::Duration::days(days);
+        match store.count_tokens_expiring(now, until).await {
+            Ok(n) => METRICS.tokens_expiring.with_label_values(&[label]).set(n),
+            Err(e) => tracing::warn!(error = %e, "counting the tokens that expire soon failed"),
+        }
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -253,6 +273,18 @@ impl Metrics {
                 "Starts of spawned MCP server processes, by result: ok (accepting connections), failed (could not run or exited first), timeout (not ready within mcp.spawn.ready_timeout_secs).",
                 &["result"],
             ),
+            tokens_expiring: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokens_expiring",
+                        "Enabled tokens that expire within the window `within` (7d, 30d), counted every 5 minutes.",
+                    )
+                    .namespace("memgate"),
+                    &["within"],
+                )
+                .unwrap_or_else(|e| panic!("metric tokens_expiring is malformed: {e}")),
+            ),
             build_info,
             registry: r,
         }
@@ -326,6 +358,9 @@ impl Metrics {
         }
         for result in ["ok", "failed", "timeout"] {
             self.upstream_spawns.with_label_values(&[result]);
+        }
+        for (within, _) in TOKEN_EXPIRY_WINDOWS {
+            self.tokens_expiring.with_label_values(&[within]);
         }
         for op in ["ping", "token_by_hash", "insert_audit", "record_scopes"] {
             self.store_queries.with_label_values(&[op]);

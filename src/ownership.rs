@@ -1,4 +1,4 @@
-//! Who owns a memory id (DESIGN.md §1 step 4). Owners never change in mem0, so
+//! Who owns a memory id (docs/design.md §1 step 4). Owners never change in mem0, so
 //! the cache learns them from creations and lookups and forgets them on
 //! deletion; concurrent lookups of one id share one upstream request.
 

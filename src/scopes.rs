@@ -1,6 +1,6 @@
 //! Which mem0 scopes each user has used. In `auto` isolation a user's memories
 //! live under `project_{slug}_{hash}` scopes that cannot be derived from the
-//! user id alone, so `memgate user export|delete` (DESIGN.md §8) needs them
+//! user id alone, so `memgate user export|delete` (docs/design.md §8) needs them
 //! recorded. The proxy records every (user, scope) pair it forwards: the first
 //! sighting of a pair in this process is written before its request goes on
 //! (a memory must never exist in a scope `user delete` cannot find), later

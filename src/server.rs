@@ -398,6 +398,7 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
         }
         if ticks % 60 == 1 {
             shared.limits.housekeeping();
+            crate::metrics::refresh_tokens_expiring(store.as_ref()).await;
             if retention_days > 0 {
                 let before = chrono::Duration::try_days(i64::from(retention_days))
                     .and_then(|d| chrono::Utc::now().checked_sub_signed(d))

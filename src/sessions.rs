@@ -1,4 +1,4 @@
-//! MCP session ownership (DESIGN.md §5): the user who created a session owns
+//! MCP session ownership (docs/design.md §5): the user who created a session owns
 //! it. Bindings live in the store, so every replica refuses a session to
 //! anyone but its owner; each replica keeps a bounded local view. A session is
 //! never a credential, only something a user may or may not use.

@@ -1,4 +1,4 @@
-//! Token format, generation and hashing (DESIGN.md §2).
+//! Token format, generation and hashing (docs/design.md §2).
 //!
 //! A token is `mcp_` + 43 base64url characters (32 bytes from the OS CSPRNG).
 //! Only `sha256(token)` and a short display prefix ever leave this module.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::Value;
 use support::*;
 
@@ -609,4 +611,343 @@ async fn legacy_plaintext_tokens_are_imported_as_hashes_and_keep_working() {
         alice_row["permissions"],
         serde_json::json!(["read", "write"])
     );
+}
+
+/// Every configuration error is one line that says what is wrong, where
+/// (`file:line:column`, or the key or variable) and what to do about it.
+#[test]
+fn config_errors_are_one_line_with_what_where_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let missing = dir.path().join("absent.toml");
+    /// (config file, environment, what the message must contain)
+    type Case<'a> = (std::path::PathBuf, Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            missing.clone(),
+            vec![],
+            vec![
+                format!("{}: cannot read", missing.display()),
+                "--config".into(),
+            ],
+        ),
+        (
+            write("unknown.toml", "[server]\nthreads = 2\nbogus = 1\n"),
+            vec![],
+            vec![
+                "unknown.toml:3:1: server.bogus".into(),
+                "keepalive_idle_secs".into(),
+                "remove it or correct the spelling".into(),
+            ],
+        ),
+        (
+            write("syntax.toml", "[database]\nurl = \"x\"\n[server\n"),
+            vec![],
+            vec!["syntax.toml:3:8: not valid TOML".into(), "correct".into()],
+        ),
+        (
+            write("type.toml", "[server]\nmax_connections = \"many\"\n"),
+            vec![],
+            vec![
+                "type.toml:2:1: server.max_connections".into(),
+                "a whole number".into(),
+            ],
+        ),
+        (
+            write(
+                "tls.toml",
+                "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+            ),
+            vec![],
+            vec![
+                "tls.toml:2:1: tls.cert".into(),
+                "/nonexistent/cert.pem".into(),
+                "give the path of a PEM file".into(),
+            ],
+        ),
+        (
+            write("empty.toml", ""),
+            vec![("MEMGATE_SERVER__NOPE", "1")],
+            vec![
+                "MEMGATE_SERVER__NOPE".into(),
+                "server.nope".into(),
+                "unset the variable".into(),
+            ],
+        ),
+    ];
+    for (config, env, wanted) in cases {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null());
+        let message = err(&command.output().unwrap());
+        assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
+        assert!(!message.contains("os error"), "{message}");
+        for part in &wanted {
+            assert!(
+                message.contains(part.as_str()),
+                "{part:?} missing: {message}"
+            );
+        }
+    }
+}
+
+/// Arguments that would do nothing are refused instead of ignored: `--yes`
+/// on `token enable` (which asks nothing), an event kind memgate never
+/// writes, `stats` for a user memgate has never seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_that_would_do_nothing_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(&db, &dir);
+    let created: Value = serde_json::from_str(&ok(&cli(
+        &cfg,
+        &["token", "create", "--user-id", "alice", "--json"],
+    )))
+    .unwrap();
+    let prefix = created["prefix"].as_str().unwrap();
+    ok(&cli(&cfg, &["token", "revoke", prefix, "--yes"]));
+
+    let message = err(&cli(&cfg, &["token", "enable", prefix, "--yes"]));
+    assert!(message.contains("--yes"), "{message}");
+    ok(&cli(&cfg, &["token", "enable", prefix]));
+
+    let message = err(&cli(&cfg, &["audit", "--event", "bogus"]));
+    assert!(
+        message.contains("bogus") && message.contains("auth_failure"),
+        "the valid kinds are listed: {message}"
+    );
+    let rows: Vec<Value> = serde_json::from_str(&ok(&cli(
+        &cfg,
+        &["audit", "--event", "token_admin", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(rows.len(), 3, "create, revoke, enable: {rows:?}");
+
+    let message = err(&cli(&cfg, &["stats", "nobody"]));
+    assert!(
+        message.contains("nobody") && message.contains("token list"),
+        "{message}"
+    );
+    assert_eq!(message.trim().lines().count(), 1, "{message}");
+    assert!(ok(&cli(&cfg, &["stats", "alice"])).contains("User:            alice"));
+}
+
+/// `check-config --json` is the same configuration as the TOML output, and
+/// both show the built-in `[mcp.tools]` rules with the file's merged in.
+#[test]
+fn check_config_shows_the_tool_rules_in_effect_as_toml_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"postgres://memgate:hunter2@db:5432/memgate\"\n\
+         [mcp.tools.recall]\npermission = \"read\"\nscoped_by = \"none\"\n",
+    )
+    .unwrap();
+    let text = ok(&cli(&path, &["check-config"]));
+    for table in ["[mcp.tools.add_memory]", "[mcp.tools.recall]"] {
+        assert!(text.contains(table), "{table} missing: {text}");
+    }
+    let json: Value = serde_json::from_str(&ok(&cli(&path, &["check-config", "--json"]))).unwrap();
+    assert_eq!(json["file"], path.display().to_string());
+    let config = &json["config"];
+    assert_eq!(
+        config["database"]["url"],
+        "postgres://memgate:****@db:5432/memgate"
+    );
+    assert_eq!(config["mcp"]["tools"]["recall"]["scoped_by"], "none");
+    assert_eq!(
+        config["mcp"]["tools"]["add_memory"]["scoped_by"],
+        "argument"
+    );
+    let from_toml: toml::Table = text.parse().unwrap();
+    assert_eq!(
+        serde_json::to_value(&from_toml).unwrap(),
+        *config,
+        "the TOML and JSON outputs agree"
+    );
+}
+
+/// Every subcommand path and every flag of the parser, from the parser itself.
+fn every_command_and_flag() -> (Vec<String>, Vec<String>) {
+    fn walk(command: &clap::Command, path: &str, paths: &mut Vec<String>, flags: &mut Vec<String>) {
+        // Global flags are listed once, under memgate itself.
+        for arg in command
+            .get_arguments()
+            .filter(|a| path == "memgate" || !a.is_global_set())
+        {
+            if let Some(long) = arg.get_long()
+                && long != "help"
+                && long != "version"
+            {
+                flags.push(format!("{path}: --{long}"));
+            }
+        }
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub_path = format!("{path} {}", sub.get_name());
+            paths.push(sub_path.clone());
+            walk(sub, &sub_path, paths, flags);
+        }
+    }
+    let (mut paths, mut flags) = (Vec::new(), Vec::new());
+    let mut command = <memgate::cli::Cli as clap::CommandFactory>::command();
+    command.build();
+    walk(&command, "memgate", &mut paths, &mut flags);
+    (paths, flags)
+}
+
+/// `memgate completions SHELL` and `memgate man` know every subcommand and
+/// flag, and need no config file.
+#[test]
+fn completions_and_the_man_page_cover_every_command_and_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent.toml");
+    let (paths, flags) = every_command_and_flag();
+    assert!(paths.len() > 15 && flags.len() > 20, "{paths:?} {flags:?}");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(&cli(&absent, &["completions", shell]));
+        for path in &paths {
+            let name = path.rsplit(' ').next().unwrap();
+            assert!(script.contains(name), "{shell} completion lacks {path}");
+        }
+        for flag in &flags {
+            let long = flag.rsplit("--").next().unwrap();
+            assert!(script.contains(long), "{shell} completion lacks {flag}");
+        }
+    }
+    let page = ok(&cli(&absent, &["man"])).replace("\\-", "-");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH memgate 1"),
+        "{page}"
+    );
+    for path in &paths {
+        assert!(page.contains(path.as_str()), "the man page lacks {path}");
+    }
+    for flag in &flags {
+        let (path, long) = flag.split_once(": ").unwrap();
+        // Each command's flags follow its own entry.
+        let at = page
+            .find(&format!("\\fB{path}"))
+            .or_else(|| (path == "memgate").then_some(0))
+            .unwrap_or_else(|| panic!("no entry for {path}"));
+        assert!(page[at..].contains(long), "the man page lacks {flag}");
+    }
+    let message = err(&cli(&absent, &["completions", "tcsh"]));
+    assert!(message.contains("bash"), "the shells are listed: {message}");
+}
+
+/// `memgate audit --follow` prints the window's events, then each event as
+/// it is stored (a spool replay's older timestamps included), filtered, as
+/// NDJSON with `--json` and as table rows without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_follow_prints_events_as_they_are_stored() {
+    use std::io::BufRead;
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_for(&db, &dir);
+        let store = db.store().await;
+        let event = |kind: &str, user: &str| {
+            let mut e = memgate::audit::AuditEvent::new(kind, kind == "auth_success");
+            e.user_id = Some(user.into());
+            e.reason = Some("unknown".into());
+            e
+        };
+        store
+            .insert_audit(&[
+                event("auth_failure", "before"),
+                event("auth_success", "before-ok"),
+            ])
+            .await
+            .unwrap();
+
+        let follow = |extra: &[&str]| {
+            let mut child = std::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["audit", "--follow", "--event", "auth_failure"])
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (send, lines) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            (child, lines)
+        };
+        let next = |lines: &std::sync::mpsc::Receiver<String>| {
+            lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the follower printed nothing within 10 s")
+        };
+
+        let (mut child, lines) = follow(&["--json"]);
+        let first: Value = serde_json::from_str(&next(&lines)).unwrap();
+        assert_eq!(first["user_id"], "before", "{first}");
+        let mut replayed = event("auth_failure", "replayed");
+        replayed.time = chrono::Utc::now() - chrono::Duration::hours(3);
+        store
+            .insert_audit(&[
+                event("auth_failure", "new-1"),
+                event("auth_success", "filtered-out"),
+                event("auth_failure", "new-2"),
+            ])
+            .await
+            .unwrap();
+        store.insert_audit(&[replayed]).await.unwrap();
+        let users: Vec<String> = (0..3)
+            .map(|_| {
+                let line = next(&lines);
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!(v["event"], "auth_failure", "{v}");
+                v["user_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(users, ["new-1", "new-2", "replayed"], "{backend:?}");
+        assert!(
+            lines.recv_timeout(Duration::from_millis(1500)).is_err(),
+            "each event is printed once"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // The window (the last hour) is printed oldest first.
+        let (mut child, lines) = follow(&["--since", "1h"]);
+        assert!(next(&lines).starts_with("TIME  EVENT  RESULT"));
+        let window: Vec<String> = (0..3).map(|_| next(&lines)).collect();
+        for (row, user) in window.iter().zip(["before", "new-1", "new-2"]) {
+            assert!(row.contains(&format!("  {user}  ")), "{window:?}");
+        }
+        store
+            .insert_audit(&[event("auth_failure", "text-user")])
+            .await
+            .unwrap();
+        let row = next(&lines);
+        assert!(row.contains("auth_failure  FAIL  text-user"), "{row}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let message = err(&cli(
+        &std::path::PathBuf::from("/nonexistent.toml"),
+        &["audit", "--follow", "--until", "1h"],
+    ));
+    assert!(message.contains("--until"), "{message}");
 }

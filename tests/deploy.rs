@@ -588,6 +588,144 @@ fn container_port(container: &Value, port: &Value) -> u16 {
     found["containerPort"].as_u64().unwrap() as u16
 }
 
+/// The `kubernetes-validate` program: `MEMGATE_KUBERNETES_VALIDATE`, else the
+/// venv `.ci/run` builds from tests/requirements-kubernetes.txt, else the PATH.
+fn kubernetes_validate() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MEMGATE_KUBERNETES_VALIDATE") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = repo().join(".ci/venv-k8s/bin/kubernetes-validate");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let on_path = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
+    on_path
+        .is_ok_and(|out| out.status.success())
+        .then(|| PathBuf::from("kubernetes-validate"))
+}
+
+/// Every manifest in deploy/kubernetes/ is valid against the Kubernetes API
+/// schemas (strict: no unknown fields), except the ServiceMonitor, a
+/// Prometheus Operator resource for which no schema is bundled.
+#[test]
+fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    const REQUIRE: &str = "MEMGATE_REQUIRE_KUBERNETES_VALIDATE";
+    let Some(validate) = kubernetes_validate() else {
+        assert!(
+            std::env::var_os(REQUIRE).is_none(),
+            "{REQUIRE} is set but kubernetes-validate is not installed; run .ci/run or \
+             pip install -r tests/requirements-kubernetes.txt"
+        );
+        eprintln!(
+            "\n*** SKIPPED: kubernetes-validate is not installed, so deploy/kubernetes/ was NOT \
+             checked against the Kubernetes schemas (pip install -r tests/requirements-kubernetes.txt) ***\n"
+        );
+        return;
+    };
+    let files: Vec<PathBuf> = files_under(&repo().join("deploy/kubernetes"));
+    let out = Command::new(&validate)
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", validate.display()));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed:\n{report}"
+    );
+    let all = manifests();
+    for (file, doc) in &all {
+        let kind = text(&doc["kind"], file);
+        let name = text(&doc["metadata"]["name"], file);
+        if kind == "ServiceMonitor" {
+            continue;
+        }
+        let passed = format!("passed for resource {}/{name}", kind.to_lowercase());
+        assert!(
+            report.contains(&passed),
+            "{file}: {kind} {name} not validated:\n{report}"
+        );
+    }
+
+    // The validator does refuse what the API would.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let deployment =
+        read("deploy/kubernetes/deployment.yaml").replace("replicas: 2", "replicas: two");
+    std::fs::write(&broken, deployment).unwrap();
+    let out = Command::new(&validate)
+        .arg("--strict")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a Deployment with replicas: two passed validation"
+    );
+}
+
+/// NetworkPolicies admit only memgate's pods to mem0 and the MCP server, on
+/// the ports memgate's upstream settings name.
+#[test]
+fn only_memgate_may_reach_the_upstreams() {
+    let all = manifests();
+    let deployment = manifest(&all, "Deployment");
+    let pod_labels = string_map(
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        "pod labels",
+    );
+    let env: BTreeMap<String, String> = kubernetes_env(&all).into_iter().collect();
+    let policies: Vec<&Value> = all
+        .iter()
+        .filter(|(_, doc)| doc["kind"].as_str() == Some("NetworkPolicy"))
+        .map(|(_, doc)| doc)
+        .collect();
+    for (variable, upstream_name) in [
+        ("MEMGATE_MEM0__UPSTREAM", "mem0"),
+        ("MEMGATE_MCP__UPSTREAM", "mcp-server"),
+    ] {
+        let url = url::Url::parse(&env[variable]).unwrap();
+        assert_eq!(url.host_str(), Some(upstream_name), "{variable}");
+        let port = url.port_or_known_default().unwrap();
+        let policy = policies
+            .iter()
+            .find(|p| {
+                p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+                    == Some(upstream_name)
+            })
+            .unwrap_or_else(|| panic!("no NetworkPolicy selects the {upstream_name} pods"));
+        let types: Vec<&str> = seq(&policy["spec"]["policyTypes"], "policyTypes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(types.contains(&"Ingress"), "{upstream_name}: {types:?}");
+        let rules = seq(&policy["spec"]["ingress"], "ingress");
+        assert_eq!(rules.len(), 1, "{upstream_name}: one rule, memgate's");
+        let from = seq(&rules[0]["from"], "from");
+        assert_eq!(from.len(), 1, "{upstream_name}: only memgate");
+        let allowed = string_map(&from[0]["podSelector"]["matchLabels"], "from podSelector");
+        assert!(
+            !allowed.is_empty() && is_subset(&allowed, &pod_labels),
+            "{upstream_name}: the rule must select memgate's pods: {allowed:?}"
+        );
+        assert!(
+            from[0].get("namespaceSelector").is_none() && from[0].get("ipBlock").is_none(),
+            "{upstream_name}: no other namespace or address"
+        );
+        let ports: Vec<u64> = seq(&rules[0]["ports"], "ports")
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        assert_eq!(ports, [u64::from(port)], "{upstream_name}");
+    }
+}
+
 #[test]
 fn kubernetes_manifests_agree_on_labels_ports_and_secrets() {
     let all = manifests();

@@ -198,7 +198,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Whether memgate audits this decision (DESIGN.md §6): every
+    /// Whether memgate audits this decision (docs/design.md §6): every
     /// authentication failure and every permission refusal. Successes are
     /// sampled and counted separately.
     fn audited(&self) -> bool {

@@ -1,4 +1,4 @@
-//! End to end through memgate's MCP listener (DESIGN.md §3, §5): a real
+//! End to end through memgate's MCP listener (docs/design.md §3, §5): a real
 //! memgate process in front of an MCP server shaped like the mem0 MCP servers
 //! (`support::mcp_server::McpServer`, rmcp over Streamable HTTP plus a legacy
 //! SSE pair) and a fake mem0 REST server (`support::mem0::Mem0`) that memgate

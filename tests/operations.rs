@@ -558,3 +558,164 @@ async fn every_metric_used_by_the_dashboard_and_alerts_is_exported() {
         );
     }
 }
+
+/// Tokens that expire soon are listed by `token list --expiring` (soonest
+/// first) and counted in `memgate_tokens_expiring{within}`: only enabled
+/// tokens, each window counting what expires within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expiring_soon_are_listed_and_counted() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("[database]\nurl = {:?}\n", db.url)).unwrap();
+        ok(&cli(&config, &["migrate"]));
+        let create = |user: &str, days: &str| -> String {
+            let out = ok(&cli(
+                &config,
+                &[
+                    "token",
+                    "create",
+                    "--user-id",
+                    user,
+                    "--expires-days",
+                    days,
+                    "--json",
+                ],
+            ));
+            serde_json::from_str::<Value>(&out).unwrap()["prefix"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let in_20_days = create("carol", "20");
+        let in_3_days = create("alice", "3");
+        create("bob", "100");
+        create("dave", "0");
+        let revoked = create("eve", "2");
+        ok(&cli(&config, &["token", "revoke", &revoked, "--yes"]));
+
+        let listed = |span: &str| -> Vec<String> {
+            let out = ok(&cli(
+                &config,
+                &["token", "list", "--expiring", span, "--json"],
+            ));
+            serde_json::from_str::<Vec<Value>>(&out)
+                .unwrap()
+                .iter()
+                .map(|t| t["prefix"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(listed("7d"), vec![in_3_days.clone()], "{backend:?}");
+        assert_eq!(
+            listed("30d"),
+            vec![in_3_days, in_20_days],
+            "{backend:?}: soonest first"
+        );
+        assert!(listed("1h").is_empty());
+        let text = ok(&cli(&config, &["token", "list", "--expiring", "1h"]));
+        assert!(text.contains("No active token expires"), "{text}");
+        assert!(err(&cli(&config, &["token", "list", "--expiring", "soon"])).contains("7d"));
+
+        let upstream = Upstream::start().await;
+        let gate = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+        let counted = within(Duration::from_secs(10), || async {
+            gate.metric("memgate_tokens_expiring{within=\"7d\"}").await == 1.0
+                && gate.metric("memgate_tokens_expiring{within=\"30d\"}").await == 2.0
+        })
+        .await;
+        assert!(
+            counted.is_some(),
+            "{backend:?}: 7d={} 30d={}",
+            gate.metric("memgate_tokens_expiring{within=\"7d\"}").await,
+            gate.metric("memgate_tokens_expiring{within=\"30d\"}").await
+        );
+    }
+}
+
+/// With `[log] access = true` every request is one log line (JSON under
+/// `--log-format json`) with its method, path and parameter names, status,
+/// user, scope, latency and request id, and never a token or a query value;
+/// without it there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_each_request_without_secrets() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = Upstream::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
+    cfg.extra = "[log]\naccess = true\n".into();
+    cfg.env.push(("MEMGATE_LOG_FORMAT".into(), "json".into()));
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let client = reqwest::Client::new();
+    let answer = client
+        .get(gate.mem0_url("/memories?user_id=alice&top_k=5"))
+        .header("X-MCP-Token", &token)
+        .header("X-Request-Id", "trace-access-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let refused = client
+        .get(gate.mem0_url(&format!("/memories/{token}?secret=hunter2")))
+        .header("X-Request-Id", "trace-access-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let lines = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "memgate::access")
+            .collect()
+    };
+    let found = within(Duration::from_secs(5), || async {
+        lines(&gate.log()).len() >= 2
+    })
+    .await;
+    let log = gate.log();
+    assert!(found.is_some(), "no access lines:\n{log}");
+    let entries = lines(&log);
+    let by_id = |id: &str| {
+        entries
+            .iter()
+            .find(|v| v["fields"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{log}"))["fields"]
+            .clone()
+    };
+    let ok = by_id("trace-access-1");
+    assert_eq!(ok["listener"], "mem0");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/memories?user_id&top_k");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["scope"], "alice");
+    assert!(
+        ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{ok}"
+    );
+    let denied = by_id("trace-access-2");
+    assert_eq!(denied["status"], 401);
+    assert_eq!(denied["user"], "-");
+    assert_eq!(
+        denied["path"],
+        format!("/memories/{}…?secret", &token[..12]),
+        "a token in the path is cut to its prefix"
+    );
+    for secret in [&token[12..], "hunter2", "top_k=5", "user_id=alice"] {
+        assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
+    }
+
+    // Off by default.
+    let quiet = Memgate::start(MemgateConfig::new(&db.url, &upstream.url())).await;
+    let status = client
+        .get(quiet.mem0_url("/memories"))
+        .header("X-MCP-Token", &token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!quiet.log().contains("memgate::access") && !quiet.log().contains("request_id"));
+}

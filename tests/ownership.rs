@@ -1,6 +1,6 @@
 //! End to end: a real memgate process in front of a mem0-shaped upstream
 //! (`support::mem0::Mem0`). Every test checks what the client got AND what the
-//! upstream actually received (DESIGN.md §3, §4).
+//! upstream actually received (docs/design.md §3, §4).
 
 mod support;
 
@@ -837,7 +837,7 @@ async fn an_admin_may_name_another_user() {
 }
 
 // ---------------------------------------------------------------------------
-// Order of checks (DESIGN.md §4): 401 → 404/405 → 403 permission → 413/415/400 → 403 owner
+// Order of checks (docs/design.md §4): 401 → 404/405 → 403 permission → 413/415/400 → 403 owner
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1016,7 +1016,7 @@ async fn unknown_routes_are_404_unless_allow_listed() {
 }
 
 // ---------------------------------------------------------------------------
-// Isolation modes (DESIGN.md §3)
+// Isolation modes (docs/design.md §3)
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

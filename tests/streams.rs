@@ -1,4 +1,4 @@
-//! Streamed pass-through (DESIGN.md §1 step 5): requests the policy passes on
+//! Streamed pass-through (docs/design.md §1 step 5): requests the policy passes on
 //! unchanged (MCP streams, DELETEs and other paths; mem0 routes allow-listed
 //! with `mem0.allowed_routes`) have their body pumped to the upstream with the
 //! client's framing and their answer streamed back framed for a kept-alive

@@ -1,4 +1,4 @@
-//! `memgate user export|delete` (DESIGN.md §8) end to end: a real memgate in
+//! `memgate user export|delete` (docs/design.md §8) end to end: a real memgate in
 //! `auto` isolation in front of the mem0-shaped fake, memories created through
 //! memgate for two users in several scopes, then the CLI against the same
 //! store and the same mem0. Also the `user_scopes` store methods and

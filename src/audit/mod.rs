@@ -1,4 +1,4 @@
-//! The audit trail (DESIGN.md §6): one event per decision worth keeping,
+//! The audit trail (docs/design.md §6): one event per decision worth keeping,
 //! written off the request path in batches, spooled to disk while the store is
 //! unreachable, and never dropped silently.
 
@@ -21,6 +21,17 @@ pub mod kind {
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const TOKEN_ADMIN: &str = "token_admin";
     pub const USER_ADMIN: &str = "user_admin";
+    /// Every event kind, for `memgate audit --event`.
+    pub const ALL: &[&str] = &[
+        AUTH_SUCCESS,
+        AUTH_FAILURE,
+        PERMISSION_DENIED,
+        OWNERSHIP_DENIED,
+        SESSION_DENIED,
+        RATE_LIMITED,
+        TOKEN_ADMIN,
+        USER_ADMIN,
+    ];
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]

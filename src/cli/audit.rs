@@ -20,10 +20,11 @@ pub struct AuditArgs {
     /// Events before this time: RFC 3339 or an age (30m, 2h, 7d)
     #[arg(long, value_name = "TIME", value_parser = parse_when)]
     pub until: Option<When>,
-    #[arg(long)]
+    /// Only this user's events
+    #[arg(long, value_name = "ID")]
     pub user_id: Option<String>,
-    /// Only this event (auth_failure, auth_success, ownership_denied, …)
-    #[arg(long)]
+    /// Only this kind of event
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::audit::kind::ALL))]
     pub event: Option<String>,
     /// At most this many events: the newest ones (the oldest with --oldest-first)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -31,8 +32,13 @@ pub struct AuditArgs {
     /// Oldest events first (default: newest first)
     #[arg(long)]
     pub oldest_first: bool,
+    /// Print a JSON array instead of a table (with --follow: one JSON object per line)
     #[arg(long)]
     pub json: bool,
+    /// Keep running and print events as they are stored, like `tail -f`: the
+    /// window's events oldest first, then each new one
+    #[arg(long, conflicts_with_all = ["until", "oldest_first"])]
+    pub follow: bool,
 }
 
 /// A point in time given on the command line: absolute, or an age before now.
@@ -109,7 +115,10 @@ pub(crate) fn window(
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {
+    /// The user to report on
+    #[arg(value_name = "USER_ID")]
     pub user_id: String,
+    /// Print a JSON object instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -163,29 +172,145 @@ pub async fn audit(store: &dyn Store, args: AuditArgs) -> anyhow::Result<String>
     if events.is_empty() {
         return Ok("No audit events.".into());
     }
+    let rows: Vec<Vec<String>> = events.iter().map(event_row).collect();
+    Ok(render_table(&COLUMNS, &rows))
+}
+
+const COLUMNS: [&str; 9] = [
+    "TIME", "EVENT", "RESULT", "USER", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
+];
+
+/// One event as the cells of [`COLUMNS`].
+fn event_row(e: &AuditEvent) -> Vec<String> {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
-            vec![
-                time(e.time),
-                e.event.clone(),
-                if e.success { "ok" } else { "FAIL" }.into(),
-                dash(&e.user_id),
-                dash(&e.token_prefix),
-                dash(&e.ip),
-                format!("{} {}", dash(&e.method), dash(&e.path)),
-                dash(&e.tool),
-                dash(&e.reason),
-            ]
+    vec![
+        time(e.time),
+        e.event.clone(),
+        if e.success { "ok" } else { "FAIL" }.into(),
+        dash(&e.user_id),
+        dash(&e.token_prefix),
+        dash(&e.ip),
+        format!("{} {}", dash(&e.method), dash(&e.path)),
+        dash(&e.tool),
+        dash(&e.reason),
+    ]
+}
+
+/// How long a row id is watched for rows stored below it. With PostgreSQL,
+/// ids are handed out when a batch is inserted but become visible when its
+/// transaction commits, so a replica's batch can appear after a higher id
+/// was already printed; rows committed within this lag are still found.
+const FOLLOW_LAG: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most rows read per poll; a longer backlog is read over several polls.
+const FOLLOW_BATCH: i64 = 10_000;
+
+/// `memgate audit --follow`: prints the window's events oldest first (at
+/// most `--limit`, the newest ones), then every new event as it is stored,
+/// polling every `poll`, until writing fails (a closed pipe ends it quietly).
+/// Text lines have the table's columns, two spaces apart; `--json` writes
+/// one object per line (NDJSON).
+pub async fn follow(
+    store: &dyn Store,
+    args: AuditArgs,
+    out: &mut (dyn std::io::Write + Send),
+    poll: std::time::Duration,
+) -> anyhow::Result<()> {
+    follow_in_batches(store, args, out, poll, FOLLOW_BATCH).await
+}
+
+/// [`follow`], reading at most `batch` rows per query.
+async fn follow_in_batches(
+    store: &dyn Store,
+    args: AuditArgs,
+    out: &mut (dyn std::io::Write + Send),
+    poll: std::time::Duration,
+    batch: i64,
+) -> anyhow::Result<()> {
+    let mut write = |line: String| -> anyhow::Result<bool> {
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let render = |e: &AuditEvent| {
+        if args.json {
+            event_json(e).to_string()
+        } else {
+            event_row(e).join("  ")
+        }
+    };
+    // The cursor is read first: an event stored while the window is read is
+    // then found by the first poll, and printed once (ids seen are kept).
+    let mut cursor = store.last_audit_id().await?;
+    let (since, _) = window(&args, Utc::now())?;
+    let mut initial = store
+        .audit_events(&AuditFilter {
+            since,
+            until: None,
+            user_id: args.user_id.clone(),
+            event: args.event.clone(),
+            limit: i64::from(args.limit),
+            newest_first: true,
         })
-        .collect();
-    Ok(render_table(
-        &[
-            "TIME", "EVENT", "RESULT", "USER", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
-        ],
-        &rows,
-    ))
+        .await?;
+    initial.reverse();
+    // At most --limit ids, kept for the whole run.
+    let printed: std::collections::HashSet<String> =
+        initial.iter().map(|e| e.event_id.clone()).collect();
+    if !args.json && !write(COLUMNS.join("  "))? {
+        return Ok(());
+    }
+    for e in &initial {
+        if !write(render(e))? {
+            return Ok(());
+        }
+    }
+    // (when, cursor then): the cursor as it was FOLLOW_LAG ago is where each
+    // poll starts reading, so late commits below the newest id are found.
+    let mut history: std::collections::VecDeque<(std::time::Instant, i64)> =
+        std::collections::VecDeque::new();
+    let filter = AuditFilter {
+        since,
+        until: None,
+        user_id: args.user_id.clone(),
+        event: args.event.clone(),
+        limit: batch,
+        newest_first: false,
+    };
+    let mut seen_ids: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    loop {
+        let now = std::time::Instant::now();
+        history.push_back((now, cursor));
+        while history
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= FOLLOW_LAG)
+        {
+            history.pop_front();
+        }
+        let mut from = history.front().map_or(cursor, |(_, c)| *c);
+        seen_ids = seen_ids.split_off(&from);
+        // A full batch is followed by the next one from where it ended, so
+        // a backlog longer than a batch is read through, not read again.
+        loop {
+            let rows = store.audit_events_after(from, &filter).await?;
+            for (id, e) in &rows {
+                cursor = cursor.max(*id);
+                if !seen_ids.insert(*id) || printed.contains(&e.event_id) {
+                    continue;
+                }
+                if !write(render(e))? {
+                    return Ok(());
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() as i64 >= batch => from = *last,
+                _ => break,
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String> {
@@ -198,6 +323,12 @@ pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String>
     let stats = store
         .user_stats(&args.user_id, now - Duration::days(30))
         .await?;
+    if tokens.is_empty() && stats.last_audit_event.is_none() {
+        anyhow::bail!(
+            "no tokens and no audit events for user {:?}; check the id against `memgate token list`",
+            args.user_id
+        );
+    }
     let last_token_use = tokens.iter().filter_map(|t| t.last_used_at).max();
     let last_activity = last_token_use.max(stats.last_audit_event);
     if args.json {
@@ -236,6 +367,78 @@ pub async fn stats(store: &dyn Store, args: StatsArgs) -> anyhow::Result<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Write` the test reads while `follow` writes to it.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A backlog longer than one read is read through, each event once.
+    #[tokio::test]
+    async fn follow_reads_a_backlog_longer_than_a_batch() {
+        use clap::Parser;
+        let (_dir, store) = crate::store::temporary(true).await;
+        let super::super::Cli {
+            command: super::super::Command::Audit(args),
+            ..
+        } = super::super::Cli::parse_from(["memgate", "audit", "--follow", "--json"])
+        else {
+            unreachable!("parsed as audit")
+        };
+        let out = Shared::default();
+        let follower = {
+            let (store, mut out) = (store.clone(), out.clone());
+            tokio::spawn(async move {
+                follow_in_batches(
+                    store.as_ref(),
+                    args,
+                    &mut out,
+                    std::time::Duration::from_millis(20),
+                    4,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let events: Vec<AuditEvent> = (0..25)
+            .map(|i| {
+                let mut e = AuditEvent::new(crate::audit::kind::AUTH_FAILURE, false);
+                e.user_id = Some(format!("u{i}"));
+                e
+            })
+            .collect();
+        store.insert_audit(&events).await.unwrap();
+        let lines = || {
+            String::from_utf8(out.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..200 {
+            if lines().len() >= 25 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        follower.abort();
+        let users: Vec<String> = lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["user_id"].to_string())
+            .collect();
+        let wanted: Vec<String> = (0..25).map(|i| format!("\"u{i}\"")).collect();
+        assert_eq!(users, wanted);
+    }
 
     #[test]
     fn times_are_rfc_3339_or_ages() {

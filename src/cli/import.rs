@@ -20,6 +20,7 @@ pub struct ImportArgs {
     /// The table holding the plaintext tokens
     #[arg(long, default_value = "mcp_auth_tokens")]
     pub table: String,
+    /// Print the import summary as JSON
     #[arg(long)]
     pub json: bool,
 }

@@ -1,7 +1,8 @@
-//! The command line (DESIGN.md §8): argument definitions and dispatch helpers.
+//! The command line (docs/design.md §8): argument definitions and dispatch helpers.
 //! `main.rs` only parses and calls into here.
 
 pub mod audit;
+pub mod docs;
 pub mod import;
 pub mod token;
 pub mod upstream_name;
@@ -31,7 +32,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEMGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "MEMGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -50,7 +51,7 @@ pub enum Command {
     /// Apply store migrations and exit
     Migrate,
     /// Validate the configuration and print it, secrets masked
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Issue, list, revoke, enable, delete and rotate tokens
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -63,6 +64,17 @@ pub enum Command {
     User(user::UserCommand),
     /// The server a templated [mcp] upstream (http://mcp-{scope}:8080) sends a user to
     UpstreamName(upstream_name::UpstreamNameArgs),
+    /// Print a shell completion script
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page memgate(1) in roff (memgate man > memgate.1)
+    Man,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckConfigArgs {
+    /// Print a JSON object ({"file": …, "config": …}) instead of TOML
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Loads and validates the configuration named on the command line.
@@ -70,7 +82,7 @@ pub enum Command {
 /// does; other commands do not need them (and may run without the secrets).
 pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
     let loaded = config::load(cli.config.as_deref())?;
-    if matches!(cli.command, Command::CheckConfig) {
+    if matches!(cli.command, Command::CheckConfig(_)) {
         loaded.config.check_upstream_headers()?;
     }
     Ok(loaded)
@@ -107,7 +119,14 @@ pub async fn open_store(config: &Config, open: Open) -> anyhow::Result<Arc<dyn S
     Ok(store)
 }
 
-pub fn check_config(loaded: &config::Loaded) -> String {
+pub fn check_config(loaded: &config::Loaded, args: &CheckConfigArgs) -> String {
+    if args.json {
+        return serde_json::json!({
+            "file": loaded.file.as_ref().map(|p| p.display().to_string()),
+            "config": loaded.config.to_masked_json(),
+        })
+        .to_string();
+    }
     let source = match &loaded.file {
         Some(path) => format!(
             "# effective configuration: {} plus MEMGATE_* overrides",
@@ -118,7 +137,10 @@ pub fn check_config(loaded: &config::Loaded) -> String {
                 .to_string()
         }
     };
-    format!("{source}\n{}", loaded.config.to_masked_toml())
+    format!(
+        "{source}\n# [mcp.tools] lists the built-in tool rules with the file's added or replacing them\n{}",
+        loaded.config.to_masked_toml()
+    )
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -196,6 +218,34 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("memgate").chain(args.iter().copied()))
+    }
+
+    /// Every subcommand and every flag or argument of every subcommand says
+    /// what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "memgate", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
     #[test]

@@ -20,15 +20,20 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens (never shows a full token)
     List {
-        #[arg(long)]
+        /// Only this user's tokens
+        #[arg(long, value_name = "ID")]
         user_id: Option<String>,
+        /// Only active tokens that expire within this span (e.g. 7d, 30d, 12h), soonest first
+        #[arg(long, value_name = "SPAN", value_parser = parse_span)]
+        expiring: Option<chrono::Duration>,
+        /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Disable a token; it stops working within a second
     Revoke(TargetArgs),
-    /// Re-enable a revoked token
-    Enable(TargetArgs),
+    /// Re-enable a revoked token (no confirmation: it takes nothing away)
+    Enable(EnableArgs),
     /// Delete a token for good
     Delete(TargetArgs),
     /// Import the plaintext tokens of the Mem0 MCP Server stack (stores hashes only)
@@ -40,6 +45,7 @@ pub enum TokenCommand {
         /// Days until the new token expires (at most 36500); 0 = never
         #[arg(long, default_value_t = 365, value_parser = super::parse_days)]
         expires_days: u32,
+        /// Print the new token as JSON
         #[arg(long)]
         json: bool,
     },
@@ -47,11 +53,13 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    #[arg(long)]
+    /// The user the token authenticates as (the mem0 user_id in manual isolation)
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Display name of the holder
     #[arg(long)]
     pub name: Option<String>,
+    /// Contact address of the holder, shown by `token list`
     #[arg(long)]
     pub email: Option<String>,
     /// Days until the token expires (at most 36500); 0 = never
@@ -63,6 +71,7 @@ pub struct CreateArgs {
     /// Requests per second for this token, e.g. 5/s (default: rate_limit.per_token_rps)
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     pub rate_limit: Option<u32>,
+    /// Print the new token as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -74,8 +83,28 @@ pub struct TargetArgs {
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EnableArgs {
+    /// Display prefix (e.g. mcp_AbCdEfGh) matching exactly one token
+    pub prefix: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--expiring`: a span like `30d`, `12h` or `2w` (the ages `audit --since` takes).
+fn parse_span(text: &str) -> Result<chrono::Duration, String> {
+    match super::audit::parse_when(text) {
+        Ok(super::audit::When::Ago(span)) => Ok(span),
+        _ => Err(format!(
+            "{text:?} is not a span like 7d, 30d, 12h or 2w (at most 36500 days)"
+        )),
+    }
 }
 
 /// `N/s` (or a bare `N`) requests per second, N ≥ 1.
@@ -311,10 +340,26 @@ pub async fn run(store: &dyn Store, cmd: TokenCommand) -> anyhow::Result<String>
                 created_text(&secret, &stored)
             })
         }
-        TokenCommand::List { user_id, json } => {
-            let tokens = store.tokens(user_id.as_deref()).await?;
+        TokenCommand::List {
+            user_id,
+            expiring,
+            json,
+        } => {
+            let mut tokens = store.tokens(user_id.as_deref()).await?;
+            if let Some(span) = expiring {
+                let until = now
+                    .checked_add_signed(span)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                tokens.retain(|t| {
+                    t.status(now) == crate::store::TokenStatus::Active
+                        && t.expires_at.is_some_and(|at| at <= until)
+                });
+                tokens.sort_by_key(|t| t.expires_at);
+            }
             Ok(if json {
                 Value::Array(tokens.iter().map(|t| listed_json(t, now)).collect()).to_string()
+            } else if tokens.is_empty() && expiring.is_some() {
+                "No active token expires within that span.".to_string()
             } else if tokens.is_empty() {
                 "No tokens.".to_string()
             } else {

@@ -1,4 +1,4 @@
-//! `memgate user export|delete` (DESIGN.md §8): a user's data rights.
+//! `memgate user export|delete` (docs/design.md §8): a user's data rights.
 //!
 //! A user's memories live in mem0 under every scope the user owns: their own
 //! user_id (manual isolation, and `auto` without a project header) and each
@@ -9,7 +9,7 @@
 //! Deletion lists a scope's memories and deletes them one by one
 //! (`DELETE /memories/{id}`), never with `DELETE /memories?user_id=…`: on
 //! mem0 0.1.118–1.0.5 that route ends in `vector_store.reset()` and drops
-//! every user's memories (DESIGN.md §4). mem0 lists at most a fixed number
+//! every user's memories (docs/design.md §4). mem0 lists at most a fixed number
 //! of memories and cannot page ([`MEM0_LIST_MAX`]): deletion lists again
 //! until nothing is left, and an export says when a listing was cut short.
 
@@ -47,7 +47,8 @@ pub enum UserCommand {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    #[arg(long)]
+    /// The user whose data to export
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Write the document to FILE (created with mode 0600) instead of stdout
     #[arg(long, value_name = "FILE")]
@@ -56,11 +57,13 @@ pub struct ExportArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    #[arg(long)]
+    /// The user whose memories and tokens to delete
+    #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Print what was deleted as JSON
     #[arg(long)]
     pub json: bool,
 }

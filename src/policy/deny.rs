@@ -2,7 +2,7 @@
 //!
 //! Every policy layer (path, query, JSON, scope, routes) ends in a `Deny` when it
 //! refuses, so the proxy has one thing to turn into a response. The mem0 listener
-//! renders it FastAPI-shaped (`{"detail": "..."}`, DESIGN.md §4).
+//! renders it FastAPI-shaped (`{"detail": "..."}`, docs/design.md §4).
 
 use std::fmt;
 

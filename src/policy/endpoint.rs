@@ -27,7 +27,7 @@ pub enum McpEndpoint {
 }
 
 impl McpEndpoint {
-    /// The methods an endpoint takes (DESIGN.md §5), or `None` for any.
+    /// The methods an endpoint takes (docs/design.md §5), or `None` for any.
     /// Only `POST`s are checked against the tool rules, so another method
     /// carrying a JSON-RPC body to an endpoint whose handler ignores the
     /// method (the Python SDK's legacy message handler does) would run it

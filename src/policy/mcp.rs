@@ -1,4 +1,4 @@
-//! The MCP policy (DESIGN.md §5): turns (identity, scope, JSON-RPC body) into
+//! The MCP policy (docs/design.md §5): turns (identity, scope, JSON-RPC body) into
 //! `Forward` (possibly rewritten, possibly waiting on ownership checks) or
 //! `Deny` with a JSON-RPC error body, with no I/O.
 //!

@@ -1,7 +1,7 @@
-//! The mem0 REST policy (DESIGN.md §4): turns (identity, scope, request) into
+//! The mem0 REST policy (docs/design.md §4): turns (identity, scope, request) into
 //! `Forward`, `NeedOwner` or `Deny`, with no I/O.
 //!
-//! The proxy drives it in the order of DESIGN.md §4 "Order of checks", so a
+//! The proxy drives it in the order of docs/design.md §4 "Order of checks", so a
 //! request that will be refused is refused before its body is read:
 //!
 //! 1. [`Mem0Policy::route`]: path normalisation (400), unknown route (404),
@@ -334,7 +334,7 @@ impl Mem0Policy {
         Ok((effective, body))
     }
 
-    /// Body checks in DESIGN.md order: 413 (done by the caller), 415, 400.
+    /// Body checks in the order of docs/design.md §1: 413 (done by the caller), 415, 400.
     fn read_body(
         &self,
         route: Route,

@@ -1,6 +1,6 @@
 //! Pure decisions: who may do what. Nothing in here performs I/O, so every rule
 //! is a function of (identity, request) that unit tests, property tests and the
-//! fuzzer can drive directly (DESIGN.md §1 step 3).
+//! fuzzer can drive directly (docs/design.md §1 step 3).
 
 pub mod deny;
 pub mod endpoint;
@@ -17,7 +17,7 @@ pub mod upstream_name;
 
 use std::fmt;
 
-/// One permission a token can hold (DESIGN.md §2).
+/// One permission a token can hold (docs/design.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Permission {
     Read,

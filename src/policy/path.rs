@@ -1,4 +1,4 @@
-//! Request path normalisation (DESIGN.md §1 "Admit").
+//! Request path normalisation (docs/design.md §1 "Admit").
 //!
 //! The path is percent-decoded exactly once and anything that could make memgate
 //! and the upstream disagree about which resource is meant is refused: dot

@@ -5,7 +5,7 @@
 //! it: pairs split on `&`, `+` is a space, each key and value percent-decoded once,
 //! empty pieces skipped, a piece without `=` has an empty value. Where Python
 //! would quietly guess (invalid escapes, invalid UTF-8) memgate refuses, and an
-//! owner selector given twice is refused (parameter pollution, DESIGN.md §4).
+//! owner selector given twice is refused (parameter pollution, docs/design.md §4).
 
 use thiserror::Error;
 

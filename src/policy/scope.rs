@@ -1,4 +1,4 @@
-//! Scope: the mem0 `user_id` a request may touch (DESIGN.md §3).
+//! Scope: the mem0 `user_id` a request may touch (docs/design.md §3).
 //!
 //! [`scope_for`] derives it from the token and the isolation mode;
 //! [`check_requested_user`] is the acceptance rule for a `user_id` a client sends

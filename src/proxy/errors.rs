@@ -1,6 +1,6 @@
 //! Error responses in each listener's format: FastAPI-shaped `{"detail": …}`
 //! on the mem0 listener, a JSON-RPC error object on the MCP listener
-//! (DESIGN.md §4, §5).
+//! (docs/design.md §4, §5).
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;

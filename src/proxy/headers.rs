@@ -1,4 +1,4 @@
-//! Header hygiene (DESIGN.md §1 step 5): identity headers a client sent are
+//! Header hygiene (docs/design.md §1 step 5): identity headers a client sent are
 //! never believed or forwarded, in any spelling; the trusted ones are injected.
 //! Redirects the upstream makes to its own origin are pointed back at memgate.
 

@@ -1,4 +1,4 @@
-//! The mem0 listener's request flow (DESIGN.md §1, §4): route and permission
+//! The mem0 listener's request flow (docs/design.md §1, §4): route and permission
 //! before the body is read, then the body, then the owner, then one buffered
 //! exchange with mem0 whose response is filtered before the client sees it.
 //! Every decision is the pure `policy::mem0`'s; this file only moves bytes.
@@ -117,7 +117,7 @@ impl Mem0Flow {
         }
     }
 
-    /// Route → permission → body → owner, in DESIGN.md §4's order.
+    /// Route → permission → body → owner, in docs/design.md §4's order.
     async fn decide(
         &self,
         session: &mut Session,

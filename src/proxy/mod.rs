@@ -1,6 +1,6 @@
 //! The pingora glue: one `Gate` per proxied listener. Each hook is short and
 //! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
-//! routes (DESIGN.md §1, §10).
+//! routes (docs/design.md §1, §10).
 
 pub mod body;
 pub mod client_ip;
@@ -70,7 +70,7 @@ impl Listener {
 pub struct RequestCtx {
     started: Instant,
     identity: Option<Arc<Identity>>,
-    /// The mem0 user_id the request acts for (DESIGN.md §3).
+    /// The mem0 user_id the request acts for (docs/design.md §3).
     scope: String,
     /// Set when the request is streamed to a rewritten path and query.
     rewritten_uri: Option<String>,
@@ -906,6 +906,27 @@ impl Gate {
         self.runtime_tasks.record();
         if let Some(e) = e {
             tracing::info!(listener, status, error = %e, "request failed");
+        }
+        if crate::access_log::enabled() {
+            let req = session.req_header();
+            // Requests memgate answers itself never set ctx.scope.
+            let scope = match &ctx.identity {
+                Some(identity) if ctx.scope.is_empty() => {
+                    scope_for(identity, &self.isolation, project(req).as_deref())
+                }
+                _ => ctx.scope.clone(),
+            };
+            crate::access_log::record(&crate::access_log::AccessRecord {
+                listener,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                status,
+                user: ctx.identity.as_deref().map(|i| i.user_id.as_str()),
+                scope: &scope,
+                latency: ctx.started.elapsed(),
+                request_id: &ctx.request_id,
+            });
         }
     }
 }

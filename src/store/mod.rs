@@ -140,6 +140,13 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// How many enabled tokens expire after `now` and at or before `until`
+    /// (for `memgate_tokens_expiring`: one counting query, no rows fetched).
+    async fn count_tokens_expiring(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
     /// Tokens whose display prefix starts with `prefix`.
     async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
@@ -159,6 +166,16 @@ pub trait Store: Send + Sync + 'static {
     /// Writes audit events; events already stored (same `event_id`) are skipped.
     async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Audit events stored after row `after_id`, in the order they were
+    /// stored, with their row ids (for `memgate audit --follow`); `filter`'s
+    /// user, event and limit apply, its times do not.
+    async fn audit_events_after(
+        &self,
+        after_id: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<(i64, AuditEvent)>, StoreError>;
+    /// The id of the newest audit row, 0 when there is none.
+    async fn last_audit_id(&self) -> Result<i64, StoreError>;
     /// Deletes audit events older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Sets `last_used_at` for (token id, time) pairs, never moving it back.

@@ -23,6 +23,14 @@ macro_rules! audit_columns {
 }
 pub(crate) use audit_columns;
 
+/// An audit row with its row id, which orders rows as they were stored.
+#[derive(sqlx::FromRow)]
+pub(crate) struct NumberedAuditEvent {
+    pub(crate) id: i64,
+    #[sqlx(flatten)]
+    pub(crate) event: crate::audit::AuditEvent,
+}
+
 /// One row of `tokens`, as both backends decode it.
 #[derive(sqlx::FromRow)]
 pub(crate) struct TokenRow {
@@ -185,6 +193,36 @@ macro_rules! impl_store {
             observed("audit_events", r)
         }
 
+        async fn audit_events_after(
+            &self,
+            after_id: i64,
+            filter: &AuditFilter,
+        ) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+            let r = sqlx::query_as::<_, $crate::store::queries::NumberedAuditEvent>(concat!(
+                "SELECT id, ",
+                audit_columns!(),
+                " FROM audit_events WHERE id > $1 AND ($2 IS NULL OR user_id = $2) \
+                 AND ($3 IS NULL OR event = $3) ORDER BY id LIMIT $4"
+            ))
+            .bind(after_id)
+            .bind(&filter.user_id)
+            .bind(&filter.event)
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await;
+            Ok(observed("audit_events_after", r)?
+                .into_iter()
+                .map(|row| (row.id, row.event))
+                .collect())
+        }
+
+        async fn last_audit_id(&self) -> Result<i64, StoreError> {
+            let r = sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(id) FROM audit_events")
+                .fetch_one(&self.pool)
+                .await;
+            Ok(observed("last_audit_id", r)?.unwrap_or(0))
+        }
+
         async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
             let r = sqlx::query("DELETE FROM audit_events WHERE time < $1")
                 .bind(before)
@@ -329,6 +367,22 @@ macro_rules! impl_store {
             .fetch_all(&self.pool)
             .await;
             observed("tokens", r)?.into_iter().map(TokenRow::into_record).collect()
+        }
+
+        async fn count_tokens_expiring(
+            &self,
+            now: DateTime<Utc>,
+            until: DateTime<Utc>,
+        ) -> Result<i64, StoreError> {
+            let r = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM tokens \
+                 WHERE enabled AND expires_at IS NOT NULL AND expires_at > $1 AND expires_at <= $2",
+            )
+            .bind(now)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await;
+            observed("count_tokens_expiring", r)
         }
 
         async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<TokenRecord>, StoreError> {

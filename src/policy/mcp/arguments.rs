@@ -1,6 +1,6 @@
 //! Owner rules for the `arguments` of one `tools/call`.
 //!
-//! Top-level user arguments follow the acceptance rule of DESIGN.md §3 (via
+//! Top-level user arguments follow the acceptance rule of docs/design.md §3 (via
 //! [`check_requested_user`]): forwarded as the scope, or as the user an admin
 //! names; all of them must agree; a missing one is injected when the rule says
 //! so. For non-admin tokens a user key found deeper (`filters`, `metadata`,

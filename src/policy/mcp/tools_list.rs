@@ -1,5 +1,5 @@
 //! `tools/list` results: which request ids to watch, and hiding from a result
-//! the tools a token may not call (DESIGN.md §5). Hiding is a courtesy to the
+//! the tools a token may not call (docs/design.md §5). Hiding is a courtesy to the
 //! client; the calls themselves are what the policy enforces.
 
 use serde_json::Value;

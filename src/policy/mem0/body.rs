@@ -1,7 +1,7 @@
 //! Owner rules for JSON bodies: every `user_id` a body carries, at any depth,
 //! must be one the caller may name, and is rewritten to the effective scope.
 //!
-//! The top-level `user_id` follows the acceptance rule (DESIGN.md §3), which is
+//! The top-level `user_id` follows the acceptance rule (docs/design.md §3), which is
 //! where an admin names another user. Any `user_id` deeper down (`metadata`,
 //! `filters` under `AND`/`OR`/`NOT`, anything else) is read as a filter
 //! condition and must select only that user: a plain string, `{"eq": s}` or

@@ -12,7 +12,7 @@ use crate::policy::json::Cursor;
 /// `user_id` is exactly `scope`: mem0 always sets `user_id` on list and search
 /// items of a user-scoped query, so an item without one was stored by someone
 /// else (agent- or run-only) and is dropped too. Not for history responses,
-/// whose rows carry no user_id (DESIGN.md §4).
+/// whose rows carry no user_id (docs/design.md §4).
 pub fn filter_results(scope: &str, response: Value) -> (Value, usize) {
     match response {
         Value::Array(items) => {

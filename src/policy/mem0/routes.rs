@@ -1,4 +1,4 @@
-//! The mem0 REST route table (DESIGN.md §4): which (method, path) pairs memgate
+//! The mem0 REST route table (docs/design.md §4): which (method, path) pairs memgate
 //! knows, what permission each needs, and what the policy must do with it.
 
 use crate::policy::Permission;
@@ -36,7 +36,7 @@ pub(super) enum BodyUse {
 }
 
 impl Route {
-    /// A stable label for metrics and audit (`route` in DESIGN.md §7).
+    /// A stable label for metrics and audit (`route` in docs/design.md §7).
     pub fn label(self) -> &'static str {
         match self {
             Route::CreateMemories => "POST /memories",
