@@ -2,7 +2,10 @@
 //! single-tenant MCP server per scope (`support/single_tenant_mcp.py`, which
 //! serves the user named by `MEM0_USER` in its environment, like the Mem0 MCP
 //! Server stack's server) and stops it when idle, to make room, when it
-//! crashed, and when memgate stops or is killed.
+//! crashed, and when memgate stops or is killed. With `transport = "stdio"`
+//! the same server speaks over its stdin and stdout
+//! (`support/single_tenant_mcp_stdio.py`), and so does the published
+//! reference server `@modelcontextprotocol/server-memory`.
 
 mod support;
 
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::sdk::SdkClient;
 use support::*;
 
 const STEP: Duration = Duration::from_secs(20);
@@ -77,10 +81,21 @@ async fn env_running(args: &str, spawn_extra: &str) -> Env {
         (SHARED.0.into(), SHARED.1.into()),
     ];
     let dir_path = dir.path().display().to_string();
+    let rules: String = [
+        ("env_names", "read"),
+        ("echo_after", "read"),
+        ("read_graph", "read"),
+        ("search_nodes", "read"),
+        ("create_entities", "write"),
+    ]
+    .iter()
+    .map(|(tool, permission)| {
+        format!("[mcp.tools.{tool}]\npermission = \"{permission}\"\nscoped_by = \"upstream\"\n\n")
+    })
+    .collect();
     cfg.extra = format!(
-        "[mcp.tools.env_names]\npermission = \"read\"\nscoped_by = \"upstream\"\n\n\
-         [mcp.spawn]\ncommand = {python:?}\nargs = {args}\n\
-         env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\" }}\n\
+        "{rules}[mcp.spawn]\ncommand = {python:?}\nargs = {args}\n\
+         env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\", RECEIVED_LOG = \"{dir_path}/received-{{scope}}\" }}\n\
          cwd = \"{dir_path}/scopes/{{scope}}\"\ninherit_env = [{shared:?}]\n\
          stop_grace_secs = 2\n{spawn_extra}\n",
         python = python(),
@@ -250,6 +265,7 @@ async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given()
         "TZ",
         "MEM0_USER",
         "PID_LOG",
+        "RECEIVED_LOG",
         SHARED.0,
     ]
     .into();
@@ -503,5 +519,315 @@ async fn a_child_that_never_listens_or_cannot_start_gets_503() {
             .metric("memgate_upstream_spawns_total{result=\"failed\"}")
             .await,
         1.0
+    );
+}
+
+// --- transport = "stdio" -----------------------------------------------------
+
+fn stdio_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/single_tenant_mcp_stdio.py")
+}
+
+/// A memgate spawning the stdio test server per scope; each child logs what
+/// it reads to `received-<scope>` in the test's directory.
+async fn stdio_env(spawn_extra: &str) -> Env {
+    let args = format!("[{:?}]", stdio_script().display().to_string());
+    env_running(&args, &format!("transport = \"stdio\"\n{spawn_extra}")).await
+}
+
+impl Env {
+    /// The messages the scope's children read, in order.
+    fn received(&self, scope: &str) -> Vec<Value> {
+        let path = self.dir.path().join(format!("received-{scope}"));
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+type RmcpClient = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+/// rmcp's Streamable HTTP client, initialized through memgate with `token`.
+async fn rmcp_client(gate: &Memgate, token: &str) -> RmcpClient {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let headers = [(
+        reqwest::header::HeaderName::from_static("x-mcp-token"),
+        reqwest::header::HeaderValue::from_str(token).unwrap(),
+    )]
+    .into_iter()
+    .collect();
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(gate.mcp_url("/mcp")).custom_headers(headers);
+    tokio::time::timeout(
+        STEP,
+        ().serve(StreamableHttpClientTransport::from_config(config)),
+    )
+    .await
+    .expect("rmcp initialize in time")
+    .expect("rmcp initialize through memgate")
+}
+
+/// An rmcp tool call that must succeed: its structured result, else its
+/// first text parsed as JSON.
+async fn rmcp_call(client: &RmcpClient, tool: &str, arguments: Value) -> Value {
+    let params = rmcp::model::CallToolRequestParams::new(tool.to_string())
+        .with_arguments(arguments.as_object().cloned().expect("object arguments"));
+    let result = tokio::time::timeout(STEP, client.call_tool(params))
+        .await
+        .expect("tool call in time")
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+    if let Some(structured) = result.structured_content {
+        return structured;
+    }
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+#[tokio::test]
+async fn stdio_scopes_get_their_own_processes_and_data_through_real_clients() {
+    let env = stdio_env("").await;
+    let gate = &env.gate;
+    let (alice, bob) = (
+        gate.create_token("alice", &[]),
+        gate.create_token("bob", &[]),
+    );
+    let alice_client = rmcp_client(gate, &alice).await;
+    let bob_client = rmcp_client(gate, &bob).await;
+    let tools = alice_client.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "add_coding_preference"));
+
+    let added = rmcp_call(
+        &alice_client,
+        "add_coding_preference",
+        json!({"text": "tabs"}),
+    )
+    .await;
+    assert_eq!(added, json!({"user": "alice", "added": "tabs"}));
+    let bobs = rmcp_call(&bob_client, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(
+        bobs,
+        json!({"user": "bob", "results": []}),
+        "bob sees alice's"
+    );
+    let alices = rmcp_call(&alice_client, "get_all_coding_preferences", json!({})).await;
+    assert_eq!(alices, json!({"user": "alice", "results": ["tabs"]}));
+
+    let pids = env.pids();
+    assert_eq!((pids["alice"].len(), pids["bob"].len()), (1, 1), "{pids:?}");
+    assert_ne!(pids["alice"][0], pids["bob"][0]);
+    let bob_read = serde_json::to_string(&env.received("bob")).unwrap();
+    assert!(!bob_read.contains("tabs"), "bob's child saw {bob_read}");
+    assert!(
+        env.received("alice")
+            .iter()
+            .any(|m| m["params"]["arguments"]["text"] == "tabs")
+    );
+    let names = rmcp_call(&alice_client, "env_names", json!({})).await;
+    let names: BTreeSet<String> = serde_json::from_value(names["names"].clone()).unwrap();
+    assert!(
+        names.contains("MEM0_USER") && !names.contains(SECRET.0),
+        "{names:?}"
+    );
+
+    // The official Python SDK, in a session of its own on bob's child.
+    if SdkClient::Python1.ready() {
+        let calls = json!([{"tool": "get_all_coding_preferences", "arguments": {}}]);
+        let run = SdkClient::Python1
+            .run(&gate.mcp_url("/mcp"), &bob, &calls, &[], STEP)
+            .await;
+        assert!(run.success, "{}", run.describe());
+        let results = run.calls();
+        assert_eq!(
+            results[0]["result"]["structuredContent"],
+            json!({"user": "bob", "results": []}),
+            "{}",
+            run.describe()
+        );
+        assert_eq!(
+            env.pids()["bob"].len(),
+            1,
+            "a second session started a second child"
+        );
+    }
+    alice_client.cancel().await.ok();
+    bob_client.cancel().await.ok();
+
+    let log = gate.log();
+    let pid = pids["alice"][0];
+    assert!(
+        log.lines()
+            .any(|l| l.contains("single-tenant stdio MCP server for 'alice'")
+                && l.contains(&format!("pid={pid}"))),
+        "the child's stderr is not logged with its pid:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not JSON-RPC") && l.contains("starting up")),
+        "the non-JSON stdout line is not logged:\n{log}"
+    );
+}
+
+/// Posts one message on `session` and returns the reply's content type and
+/// body text.
+async fn post_raw(
+    gate: &Memgate,
+    token: &str,
+    session: &str,
+    body: &Value,
+) -> (u16, String, String) {
+    let resp = http()
+        .post(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", token)
+        .header("Mcp-Session-Id", session)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /mcp");
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, kind, resp.text().await.unwrap_or_default())
+}
+
+fn echo_after(id: u64, text: &str, ms: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "echo_after", "arguments": {"text": text, "ms": ms}}})
+}
+
+#[tokio::test]
+async fn two_sessions_of_one_stdio_child_with_colliding_ids_get_their_own_answers() {
+    let env = stdio_env("").await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let first = session(gate, &alice).await;
+    let second = session(gate, &alice).await;
+    assert_ne!(first, second);
+
+    // Same id on both sessions; the first one's answer comes last.
+    let (slow_call, fast_call) = (echo_after(7, "slow", 400), echo_after(7, "fast", 0));
+    let (slow, fast) = tokio::join!(post(gate, &alice, Some(&first), &slow_call), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(gate, &alice, Some(&second), &fast_call).await
+    });
+    for (reply, text) in [(&slow, "slow"), (&fast, "fast")] {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["id"], 7);
+        assert_eq!(
+            reply.body["result"]["structuredContent"]["echo"], text,
+            "{:?}",
+            reply.body
+        );
+    }
+
+    // A notification about a request before its answer: the answer is an
+    // event stream, with the client's own progress token.
+    let mut with_progress = echo_after(8, "p", 0);
+    with_progress["params"]["_meta"] = json!({"progressToken": "mine"});
+    let (status, kind, text) = post_raw(gate, &alice, &first, &with_progress).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(kind.starts_with("text/event-stream"), "{kind}: {text}");
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0]["method"], "notifications/progress");
+    assert_eq!(events[0]["params"]["progressToken"], "mine");
+    assert_eq!(events[1]["id"], 8);
+
+    // A batch answers as a batch, in the client's ids.
+    let batch = json!([echo_after(1, "a", 50), echo_after(2, "b", 0)]);
+    let reply = post(gate, &alice, Some(&second), &batch).await;
+    let mut ids: Vec<u64> = reply
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("{:?}", reply.body))
+        .iter()
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2]);
+
+    // The child was initialized once, and never saw a client's own ids.
+    let received = env.received("alice");
+    let count = |method: &str| received.iter().filter(|m| m["method"] == method).count();
+    assert_eq!(count("initialize"), 1, "{received:?}");
+    assert_eq!(count("notifications/initialized"), 1, "{received:?}");
+    let calls: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["method"] == "tools/call")
+        .collect();
+    let ids: BTreeSet<String> = calls.iter().map(|m| m["id"].to_string()).collect();
+    assert_eq!(
+        ids.len(),
+        calls.len(),
+        "ids repeated at the child: {calls:?}"
+    );
+    assert_ne!(
+        calls[2]["params"]["_meta"]["progressToken"], "mine",
+        "progress tokens are the bridge's at the child"
+    );
+    assert_eq!(env.pids()["alice"].len(), 1);
+
+    // Ending one session leaves the other working.
+    let ended = http()
+        .delete(gate.mcp_url("/mcp"))
+        .header("X-MCP-Token", &alice)
+        .header("Mcp-Session-Id", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    let ping = json!({"jsonrpc": "2.0", "id": 3, "method": "ping"});
+    assert_eq!(post(gate, &alice, Some(&first), &ping).await.status, 404);
+    assert_eq!(post(gate, &alice, Some(&second), &ping).await.status, 200);
+}
+
+#[tokio::test]
+async fn legacy_sse_reaches_a_stdio_child() {
+    if !SdkClient::Python1.ready() {
+        return;
+    }
+    let env = stdio_env("").await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let calls = json!([
+        {"tool": "add_coding_preference", "arguments": {"text": "spaces"}},
+        {"tool": "get_all_coding_preferences", "arguments": {}},
+    ]);
+    let run = SdkClient::Python1
+        .run(&gate.mcp_url("/sse"), &alice, &calls, &["--sse"], STEP)
+        .await;
+    assert!(run.success, "{}", run.describe());
+    let results = run.calls();
+    assert_eq!(
+        results[1]["result"]["structuredContent"],
+        json!({"user": "alice", "results": ["spaces"]}),
+        "{}",
+        run.describe()
+    );
+    let received = env.received("alice");
+    assert!(
+        received
+            .iter()
+            .any(|m| m["params"]["arguments"]["text"] == "spaces"),
+        "{received:?}"
     );
 }
