@@ -72,6 +72,11 @@ async fn env_with(spawn_extra: &str) -> Env {
 
 /// Like [`env_with`], with the interpreter running `args` (a TOML list).
 async fn env_running(args: &str, spawn_extra: &str) -> Env {
+    env_command(&python(), args, spawn_extra).await
+}
+
+/// Like [`env_with`], running `command` with `args` (a TOML list).
+async fn env_command(command: &str, args: &str, spawn_extra: &str) -> Env {
     let db = TestDb::new(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = MemgateConfig::new(&db.url, "http://127.0.0.1:9");
@@ -94,11 +99,11 @@ async fn env_running(args: &str, spawn_extra: &str) -> Env {
     })
     .collect();
     cfg.extra = format!(
-        "{rules}[mcp.spawn]\ncommand = {python:?}\nargs = {args}\n\
-         env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\", RECEIVED_LOG = \"{dir_path}/received-{{scope}}\" }}\n\
+        "{rules}[mcp.spawn]\ncommand = {command:?}\nargs = {args}\n\
+         env = {{ MEM0_USER = \"{{scope}}\", PID_LOG = \"{dir_path}/pids\", \
+         RECEIVED_LOG = \"{dir_path}/received-{{scope}}\", FAIL_IF_EXISTS = \"{dir_path}/fail\" }}\n\
          cwd = \"{dir_path}/scopes/{{scope}}\"\ninherit_env = [{shared:?}]\n\
          stop_grace_secs = 2\n{spawn_extra}\n",
-        python = python(),
         shared = SHARED.0,
     );
     let gate = Memgate::start(cfg).await;
@@ -266,6 +271,7 @@ async fn each_scope_gets_its_own_process_with_only_the_environment_it_is_given()
         "MEM0_USER",
         "PID_LOG",
         "RECEIVED_LOG",
+        "FAIL_IF_EXISTS",
         SHARED.0,
     ]
     .into();
@@ -830,4 +836,241 @@ async fn legacy_sse_reaches_a_stdio_child() {
             .any(|m| m["params"]["arguments"]["text"] == "spaces"),
         "{received:?}"
     );
+}
+
+/// Reads `stream` until its text, spaces removed, holds `needle`; returns
+/// all it read.
+async fn read_until(stream: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    let found = |text: &str| text.replace(' ', "").contains(needle);
+    let read = tokio::time::timeout(STEP, async {
+        while !found(&text) {
+            match stream.chunk().await {
+                Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok() && found(&text), "no {needle:?} in {text:?}");
+    text
+}
+
+/// Opens a legacy SSE session: the stream and the path its `endpoint`
+/// event (the first) names.
+async fn legacy_session(gate: &Memgate, token: &str) -> (reqwest::Response, String) {
+    let mut stream = reqwest::Client::new()
+        .get(gate.mcp_url("/sse"))
+        .header("X-MCP-Token", token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(stream.status(), 200);
+    let text = read_until(&mut stream, "\n\n").await;
+    let endpoint = text
+        .lines()
+        .skip_while(|l| *l != "event: endpoint")
+        .find_map(|l| l.strip_prefix("data: "))
+        .filter(|e| e.contains("session_id="))
+        .unwrap_or_else(|| panic!("no endpoint event in {text:?}"))
+        .trim()
+        .to_string();
+    (stream, endpoint)
+}
+
+async fn post_legacy(gate: &Memgate, token: &str, endpoint: &str, body: &Value) -> u16 {
+    http()
+        .post(gate.mcp_url(endpoint))
+        .header("X-MCP-Token", token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /messages/")
+        .status()
+        .as_u16()
+}
+
+async fn legacy_session_is_forgotten_when_its_child_exits(stdio: bool) {
+    let env = if stdio {
+        stdio_env("").await
+    } else {
+        env_with("").await
+    };
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let (mut stream, old) = legacy_session(gate, &alice).await;
+    let ping = |id: u64| json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+    assert_eq!(post_legacy(gate, &alice, &old, &ping(41)).await, 202);
+    read_until(&mut stream, "\"id\":41").await;
+    let first = env.pid_of("alice");
+    kill(first, libc::SIGKILL);
+    assert!(gone_within(first, STEP).await);
+    let forgotten = within(STEP, || async {
+        post_legacy(gate, &alice, &old, &ping(42)).await == 404
+    })
+    .await;
+    assert!(
+        forgotten.is_some(),
+        "the dead child's legacy session still works"
+    );
+
+    let (mut stream, new) = legacy_session(gate, &alice).await;
+    assert_ne!(new, old);
+    assert_eq!(post_legacy(gate, &alice, &new, &ping(43)).await, 202);
+    read_until(&mut stream, "\"id\":43").await;
+    assert_ne!(env.pid_of("alice"), first, "not restarted");
+    assert_eq!(post_legacy(gate, &alice, &old, &ping(44)).await, 404);
+}
+
+#[tokio::test]
+async fn a_legacy_session_is_forgotten_when_its_http_child_exits() {
+    legacy_session_is_forgotten_when_its_child_exits(false).await;
+}
+
+#[tokio::test]
+async fn a_legacy_session_is_forgotten_when_its_stdio_child_exits() {
+    legacy_session_is_forgotten_when_its_child_exits(true).await;
+}
+
+#[tokio::test]
+async fn a_child_that_keeps_failing_to_start_backs_off_until_one_starts() {
+    let env = stdio_env("").await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let fail = env.dir.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let started = Instant::now();
+    let mut retry_after = Vec::new();
+    while started.elapsed() < Duration::from_millis(3500) {
+        let reply = post(gate, &alice, None, &initialize()).await;
+        assert_ne!(reply.status, 200, "{:?}", reply.body);
+        if reply.status == 503 {
+            let secs: u64 = reply.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            retry_after.push(secs);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Starts at about 0 s, 1 s and 3 s: each failure doubles the wait.
+    let starts = env.pids()["alice"].len();
+    assert!((2..=3).contains(&starts), "{starts} starts in 3.5 s");
+    assert!(retry_after.len() > 20, "{retry_after:?}");
+    assert!(retry_after.iter().any(|s| *s >= 2), "{retry_after:?}");
+    let failures = || {
+        gate.log()
+            .lines()
+            .filter(|l| l.contains("failed to start"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let logged = within(STEP, || async {
+        failures().len() == env.pids()["alice"].len()
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "one log line per failure: {:?}",
+        failures()
+    );
+
+    std::fs::remove_file(&fail).unwrap();
+    let served = within(Duration::from_secs(10), || async {
+        post(gate, &alice, None, &initialize()).await.status == 200
+    })
+    .await;
+    assert!(served.is_some(), "no start once the command works");
+
+    // The good start forgot the failures: the next failure waits 1 s.
+    std::fs::write(&fail, "").unwrap();
+    let before = failures().len();
+    kill(env.pid_of("alice"), libc::SIGKILL);
+    let failed = within(STEP, || async {
+        post(gate, &alice, None, &initialize()).await;
+        failures().len() > before
+    })
+    .await;
+    assert!(failed.is_some());
+    let last = failures().pop().unwrap();
+    assert!(last.contains("retry_after_secs=1"), "{last}");
+}
+
+fn server_memory() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+}
+
+#[tokio::test]
+async fn the_reference_memory_server_keeps_alice_and_bob_apart() {
+    // `.ci/run` installs it with the TypeScript SDK (tests/clients).
+    if !SdkClient::TypeScript.ready() {
+        return;
+    }
+    assert!(
+        server_memory().exists(),
+        "{} is missing: run `npm ci` in tests/clients",
+        server_memory().display()
+    );
+    // Its file goes in the scope's own directory (`cwd` takes the scope's
+    // host label, so no user id can point it elsewhere).
+    let args = format!(
+        "[\"-c\", \"MEMORY_FILE_PATH=\\\"$PWD/memory.jsonl\\\" exec node {}\"]",
+        server_memory().display()
+    );
+    let env = env_command("sh", &args, "transport = \"stdio\"").await;
+    let gate = &env.gate;
+    let (alice, bob) = (
+        gate.create_token("alice", &[]),
+        gate.create_token("bob", &[]),
+    );
+    let alice_client = rmcp_client(gate, &alice).await;
+    let bob_client = rmcp_client(gate, &bob).await;
+    let created = rmcp_call(
+        &alice_client,
+        "create_entities",
+        json!({"entities": [{"name": "alice-secret", "entityType": "note",
+                             "observations": ["prefers tabs"]}]}),
+    )
+    .await;
+    assert!(created.to_string().contains("alice-secret"), "{created}");
+    rmcp_call(
+        &bob_client,
+        "create_entities",
+        json!({"entities": [{"name": "bob-note", "entityType": "note", "observations": []}]}),
+    )
+    .await;
+
+    let bob_graph = rmcp_call(&bob_client, "read_graph", json!({}))
+        .await
+        .to_string();
+    assert!(bob_graph.contains("bob-note"), "{bob_graph}");
+    assert!(
+        !bob_graph.contains("alice-secret"),
+        "bob sees alice's: {bob_graph}"
+    );
+    let bob_search = rmcp_call(&bob_client, "search_nodes", json!({"query": "tabs"}))
+        .await
+        .to_string();
+    assert!(!bob_search.contains("alice-secret"), "{bob_search}");
+    let alice_search = rmcp_call(&alice_client, "search_nodes", json!({"query": "tabs"}))
+        .await
+        .to_string();
+    assert!(alice_search.contains("alice-secret"), "{alice_search}");
+    let alice_graph = rmcp_call(&alice_client, "read_graph", json!({}))
+        .await
+        .to_string();
+    assert!(!alice_graph.contains("bob-note"), "{alice_graph}");
+
+    let file = |scope: &str| {
+        std::fs::read_to_string(env.dir.path().join(format!("scopes/{scope}/memory.jsonl")))
+            .unwrap_or_default()
+    };
+    assert!(file("alice").contains("alice-secret") && !file("alice").contains("bob-note"));
+    assert!(file("bob").contains("bob-note") && !file("bob").contains("alice-secret"));
+    alice_client.cancel().await.ok();
+    bob_client.cancel().await.ok();
 }

@@ -12,7 +12,9 @@ notification first when the request carries a progress token.
 It writes one line of text that is not JSON on stdout at start (a
 well-behaved proxy drops it) and a greeting on stderr. If PID_LOG is set,
 it appends "USER PID" to that file at start; if RECEIVED_LOG is set, it
-appends every message it reads to that file, one JSON line each.
+appends every message it reads to that file, one JSON line each. If the
+file FAIL_IF_EXISTS names exists, it exits with status 1 at once (after
+PID_LOG), like a server that cannot start.
 """
 
 import json
@@ -107,6 +109,8 @@ def main():
     if os.environ.get("PID_LOG"):
         with open(os.environ["PID_LOG"], "a") as log:
             log.write(f"{USER} {os.getpid()}\n")
+    if os.path.exists(os.environ.get("FAIL_IF_EXISTS") or "/nonexistent/"):
+        sys.exit(1)
     received = os.environ.get("RECEIVED_LOG")
     print(f"single-tenant stdio MCP server for {USER!r}", file=sys.stderr, flush=True)
     with OUT:
