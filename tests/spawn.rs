@@ -804,6 +804,18 @@ async fn two_sessions_of_one_stdio_child_with_colliding_ids_get_their_own_answer
     let ping = json!({"jsonrpc": "2.0", "id": 3, "method": "ping"});
     assert_eq!(post(gate, &alice, Some(&first), &ping).await.status, 404);
     assert_eq!(post(gate, &alice, Some(&second), &ping).await.status, 200);
+
+    // A request in flight when the child dies gets an error at once.
+    let pid = env.pid_of("alice");
+    let stuck_call = echo_after(9, "never", 30_000);
+    let started = Instant::now();
+    let (stuck, ()) = tokio::join!(post(gate, &alice, Some(&second), &stuck_call), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        kill(pid, libc::SIGKILL);
+    });
+    assert_eq!(stuck.status, 502, "{:?}", stuck.body);
+    assert_eq!(stuck.body["error"]["code"], -32603, "{:?}", stuck.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
