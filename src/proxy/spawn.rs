@@ -1080,6 +1080,31 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    #[test]
+    fn failed_starts_wait_twice_as_long_each_time_up_to_a_minute() {
+        let now = Instant::now();
+        let mut backoff = None;
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let next = Backoff::after(backoff, now);
+            delays.push(next.delay.as_secs());
+            backoff = Some(next);
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let one = Backoff::after(None, now);
+        assert_eq!(one.remaining_secs(now), Some(1));
+        assert_eq!(
+            one.remaining_secs(now + Duration::from_millis(200)),
+            Some(1)
+        );
+        assert_eq!(one.remaining_secs(now + Duration::from_secs(1)), None);
+        let long = Backoff::after(Some(one), now);
+        assert_eq!(
+            long.remaining_secs(now + Duration::from_millis(500)),
+            Some(2)
+        );
+    }
+
     fn usage(busy: usize, last_used: u64, running: bool) -> Usage {
         Usage {
             busy,

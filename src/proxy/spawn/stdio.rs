@@ -17,7 +17,7 @@
 //! one, else to every open event stream of the scope (all its sessions see
 //! the one process's data anyway).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::http1::body::{BodyReader, Step};
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head::take_request;
+use crate::policy::mcp::{session_id_from_query, session_key};
 
 /// Longest line read from a child's stdout; a longer one is dropped
 /// without being held in memory.
@@ -43,6 +44,9 @@ const MAX_BODY_BYTES: usize = 16 << 20;
 /// Events queued for one open stream; past this the stream's reader is too
 /// slow and new events are dropped (with a log line).
 const STREAM_QUEUE: usize = 1024;
+/// Sessions one child serves at once (as many as the proxy remembers
+/// for it).
+const MAX_SESSIONS: usize = super::MAX_NOTED_SESSIONS;
 /// How much of a non-JSON line the log shows.
 const LOGGED_LINE_CHARS: usize = 200;
 /// JSON-RPC "internal error": the child is gone or cannot be written to.
@@ -100,7 +104,36 @@ struct SessionState {
 struct State {
     pending: HashMap<u64, Pending>,
     sessions: HashMap<String, SessionState>,
+    /// Session ids, oldest first (some may have ended).
+    opened: VecDeque<String>,
     closed: bool,
+}
+
+impl State {
+    /// Adds a session; past [`MAX_SESSIONS`] the oldest ones without an
+    /// open stream are forgotten (their requests then get 404).
+    fn open(&mut self, id: String, session: SessionState) {
+        self.sessions.insert(id.clone(), session);
+        self.opened.push_back(id);
+        let mut kept = VecDeque::new();
+        while self.sessions.len() > MAX_SESSIONS
+            && let Some(old) = self.opened.pop_front()
+        {
+            match self.sessions.get(&old) {
+                Some(s) if s.stream.as_ref().is_some_and(|s| !s.is_closed()) => kept.push_back(old),
+                _ => {
+                    self.sessions.remove(&old);
+                }
+            }
+        }
+        while let Some(old) = kept.pop_back() {
+            self.opened.push_front(old);
+        }
+        if self.opened.len() > 2 * MAX_SESSIONS {
+            let sessions = &self.sessions;
+            self.opened.retain(|id| sessions.contains_key(id));
+        }
+    }
 }
 
 /// One child's bridge; lives as long as the child.
@@ -216,7 +249,7 @@ impl Bridge {
     }
 
     /// One line the child wrote on stdout.
-    pub fn from_child_line(&self, line: &[u8]) {
+    pub fn route_child_line(&self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
@@ -234,8 +267,8 @@ impl Bridge {
             (self.on_first_answer)();
         }
         match message {
-            Value::Array(batch) => batch.into_iter().for_each(|m| self.from_child(m)),
-            message => self.from_child(message),
+            Value::Array(batch) => batch.into_iter().for_each(|m| self.route_child_message(m)),
+            message => self.route_child_message(message),
         }
     }
 
@@ -244,7 +277,7 @@ impl Bridge {
         tracing::warn!(scope = %self.scope, limit = MAX_LINE_BYTES, "the MCP server wrote a line on stdout over the limit; dropped");
     }
 
-    fn from_child(&self, mut message: Value) {
+    fn route_child_message(&self, mut message: Value) {
         let is_answer = message.get("method").is_none()
             && (message.get("result").is_some() || message.get("error").is_some());
         let mut state = self.state();
@@ -390,9 +423,7 @@ impl Bridge {
         if state.closed {
             return None;
         }
-        state
-            .sessions
-            .insert(id.clone(), SessionState { legacy, stream });
+        state.open(id.clone(), SessionState { legacy, stream });
         Some(id)
     }
 
@@ -499,11 +530,14 @@ impl Bridge {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let query_session = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("session_id="))
-                .map(str::to_owned)
-        });
+        // Read as the proxy reads it when it checks the session's owner.
+        let query_session = match session_id_from_query(parts.uri.query()) {
+            Ok(id) => id.map(|id| session_key(&id, true)),
+            Err(_) => {
+                let _ = respond(wr, 400, b"Invalid session_id", None).await;
+                return false;
+            }
+        };
         let result = match (parts.method.as_str(), query_session, header_session) {
             ("POST", Some(session), _) => self.post_legacy(&session, &body, wr).await,
             ("POST", None, session) => self.post(session, &body, rd, wr).await,
@@ -909,7 +943,7 @@ pub fn read_stdout(stdout: impl std::io::Read, bridge: &Bridge) {
             if overlong {
                 bridge.overlong_line();
             } else {
-                bridge.from_child_line(&line);
+                bridge.route_child_line(&line);
             }
             line.clear();
             overlong = false;
@@ -963,7 +997,7 @@ mod tests {
         assert_ne!(first["id"], second["id"]);
         for (sent, answer) in [(&second, "for b"), (&first, "for a")] {
             let line = json!({"jsonrpc": "2.0", "id": sent["id"], "result": {"who": answer}});
-            bridge.from_child_line(line.to_string().as_bytes());
+            bridge.route_child_line(line.to_string().as_bytes());
         }
         let Ok(Heard::Answer(got_a)) = a_rx.try_recv() else {
             panic!("a got nothing")
@@ -997,7 +1031,7 @@ mod tests {
         assert_ne!(mine, json!("tok"));
         let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
             "params": {"progressToken": mine, "progress": 1}});
-        bridge.from_child_line(progress.to_string().as_bytes());
+        bridge.route_child_line(progress.to_string().as_bytes());
         let Ok(Heard::Related(got)) = a_rx.try_recv() else {
             panic!("progress lost")
         };
@@ -1007,7 +1041,7 @@ mod tests {
     #[test]
     fn non_json_lines_are_dropped_and_the_close_fails_what_waits() {
         let (bridge, _lines) = bridge();
-        bridge.from_child_line(b"Starting server...");
+        bridge.route_child_line(b"Starting server...");
         assert!(!bridge.answered());
         let (a, mut a_rx) = mpsc::unbounded_channel();
         bridge.forward_request(
@@ -1028,6 +1062,32 @@ mod tests {
                     Destination::Stream("x".into())
                 )
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn past_the_session_limit_the_oldest_without_a_stream_go() {
+        let mut state = State::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let with_stream = SessionState {
+            legacy: true,
+            stream: Some(tx),
+        };
+        state.open("streaming".into(), with_stream);
+        for i in 0..MAX_SESSIONS {
+            let plain = SessionState {
+                legacy: false,
+                stream: None,
+            };
+            state.open(format!("s{i}"), plain);
+        }
+        assert_eq!(state.sessions.len(), MAX_SESSIONS);
+        assert!(state.sessions.contains_key("streaming"));
+        assert!(!state.sessions.contains_key("s0"));
+        assert!(
+            state
+                .sessions
+                .contains_key(&format!("s{}", MAX_SESSIONS - 1))
         );
     }
 
