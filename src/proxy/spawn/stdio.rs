@@ -427,8 +427,8 @@ impl Bridge {
         Some(id)
     }
 
-    /// The answer to `initialize` (`request`, from `session` or none yet):
-    /// the child's to the first, remembered for the later ones.
+    /// The answer to an `initialize`: the child's own to the first that
+    /// succeeds, its remembered result (with this request's id) to later ones.
     async fn initialize(&self, request: Value) -> Option<Value> {
         let original = request.get("id").cloned().unwrap_or(Value::Null);
         let mut remembered = self.initialized.lock().await;
