@@ -455,8 +455,14 @@ async fn a_crashed_child_is_restarted_and_its_sessions_are_forgotten() {
 
 #[tokio::test]
 async fn no_child_outlives_memgate_stopped_or_killed() {
-    for signal in [libc::SIGTERM, libc::SIGKILL] {
-        let mut env = env_with("").await;
+    let runs = [libc::SIGTERM, libc::SIGKILL].map(|signal| (signal, false));
+    let stdio_runs = [libc::SIGTERM, libc::SIGKILL].map(|signal| (signal, true));
+    for (signal, stdio) in runs.into_iter().chain(stdio_runs) {
+        let mut env = if stdio {
+            stdio_env("").await
+        } else {
+            env_with("").await
+        };
         let (alice, bob) = (
             env.gate.create_token("alice", &[]),
             env.gate.create_token("bob", &[]),
@@ -473,7 +479,7 @@ async fn no_child_outlives_memgate_stopped_or_killed() {
         for pid in pids {
             assert!(
                 gone_within(pid, Duration::from_secs(8)).await,
-                "child {pid} outlived memgate (signal {signal})"
+                "child {pid} outlived memgate (signal {signal}, stdio {stdio})"
             );
         }
     }
