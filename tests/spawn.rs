@@ -89,6 +89,7 @@ async fn env_command(command: &str, args: &str, spawn_extra: &str) -> Env {
     let rules: String = [
         ("env_names", "read"),
         ("echo_after", "read"),
+        ("announce", "read"),
         ("read_graph", "read"),
         ("search_nodes", "read"),
         ("create_entities", "write"),
@@ -763,6 +764,17 @@ async fn two_sessions_of_one_stdio_child_with_colliding_ids_get_their_own_answer
     assert_eq!(events[0]["method"], "notifications/progress");
     assert_eq!(events[0]["params"]["progressToken"], "mine");
     assert_eq!(events[1]["id"], 8);
+
+    // A message the child starts on its own goes to the scope's open streams.
+    let mut stream = open_stream(gate, &alice, &first).await;
+    let announce = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+        "params": {"name": "announce", "arguments": {"text": "hello streams"}}});
+    assert_eq!(
+        post(gate, &alice, Some(&second), &announce).await.status,
+        200
+    );
+    read_until(&mut stream, "hellostreams").await;
+    drop(stream);
 
     // A batch answers as a batch, in the client's ids.
     let batch = json!([echo_after(1, "a", 50), echo_after(2, "b", 0)]);

@@ -5,9 +5,11 @@ environment; MCP is newline-delimited JSON-RPC on stdin and stdout
 (standard library only).
 
 Tools: add_coding_preference {text}, get_all_coding_preferences {},
-env_names {}, and echo_after {text, ms}, answered after ms milliseconds from
+env_names {}, echo_after {text, ms}, answered after ms milliseconds from
 another thread (so answers can overtake each other), with a progress
-notification first when the request carries a progress token.
+notification first when the request carries a progress token, and announce
+{text}, answered at once and followed 100 ms later by a notifications/message
+carrying the text (a message the server starts on its own).
 
 It writes one line of text that is not JSON on stdout at start (a
 well-behaved proxy drops it) and a greeting on stderr. If PID_LOG is set,
@@ -35,6 +37,8 @@ TOOLS = [
      "inputSchema": {"type": "object", "properties": {}}},
     {"name": "env_names", "description": "Environment variable names",
      "inputSchema": {"type": "object", "properties": {}}},
+    {"name": "announce", "description": "Log text a moment later",
+     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
     {"name": "echo_after", "description": "Echo text after a delay",
      "inputSchema": {"type": "object", "properties": {
          "text": {"type": "string"}, "ms": {"type": "integer"}}}},
@@ -62,6 +66,12 @@ def echo_after(rid, args, token):
           "result": tool_result({"user": USER, "echo": args.get("text", "")})})
 
 
+def announce(text):
+    time.sleep(0.1)
+    send({"jsonrpc": "2.0", "method": "notifications/message",
+          "params": {"level": "info", "data": text}})
+
+
 def call_tool(rid, params):
     name, args = params.get("name"), params.get("arguments") or {}
     if name == "add_coding_preference":
@@ -74,6 +84,9 @@ def call_tool(rid, params):
         return tool_result({"user": USER, "results": found})
     if name == "env_names":
         return tool_result({"names": sorted(os.environ.keys())})
+    if name == "announce":
+        threading.Thread(target=announce, args=(args.get("text", ""),), daemon=True).start()
+        return tool_result({"user": USER})
     if name == "echo_after":
         token = (params.get("_meta") or {}).get("progressToken")
         threading.Thread(target=echo_after, args=(rid, args, token), daemon=True).start()
