@@ -1029,6 +1029,48 @@ async fn a_child_that_keeps_failing_to_start_backs_off_until_one_starts() {
     assert!(last.contains("retry_after_secs=1"), "{last}");
 }
 
+#[tokio::test]
+async fn a_stdio_child_that_never_answers_is_stopped_and_backs_off() {
+    let env = env_running(
+        "[\"-c\", \"import time; time.sleep(60)\"]",
+        "transport = \"stdio\"\nready_timeout_secs = 1",
+    )
+    .await;
+    let gate = &env.gate;
+    let alice = gate.create_token("alice", &[]);
+    let started = Instant::now();
+    let silent = post(gate, &alice, None, &initialize()).await;
+    assert_eq!(silent.status, 502, "{:?}", silent.body);
+    assert!(silent.body["error"].is_object(), "{:?}", silent.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = post(gate, &alice, None, &initialize()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    let stopped = within(STEP, || async {
+        gate.metric("memgate_upstream_processes{state=\"running\"}")
+            .await
+            == 0.0
+            && gate
+                .metric("memgate_upstream_processes{state=\"stopping\"}")
+                .await
+                == 0.0
+    })
+    .await;
+    assert!(stopped.is_some(), "the silent child was kept");
+    let log = gate.log();
+    assert_eq!(
+        log.matches("did not answer its first request in time")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("failed to start").count(), 1, "{log}");
+}
+
 fn server_memory() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients/node_modules/@modelcontextprotocol/server-memory/dist/index.js")

@@ -691,16 +691,27 @@ impl Supervisor {
         };
         let (lines, queue) = mpsc::channel();
         let (this, key) = (Arc::downgrade(self), child.key.clone());
-        let bridge = stdio::Bridge::new(
-            &child.key,
-            self.paths.clone(),
-            lines,
-            Box::new(move || {
-                if let Some(this) = this.upgrade() {
-                    this.note_success(&key);
-                }
-            }),
-        );
+        let answered = Box::new(move || {
+            if let Some(this) = this.upgrade() {
+                this.note_success(&key);
+            }
+        });
+        let (this, silent_child) = (Arc::downgrade(self), Arc::downgrade(child));
+        let silent = Box::new(move || {
+            let (Some(this), Some(child)) = (this.upgrade(), silent_child.upgrade()) else {
+                return;
+            };
+            tracing::warn!(scope = %child.key, "the MCP server did not answer its first request in time (mcp.spawn.ready_timeout_secs); stopping it");
+            this.note_failure(&child);
+            this.table_drop_current(&child);
+            this.runtime.spawn(stop(child, this.grace()));
+        });
+        let hooks = stdio::Hooks {
+            answered,
+            silent,
+            ready_timeout: Duration::from_secs(self.spawn.ready_timeout_secs),
+        };
+        let bridge = stdio::Bridge::new(&child.key, self.paths.clone(), lines, hooks);
         let _ = child.bridge.set(bridge.clone());
         let writer = std::thread::Builder::new()
             .name("memgate-child-in".into())

@@ -148,19 +148,28 @@ pub struct Bridge {
     next_id: AtomicU64,
     /// Set once the child wrote a JSON-RPC message: it started properly.
     answered: AtomicBool,
-    on_first_answer: Box<dyn Fn() + Send + Sync>,
+    hooks: Hooks,
     closed: watch::Sender<bool>,
+}
+
+/// What a bridge tells whoever runs its child.
+pub struct Hooks {
+    /// The child wrote its first JSON-RPC message: it started properly.
+    pub answered: Box<dyn Fn() + Send + Sync>,
+    /// The child, silent so far, did not answer its first `initialize`
+    /// within `ready_timeout`: it never got ready.
+    pub silent: Box<dyn Fn() + Send + Sync>,
+    pub ready_timeout: std::time::Duration,
 }
 
 impl Bridge {
     /// A bridge to a child reached through `to_child` (lines, each ending in
-    /// a newline, for the stdin writer). `on_first_answer` runs once, when
-    /// the child's first message is read.
+    /// a newline, for the stdin writer).
     pub fn new(
         scope: &str,
         paths: BridgePaths,
         to_child: std::sync::mpsc::Sender<Vec<u8>>,
-        on_first_answer: Box<dyn Fn() + Send + Sync>,
+        hooks: Hooks,
     ) -> Arc<Bridge> {
         Arc::new(Bridge {
             scope: scope.to_owned(),
@@ -171,7 +180,7 @@ impl Bridge {
             initialized_sent: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             answered: AtomicBool::new(false),
-            on_first_answer,
+            hooks,
             closed: watch::Sender::new(false),
         })
     }
@@ -264,7 +273,7 @@ impl Bridge {
             }
         };
         if !self.answered.swap(true, Ordering::AcqRel) {
-            (self.on_first_answer)();
+            (self.hooks.answered)();
         }
         match message {
             Value::Array(batch) => batch.into_iter().for_each(|m| self.route_child_message(m)),
@@ -436,16 +445,34 @@ impl Bridge {
             return Some(json!({"jsonrpc": "2.0", "id": original, "result": result}));
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.forward_request(request, "", Destination::Post(tx));
-        while let Some(heard) = rx.recv().await {
-            if let Heard::Answer(answer) = heard {
-                if let Some(result) = answer.get("result") {
-                    *remembered = Some(result.clone());
+        let id = self.forward_request(request, "", Destination::Post(tx));
+        let deadline = tokio::time::Instant::now() + self.hooks.ready_timeout;
+        loop {
+            let heard = if self.answered() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(heard) => heard,
+                    Err(_) => {
+                        if let Some(id) = id {
+                            self.abandon(id);
+                        }
+                        (self.hooks.silent)();
+                        return None;
+                    }
                 }
-                return Some(answer);
+            };
+            match heard {
+                Some(Heard::Answer(answer)) => {
+                    if let Some(result) = answer.get("result") {
+                        *remembered = Some(result.clone());
+                    }
+                    return Some(answer);
+                }
+                Some(Heard::Related(_)) => {}
+                None => return None,
             }
         }
-        None
     }
 
     async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
@@ -968,7 +995,16 @@ mod tests {
     fn bridge() -> (Arc<Bridge>, std::sync::mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = std::sync::mpsc::channel();
         (
-            Bridge::new("s", BridgePaths::default(), tx, Box::new(|| {})),
+            Bridge::new(
+                "s",
+                BridgePaths::default(),
+                tx,
+                Hooks {
+                    answered: Box::new(|| {}),
+                    silent: Box::new(|| {}),
+                    ready_timeout: std::time::Duration::from_secs(1),
+                },
+            ),
             rx,
         )
     }
