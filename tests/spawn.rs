@@ -833,6 +833,7 @@ async fn two_sessions_of_one_stdio_child_with_colliding_ids_get_their_own_answer
     });
     assert_eq!(stuck.status, 502, "{:?}", stuck.body);
     assert_eq!(stuck.body["error"]["code"], -32603, "{:?}", stuck.body);
+    assert_eq!(stuck.body["id"], 9, "{:?}", stuck.body);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 

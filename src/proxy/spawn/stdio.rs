@@ -49,6 +49,9 @@ const STREAM_QUEUE: usize = 1024;
 const MAX_SESSIONS: usize = super::MAX_NOTED_SESSIONS;
 /// How much of a non-JSON line the log shows.
 const LOGGED_LINE_CHARS: usize = 200;
+/// The head of an answer that is an event stream.
+const EVENT_STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+    cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
 /// JSON-RPC "internal error": the child is gone or cannot be written to.
 const CHILD_GONE: i64 = -32603;
 
@@ -646,9 +649,11 @@ impl Bridge {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut waiting = 0;
         let mut sent = Vec::new();
+        let mut last_id = Value::Null;
         for message in messages {
             if message.get("method").is_some() && message.get("id").is_some() {
                 waiting += 1;
+                last_id = message["id"].clone();
                 sent.extend(self.forward_request(message, &session, Destination::Post(tx.clone())));
             } else {
                 self.forward_other(message, &session);
@@ -660,6 +665,9 @@ impl Bridge {
             return Ok(true);
         }
         let batch = body.trim_ascii_start().starts_with(b"[");
+        // The id an error about the whole POST names: the request's own
+        // when there is one.
+        let failed_id = if batch { Value::Null } else { last_id };
         let mut answers = Vec::new();
         let mut streaming = false;
         let mut watch_client = true;
@@ -688,7 +696,7 @@ impl Bridge {
                 Some(Heard::Related(message)) => {
                     if !streaming {
                         streaming = true;
-                        wr.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+                        wr.write_all(EVENT_STREAM_HEAD).await?;
                         for answer in answers.iter_mut() {
                             write_chunk(wr, &message_event(answer)).await?;
                             *answer = Value::Null;
@@ -698,11 +706,12 @@ impl Bridge {
                 }
                 None => {
                     // The child is gone: whatever was not answered fails.
+                    let error = child_gone(failed_id);
                     if streaming {
-                        write_chunk(wr, &message_event(&child_gone(Value::Null))).await?;
+                        write_chunk(wr, &message_event(&error)).await?;
                         wr.write_all(LAST_CHUNK).await?;
                     } else {
-                        respond(wr, 502, &to_bytes(&child_gone(Value::Null)), None).await?;
+                        respond(wr, 502, &to_bytes(&error), None).await?;
                     }
                     return Ok(false);
                 }
@@ -820,7 +829,7 @@ impl Bridge {
         rd: &mut OwnedReadHalf,
         wr: &mut OwnedWriteHalf,
     ) -> std::io::Result<()> {
-        wr.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+        wr.write_all(EVENT_STREAM_HEAD).await?;
         if let Some(first) = first {
             write_chunk(wr, first.as_bytes()).await?;
         } else {
