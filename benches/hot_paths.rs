@@ -117,11 +117,7 @@ fn bench_auth(c: &mut Criterion) {
                 authorization: vec![bearer.as_bytes()],
                 ..PresentedHeaders::default()
             };
-            black_box(
-                auth.authenticate(black_box(&h), StoreAccess::Open)
-                    .await
-                    .is_ok(),
-            )
+            black_box(auth.authenticate(black_box(&h), StoreAccess::Open).await.is_ok())
         })
     });
     let unknown = token::generate().expect("token");
@@ -139,11 +135,7 @@ fn bench_auth(c: &mut Criterion) {
                 x_mcp_token: vec![unknown.as_bytes()],
                 ..PresentedHeaders::default()
             };
-            black_box(
-                auth.authenticate(black_box(&h), StoreAccess::Open)
-                    .await
-                    .is_err(),
-            )
+            black_box(auth.authenticate(black_box(&h), StoreAccess::Open).await.is_err())
         })
     });
     group.finish();

@@ -146,9 +146,7 @@ impl RateLimits {
             default_rps: cfg.per_token_rps,
             default_burst: cfg.per_token_burst,
             failed_auth: RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(per_min)),
-            probes: RateLimiter::keyed(
-                Quota::with_period(PROBE_INTERVAL).expect("non-zero period"),
-            ),
+            probes: RateLimiter::keyed(Quota::with_period(PROBE_INTERVAL).expect("non-zero period")),
             blocked: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(60))

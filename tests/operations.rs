@@ -408,11 +408,7 @@ async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second()
     for _ in 0..50 {
         let (status, retry) = get(stale.clone()).await;
         assert_eq!(status, 429);
-        assert_eq!(
-            retry,
-            Some(Duration::from_secs(1)),
-            "retry when a probe is free"
-        );
+        assert_eq!(retry, Some(Duration::from_secs(1)), "retry when a probe is free");
     }
     assert_eq!(
         gate.metric(lookups).await,
