@@ -380,11 +380,6 @@ pub const PORT_PLACEHOLDER: &str = "{port}";
 
 impl SpawnConfig {
     fn validate(&self, upstream: &str) -> Result<(), ConfigError> {
-        if self.transport == SpawnTransport::Stdio {
-            return Err(ConfigError::Unsupported(
-                "mcp.spawn.transport = \"stdio\" is not supported yet".into(),
-            ));
-        }
         if self.command.trim().is_empty() {
             return Err(invalid("mcp.spawn.command", "must name the program to run"));
         }
@@ -410,7 +405,37 @@ impl SpawnConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if self.transport == SpawnTransport::Stdio {
+            return self.validate_stdio(upstream);
+        }
         validate_spawn_upstream(upstream)
+    }
+
+    /// A stdio child has no port: memgate serves it on one of its own.
+    fn validate_stdio(&self, upstream: &str) -> Result<(), ConfigError> {
+        let port_in = |key: &str, values: Vec<&String>| {
+            if values.iter().any(|v| v.contains(PORT_PLACEHOLDER)) {
+                Err(invalid(
+                    key,
+                    "{port} is only for transport = \"http\"; a stdio server speaks on its stdin and stdout",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        port_in("mcp.spawn.command", vec![&self.command])?;
+        port_in("mcp.spawn.args", self.args.iter().collect())?;
+        port_in("mcp.spawn.env", self.env.values().collect())?;
+        port_in("mcp.spawn.cwd", vec![&self.cwd])?;
+        if upstream != SPAWN_UPSTREAM {
+            return Err(invalid(
+                "mcp.upstream",
+                format!(
+                    "{upstream:?} is not used with mcp.spawn.transport = \"stdio\" (memgate serves each child itself); remove it"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1673,10 +1698,9 @@ mod tests {
             "http://localhost:{port}"
         );
         let stdio = format!("{on}\ntransport = \"stdio\"");
-        assert_eq!(
-            from_parts(Some(&stdio), "f", &[]).unwrap_err().to_string(),
-            "mcp.spawn.transport = \"stdio\" is not supported yet"
-        );
+        let c = from_parts(Some(&stdio), "f", &[]).unwrap();
+        assert_eq!(c.mcp.spawn.unwrap().transport, SpawnTransport::Stdio);
+        assert_eq!(c.mcp.upstream, SPAWN_UPSTREAM);
         let cases: &[(&str, &str)] = &[
             ("[mcp.spawn]\nargs = [\"x\"]", "mcp.spawn.command"),
             (
@@ -1700,6 +1724,14 @@ mod tests {
                 "mcp.spawn.inherit_env",
             ),
             ("[mcp.spawn]\ncommand = \"s\"\nbogus = 1", "bogus"),
+            (
+                "[mcp.spawn]\ncommand = \"s\"\ntransport = \"stdio\"\nargs = [\"--port={port}\"]",
+                "mcp.spawn.args",
+            ),
+            (
+                "[mcp]\nupstream = \"http://127.0.0.1:8081\"\n[mcp.spawn]\ncommand = \"s\"\ntransport = \"stdio\"",
+                "mcp.upstream",
+            ),
         ];
         for (text, key) in cases {
             let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();

@@ -183,6 +183,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             spawn,
             background.handle().clone(),
             sessions.clone(),
+            crate::proxy::spawn::BridgePaths {
+                sse: config.mcp.sse_path.clone(),
+                messages: config.mcp.messages_path.clone(),
+            },
         )?)),
         (None, Some(upstreams)) => upstreams,
         (None, None) => Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?),

@@ -9,6 +9,15 @@
 //! sessions it handed out) and an output thread (its lines go to the log).
 //! Requests hold a [`ChildLease`] while they use a child, so a child with a
 //! request in flight or a stream open is never chosen to be stopped.
+//!
+//! A child with `transport = "stdio"` gets a bridge ([`stdio`]) that serves
+//! it on the loopback port an `http` child would listen on, so the proxy
+//! reaches both the same way. A scope whose child failed to start is not
+//! started again for a growing delay ([`Backoff`]).
+
+mod stdio;
+
+pub use stdio::BridgePaths;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -26,7 +35,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::exchange::UpstreamClient;
 use super::upstream::UpstreamTarget;
-use crate::config::{ConfigError, ListenerConfig, PORT_PLACEHOLDER, SpawnConfig, Upstream};
+use crate::config::{
+    ConfigError, ListenerConfig, PORT_PLACEHOLDER, SpawnConfig, SpawnTransport, Upstream,
+};
 use crate::metrics::METRICS;
 use crate::policy::upstream_name::{SCOPE_PLACEHOLDER, USER_PLACEHOLDER, host_label};
 use crate::sessions::SessionBindings;
@@ -41,6 +52,12 @@ const RETRY_AFTER_SECS: u64 = 2;
 const MAX_NOTED_SESSIONS: usize = 4096;
 /// Stack of the waiter and output threads: they only wait and copy lines.
 const SMALL_STACK: usize = 128 * 1024;
+/// The first wait after a failed start, doubled on each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between starts of a scope whose child keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Scopes whose failures are remembered; past this the oldest waits end.
+const MAX_BACKOFFS: usize = 10_000;
 
 /// Why a request cannot have its scope's child now: 503 + `Retry-After`.
 #[derive(Debug)]
@@ -55,6 +72,31 @@ impl NotReady {
             message: message.into(),
             retry_after_secs: RETRY_AFTER_SECS,
         }
+    }
+}
+
+/// The wait before a scope's child may start again after failures in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub until: Instant,
+    pub delay: Duration,
+}
+
+impl Backoff {
+    /// The wait after one more failure at `now`: [`FIRST_BACKOFF`], then
+    /// double the last, at most [`MAX_BACKOFF`].
+    pub fn after(previous: Option<Backoff>, now: Instant) -> Backoff {
+        let delay = previous.map_or(FIRST_BACKOFF, |b| (b.delay * 2).min(MAX_BACKOFF));
+        Backoff {
+            until: now + delay,
+            delay,
+        }
+    }
+
+    /// Whole seconds left at `now` (at least 1), or none when it is over.
+    pub fn remaining_secs(&self, now: Instant) -> Option<u64> {
+        let left = self.until.checked_duration_since(now)?;
+        (!left.is_zero()).then(|| left.as_secs_f64().ceil().max(1.0) as u64)
     }
 }
 
@@ -203,6 +245,10 @@ struct Child {
     last_used: AtomicU64,
     ready: watch::Sender<Readiness>,
     exited: watch::Sender<bool>,
+    /// The bridge serving a stdio child.
+    bridge: OnceLock<Arc<stdio::Bridge>>,
+    /// Its failure to start was counted (once per child).
+    failed: AtomicBool,
     /// Session ids this child handed out, the latest [`MAX_NOTED_SESSIONS`]:
     /// they die with it.
     sessions: Mutex<std::collections::VecDeque<String>>,
@@ -224,6 +270,8 @@ impl Child {
             last_used: AtomicU64::new(now),
             ready: watch::Sender::new(Readiness::Pending),
             exited: watch::Sender::new(false),
+            bridge: OnceLock::new(),
+            failed: AtomicBool::new(false),
             sessions: Mutex::new(std::collections::VecDeque::new()),
         }
     }
@@ -316,6 +364,8 @@ struct Launch {
     args: Vec<String>,
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
+    /// MCP over its stdin and stdout (else both are the log's).
+    stdio: bool,
 }
 
 struct Job {
@@ -323,7 +373,8 @@ struct Job {
     reply: oneshot::Sender<std::io::Result<Spawned>>,
 }
 
-/// A started process and the read end of its output pipe.
+/// A started process and the read end of its output pipe (a stdio child's
+/// stdin and stdout are in `process`).
 struct Spawned {
     process: std::process::Child,
     output: std::io::PipeReader,
@@ -350,6 +401,10 @@ pub struct Supervisor {
     sessions: Arc<SessionBindings>,
     epoch: Instant,
     closing: AtomicBool,
+    /// Where a stdio child's bridge sends legacy SSE clients.
+    paths: BridgePaths,
+    /// Scopes whose child failed to start, by scope key.
+    backoffs: Mutex<HashMap<String, Backoff>>,
 }
 
 impl Supervisor {
@@ -361,6 +416,7 @@ impl Supervisor {
         spawn: &SpawnConfig,
         runtime: tokio::runtime::Handle,
         sessions: Arc<SessionBindings>,
+        paths: BridgePaths,
     ) -> Result<Arc<Supervisor>, ConfigError> {
         let section = key.strip_suffix(".upstream").unwrap_or(key);
         listener.resolved_upstream_headers(section)?;
@@ -387,6 +443,8 @@ impl Supervisor {
             sessions,
             epoch: Instant::now(),
             closing: AtomicBool::new(false),
+            paths,
+            backoffs: Mutex::new(HashMap::new()),
         });
         runtime.spawn(reap_idle(Arc::downgrade(&supervisor)));
         Ok(supervisor)
@@ -438,6 +496,16 @@ impl Supervisor {
             return Ok((ChildLease::new(child.clone(), self.epoch), false));
         }
         table.current.remove(&key);
+        if let Some(secs) = self
+            .backoffs()
+            .get(&key)
+            .and_then(|b| b.remaining_secs(Instant::now()))
+        {
+            return Err(NotReady {
+                message: "This scope's MCP server failed to start; retry later".into(),
+                retry_after_secs: secs,
+            });
+        }
         if table.current.len() >= self.spawn.max_processes {
             let usage = table.current.iter().map(|(k, c)| (k.clone(), c.usage()));
             let Some(victim) = least_recently_used(usage) else {
@@ -470,6 +538,40 @@ impl Supervisor {
         Duration::from_secs(self.spawn.stop_grace_secs)
     }
 
+    fn backoffs(&self) -> MutexGuard<'_, HashMap<String, Backoff>> {
+        self.backoffs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `child` failed to start: its scope waits before the next start. Once
+    /// per child, so the log has one line per failure.
+    fn note_failure(&self, child: &Child) {
+        if child.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now = Instant::now();
+        let mut backoffs = self.backoffs();
+        if backoffs.len() >= MAX_BACKOFFS {
+            backoffs.retain(|_, b| b.until > now);
+        }
+        let backoff = Backoff::after(backoffs.get(&child.key).copied(), now);
+        backoffs.insert(child.key.clone(), backoff);
+        tracing::warn!(
+            scope = %child.key,
+            retry_after_secs = backoff.delay.as_secs(),
+            "the MCP server failed to start; the scope's next start waits (doubling up to {} s while it keeps failing)",
+            MAX_BACKOFF.as_secs()
+        );
+    }
+
+    /// `key`'s child started properly: its failures are forgotten.
+    fn note_success(&self, key: &str) {
+        self.backoffs().remove(key);
+    }
+
+    fn stdio(&self) -> bool {
+        self.spawn.transport == SpawnTransport::Stdio
+    }
+
     fn client_for(
         &self,
         scope: &str,
@@ -494,6 +596,7 @@ impl Supervisor {
                 std::env::var(name).ok()
             }),
             cwd,
+            stdio: self.stdio(),
         }
     }
 
@@ -507,9 +610,13 @@ impl Supervisor {
         };
         let launch = self.launch(&vars);
         let outcome = match self.run(launch).await {
-            Ok(process) => {
-                self.watch(&child, process);
-                self.await_port(&child).await
+            Ok(mut spawned) => {
+                let pipes = (spawned.process.stdin.take(), spawned.process.stdout.take());
+                self.watch(&child, spawned);
+                match pipes {
+                    (Some(stdin), Some(stdout)) => self.open_bridge(&child, stdin, stdout).await,
+                    _ => self.await_port(&child).await,
+                }
             }
             Err(e) => {
                 tracing::error!(scope = %child.key, error = %e, "cannot start the MCP server");
@@ -522,14 +629,26 @@ impl Supervisor {
         let result = outcome.err().unwrap_or("ok");
         METRICS.upstream_spawns.with_label_values(&[result]).inc();
         if result == "ok" {
+            // A stdio child has started properly once it answers.
+            if !self.stdio() {
+                self.note_success(&child.key);
+            }
             Child::set_phase(&mut child.phase(), Phase::Running);
             child.ready.send_replace(Readiness::Ready);
+            // The waiter marks the exit before it reads the readiness: one
+            // of the two sees the other and counts a stdio child that ended
+            // before it answered.
+            if *child.phase() == Phase::Exited && child.bridge.get().is_some_and(|b| !b.answered())
+            {
+                self.note_failure(&child);
+            }
             if self.closing.load(Ordering::Acquire) {
                 self.runtime.spawn(stop(child.clone(), self.grace()));
             }
             return;
         }
         child.ready.send_replace(Readiness::Failed);
+        self.note_failure(&child);
         if result == "timeout" {
             tracing::warn!(scope = %child.key, "the MCP server did not accept connections in time (mcp.spawn.ready_timeout_secs); stopping it");
         }
@@ -553,6 +672,67 @@ impl Supervisor {
         answer
             .await
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+
+    /// Serves a stdio child on its port: a thread writes its stdin, one
+    /// reads its stdout into the bridge, and the bridge listens.
+    async fn open_bridge(
+        self: &Arc<Self>,
+        child: &Arc<Child>,
+        stdin: std::process::ChildStdin,
+        stdout: std::process::ChildStdout,
+    ) -> Result<(), &'static str> {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", child.port)).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(scope = %child.key, port = child.port, error = %e, "cannot listen for a stdio MCP server");
+                return Err("failed");
+            }
+        };
+        let (lines, queue) = mpsc::channel();
+        let (this, key) = (Arc::downgrade(self), child.key.clone());
+        let answered = Box::new(move || {
+            if let Some(this) = this.upgrade() {
+                this.note_success(&key);
+            }
+        });
+        let (this, silent_child) = (Arc::downgrade(self), Arc::downgrade(child));
+        let silent = Box::new(move || {
+            let (Some(this), Some(child)) = (this.upgrade(), silent_child.upgrade()) else {
+                return;
+            };
+            tracing::warn!(scope = %child.key, "the MCP server did not answer its first request in time (mcp.spawn.ready_timeout_secs); stopping it");
+            this.note_failure(&child);
+            this.table_drop_current(&child);
+            this.runtime.spawn(stop(child, this.grace()));
+        });
+        let hooks = stdio::Hooks {
+            answered,
+            silent,
+            ready_timeout: Duration::from_secs(self.spawn.ready_timeout_secs),
+        };
+        let bridge = stdio::Bridge::new(&child.key, self.paths.clone(), lines, hooks);
+        let _ = child.bridge.set(bridge.clone());
+        let writer = std::thread::Builder::new()
+            .name("memgate-child-in".into())
+            .stack_size(SMALL_STACK)
+            .spawn(move || stdio::write_stdin(stdin, queue));
+        let reading = bridge.clone();
+        let reader = std::thread::Builder::new()
+            .name("memgate-child-out".into())
+            .stack_size(SMALL_STACK)
+            .spawn(move || stdio::read_stdout(stdout, &reading));
+        if let Err(e) = writer.and(reader) {
+            tracing::error!(scope = %child.key, error = %e, "cannot start the threads of a stdio MCP server");
+            bridge.close();
+            return Err("failed");
+        }
+        self.runtime.spawn(bridge.serve(listener));
+        if *child.exited.borrow() {
+            tracing::warn!(scope = %child.key, "the MCP server exited at once");
+            return Err("failed");
+        }
+        Ok(())
     }
 
     /// Polls the child's port until it accepts a connection, the child
@@ -629,13 +809,23 @@ impl Supervisor {
         while let Err(nix::errno::Errno::EINTR) =
             waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
-        {
+        let stopped = {
             let mut phase = child.phase();
             let _ = killpg(pid, Signal::SIGKILL);
+            let stopped = *phase == Phase::Stopping;
             Child::set_phase(&mut phase, Phase::Exited);
-        }
+            stopped
+        };
         let status = process.wait();
         tracing::info!(scope = %child.key, pid = pid.as_raw(), status = ?status.ok(), "MCP server exited");
+        if let Some(bridge) = child.bridge.get() {
+            bridge.close();
+            // A stdio child that ended by itself before it ever answered
+            // did not start properly.
+            if !stopped && !bridge.answered() && *child.ready.borrow() == Readiness::Ready {
+                self.note_failure(child);
+            }
+        }
         self.forget(child);
         let sessions =
             std::mem::take(&mut *child.sessions.lock().unwrap_or_else(|e| e.into_inner()));
@@ -774,10 +964,18 @@ fn spawn_child(launch: Launch) -> std::io::Result<Spawned> {
         .args(&launch.args)
         .env_clear()
         .envs(&launch.env)
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone()?)
-        .stderr(writer)
         .process_group(0);
+    if launch.stdio {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(writer);
+    } else {
+        command
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer);
+    }
     if let Some(cwd) = &launch.cwd {
         command.current_dir(cwd);
     }
@@ -801,8 +999,8 @@ fn spawn_child(launch: Launch) -> std::io::Result<Spawned> {
     })
 }
 
-/// Copies the child's output lines (stdout and stderr share one pipe) to
-/// memgate's log.
+/// Copies the child's output lines (stdout and stderr share one pipe; a
+/// stdio child's stderr alone) to memgate's log.
 fn log_lines(out: std::io::PipeReader, scope: &str, pid: Pid) {
     let reader = BufReader::new(out);
     for line in reader.split(b'\n') {
@@ -891,6 +1089,31 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn failed_starts_wait_twice_as_long_each_time_up_to_a_minute() {
+        let now = Instant::now();
+        let mut backoff = None;
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let next = Backoff::after(backoff, now);
+            delays.push(next.delay.as_secs());
+            backoff = Some(next);
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let one = Backoff::after(None, now);
+        assert_eq!(one.remaining_secs(now), Some(1));
+        assert_eq!(
+            one.remaining_secs(now + Duration::from_millis(200)),
+            Some(1)
+        );
+        assert_eq!(one.remaining_secs(now + Duration::from_secs(1)), None);
+        let long = Backoff::after(Some(one), now);
+        assert_eq!(
+            long.remaining_secs(now + Duration::from_millis(500)),
+            Some(2)
+        );
     }
 
     fn usage(busy: usize, last_used: u64, running: bool) -> Usage {

@@ -7,6 +7,9 @@ initialize hands out an Mcp-Session-Id; other requests need a session it
 handed out (else 404); tools are add_coding_preference {text},
 get_all_coding_preferences {} and env_names {} (the names of its environment
 variables). GET /mcp holds an event stream open until the client leaves.
+Legacy SSE as the MCP Python SDK serves it: GET /sse opens a session whose
+`endpoint` event names /messages/?session_id=HEX; a POST there answers 202
+and the answer goes on that stream (an unknown session gets 404).
 
 Usage: single_tenant_mcp.py PORT. If PID_LOG is set, the process appends
 "USER PID" to that file when it starts.
@@ -14,15 +17,19 @@ Usage: single_tenant_mcp.py PORT. If PID_LOG is set, the process appends
 
 import json
 import os
+import queue
 import sys
 import threading
 import time
 import uuid
+from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 USER = os.environ.get("MEM0_USER", "")
 MEMORIES = []
 SESSIONS = set()
+# Legacy SSE sessions: id -> queue of answers for its stream.
+LEGACY = {}
 LOCK = threading.Lock()
 
 TOOLS = [
@@ -82,45 +89,95 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             return self.headers.get("Mcp-Session-Id") in SESSIONS
 
+    def answer(self, message):
+        """The answer to one message (None for a notification)."""
+        method, rid = message.get("method"), message.get("id")
+        if rid is None:
+            return None
+        if method == "initialize":
+            result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                      "serverInfo": {"name": "single-tenant", "version": "0"}}
+            return {"jsonrpc": "2.0", "id": rid, "result": result}
+        if method == "ping":
+            return {"jsonrpc": "2.0", "id": rid, "result": {}}
+        if method == "tools/list":
+            return {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}}
+        if method == "tools/call":
+            params = message.get("params", {})
+            result = call_tool(params.get("name"), params.get("arguments") or {})
+            if result is not None:
+                return {"jsonrpc": "2.0", "id": rid, "result": result}
+        return {"jsonrpc": "2.0", "id": rid,
+                "error": {"code": -32601, "message": "Method not found"}}
+
+    def post_legacy(self, message):
+        session = (parse_qs(urlsplit(self.path).query).get("session_id") or [""])[0]
+        with LOCK:
+            answers = LEGACY.get(session)
+        if answers is None:
+            return self.send_empty(404)
+        self.send_empty(202)
+        answer = self.answer(message)
+        if answer is not None:
+            answers.put(answer)
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         message = json.loads(self.rfile.read(length) or b"{}")
         method, rid = message.get("method"), message.get("id")
+        if urlsplit(self.path).path == "/messages/":
+            return self.post_legacy(message)
         if self.path != "/mcp":
             return self.send_empty(404)
         if method == "initialize":
             session = uuid.uuid4().hex
             with LOCK:
                 SESSIONS.add(session)
-            result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
-                      "serverInfo": {"name": "single-tenant", "version": "0"}}
-            return self.send_json(200, {"jsonrpc": "2.0", "id": rid, "result": result},
-                                  [("Mcp-Session-Id", session)])
+            return self.send_json(200, self.answer(message), [("Mcp-Session-Id", session)])
         if not self.known_session():
             return self.send_json(404, {"jsonrpc": "2.0", "id": rid,
                                         "error": {"code": -32001, "message": "Session not found"}})
-        if rid is None:
+        answer = self.answer(message)
+        if answer is None:
             return self.send_empty(202)
-        if method == "tools/list":
-            return self.send_json(200, {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}})
-        if method == "tools/call":
-            params = message.get("params", {})
-            result = call_tool(params.get("name"), params.get("arguments") or {})
-            if result is not None:
-                return self.send_json(200, {"jsonrpc": "2.0", "id": rid, "result": result})
-        if method == "ping":
-            return self.send_json(200, {"jsonrpc": "2.0", "id": rid, "result": {}})
-        return self.send_json(200, {"jsonrpc": "2.0", "id": rid,
-                                    "error": {"code": -32601, "message": "Method not found"}})
+        return self.send_json(200, answer)
 
-    def do_GET(self):
-        if self.path != "/mcp" or not self.known_session():
-            return self.send_empty(404)
+    def open_stream(self):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+
+    def write_chunk(self, chunk):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.flush()
+
+    def legacy_stream(self):
+        session, answers = uuid.uuid4().hex, queue.Queue()
+        with LOCK:
+            LEGACY[session] = answers
+        self.open_stream()
+        try:
+            self.write_chunk(f"event: endpoint\ndata: /messages/?session_id={session}\n\n".encode())
+            while True:
+                try:
+                    answer = answers.get(timeout=0.5)
+                    self.write_chunk(b"event: message\ndata: %s\n\n" % json.dumps(answer).encode())
+                except queue.Empty:
+                    self.write_chunk(b": open\n\n")
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
+        finally:
+            with LOCK:
+                LEGACY.pop(session, None)
+
+    def do_GET(self):
+        if self.path == "/sse":
+            return self.legacy_stream()
+        if self.path != "/mcp" or not self.known_session():
+            return self.send_empty(404)
+        self.open_stream()
         try:
             while True:
                 chunk = b": open\n\n"
