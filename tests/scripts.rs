@@ -145,16 +145,6 @@ fn readme_commands_find_the_binary_with_or_without_cargo_target_dir() {
     assert!(incident.contains("xargs -n1 \"$MEMGATE\""), "{incident}");
 }
 
-/// Files that still name the old design file: each is being edited on
-/// another branch. An entry goes once its comment names docs/design.md.
-const OLD_DESIGN_REFERENCES_LEFT: &[&str] = &[
-    "src/auth/denial.rs",
-    "src/auth/mod.rs",
-    "src/proxy/mcp.rs",
-    "src/proxy/spawn.rs",
-    "tests/spawn.rs",
-];
-
 /// The project explains itself: a license file matching Cargo.toml, a
 /// design description every `docs/design.md §N` reference finds a section
 /// in, and no pointer at a design file outside the repository.
@@ -197,7 +187,7 @@ fn the_project_is_self_contained() {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        if text.contains(&old_name) && !OLD_DESIGN_REFERENCES_LEFT.contains(&rel.as_str()) {
+        if text.contains(&old_name) {
             old.push(rel.clone());
         }
         for (at, _) in text.match_indices("docs/design.md §") {

@@ -1,4 +1,4 @@
-//! End to end with `[mcp.spawn]` (DESIGN.md §5a): memgate starts one
+//! End to end with `[mcp.spawn]` (docs/design.md §5a): memgate starts one
 //! single-tenant MCP server per scope (`support/single_tenant_mcp.py`, which
 //! serves the user named by `MEM0_USER` in its environment, like the Mem0 MCP
 //! Server stack's server) and stops it when idle, to make room, when it

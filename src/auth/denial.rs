@@ -1,4 +1,4 @@
-//! Why a request was not authenticated (DESIGN.md §2). Pure, so the fuzz crate
+//! Why a request was not authenticated (docs/design.md §2). Pure, so the fuzz crate
 //! can compile it with `credential.rs` and `token.rs` and nothing else.
 
 /// Why a request was not authenticated. Each kind has its own metric label,

@@ -1,4 +1,4 @@
-//! Authentication (DESIGN.md §1 step 2, §2): credential → identity, through the
+//! Authentication (docs/design.md §1 step 2, §2): credential → identity, through the
 //! token cache, failing closed when the store cannot answer.
 
 mod cache;

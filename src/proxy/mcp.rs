@@ -1,4 +1,4 @@
-//! The MCP listener's request flow (DESIGN.md §5). Every path is proxied; what
+//! The MCP listener's request flow (docs/design.md §5). Every path is proxied; what
 //! memgate adds is: an Origin check and CORS preflights (before
 //! authentication), session ownership, and for JSON-RPC POSTs the pure
 //! `policy::mcp` decision (tool permissions, user and memory-id arguments),

@@ -1,4 +1,4 @@
-//! `[mcp.spawn]` (DESIGN.md §5a): one MCP server process per scope, started
+//! `[mcp.spawn]` (docs/design.md §5a): one MCP server process per scope, started
 //! on the scope's first request and stopped when idle, when another scope
 //! needs its place, or when memgate stops.
 //!
