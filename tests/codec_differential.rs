@@ -115,6 +115,39 @@ enum Framed {
     Both(String, &'static str, Vec<u8>),
 }
 
+/// How a body is framed: not at all, by a length, by chunks, or both.
+fn framed(body: &[u8]) -> impl Strategy<Value = Framed> + use<> {
+    prop_oneof![
+        2 => Just(Framed::None),
+        3 => length_value(body.len()).prop_map(Framed::Length),
+        3 => (encoding_value(), chunked(body.to_vec())).prop_map(|(e, c)| Framed::Chunked(e, c)),
+        1 => (length_value(body.len()), encoding_value(), chunked(body.to_vec()))
+            .prop_map(|(l, e, c)| Framed::Both(l, e, c)),
+    ]
+}
+
+/// Appends the framing headers, the end of the head and the framed body.
+fn finish(out: &mut Vec<u8>, framed: Framed, body: Vec<u8>, unframed: Vec<u8>) {
+    let payload = match framed {
+        Framed::None => unframed,
+        Framed::Length(l) => {
+            out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
+            body
+        }
+        Framed::Chunked(e, c) => {
+            out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
+            c
+        }
+        Framed::Both(l, e, c) => {
+            out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
+            out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
+            c
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&payload);
+}
+
 fn request() -> impl Strategy<Value = Vec<u8>> {
     let body = prop::collection::vec(any::<u8>(), 0..40);
     (
@@ -126,14 +159,7 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         any::<bool>(),
     )
         .prop_flat_map(|(method, target, version, body, hosts, close)| {
-            let framed = prop_oneof![
-                2 => Just(Framed::None),
-                3 => length_value(body.len()).prop_map(Framed::Length),
-                3 => (encoding_value(), chunked(body.clone()))
-                    .prop_map(|(e, c)| Framed::Chunked(e, c)),
-                1 => (length_value(body.len()), encoding_value(), chunked(body.clone()))
-                    .prop_map(|(l, e, c)| Framed::Both(l, e, c)),
-            ];
+            let framed = framed(&body);
             let extra = prop::collection::vec(
                 prop::sample::select(vec![
                     "X-A: 1",
@@ -171,24 +197,8 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
                 if close {
                     out.extend_from_slice(b"Connection: close\r\n");
                 }
-                let payload = match framed {
-                    Framed::None => Vec::new(),
-                    Framed::Length(l) => {
-                        out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
-                        body
-                    }
-                    Framed::Chunked(e, c) => {
-                        out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
-                        c
-                    }
-                    Framed::Both(l, e, c) => {
-                        out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
-                        out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
-                        c
-                    }
-                };
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(&payload);
+                // A request without framing has no body.
+                finish(&mut out, framed, body, Vec::new());
                 out
             },
         )
@@ -238,14 +248,7 @@ fn response() -> impl Strategy<Value = Vec<u8>> {
     let body = prop::collection::vec(any::<u8>(), 0..40);
     (status_line(), body)
         .prop_flat_map(|(status, body)| {
-            let framed = prop_oneof![
-                2 => Just(Framed::None),
-                3 => length_value(body.len()).prop_map(Framed::Length),
-                3 => (encoding_value(), chunked(body.clone()))
-                    .prop_map(|(e, c)| Framed::Chunked(e, c)),
-                1 => (length_value(body.len()), encoding_value(), chunked(body.clone()))
-                    .prop_map(|(l, e, c)| Framed::Both(l, e, c)),
-            ];
+            let framed = framed(&body);
             let extra = prop::collection::vec(
                 prop::sample::select(vec![
                     "Content-Type: application/json",
@@ -268,24 +271,8 @@ fn response() -> impl Strategy<Value = Vec<u8>> {
                 out.extend_from_slice(line.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            let payload = match framed {
-                Framed::None => body,
-                Framed::Length(l) => {
-                    out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
-                    body
-                }
-                Framed::Chunked(e, c) => {
-                    out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
-                    c
-                }
-                Framed::Both(l, e, c) => {
-                    out.extend_from_slice(format!("Content-Length: {l}\r\n").as_bytes());
-                    out.extend_from_slice(format!("Transfer-Encoding: {e}\r\n").as_bytes());
-                    c
-                }
-            };
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&payload);
+            // An answer without framing runs to the close.
+            finish(&mut out, framed, body.clone(), body);
             out
         })
         .prop_flat_map(mutated)
