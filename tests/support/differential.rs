@@ -166,10 +166,19 @@ pub fn compare_requests(input: &[u8]) -> Result<(), String> {
     agree(&ours, &theirs, "request")
 }
 
+/// A message with its headers ordered by name, each name's values in the
+/// order sent: a header map may reorder names (removal swaps entries), and
+/// only the order of one name's values carries meaning.
+fn by_name(message: &Message) -> Message {
+    let mut message = message.clone();
+    message.headers.sort_by(|a, b| a.0.cmp(&b.0));
+    message
+}
+
 fn agree(ours: &Reading, theirs: &Reading, what: &str) -> Result<(), String> {
     for (i, mine) in ours.messages.iter().enumerate() {
         match theirs.messages.get(i) {
-            Some(other) if other == mine => {}
+            Some(other) if by_name(other) == by_name(mine) => {}
             Some(other) => {
                 return Err(format!(
                     "{what} {i}: memgate read {mine:?}, hyper read {other:?}"
@@ -227,8 +236,7 @@ pub fn memgate_response(input: &[u8], head: bool) -> Reading {
     }
 }
 
-/// Headers in wire order, grouped by name as a header map lists them (the
-/// order of different names is not part of a message's meaning).
+/// Headers in wire order, as a header map holds them.
 fn grouped<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<(String, Vec<u8>)> {
     let mut map = http::HeaderMap::new();
     for (name, value) in headers {
