@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The single-tenant MCP server of single_tenant_mcp.py over stdio, for
-tests/spawn_stdio.rs: one process serves the user named by MEM0_USER in its
+tests/spawn.rs: one process serves the user named by MEM0_USER in its
 environment; MCP is newline-delimited JSON-RPC on stdin and stdout
 (standard library only).
 
