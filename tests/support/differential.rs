@@ -286,9 +286,10 @@ pub fn hyper_response(input: &[u8], head: bool) -> Reading {
             let _ = read.read_to_end(&mut sink).await;
         });
         let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(client))
-                    .await?;
+            let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+                .max_headers(http1::head::MAX_HEADERS)
+                .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+                .await?;
             tokio::spawn(conn);
             let method = if head { "HEAD" } else { "GET" };
             let request = hyper::Request::builder()
