@@ -23,3 +23,4 @@ pub mod sessions;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod window;

@@ -67,20 +67,6 @@ pub struct Metrics {
 /// a week to act on before clients start failing, and a month to plan.
 pub const TOKEN_EXPIRY_WINDOWS: [(&str, i64); 2] = [("7d", 7), ("30d", 30)];
 
-/// Sets `memgate_tokens_expiring` from the store. Called every few minutes
-/// by `serve`: expiry moves by the clock, not by events memgate sees. A
-/// failed query keeps the last values (the store error is counted).
-pub async fn refresh_tokens_expiring(store: &dyn crate::store::Store) {
-    let now = chrono::Utc::now();
-    for (label, days) in TOKEN_EXPIRY_WINDOWS {
-        let until = now + chrono::Duration::days(days);
-        match store.count_tokens_expiring(now, until).await {
-            Ok(n) => METRICS.tokens_expiring.with_label_values(&[label]).set(n),
-            Err(e) => tracing::warn!(error = %e, "counting the tokens that expire soon failed"),
-        }
-    }
-}
-
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];

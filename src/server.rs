@@ -402,7 +402,7 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
         }
         if ticks % 60 == 1 {
             shared.limits.housekeeping();
-            crate::metrics::refresh_tokens_expiring(store.as_ref()).await;
+            refresh_tokens_expiring(store.as_ref()).await;
             if retention_days > 0 {
                 let before = chrono::Duration::try_days(i64::from(retention_days))
                     .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
@@ -413,6 +413,23 @@ async fn housekeeping(shared: Arc<Shared>, store: Arc<dyn Store>, retention_days
                     Err(e) => tracing::warn!(error = %e, "pruning audit events failed"),
                 }
             }
+        }
+    }
+}
+
+/// Sets `memgate_tokens_expiring` from the store. Called every few minutes
+/// by `serve`: expiry moves by the clock, not by events memgate sees. A
+/// failed query keeps the last values (the store error is counted).
+pub async fn refresh_tokens_expiring(store: &dyn crate::store::Store) {
+    let now = chrono::Utc::now();
+    for (label, days) in crate::metrics::TOKEN_EXPIRY_WINDOWS {
+        let until = now + chrono::Duration::days(days);
+        match store.count_tokens_expiring(now, until).await {
+            Ok(n) => crate::metrics::METRICS
+                .tokens_expiring
+                .with_label_values(&[label])
+                .set(n),
+            Err(e) => tracing::warn!(error = %e, "counting the tokens that expire soon failed"),
         }
     }
 }

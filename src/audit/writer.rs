@@ -4,13 +4,13 @@
 //! oldest first, when it is back.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use moka::future::Cache;
 use tokio::sync::{mpsc, watch};
 
 use super::{AuditEvent, Spool};
-use crate::auth::CachedToken;
 use crate::metrics::METRICS;
 use crate::store::Store;
 
@@ -48,10 +48,11 @@ impl Auditor {
         }
     }
 
-    /// Whether this success of `token` is the one to audit in its sampling
-    /// window (the window is kept on the cached token: no per-token entry here).
-    pub fn success_due(&self, token: &CachedToken, now: i64) -> bool {
-        CachedToken::claim(&token.state.success_audited, now, self.sample_window_secs)
+    /// Whether this success is the one to audit in its sampling window;
+    /// `slot` is the token's own (kept on the cached token: no per-token
+    /// entry here).
+    pub fn success_due(&self, slot: &AtomicI64, now: i64) -> bool {
+        crate::window::claim(slot, now, self.sample_window_secs)
     }
 
     /// Records the event `make` builds only if nothing was recorded under

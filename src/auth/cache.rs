@@ -113,20 +113,6 @@ impl CachedToken {
         };
         CachedToken::with_state(record, Arc::new(state))
     }
-
-    /// Claims the once-per-`window` slot kept in `at`: true for exactly one
-    /// caller per window (for every caller when the window is 0).
-    pub fn claim(at: &AtomicI64, now: i64, window: i64) -> bool {
-        if window <= 0 {
-            at.store(now, Ordering::Relaxed);
-            return true;
-        }
-        let last = at.load(Ordering::Relaxed);
-        (last == 0 || now - last >= window)
-            && at
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    }
 }
 
 impl Deref for CachedToken {
@@ -676,18 +662,18 @@ mod tests {
         let a = [4u8; 32];
         let c = cache();
         let first = known(c.loaded(a, Some(record()), c.epoch()));
-        assert!(CachedToken::claim(&first.state.success_audited, 100, 60));
-        assert!(!CachedToken::claim(&first.state.success_audited, 130, 60));
+        assert!(crate::window::claim(&first.state.success_audited, 100, 60));
+        assert!(!crate::window::claim(&first.state.success_audited, 130, 60));
         first.state.limiter.get_or_init(|| {
             governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::MIN))
         });
         let again = known(c.loaded(a, Some(record()), c.epoch()));
         assert!(!Arc::ptr_eq(&first, &again));
         assert!(
-            !CachedToken::claim(&again.state.success_audited, 130, 60),
+            !crate::window::claim(&again.state.success_audited, 130, 60),
             "window carried over"
         );
-        assert!(CachedToken::claim(&again.state.success_audited, 160, 60));
+        assert!(crate::window::claim(&again.state.success_audited, 160, 60));
         assert!(Arc::ptr_eq(&first.state, &again.state), "limiter carried");
 
         // A read racing a change links the state without becoming a usable copy.
@@ -695,7 +681,7 @@ mod tests {
         let started = c.epoch();
         c.invalidate_fresh();
         let raced = known(c.loaded(b, Some(record()), started));
-        assert!(CachedToken::claim(&raced.state.success_audited, 100, 60));
+        assert!(crate::window::claim(&raced.state.success_audited, 100, 60));
         assert!(c.stale_entry(&b).is_none(), "not served in an outage");
         let next = known(c.loaded(b, Some(record()), c.epoch()));
         assert!(Arc::ptr_eq(&raced.state, &next.state));
@@ -708,7 +694,11 @@ mod tests {
             changed.state.limiter.get().is_none(),
             "a new limit starts a new budget"
         );
-        assert!(!CachedToken::claim(&changed.state.success_audited, 130, 60));
+        assert!(!crate::window::claim(
+            &changed.state.success_audited,
+            130,
+            60
+        ));
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl LastUsed {
     /// Notes a use of `token`; only the first within each interval costs more
     /// than an atomic load.
     pub fn note(&self, token: &CachedToken, now: DateTime<Utc>) {
-        if CachedToken::claim(&token.state.used_noted, now.timestamp(), self.interval) {
+        if crate::window::claim(&token.state.used_noted, now.timestamp(), self.interval) {
             self.pending().insert(token.record.id, now);
         }
     }

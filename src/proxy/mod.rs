@@ -322,11 +322,10 @@ impl Gate {
             .await?;
             return Ok(None);
         }
-        if self
-            .shared
-            .audit
-            .success_due(&authenticated.token, authenticated.at.timestamp())
-        {
+        if self.shared.audit.success_due(
+            &authenticated.token.state.success_audited,
+            authenticated.at.timestamp(),
+        ) {
             let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
             self.shared.audit.record(event);
         }

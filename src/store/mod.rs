@@ -4,6 +4,7 @@
 //! running server learns that a token changed (SQLite: a polled change log;
 //! PostgreSQL: `LISTEN/NOTIFY`).
 
+mod audit_event;
 mod postgres;
 mod queries;
 mod sqlite;
@@ -14,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::audit::AuditEvent;
 use crate::policy::Permissions;
 
+pub use audit_event::{AuditEvent, new_id};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

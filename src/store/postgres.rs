@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
+use super::AuditEvent;
 use super::queries::{TokenRow, audit_columns, impl_store, insert_row_fn, observed, token_columns};
 use super::{
     AuditFilter, ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord, UserStats,
 };
-use crate::audit::AuditEvent;
 use chrono::{DateTime, Utc};
 
 const CHANNEL: &str = "memgate_tokens";

@@ -28,7 +28,7 @@ pub(crate) use audit_columns;
 pub(crate) struct NumberedAuditEvent {
     pub(crate) id: i64,
     #[sqlx(flatten)]
-    pub(crate) event: crate::audit::AuditEvent,
+    pub(crate) event: super::AuditEvent,
 }
 
 /// One row of `tokens`, as both backends decode it.

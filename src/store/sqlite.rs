@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+use super::AuditEvent;
 use super::queries::{TokenRow, audit_columns, impl_store, insert_row_fn, observed, token_columns};
 use super::{
     AuditFilter, ChangeHandler, NewToken, Store, StoreError, TokenChange, TokenRecord, UserStats,
 };
-use crate::audit::AuditEvent;
 use chrono::{DateTime, Utc};
 
 /// How many change-log rows are kept; a poller is never this far behind.
