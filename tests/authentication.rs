@@ -404,6 +404,9 @@ async fn store_outage_keeps_cached_tokens_within_grace_and_refuses_unknown_ones(
     let gate = Memgate::start(cfg).await;
     let seen = gate.create_token("alice", &[]);
     let never_used = gate.create_token("bob", &[]);
+    // The creations' own change notifications drop the tokens from the cache
+    // when they arrive; let them pass before alice's is cached.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(status_with(&gate, &seen).await, 200);
     let ready = || async {
         reqwest::get(format!("http://{}/ready", gate.admin))

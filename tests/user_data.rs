@@ -749,6 +749,9 @@ async fn a_scope_that_cannot_be_recorded_is_not_written_to() {
     cfg.extra = AUTO.into();
     let gate = Memgate::start(cfg).await;
     let alice = gate.create_token("alice", &[]);
+    // The creation's own change notification drops the token from the cache
+    // when it arrives; let it pass before the token is cached.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     // The token is cached, so it is still accepted while the store is away.
     assert_eq!(list_status(&gate, &alice).await, 200);
     relay.cut();
