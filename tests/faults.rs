@@ -329,6 +329,9 @@ async fn a_store_outage_under_load_fails_closed_keeps_cached_tokens_and_loses_no
     cfg.audit = "success_sample_secs = 3600".into();
     let gate = Memgate::start(cfg).await;
     let alice = gate.create_token("alice", &[]);
+    // The creation's own change notification drops the token from the cache
+    // when it arrives; let it pass before the token is cached.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let at = Targets {
         mem0: gate.mem0,
         mcp: gate.mcp,
