@@ -217,7 +217,7 @@ impl Bridge {
             .await?;
             return Ok(true);
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut waiting = 0;
         let mut sent = Vec::new();
         let mut last_id = Value::Null;
@@ -239,6 +239,35 @@ impl Bridge {
         // The id an error about the whole POST names: the request's own
         // when there is one.
         let failed_id = if batch { Value::Null } else { last_id };
+        let Some((mut answers, streaming)) = self
+            .await_answers(rx, &sent, waiting, failed_id, rd, wr)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if streaming {
+            wr.write_all(LAST_CHUNK).await?;
+        } else if batch {
+            respond(wr, 200, &to_bytes(&Value::Array(answers)), None).await?;
+        } else {
+            let answer = answers.pop().unwrap_or(Value::Null);
+            respond(wr, 200, &to_bytes(&answer), None).await?;
+        }
+        Ok(true)
+    }
+
+    /// Collects the answers to a POST's `waiting` requests, switching the
+    /// answer to an event stream once the child says more than the answers;
+    /// returns them and whether it did, or none when the connection must end.
+    async fn await_answers(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Heard>,
+        sent: &[u64],
+        waiting: usize,
+        failed_id: Value,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+    ) -> std::io::Result<Option<(Vec<Value>, bool)>> {
         let mut answers = Vec::new();
         let mut streaming = false;
         let mut watch_client = true;
@@ -249,10 +278,10 @@ impl Bridge {
                 gone = rd.peek(&mut peek), if watch_client => {
                     if matches!(gone, Ok(0) | Err(_)) {
                         // The client left: its requests are abandoned.
-                        for id in &sent {
+                        for id in sent {
                             self.abandon(*id);
                         }
-                        return Ok(false);
+                        return Ok(None);
                     }
                     watch_client = false;
                     continue;
@@ -284,19 +313,11 @@ impl Bridge {
                     } else {
                         respond(wr, 502, &to_bytes(&error), None).await?;
                     }
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
-        if streaming {
-            wr.write_all(LAST_CHUNK).await?;
-        } else if batch {
-            respond(wr, 200, &to_bytes(&Value::Array(answers)), None).await?;
-        } else {
-            let answer = answers.pop().unwrap_or(Value::Null);
-            respond(wr, 200, &to_bytes(&answer), None).await?;
-        }
-        Ok(true)
+        Ok(Some((answers, streaming)))
     }
 
     /// A legacy POST: accepted at once, answered on the session's stream.
