@@ -157,3 +157,36 @@ fn the_check_sees_a_circle_and_ignores_comments() {
     assert_eq!(code("use x; // crate::proxy"), "use x; ");
     assert!(imports()["policy"].iter().all(|m| m != "proxy"));
 }
+
+#[test]
+fn readme_lists_every_top_level_module() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let layout = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .expect("README has a Layout section with a listing");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(SRC).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let listed = if path.is_dir() {
+            // `name.rs` beside `name/` is the module; the folder holds its parts.
+            if path.with_extension("rs").exists() {
+                continue;
+            }
+            format!("src/{name}/")
+        } else {
+            format!("src/{name}")
+        };
+        if name != "lib.rs" && !layout.contains(&listed) {
+            missing.push(listed);
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "README's Layout does not list {missing:?}"
+    );
+}
