@@ -105,7 +105,7 @@ pub fn near_miss_overrides(env_vars: &[(String, String)]) -> Vec<String> {
     warnings
 }
 
-pub(super) fn typed_env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
+fn typed_env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
     Some(match default {
         toml::Value::String(_) => toml::Value::String(raw.to_string()),
         toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),

@@ -1,5 +1,6 @@
 //! `upstream_headers` of the proxied listeners: headers memgate sends
-//! upstream, with values read from the file, the environment or files.
+//! upstream, each value given in the config or read from the environment or
+//! a file.
 
 use std::collections::BTreeSet;
 

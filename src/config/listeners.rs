@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ConfigError, UpstreamHeaderSpecs, invalid, resolve_upstream_headers, validate_upstream_headers,
-};
+use super::headers::validate_upstream_headers;
+use super::{ConfigError, UpstreamHeaderSpecs, invalid, resolve_upstream_headers};
 
 /// One proxied listener (`[mcp]` or `[mem0]`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -23,7 +23,6 @@ pub use audit::AuditConfig;
 pub use auth::AuthConfig;
 pub use database::DatabaseConfig;
 pub use env::near_miss_overrides;
-use headers::validate_upstream_headers;
 pub use headers::{HeaderSource, UpstreamHeaderSpecs, resolve_upstream_headers};
 pub use isolation::{IsolationConfig, IsolationModeName};
 pub use limits::LimitsConfig;
