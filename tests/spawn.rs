@@ -487,6 +487,41 @@ async fn no_child_outlives_memgate_stopped_or_killed() {
 }
 
 #[tokio::test]
+async fn a_port_held_by_a_process_outside_the_child_s_group_gets_no_request() {
+    // The child hands the port to a server in a session of its own: the
+    // port answers, but not from the process memgate started.
+    let detach = "import subprocess, sys, time; \
+                  subprocess.Popen([sys.executable] + sys.argv[1:], start_new_session=True); \
+                  time.sleep(60)";
+    let args = format!(
+        "[\"-c\", {detach:?}, {:?}, \"{{port}}\"]",
+        script().display().to_string()
+    );
+    let env = env_running(&args, "ready_timeout_secs = 2").await;
+    let alice = env.gate.create_token("alice", &[]);
+    let refused = post(&env.gate, &alice, None, &initialize()).await;
+    let stranger = env.pids().get("alice").and_then(|p| p.last().copied());
+    if let Some(pid) = stranger {
+        kill(pid, libc::SIGKILL);
+    }
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(stranger.is_some(), "the stranger never listened");
+    assert_eq!(
+        env.gate
+            .metric("memgate_upstream_spawns_total{result=\"timeout\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        env.gate
+            .log()
+            .contains("another process listens on the port"),
+        "{}",
+        env.gate.log()
+    );
+}
+
+#[tokio::test]
 async fn a_child_that_never_listens_or_cannot_start_gets_503() {
     let env = env_running(
         "[\"-c\", \"import time; time.sleep(60)\"]",

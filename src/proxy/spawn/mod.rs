@@ -18,6 +18,7 @@
 mod backoff;
 mod choice;
 mod command;
+mod listening;
 mod process;
 mod stdio;
 #[cfg(test)]

@@ -12,9 +12,9 @@ use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
-use super::command::{Launch, Vars, fill};
+use super::command::Launch;
+use super::listening::group_listens_on;
 use super::{Child, Phase, Readiness, SMALL_STACK, Supervisor, stdio};
-use crate::config::Upstream;
 
 pub(super) struct Job {
     launch: Launch,
@@ -108,34 +108,38 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Polls the child's port until it accepts a connection, the child
-    /// exits, or `ready_timeout_secs` pass.
+    /// Polls until the child (or a process it forked into its group)
+    /// listens on its port, the child exits, or `ready_timeout_secs` pass.
+    /// The socket's owner is checked, not only that the port answers: a port
+    /// held by another process must never receive the scope's requests.
     pub(super) async fn await_port(&self, child: &Child) -> Result<(), &'static str> {
         let deadline = Instant::now() + Duration::from_secs(self.spawn.ready_timeout_secs);
-        let host = Upstream::parse(
-            &self.key,
-            &fill(
-                &self.listener.upstream,
-                &Vars {
-                    scope: "",
-                    user: "",
-                    port: child.port,
-                },
-            ),
-        )
-        .map(|u| u.host)
-        .unwrap_or_else(|_| "127.0.0.1".into());
+        let Some(pgid) = child.pid.get().map(|p| p.as_raw()) else {
+            return Err("failed");
+        };
         let mut pause = Duration::from_millis(5);
+        let mut squatted = false;
         loop {
             if *child.exited.borrow() {
                 tracing::warn!(scope = %child.key, "the MCP server exited before accepting connections");
                 return Err("failed");
             }
-            if tokio::net::TcpStream::connect((host.as_str(), child.port))
-                .await
-                .is_ok()
-            {
+            let port = child.port;
+            let (ours, answers) = tokio::task::spawn_blocking(move || {
+                let ours = group_listens_on(pgid, port);
+                (
+                    ours,
+                    ours || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                )
+            })
+            .await
+            .unwrap_or((false, false));
+            if ours {
                 return Ok(());
+            }
+            if answers && !squatted {
+                squatted = true;
+                tracing::error!(scope = %child.key, port, "another process listens on the port given to the MCP server; its requests will not go there");
             }
             if Instant::now() >= deadline {
                 return Err("timeout");
