@@ -147,6 +147,11 @@ impl UpstreamTarget {
     pub fn headers(&self) -> &UpstreamHeaders {
         &self.headers
     }
+
+    /// Sends `name: value` on every request too, over any header of that name.
+    pub fn add_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.headers.0.push((name, value));
+    }
 }
 
 /// The configured `upstream_headers`: sent on every request to the upstream,

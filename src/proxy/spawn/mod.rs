@@ -111,6 +111,9 @@ struct Child {
     exited: watch::Sender<bool>,
     /// The bridge serving a stdio child.
     bridge: OnceLock<Arc<stdio::Bridge>>,
+    /// What the bridge requires in [`stdio::SECRET_HEADER`] (empty for an
+    /// http child).
+    bridge_secret: String,
     /// Its failure to start was counted (once per child).
     failed: AtomicBool,
     /// Session ids this child handed out, the latest [`MAX_NOTED_SESSIONS`]:
@@ -119,7 +122,13 @@ struct Child {
 }
 
 impl Child {
-    fn new(key: String, port: u16, client: Arc<UpstreamClient>, now: u64) -> Child {
+    fn new(
+        key: String,
+        port: u16,
+        client: Arc<UpstreamClient>,
+        bridge_secret: String,
+        now: u64,
+    ) -> Child {
         METRICS
             .upstream_processes
             .with_label_values(&["starting"])
@@ -135,6 +144,7 @@ impl Child {
             ready: watch::Sender::new(Readiness::Pending),
             exited: watch::Sender::new(false),
             bridge: OnceLock::new(),
+            bridge_secret,
             failed: AtomicBool::new(false),
             sessions: Mutex::new(std::collections::VecDeque::new()),
         }
@@ -364,11 +374,24 @@ impl Supervisor {
             tracing::error!(error = %e, "no free loopback port for an MCP server");
             NotReady::new("No port for this scope's MCP server; retry shortly")
         })?;
-        let client = self.client_for(scope, user, port).map_err(|e| {
+        let secret = match self.stdio() {
+            true => crate::token::generate().map_err(|e| {
+                tracing::error!(error = %e, "no randomness for a stdio MCP server's bridge");
+                NotReady::new("This scope's MCP server cannot be started; retry shortly")
+            })?,
+            false => String::new(),
+        };
+        let client = self.client_for(scope, user, port, &secret).map_err(|e| {
             tracing::error!(error = %e, "a spawned MCP server's address is invalid");
             NotReady::new("This scope's MCP server cannot be addressed")
         })?;
-        let child = Arc::new(Child::new(key.clone(), port, client, millis(self.epoch)));
+        let child = Arc::new(Child::new(
+            key.clone(),
+            port,
+            client,
+            secret,
+            millis(self.epoch),
+        ));
         table.next_id += 1;
         let id = table.next_id;
         table.live.insert(id, child.clone());
@@ -384,18 +407,26 @@ impl Supervisor {
         self.spawn.transport == SpawnTransport::Stdio
     }
 
+    /// The client for a child on `port`; a stdio child's bridge is sent
+    /// `bridge_secret` with every request (empty for an http child).
     fn client_for(
         &self,
         scope: &str,
         user: &str,
         port: u16,
+        bridge_secret: &str,
     ) -> Result<Arc<UpstreamClient>, ConfigError> {
         let vars = Vars { scope, user, port };
         let listener = ListenerConfig {
             upstream: fill(&self.listener.upstream, &vars),
             ..self.listener.clone()
         };
-        let target = UpstreamTarget::new(&self.key, &listener)?;
+        let mut target = UpstreamTarget::new(&self.key, &listener)?;
+        if !bridge_secret.is_empty()
+            && let Ok(value) = http::HeaderValue::from_str(bridge_secret)
+        {
+            target.add_header(http::HeaderName::from_static(stdio::SECRET_HEADER), value);
+        }
         Ok(Arc::new(UpstreamClient::new(Arc::new(target))))
     }
 

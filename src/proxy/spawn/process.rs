@@ -84,7 +84,13 @@ impl Supervisor {
             silent,
             ready_timeout: Duration::from_secs(self.spawn.ready_timeout_secs),
         };
-        let bridge = stdio::Bridge::new(&child.key, self.paths.clone(), lines, hooks);
+        let bridge = stdio::Bridge::new(
+            &child.key,
+            self.paths.clone(),
+            lines,
+            hooks,
+            child.bridge_secret.clone(),
+        );
         let _ = child.bridge.set(bridge.clone());
         let writer = std::thread::Builder::new()
             .name("memgate-child-in".into())

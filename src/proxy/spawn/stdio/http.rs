@@ -49,6 +49,19 @@ impl Bridge {
         }
     }
 
+    /// Whether the request carries the bridge's secret (compared in time
+    /// that does not depend on where the first difference is).
+    fn admits(&self, headers: &http::HeaderMap) -> bool {
+        let mut values = headers.get_all(super::SECRET_HEADER).iter();
+        let (Some(sent), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let (sent, secret) = (sent.as_bytes(), self.secret.as_bytes());
+        !secret.is_empty()
+            && sent.len() == secret.len()
+            && sent.iter().zip(secret).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+
     async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = BytesMut::with_capacity(8 << 10);
@@ -73,6 +86,17 @@ impl Bridge {
                     Ok(_) => {}
                 }
             };
+            if !self.admits(&request.parts.headers) {
+                tracing::warn!(scope = %self.scope, "a request without memgate's secret reached a stdio bridge; refused");
+                let _ = respond(
+                    &mut wr,
+                    403,
+                    &error_body(Value::Null, -32600, "Forbidden"),
+                    None,
+                )
+                .await;
+                return;
+            }
             let mut reader = BodyReader::of_request(request.framing);
             let mut body = BytesMut::new();
             loop {

@@ -57,8 +57,15 @@ impl Default for BridgePaths {
 }
 
 /// One child's bridge; lives as long as the child.
+/// The header memgate's own requests to a bridge carry its secret in: the
+/// bridge listens on loopback, where any local program could otherwise talk
+/// to a user's server.
+pub const SECRET_HEADER: &str = "x-memgate-bridge";
+
 pub struct Bridge {
     scope: String,
+    /// Required in [`SECRET_HEADER`] on every request.
+    secret: String,
     paths: BridgePaths,
     to_child: Mutex<Option<std::sync::mpsc::Sender<Vec<u8>>>>,
     state: Mutex<State>,
@@ -90,9 +97,11 @@ impl Bridge {
         paths: BridgePaths,
         to_child: std::sync::mpsc::Sender<Vec<u8>>,
         hooks: Hooks,
+        secret: String,
     ) -> Arc<Bridge> {
         Arc::new(Bridge {
             scope: scope.to_owned(),
+            secret,
             paths,
             to_child: Mutex::new(Some(to_child)),
             state: Mutex::new(State::default()),

@@ -6,6 +6,8 @@ use tokio::sync::mpsc;
 use super::routing::{Destination, Heard, MAX_SESSIONS, SessionState, State};
 use super::*;
 
+const SECRET: &str = "mcp_bridge-secret-for-tests";
+
 fn bridge() -> (Arc<Bridge>, std::sync::mpsc::Receiver<Vec<u8>>) {
     let (tx, rx) = std::sync::mpsc::channel();
     (
@@ -18,6 +20,7 @@ fn bridge() -> (Arc<Bridge>, std::sync::mpsc::Receiver<Vec<u8>>) {
                 silent: Box::new(|| {}),
                 ready_timeout: std::time::Duration::from_secs(1),
             },
+            SECRET.into(),
         ),
         rx,
     )
@@ -158,4 +161,55 @@ fn an_overlong_line_is_skipped_and_the_next_one_read() {
         panic!("the answer after the long line was lost")
     };
     assert_eq!(got["id"], 9);
+}
+
+#[tokio::test]
+async fn a_request_without_the_secret_never_reaches_the_child() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (bridge, lines) = bridge();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(bridge.clone().serve(listener));
+    let first = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+    let ask = |secret: Option<&str>| {
+        let extra = secret.map_or(String::new(), |s| format!("{SECRET_HEADER}: {s}\r\n"));
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: b\r\ncontent-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\n{extra}\
+             content-length: {}\r\nconnection: close\r\n\r\n{first}",
+            first.len()
+        )
+    };
+    for secret in [None, Some("mcp_wrong"), Some("mcp_bridge-secret-for-test")] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(ask(secret).as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{secret:?}: {answer}");
+    }
+    assert!(
+        lines.try_recv().is_err(),
+        "a refused request reached the child"
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(ask(Some(SECRET)).as_bytes())
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Ok(line) = lines.try_recv() {
+                return line;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("memgate's own request reaches the child");
+    let sent: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(sent["method"], "initialize");
 }
