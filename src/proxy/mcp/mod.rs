@@ -5,6 +5,13 @@
 //! sent upstream with the rewritten body and streamed back event by event with
 //! `tools/list` results trimmed to what the token may call.
 
+mod refusal;
+mod response;
+
+pub use refusal::McpRefusal;
+use refusal::{PendingRefusal, refuse, take_refusal};
+pub use response::StreamWatch;
+
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
 use crate::policy::method_override;
 use std::sync::Arc;
@@ -37,49 +44,6 @@ const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, x-mcp-tok
      x-mcp-project, mcp-session-id, mcp-protocol-version, last-event-id";
 const CORS_EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
 
-/// A refusal the gate should audit: status, message, JSON-RPC method and tool.
-pub struct McpRefusal {
-    pub status: u16,
-    pub message: String,
-    pub method: Option<String>,
-    pub tool: Option<String>,
-    pub ownership: bool,
-    pub session: bool,
-}
-
-impl McpRefusal {
-    /// A refused JSON-RPC request, for audit.
-    fn of_call(deny: McpDeny, ownership: bool) -> McpRefusal {
-        McpRefusal {
-            status: deny.status,
-            message: deny.message,
-            method: deny.method,
-            tool: deny.tool,
-            ownership,
-            session: false,
-        }
-    }
-}
-
-impl From<McpRefusal> for super::Refusal {
-    fn from(r: McpRefusal) -> super::Refusal {
-        use crate::audit::kind;
-        super::Refusal {
-            kind: if r.session {
-                kind::SESSION_DENIED
-            } else if r.ownership {
-                kind::OWNERSHIP_DENIED
-            } else {
-                kind::PERMISSION_DENIED
-            },
-            status: r.status,
-            message: r.message,
-            mcp_method: r.method,
-            tool: r.tool,
-        }
-    }
-}
-
 /// What the flow did with an authenticated request.
 pub enum McpHandled {
     /// A response was written: the upstream's (filtered) answer, or a refusal.
@@ -87,38 +51,6 @@ pub enum McpHandled {
     /// Proxy it through pingora as it is (GET streams, DELETE, other paths),
     /// watching the response with this state.
     Stream(StreamWatch),
-}
-
-/// A refusal owed on a legacy session's stream: the id of the refused
-/// request and the JSON-RPC error to send as its answer.
-struct PendingRefusal {
-    id: Value,
-    error: Vec<u8>,
-}
-
-/// Per-request state for responses streamed through pingora.
-pub struct StreamWatch {
-    /// SSE responses are parsed to learn legacy session ids and trim tool lists.
-    rewriter: Option<SseRewriter>,
-    user_id: String,
-    identity: Identity,
-    /// The session this stream carries (its key, [`session_key`]): named by
-    /// the request, or for a legacy stream learnt from its `endpoint` event.
-    /// Its binding lives as long as the stream.
-    stream_session: Option<String>,
-    /// Whether `stream_session` came from a legacy `endpoint` event (whose
-    /// session's `tools/list` answers come back on this stream).
-    legacy: bool,
-    /// A DELETE of this session: forget the binding once the upstream agrees.
-    ending_session: Option<String>,
-}
-
-impl StreamWatch {
-    /// Whether memgate rewrites the response body (an SSE stream it parses),
-    /// so the upstream's length no longer holds.
-    pub fn rewrites(&self) -> bool {
-        self.rewriter.is_some()
-    }
 }
 
 pub struct McpFlow {
@@ -389,139 +321,6 @@ impl McpFlow {
         Ok(McpHandled::Responded(None))
     }
 
-    async fn refuse_session(&self, session: &mut Session, why: &str) -> Result<McpHandled> {
-        let message = "Session not found";
-        refuse(session, 404, message, &Value::Null, &[]).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal {
-            status: 404,
-            message: why.into(),
-            method: None,
-            tool: None,
-            ownership: false,
-            session: true,
-        })))
-    }
-
-    /// Answers a refused JSON-RPC request: on a legacy session's stream when
-    /// that is where its answer is awaited, else in the POST's answer.
-    async fn refuse_request(
-        &self,
-        session: &mut Session,
-        identity: &Identity,
-        scope: &str,
-        legacy_session: Option<String>,
-        deny: McpDeny,
-        ownership: bool,
-    ) -> Result<McpHandled> {
-        if ownership {
-            METRICS
-                .ownership_denials
-                .with_label_values(&[crate::metrics::MCP_OWNERSHIP_ROUTE])
-                .inc();
-        }
-        let refused_id = match serde_json::from_slice::<Value>(&deny.body) {
-            Ok(Value::Object(error)) => error.get("id").cloned(),
-            _ => None,
-        };
-        match (legacy_session, refused_id) {
-            (Some(key), Some(id)) if matches!(deny.status, 403 | 404) => {
-                self.refuse_on_stream(session, identity, scope, key, id, deny, ownership)
-                    .await
-            }
-            _ => self.refuse_call(session, deny, ownership).await,
-        }
-    }
-
-    /// A legacy client reads every answer from its session's stream, and
-    /// waits there for one whatever the POST's answer says. The upstream is
-    /// sent a `ping` with the refused request's id in its place (every MCP
-    /// server answers one and it changes nothing), and its answer on the
-    /// stream is replaced by the refusal. A refused notification (no id) is
-    /// accepted and dropped: it is owed no answer.
-    #[allow(clippy::too_many_arguments)]
-    async fn refuse_on_stream(
-        &self,
-        session: &mut Session,
-        identity: &Identity,
-        scope: &str,
-        session_key: String,
-        id: Value,
-        deny: McpDeny,
-        ownership: bool,
-    ) -> Result<McpHandled> {
-        if id.is_null() {
-            let mut header = ResponseHeader::build(202, Some(2))?;
-            header.insert_header("content-length", "0")?;
-            headers::secure_response(&mut header)?;
-            session.write_response_header(Box::new(header)).await?;
-            session.write_response_body(Bytes::new(), true).await?;
-        } else {
-            let waiting = self
-                .pending_refusals
-                .get_with(session_key, || Arc::new(std::sync::Mutex::new(Vec::new())));
-            if let Ok(mut waiting) = waiting.lock() {
-                // Bounded: a client that never reads its stream cannot grow it.
-                if waiting.len() >= 64 {
-                    waiting.remove(0);
-                }
-                waiting.push(PendingRefusal {
-                    id: id.clone(),
-                    error: deny.body.clone(),
-                });
-            }
-            let ping = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
-            let stand_in = McpForward {
-                body: Some(ping.to_string().into_bytes()),
-                ..McpForward::default()
-            };
-            self.forward(session, identity, scope, stand_in, Vec::new())
-                .await?;
-        }
-        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
-            deny, ownership,
-        ))))
-    }
-
-    /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
-    /// a memory that does not exist) is an answer to that request, in a 200:
-    /// MCP clients end their whole session on an HTTP error, and the caller
-    /// is authenticated. An unreadable body keeps its HTTP status.
-    async fn refuse_call(
-        &self,
-        session: &mut Session,
-        mut deny: McpDeny,
-        ownership: bool,
-    ) -> Result<McpHandled> {
-        let cors = self.cors_origin(session.req_header());
-        let in_band = matches!(deny.status, 403 | 404);
-        let (status, content_type, body) =
-            if in_band && wants_event_stream_only(session.req_header()) {
-                let mut event = b"event: message\ndata: ".to_vec();
-                event.extend_from_slice(&deny.body);
-                event.extend_from_slice(b"\n\n");
-                (200, "text/event-stream", event)
-            } else if in_band {
-                (200, "application/json", std::mem::take(&mut deny.body))
-            } else {
-                (
-                    deny.status,
-                    "application/json",
-                    std::mem::take(&mut deny.body),
-                )
-            };
-        let mut header = ResponseHeader::build(status, Some(4))?;
-        header.insert_header("content-type", content_type)?;
-        header.insert_header("content-length", body.len().to_string())?;
-        header.insert_header("cache-control", "no-store")?;
-        add_cors(&mut header, cors.as_deref())?;
-        headers::secure_response(&mut header)?;
-        session.write_response_header(Box::new(header)).await?;
-        session.write_response_body(Bytes::from(body), true).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
-            deny, ownership,
-        ))))
-    }
-
     /// The owners of every memory id the calls name, then the policy's verdict.
     async fn check_owners(
         &self,
@@ -747,88 +546,6 @@ impl McpFlow {
         }
         Ok(())
     }
-
-    /// Response headers of a streamed request: CORS, and the end of a session.
-    pub fn on_response_header(
-        &self,
-        watch: &mut StreamWatch,
-        response: &mut Relayed,
-        cors: Option<&str>,
-    ) -> Result<()> {
-        add_cors(response, cors)?;
-        if !response.is_event_stream() {
-            watch.rewriter = None;
-        }
-        if response.status().is_success()
-            && let Some(id) = watch.ending_session.take()
-        {
-            let sessions = self.sessions.clone();
-            tokio::spawn(async move { sessions.end(&id).await });
-        }
-        Ok(())
-    }
-
-    /// One chunk of a streamed response: learn the legacy session from its
-    /// `endpoint` event, trim tool lists answered on a legacy stream.
-    pub fn on_response_chunk(
-        &self,
-        watch: &mut StreamWatch,
-        upstream: &UpstreamLease,
-        body: &mut Option<Bytes>,
-        end: bool,
-    ) -> Result<()> {
-        if let Some(id) = &watch.stream_session {
-            self.sessions.keep_alive(id);
-        }
-        let Some(mut rewriter) = watch.rewriter.take() else {
-            return Ok(());
-        };
-        let chunk = body.take().unwrap_or_default();
-        let mut on_event = |event: &mut SseEvent| {
-            if event.event.as_deref() == Some("endpoint")
-                && watch.stream_session.is_none()
-                && let Some(id) = event.data.as_deref().and_then(endpoint_session_id)
-            {
-                let id = session_key(&id, true);
-                if self.sessions.bind_detached(&id, &watch.user_id) {
-                    upstream.note_session(&id);
-                    watch.stream_session = Some(id);
-                    watch.legacy = true;
-                } else {
-                    tracing::warn!("a legacy SSE stream announced a session bound to another user");
-                }
-                return;
-            }
-            if !watch.legacy {
-                return;
-            }
-            let Some(id) = &watch.stream_session else {
-                return;
-            };
-            if let Some(waiting) = self.pending_refusals.get(id)
-                && let Ok(mut waiting) = waiting.lock()
-                && let Some(error) = take_refusal(&mut waiting, event)
-            {
-                event.data = Some(error);
-                return;
-            }
-            if let Some(ids) = self.pending_lists.get(id) {
-                self.policy.filter_sse_event(&watch.identity, event, &ids);
-            }
-        };
-        let mut out = rewriter.feed(&chunk, &mut on_event).map_err(|e| {
-            Error::explain(
-                ErrorType::InternalError,
-                format!("SSE from the MCP upstream: {e}"),
-            )
-        })?;
-        if end {
-            out.extend(rewriter.finish(&mut on_event).unwrap_or_default());
-        }
-        *body = (!out.is_empty()).then(|| Bytes::from(out));
-        watch.rewriter = Some(rewriter);
-        Ok(())
-    }
 }
 
 /// CORS headers for an allowed browser origin.
@@ -846,23 +563,6 @@ fn add_cors(header: &mut impl SetHeaders, origin: Option<&str>) -> Result<()> {
         header.add(http::header::VARY, http::HeaderValue::from_static("Origin"))?;
     }
     Ok(())
-}
-
-/// The refusal owed for the request `event` answers, if one is waiting: the
-/// event must be a result (the stand-in ping's) for a waiting id.
-fn take_refusal(waiting: &mut Vec<PendingRefusal>, event: &SseEvent) -> Option<String> {
-    if waiting.is_empty() {
-        return None;
-    }
-    let answer: Value = serde_json::from_str(event.data.as_deref()?).ok()?;
-    let answer = answer.as_object()?;
-    if !answer.contains_key("result") {
-        return None;
-    }
-    let at = waiting
-        .iter()
-        .position(|pending| Some(&pending.id) == answer.get("id"))?;
-    String::from_utf8(waiting.remove(at).error).ok()
 }
 
 /// Whether the client reads answers only as an event stream (its `Accept`
@@ -886,16 +586,4 @@ fn wants_event_stream_only(req: &RequestHeader) -> bool {
         }
     }
     event_stream
-}
-
-/// A JSON-RPC error response.
-async fn refuse(
-    session: &mut Session,
-    status: u16,
-    message: &str,
-    id: &Value,
-    extra: &[(&'static str, String)],
-) -> Result<()> {
-    let body = super::errors::error_body(super::Listener::Mcp, status, message, id);
-    super::errors::respond_json(session, status, body, extra).await
 }
