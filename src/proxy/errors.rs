@@ -1,6 +1,7 @@
 //! Error responses in each listener's format: FastAPI-shaped `{"detail": …}`
 //! on the mem0 listener, a JSON-RPC error object on the MCP listener
-//! (docs/design.md §4, §5).
+//! (docs/design.md §4, §5); the status an upstream failure maps to, and the
+//! status classes metrics are labelled with.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -98,6 +99,45 @@ pub async fn respond_error(
         extra.push(("retry-after", "1".to_string()));
     }
     respond_json(session, status, body, &extra).await
+}
+
+/// The status and message for an exchange with the upstream that failed:
+/// 504 when it went quiet, 502 when it could not be reached or misbehaved.
+pub fn upstream_failure(listener: Listener, e: &Error) -> (u16, String) {
+    let name = listener.as_str();
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            (504, format!("The {name} upstream did not answer in time"))
+        }
+        _ => (502, format!("The {name} upstream is unreachable or failed")),
+    }
+}
+
+/// Static labels keep the status label set small and allocation-free.
+pub(super) fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        202..=299 => "2xx",
+        300..=399 => "3xx",
+        402..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 #[cfg(test)]
