@@ -182,13 +182,7 @@ async fn call_ok(client: &Client, tool: &str, arguments: Value) -> Value {
         Some(true),
         "{tool} {arguments}: {result:?}"
     );
-    let text = result
-        .content
-        .first()
-        .and_then(|c| c.as_text())
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
+    first_text_json(&result)
 }
 
 /// A call memgate must refuse; returns the whole error text.

@@ -297,15 +297,21 @@ async fn per_token_limit_answers_429_with_retry_after_in_each_format() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
+/// A memgate that cuts an address off after five failed logins a minute;
+/// the test client plays several addresses through a trusted proxy (itself).
+async fn cut_off_after_five_failures() -> (TestDb, Upstream, Memgate) {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = Upstream::start().await;
     let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
     cfg.rate_limit = "per_token_rps = 0\nfailed_auth_per_ip_per_min = 5".into();
-    // The test client plays several addresses through a trusted proxy (itself).
     cfg.server = "grace_period_secs = 1\ntrusted_proxies = [\"127.0.0.1/32\"]".into();
     let gate = Memgate::start(cfg).await;
+    (db, upstream, gate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
+    let (db, _upstream, gate) = cut_off_after_five_failures().await;
     let alice = gate.create_token("alice", &[]);
     let bob = gate.create_token("bob", &[]);
     let from = |ip: &'static str, token: Option<String>| {
@@ -376,12 +382,7 @@ async fn a_failed_auth_flood_is_cut_off_before_it_reaches_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_behind_a_cut_off_office_address_gets_in_within_a_second() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let upstream = Upstream::start().await;
-    let mut cfg = MemgateConfig::new(&db.url, &upstream.url());
-    cfg.rate_limit = "per_token_rps = 0\nfailed_auth_per_ip_per_min = 5".into();
-    cfg.server = "grace_period_secs = 1\ntrusted_proxies = [\"127.0.0.1/32\"]".into();
-    let gate = Memgate::start(cfg).await;
+    let (_db, _upstream, gate) = cut_off_after_five_failures().await;
     let office = "198.51.100.10";
     let url = gate.mem0_url("/memories");
     let get = move |token: String| {

@@ -632,13 +632,7 @@ async fn rmcp_call(client: &RmcpClient, tool: &str, arguments: Value) -> Value {
     if let Some(structured) = result.structured_content {
         return structured;
     }
-    let text = result
-        .content
-        .first()
-        .and_then(|c| c.as_text())
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
+    first_text_json(&result)
 }
 
 #[tokio::test]

@@ -675,3 +675,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The first text of an rmcp tool result, parsed as JSON (the text itself
+/// when it is not JSON).
+pub fn first_text_json(result: &rmcp::model::CallToolResult) -> Value {
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}

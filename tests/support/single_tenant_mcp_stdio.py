@@ -25,18 +25,12 @@ import sys
 import threading
 import time
 
-USER = os.environ.get("MEM0_USER", "")
-MEMORIES = []
-LOCK = threading.Lock()
+# The tools both twins have (and the one user's memories) are the http twin's.
+from single_tenant_mcp import TOOLS as SHARED_TOOLS, USER, call_tool as shared_tool, tool_result
+
 OUT = threading.Lock()
 
-TOOLS = [
-    {"name": "add_coding_preference", "description": "Store a preference",
-     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
-    {"name": "get_all_coding_preferences", "description": "List preferences",
-     "inputSchema": {"type": "object", "properties": {}}},
-    {"name": "env_names", "description": "Environment variable names",
-     "inputSchema": {"type": "object", "properties": {}}},
+TOOLS = SHARED_TOOLS + [
     {"name": "announce", "description": "Log text a moment later",
      "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
     {"name": "echo_after", "description": "Echo text after a delay",
@@ -50,11 +44,6 @@ def send(message):
     with OUT:
         sys.stdout.write(line)
         sys.stdout.flush()
-
-
-def tool_result(payload):
-    return {"content": [{"type": "text", "text": json.dumps(payload)}],
-            "structuredContent": payload, "isError": False}
 
 
 def echo_after(rid, args, token):
@@ -74,16 +63,9 @@ def announce(text):
 
 def call_tool(rid, params):
     name, args = params.get("name"), params.get("arguments") or {}
-    if name == "add_coding_preference":
-        with LOCK:
-            MEMORIES.append(args.get("text", ""))
-        return tool_result({"user": USER, "added": args.get("text", "")})
-    if name == "get_all_coding_preferences":
-        with LOCK:
-            found = list(MEMORIES)
-        return tool_result({"user": USER, "results": found})
-    if name == "env_names":
-        return tool_result({"names": sorted(os.environ.keys())})
+    shared = shared_tool(name, args)
+    if shared is not None:
+        return shared
     if name == "announce":
         threading.Thread(target=announce, args=(args.get("text", ""),), daemon=True).start()
         return tool_result({"user": USER})
