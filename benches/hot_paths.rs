@@ -23,7 +23,7 @@ use memgate::config::AuthConfig;
 use memgate::ownership::OwnerCache;
 use memgate::policy::mcp::{McpDecision, McpPolicy};
 use memgate::policy::mem0::{self, Decision, Mem0Policy, Mem0Request};
-use memgate::policy::{Identity, Permissions};
+use memgate::identity::{Identity, Permissions};
 use memgate::store::{NewToken, SqliteStore, Store};
 use memgate::token;
 

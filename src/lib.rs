@@ -10,6 +10,7 @@ pub mod config;
 pub mod connections;
 pub mod flights;
 pub mod http1;
+pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ownership;

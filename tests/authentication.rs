@@ -32,7 +32,7 @@ async fn insert_token(db: &TestDb, user: &str, expires_in_days: i64) -> String {
             user_id: user.into(),
             name: None,
             email: None,
-            permissions: memgate::policy::Permissions::READ_WRITE,
+            permissions: memgate::identity::Permissions::READ_WRITE,
             created_at: now - chrono::Duration::days(400),
             created_by: Some("test".into()),
             expires_at: Some(now + chrono::Duration::days(expires_in_days)),

@@ -161,7 +161,7 @@ async fn an_ambiguous_prefix_is_refused_and_the_matches_listed() {
                 user_id: format!("user{suffix}"),
                 name: None,
                 email: None,
-                permissions: memgate::policy::Permissions::READ_WRITE,
+                permissions: memgate::identity::Permissions::READ_WRITE,
                 created_at: chrono::Utc::now(),
                 created_by: None,
                 expires_at: None,

@@ -62,7 +62,8 @@ use policy::mcp::{
 };
 use policy::mem0::{self, Decision, Forward, Mem0Policy, Route, decide_owner};
 use policy::scope::{IsolationMode, scope_for};
-use policy::{Identity, Permission, Permissions, json};
+use memgate::identity::{Identity, Permission, Permissions};
+use policy::json;
 
 /// `limits.max_uri_bytes` and `limits.max_header_bytes` at their smallest
 /// allowed values, so the fuzzer reaches both refusals.

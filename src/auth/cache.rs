@@ -15,7 +15,7 @@ use governor::DefaultDirectRateLimiter;
 use chrono::{DateTime, Utc};
 
 use crate::flights::Flights;
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::store::{TokenRecord, TokenStatus};
 use crate::token::TokenHash;
 
@@ -526,7 +526,7 @@ fn test_record(id: i64) -> TokenRecord {
         user_id: "alice".into(),
         name: None,
         email: None,
-        permissions: crate::policy::Permissions::READ_WRITE,
+        permissions: crate::identity::Permissions::READ_WRITE,
         enabled: true,
         created_at: chrono::Utc::now(),
         created_by: None,

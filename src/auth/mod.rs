@@ -20,7 +20,7 @@ use known::KnownTokens;
 
 use crate::config::AuthConfig;
 use crate::metrics::{METRICS, memo};
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::store::{Store, TokenChange, TokenStatus};
 use crate::token;
 

@@ -8,7 +8,7 @@ use clap::Args;
 use sqlx::Connection;
 
 use crate::audit::{AuditEvent, kind};
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 use crate::store::{NewToken, Store};
 use crate::token;
 
@@ -93,7 +93,7 @@ pub async fn run(store: &dyn Store, args: ImportArgs) -> anyhow::Result<String> 
         let prefix = token::display_prefix(&secret).to_string();
         let Some(user_id) = row
             .user_id
-            .filter(|u| crate::cli::token::validate_user_id(u).is_ok())
+            .filter(|u| crate::identity::user_id_problem(u).is_none())
         else {
             skipped.push(format!("{prefix}: missing or unusable user_id"));
             continue;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{opt_time, render_table, time};
 use crate::audit::{AuditEvent, kind};
-use crate::policy::Permissions;
+use crate::identity::{Permissions, user_id_problem};
 use crate::store::{NewToken, Store, TokenRecord};
 use crate::token;
 
@@ -118,15 +118,12 @@ fn parse_rate(text: &str) -> Result<u32, String> {
     }
 }
 
-/// User ids end up in headers and in mem0: printable, trimmed, bounded.
+/// `--user-id` as [`user_id_problem`] reads it.
 pub fn validate_user_id(user_id: &str) -> anyhow::Result<()> {
-    if user_id.is_empty() || user_id.len() > 128 {
-        bail!("--user-id must be 1 to 128 bytes long");
+    match user_id_problem(user_id) {
+        Some(problem) => bail!("--user-id {problem}"),
+        None => Ok(()),
     }
-    if user_id.trim() != user_id || user_id.chars().any(char::is_control) {
-        bail!("--user-id must not contain control characters or surrounding spaces");
-    }
-    Ok(())
 }
 
 fn permission_list(p: Permissions) -> Vec<String> {

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::policy::scope::scope_for;
 use crate::policy::upstream_name::{expand, host_label, is_template};
-use crate::policy::{Identity, Permissions};
+use crate::identity::{Identity, Permissions};
 
 #[derive(Args, Debug)]
 pub struct UpstreamNameArgs {

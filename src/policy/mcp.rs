@@ -60,7 +60,8 @@ use serde_json::{Map, Value};
 use super::deny::Deny;
 use super::query::Query;
 use super::sse::SseEvent;
-use super::{Identity, Permission, json, mem0};
+use crate::identity::{Identity, Permission};
+use super::{json, mem0};
 use arguments::{MemoryIds, ScopedArguments};
 use rpc::Refusal;
 

@@ -8,7 +8,7 @@
 use sha2::{Digest, Sha256};
 
 use super::deny::Deny;
-use super::{Identity, Permission};
+use crate::identity::{Identity, Permission};
 
 /// Longest project slug kept in an `auto` scope.
 const SLUG_MAX_CHARS: usize = 32;
@@ -109,7 +109,7 @@ pub fn other_user_denied(identity: &Identity) -> Deny {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Permissions;
+    use crate::identity::Permissions;
 
     fn user(id: &str, perms: &str) -> Identity {
         Identity {

@@ -15,7 +15,7 @@ use super::exchange::UpstreamHead;
 use super::upstream::UpstreamTarget;
 use crate::config::Upstream;
 use crate::http1::request::{InvalidHead, RequestHead};
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::policy::deny::Deny;
 
 /// Header names memgate reads on every request, parsed once.
@@ -596,7 +596,7 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Permissions;
+    use crate::identity::Permissions;
 
     fn request(method: &str, path: &[u8], headers: &[(&'static str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build(method, path, None).unwrap();

@@ -14,7 +14,7 @@ use super::headers::{Redirects, Relayed};
 use super::{Listener, Session, body, errors, headers};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,

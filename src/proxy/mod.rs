@@ -44,7 +44,7 @@ use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{METRICS, memo};
 use crate::per_thread::RuntimeTasks;
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;

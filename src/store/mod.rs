@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 
 pub use audit_event::{AuditEvent, new_id};
 pub use postgres::PostgresStore;

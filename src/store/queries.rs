@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{StoreError, TokenRecord};
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 
 macro_rules! token_columns {
     () => {

@@ -16,7 +16,7 @@ use super::rules::ToolRule;
 use crate::policy::deny::Deny;
 use crate::policy::json;
 use crate::policy::scope::{check_requested_user, other_user_denied};
-use crate::policy::{Identity, Permission};
+use crate::identity::{Identity, Permission};
 
 /// What scoping one call's arguments produced.
 #[derive(Debug, Default)]

@@ -10,7 +10,8 @@ use super::{
 };
 use crate::policy::scope::project_scope;
 use crate::policy::sse::{SseRewriter, endpoint_session_id};
-use crate::policy::{Identity, Permission, Permissions, json};
+use crate::identity::{Identity, Permission, Permissions};
+use crate::policy::json;
 
 /// Whether what `policy` forwards for a non-admin names no user but `scope`:
 /// in the body that will be sent (`forward.body`, else `client_body`), every

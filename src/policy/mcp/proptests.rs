@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 use crate::policy::scope::project_scope;
 
 fn scope_of(user: &str) -> String {

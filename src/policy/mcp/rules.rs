@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::policy::Permission;
+use crate::identity::Permission;
 
 /// Argument names that carry a user in every tool, known or not, whatever its
 /// rule says: a client can always try them, so memgate always checks them.

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 use crate::policy::scope::project_scope;
 
 fn ident(user_id: &str, permissions: &str) -> Identity {

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::policy::Identity;
+use crate::identity::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::scope::{check_requested_user, other_user_denied};
 

@@ -11,7 +11,8 @@ use super::{
 };
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
-use crate::policy::{Identity, Permissions, json};
+use crate::identity::{Identity, Permissions};
+use crate::policy::json;
 
 /// Whether a forwarded request names no user but `forward.scope`: every
 /// `user_id` in the query and anywhere in the JSON body that will be sent

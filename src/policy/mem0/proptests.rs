@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 use crate::policy::query::{Query, force_user_id};
 
 /// Names a request might carry: the callers, their scopes, strangers, traps.

@@ -1,7 +1,7 @@
 //! The mem0 REST route table (docs/design.md §4): which (method, path) pairs memgate
 //! knows, what permission each needs, and what the policy must do with it.
 
-use crate::policy::Permission;
+use crate::identity::Permission;
 use crate::policy::deny::Deny;
 use crate::policy::path;
 

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::policy::Permissions;
+use crate::identity::Permissions;
 
 const JSON: Option<&str> = Some("application/json");
 
