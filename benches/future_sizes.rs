@@ -16,9 +16,9 @@ use pingora::prelude::HttpPeer;
 use memgate::auth::{Authenticator, PresentedHeaders, StoreAccess};
 use memgate::config::{AuthConfig, Config};
 use memgate::http1::request::RequestHead;
-use memgate::proxy::exchange::UpstreamClient;
-use memgate::proxy::upstream::UpstreamTarget;
 use memgate::store::{SqliteStore, Store};
+use memgate::upstream::exchange::UpstreamClient;
+use memgate::upstream::target::UpstreamTarget;
 
 fn show(what: &str, bytes: usize) {
     println!("{bytes:>8} B  {what}");

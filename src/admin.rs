@@ -10,8 +10,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+use crate::listener::Listener;
 use crate::metrics::METRICS;
-use crate::proxy::Listener;
 use crate::proxy::errors::{respond_error, respond_json};
 use crate::store::Store;
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http1::request::{InvalidHead, RequestHead};
-use crate::policy::mem0::{memory_path, owner_from_get_response};
-use crate::proxy::Listener;
-use crate::proxy::exchange::UpstreamClient;
+use crate::listener::Listener;
+use crate::policy::mem0::owner_from_get_response;
+use crate::upstream::exchange::UpstreamClient;
+use crate::upstream::mem0::get_memory;
 
 mod cache;
 pub use cache::OwnerCache;
@@ -62,27 +62,10 @@ impl OwnerResolver {
 
     async fn lookup(&self, memory_id: &str) -> Result<String, LookupError> {
         let unreachable = |e: &pingora::Error| LookupError::Upstream {
-            status: crate::proxy::upstream_failure(Listener::Mem0, e).0,
+            status: crate::upstream::upstream_failure(Listener::Mem0, e).0,
             message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
         };
-        let head = || {
-            let mut req = RequestHead::new(&http::Method::GET, &memory_path(memory_id))?;
-            req.header(
-                &http::header::HOST,
-                self.client.target().authority().as_bytes(),
-            )?;
-            req.header(&http::header::ACCEPT, b"application/json")?;
-            Ok::<_, InvalidHead>(req)
-        };
-        let req = head().map_err(|e| {
-            unreachable(&pingora::Error::explain(
-                pingora::ErrorType::InternalError,
-                e.0,
-            ))
-        })?;
-        let answer = self
-            .client
-            .exchange(req, None, self.max_response_bytes)
+        let answer = get_memory(&self.client, memory_id, self.max_response_bytes)
             .await
             .map_err(|e| unreachable(&e))?;
         match answer.header.status.as_u16() {

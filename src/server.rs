@@ -21,26 +21,28 @@ use crate::admin::AdminApi;
 use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::connections::{ConnectionRules, Guarded};
 use crate::lifecycle::InFlight;
+use crate::listener::connections::{ConnectionRules, Guarded};
+use crate::listener::per_thread::{self, PerThread};
+use crate::listener::tls::ReloadingCert;
+use crate::listener::{Listener, Listening};
 use crate::ownership::OwnerResolver;
-use crate::per_thread::{self, PerThread};
+use crate::policy::admission::HeadLimits;
 use crate::policy::mcp::{McpPolicy, default_tool_rules};
 use crate::policy::mem0::Mem0Policy;
 use crate::proxy::Shared;
-use crate::proxy::exchange::UpstreamClient;
 use crate::proxy::mcp::{McpFlow, McpSettings};
 use crate::proxy::mem0::Mem0Flow;
-use crate::proxy::spawn::Supervisor;
-use crate::proxy::targets::Upstreams;
-use crate::proxy::upstream::UpstreamTarget;
-use crate::proxy::{Flow, Gate, Listener};
+use crate::proxy::{Flow, Gate};
 use crate::ratelimit::RateLimits;
 use crate::scopes::ScopeLog;
 use crate::sessions::SessionBindings;
 use crate::store;
 use crate::store::Store;
-use crate::tls::ReloadingCert;
+use crate::upstream::exchange::UpstreamClient;
+use crate::upstream::spawn::Supervisor;
+use crate::upstream::target::UpstreamTarget;
+use crate::upstream::targets::Upstreams;
 
 /// Fails with a clear message if a listen address is taken, before pingora
 /// tries (and aborts less helpfully).
@@ -126,9 +128,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         trusted_proxies: config.server.trusted_proxies.clone(),
         in_flight: InFlight::default(),
         scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
-        max_uri_bytes: config.limits.max_uri_bytes,
-        max_header_bytes: config.limits.max_header_bytes,
-        keepalive_idle_secs: config.server.keepalive_idle_secs,
+        head_limits: HeadLimits {
+            max_uri_bytes: config.limits.max_uri_bytes,
+            max_header_bytes: config.limits.max_header_bytes,
+        },
     });
     background.spawn(housekeeping(
         shared.clone(),
@@ -183,7 +186,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             spawn,
             background.handle().clone(),
             sessions.clone(),
-            crate::proxy::spawn::BridgePaths {
+            crate::upstream::spawn::BridgePaths {
                 sse: config.mcp.sse_path.clone(),
                 messages: config.mcp.messages_path.clone(),
             },
@@ -252,6 +255,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs(config.server.header_timeout_secs),
         max_head_bytes: config.limits.max_uri_bytes + config.limits.max_header_bytes + 1024,
     };
+    // The longest request head a keep-alive connection reads after its first.
+    let max_head = config.limits.max_uri_bytes + config.limits.max_header_bytes + 4096;
     for (listener, cfg, client, flow) in listeners {
         let gate = Gate::new(
             listener,
@@ -263,7 +268,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.server.threads,
         );
         let guarded = Guarded::new(
-            crate::proxy::Listening::new(gate),
+            Listening::new(
+                gate,
+                Duration::from_secs(config.server.keepalive_idle_secs),
+                max_head,
+            ),
             connection_rules.clone(),
             listener.as_str(),
         );

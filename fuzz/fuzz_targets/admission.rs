@@ -28,8 +28,11 @@
 //! name that identity, as `Authenticator::check` requires.
 #![no_main]
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Uri};
+
+#[allow(dead_code)]
+#[path = "../../src/identity.rs"]
+mod identity;
 
 #[allow(dead_code, unused_imports)]
 #[path = "../../src/policy/mod.rs"]
@@ -62,7 +65,7 @@ use policy::mcp::{
 };
 use policy::mem0::{self, Decision, Forward, Mem0Policy, Route, decide_owner};
 use policy::scope::{IsolationMode, scope_for};
-use memgate::identity::{Identity, Permission, Permissions};
+use identity::{Identity, Permission, Permissions};
 use policy::json;
 
 /// `limits.max_uri_bytes` and `limits.max_header_bytes` at their smallest
@@ -103,7 +106,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 });
 
 // ---------------------------------------------------------------------------
-// Reading: `proxy::h1::server::H1Session::read_request` and its body reads.
+// Reading: `listener::h1::H1Session::read_request` and its body reads.
 
 fn parse(data: &[u8]) -> Option<Request> {
     let mut buf = bytes::BytesMut::from(data);
@@ -138,14 +141,17 @@ fn dechunk(buf: &mut bytes::BytesMut) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------
-// `proxy::Gate::request_filter` up to the listener's flow.
+// `proxy::Gate::handle` up to the listener's flow.
 
 fn admit(request: &Request) {
-    if oversized(request) {
-        return;
-    }
-    // `proxy::body::ambiguous_framing`: refused on every route.
-    if request.headers.contains_key(TRANSFER_ENCODING) && request.headers.contains_key(CONTENT_LENGTH) {
+    // `policy::admission::admit_head`, as the gate calls it.
+    let limits = policy::admission::HeadLimits {
+        max_uri_bytes: MAX_URI_BYTES,
+        max_header_bytes: MAX_HEADER_BYTES,
+    };
+    if policy::admission::admit_head(&request.method, &request.uri, &request.headers, limits)
+        .is_err()
+    {
         return;
     }
     let presented = PresentedHeaders {
@@ -199,20 +205,6 @@ fn admit(request: &Request) {
             }
         }
     }
-}
-
-/// `proxy::oversized`: 414 and 431 over the limits.
-fn oversized(request: &Request) -> bool {
-    let uri = request
-        .uri
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
-    let headers: usize = request
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    uri > MAX_URI_BYTES || headers > MAX_HEADER_BYTES
 }
 
 /// `proxy::presented`: every value of a header, as bytes.

@@ -29,7 +29,7 @@ pub struct ServerConfig {
     pub keepalive_idle_secs: u64,
     /// Whether a listener's worker threads share one work-stealing runtime
     /// (pingora's listening service) or each runs its own runtime, listening
-    /// socket and connections (`crate::per_thread`).
+    /// socket and connections (`crate::listener::per_thread`).
     pub work_stealing: bool,
 }
 

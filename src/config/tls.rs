@@ -37,8 +37,8 @@ impl TlsConfig {
                         )
                     })?;
                 }
-                crate::tls::load(&self.cert, &self.key).map_err(|e| {
-                    let crate::tls::TlsError::Load(e) = e;
+                crate::listener::tls::load(&self.cert, &self.key).map_err(|e| {
+                    let crate::listener::tls::TlsError::Load(e) = e;
                     invalid(
                         "tls.cert",
                         format!(

@@ -2,8 +2,10 @@
 //! is a function of (identity, request) that unit tests, property tests and the
 //! fuzzer can drive directly (docs/design.md §1 step 3).
 
+pub mod admission;
 pub mod deny;
 pub mod endpoint;
+pub mod header_names;
 pub mod json;
 pub mod mcp;
 pub mod mem0;
@@ -14,6 +16,3 @@ pub mod query;
 pub mod scope;
 pub mod sse;
 pub mod upstream_name;
-
-
-

@@ -2,23 +2,12 @@
 //! policy (bounded by `limits.max_body_bytes`, uncompressed, with an honest
 //! Content-Length), and how streamed bodies are framed on each side.
 
-use super::headers::{Relayed, SetHeaders};
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::*;
 
-use super::{Session, headers};
+use crate::listener::{Relayed, Session, SetHeaders};
 use crate::policy::deny::Deny;
-
-/// A request that names both `Transfer-Encoding` and `Content-Length` is
-/// ambiguous (request smuggling) and refused on every route. memgate's HTTP/1
-/// reader keeps both headers for this check (and will not reuse the
-/// connection); HTTP/2 forbids `Transfer-Encoding`.
-pub fn ambiguous_framing(session: &Session) -> Option<Deny> {
-    let req = session.req_header();
-    let sent = |name| crate::http1::values(&req.headers, name).next().is_some();
-    (sent(&http::header::TRANSFER_ENCODING) && sent(&http::header::CONTENT_LENGTH))
-        .then(|| Deny::bad_request("Transfer-Encoding and Content-Length were both sent"))
-}
+use crate::policy::header_names;
 
 /// Sends `100 Continue` when the client waits for it before its body
 /// (`Expect: 100-continue` on HTTP/1.1), once memgate wants that body.
@@ -52,11 +41,11 @@ pub enum RequestFraming {
 impl RequestFraming {
     /// The framing of the client's request. A `Transfer-Encoding` other than
     /// plain `chunked` is refused; one sent with a `Content-Length` was
-    /// refused for every route by [`ambiguous_framing`] already.
+    /// refused for every route at admission already (`policy::admission`).
     pub fn of(session: &mut Session) -> Result<RequestFraming, Deny> {
         let req = session.req_header();
-        let encoding = headers::single(req, &http::header::TRANSFER_ENCODING)?;
-        let length = headers::single(req, &http::header::CONTENT_LENGTH)?;
+        let encoding = header_names::single(&req.headers, &http::header::TRANSFER_ENCODING)?;
+        let length = header_names::single(&req.headers, &http::header::CONTENT_LENGTH)?;
         match (encoding, length) {
             (Some(te), _) if te.eq_ignore_ascii_case("chunked") => Ok(RequestFraming::Chunked),
             (Some(_), _) => Err(Deny::bad_request(
@@ -110,11 +99,11 @@ pub fn frame_stream(header: &mut Relayed, session: &Session, length: Option<usiz
 /// for an ambiguous or broken framing.
 pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<Bytes>, Deny> {
     let req = session.req_header();
-    let encoding = headers::single(req, &http::header::CONTENT_ENCODING)?;
+    let encoding = header_names::single(&req.headers, &http::header::CONTENT_ENCODING)?;
     if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         return Err(Deny::unsupported_media_type());
     }
-    if let Some(declared) = headers::single(req, &http::header::CONTENT_LENGTH)? {
+    if let Some(declared) = header_names::single(&req.headers, &http::header::CONTENT_LENGTH)? {
         match declared.parse::<usize>() {
             Ok(n) if n > limit => return Err(Deny::payload_too_large(limit)),
             Ok(_) => {}

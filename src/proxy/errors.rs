@@ -1,14 +1,13 @@
 //! Error responses in each listener's format: FastAPI-shaped `{"detail": …}`
 //! on the mem0 listener, a JSON-RPC error object on the MCP listener
-//! (docs/design.md §4, §5); the status an upstream failure maps to, and the
-//! status classes metrics are labelled with.
+//! (docs/design.md §4, §5), and the status classes metrics are labelled with.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use serde_json::json;
 
-use super::{Listener, Session};
+use crate::listener::{Listener, Session};
 
 /// The JSON-RPC error code for an HTTP status: `-32000 - n` for 4xx statuses
 /// (401 → -32001, 403 → -32003), `-32050 - n` for 5xx, and the standard
@@ -99,18 +98,6 @@ pub async fn respond_error(
         extra.push(("retry-after", "1".to_string()));
     }
     respond_json(session, status, body, &extra).await
-}
-
-/// The status and message for an exchange with the upstream that failed:
-/// 504 when it went quiet, 502 when it could not be reached or misbehaved.
-pub fn upstream_failure(listener: Listener, e: &Error) -> (u16, String) {
-    let name = listener.as_str();
-    match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            (504, format!("The {name} upstream did not answer in time"))
-        }
-        _ => (502, format!("The {name} upstream is unreachable or failed")),
-    }
 }
 
 /// Static labels keep the status label set small and allocation-free.

@@ -10,41 +10,16 @@ use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
-use super::Session;
-use super::exchange::UpstreamHead;
-use super::upstream::UpstreamTarget;
 use crate::config::Upstream;
 use crate::http1::request::{InvalidHead, RequestHead};
 use crate::identity::Identity;
-use crate::policy::deny::Deny;
-
-/// Header names memgate reads on every request, parsed once.
-pub const X_MCP_TOKEN: HeaderName = HeaderName::from_static("x-mcp-token");
-pub const X_MCP_USERID: HeaderName = HeaderName::from_static("x-mcp-userid");
-pub const X_MCP_PROJECT: HeaderName = HeaderName::from_static("x-mcp-project");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The one value of a header, trimmed; several values are ambiguous and refused.
-pub fn single<'r>(
-    req: &'r RequestHeader,
-    name: &HeaderName,
-) -> std::result::Result<Option<&'r str>, Deny> {
-    let mut values = crate::http1::values(&req.headers, name);
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(Deny::bad_request(format!(
-            "The {name} header was sent more than once"
-        )));
-    }
-    first
-        .map(|v| {
-            v.to_str()
-                .map(str::trim)
-                .map_err(|_| Deny::bad_request(format!("The {name} header is not valid text")))
-        })
-        .transpose()
-}
+use crate::listener::{Relayed, Session};
+use crate::policy::header_names::{
+    X_MCP_USERID, X_MEMGATE_SCOPE, is_credential_header, is_identity_header, is_method_override,
+    is_upstream_key, single,
+};
+use crate::upstream::exchange::UpstreamHead;
+use crate::upstream::target::UpstreamTarget;
 
 /// Whether the listeners speak TLS (set once at start): HSTS is only sent then.
 static TLS: OnceLock<bool> = OnceLock::new();
@@ -86,77 +61,6 @@ fn security_headers() -> impl Iterator<Item = (HeaderName, HeaderValue)> {
     .chain(hsts)
 }
 
-/// Header names compare lower-cased with `-` and `_` removed, so
-/// `X_MCP_UserID`, `x-mcp-user-id` and `X-MCP-UserID` all compare equal.
-/// Header names are ASCII; the targets (lower-case, no separators) are too,
-/// so bytes suffice. This runs for every header of every request, so it is a
-/// plain loop that stops at the first difference.
-///
-/// What is left of `name` after `prefix`'s letters, from its next letter
-/// (empty when no letter follows); `None` when the squashed name does not
-/// start with `prefix`.
-fn after_squashed<'n>(name: &'n str, prefix: &str) -> Option<&'n [u8]> {
-    let (name, mut wanted) = (name.as_bytes(), prefix.bytes());
-    for (at, &b) in name.iter().enumerate() {
-        if is_separator(b) {
-            continue;
-        }
-        match wanted.next() {
-            Some(w) if w == b.to_ascii_lowercase() => {}
-            Some(_) => return None,
-            None => return Some(&name[at..]),
-        }
-    }
-    wanted.next().is_none().then_some(&[])
-}
-
-fn is_separator(b: u8) -> bool {
-    b == b'-' || b == b'_'
-}
-
-fn squashed_is(name: &str, target: &str) -> bool {
-    after_squashed(name, target).is_some_and(<[u8]>::is_empty)
-}
-
-fn squashed_starts_with(name: &str, prefix: &str) -> bool {
-    after_squashed(name, prefix).is_some()
-}
-
-/// Headers that claim an identity: memgate sets these itself.
-pub fn is_identity_header(name: &str) -> bool {
-    squashed_is(name, "xmcpuserid") || squashed_starts_with(name, "xmemgate")
-}
-
-/// Headers that would make an upstream (or a framework in front of it) treat
-/// the request as another method than the one memgate authorised.
-pub fn is_method_override(name: &str) -> bool {
-    ["xhttpmethodoverride", "xhttpmethod", "xmethodoverride"]
-        .iter()
-        .any(|t| squashed_is(name, t))
-}
-
-/// Headers that carry a credential.
-pub fn is_credential_header(name: &str) -> bool {
-    squashed_is(name, "xmcptoken") || squashed_is(name, "authorization")
-}
-
-/// mem0's API key: the upstream's own credential, which only memgate's
-/// `upstream_headers` may supply.
-pub fn is_upstream_key(name: &str) -> bool {
-    squashed_is(name, "xapikey")
-}
-
-/// Whether two header names are one header to an upstream or a framework in
-/// front of it: equal but for case, `-` and `_`.
-pub fn same_header(a: &str, b: &str) -> bool {
-    fn squash(n: &str) -> impl Iterator<Item = u8> + '_ {
-        n.bytes()
-            .filter(|b| !is_separator(*b))
-            .map(|b| b.to_ascii_lowercase())
-    }
-    squash(a).eq(squash(b))
-}
-
 /// Headers memgate never passes on from a client: identity claims, method
 /// overrides, the upstream's API key, and credentials unless the listener
 /// forwards them.
@@ -167,7 +71,6 @@ fn is_stripped(name: &str, forward_credentials: bool) -> bool {
         || (!forward_credentials && is_credential_header(name))
 }
 
-pub const X_MEMGATE_SCOPE: HeaderName = HeaderName::from_static("x-memgate-scope");
 const X_MEMGATE_TOKEN_PREFIX: HeaderName = HeaderName::from_static("x-memgate-token-prefix");
 
 /// Most headers a `Connection` header may name; more is refused.
@@ -264,98 +167,6 @@ pub fn upstream_request(
     Ok(head)
 }
 
-/// Whether a `Content-Type` value names a server-sent event stream.
-fn is_event_stream_type(value: Option<&[u8]>) -> bool {
-    value.is_some_and(|ct| {
-        ct.trim_ascii_start()
-            .get(..17)
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
-    })
-}
-
-/// Where memgate's own response headers go: the answers it builds
-/// (`ResponseHeader`) and the upstream answers it relays ([`Relayed`]).
-pub trait SetHeaders {
-    /// Sets `name` to `value`, replacing every earlier value.
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    /// Adds a value of `name`, keeping earlier ones.
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-}
-
-impl SetHeaders for ResponseHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-}
-
-/// An upstream answer on its way to the client: the upstream's end-to-end
-/// header lines as received, plus the headers memgate sets. Written to an
-/// HTTP/1 client line by line, without a header map in between.
-#[derive(Debug)]
-pub struct Relayed {
-    upstream: UpstreamHead,
-    added: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Relayed {
-    pub fn status(&self) -> http::StatusCode {
-        self.upstream.status
-    }
-
-    /// The first value of `name`: memgate's own if it set one.
-    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.added
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_bytes())
-            .or_else(|| self.upstream.get(name.as_str()))
-    }
-
-    pub fn is_event_stream(&self) -> bool {
-        is_event_stream_type(self.get(&http::header::CONTENT_TYPE))
-    }
-
-    /// Every header line: the upstream's (names as sent), then memgate's.
-    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.upstream.headers().chain(
-            self.added
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        )
-    }
-
-    /// The same answer as a `ResponseHeader` (for HTTP/2 clients).
-    pub fn into_response_header(self) -> Result<ResponseHeader> {
-        let mut header = ResponseHeader::build(self.status(), Some(self.added.len() + 8))?;
-        for (name, value) in self.lines() {
-            let name = HeaderName::from_bytes(name)
-                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
-            let value = HeaderValue::from_bytes(value)
-                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header value")?;
-            header.append_header(name, value)?;
-        }
-        Ok(header)
-    }
-}
-
-impl SetHeaders for Relayed {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.upstream.remove(name.as_str());
-        self.added.retain(|(n, _)| *n != name);
-        self.added.push((name, value));
-        Ok(())
-    }
-
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.added.push((name, value));
-        Ok(())
-    }
-}
-
 /// The upstream's answer made the client's: memgate frames the body itself
 /// (with `length` when it knows it), adds the security headers, and points
 /// redirects to the upstream's own origin back at memgate. The upstream's
@@ -366,22 +177,16 @@ pub fn client_response(
     length: Option<usize>,
     redirects: &Redirects<'_>,
 ) -> Relayed {
-    let mut relayed = Relayed {
-        upstream,
-        added: Vec::with_capacity(6),
-    };
+    let mut relayed = Relayed::new(upstream);
     redirects.rewrite(&mut relayed);
     // 1xx, 204 and 304 answers carry no length (RFC 9110 §8.6).
     let status = relayed.status().as_u16();
     if let Some(length) = length.filter(|_| status >= 200 && status != 204 && status != 304) {
-        relayed
-            .added
-            .push((http::header::CONTENT_LENGTH, HeaderValue::from(length)));
+        relayed.append(http::header::CONTENT_LENGTH, HeaderValue::from(length));
     }
+    // The upstream's own copies give way to memgate's.
     for (name, value) in security_headers() {
-        // The upstream's own copies give way to memgate's.
-        relayed.upstream.remove(name.as_str());
-        relayed.added.push((name, value));
+        relayed.replace(name, value);
     }
     relayed
 }
@@ -468,7 +273,7 @@ impl<'a> Redirects<'a> {
         let is_redirect = |n: &[u8]| {
             n.eq_ignore_ascii_case(b"location") || n.eq_ignore_ascii_case(b"content-location")
         };
-        if !relayed.upstream.headers().any(|(n, _)| is_redirect(n)) {
+        if !relayed.upstream_lines().any(|(n, _)| is_redirect(n)) {
             return;
         }
         let Some((scheme, host)) = self.client_origin() else {
@@ -476,8 +281,7 @@ impl<'a> Redirects<'a> {
         };
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
             let values: Vec<&[u8]> = relayed
-                .upstream
-                .headers()
+                .upstream_lines()
                 .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
                 .map(|(_, v)| v)
                 .collect();
@@ -499,17 +303,14 @@ impl<'a> Redirects<'a> {
                     None => HeaderValue::from_bytes(old).ok(),
                 })
                 .collect();
-            relayed.upstream.remove(name.as_str());
-            relayed
-                .added
-                .extend(values.into_iter().map(|v| (name.clone(), v)));
+            relayed.replace_all(name, values);
         }
     }
 }
 
 /// A trusted proxy's `X-Forwarded-Proto`: one value, `http` or `https`.
 fn forwarded_proto(req: &RequestHeader) -> Option<&'static str> {
-    let proto = single(req, &X_FORWARDED_PROTO).ok()??;
+    let proto = single(&req.headers, &X_FORWARDED_PROTO).ok()??;
     if proto.eq_ignore_ascii_case("https") {
         Some("https")
     } else if proto.eq_ignore_ascii_case("http") {
@@ -625,52 +426,6 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
             .collect()
-    }
-
-    #[test]
-    fn squashed_comparisons_match_squashing_the_name() {
-        let squash = |n: &str| {
-            n.chars()
-                .filter(|c| *c != '-' && *c != '_')
-                .map(|c| c.to_ascii_lowercase())
-                .collect::<String>()
-        };
-        let names = [
-            "",
-            "-",
-            "_x_",
-            "x",
-            "X-MCP-UserID",
-            "x-mcp-userid-2",
-            "xmcpuser",
-            "X_Memgate",
-            "x-memgate-scope",
-            "xmemgat",
-            "-X-HTTP-Method",
-            "x-http-method-override",
-            "Host",
-        ];
-        let targets = [
-            "xmcpuserid",
-            "xmemgate",
-            "xhttpmethod",
-            "xhttpmethodoverride",
-            "x",
-        ];
-        for name in names {
-            for target in targets {
-                assert_eq!(
-                    squashed_is(name, target),
-                    squash(name) == target,
-                    "{name} {target}"
-                );
-                assert_eq!(
-                    squashed_starts_with(name, target),
-                    squash(name).starts_with(target),
-                    "{name} {target}"
-                );
-            }
-        }
     }
 
     #[test]
@@ -862,15 +617,11 @@ mod tests {
             None,
             &Redirects::new(&origin, &req, false, None, &[]),
         );
-        relayed
-            .set(
-                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("https://app.example"),
-            )
-            .unwrap();
-        relayed
-            .add(http::header::VARY, HeaderValue::from_static("Origin"))
-            .unwrap();
+        relayed.replace(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
+        relayed.append(http::header::VARY, HeaderValue::from_static("Origin"));
         let all = |name: &str| -> Vec<&[u8]> {
             relayed
                 .lines()
@@ -1072,7 +823,5 @@ mod tests {
             .unwrap()
             .parsed();
         assert!(head.headers.iter().all(|(_, v)| v != "evil"));
-        assert!(same_header("X_MCP-UserID", "x-mcp-userid"));
-        assert!(!same_header("x-mcp-user", "x-mcp-userid"));
     }
 }

@@ -9,18 +9,20 @@ use bytes::Bytes;
 use pingora::prelude::*;
 use serde_json::Value;
 
-use super::exchange::{Exchanged, UpstreamClient};
-use super::headers::{Redirects, Relayed};
-use super::{Listener, Session, body, errors, headers};
+use super::headers::Redirects;
+use super::{body, errors, headers};
+use crate::identity::Identity;
+use crate::listener::{Listener, Relayed, Session};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
-use crate::identity::Identity;
 use crate::policy::deny::Deny;
+use crate::policy::header_names;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
     owner_ids_in,
 };
 use crate::policy::{method_override, path};
+use crate::upstream::exchange::{Exchanged, UpstreamClient};
 
 /// A policy refusal, for the audit trail.
 pub struct Mem0Refusal {
@@ -141,7 +143,8 @@ impl Mem0Flow {
             })?;
         *route = matched.route.label();
         self.policy.admit(identity, &matched).map_err(Step::deny)?;
-        let project = headers::single(req, &headers::X_MCP_PROJECT).map_err(Step::deny)?;
+        let project =
+            header_names::single(&req.headers, &header_names::X_MCP_PROJECT).map_err(Step::deny)?;
         let scope = self.policy.scope_for(identity, project);
         method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)
             .map_err(Step::deny)?;
@@ -158,7 +161,7 @@ impl Mem0Flow {
                 Decision::Deny(deny) => Err(Step::deny(deny)),
             };
         }
-        let content_type = headers::single(req, &http::header::CONTENT_TYPE)
+        let content_type = header_names::single(&req.headers, &http::header::CONTENT_TYPE)
             .map_err(Step::deny)?
             .map(str::to_string);
         let body = body::read_whole(session, self.policy.max_body_bytes)
@@ -223,7 +226,9 @@ impl Mem0Flow {
             identity,
             &forward.scope,
             self.forward_credentials,
-            self.client.target().host_for(session.req_header()),
+            self.client
+                .target()
+                .host_for(headers::client_host(session.req_header())),
             |_, _| true,
         )?;
         if length > 0 || session.req_header().method != http::Method::GET {
@@ -237,7 +242,7 @@ impl Mem0Flow {
         {
             Ok(answer) => answer,
             Err(e) => {
-                let (status, message) = super::upstream_failure(Listener::Mem0, &e);
+                let (status, message) = crate::upstream::upstream_failure(Listener::Mem0, &e);
                 tracing::info!(error = %e, status, "mem0 upstream exchange failed");
                 return errors::respond_error(session, Listener::Mem0, status, &message).await;
             }

@@ -1,77 +1,46 @@
-//! The pingora glue: one `Gate` per proxied listener. Each hook is short and
-//! hands decisions to `auth` and `policy`; this layer knows nothing of mem0's
-//! routes (docs/design.md §1, §10).
+//! The gate of a proxied listener: every request goes through the phases
+//! admit → authenticate → authorise → resolve owner → forward → record. Each
+//! step hands decisions to `auth` and `policy`; this layer knows nothing of
+//! mem0's routes (docs/design.md §1, §10).
 
 pub mod body;
 pub mod client_ip;
 pub mod errors;
-pub mod exchange;
-pub mod h1;
+mod handler;
 pub mod headers;
 pub mod mcp;
 pub mod mem0;
-pub mod pool;
 mod request;
-mod serving;
-pub mod session;
-pub mod spawn;
-pub mod targets;
-pub mod upstream;
 
 use errors::status_label;
-pub use errors::upstream_failure;
-use request::{oversized, presented, project, request_id, truncate, visible_target};
-pub use serving::{Listening, Stopping};
+use request::{presented, project, request_id, truncate};
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
-use tokio::sync::Notify;
-
-use std::net::IpAddr;
-
-use ipnet::IpNet;
 
 use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
-use crate::lifecycle::{InFlight, InFlightGuard};
-use crate::metrics::{METRICS, memo};
-use crate::per_thread::RuntimeTasks;
 use crate::identity::Identity;
+use crate::lifecycle::{InFlight, InFlightGuard};
+use crate::listener::per_thread::RuntimeTasks;
+use crate::listener::{Handler, Listener, Session};
+use crate::metrics::{METRICS, memo};
+use crate::policy::admission::{HeadLimits, admit_head};
+use crate::policy::header_names;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
-use exchange::Outgoing;
+use crate::upstream::exchange::Outgoing;
+use crate::upstream::targets::Upstreams;
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
-use targets::Upstreams;
-
-pub use session::Session;
-
-/// Which listener a request arrived on; decides the error format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listener {
-    Mcp,
-    Mem0,
-    Admin,
-}
-
-impl Listener {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Listener::Mcp => "mcp",
-            Listener::Mem0 => "mem0",
-            Listener::Admin => "admin",
-        }
-    }
-}
 
 /// What one phase of a request learns for the next.
 pub struct RequestCtx {
@@ -121,10 +90,7 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Project scopes users act in (`auto` isolation), for `memgate user export|delete`.
     pub scopes: ScopeLog,
-    pub max_uri_bytes: usize,
-    pub max_header_bytes: usize,
-    /// How long a kept-alive client connection may wait for its next request.
-    pub keepalive_idle_secs: u64,
+    pub head_limits: HeadLimits,
 }
 
 pub struct Gate {
@@ -135,7 +101,6 @@ pub struct Gate {
     forward_credentials: bool,
     isolation: IsolationMode,
     flow: Flow,
-    stopping: Stopping,
     request_duration: prometheus::Histogram,
     runtime_tasks: RuntimeTasks,
 }
@@ -173,7 +138,6 @@ impl Gate {
             forward_credentials,
             isolation,
             flow,
-            stopping: Stopping::default(),
             request_duration: METRICS.request_duration.with_label_values(&label),
             runtime_tasks: RuntimeTasks::new(
                 METRICS.runtime_tasks.with_label_values(&label),
@@ -216,7 +180,7 @@ impl Gate {
         let forwarded: Vec<&str> = session
             .req_header()
             .headers
-            .get_all(&headers::X_FORWARDED_FOR)
+            .get_all(&header_names::X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -383,23 +347,17 @@ impl Gate {
 impl Gate {
     /// One request: answered by memgate, or passed through as a stream.
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        // CONNECT changes how the message is framed; nothing behind memgate
-        // takes it (pingora's proxy refused it the same way).
-        if session.req_header().method == http::Method::CONNECT {
-            return self
-                .refuse_and_close(session, 405, "Method Not Allowed")
-                .await;
-        }
-        // memgate's HTTP/1 reader refused such a target already; pingora's
-        // HTTP/2 lets UTF-8 through. Refused the same way on both.
-        if session.is_http2() && !visible_target(session.req_header()) {
-            return errors::respond_error(
-                session,
-                self.listener,
-                400,
-                "Request target is not visible ASCII",
-            )
-            .await;
+        let req = session.req_header();
+        if let Err(refused) =
+            admit_head(&req.method, &req.uri, &req.headers, self.shared.head_limits)
+        {
+            let deny = refused.deny;
+            if refused.close {
+                return self
+                    .refuse_and_close(session, deny.status, &deny.message)
+                    .await;
+            }
+            return errors::respond_error(session, self.listener, deny.status, &deny.message).await;
         }
         if self.respond_or_pass(session, ctx).await? {
             return Ok(());
@@ -410,15 +368,6 @@ impl Gate {
     /// Admission and policy before anything is forwarded or any body is read.
     /// `Ok(true)`: a response was sent; `Ok(false)`: stream the request.
     async fn respond_or_pass(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some((status, message)) = oversized(session.req_header(), &self.shared) {
-            errors::respond_error(session, self.listener, status, message).await?;
-            return Ok(true);
-        }
-        if let Some(deny) = body::ambiguous_framing(session) {
-            self.refuse_and_close(session, deny.status, &deny.message)
-                .await?;
-            return Ok(true);
-        }
         ctx.request_id = request_id(session.req_header());
         if let Flow::Mcp(flow) = &self.flow
             && flow.check_origin(session).await?
@@ -492,13 +441,13 @@ impl Gate {
         };
         let client = match self.upstreams.client(&ctx.scope, &identity.user_id).await {
             Ok(client) => client,
-            Err(targets::NoUpstream::NotReady(why)) => {
+            Err(crate::upstream::targets::NoUpstream::NotReady(why)) => {
                 let body =
                     errors::error_body(self.listener, 503, &why.message, &serde_json::Value::Null);
                 let retry = [("retry-after", why.retry_after_secs.to_string())];
                 return errors::respond_json(session, 503, body, &retry).await;
             }
-            Err(targets::NoUpstream::Unsafe(why)) => {
+            Err(crate::upstream::targets::NoUpstream::Unsafe(why)) => {
                 tracing::error!(error = %why, "no upstream for this scope; nothing sent");
                 return errors::respond_error(
                     session,
@@ -524,7 +473,7 @@ impl Gate {
             identity,
             &ctx.scope,
             self.forward_credentials,
-            client.target().host_for(req),
+            client.target().host_for(headers::client_host(req)),
             |_, _| true,
         )?;
         if let Some(length) = framing.content_length() {
@@ -683,7 +632,7 @@ impl Gate {
 pub(crate) fn failure_response(listener: Listener, e: &Error) -> (u16, String) {
     use pingora::ErrorSource;
     match e.esource() {
-        ErrorSource::Upstream => upstream_failure(listener, e),
+        ErrorSource::Upstream => crate::upstream::upstream_failure(listener, e),
         ErrorSource::Downstream => match e.etype() {
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                 (0, String::new())
@@ -720,14 +669,5 @@ mod tests {
         let mut bad = bare;
         bad.insert_header("x-request-id", "has space").unwrap();
         assert_eq!(request_id(&bad).len(), 32);
-    }
-
-    #[test]
-    fn only_visible_ascii_targets_pass() {
-        let target =
-            |t: &str| visible_target(&RequestHeader::build("GET", t.as_bytes(), None).unwrap());
-        assert!(target("/mcp?session_id=a%20b"));
-        assert!(!target("/mcp/caf\u{e9}"));
-        assert!(!target("/memories?q=\u{fc}"));
     }
 }

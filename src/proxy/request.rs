@@ -1,5 +1,5 @@
-//! What the gate reads off a request head: its size, target, project,
-//! request id and credential headers.
+//! What the gate reads off a request head: its project, request id and
+//! credential headers.
 
 use super::*;
 
@@ -10,31 +10,10 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// 414 or 431 for a request target or headers over the configured limits.
-pub(super) fn oversized(req: &RequestHeader, shared: &Shared) -> Option<(u16, &'static str)> {
-    let uri = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri > shared.max_uri_bytes {
-        return Some((414, "Request target too long (limits.max_uri_bytes)"));
-    }
-    let headers: usize = req
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    (headers > shared.max_header_bytes)
-        .then_some((431, "Request headers too large (limits.max_header_bytes)"))
-}
-
-pub(super) fn visible_target(req: &RequestHeader) -> bool {
-    req.uri
-        .path_and_query()
-        .is_none_or(|pq| crate::http1::is_visible_ascii(pq.as_str().as_bytes()))
-}
-
 /// The `X-MCP-Project` header, trimmed. A repeated or unreadable one reads as
 /// absent here; both listeners refuse such a request before forwarding it.
 pub(super) fn project(req: &RequestHeader) -> Option<String> {
-    headers::single(req, &headers::X_MCP_PROJECT)
+    header_names::single(&req.headers, &header_names::X_MCP_PROJECT)
         .ok()
         .flatten()
         .map(str::to_string)
@@ -47,7 +26,7 @@ pub(super) fn request_id(req: &RequestHeader) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static BASE: LazyLock<String> = LazyLock::new(|| audit::new_id()[..16].to_string());
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    crate::http1::values(&req.headers, &headers::X_REQUEST_ID)
+    crate::http1::values(&req.headers, &header_names::X_REQUEST_ID)
         .next()
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
@@ -73,8 +52,8 @@ pub(super) fn presented(req: &RequestHeader) -> PresentedHeaders<'_> {
             .collect()
     };
     PresentedHeaders {
-        x_mcp_token: all(&headers::X_MCP_TOKEN),
+        x_mcp_token: all(&header_names::X_MCP_TOKEN),
         authorization: all(&http::header::AUTHORIZATION),
-        x_mcp_user_id: all(&headers::X_MCP_USERID),
+        x_mcp_user_id: all(&header_names::X_MCP_USERID),
     }
 }

@@ -22,20 +22,21 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use serde_json::{Value, json};
 
-use super::exchange::UpstreamClient;
-use super::headers::{Relayed, SetHeaders};
-use super::targets::{NoUpstream, UpstreamLease, Upstreams};
-use super::{Session, body, headers};
+use super::{body, headers};
 use crate::http1::request::RequestHead;
+use crate::identity::Identity;
+use crate::listener::{Relayed, Session, SetHeaders};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
-use crate::identity::Identity;
+use crate::policy::header_names;
 use crate::policy::mcp::{
     McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, is_param_header, method_label,
     origin_allowed, param_header_rewrites, session_id_from_query, session_key,
 };
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
+use crate::upstream::exchange::UpstreamClient;
+use crate::upstream::targets::{NoUpstream, UpstreamLease, Upstreams};
 
 const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 
@@ -201,20 +202,20 @@ impl McpFlow {
             return Ok(McpHandled::Responded(None));
         }
         // Refused as on the mem0 listener: which project was meant is unclear.
-        if let Err(deny) = headers::single(req, &headers::X_MCP_PROJECT) {
+        if let Err(deny) = header_names::single(&req.headers, &header_names::X_MCP_PROJECT) {
             refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
             return Ok(McpHandled::Responded(None));
         }
         let method = req.method.clone();
         // The session this request uses: the header, or the legacy query
         // parameter, in the form the upstream reads it in.
-        let session_id =
-            match endpoint {
-                Endpoint::LegacyMessages => session_id_from_query(req.uri.query())
-                    .map(|id| id.map(|id| session_key(&id, true))),
-                _ => headers::single(req, &MCP_SESSION_ID)
-                    .map(|id| id.map(|id| session_key(id, false))),
-            };
+        let session_id = match endpoint {
+            Endpoint::LegacyMessages => {
+                session_id_from_query(req.uri.query()).map(|id| id.map(|id| session_key(&id, true)))
+            }
+            _ => header_names::single(&req.headers, &MCP_SESSION_ID)
+                .map(|id| id.map(|id| session_key(id, false))),
+        };
         let session_id = match session_id {
             Ok(id) => id,
             Err(deny) => {
@@ -384,7 +385,7 @@ impl McpFlow {
             identity,
             scope,
             self.forward_credentials,
-            client.target().host_for(client_req),
+            client.target().host_for(headers::client_host(client_req)),
             |n, v| !unreadable(n, v) && !edited(n),
         )?;
         for (name, value) in &edits {
@@ -438,7 +439,7 @@ impl McpFlow {
         let (upstream, mut open) = match client.open(upstream_req, Some(body)).await {
             Ok(open) => open,
             Err(e) => {
-                let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
+                let (status, message) = crate::upstream::upstream_failure(super::Listener::Mcp, &e);
                 tracing::info!(error = %e, status, "MCP upstream exchange failed");
                 return refuse(session, status, &message, &Value::Null, &[]).await;
             }
@@ -527,7 +528,8 @@ impl McpFlow {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let (status, message) = super::upstream_failure(super::Listener::Mcp, &e);
+                    let (status, message) =
+                        crate::upstream::upstream_failure(super::Listener::Mcp, &e);
                     return refuse(session, status, &message, &Value::Null, &[]).await;
                 }
             }

@@ -217,6 +217,7 @@ pub(super) async fn refuse(
     id: &Value,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let body = crate::proxy::errors::error_body(crate::proxy::Listener::Mcp, status, message, id);
+    let body =
+        crate::proxy::errors::error_body(crate::listener::Listener::Mcp, status, message, id);
     crate::proxy::errors::respond_json(session, status, body, extra).await
 }

@@ -8,11 +8,11 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
 
-use super::Session;
-use super::h1::client::ClientConn;
+use super::client::ClientConn;
 use super::pool::IdlePool;
-use super::upstream::{IDLE_TIMEOUT, UpstreamTarget};
+use super::target::{IDLE_TIMEOUT, UpstreamTarget};
 use crate::http1::request::RequestHead;
+use crate::listener::Session;
 
 /// What follows the request header.
 pub enum Outgoing<'a> {

@@ -1,5 +1,5 @@
 //! One request on a client connection: HTTP/1 through memgate's own codec
-//! (`h1::server`), HTTP/2 (ALPN) through pingora's. The gate and the flows
+//! (`h1`), HTTP/2 (ALPN) through pingora's. The gate and the flows
 //! see one set of calls either way.
 
 use bytes::Bytes;
@@ -8,8 +8,8 @@ use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
 
-use super::h1::server::H1Session;
-use super::headers::Relayed;
+use super::Relayed;
+use super::h1::H1Session;
 
 pub enum Session {
     H1(Box<H1Session>),

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 
 use crate::config::{ListenerConfig, Upstream};
 use crate::http1::request::RequestHead;
+use crate::policy::header_names::same_header;
 
 const DNS_TTL: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection to the upstream is kept.
@@ -134,14 +134,13 @@ impl UpstreamTarget {
     }
 
     /// The `host` to send upstream for a client's request: the client's own
-    /// with `preserve_host` (when it sent a usable one), else the upstream's.
-    pub fn host_for<'r>(&'r self, client_req: &'r RequestHeader) -> &'r str {
-        if self.preserve_host
-            && let Some(host) = super::headers::client_host(client_req)
-        {
-            return host;
+    /// (`client_host`, when it sent a usable one) with `preserve_host`, else
+    /// the upstream's.
+    pub fn host_for<'r>(&'r self, client_host: Option<&'r str>) -> &'r str {
+        match client_host {
+            Some(host) if self.preserve_host => host,
+            _ => &self.authority,
         }
-        &self.authority
     }
 
     pub fn headers(&self) -> &UpstreamHeaders {
@@ -176,7 +175,7 @@ impl UpstreamHeaders {
             };
             self.0
                 .iter()
-                .any(|(name, _)| super::headers::same_header(line_name, name.as_str()))
+                .any(|(name, _)| same_header(line_name, name.as_str()))
         });
         for (name, value) in &self.0 {
             req.copy(name, value);
@@ -307,14 +306,12 @@ mod tests {
             preserve_host: false,
             upstream_headers: Default::default(),
         };
-        let mut req = RequestHeader::build("POST", b"/mcp", None).unwrap();
-        req.insert_header("host", "gate.example:8080").unwrap();
+        let client = Some("gate.example:8080");
         let own = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
-        assert_eq!(own.host_for(&req), "mcp:8081");
+        assert_eq!(own.host_for(client), "mcp:8081");
         cfg.preserve_host = true;
         let kept = UpstreamTarget::new("mcp.upstream", &cfg).unwrap();
-        assert_eq!(kept.host_for(&req), "gate.example:8080");
-        let bare = RequestHeader::build("POST", b"/mcp", None).unwrap();
-        assert_eq!(kept.host_for(&bare), "mcp:8081", "no Host: the upstream's");
+        assert_eq!(kept.host_for(client), "gate.example:8080");
+        assert_eq!(kept.host_for(None), "mcp:8081", "no Host: the upstream's");
     }
 }

@@ -1,8 +1,5 @@
-//! memgate's HTTP/1 connections: to its clients (`server`) and to the
-//! upstreams (`client`), over the pure wire code in `crate::http1`.
-
-pub mod client;
-pub mod server;
+//! Time limits on I/O steps, for the client connections (`crate::listener`)
+//! and the upstream ones (`crate::upstream`) alike.
 
 use std::future::Future;
 use std::pin::pin;

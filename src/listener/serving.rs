@@ -1,8 +1,21 @@
-//! Serving connections: pingora hands each accepted connection to the gate,
-//! which reads HTTP/1 requests with memgate's own code (HTTP/2 through
-//! pingora) and stops keep-alive connections when the listener stops.
+//! Serving connections: pingora hands each accepted connection over, HTTP/1
+//! requests are read with memgate's own code (HTTP/2 through pingora), each
+//! goes to the listener's [`Handler`], and keep-alive connections stop when
+//! the listener stops.
 
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::prelude::*;
+use pingora::protocols::{ALPN, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::sync::Notify;
+
+use super::Session;
+use super::h1::{H1Session, NextRequest};
 
 /// Waking keep-alive connections that wait for their next request when the
 /// listener stops (pingora calls `http_cleanup`), so they close at once.
@@ -27,6 +40,18 @@ impl Stopping {
     }
 }
 
+/// What a listener does with each request whose head it read.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers or streams one request. Whether the connection may carry
+    /// another request.
+    async fn serve(&self, session: &mut Session, shutdown: &ShutdownWatch) -> bool;
+
+    /// Answers a request head that could not be read (the connection is then
+    /// closed).
+    async fn refuse_unreadable(&self, session: &mut Session, e: &Error);
+}
+
 /// A listener's connections: HTTP/1 through memgate's own codec and request
 /// loop, HTTP/2 (ALPN) through pingora's HTTP app machinery. pingora still
 /// accepts the connections, terminates TLS and runs the graceful stop.
@@ -36,16 +61,30 @@ impl Stopping {
 /// or streamed through its own upstream client. Nor pingora's HTTP/1 codec:
 /// its case-preserving header copies and per-call timers cost more than
 /// memgate's own decisions on a request (bench/results/analysis.md).
-pub struct Listening(Arc<Gate>);
+pub struct Listening<H>(Arc<Connections<H>>);
 
-impl Listening {
-    pub fn new(gate: Gate) -> Self {
-        Listening(Arc::new(gate))
+struct Connections<H> {
+    handler: H,
+    stopping: Stopping,
+    /// How long a kept-alive connection may wait for its next request.
+    keepalive_idle: Duration,
+    /// The largest request head read, in bytes.
+    max_head: usize,
+}
+
+impl<H: Handler> Listening<H> {
+    pub fn new(handler: H, keepalive_idle: Duration, max_head: usize) -> Self {
+        Listening(Arc::new(Connections {
+            handler,
+            stopping: Stopping::default(),
+            keepalive_idle,
+            max_head,
+        }))
     }
 }
 
 #[async_trait]
-impl ServerApp for Listening {
+impl<H: Handler> ServerApp for Listening<H> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -65,7 +104,7 @@ impl ServerApp for Listening {
 
 /// HTTP/2 streams, as pingora hands them over one by one.
 #[async_trait]
-impl HttpServerApp for Gate {
+impl<H: Handler> HttpServerApp for Connections<H> {
     async fn process_new_http(
         self: &Arc<Self>,
         mut h2: pingora::protocols::http::ServerSession,
@@ -81,11 +120,11 @@ impl HttpServerApp for Gate {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                self.refuse_unreadable(&mut session, &e).await;
+                self.handler.refuse_unreadable(&mut session, &e).await;
                 return None;
             }
         }
-        if self.serve(&mut session, shutdown).await
+        if self.handler.serve(&mut session, shutdown).await
             && let Session::H2(h2) = session
         {
             let _ = h2.finish().await;
@@ -98,20 +137,18 @@ impl HttpServerApp for Gate {
     }
 }
 
-impl Gate {
+impl<H: Handler> Connections<H> {
     /// Every request of an HTTP/1 connection, until either side closes, the
     /// connection idles past `server.keepalive_idle_secs`, or the listener stops.
-    pub(super) async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let idle = std::time::Duration::from_secs(self.shared.keepalive_idle_secs);
-        let max_head = self.shared.max_uri_bytes + self.shared.max_header_bytes + 4096;
-        let mut h1 = Box::new(h1::server::H1Session::new(stream, max_head));
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut h1 = Box::new(H1Session::new(stream, self.max_head));
         let mut first = true;
         loop {
             // The first request's head was read by the connection guard.
             if !first {
                 let next = tokio::select! {
                     biased;
-                    next = h1.wait_for_next(idle) => next,
+                    next = h1.wait_for_next(self.keepalive_idle) => next,
                     () = self.stopping.wait() => false,
                 };
                 if !next {
@@ -126,14 +163,14 @@ impl Gate {
             };
             let mut session = Session::H1(h1);
             match read {
-                Ok(h1::server::NextRequest::Ready) => {}
-                Ok(h1::server::NextRequest::Closed) => return,
+                Ok(NextRequest::Ready) => {}
+                Ok(NextRequest::Closed) => return,
                 Err(e) => {
-                    self.refuse_unreadable(&mut session, &e).await;
+                    self.handler.refuse_unreadable(&mut session, &e).await;
                     return;
                 }
             }
-            let reuse = self.serve(&mut session, shutdown).await;
+            let reuse = self.handler.serve(&mut session, shutdown).await;
             let Session::H1(back) = session else {
                 unreachable!("an HTTP/1 session stays one")
             };
@@ -143,45 +180,5 @@ impl Gate {
             }
         }
         h1.shutdown().await;
-    }
-
-    /// A request head that could not be read: 400 when it was malformed,
-    /// then the connection is closed.
-    pub(super) async fn refuse_unreadable(&self, session: &mut Session, e: &Error) {
-        session.set_keepalive(None);
-        let answer = match e.etype() {
-            ErrorType::InvalidHTTPHeader => Some((400, "Malformed request")),
-            ErrorType::HTTPStatus(431) => {
-                Some((431, "Request headers too large (limits.max_header_bytes)"))
-            }
-            _ => None,
-        };
-        if let Some((status, message)) = answer {
-            let _ = errors::respond_error(session, self.listener, status, message).await;
-        }
-        tracing::debug!(listener = self.listener.as_str(), error = %e, "unreadable request head");
-        session.shutdown().await;
-    }
-
-    /// One request whose head was read, answered or streamed, counted and
-    /// logged. Whether the connection may carry another request.
-    pub(super) async fn serve(&self, session: &mut Session, shutdown: &ShutdownWatch) -> bool {
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        }
-        let mut ctx = RequestCtx::new(&self.shared, self.client_ip(session));
-        let outcome = self.handle(session, &mut ctx).await;
-        let started = session.response_status().is_some();
-        if let Err(e) = &outcome {
-            self.fail(session, e).await;
-        }
-        self.log(session, outcome.as_ref().err().map(|e| &**e), &ctx);
-        // An answer cut short must not look complete: no final chunk (HTTP/1
-        // closes, HTTP/2 resets the stream), and the connection is not reused.
-        if ctx.cut_short || (outcome.is_err() && started) {
-            session.shutdown().await;
-            return false;
-        }
-        session.get_keepalive().is_some() || session.is_http2()
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::http1::body::{BodyReader, Step};
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk};
 use crate::http1::head::{self, Framing};
-use crate::proxy::headers::Relayed;
+use crate::listener::Relayed;
 
 const READ_SIZE: usize = 16 * 1024;
 /// Each read and write of a request in progress must finish within this.
@@ -148,7 +148,7 @@ impl H1Session {
 
     async fn fill(&mut self) -> Result<usize> {
         self.buf.reserve(READ_SIZE);
-        match super::within(IO_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
+        match crate::deadline::within(IO_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "reading from the client", e),
             Err(_) => Error::e_explain(ErrorType::ReadTimedout, "the client went quiet"),
@@ -395,7 +395,7 @@ impl H1Session {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
         };
-        match super::within(IO_TIMEOUT, write).await {
+        match crate::deadline::within(IO_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "writing to the client", e),
             Err(_) => Error::e_explain(ErrorType::WriteTimedout, "the client stopped reading"),

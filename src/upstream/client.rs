@@ -198,7 +198,7 @@ async fn with_timeout<F: std::future::Future>(
     kind: ErrorType,
 ) -> Result<F::Output> {
     match limit {
-        Some(limit) => super::within(limit, fut)
+        Some(limit) => crate::deadline::within(limit, fut)
             .await
             .or_err(kind, "upstream did not answer in time"),
         None => Ok(fut.await),

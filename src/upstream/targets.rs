@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::exchange::UpstreamClient;
 use super::spawn::{ChildLease, NotReady, Supervisor};
-use super::upstream::UpstreamTarget;
+use super::target::UpstreamTarget;
 use crate::config::{ConfigError, ListenerConfig};
 use crate::policy::upstream_name::{expand, is_template};
 

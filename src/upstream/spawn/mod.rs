@@ -39,7 +39,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::exchange::UpstreamClient;
-use super::upstream::UpstreamTarget;
+use super::target::UpstreamTarget;
 use crate::config::{ConfigError, ListenerConfig, SpawnConfig, SpawnTransport};
 use crate::metrics::METRICS;
 use crate::policy::upstream_name::{USER_PLACEHOLDER, host_label};
