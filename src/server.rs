@@ -85,40 +85,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    let db = &config.database;
-    let store = background
-        .block_on(store::connect(
-            &db.url,
-            db.max_connections,
-            Duration::from_secs(db.connect_timeout_secs),
-        ))
-        .with_context(|| {
-            format!(
-                "database.url: cannot open {}",
-                crate::config::mask_url_password(&db.url)
-            )
-        })?;
-    background.block_on(store.migrate())?;
-    tracing::info!(store = %crate::config::mask_url_password(&db.url), "store ready");
+    let store = background.block_on(open_store(&config))?;
     let auth = Arc::new(Authenticator::new(store.clone(), &config.auth));
     background.spawn(
         auth.clone()
             .watch_changes(Duration::from_millis(config.auth.change_poll_ms)),
     );
-    let spool = Arc::new(
-        Spool::open(
-            Path::new(&config.audit.spool_dir),
-            config.audit.spool_max_bytes,
-        )
-        .context("audit.spool_dir")?,
-    );
-    let (auditor, writer) = audit::channel(
-        store.clone(),
-        spool,
-        config.audit.queue_capacity,
-        config.audit.batch_size,
-        Duration::from_secs(config.audit.success_sample_secs),
-    );
+    let (auditor, writer) = audit_channel(&config, &store)?;
     let (stop_writer, writer_stop) = watch::channel(false);
     let writer = background.spawn(writer.run(writer_stop));
     let shared = Arc::new(Shared {
@@ -195,47 +168,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         (None, None) => Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?),
     };
     let supervisor = mcp_upstreams.supervisor().cloned();
-    let mcp_policy = McpPolicy {
-        tools: {
-            let mut tools = default_tool_rules();
-            tools.extend(config.mcp.tools.clone());
-            tools
-        },
-        unknown_tools: config.mcp.unknown_tools,
-        max_json_depth: config.limits.max_json_depth,
-        // One scope for everyone: a single upstream is that scope's own.
-        upstream_per_scope: mcp_upstreams.per_scope()
-            || matches!(
-                config.isolation.mode,
-                crate::config::IsolationModeName::Global
-            ),
-        ..McpPolicy::default()
-    };
-    let refused_tools = mcp_policy.tools_refused_on_shared_upstream();
-    if !refused_tools.is_empty() {
-        tracing::warn!(
-            tools = %refused_tools.join(", "),
-            "these MCP tools keep users apart only with an MCP server per user, and mcp.upstream \
-             is one server shared by every user: their calls are refused and they are hidden \
-             from tools/list (set scoped_by in [mcp.tools.NAME] if a tool holds no per-user data)"
-        );
-    }
-    let mcp_flow = McpFlow::new(McpSettings {
-        policy: mcp_policy,
-        upstreams: mcp_upstreams.clone(),
-        owners,
-        mcp_path: config.mcp.path.clone(),
-        sse_path: config.mcp.sse_path.clone(),
-        messages_path: config.mcp.messages_path.clone(),
-        allowed_paths: config.mcp.allowed_paths.clone(),
-        allowed_origins: config.mcp.allowed_origins.clone(),
-        sessions,
-        session_idle: Duration::from_secs(config.mcp.session_idle_secs),
-        max_sessions: config.mcp.max_sessions,
-        max_body_bytes: config.limits.max_body_bytes,
-        max_response_bytes: config.limits.max_response_bytes,
-        forward_credentials: mcp_listener.forward_credentials,
-    });
+    let mcp_flow = mcp_flow(&config, mcp_upstreams.clone(), owners, sessions);
     let listeners = [
         (
             Listener::Mcp,
@@ -250,52 +183,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Flow::Mem0(mem0_flow),
         ),
     ];
-    let connection_rules = ConnectionRules {
-        max_connections: config.server.max_connections,
-        header_timeout: Duration::from_secs(config.server.header_timeout_secs),
-        max_head_bytes: config.limits.max_uri_bytes + config.limits.max_header_bytes + 1024,
-    };
-    // The longest request head a keep-alive connection reads after its first.
-    let max_head = config.limits.max_uri_bytes + config.limits.max_header_bytes + 4096;
-    for (listener, cfg, client, flow) in listeners {
+    for (listener, cfg, upstreams, flow) in listeners {
         let gate = Gate::new(
             listener,
             shared.clone(),
-            client,
+            upstreams,
             cfg.forward_credentials,
             config.isolation.mode(),
             flow,
             config.server.threads,
         );
-        let guarded = Guarded::new(
-            Listening::new(
-                gate,
-                Duration::from_secs(config.server.keepalive_idle_secs),
-                max_head,
-            ),
-            connection_rules.clone(),
-            listener.as_str(),
-        );
-        let tls = certificate.as_ref().map(|c| c.settings()).transpose()?;
-        if config.server.work_stealing {
-            let mut service = Service::new(listener.as_str().to_string(), guarded);
-            // pingora gives every connection a 64 KiB read buffer at accept;
-            // heads and bodies are read into buffers of their own, so it only
-            // costs memory on each idle connection.
-            let mut endpoint = ListenerConfig::tcp(cfg.listen.to_string())
-                .l4_buffer(L4BufferSettings::default().read(0));
-            if let Some(tls) = tls {
-                endpoint = endpoint.tls(tls);
-            }
-            service.add_listener(endpoint);
-            server.add_service(service);
-        } else {
-            let sockets =
-                per_thread::bind(cfg.listen, config.server.threads).with_context(|| {
-                    cannot_listen(&format!("{}.listen", listener.as_str()), cfg.listen)
-                })?;
-            server.add_service(PerThread::new(listener.as_str(), sockets, tls, guarded));
-        }
+        add_proxied_listener(
+            &mut server,
+            &config,
+            (listener, cfg.listen),
+            gate,
+            certificate.as_ref(),
+        )?;
     }
     let mut admin =
         http_proxy_service_with_name(&server.configuration, AdminApi::new(store.clone()), "admin");
@@ -329,6 +233,140 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         flush(&stopping, &shared, store.as_ref()).await;
     });
+    Ok(())
+}
+
+/// Connects to the store and brings its schema up to date.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let db = &config.database;
+    let masked = crate::config::mask_url_password(&db.url);
+    let store = store::connect(
+        &db.url,
+        db.max_connections,
+        Duration::from_secs(db.connect_timeout_secs),
+    )
+    .await
+    .with_context(|| format!("database.url: cannot open {masked}"))?;
+    store.migrate().await?;
+    tracing::info!(store = %masked, "store ready");
+    Ok(store)
+}
+
+/// The audit queue and its writer, spooling to disk when the store is away.
+fn audit_channel(
+    config: &Config,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<(audit::Auditor, audit::AuditWriter)> {
+    let spool = Arc::new(
+        Spool::open(
+            Path::new(&config.audit.spool_dir),
+            config.audit.spool_max_bytes,
+        )
+        .context("audit.spool_dir")?,
+    );
+    Ok(audit::channel(
+        store.clone(),
+        spool,
+        config.audit.queue_capacity,
+        config.audit.batch_size,
+        Duration::from_secs(config.audit.success_sample_secs),
+    ))
+}
+
+/// The MCP listener's flow: the tool rules (shipped, then configured) over
+/// the upstreams it forwards to.
+fn mcp_flow(
+    config: &Config,
+    upstreams: Arc<Upstreams>,
+    owners: Arc<OwnerResolver>,
+    sessions: Arc<SessionBindings>,
+) -> McpFlow {
+    let mcp_policy = McpPolicy {
+        tools: {
+            let mut tools = default_tool_rules();
+            tools.extend(config.mcp.tools.clone());
+            tools
+        },
+        unknown_tools: config.mcp.unknown_tools,
+        max_json_depth: config.limits.max_json_depth,
+        // One scope for everyone: a single upstream is that scope's own.
+        upstream_per_scope: upstreams.per_scope()
+            || matches!(
+                config.isolation.mode,
+                crate::config::IsolationModeName::Global
+            ),
+        ..McpPolicy::default()
+    };
+    let refused_tools = mcp_policy.tools_refused_on_shared_upstream();
+    if !refused_tools.is_empty() {
+        tracing::warn!(
+            tools = %refused_tools.join(", "),
+            "these MCP tools keep users apart only with an MCP server per user, and mcp.upstream \
+             is one server shared by every user: their calls are refused and they are hidden \
+             from tools/list (set scoped_by in [mcp.tools.NAME] if a tool holds no per-user data)"
+        );
+    }
+    McpFlow::new(McpSettings {
+        policy: mcp_policy,
+        upstreams,
+        owners,
+        mcp_path: config.mcp.path.clone(),
+        sse_path: config.mcp.sse_path.clone(),
+        messages_path: config.mcp.messages_path.clone(),
+        allowed_paths: config.mcp.allowed_paths.clone(),
+        allowed_origins: config.mcp.allowed_origins.clone(),
+        sessions,
+        session_idle: Duration::from_secs(config.mcp.session_idle_secs),
+        max_sessions: config.mcp.max_sessions,
+        max_body_bytes: config.limits.max_body_bytes,
+        max_response_bytes: config.limits.max_response_bytes,
+        forward_credentials: config.mcp.forward_credentials,
+    })
+}
+
+/// A proxied listener on `listen`: the gate behind the connection guard, on
+/// a runtime per thread (or pingora's shared one with `work_stealing`).
+fn add_proxied_listener(
+    server: &mut Server,
+    config: &Config,
+    (listener, listen): (Listener, SocketAddr),
+    gate: Gate,
+    certificate: Option<&Arc<ReloadingCert>>,
+) -> anyhow::Result<()> {
+    let tls = certificate.map(|c| c.settings()).transpose()?;
+    let connection_rules = ConnectionRules {
+        max_connections: config.server.max_connections,
+        header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+        max_head_bytes: config.limits.max_uri_bytes + config.limits.max_header_bytes + 1024,
+    };
+    // The longest request head a keep-alive connection reads after its first.
+    let max_head = config.limits.max_uri_bytes + config.limits.max_header_bytes + 4096;
+    let guarded = Guarded::new(
+        Listening::new(
+            gate,
+            Duration::from_secs(config.server.keepalive_idle_secs),
+            max_head,
+        ),
+        connection_rules,
+        listener.as_str(),
+    );
+    if config.server.work_stealing {
+        let mut service = Service::new(listener.as_str().to_string(), guarded);
+        // pingora gives every connection a 64 KiB read buffer at accept;
+        // heads and bodies are read into buffers of their own, so it only
+        // costs memory on each idle connection.
+        let mut endpoint =
+            ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls(tls);
+        }
+        service.add_listener(endpoint);
+        server.add_service(service);
+    } else {
+        let sockets = per_thread::bind(listen, config.server.threads)
+            .with_context(|| cannot_listen(&format!("{}.listen", listener.as_str()), listen))?;
+        server.add_service(PerThread::new(listener.as_str(), sockets, tls, guarded));
+    }
     Ok(())
 }
 

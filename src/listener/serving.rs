@@ -40,16 +40,24 @@ impl Stopping {
     }
 }
 
-/// What a listener does with each request whose head it read.
-#[async_trait]
+/// What a listener does with each request whose head it read. Called with
+/// static dispatch: a request's future is not boxed on its way in.
 pub trait Handler: Send + Sync + 'static {
     /// Answers or streams one request. Whether the connection may carry
     /// another request.
-    async fn serve(&self, session: &mut Session, shutdown: &ShutdownWatch) -> bool;
+    fn serve(
+        &self,
+        session: &mut Session,
+        shutdown: &ShutdownWatch,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Answers a request head that could not be read (the connection is then
     /// closed).
-    async fn refuse_unreadable(&self, session: &mut Session, e: &Error);
+    fn refuse_unreadable(
+        &self,
+        session: &mut Session,
+        e: &Error,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// A listener's connections: HTTP/1 through memgate's own codec and request

@@ -4,7 +4,6 @@
 use super::*;
 
 /// The gate is what a proxied listener does with each request.
-#[async_trait]
 impl Handler for Gate {
     /// One request whose head was read, answered or streamed, counted and
     /// logged. Whether the connection may carry another request.

@@ -10,7 +10,7 @@ use pingora::prelude::*;
 use serde_json::Value;
 
 use super::headers::Redirects;
-use super::{body, errors, headers};
+use super::{Refusal, body, errors, headers};
 use crate::identity::Identity;
 use crate::listener::{Listener, Relayed, Session};
 use crate::metrics::{METRICS, memo};
@@ -24,34 +24,10 @@ use crate::policy::mem0::{
 use crate::policy::{method_override, path};
 use crate::upstream::exchange::{Exchanged, UpstreamClient};
 
-/// A policy refusal, for the audit trail.
-pub struct Mem0Refusal {
-    pub status: u16,
-    pub message: String,
-    /// Refused because the memory belongs to someone else.
-    pub ownership: bool,
-}
-
-impl From<Mem0Refusal> for super::Refusal {
-    fn from(r: Mem0Refusal) -> super::Refusal {
-        super::Refusal {
-            kind: if r.ownership {
-                crate::audit::kind::OWNERSHIP_DENIED
-            } else {
-                crate::audit::kind::PERMISSION_DENIED
-            },
-            status: r.status,
-            message: r.message,
-            mcp_method: None,
-            tool: None,
-        }
-    }
-}
-
 /// What the flow did with a request.
 pub enum Handled {
     /// A response was written: the upstream's filtered answer, or a refusal.
-    Responded(Option<Mem0Refusal>),
+    Responded(Option<Refusal>),
     /// An allow-listed route: stream it through pingora to this path and query.
     Stream {
         path_and_query: String,
@@ -91,15 +67,19 @@ impl Mem0Flow {
         route: &mut &'static str,
     ) -> Result<Handled> {
         match self.decide(session, identity, route).await {
-            Ok(authorised) => {
+            Ok(Decided::Exchange(authorised)) => {
                 self.forward(session, identity, authorised).await?;
                 Ok(Handled::Responded(None))
             }
-            Err(Step::Stream(forward)) => Ok(Handled::Stream {
+            Ok(Decided::Stream(forward)) => Ok(Handled::Stream {
                 path_and_query: path_and_query(&forward),
                 scope: forward.scope,
             }),
-            Err(Step::Deny(deny, allow, ownership)) => {
+            Err(Refused {
+                deny,
+                allow,
+                ownership,
+            }) => {
                 if ownership {
                     METRICS.ownership_denials.with_label_values(&[*route]).inc();
                 }
@@ -110,11 +90,7 @@ impl Mem0Flow {
                 let body =
                     errors::error_body(Listener::Mem0, deny.status, &deny.message, &Value::Null);
                 errors::respond_json(session, deny.status, body, &extra).await?;
-                Ok(Handled::Responded(Some(Mem0Refusal {
-                    status: deny.status,
-                    message: deny.message,
-                    ownership,
-                })))
+                Ok(Handled::Responded(Some(Refusal::of(deny, ownership))))
             }
         }
     }
@@ -125,7 +101,7 @@ impl Mem0Flow {
         session: &mut Session,
         identity: &Identity,
         route: &mut &'static str,
-    ) -> std::result::Result<Authorised, Step> {
+    ) -> std::result::Result<Decided, Refused> {
         let req = session.req_header();
         // Shared, not copied: the body is read (a mutable borrow) before the
         // query is last used. A standard method and a URI clone without allocating.
@@ -139,34 +115,31 @@ impl Mem0Flow {
                     .then(|| path::normalise(raw_path).ok())
                     .flatten()
                     .map(|p| allowed_methods(&p).join(", "));
-                Step::Deny(deny, allow, false)
+                Refused {
+                    deny,
+                    allow,
+                    ownership: false,
+                }
             })?;
         *route = matched.route.label();
-        self.policy.admit(identity, &matched).map_err(Step::deny)?;
-        let project =
-            header_names::single(&req.headers, &header_names::X_MCP_PROJECT).map_err(Step::deny)?;
+        self.policy.admit(identity, &matched)?;
+        let project = header_names::single(&req.headers, &header_names::X_MCP_PROJECT)?;
         let scope = self.policy.scope_for(identity, project);
-        method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)
-            .map_err(Step::deny)?;
-        self.policy
-            .check_query(&matched, query)
-            .map_err(Step::deny)?;
+        method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)?;
+        self.policy.check_query(&matched, query)?;
         if matched.route == Route::AllowListed {
             return match self
                 .policy
                 .authorise(identity, &scope, &matched, query, None, None)
             {
-                Decision::Forward(forward) => Err(Step::Stream(forward)),
-                Decision::NeedOwner(_) => Err(Step::deny(Deny::route_not_found())),
-                Decision::Deny(deny) => Err(Step::deny(deny)),
+                Decision::Forward(forward) => Ok(Decided::Stream(forward)),
+                Decision::NeedOwner(_) => Err(Deny::route_not_found().into()),
+                Decision::Deny(deny) => Err(deny.into()),
             };
         }
-        let content_type = header_names::single(&req.headers, &http::header::CONTENT_TYPE)
-            .map_err(Step::deny)?
-            .map(str::to_string);
-        let body = body::read_whole(session, self.policy.max_body_bytes)
-            .await
-            .map_err(Step::deny)?;
+        let content_type =
+            header_names::single(&req.headers, &http::header::CONTENT_TYPE)?.map(str::to_string);
+        let body = body::read_whole(session, self.policy.max_body_bytes).await?;
         let decision = self.policy.authorise(
             identity,
             &scope,
@@ -177,31 +150,35 @@ impl Mem0Flow {
         );
         let memory_id = matched.memory_id.clone();
         let forward = match decision {
-            Decision::Deny(deny) => return Err(Step::deny(deny)),
+            Decision::Deny(deny) => return Err(deny.into()),
             Decision::Forward(forward) => forward,
             Decision::NeedOwner(need) => {
                 let owner = match Box::pin(self.owners.owner(&need.memory_id)).await {
                     Ok(owner) => Some(owner),
                     Err(LookupError::NotFound) => None,
                     Err(LookupError::Upstream { status, message }) => {
-                        return Err(Step::deny(Deny::new(status, message)));
+                        return Err(Deny::new(status, message).into());
                     }
                 };
                 decide_owner(identity, &need.scope, &need.memory_id, owner.as_deref()).map_err(
                     |deny| {
                         // 403 here means another owner; 404 means no such memory.
                         let ownership = deny.status == 403;
-                        Step::Deny(deny, None, ownership)
+                        Refused {
+                            deny,
+                            allow: None,
+                            ownership,
+                        }
                     },
                 )?;
                 need.forward
             }
         };
-        Ok(Authorised {
+        Ok(Decided::Exchange(Authorised {
             forward,
             body,
             memory_id,
-        })
+        }))
     }
 
     /// Sends the authorised request and answers the client with mem0's
@@ -336,17 +313,29 @@ struct Authorised {
     memory_id: Option<String>,
 }
 
-/// How the decision phase ended without a forward.
-enum Step {
-    /// Refused: the denial, an `Allow` header for 405s, whether it is an
-    /// ownership refusal.
-    Deny(Deny, Option<String>, bool),
+/// What the policy decided a request becomes.
+enum Decided {
+    /// An exchange memgate makes: the forward rewritten, the answer filtered.
+    Exchange(Authorised),
+    /// An allow-listed route, streamed through as it is.
     Stream(Forward),
 }
 
-impl Step {
-    fn deny(deny: Deny) -> Step {
-        Step::Deny(deny, None, false)
+/// A refused request: the denial, an `Allow` header for 405s, and whether it
+/// is an ownership refusal.
+struct Refused {
+    deny: Deny,
+    allow: Option<String>,
+    ownership: bool,
+}
+
+impl From<Deny> for Refused {
+    fn from(deny: Deny) -> Refused {
+        Refused {
+            deny,
+            allow: None,
+            ownership: false,
+        }
     }
 }
 

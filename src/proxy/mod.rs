@@ -19,7 +19,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -33,6 +32,7 @@ use crate::listener::per_thread::RuntimeTasks;
 use crate::listener::{Handler, Listener, Session};
 use crate::metrics::{METRICS, memo};
 use crate::policy::admission::{HeadLimits, admit_head};
+use crate::policy::deny::Deny;
 use crate::policy::header_names;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
@@ -111,13 +111,52 @@ pub enum Flow {
     Mcp(Box<McpFlow>),
 }
 
-/// A policy refusal worth auditing, from either flow.
+/// A refusal of an authenticated request, from either flow: what the client
+/// was told, and what the audit trail calls it (docs/design.md §6).
 pub struct Refusal {
     pub status: u16,
     pub message: String,
+    /// `permission_denied`, `ownership_denied` or `session_denied`.
     pub kind: &'static str,
+    /// The JSON-RPC method and tool of a refused MCP request.
     pub mcp_method: Option<String>,
     pub tool: Option<String>,
+}
+
+impl Refusal {
+    /// A policy decision against the caller: another user's memory when
+    /// `ownership`, else a permission or rule.
+    pub fn of(deny: Deny, ownership: bool) -> Refusal {
+        Refusal {
+            status: deny.status,
+            message: deny.message,
+            kind: if ownership {
+                audit::kind::OWNERSHIP_DENIED
+            } else {
+                audit::kind::PERMISSION_DENIED
+            },
+            mcp_method: None,
+            tool: None,
+        }
+    }
+
+    /// An MCP session that is not the caller's (or not known): `why` is for
+    /// the audit trail; the client is told only that it was not found.
+    pub fn session(status: u16, why: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: why.into(),
+            kind: audit::kind::SESSION_DENIED,
+            mcp_method: None,
+            tool: None,
+        }
+    }
+
+    /// Permission, ownership and session refusals are audited; malformed
+    /// requests (400, 404, 405, 413…) are not decisions about a user's rights.
+    fn audited(&self) -> bool {
+        self.status == 403 || self.kind == audit::kind::SESSION_DENIED
+    }
 }
 
 impl Gate {
@@ -383,7 +422,7 @@ impl Gate {
         }
         let (refusal, stream) = match &self.flow {
             Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
-                Handled::Responded(refusal) => (refusal.map(Refusal::from), None),
+                Handled::Responded(refusal) => (refusal, None),
                 Handled::Stream {
                     path_and_query,
                     scope,
@@ -398,15 +437,13 @@ impl Gate {
                 // Not boxed: with owner lookups boxed inside, this future is
                 // about the mem0 flow's size, and a box cost a copy per request.
                 match flow.handle(session, &identity, &scope).await? {
-                    McpHandled::Responded(refusal) => (refusal.map(Refusal::from), None),
+                    McpHandled::Responded(refusal) => (refusal, None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
                 }
             }
         };
-        // Permission, ownership and session refusals are audited; malformed
-        // requests (400, 404, 405, 413…) are not decisions about a user's rights.
         if let Some(refusal) = refusal
-            && (refusal.status == 403 || refusal.kind == audit::kind::SESSION_DENIED)
+            && refusal.audited()
         {
             self.audit_refusal(session, ctx, refusal);
         }

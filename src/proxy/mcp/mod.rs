@@ -8,7 +8,6 @@
 mod refusal;
 mod response;
 
-pub use refusal::McpRefusal;
 use refusal::{PendingRefusal, refuse, take_refusal};
 pub use response::StreamWatch;
 
@@ -22,7 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use serde_json::{Value, json};
 
-use super::{body, headers};
+use super::{Refusal, body, headers};
 use crate::http1::request::RequestHead;
 use crate::identity::Identity;
 use crate::listener::{Relayed, Session, SetHeaders};
@@ -48,7 +47,7 @@ const CORS_EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-aut
 /// What the flow did with an authenticated request.
 pub enum McpHandled {
     /// A response was written: the upstream's (filtered) answer, or a refusal.
-    Responded(Option<McpRefusal>),
+    Responded(Option<Refusal>),
     /// Proxy it through pingora as it is (GET streams, DELETE, other paths),
     /// watching the response with this state.
     Stream(StreamWatch),

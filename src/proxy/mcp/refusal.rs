@@ -2,47 +2,14 @@
 //! request is answered (in the POST's answer, or on a legacy session's stream).
 
 use super::*;
+use crate::policy::deny::Deny;
 
-/// A refusal the gate should audit: status, message, JSON-RPC method and tool.
-pub struct McpRefusal {
-    pub status: u16,
-    pub message: String,
-    pub method: Option<String>,
-    pub tool: Option<String>,
-    pub ownership: bool,
-    pub session: bool,
-}
-
-impl McpRefusal {
-    /// A refused JSON-RPC request, for audit.
-    fn of_call(deny: McpDeny, ownership: bool) -> McpRefusal {
-        McpRefusal {
-            status: deny.status,
-            message: deny.message,
-            method: deny.method,
-            tool: deny.tool,
-            ownership,
-            session: false,
-        }
-    }
-}
-
-impl From<McpRefusal> for crate::proxy::Refusal {
-    fn from(r: McpRefusal) -> crate::proxy::Refusal {
-        use crate::audit::kind;
-        crate::proxy::Refusal {
-            kind: if r.session {
-                kind::SESSION_DENIED
-            } else if r.ownership {
-                kind::OWNERSHIP_DENIED
-            } else {
-                kind::PERMISSION_DENIED
-            },
-            status: r.status,
-            message: r.message,
-            mcp_method: r.method,
-            tool: r.tool,
-        }
+/// A refused JSON-RPC request, for the audit trail.
+fn call_refusal(deny: McpDeny, ownership: bool) -> Refusal {
+    Refusal {
+        mcp_method: deny.method,
+        tool: deny.tool,
+        ..Refusal::of(Deny::new(deny.status, deny.message), ownership)
     }
 }
 
@@ -61,14 +28,7 @@ impl McpFlow {
     ) -> Result<McpHandled> {
         let message = "Session not found";
         refuse(session, 404, message, &Value::Null, &[]).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal {
-            status: 404,
-            message: why.into(),
-            method: None,
-            tool: None,
-            ownership: false,
-            session: true,
-        })))
+        Ok(McpHandled::Responded(Some(Refusal::session(404, why))))
     }
 
     /// Answers a refused JSON-RPC request: on a legacy session's stream when
@@ -146,9 +106,7 @@ impl McpFlow {
             self.forward(session, identity, scope, stand_in, Vec::new())
                 .await?;
         }
-        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
-            deny, ownership,
-        ))))
+        Ok(McpHandled::Responded(Some(call_refusal(deny, ownership))))
     }
 
     /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
@@ -186,9 +144,7 @@ impl McpFlow {
         headers::secure_response(&mut header)?;
         session.write_response_header(Box::new(header)).await?;
         session.write_response_body(Bytes::from(body), true).await?;
-        Ok(McpHandled::Responded(Some(McpRefusal::of_call(
-            deny, ownership,
-        ))))
+        Ok(McpHandled::Responded(Some(call_refusal(deny, ownership))))
     }
 }
 
