@@ -66,16 +66,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let mem0_listener = config.mem0.listener();
     let mem0_upstream = Arc::new(UpstreamTarget::new("mem0.upstream", &mem0_listener)?);
-    let mem0_policy = Mem0Policy {
-        mode: config.isolation.mode(),
-        allow_delete_all: config.mem0.allow_delete_all,
-        allowed_routes: config.mem0.allowed_route_pairs()?,
-        max_body_bytes: config.limits.max_body_bytes,
-        max_json_depth: config.limits.max_json_depth,
-    };
-    check_bindable("mcp.listen", config.mcp.listen)?;
-    check_bindable("mem0.listen", config.mem0.listen)?;
-    check_bindable("admin.listen", config.admin.listen)?;
+    let mem0_policy = mem0_policy(&config)?;
+    for (key, addr) in [
+        ("mcp.listen", config.mcp.listen),
+        ("mem0.listen", config.mem0.listen),
+        ("admin.listen", config.admin.listen),
+    ] {
+        check_bindable(key, addr)?;
+    }
 
     // Store I/O and the change feed live on their own runtime: pingora gives
     // each service its own, and this one outlives them all.
@@ -94,18 +92,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (auditor, writer) = audit_channel(&config, &store)?;
     let (stop_writer, writer_stop) = watch::channel(false);
     let writer = background.spawn(writer.run(writer_stop));
-    let shared = Arc::new(Shared {
-        auth: auth.clone(),
-        limits: RateLimits::new(&config.rate_limit, &config.redis),
-        audit: auditor,
-        trusted_proxies: config.server.trusted_proxies.clone(),
-        in_flight: InFlight::default(),
-        scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
-        head_limits: HeadLimits {
-            max_uri_bytes: config.limits.max_uri_bytes,
-            max_header_bytes: config.limits.max_header_bytes,
-        },
-    });
+    let shared = shared_state(&config, auth, auditor);
     background.spawn(housekeeping(
         shared.clone(),
         store.clone(),
@@ -116,20 +103,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // below ends the process as soon as the last request is done.
     crate::proxy::headers::set_tls(config.tls.enabled());
     crate::proxy::headers::set_trusted_proxies(config.server.trusted_proxies.clone());
-    let certificate = if config.tls.enabled() {
-        Some(ReloadingCert::new(&config.tls.cert, &config.tls.key)?)
-    } else {
-        None
-    };
-    let conf = ServerConf {
-        threads: config.server.threads,
-        work_stealing: config.server.work_stealing,
-        grace_period_seconds: Some(config.server.grace_period_secs),
-        graceful_shutdown_timeout_seconds: Some(2),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let certificate = config
+        .tls
+        .enabled()
+        .then(|| ReloadingCert::new(&config.tls.cert, &config.tls.key))
+        .transpose()?;
+    let mut server = pingora_server(&config);
 
     let mem0_client = Arc::new(UpstreamClient::new(mem0_upstream));
     let owners = Arc::new(OwnerResolver::new(
@@ -143,30 +122,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.limits.max_response_bytes,
         mem0_listener.forward_credentials,
     );
-    let sessions = Arc::new(SessionBindings::new(
-        store.clone(),
-        config.mcp.max_sessions,
-        Duration::from_secs(config.mcp.session_idle_secs),
-    ));
-    background.spawn(session_housekeeping(
+    let sessions = session_bindings(&config, &store, &background);
+    let mcp_upstreams = mcp_upstreams(
+        &config,
+        fixed_upstreams,
+        background.handle().clone(),
         sessions.clone(),
-        Duration::from_secs(config.mcp.session_idle_secs),
-    ));
-    let mcp_upstreams = match (&config.mcp.spawn, fixed_upstreams) {
-        (Some(spawn), _) => Arc::new(Upstreams::Spawned(Supervisor::start(
-            "mcp.upstream",
-            &mcp_listener,
-            spawn,
-            background.handle().clone(),
-            sessions.clone(),
-            crate::upstream::spawn::BridgePaths {
-                sse: config.mcp.sse_path.clone(),
-                messages: config.mcp.messages_path.clone(),
-            },
-        )?)),
-        (None, Some(upstreams)) => upstreams,
-        (None, None) => Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?),
-    };
+    )?;
     let supervisor = mcp_upstreams.supervisor().cloned();
     let mcp_flow = mcp_flow(&config, mcp_upstreams.clone(), owners, sessions);
     let listeners = [
@@ -193,47 +155,163 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             flow,
             config.server.threads,
         );
-        add_proxied_listener(
-            &mut server,
-            &config,
-            (listener, cfg.listen),
-            gate,
-            certificate.as_ref(),
-        )?;
+        let listen = (listener, cfg.listen);
+        add_proxied_listener(&mut server, &config, listen, gate, certificate.as_ref())?;
     }
-    let mut admin =
-        http_proxy_service_with_name(&server.configuration, AdminApi::new(store.clone()), "admin");
-    admin.add_tcp(&config.admin.listen.to_string());
-    server.add_service(admin);
+    add_admin_listener(&mut server, &config, store.clone());
 
     tracing::info!(
         mcp = %config.mcp.listen, mem0 = %config.mem0.listen, admin = %config.admin.listen,
         "memgate listening"
     );
     let stopping = Arc::new(tokio::sync::Mutex::new(Some((stop_writer, writer))));
-    // Signal streams register with the runtime they are created in.
-    let entered = background.enter();
-    if let Some(cert) = &certificate {
-        background.spawn(cert.clone().watch(Duration::from_secs(2)));
-    }
-    background.spawn(graceful_stop(
-        shared.in_flight.clone(),
-        Duration::from_secs(config.server.grace_period_secs),
-        stopping.clone(),
-        shared.clone(),
-        store.clone(),
-        supervisor.clone(),
-    )?);
-    drop(entered);
-    server.run(RunArgs::default());
-    // SIGINT (fast shutdown) ends up here.
-    background.block_on(async {
-        if let Some(supervisor) = &supervisor {
-            supervisor.stop_all().await;
+    let running = Running {
+        background: &background,
+        shared: &shared,
+        store: &store,
+        supervisor,
+        certificate,
+        stopping,
+    };
+    running.until_stopped(server, &config)
+}
+
+fn mem0_policy(config: &Config) -> anyhow::Result<Mem0Policy> {
+    Ok(Mem0Policy {
+        mode: config.isolation.mode(),
+        allow_delete_all: config.mem0.allow_delete_all,
+        allowed_routes: config.mem0.allowed_route_pairs()?,
+        max_body_bytes: config.limits.max_body_bytes,
+        max_json_depth: config.limits.max_json_depth,
+    })
+}
+
+/// What both proxied listeners share: authentication, limits, the audit
+/// queue, the in-flight count and the scopes users act in.
+fn shared_state(config: &Config, auth: Arc<Authenticator>, auditor: audit::Auditor) -> Arc<Shared> {
+    Arc::new(Shared {
+        auth,
+        limits: RateLimits::new(&config.rate_limit, &config.redis),
+        audit: auditor,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        in_flight: InFlight::default(),
+        scopes: ScopeLog::new(Duration::from_secs(config.auth.last_used_interval_secs)),
+        head_limits: HeadLimits {
+            max_uri_bytes: config.limits.max_uri_bytes,
+            max_header_bytes: config.limits.max_header_bytes,
+        },
+    })
+}
+
+fn pingora_server(config: &Config) -> Server {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server
+}
+
+/// Where the MCP listener forwards: the configured upstream(s) made at
+/// start (`fixed`), or a server spawned per scope.
+fn mcp_upstreams(
+    config: &Config,
+    fixed: Option<Arc<Upstreams>>,
+    background: tokio::runtime::Handle,
+    sessions: Arc<SessionBindings>,
+) -> anyhow::Result<Arc<Upstreams>> {
+    let mcp_listener = config.mcp.listener();
+    Ok(match (&config.mcp.spawn, fixed) {
+        (Some(spawn), _) => Arc::new(Upstreams::Spawned(Supervisor::start(
+            "mcp.upstream",
+            &mcp_listener,
+            spawn,
+            background,
+            sessions,
+            crate::upstream::spawn::BridgePaths {
+                sse: config.mcp.sse_path.clone(),
+                messages: config.mcp.messages_path.clone(),
+            },
+        )?)),
+        (None, Some(upstreams)) => upstreams,
+        (None, None) => Arc::new(Upstreams::new("mcp.upstream", &mcp_listener)?),
+    })
+}
+
+/// What a running server needs to stop well.
+struct Running<'a> {
+    background: &'a tokio::runtime::Runtime,
+    shared: &'a Arc<Shared>,
+    store: &'a Arc<dyn Store>,
+    supervisor: Option<Arc<Supervisor>>,
+    certificate: Option<Arc<ReloadingCert>>,
+    stopping: Stopping,
+}
+
+impl Running<'_> {
+    /// Serves until SIGTERM (graceful: drains, then exits) or SIGINT (fast),
+    /// then stops the spawned servers and flushes what is queued.
+    fn until_stopped(self, server: Server, config: &Config) -> anyhow::Result<()> {
+        let Running {
+            background,
+            shared,
+            store,
+            supervisor,
+            certificate,
+            stopping,
+        } = self;
+        // Signal streams register with the runtime they are created in.
+        let entered = background.enter();
+        if let Some(cert) = &certificate {
+            background.spawn(cert.clone().watch(Duration::from_secs(2)));
         }
-        flush(&stopping, &shared, store.as_ref()).await;
-    });
-    Ok(())
+        background.spawn(graceful_stop(
+            shared.in_flight.clone(),
+            Duration::from_secs(config.server.grace_period_secs),
+            stopping.clone(),
+            shared.clone(),
+            store.clone(),
+            supervisor.clone(),
+        )?);
+        drop(entered);
+        server.run(RunArgs::default());
+        // SIGINT (fast shutdown) ends up here.
+        background.block_on(async {
+            if let Some(supervisor) = &supervisor {
+                supervisor.stop_all().await;
+            }
+            flush(&stopping, &shared, store.as_ref()).await;
+        });
+        Ok(())
+    }
+}
+
+/// `/health`, `/ready` and `/metrics` on `admin.listen`.
+fn add_admin_listener(server: &mut Server, config: &Config, store: Arc<dyn Store>) {
+    let mut admin =
+        http_proxy_service_with_name(&server.configuration, AdminApi::new(store), "admin");
+    admin.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin);
+}
+
+/// Which user each MCP session belongs to, with idle ones swept in the background.
+fn session_bindings(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    background: &tokio::runtime::Runtime,
+) -> Arc<SessionBindings> {
+    let idle = Duration::from_secs(config.mcp.session_idle_secs);
+    let sessions = Arc::new(SessionBindings::new(
+        store.clone(),
+        config.mcp.max_sessions,
+        idle,
+    ));
+    background.spawn(session_housekeeping(sessions.clone(), idle));
+    sessions
 }
 
 /// Connects to the store and brings its schema up to date.

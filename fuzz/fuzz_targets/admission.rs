@@ -7,9 +7,12 @@
 //! path and query decoding, and the mem0 and MCP policy decisions.
 //!
 //! The pure pieces are memgate's own (`http1`, `policy`, `auth::credential`,
-//! `token`). The glue that calls them lives in `src/proxy/`, which needs pingora, so it
-//! is mirrored here step by step (each mirror names the function it copies);
-//! keep them in step when the proxy changes.
+//! `token`). Every head passes `policy::admission::admit_head`, and each
+//! listener's head `Mem0Policy::admit_head` or `policy::mcp::admit_head`,
+//! exactly as the gate calls them. What the gate does between those calls
+//! needs I/O (reading the body, asking the store and the upstream), so that
+//! glue is mirrored here (each mirror names the function it copies); keep
+//! them in step when the proxy changes.
 //!
 //! Panics when a forwarded request could act outside the caller's scope:
 //!
@@ -61,7 +64,7 @@ use policy::endpoint::McpEndpoint;
 use policy::deny::Deny;
 use policy::mcp::{
     self, McpDecision, McpForward, McpPolicy, decide_owners, decode_param_value, origin_allowed,
-    param_header_rewrites, session_id_from_query,
+    param_header_rewrites,
 };
 use policy::mem0::{self, Decision, Forward, Mem0Policy, Route, decide_owner};
 use policy::scope::{IsolationMode, scope_for};
@@ -262,27 +265,20 @@ fn framed_body(request: &Request) -> Result<&[u8], Deny> {
 }
 
 // ---------------------------------------------------------------------------
-// The mem0 listener: `proxy::mem0::Mem0Flow::decide`.
+// The mem0 listener: `proxy::mem0::Mem0Flow::decide` after the head.
 
 fn mem0_flow(policy: &Mem0Policy, identity: &Identity, request: &Request) {
-    let method = request.method.as_str();
-    let raw_path = request.uri.path();
     let query = request.uri.query();
-    let Ok(matched) = policy.route(method, raw_path) else {
+    // `Mem0Flow::decide` admits the head with the same pure function.
+    let Ok(head) = policy.admit_head(
+        identity,
+        request.method.as_str(),
+        &request.uri,
+        &request.headers,
+    ) else {
         return;
     };
-    if policy.admit(identity, &matched).is_err() {
-        return;
-    }
-    let Ok(project) = single(&request.headers, "x-mcp-project") else {
-        return;
-    };
-    let scope = policy.scope_for(identity, project.as_deref());
-    if policy::method_override::refuse(request.headers.keys().map(|n| n.as_str()), None).is_err()
-        || policy.check_query(&matched, query).is_err()
-    {
-        return;
-    }
+    let mem0::Mem0Head { matched, scope } = head;
     if matched.route == Route::AllowListed {
         if let Decision::Forward(forward) =
             policy.authorise(identity, &scope, &matched, query, None, None)
@@ -420,47 +416,31 @@ fn mcp_flow(policy: &McpPolicy, mode: &IsolationMode, identity: &Identity, reque
         .get("x-mcp-project")
         .and_then(|v| v.to_str().ok());
     let scope = scope_for(identity, mode, project);
-    // `McpFlow::handle` classifies with the pure `McpPaths` (refusals end here).
+    // `McpFlow::handle` admits the head with the same pure function.
     let paths = policy::endpoint::McpPaths::new(MCP_PATH, SSE_PATH, MESSAGES_PATH)
         .allowing(&[ALLOWED_PATH.to_owned()]);
-    let Ok(endpoint) = paths.classify(request.uri.path()) else {
+    let Ok(head) = mcp::admit_head(&paths, &request.method, &request.uri, &request.headers) else {
         return;
     };
-    if policy::method_override::refuse(
-        request.headers.keys().map(|n| n.as_str()),
-        request.uri.query(),
-    )
-    .is_err()
-    {
-        return;
-    }
-    let endpoint = match endpoint {
+    let endpoint = match head.endpoint {
         McpEndpoint::Streamable => Endpoint::Streamable,
         McpEndpoint::LegacyStream => Endpoint::LegacyStream,
         McpEndpoint::LegacyMessages => Endpoint::LegacyMessages,
         McpEndpoint::Other => Endpoint::Other,
     };
-    let session_id = match endpoint {
-        Endpoint::LegacyMessages => session_id_from_query(request.uri.query()),
-        _ => single(&request.headers, "mcp-session-id"),
-    };
-    let Ok(session_id) = session_id else {
-        return;
-    };
+    let session_id = head.session_id;
     // `SessionBindings::check`: another user's session is a 404; an unknown
     // one is bound to this user.
     if session_id.as_deref() == Some(FOREIGN_SESSION) {
         return;
     }
-    let posts_jsonrpc = request.method == Method::POST
-        && matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyMessages);
-    if !posts_jsonrpc {
+    if !head.posts_jsonrpc {
         check_streamed(policy, identity, &scope, request);
         return;
     }
     if endpoint == Endpoint::LegacyMessages {
         assert_eq!(
-            upstream_session(request),
+            upstream_session(request).map(|id| mcp::session_key(&id, true)),
             session_id,
             "the upstream posts to another session than memgate checked"
         );

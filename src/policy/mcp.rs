@@ -26,6 +26,7 @@
 
 mod arguments;
 mod fuzz;
+mod head;
 mod headers;
 mod origin;
 #[cfg(test)]
@@ -37,6 +38,7 @@ mod tests;
 mod tools_list;
 
 pub use fuzz::{forwards_only_scope, fuzz_entry};
+pub use head::{HeadRefused, MCP_SESSION_ID, McpHead, admit_head};
 pub use headers::{
     PARAM_HEADER_PREFIX, decode_param_value, encode_param_value, is_param_header,
     param_header_rewrites,

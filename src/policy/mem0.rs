@@ -37,6 +37,7 @@ pub use routes::{Route, RouteMatch, allowed_methods, memory_path};
 use serde_json::{Map, Value};
 
 use super::deny::Deny;
+use super::header_names::{X_MCP_PROJECT, single};
 use super::method_override;
 use super::query::Query;
 use super::scope::{self, IsolationMode, check_requested_user};
@@ -120,10 +121,47 @@ pub enum Decision {
     Deny(Deny),
 }
 
+/// A mem0 request head the policy admitted: its route, and the scope it
+/// acts for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mem0Head {
+    pub matched: RouteMatch,
+    pub scope: String,
+}
+
+/// A refused mem0 head: the denial, and the route's metric label when a
+/// route was matched before the refusal.
+pub type Mem0HeadRefused = (Deny, Option<&'static str>);
+
 impl Mem0Policy {
     /// The scope of a request in this policy's isolation mode.
     pub fn scope_for(&self, identity: &Identity, project_header: Option<&str>) -> String {
         scope::scope_for(identity, &self.mode, project_header)
+    }
+
+    /// Everything decided from the head alone, in docs/design.md §4's order:
+    /// route (400/404/405), permission (403), the project header, method
+    /// overrides, and the query. The gate's mem0 flow and the `admission`
+    /// fuzz target call this one function.
+    pub fn admit_head(
+        &self,
+        identity: &Identity,
+        method: &str,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<Mem0Head, Mem0HeadRefused> {
+        let matched = self
+            .route(method, uri.path())
+            .map_err(|deny| (deny, None))?;
+        let label = Some(matched.route.label());
+        let refused = |deny| (deny, label);
+        self.admit(identity, &matched).map_err(refused)?;
+        let project = single(headers, &X_MCP_PROJECT).map_err(refused)?;
+        let scope = self.scope_for(identity, project);
+        method_override::refuse(headers.keys().map(http::HeaderName::as_str), None)
+            .map_err(refused)?;
+        self.check_query(&matched, uri.query()).map_err(refused)?;
+        Ok(Mem0Head { matched, scope })
     }
 
     /// Step 1: normalises the raw path and finds the route (400/404/405).

@@ -18,10 +18,10 @@ use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::deny::Deny;
 use crate::policy::header_names;
 use crate::policy::mem0::{
-    Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
+    Decision, Forward, Mem0Head, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,
     owner_ids_in,
 };
-use crate::policy::{method_override, path};
+use crate::policy::path;
 use crate::upstream::exchange::{Exchanged, UpstreamClient};
 
 /// What the flow did with a request.
@@ -104,29 +104,30 @@ impl Mem0Flow {
     ) -> std::result::Result<Decided, Refused> {
         let req = session.req_header();
         // Shared, not copied: the body is read (a mutable borrow) before the
-        // query is last used. A standard method and a URI clone without allocating.
-        let (method, uri) = (req.method.clone(), req.uri.clone());
-        let (raw_path, query) = (uri.path(), uri.query());
-        let matched = self
+        // query is last used. A URI clone does not allocate.
+        let uri = req.uri.clone();
+        let query = uri.query();
+        let head = self
             .policy
-            .route(method.as_str(), raw_path)
-            .map_err(|deny| {
+            .admit_head(identity, req.method.as_str(), &uri, &req.headers);
+        let Mem0Head { matched, scope } = match head {
+            Ok(head) => head,
+            Err((deny, label)) => {
+                if let Some(label) = label {
+                    *route = label;
+                }
                 let allow = (deny.status == 405)
-                    .then(|| path::normalise(raw_path).ok())
+                    .then(|| path::normalise(uri.path()).ok())
                     .flatten()
                     .map(|p| allowed_methods(&p).join(", "));
-                Refused {
+                return Err(Refused {
                     deny,
                     allow,
                     ownership: false,
-                }
-            })?;
+                });
+            }
+        };
         *route = matched.route.label();
-        self.policy.admit(identity, &matched)?;
-        let project = header_names::single(&req.headers, &header_names::X_MCP_PROJECT)?;
-        let scope = self.policy.scope_for(identity, project);
-        method_override::refuse(req.headers.keys().map(http::HeaderName::as_str), None)?;
-        self.policy.check_query(&matched, query)?;
         if matched.route == Route::AllowListed {
             return match self
                 .policy

@@ -37,8 +37,8 @@ use crate::policy::header_names;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
-use crate::upstream::exchange::Outgoing;
-use crate::upstream::targets::Upstreams;
+use crate::upstream::exchange::{OpenExchange, Outgoing};
+use crate::upstream::targets::{NoUpstream, UpstreamLease, Upstreams};
 use mcp::{McpFlow, McpHandled, StreamWatch};
 use mem0::{Handled, Mem0Flow};
 
@@ -476,24 +476,11 @@ impl Gate {
                     .await;
             }
         };
-        let client = match self.upstreams.client(&ctx.scope, &identity.user_id).await {
-            Ok(client) => client,
-            Err(crate::upstream::targets::NoUpstream::NotReady(why)) => {
-                let body =
-                    errors::error_body(self.listener, 503, &why.message, &serde_json::Value::Null);
-                let retry = [("retry-after", why.retry_after_secs.to_string())];
-                return errors::respond_json(session, 503, body, &retry).await;
-            }
-            Err(crate::upstream::targets::NoUpstream::Unsafe(why)) => {
-                tracing::error!(error = %why, "no upstream for this scope; nothing sent");
-                return errors::respond_error(
-                    session,
-                    self.listener,
-                    500,
-                    "This request's upstream cannot be reached safely; the operator must check the logs",
-                )
-                .await;
-            }
+        let Some(client) = self
+            .upstream_for(session, &ctx.scope, &identity.user_id)
+            .await?
+        else {
+            return Ok(());
         };
         let req = session.req_header();
         let path_and_query = match ctx.rewritten_uri.take() {
@@ -559,6 +546,58 @@ impl Gate {
             .write_relayed(header)
             .await
             .map_err(|e| e.into_down())?;
+        if self.relay(session, ctx, &client, &mut open).await? {
+            if event_stream {
+                open.close().await;
+            } else {
+                open.finish().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream for this request's scope, or `None` once the client was
+    /// told why there is none (not ready yet: 503 with `Retry-After`; not
+    /// safe to reach: 500, and the operator is told in the log).
+    async fn upstream_for(
+        &self,
+        session: &mut Session,
+        scope: &str,
+        user_id: &str,
+    ) -> Result<Option<UpstreamLease>> {
+        match self.upstreams.client(scope, user_id).await {
+            Ok(client) => Ok(Some(client)),
+            Err(NoUpstream::NotReady(why)) => {
+                let body =
+                    errors::error_body(self.listener, 503, &why.message, &serde_json::Value::Null);
+                let retry = [("retry-after", why.retry_after_secs.to_string())];
+                errors::respond_json(session, 503, body, &retry).await?;
+                Ok(None)
+            }
+            Err(NoUpstream::Unsafe(why)) => {
+                tracing::error!(error = %why, "no upstream for this scope; nothing sent");
+                errors::respond_error(
+                    session,
+                    self.listener,
+                    500,
+                    "This request's upstream cannot be reached safely; the operator must check the logs",
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Passes the upstream's body on as it arrives (MCP streams watched on
+    /// the way). Whether it ended complete: `false` when either side failed
+    /// or the client left (`ctx.cut_short`).
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        client: &UpstreamLease,
+        open: &mut OpenExchange<'_>,
+    ) -> Result<bool> {
         loop {
             let next = tokio::select! {
                 biased;
@@ -566,7 +605,7 @@ impl Gate {
                 // The client went away: stop reading the upstream.
                 _ = session.read_body_or_idle() => {
                     ctx.cut_short = true;
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             let (mut chunk, end) = match next {
@@ -576,11 +615,11 @@ impl Gate {
                     // Too late for an error response: end the client's stream.
                     tracing::info!(listener = self.listener.as_str(), error = %e, "upstream stream ended with an error");
                     ctx.cut_short = true;
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
-                flow.on_response_chunk(watch, &client, &mut chunk, end)?;
+                flow.on_response_chunk(watch, client, &mut chunk, end)?;
             }
             if chunk.is_some() || end {
                 session
@@ -589,15 +628,9 @@ impl Gate {
                     .map_err(|e| e.into_down())?;
             }
             if end {
-                break;
+                return Ok(true);
             }
         }
-        if event_stream {
-            open.close().await;
-        } else {
-            open.finish().await;
-        }
-        Ok(())
     }
 
     /// Answers a request whose framing cannot be trusted, and closes the

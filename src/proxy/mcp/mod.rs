@@ -12,7 +12,6 @@ use refusal::{PendingRefusal, refuse, take_refusal};
 pub use response::StreamWatch;
 
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
-use crate::policy::method_override;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,17 +26,15 @@ use crate::identity::Identity;
 use crate::listener::{Relayed, Session, SetHeaders};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
-use crate::policy::header_names;
 use crate::policy::mcp::{
-    McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, is_param_header, method_label,
-    origin_allowed, param_header_rewrites, session_id_from_query, session_key,
+    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, admit_head,
+    decide_owners, is_param_header, method_label, origin_allowed, param_header_rewrites,
+    session_key,
 };
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
-use crate::upstream::exchange::UpstreamClient;
+use crate::upstream::exchange::{OpenExchange, UpstreamClient};
 use crate::upstream::targets::{NoUpstream, UpstreamLease, Upstreams};
-
-const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 
 /// Header names a browser client may send (CORS preflight answer).
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, x-mcp-token, x-mcp-userid, \
@@ -175,53 +172,20 @@ impl McpFlow {
         scope: &str,
     ) -> Result<McpHandled> {
         let req = session.req_header();
-        let endpoint = match self.paths.classify(req.uri.path()) {
-            Ok(endpoint) => endpoint,
-            Err(deny) => {
-                refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
+        let head = admit_head(&self.paths, &req.method, &req.uri, &req.headers);
+        let McpHead {
+            endpoint,
+            session_id,
+            posts_jsonrpc,
+        } = match head {
+            Ok(head) => head,
+            Err((deny, allow)) => {
+                let allow: Vec<_> = allow.into_iter().map(|a| ("allow", a)).collect();
+                refuse(session, deny.status, &deny.message, &Value::Null, &allow).await?;
                 return Ok(McpHandled::Responded(None));
             }
         };
-        if let Err((deny, allow)) = endpoint.check_method(req.method.as_str()) {
-            refuse(
-                session,
-                deny.status,
-                &deny.message,
-                &Value::Null,
-                &[("allow", allow)],
-            )
-            .await?;
-            return Ok(McpHandled::Responded(None));
-        }
-        if let Err(deny) = method_override::refuse(
-            req.headers.keys().map(http::HeaderName::as_str),
-            req.uri.query(),
-        ) {
-            refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
-            return Ok(McpHandled::Responded(None));
-        }
-        // Refused as on the mem0 listener: which project was meant is unclear.
-        if let Err(deny) = header_names::single(&req.headers, &header_names::X_MCP_PROJECT) {
-            refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
-            return Ok(McpHandled::Responded(None));
-        }
         let method = req.method.clone();
-        // The session this request uses: the header, or the legacy query
-        // parameter, in the form the upstream reads it in.
-        let session_id = match endpoint {
-            Endpoint::LegacyMessages => {
-                session_id_from_query(req.uri.query()).map(|id| id.map(|id| session_key(&id, true)))
-            }
-            _ => header_names::single(&req.headers, &MCP_SESSION_ID)
-                .map(|id| id.map(|id| session_key(id, false))),
-        };
-        let session_id = match session_id {
-            Ok(id) => id,
-            Err(deny) => {
-                refuse(session, deny.status, &deny.message, &Value::Null, &[]).await?;
-                return Ok(McpHandled::Responded(None));
-            }
-        };
         if let Some(id) = &session_id {
             match self.sessions.check(id, &identity.user_id).await {
                 Ok(SessionUse::Owner) => {}
@@ -254,8 +218,6 @@ impl McpFlow {
                 }
             }
         }
-        let posts_jsonrpc = method == http::Method::POST
-            && matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyMessages);
         if !posts_jsonrpc {
             let rewriter = matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyStream)
                 .then(SseRewriter::default);
@@ -435,7 +397,7 @@ impl McpFlow {
         )?;
         let cors = self.cors_origin(session.req_header());
         let started = std::time::Instant::now();
-        let (upstream, mut open) = match client.open(upstream_req, Some(body)).await {
+        let (upstream, open) = match client.open(upstream_req, Some(body)).await {
             Ok(open) => open,
             Err(e) => {
                 let (status, message) = crate::upstream::upstream_failure(super::Listener::Mcp, &e);
@@ -453,62 +415,100 @@ impl McpFlow {
         let initialized = forward.calls.iter().any(|c| c.method == "initialize");
         if initialized
             && upstream.status().is_success()
-            && let Some(id) = upstream.get(&MCP_SESSION_ID)
+            && let Err(message) = self.bind_handed_out(&upstream, &client, identity).await
         {
-            let Some(id) = std::str::from_utf8(id)
-                .ok()
-                .map(|id| session_key(id, false))
-            else {
-                open.finish().await;
-                let message = "The MCP upstream answered with a session id that is not text";
-                return refuse(session, 502, message, &Value::Null, &[]).await;
-            };
-            if !self.sessions.bind_handed_out(&id, &identity.user_id).await {
-                open.finish().await;
-                tracing::error!("the MCP upstream handed out a session id bound to another user");
-                let message = "The MCP upstream handed out a session id already in use";
-                return refuse(session, 502, message, &Value::Null, &[]).await;
-            }
-            client.note_session(&id);
+            open.finish().await;
+            return refuse(session, 502, message, &Value::Null, &[]).await;
         }
-        let event_stream = upstream.is_event_stream();
         let ids = forward.tools_list_ids();
         let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
-        if event_stream {
-            // Event by event: each complete event goes out as soon as it is in.
-            body::frame_stream(&mut header, session, None)?;
-            session.write_relayed(header).await?;
-            let mut rewriter = SseRewriter::default();
-            let mut filter = |event: &mut SseEvent| {
-                if !ids.is_empty() {
-                    self.policy.filter_sse_event(identity, event, &ids);
-                }
-            };
-            loop {
-                let chunk = match open.next_chunk().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    // Too late for an error answer: the gate ends the
-                    // client's stream without a final chunk.
-                    Err(e) => return Err(e),
-                };
-                let out = rewriter.feed(&chunk, &mut filter).map_err(|e| {
-                    Error::explain(
-                        ErrorType::InternalError,
-                        format!("SSE from the MCP upstream: {e}"),
-                    )
-                })?;
-                if !out.is_empty() {
-                    session.write_response_body(Bytes::from(out), false).await?;
-                }
-            }
-            let tail = rewriter.finish(&mut filter).unwrap_or_default();
-            session.write_response_body(Bytes::from(tail), true).await?;
-            open.finish().await;
-            return Ok(());
+        if header.is_event_stream() {
+            self.relay_events(session, identity, header, open, &ids)
+                .await
+        } else {
+            self.relay_whole(session, identity, header, open, &ids)
+                .await
         }
-        // A JSON (or other) answer: read it whole, trim tool lists, send it.
+    }
+
+    /// Binds the session an `initialize` answer hands out to the caller; the
+    /// message for the client when that cannot be done.
+    async fn bind_handed_out(
+        &self,
+        upstream: &Relayed,
+        client: &UpstreamLease,
+        identity: &Identity,
+    ) -> std::result::Result<(), &'static str> {
+        let Some(id) = upstream.get(&MCP_SESSION_ID) else {
+            return Ok(());
+        };
+        let Some(id) = std::str::from_utf8(id)
+            .ok()
+            .map(|id| session_key(id, false))
+        else {
+            return Err("The MCP upstream answered with a session id that is not text");
+        };
+        if !self.sessions.bind_handed_out(&id, &identity.user_id).await {
+            tracing::error!("the MCP upstream handed out a session id bound to another user");
+            return Err("The MCP upstream handed out a session id already in use");
+        }
+        client.note_session(&id);
+        Ok(())
+    }
+
+    /// An event-stream answer, event by event: each complete event goes out
+    /// as soon as it is in, tool lists trimmed to what the caller may call.
+    async fn relay_events(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        mut header: Relayed,
+        mut open: OpenExchange<'_>,
+        ids: &[Value],
+    ) -> Result<()> {
+        body::frame_stream(&mut header, session, None)?;
+        session.write_relayed(header).await?;
+        let mut rewriter = SseRewriter::default();
+        let mut filter = |event: &mut SseEvent| {
+            if !ids.is_empty() {
+                self.policy.filter_sse_event(identity, event, ids);
+            }
+        };
+        loop {
+            let chunk = match open.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // Too late for an error answer: the gate ends the
+                // client's stream without a final chunk.
+                Err(e) => return Err(e),
+            };
+            let out = rewriter.feed(&chunk, &mut filter).map_err(|e| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    format!("SSE from the MCP upstream: {e}"),
+                )
+            })?;
+            if !out.is_empty() {
+                session.write_response_body(Bytes::from(out), false).await?;
+            }
+        }
+        let tail = rewriter.finish(&mut filter).unwrap_or_default();
+        session.write_response_body(Bytes::from(tail), true).await?;
+        open.finish().await;
+        Ok(())
+    }
+
+    /// A JSON (or other) answer: read whole, tool lists trimmed to what the
+    /// caller may call, then sent.
+    async fn relay_whole(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        mut header: Relayed,
+        mut open: OpenExchange<'_>,
+        ids: &[Value],
+    ) -> Result<()> {
         let mut buf = BytesMut::new();
         loop {
             match open.next_chunk().await {
@@ -536,7 +536,7 @@ impl McpFlow {
         open.finish().await;
         let mut body = buf.freeze();
         if !ids.is_empty()
-            && let Some(filtered) = self.policy.filter_tools_list(identity, &body, &ids)
+            && let Some(filtered) = self.policy.filter_tools_list(identity, &body, ids)
         {
             body = Bytes::from(filtered);
         }
