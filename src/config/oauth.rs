@@ -165,17 +165,17 @@ impl OAuthConfig {
     /// is found before the day it is switched on.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let issuers = self.issuer.values();
+        if matches!(&self.issuer, OneOrMany::Many(list) if list.is_empty()) {
+            return Err(invalid(
+                "oauth.issuer",
+                "is an empty list; name at least one issuer",
+            ));
+        }
         if self.enabled && issuers.is_empty() {
             return Err(invalid(
                 "oauth.issuer",
                 "names no issuer; give the authorization server's issuer URL \
                  (e.g. https://keycloak.example.com/realms/main), or a list of them",
-            ));
-        }
-        if matches!(&self.issuer, OneOrMany::Many(list) if list.is_empty()) {
-            return Err(invalid(
-                "oauth.issuer",
-                "is an empty list; name at least one issuer",
             ));
         }
         for (i, issuer) in issuers.iter().enumerate() {
@@ -380,7 +380,8 @@ impl super::Config {
         let entry_with_path = |wanted: &dyn Fn(&str) -> bool| {
             explicit.iter().find(|entry| {
                 url::Url::parse(entry).is_ok_and(|url| {
-                    url.host().is_some()
+                    matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
                         && url.query().is_none()
                         && url.fragment().is_none()
                         && wanted(url.path())
@@ -432,5 +433,206 @@ impl super::Config {
             self.oauth_resources()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, from_parts};
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_parts(Some(text), "config.toml", &env).map_err(|e| e.to_string())
+    }
+
+    const ON: &str = "[oauth]\nenabled = true\nissuer = \"https://idp.example.com/realms/main\"\n";
+
+    #[test]
+    fn off_by_default_and_on_with_an_issuer() {
+        let c = from_parts(None, "none", &[]).unwrap();
+        assert!(!c.oauth.enabled);
+        let c = load(ON, &[]).unwrap();
+        assert_eq!(
+            c.oauth.issuer.values(),
+            ["https://idp.example.com/realms/main"]
+        );
+        let r = c.oauth_resources().unwrap();
+        assert_eq!(r.mcp, "http://127.0.0.1:8080/mcp");
+        assert_eq!(r.mem0, "http://127.0.0.1:8000");
+        assert_eq!(r.audiences, [r.mcp.clone(), r.mem0.clone()]);
+    }
+
+    #[test]
+    fn the_environment_sets_issuers_and_audiences() {
+        let c = load(
+            "[oauth]\nenabled = true\n",
+            &[
+                ("MEMGATE_OAUTH__ISSUER", "http://127.0.0.1:9000"),
+                (
+                    "MEMGATE_OAUTH__AUDIENCE",
+                    "https://memgate.example.com/mcp",
+                ),
+                ("MEMGATE_OAUTH__SCOPES", "{ all = \"admin\" }"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.oauth.issuer.values(), ["http://127.0.0.1:9000"]);
+        let r = c.oauth_resources().unwrap();
+        assert_eq!(r.mcp, "https://memgate.example.com/mcp");
+        assert_eq!(r.audiences, ["https://memgate.example.com/mcp"]);
+        assert_eq!(c.oauth.scopes.len(), 1);
+    }
+
+    #[test]
+    fn explicit_audiences_name_each_listeners_resource() {
+        let c = load(
+            &format!(
+                "{ON}audience = [\"api://memgate\", \"https://m.example.com:8000\", \
+                 \"https://m.example.com/mcp\"]\n[mcp]\nlisten = \"0.0.0.0:8080\"\n\
+                 [mem0]\nlisten = \"0.0.0.0:8000\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let r = c.oauth_resources().unwrap();
+        assert_eq!(r.mcp, "https://m.example.com/mcp");
+        assert_eq!(r.mem0, "https://m.example.com:8000");
+        assert_eq!(r.audiences.len(), 3);
+        // Derived from a listener on every address: cannot be.
+        let err = load(
+            &format!("{ON}audience = \"https://m.example.com/mcp\"\n[mem0]\nlisten = \"0.0.0.0:8000\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("oauth.audience") && err.contains("mem0.listen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_the_environment_and_masked() {
+        let text = format!(
+            "{ON}[oauth.introspection]\nurl = \"https://idp.example.com/introspect\"\n\
+             client_id = \"memgate\"\nclient_secret = {{ env = \"IDP_SECRET\" }}\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        let secret = c
+            .oauth
+            .introspection
+            .read_client_secret(|name| (name == "IDP_SECRET").then(|| "s3cret".to_string()))
+            .unwrap();
+        assert_eq!(secret, "s3cret");
+        let err = c
+            .oauth
+            .introspection
+            .read_client_secret(|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oauth.introspection.client_secret") && err.contains("IDP_SECRET"));
+        let literal = text.replace("{ env = \"IDP_SECRET\" }", "\"s3cret\"");
+        let shown = load(&literal, &[]).unwrap().to_masked_toml();
+        assert!(!shown.contains("s3cret") && shown.contains("client_secret = \"****\""), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key, words) in [
+            ("[oauth]\nenabled = true\n", "oauth.issuer", "names no issuer"),
+            (
+                "[oauth]\nenabled = true\nissuer = []\n",
+                "oauth.issuer",
+                "empty list",
+            ),
+            (
+                "[oauth]\nissuer = \"http://idp.example.com/realms/main\"\n",
+                "oauth.issuer",
+                "loopback",
+            ),
+            (
+                "[oauth]\nissuer = \"http://10.0.0.7/realms/main\"\n",
+                "oauth.issuer",
+                "loopback",
+            ),
+            ("[oauth]\nissuer = \"ftp://idp\"\n", "oauth.issuer", "scheme"),
+            (
+                "[oauth]\nissuer = \"https://u:p@idp.example.com\"\n",
+                "oauth.issuer",
+                "credentials",
+            ),
+            (
+                "[oauth]\nissuer = [\"https://a.example.com\", \"https://a.example.com\"]\n",
+                "oauth.issuer",
+                "twice",
+            ),
+            (
+                &format!("{ON}allowed_algs = [\"RS256\", \"none\"]\n"),
+                "oauth.allowed_algs",
+                "unsigned",
+            ),
+            (
+                &format!("{ON}allowed_algs = [\"HS256\"]\n"),
+                "oauth.allowed_algs",
+                "HMAC",
+            ),
+            (
+                &format!("{ON}allowed_algs = []\n"),
+                "oauth.allowed_algs",
+                "empty",
+            ),
+            (
+                &format!("{ON}[oauth.scopes]\n\"mcp:read\" = \"root\"\n"),
+                "oauth.scopes.mcp:read",
+                "unknown permission",
+            ),
+            (
+                &format!("{ON}[oauth.scopes]\n\"mcp read\" = \"read\"\n"),
+                "oauth.scopes.mcp read",
+                "not a valid scope",
+            ),
+            (&format!("{ON}leeway_secs = 86400\n"), "oauth.leeway_secs", "at most 300"),
+            (
+                &format!("{ON}jwks_min_refresh_secs = 0\n"),
+                "oauth.jwks_min_refresh_secs",
+                "between 1",
+            ),
+            (&format!("{ON}user_claim = \"\"\n"), "oauth.user_claim", "empty"),
+            (
+                &format!("{ON}audience = []\n"),
+                "oauth.audience",
+                "empty list",
+            ),
+            (
+                "[oauth]\nenabled = true\nissuer = [\"https://a.example.com\", \"https://b.example.com\"]\njwks_uri = \"https://a.example.com/keys\"\n",
+                "oauth.jwks_uri",
+                "several issuers",
+            ),
+            (
+                &format!("{ON}jwks_uri = \"http://keys.example.com/jwks\"\n"),
+                "oauth.jwks_uri",
+                "loopback",
+            ),
+            (
+                &format!("{ON}[oauth.introspection]\nurl = \"https://idp.example.com/i\"\n"),
+                "oauth.introspection.client_id",
+                "client",
+            ),
+            (
+                &format!(
+                    "{ON}[oauth.introspection]\nurl = \"https://idp.example.com/i\"\nclient_id = \"m\"\n"
+                ),
+                "oauth.introspection.client_secret",
+                "empty",
+            ),
+            (&format!("{ON}bogus = 1\n"), "bogus", ""),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(err.contains(key) && err.contains(words), "{text}: {err}");
+        }
+        // Loopback issuers may use http.
+        for issuer in ["http://127.0.0.1:9000", "http://localhost:9000/x", "http://[::1]:9000"] {
+            let text = format!("[oauth]\nenabled = true\nissuer = \"{issuer}\"\n");
+            assert!(load(&text, &[]).is_ok(), "{issuer}");
+        }
     }
 }
