@@ -102,8 +102,8 @@ impl Provider {
             .expect("read the provider's first line");
         // Whatever it prints later is drained: a closed pipe would kill it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
         let issuer = ready["issuer"].as_str().unwrap().to_string();
         Some(Provider { child, issuer })
     }
@@ -166,7 +166,9 @@ impl Cookies {
             let set = set.to_str().unwrap();
             let pair = set.split(';').next().unwrap();
             let (name, value) = pair.split_once('=').unwrap();
-            let expired = set.to_ascii_lowercase().contains("expires=thu, 01 jan 1970");
+            let expired = set
+                .to_ascii_lowercase()
+                .contains("expires=thu, 01 jan 1970");
             if value.is_empty() || expired {
                 self.0.remove(name);
             } else {
@@ -410,11 +412,10 @@ async fn answer(mut conn: tokio::net::TcpStream, state: Arc<IssuerState>) {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
     };
     let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
     while buf.len() < head_end + length {
@@ -600,8 +601,7 @@ async fn metadata_and_challenges_name_memgates_resources_and_the_issuer() {
         oauth.metadata_paths(Listener::Mem0),
         ["/.well-known/oauth-protected-resource"]
     );
-    let document: Value =
-        serde_json::from_slice(oauth.metadata_document(Listener::Mcp)).unwrap();
+    let document: Value = serde_json::from_slice(oauth.metadata_document(Listener::Mcp)).unwrap();
     assert_eq!(
         document,
         json!({
@@ -645,7 +645,10 @@ async fn every_forged_or_misdirected_token_is_refused() {
     let oauth = verifier(&own.issuer, |_| {});
     let good = own.claims("alice");
     assert_eq!(
-        oauth.verify(&key.sign(&good), None).await.map(|v| v.user_id),
+        oauth
+            .verify(&key.sign(&good), None)
+            .await
+            .map(|v| v.user_id),
         Ok("alice".into())
     );
     let with = |changes: Value| {
@@ -660,14 +663,23 @@ async fn every_forged_or_misdirected_token_is_refused() {
         key.sign(&claims)
     };
     let cases = [
-        (with(json!({"iss": "https://evil.example.com"})), InvalidToken::UnknownIssuer),
-        (with(json!({"iss": format!("{}/", own.issuer)})), InvalidToken::UnknownIssuer),
+        (
+            with(json!({"iss": "https://evil.example.com"})),
+            InvalidToken::UnknownIssuer,
+        ),
+        (
+            with(json!({"iss": format!("{}/", own.issuer)})),
+            InvalidToken::UnknownIssuer,
+        ),
         (with(json!({"aud": OTHER})), InvalidToken::WrongAudience),
         (with(json!({"aud": null})), InvalidToken::MissingAudience),
         (with(json!({"exp": now() - 120})), InvalidToken::Expired),
         (with(json!({"exp": null})), InvalidToken::MissingExpiry),
         (with(json!({"nbf": now() + 600})), InvalidToken::NotYetValid),
-        (with(json!({"iat": now() + 600})), InvalidToken::IssuedInFuture),
+        (
+            with(json!({"iat": now() + 600})),
+            InvalidToken::IssuedInFuture,
+        ),
         (with(json!({"sub": null})), InvalidToken::UserClaim),
         (with(json!({"sub": "alice\n"})), InvalidToken::UserClaim),
     ];
@@ -716,7 +728,8 @@ async fn every_forged_or_misdirected_token_is_refused() {
         header.kid = Some("k1".into());
         header.typ = Some("at+jwt".into());
         let token =
-            jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(&secret).unwrap()).unwrap();
+            jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(&secret).unwrap())
+                .unwrap();
         assert_eq!(
             oauth.verify(&token, None).await,
             invalid(InvalidToken::AlgorithmNotAllowed)
@@ -752,6 +765,17 @@ async fn every_forged_or_misdirected_token_is_refused() {
         oauth.verify(&impostor.sign(&good), None).await,
         invalid(InvalidToken::BadSignature)
     );
+    // A key embedded in the header (jwk, jku) is never trusted: the
+    // attacker's own key, named in the token it signed.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    header.jwk = Some(serde_json::from_value(impostor.jwk.clone()).unwrap());
+    header.jku = Some(format!("{}/jwks", own.issuer));
+    let token = jsonwebtoken::encode(&header, &good, &impostor.encoding).unwrap();
+    assert_eq!(
+        oauth.verify(&token, None).await,
+        invalid(InvalidToken::BadSignature)
+    );
     // crit extensions memgate does not implement.
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("k1".into());
@@ -775,7 +799,10 @@ async fn every_forged_or_misdirected_token_is_refused() {
     own.publish(&[&key, &ed]);
     let quick = verifier(&own.issuer, |c| c.oauth.jwks_min_refresh_secs = 1);
     assert_eq!(
-        quick.verify(&ed.sign(&own.claims("bob")), None).await.map(|v| v.user_id),
+        quick
+            .verify(&ed.sign(&own.claims("bob")), None)
+            .await
+            .map(|v| v.user_id),
         Ok("bob".into())
     );
 }
@@ -803,7 +830,12 @@ async fn a_flood_of_unknown_key_ids_costs_one_key_set_fetch_per_interval() {
     assert_eq!(own.jwks_fetches(), 1);
     // The published key works without another fetch; more unknown ids
     // within the interval fetch nothing.
-    assert!(oauth.verify(&key.sign(&own.claims("alice")), None).await.is_ok());
+    assert!(
+        oauth
+            .verify(&key.sign(&own.claims("alice")), None)
+            .await
+            .is_ok()
+    );
     for outcome in flood(oauth.clone()).await {
         assert_eq!(outcome, invalid(InvalidToken::UnknownKey));
     }
@@ -906,7 +938,10 @@ async fn opaque_tokens_are_introspected_and_the_answers_cached() {
         invalid(InvalidToken::WrongAudience)
     );
     // Each token was asked about once; the repeats came from the cache.
-    assert_eq!(oauth.verify("opaque-dead", None).await, invalid(InvalidToken::Inactive));
+    assert_eq!(
+        oauth.verify("opaque-dead", None).await,
+        invalid(InvalidToken::Inactive)
+    );
     assert_eq!(own.state.introspections.load(Ordering::SeqCst), 3);
     // Wrong client credentials, or the endpoint gone: 503, never access.
     let wrong = verifier(&own.issuer, |c| {

@@ -34,8 +34,9 @@ impl HeaderSource {
         match self {
             HeaderSource::Literal(value) => Ok((value.clone(), "the value".into())),
             HeaderSource::Env { env: var } => {
-                let value = env(var)
-                    .ok_or_else(|| invalid(key, format!("environment variable {var} is not set")))?;
+                let value = env(var).ok_or_else(|| {
+                    invalid(key, format!("environment variable {var} is not set"))
+                })?;
                 Ok((value, format!("environment variable {var}")))
             }
             HeaderSource::File { file } => {

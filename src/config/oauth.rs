@@ -246,8 +246,7 @@ impl OAuthConfig {
                 ),
             ));
         }
-        if self.jwks_min_refresh_secs == 0 || self.jwks_min_refresh_secs > MAX_JWKS_REFRESH_SECS
-        {
+        if self.jwks_min_refresh_secs == 0 || self.jwks_min_refresh_secs > MAX_JWKS_REFRESH_SECS {
             return Err(invalid(
                 "oauth.jwks_min_refresh_secs",
                 format!(
@@ -471,10 +470,7 @@ mod tests {
             "[oauth]\nenabled = true\n",
             &[
                 ("MEMGATE_OAUTH__ISSUER", "http://127.0.0.1:9000"),
-                (
-                    "MEMGATE_OAUTH__AUDIENCE",
-                    "https://memgate.example.com/mcp",
-                ),
+                ("MEMGATE_OAUTH__AUDIENCE", "https://memgate.example.com/mcp"),
                 ("MEMGATE_OAUTH__SCOPES", "{ all = \"admin\" }"),
             ],
         )
@@ -503,11 +499,16 @@ mod tests {
         assert_eq!(r.audiences.len(), 3);
         // Derived from a listener on every address: cannot be.
         let err = load(
-            &format!("{ON}audience = \"https://m.example.com/mcp\"\n[mem0]\nlisten = \"0.0.0.0:8000\"\n"),
+            &format!(
+                "{ON}audience = \"https://m.example.com/mcp\"\n[mem0]\nlisten = \"0.0.0.0:8000\"\n"
+            ),
             &[],
         )
         .unwrap_err();
-        assert!(err.contains("oauth.audience") && err.contains("mem0.listen"), "{err}");
+        assert!(
+            err.contains("oauth.audience") && err.contains("mem0.listen"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -532,13 +533,20 @@ mod tests {
         assert!(err.contains("oauth.introspection.client_secret") && err.contains("IDP_SECRET"));
         let literal = text.replace("{ env = \"IDP_SECRET\" }", "\"s3cret\"");
         let shown = load(&literal, &[]).unwrap().to_masked_toml();
-        assert!(!shown.contains("s3cret") && shown.contains("client_secret = \"****\""), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("client_secret = \"****\""),
+            "{shown}"
+        );
     }
 
     #[test]
     fn bad_values_name_their_key() {
         for (text, key, words) in [
-            ("[oauth]\nenabled = true\n", "oauth.issuer", "names no issuer"),
+            (
+                "[oauth]\nenabled = true\n",
+                "oauth.issuer",
+                "names no issuer",
+            ),
             (
                 "[oauth]\nenabled = true\nissuer = []\n",
                 "oauth.issuer",
@@ -554,7 +562,11 @@ mod tests {
                 "oauth.issuer",
                 "loopback",
             ),
-            ("[oauth]\nissuer = \"ftp://idp\"\n", "oauth.issuer", "scheme"),
+            (
+                "[oauth]\nissuer = \"ftp://idp\"\n",
+                "oauth.issuer",
+                "scheme",
+            ),
             (
                 "[oauth]\nissuer = \"https://u:p@idp.example.com\"\n",
                 "oauth.issuer",
@@ -590,13 +602,21 @@ mod tests {
                 "oauth.scopes.mcp read",
                 "not a valid scope",
             ),
-            (&format!("{ON}leeway_secs = 86400\n"), "oauth.leeway_secs", "at most 300"),
+            (
+                &format!("{ON}leeway_secs = 86400\n"),
+                "oauth.leeway_secs",
+                "at most 300",
+            ),
             (
                 &format!("{ON}jwks_min_refresh_secs = 0\n"),
                 "oauth.jwks_min_refresh_secs",
                 "between 1",
             ),
-            (&format!("{ON}user_claim = \"\"\n"), "oauth.user_claim", "empty"),
+            (
+                &format!("{ON}user_claim = \"\"\n"),
+                "oauth.user_claim",
+                "empty",
+            ),
             (
                 &format!("{ON}audience = []\n"),
                 "oauth.audience",
@@ -630,7 +650,11 @@ mod tests {
             assert!(err.contains(key) && err.contains(words), "{text}: {err}");
         }
         // Loopback issuers may use http.
-        for issuer in ["http://127.0.0.1:9000", "http://localhost:9000/x", "http://[::1]:9000"] {
+        for issuer in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000/x",
+            "http://[::1]:9000",
+        ] {
             let text = format!("[oauth]\nenabled = true\nissuer = \"{issuer}\"\n");
             assert!(load(&text, &[]).is_ok(), "{issuer}");
         }

@@ -40,8 +40,8 @@ use super::deny::Deny;
 use super::method_override;
 use super::query::Query;
 use super::scope::{self, IsolationMode, check_requested_user};
-use crate::identity::{Identity, Permission};
 use super::{json, path};
+use crate::identity::{Identity, Permission};
 use body::Edit;
 use routes::BodyUse;
 

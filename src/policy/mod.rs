@@ -14,6 +14,3 @@ pub mod query;
 pub mod scope;
 pub mod sse;
 pub mod upstream_name;
-
-
-

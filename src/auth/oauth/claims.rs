@@ -179,7 +179,9 @@ const ID_TOKEN_CLAIMS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
 pub fn is_id_token_or_other(typ: Option<&str>, claims: &Map<String, Value>) -> bool {
     let typ = typ.map(|t| {
         let t = t.to_ascii_lowercase();
-        t.strip_prefix("application/").map(str::to_string).unwrap_or(t)
+        t.strip_prefix("application/")
+            .map(str::to_string)
+            .unwrap_or(t)
     });
     match typ.as_deref() {
         Some("at+jwt") => false,
@@ -195,7 +197,12 @@ pub fn is_id_token_or_other(typ: Option<&str>, claims: &Map<String, Value>) -> b
 /// RFC 7662) or, without it, `scp` (a list or a string, as Entra ID and
 /// Okta send). A `scope` that is not a string refuses the token.
 fn granted_scopes(claims: &Map<String, Value>) -> Result<Vec<String>, InvalidToken> {
-    let split = |s: &str| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+    let split = |s: &str| {
+        s.split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
     match (claims.get("scope"), claims.get("scp")) {
         (Some(Value::String(s)), _) => Ok(split(s)),
         (Some(_), _) => Err(InvalidToken::Malformed),
@@ -466,7 +473,10 @@ mod tests {
         );
         let admin = perms(json!({"scp": ["mcp:admin", "other"]})).unwrap();
         assert!(admin.allows(Permission::Write) && admin.allows(Permission::Admin));
-        assert_eq!(perms(json!({"scope": ["mcp:read"]})), Err(InvalidToken::Malformed));
+        assert_eq!(
+            perms(json!({"scope": ["mcp:read"]})),
+            Err(InvalidToken::Malformed)
+        );
         assert_eq!(
             perms(json!({"scp": "mcp:write"})),
             Ok(Permissions {
@@ -480,7 +490,9 @@ mod tests {
         assert_eq!(r.scopes.scope_for(Permission::Write), Some("mcp:write"));
         assert_eq!(r.scopes.scope_for(Permission::Admin), Some("mcp:admin"));
         let only_admin = ScopeMap::from_config(
-            &[("all".to_string(), "admin".to_string())].into_iter().collect(),
+            &[("all".to_string(), "admin".to_string())]
+                .into_iter()
+                .collect(),
         )
         .unwrap();
         assert_eq!(only_admin.scope_for(Permission::Read), Some("all"));
@@ -504,15 +516,27 @@ mod tests {
         };
         assert_eq!(answer(json!({})).unwrap().user_id, "bob");
         assert_eq!(answer(json!({"exp": null})).unwrap().expires_at, None);
-        assert_eq!(answer(json!({"active": false})), Err(InvalidToken::Inactive));
-        assert_eq!(answer(json!({"active": "true"})), Err(InvalidToken::Inactive));
+        assert_eq!(
+            answer(json!({"active": false})),
+            Err(InvalidToken::Inactive)
+        );
+        assert_eq!(
+            answer(json!({"active": "true"})),
+            Err(InvalidToken::Inactive)
+        );
         assert_eq!(answer(json!({"active": null})), Err(InvalidToken::Inactive));
         assert_eq!(
             answer(json!({"iss": "https://evil.example.com"})),
             Err(InvalidToken::UnknownIssuer)
         );
-        assert_eq!(answer(json!({"aud": null})), Err(InvalidToken::MissingAudience));
-        assert_eq!(answer(json!({"exp": NOW - 3600})), Err(InvalidToken::Expired));
+        assert_eq!(
+            answer(json!({"aud": null})),
+            Err(InvalidToken::MissingAudience)
+        );
+        assert_eq!(
+            answer(json!({"exp": NOW - 3600})),
+            Err(InvalidToken::Expired)
+        );
         assert_eq!(answer(json!({"sub": null})), Err(InvalidToken::UserClaim));
     }
 }

@@ -97,7 +97,9 @@ impl InvalidToken {
                 "X-MCP-UserID does not match the user the access token was issued to"
             }
             InvalidToken::Inactive => "The access token is not active",
-            InvalidToken::UnsupportedFormat => "The access token is not in a format memgate accepts",
+            InvalidToken::UnsupportedFormat => {
+                "The access token is not in a format memgate accepts"
+            }
         }
     }
 }

@@ -55,10 +55,7 @@ impl VerifyingKey {
     /// A signature key from one JWK Set member; `None` for keys memgate
     /// does not verify with (encryption keys, symmetric keys, other curves).
     fn from_jwk(member: &Value) -> Option<VerifyingKey> {
-        if member
-            .get("use")
-            .is_some_and(|u| u.as_str() != Some("sig"))
-        {
+        if member.get("use").is_some_and(|u| u.as_str() != Some("sig")) {
             return None;
         }
         let jwk: Jwk = serde_json::from_value(member.clone()).ok()?;
@@ -124,7 +121,9 @@ pub fn discovery_urls(issuer: &str) -> Vec<String> {
     };
     let origin = url.origin().ascii_serialization();
     let path = url.path().trim_end_matches('/');
-    let mut urls = vec![format!("{origin}/.well-known/oauth-authorization-server{path}")];
+    let mut urls = vec![format!(
+        "{origin}/.well-known/oauth-authorization-server{path}"
+    )];
     if !path.is_empty() {
         urls.push(format!("{origin}/.well-known/openid-configuration{path}"));
     }

@@ -354,10 +354,12 @@ impl OAuth {
     async fn verified(&self, bearer: &str) -> Result<Verified, OAuthDenial> {
         let key = token::hash(bearer);
         let now = Utc::now().timestamp();
-        if let Some(hit) = self.cache.get(&key).await
-            && now < hit.valid_until
-        {
-            return hit.outcome.clone().map_err(OAuthDenial::from);
+        if let Some(hit) = self.cache.get(&key).await {
+            if now < hit.valid_until {
+                return hit.outcome.clone().map_err(OAuthDenial::from);
+            }
+            // The cache's clock has not caught up with the wall clock's.
+            self.cache.invalidate(&key).await;
         }
         let cached = match bearer_shape(bearer) {
             BearerShape::Jwt => {
@@ -371,10 +373,23 @@ impl OAuth {
                     valid_until,
                 }
             }
-            BearerShape::Opaque => match &self.settings.introspection {
-                Some(settings) => self.check_introspected(settings, bearer, now).await?,
-                None => return Err(InvalidToken::UnsupportedFormat.into()),
-            },
+            BearerShape::Opaque => {
+                let Some(settings) = &self.settings.introspection else {
+                    return Err(InvalidToken::UnsupportedFormat.into());
+                };
+                // One question to the server however many requests carry
+                // the token at once; the answer is cached as it comes.
+                let cached = self
+                    .cache
+                    .try_get_with(key, async {
+                        self.check_introspected(settings, bearer, now)
+                            .await
+                            .map(Arc::new)
+                    })
+                    .await
+                    .map_err(|denial| *denial)?;
+                return cached.outcome.clone().map_err(OAuthDenial::from);
+            }
             BearerShape::Memgate => return Err(InvalidToken::UnsupportedFormat.into()),
             BearerShape::Malformed => return Err(InvalidToken::Malformed.into()),
         };

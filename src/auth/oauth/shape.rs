@@ -29,9 +29,9 @@ fn is_base64url(segment: &str) -> bool {
 fn is_b64token(text: &str) -> bool {
     let body = text.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 pub fn bearer_shape(bearer: &str) -> BearerShape {
@@ -43,7 +43,9 @@ pub fn bearer_shape(bearer: &str) -> BearerShape {
         return BearerShape::Malformed;
     }
     let segments: Vec<&str> = bearer.split('.').collect();
-    if bearer.len() <= MAX_JWT_LEN && segments.len() == 3 && segments.iter().all(|s| is_base64url(s))
+    if bearer.len() <= MAX_JWT_LEN
+        && segments.len() == 3
+        && segments.iter().all(|s| is_base64url(s))
     {
         return BearerShape::Jwt;
     }
@@ -61,12 +63,29 @@ mod tests {
     fn the_shape_decides_the_path() {
         let ours = format!("mcp_{}", "A".repeat(43));
         assert_eq!(bearer_shape(&ours), BearerShape::Memgate);
-        assert_eq!(bearer_shape("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"), BearerShape::Jwt);
+        assert_eq!(
+            bearer_shape("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"),
+            BearerShape::Jwt
+        );
         // Two segments, an empty signature, padding: not a JWS.
-        for opaque in ["a.b", "eyJh.eyJz.", "SlAV32hkKG", "2YotnFZFEjr1zCsicMWpAA==", "a.b.c.d"] {
+        for opaque in [
+            "a.b",
+            "eyJh.eyJz.",
+            "SlAV32hkKG",
+            "2YotnFZFEjr1zCsicMWpAA==",
+            "a.b.c.d",
+        ] {
             assert_eq!(bearer_shape(opaque), BearerShape::Opaque, "{opaque}");
         }
-        for bad in ["", "mcp_short", "a b", "a\"b", "é", "===", &"a".repeat(MAX_JWT_LEN + 1)] {
+        for bad in [
+            "",
+            "mcp_short",
+            "a b",
+            "a\"b",
+            "é",
+            "===",
+            &"a".repeat(MAX_JWT_LEN + 1),
+        ] {
             assert_eq!(bearer_shape(bad), BearerShape::Malformed, "{bad:?}");
         }
         let huge_jwt = format!("{}.b.c", "a".repeat(MAX_JWT_LEN));
