@@ -86,9 +86,6 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   ttl: { AccessToken: 300, ClientCredentials: 300, IdToken: 300 },
 });
-// Plain http on loopback: the provider must not insist on TLS.
-provider.proxy = false;
-
 server.on('request', provider.callback());
 console.log(JSON.stringify({ issuer }));
 

@@ -107,7 +107,7 @@ pub struct CheckedClaims {
 }
 
 /// A NumericDate (RFC 7519 §2): whole or fractional seconds since the epoch.
-/// `Err` when present but not a number.
+/// A value that is not a number refuses the token.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, InvalidToken> {
     match claims.get(name) {
         None => Ok(None),
@@ -120,7 +120,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
                     .map(|f| f.floor() as i64)
             })
             .map(Some)
-            .ok_or(InvalidToken::MissingExpiry),
+            .ok_or(InvalidToken::Malformed),
     }
 }
 
@@ -384,7 +384,8 @@ mod tests {
         let leeway = rules().leeway_secs;
         let cases = [
             (json!({"exp": null}), Err(InvalidToken::MissingExpiry)),
-            (json!({"exp": "soon"}), Err(InvalidToken::MissingExpiry)),
+            (json!({"exp": "soon"}), Err(InvalidToken::Malformed)),
+            (json!({"nbf": "now"}), Err(InvalidToken::Malformed)),
             (json!({"exp": NOW - leeway}), Err(InvalidToken::Expired)),
             (json!({"exp": NOW - leeway + 1}), Ok(())),
             (json!({"exp": (NOW + 60) as f64 + 0.5}), Ok(())),

@@ -4,7 +4,8 @@
 /// A token memgate will not accept (HTTP 401, `error="invalid_token"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InvalidToken {
-    /// Not a JWS compact token, or its header or claims are not JSON objects.
+    /// Not a JWS compact token, its header or claims are not JSON objects,
+    /// or a claim memgate reads has the wrong type.
     Malformed,
     /// The header's `alg` is not in `allowed_algs` (`none`, HS*, …).
     AlgorithmNotAllowed,
@@ -19,7 +20,7 @@ pub enum InvalidToken {
     MissingAudience,
     /// `aud` names none of memgate's resources.
     WrongAudience,
-    /// The token has no `exp`, or `exp` (or `nbf`, `iat`) is not a number.
+    /// The token has no `exp`.
     MissingExpiry,
     Expired,
     NotYetValid,
@@ -85,7 +86,7 @@ impl InvalidToken {
             InvalidToken::WrongAudience => {
                 "The access token is for another resource; request one for this resource"
             }
-            InvalidToken::MissingExpiry => "The access token has no valid expiry time",
+            InvalidToken::MissingExpiry => "The access token has no expiry time",
             InvalidToken::Expired => "The access token expired",
             InvalidToken::NotYetValid => "The access token is not valid yet",
             InvalidToken::IssuedInFuture => "The access token was issued in the future",

@@ -88,7 +88,7 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     /// No rustls provider is installed in this process's unit tests: the
-    /// client must still build, and speak TLS when asked to.
+    /// client must still build.
     #[test]
     fn the_client_builds_without_a_process_wide_rustls_provider() {
         super::client().expect("client");
