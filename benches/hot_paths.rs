@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 
 use memgate::auth::{Authenticator, PresentedHeaders, StoreAccess};
 use memgate::config::AuthConfig;
-use memgate::identity::{Identity, Permissions};
 use memgate::ownership::OwnerCache;
 use memgate::policy::mcp::{McpDecision, McpPolicy};
 use memgate::policy::mem0::{self, Decision, Mem0Policy, Mem0Request};
+use memgate::identity::{Identity, Permissions};
 use memgate::store::{NewToken, SqliteStore, Store};
 use memgate::token;
 

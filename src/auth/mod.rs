@@ -20,8 +20,8 @@ pub use denial::Denial;
 use known::KnownTokens;
 
 use crate::config::AuthConfig;
-use crate::identity::Identity;
 use crate::metrics::{METRICS, memo};
+use crate::identity::Identity;
 use crate::store::{Store, TokenChange, TokenStatus};
 use crate::token;
 

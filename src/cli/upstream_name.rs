@@ -6,9 +6,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::identity::{Identity, Permissions};
 use crate::policy::scope::scope_for;
 use crate::policy::upstream_name::{expand, host_label, is_template};
+use crate::identity::{Identity, Permissions};
 
 #[derive(Args, Debug)]
 pub struct UpstreamNameArgs {

@@ -60,8 +60,8 @@ use serde_json::{Map, Value};
 use super::deny::Deny;
 use super::query::Query;
 use super::sse::SseEvent;
-use super::{json, mem0};
 use crate::identity::{Identity, Permission};
+use super::{json, mem0};
 use arguments::{MemoryIds, ScopedArguments};
 use rpc::Refusal;
 

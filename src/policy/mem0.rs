@@ -40,8 +40,8 @@ use super::deny::Deny;
 use super::method_override;
 use super::query::Query;
 use super::scope::{self, IsolationMode, check_requested_user};
-use super::{json, path};
 use crate::identity::{Identity, Permission};
+use super::{json, path};
 use body::Edit;
 use routes::BodyUse;
 

@@ -14,3 +14,6 @@ pub mod query;
 pub mod scope;
 pub mod sse;
 pub mod upstream_name;
+
+
+

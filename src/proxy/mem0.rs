@@ -12,9 +12,9 @@ use serde_json::Value;
 use super::exchange::{Exchanged, UpstreamClient};
 use super::headers::{Redirects, Relayed};
 use super::{Listener, Session, body, errors, headers};
-use crate::identity::Identity;
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
+use crate::identity::Identity;
 use crate::policy::deny::Deny;
 use crate::policy::mem0::{
     Decision, Forward, Mem0Policy, Route, allowed_methods, decide_owner, filter_answer,

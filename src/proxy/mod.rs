@@ -41,10 +41,10 @@ use ipnet::IpNet;
 
 use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
-use crate::identity::Identity;
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{METRICS, memo};
 use crate::per_thread::RuntimeTasks;
+use crate::identity::Identity;
 use crate::policy::scope::{IsolationMode, scope_for};
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;

@@ -13,10 +13,10 @@
 use serde_json::{Map, Value};
 
 use super::rules::ToolRule;
-use crate::identity::{Identity, Permission};
 use crate::policy::deny::Deny;
 use crate::policy::json;
 use crate::policy::scope::{check_requested_user, other_user_denied};
+use crate::identity::{Identity, Permission};
 
 /// What scoping one call's arguments produced.
 #[derive(Debug, Default)]

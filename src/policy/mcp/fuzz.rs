@@ -8,10 +8,10 @@ use super::{
     McpDecision, McpForward, McpPolicy, ScopedBy, TOOLS_CALL, ToolRule, UnknownTools,
     decide_owners, origin_allowed, param_header_rewrites, tools_list_ids,
 };
-use crate::identity::{Identity, Permission, Permissions};
-use crate::policy::json;
 use crate::policy::scope::project_scope;
 use crate::policy::sse::{SseRewriter, endpoint_session_id};
+use crate::identity::{Identity, Permission, Permissions};
+use crate::policy::json;
 
 /// Whether what `policy` forwards for a non-admin names no user but `scope`:
 /// in the body that will be sent (`forward.body`, else `client_body`), every

@@ -9,10 +9,10 @@ use super::{
     created_ids_scanned, filter_answer, filter_results, foreign_items_in, foreign_items_scanned,
     owner_from_get_response, owner_ids_from_create_response, owner_ids_in,
 };
-use crate::identity::{Identity, Permissions};
-use crate::policy::json;
 use crate::policy::query::Query;
 use crate::policy::scope::{IsolationMode, project_scope};
+use crate::identity::{Identity, Permissions};
+use crate::policy::json;
 
 /// Whether a forwarded request names no user but `forward.scope`: every
 /// `user_id` in the query and anywhere in the JSON body that will be sent

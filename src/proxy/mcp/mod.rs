@@ -27,9 +27,9 @@ use super::headers::{Relayed, SetHeaders};
 use super::targets::{NoUpstream, UpstreamLease, Upstreams};
 use super::{Session, body, headers};
 use crate::http1::request::RequestHead;
-use crate::identity::Identity;
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
+use crate::identity::Identity;
 use crate::policy::mcp::{
     McpDecision, McpDeny, McpForward, McpPolicy, decide_owners, is_param_header, method_label,
     origin_allowed, param_header_rewrites, session_id_from_query, session_key,
