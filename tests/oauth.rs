@@ -1,7 +1,8 @@
 //! memgate's OAuth verifier against a real, independently developed
 //! authorization server (oidc-provider, tests/oidc/provider.mjs): tokens by
 //! client credentials and by authorization code + PKCE (the login and
-//! consent pages driven over HTTP), and every refusal. Forged tokens are
+//! consent pages driven over HTTP), opaque tokens introspected there, and
+//! every refusal. Forged tokens are
 //! signed here with keys made here and served by a small issuer of this
 //! file's own, which also counts key set fetches and answers introspection.
 //!
@@ -32,6 +33,8 @@ const MCP: &str = "http://127.0.0.1:8080/mcp";
 const MEM0: &str = "http://127.0.0.1:8000";
 /// Another resource server at the same authorization server.
 const OTHER: &str = "https://other.example.com/api";
+/// A resource whose access tokens the provider issues opaque, for introspection.
+const OPAQUE: &str = "http://127.0.0.1:8080/opaque";
 const REDIRECT: &str = "http://127.0.0.1:4711/callback";
 
 fn now() -> i64 {
@@ -91,7 +94,7 @@ impl Provider {
         }
         let mut child = Command::new("node")
             .arg(dir.join("provider.mjs"))
-            .args(["0", MCP, OTHER])
+            .args(["0", MCP, OTHER, "--opaque", OPAQUE])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -581,6 +584,58 @@ async fn real_tokens_by_client_credentials_and_by_authorization_code_with_pkce()
     let quick = verifier(&issuer, |c| c.oauth.jwks_min_refresh_secs = 1);
     assert_eq!(
         quick.verify(&forged, None).await,
+        Err(OAuthDenial::Unavailable)
+    );
+}
+
+#[tokio::test]
+async fn real_opaque_tokens_are_introspected_at_the_provider() {
+    let Some(mut provider) = Provider::start() else {
+        return;
+    };
+    let issuer = provider.issuer.clone();
+    fn introspecting(issuer: &str, client_secret: &str) -> OAuth {
+        verifier(issuer, |c| {
+            c.oauth.audience = OneOrMany::Many(vec![MCP.into(), OPAQUE.into()]);
+            // Client credentials tokens name their client, not a user.
+            c.oauth.user_claim = "client_id".into();
+            c.oauth.introspection.url = format!("{issuer}/token/introspection");
+            c.oauth.introspection.client_id = "memgate-m2m".into();
+            c.oauth.introspection.client_secret =
+                memgate::config::HeaderSource::Literal(client_secret.into());
+        })
+    }
+    let oauth = introspecting(&issuer, "m2m-secret");
+    let opaque = client_credentials(&issuer, "mcp:read mcp:write", OPAQUE).await;
+    assert!(!opaque.contains('.'), "an opaque token: {opaque}");
+    let verified = oauth.verify(&opaque, None).await.unwrap();
+    assert_eq!(verified.user_id, "memgate-m2m");
+    assert_eq!(verified.method, AuthMethod::Introspection);
+    assert!(verified.permissions.allows(Permission::Write));
+    // JWTs from the same server are still verified locally.
+    let jwt = client_credentials(&issuer, "mcp:read", MCP).await;
+    assert_eq!(
+        oauth.verify(&jwt, None).await.map(|v| v.method),
+        Ok(AuthMethod::Jwt)
+    );
+    // A token the server never issued is inactive.
+    assert_eq!(
+        oauth
+            .verify("2YotnFZFEjr1zCsicMWpAAxxxxxxxxxxxxxxxxxxxxx", None)
+            .await,
+        invalid(InvalidToken::Inactive)
+    );
+    // memgate's own client credentials wrong: the server will not say, 503.
+    let fresh = client_credentials(&issuer, "mcp:read", OPAQUE).await;
+    assert_eq!(
+        introspecting(&issuer, "wrong").verify(&fresh, None).await,
+        Err(OAuthDenial::Unavailable)
+    );
+    // The server gone: the answer already given holds, new tokens get 503.
+    provider.stop();
+    assert!(oauth.verify(&opaque, None).await.is_ok());
+    assert_eq!(
+        oauth.verify(&fresh, None).await,
         Err(OAuthDenial::Unavailable)
     );
 }

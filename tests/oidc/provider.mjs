@@ -2,11 +2,13 @@
 // tests/oauth.rs: oidc-provider with resource indicators (RFC 8707), issuing
 // JWT access tokens (RFC 9068) for memgate's resource.
 //
-//   node provider.mjs PORT RESOURCE [RESOURCE...]
+//   node provider.mjs PORT RESOURCE... [--opaque RESOURCE...]
 //
 // PORT 0 picks a free port. Every RESOURCE is a resource server whose tokens
 // carry it as aud, with the scopes mcp:read mcp:write mcp:admin; the first is
-// the default when a client names none. Clients:
+// the default when a client names none. Access tokens for the resources after
+// --opaque are opaque, for introspection (RFC 7662) at /token/introspection,
+// which confidential clients may call. Clients:
 //   memgate-m2m  confidential, client_credentials (secret: m2m-secret)
 //   memgate-cli  public, authorization_code with PKCE, redirect
 //                http://127.0.0.1/callback (any port, as for native apps)
@@ -20,9 +22,13 @@ import { createServer } from 'node:http';
 import { generateKeyPair, exportJWK } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
-const [port = '0', ...resources] = process.argv.slice(2);
-if (resources.length === 0) {
-  console.error('usage: node provider.mjs PORT RESOURCE [RESOURCE...]');
+const [port = '0', ...rest] = process.argv.slice(2);
+const split = rest.indexOf('--opaque');
+const jwtResources = split === -1 ? rest : rest.slice(0, split);
+const opaqueResources = split === -1 ? [] : rest.slice(split + 1);
+const resources = [...jwtResources, ...opaqueResources];
+if (jwtResources.length === 0) {
+  console.error('usage: node provider.mjs PORT RESOURCE... [--opaque RESOURCE...]');
   process.exit(2);
 }
 
@@ -65,6 +71,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => resources[0],
@@ -72,6 +79,11 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: (_ctx, indicator) => {
         if (!resources.includes(indicator)) {
           throw new errors.InvalidTarget();
+        }
+        if (opaqueResources.includes(indicator)) {
+          return {
+            scope: SCOPES, audience: indicator, accessTokenTTL: 300, accessTokenFormat: 'opaque',
+          };
         }
         return {
           scope: SCOPES,
