@@ -6,6 +6,7 @@ pub mod credential;
 mod denial;
 mod known;
 mod last_used;
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::Duration;

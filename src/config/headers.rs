@@ -21,6 +21,36 @@ pub enum HeaderSource {
     File { file: String },
 }
 
+impl HeaderSource {
+    /// The value (literal, environment variable through `env`, or file with
+    /// one trailing newline trimmed) and where it came from, for messages
+    /// that must name the source but never the value. `key` names the
+    /// setting in errors.
+    pub fn read(
+        &self,
+        key: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(String, String), ConfigError> {
+        match self {
+            HeaderSource::Literal(value) => Ok((value.clone(), "the value".into())),
+            HeaderSource::Env { env: var } => {
+                let value = env(var).ok_or_else(|| {
+                    invalid(key, format!("environment variable {var} is not set"))
+                })?;
+                Ok((value, format!("environment variable {var}")))
+            }
+            HeaderSource::File { file } => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| invalid(key, format!("cannot read file {file}: {e}")))?;
+                let trimmed = text
+                    .strip_suffix('\n')
+                    .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                Ok((trimmed.to_string(), format!("the content of {file}")))
+            }
+        }
+    }
+}
+
 /// Literal values are secrets as often as not: never shown.
 impl std::fmt::Debug for HeaderSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,23 +160,8 @@ pub fn resolve_upstream_headers(
         .iter()
         .map(|(name, source)| {
             let key = format!("{section}.upstream_headers.{name}");
-            let value = match source {
-                HeaderSource::Literal(value) => header_value(&key, value, "the value")?,
-                HeaderSource::Env { env: var } => {
-                    let value = env(var).ok_or_else(|| {
-                        invalid(&key, format!("environment variable {var} is not set"))
-                    })?;
-                    header_value(&key, &value, &format!("environment variable {var}"))?
-                }
-                HeaderSource::File { file } => {
-                    let text = std::fs::read_to_string(file)
-                        .map_err(|e| invalid(&key, format!("cannot read file {file}: {e}")))?;
-                    let text = text
-                        .strip_suffix('\n')
-                        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
-                    header_value(&key, text, &format!("the content of {file}"))?
-                }
-            };
+            let (value, what) = source.read(&key, &env)?;
+            let value = header_value(&key, &value, &what)?;
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(&key, "is not a valid header name"))?;
             Ok((name, value))

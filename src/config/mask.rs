@@ -37,6 +37,11 @@ impl Config {
                 }
             }
         }
+        if let HeaderSource::Literal(secret) = &mut shown.oauth.introspection.client_secret
+            && !secret.is_empty()
+        {
+            *secret = "****".into();
+        }
         // A child's environment may carry its credentials.
         if let Some(spawn) = &mut shown.mcp.spawn {
             for value in spawn.env.values_mut() {

@@ -14,6 +14,7 @@ mod load;
 mod mask;
 mod mcp;
 mod mem0;
+mod oauth;
 mod rate_limit;
 mod server;
 mod spawn;
@@ -33,6 +34,10 @@ pub use load::{DEFAULT_PATH, Loaded, from_parts, load};
 pub use mask::mask_url_password;
 pub use mcp::McpConfig;
 pub use mem0::Mem0Config;
+pub use oauth::{
+    IntrospectionConfig, OAuthConfig, OAuthResources, OneOrMany, SUPPORTED_ALGS,
+    check_authorization_server_url,
+};
 pub use rate_limit::{RateLimitBackend, RateLimitConfig, RedisConfig};
 pub use server::{LogConfig, ServerConfig};
 pub use spawn::{PORT_PLACEHOLDER, SPAWN_UPSTREAM, SpawnConfig, SpawnTransport};
@@ -82,6 +87,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub oauth: OAuthConfig,
 }
 
 impl Default for Config {
@@ -131,6 +137,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -156,7 +163,8 @@ impl Config {
         self.audit.validate()?;
         self.auth.validate_last_used()?;
         self.tls.validate()?;
-        self.server.validate()
+        self.server.validate()?;
+        self.validate_oauth()
     }
 
     /// Reads every `upstream_headers` value now, as `serve` does before it

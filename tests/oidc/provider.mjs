@@ -1,0 +1,106 @@
+// An independent OAuth 2.1 / OpenID Connect authorization server for
+// tests/oauth.rs: oidc-provider with resource indicators (RFC 8707), issuing
+// JWT access tokens (RFC 9068) for memgate's resource.
+//
+//   node provider.mjs PORT RESOURCE... [--opaque RESOURCE...]
+//
+// PORT 0 picks a free port. Every RESOURCE is a resource server whose tokens
+// carry it as aud, with the scopes mcp:read mcp:write mcp:admin; the first is
+// the default when a client names none. Access tokens for the resources after
+// --opaque are opaque, for introspection (RFC 7662) at /token/introspection,
+// which confidential clients may call. Clients:
+//   memgate-m2m  confidential, client_credentials (secret: m2m-secret)
+//   memgate-cli  public, authorization_code with PKCE, redirect
+//                http://127.0.0.1/callback (any port, as for native apps)
+// The login and consent pages are oidc-provider's development interactions:
+// GET the interaction URL, POST prompt=login&login=USER&password=any, then
+// POST prompt=consent. Access tokens are signed ES256; ID tokens RS256.
+// Prints one JSON line {"issuer": ...} on stdout when it listens.
+
+import { createServer } from 'node:http';
+
+import { generateKeyPair, exportJWK } from 'jose';
+import Provider, { errors } from 'oidc-provider';
+
+const [port = '0', ...rest] = process.argv.slice(2);
+const split = rest.indexOf('--opaque');
+const jwtResources = split === -1 ? rest : rest.slice(0, split);
+const opaqueResources = split === -1 ? [] : rest.slice(split + 1);
+const resources = [...jwtResources, ...opaqueResources];
+if (jwtResources.length === 0) {
+  console.error('usage: node provider.mjs PORT RESOURCE... [--opaque RESOURCE...]');
+  process.exit(2);
+}
+
+async function signingKey(alg, kid) {
+  const { privateKey } = await generateKeyPair(alg, { extractable: true });
+  return { ...(await exportJWK(privateKey)), alg, use: 'sig', kid };
+}
+
+const SCOPES = 'mcp:read mcp:write mcp:admin';
+
+// The port must be known before the issuer is: listen first, then mount.
+const server = createServer();
+await new Promise((resolve) => server.listen(Number(port), '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const provider = new Provider(issuer, {
+  jwks: { keys: [await signingKey('RS256', 'rs-1'), await signingKey('ES256', 'es-1')] },
+  clients: [
+    {
+      client_id: 'memgate-m2m',
+      client_secret: 'm2m-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+    },
+    {
+      client_id: 'memgate-cli',
+      application_type: 'native',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+    },
+  ],
+  findAccount: async (_ctx, id) => ({
+    accountId: id,
+    claims: async () => ({ sub: id, email: `${id}@example.test` }),
+  }),
+  claims: { openid: ['sub'], email: ['email'] },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => resources[0],
+      useGrantedResource: () => true,
+      getResourceServerInfo: (_ctx, indicator) => {
+        if (!resources.includes(indicator)) {
+          throw new errors.InvalidTarget();
+        }
+        if (opaqueResources.includes(indicator)) {
+          return {
+            scope: SCOPES, audience: indicator, accessTokenTTL: 300, accessTokenFormat: 'opaque',
+          };
+        }
+        return {
+          scope: SCOPES,
+          audience: indicator,
+          accessTokenTTL: 300,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'ES256' } },
+        };
+      },
+    },
+  },
+  pkce: { required: () => true },
+  ttl: { AccessToken: 300, ClientCredentials: 300, IdToken: 300 },
+});
+server.on('request', provider.callback());
+console.log(JSON.stringify({ issuer }));
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
