@@ -13,7 +13,7 @@ pub mod session;
 pub mod tls;
 
 pub use relayed::{Relayed, SetHeaders};
-pub use serving::{Handler, Listening, Stopping};
+pub use serving::{Handler, Listening};
 pub use session::Session;
 
 /// Which listener a request arrived on; decides the error format.

@@ -20,7 +20,7 @@ use super::h1::{H1Session, NextRequest};
 /// Waking keep-alive connections that wait for their next request when the
 /// listener stops (pingora calls `http_cleanup`), so they close at once.
 #[derive(Default)]
-pub struct Stopping {
+struct Stopping {
     stopped: AtomicBool,
     notify: Notify,
 }
