@@ -47,6 +47,7 @@ pub use rpc::{
     RATE_LIMITED, UNAUTHORIZED, code_for_status, error_body, error_object,
 };
 pub use rules::{
+    default_secret_scan,
     STANDARD_MEMORY_ID_ARGS, STANDARD_USER_ARGS, ScopedBy, ToolRule, UnknownTools,
     default_tool_rules,
 };
@@ -217,6 +218,7 @@ impl McpPolicy {
                 user_args: Vec::new(),
                 memory_id_args: STANDARD_MEMORY_ID_ARGS.map(str::to_owned).to_vec(),
                 inject_user: false,
+                secret_scan: None,
             })),
         }
     }
