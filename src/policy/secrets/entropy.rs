@@ -77,7 +77,8 @@ fn is_file_path(value: &str) -> bool {
 
 /// Words joined by `.`, `_`, `-`, `/` or `:`: `settings.OPENAI_API_KEY`,
 /// `prod-db-credentials-v2`, `max_tokens_2048`: names people write. A
-/// word is letters in one case, Capitalized or camelCase, then at most
+/// word is letters in one case, Capitalized or camelCase (maybe after an
+/// acronym), then at most
 /// four digits (`v2`, `sha256`); generators put digits anywhere and mix
 /// cases at random.
 fn is_word_chain(value: &str) -> bool {
@@ -94,8 +95,10 @@ fn is_word(segment: &str) -> bool {
         return false;
     }
     let all_upper = letters.bytes().all(|b| b.is_ascii_uppercase());
-    // camelCase and Capitalized: no two upper-case letters in a row.
-    let camel = !letters
+    // camelCase and Capitalized, maybe after an acronym (`HTTPServer`): past
+    // the leading upper-case letters, no two upper-case letters in a row.
+    let past_acronym = letters.trim_start_matches(|c: char| c.is_ascii_uppercase());
+    let camel = !past_acronym
         .as_bytes()
         .windows(2)
         .any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase());
