@@ -67,7 +67,7 @@ pub const SHIPPED: &[ShippedRule] = &[
     // name they are given.
     ShippedRule {
         name: "aws_secret_access_key",
-        pattern: r#"(?i:aws[_\-.]?)?(?i:secret[_\-.]?access[_\-.]?key|aws[_\-.]?secret[_\-.]?key)["']?\s*(?:=|:|:=|=>)\s*["']?(?P<secret>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)"#,
+        pattern: r#"(?i:aws[_\-.]?)?(?i:secret[_\-.]?access[_\-.]?key|aws[_\-.]?secret[_\-.]?key)\\?["']?\s*(?:=|:|:=|=>)\s*\\?["']?(?P<secret>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)"#,
         check: Check::Random,
         allow: &[],
     },
@@ -172,9 +172,10 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: concat!(
             r#"(?-u:\b)"#,
             credential_key!(),
-            r#"["']?[ \t]*(?:=|:=|:|=>)[ \t]*["'`]?"#,
+            // Quotes may come escaped: JSON text inside a JSON string.
+            r#"\\?["']?[ \t]*(?:=|:=|:|=>)[ \t]*\\?["'`]?"#,
             r#"(?P<secret>[A-Za-z0-9+/=_\-.~!@#$%^&*]{12,})"#,
-            r#"(?:["'`\s,;})\]]|\z)"#,
+            r#"(?:["'`\\\s,;})\]]|\z)"#,
         ),
         check: Check::Random,
         allow: PLACEHOLDERS,
