@@ -331,3 +331,4 @@ fn tool_arguments_not_listed_are_forwarded_as_sent() {
     );
     assert_eq!(arguments["query"], secret);
 }
+

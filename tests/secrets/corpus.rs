@@ -421,7 +421,7 @@ fn path(rng: &mut Rng) -> String {
 pub fn ordinary_memories(seed: u64, count: usize) -> Vec<String> {
     let mut rng = Rng::new(seed);
     (0..count)
-        .map(|i| match i % 12 {
+        .map(|i| match i % 14 {
             0 | 1 => {
                 let n = 1 + rng.below(4);
                 (0..n)
@@ -445,6 +445,20 @@ pub fn ordinary_memories(seed: u64, count: usize) -> Vec<String> {
                 sentence(&mut rng, 8),
                 rng.string(&ALNUM.to_lowercase(), 12),
                 uuid(&mut rng)
+            ),
+            11 => format!(
+                "Pod {}-{}-{} restarted; image ghcr.io/acme/api@sha256:{}",
+                identifier(&mut rng).replace('_', "-"),
+                rng.string("bcdfghjklmnpqrstvwxz2456789", 10),
+                rng.string("bcdfghjklmnpqrstvwxz2456789", 5),
+                rng.string(HEX, 64)
+            ),
+            12 => format!(
+                "lockfile: \"integrity\": \"sha512-{}\", \"resolved\": \"https://registry.npmjs.org/{}/-/{}-1.{}.0.tgz\"",
+                STANDARD.encode(rng.bytes(64)),
+                rng.pick(WORDS),
+                rng.pick(WORDS),
+                rng.below(20)
             ),
             _ => code(&mut rng),
         })
