@@ -20,6 +20,7 @@
 //! the rule and the JSON path, never the value.
 
 pub mod entropy;
+mod fuzz;
 pub mod rules;
 pub mod settings;
 mod walk;
@@ -35,6 +36,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde_json::{Map, Value};
 
 use super::json::{JsonError, parse_value, to_bytes};
+pub use fuzz::{fuzz_entry, same_shape};
 pub use rules::{CREDENTIAL_FIELD, shipped_names};
 pub use settings::{GuardConfigError, GuardMode, RuleConfig, SecretGuardConfig};
 use walk::{Scope, Walk};

@@ -202,6 +202,10 @@ impl<'g> Walk<'g> {
     /// goes into refusals and audit events.
     fn path_text(&self, path: &[Step<'_>]) -> String {
         let mut out = String::from(self.root);
+        if path.is_empty() && out.is_empty() {
+            // The body itself is the string (not an object).
+            return "$".to_owned();
+        }
         for step in path {
             match step {
                 Step::Index(index) => {
