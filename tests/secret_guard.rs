@@ -47,20 +47,35 @@ const PLACES: [Place; 7] = [
 
 /// What the guard made of `text` written at `place`: the outcome, and the
 /// strings of what would be forwarded (for a refusal, none).
-fn run(guard: &SecretGuard, place: Place, text: &str) -> (Vec<Finding>, Option<Finding>, Vec<String>) {
+fn run(
+    guard: &SecretGuard,
+    place: Place,
+    text: &str,
+) -> (Vec<Finding>, Option<Finding>, Vec<String>) {
     let body = match place {
-        Place::MessageContent => json!({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": text}], "user_id": "alice"}),
-        Place::ContentPart => json!({"messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}),
-        Place::Metadata => json!({"messages": [{"role": "user", "content": "see metadata"}], "metadata": {"source": "cli", "notes": {"deploy": [text]}}}),
+        Place::MessageContent => {
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": text}], "user_id": "alice"})
+        }
+        Place::ContentPart => {
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]})
+        }
+        Place::Metadata => {
+            json!({"messages": [{"role": "user", "content": "see metadata"}], "metadata": {"source": "cli", "notes": {"deploy": [text]}}})
+        }
         Place::UpdateText => json!({"text": text, "metadata": {"k": 1}}),
         Place::UpdateData => json!({"data": text}),
         Place::ToolText | Place::ToolMetadata => {
             let (tool, arguments) = if let Place::ToolText = place {
                 ("add_coding_preference", json!({"text": text}))
             } else {
-                ("add_memory", json!({"text": "note", "metadata": {"origin": {"raw": text}}}))
+                (
+                    "add_memory",
+                    json!({"text": "note", "metadata": {"origin": {"raw": text}}}),
+                )
             };
-            let Value::Object(mut arguments) = arguments else { unreachable!() };
+            let Value::Object(mut arguments) = arguments else {
+                unreachable!()
+            };
             return match guard.scan_tool_arguments(default_secret_scan(tool), &mut arguments) {
                 ValueOutcome::Clean => (Vec::new(), None, strings(&Value::Object(arguments))),
                 ValueOutcome::Redacted { findings } => {
@@ -78,7 +93,10 @@ fn run(guard: &SecretGuard, place: Place, text: &str) -> (Vec<Finding>, Option<F
     .unwrap();
     match outcome {
         GuardOutcome::Clean => (Vec::new(), None, strings(&body)),
-        GuardOutcome::Redacted { body: out, findings } => {
+        GuardOutcome::Redacted {
+            body: out,
+            findings,
+        } => {
             let out: Value = serde_json::from_slice(&out).expect("a redacted body is JSON");
             (findings, None, strings(&out))
         }
@@ -178,7 +196,11 @@ fn every_secret_in_every_context_and_place_is_redacted() {
             }
         }
     }
-    assert!(missed.is_empty(), "{} of {cases} missed or leaked: {missed:#?}", missed.len());
+    assert!(
+        missed.is_empty(),
+        "{} of {cases} missed or leaked: {missed:#?}",
+        missed.len()
+    );
     assert!(cases > 1000, "{cases}");
 }
 
@@ -211,11 +233,31 @@ fn every_secret_in_every_context_and_place_is_refused() {
 fn a_credential_named_metadata_member_counts_and_its_neighbours_do_not() {
     let guard = guard(GuardMode::Redact);
     let mut rng = Rng::new(7);
-    let value = format!("{}7{}", rng.string(corpus::ALNUM, 10), rng.string(corpus::ALNUM, 10));
-    for key in ["password", "secret", "token", "api_key", "apikey", "access_key", "private_key", "client_secret", "auth", "DB_PASSWORD", "stripeApiKey"] {
+    let value = format!(
+        "{}7{}",
+        rng.string(corpus::ALNUM, 10),
+        rng.string(corpus::ALNUM, 10)
+    );
+    for key in [
+        "password",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+        "client_secret",
+        "auth",
+        "DB_PASSWORD",
+        "stripeApiKey",
+    ] {
         let body = json!({"messages": [{"role": "user", "content": "x"}], "metadata": {key: value, "title": "Deploy notes v2", "count": 3}});
         let bytes = serde_json::to_vec(&body).unwrap();
-        let GuardOutcome::Redacted { body: out, findings } = guard.scan_mem0_add(&bytes).unwrap() else {
+        let GuardOutcome::Redacted {
+            body: out,
+            findings,
+        } = guard.scan_mem0_add(&bytes).unwrap()
+        else {
             panic!("{key} not redacted");
         };
         let out: Value = serde_json::from_slice(&out).unwrap();
@@ -261,23 +303,66 @@ fn ordinary_memories_are_left_alone() {
     );
     for (memory, findings) in &altered {
         let rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
-        eprintln!("  altered by {rules:?}: {}", memory.chars().take(160).collect::<String>());
+        eprintln!(
+            "  altered by {rules:?}: {}",
+            memory.chars().take(160).collect::<String>()
+        );
     }
     assert!(memories.len() >= 2000);
-    assert!(rate < 0.005, "{} of {} altered", altered.len(), memories.len());
+    assert!(
+        rate < 0.005,
+        "{} of {} altered",
+        altered.len(),
+        memories.len()
+    );
 }
 
 /// Near-misses of every rule, and the shapes that make scanners slow: long
 /// base64 runs, BEGIN lines without an END, `://a:` without `@`, escapes.
 fn adversarial(len: usize) -> String {
     let unit = [
-        "AKIA", "ABCDEFGHIJKLMNO ", "gh", "p_abcdefghijklmnopqrstuvwxyz012345678 ",
-        "github_", "pat_abc ", "glpat-short ", "xo", "xb-123 ", "sk_", "live_abc ",
-        "sk-", "ant-api03-x ", "sk-proj-", "T3Blbk", "FJ ", "AI", "za012345678 ",
-        "eyJhbGciOi.eyJzdWIi. ", "-----BEGIN RSA PRIVATE KEY- ", "://a:", "://a:b", "://:",
-        "mcp_", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF ", "password = ", "token: ",
-        "api_key=short ", "Bearer ", "%4", "%41%4", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-        "password=aaaaaaaaaaaaaaaaaaaaaaaaaaaa", " secret_", "key_", "token_",
+        "AKIA",
+        "ABCDEFGHIJKLMNO ",
+        "gh",
+        "p_abcdefghijklmnopqrstuvwxyz012345678 ",
+        "github_",
+        "pat_abc ",
+        "glpat-short ",
+        "xo",
+        "xb-123 ",
+        "sk_",
+        "live_abc ",
+        "sk-",
+        "ant-api03-x ",
+        "sk-proj-",
+        "T3Blbk",
+        "FJ ",
+        "AI",
+        "za012345678 ",
+        "eyJhbGciOi.eyJzdWIi. ",
+        "-----BEGIN RSA PRIVATE KEY- ",
+        "://a:",
+        "://a:b",
+        "://:",
+        "mcp_",
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF ",
+        "password = ",
+        "token: ",
+        "api_key=short ",
+        "Bearer ",
+        "%4",
+        "%41%4",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        "password=aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        " secret_",
+        "key_",
+        "token_",
+        "token=token=token=token=token=token=",
+        "AKIAAKIAAKIAAKIA",
+        "Bearer Bearer Bearer ",
+        "-----BEGIN PRIVATE KEY-----",
+        "\\\"",
+        "user:pass@",
     ]
     .concat();
     let mut text = String::with_capacity(len + unit.len());
@@ -315,7 +400,10 @@ fn scanning_time_grows_linearly_with_the_body() {
     let large_time = best_of(3, || scan(&large));
     let ratio = large_time.as_secs_f64() / small_time.as_secs_f64();
     eprintln!("64 KiB: {small_time:?}, 1 MiB: {large_time:?}, ratio {ratio:.1} (linear: 16)");
-    assert!(ratio < 40.0, "ratio {ratio:.1}: 64 KiB {small_time:?}, 1 MiB {large_time:?}");
+    assert!(
+        ratio < 40.0,
+        "ratio {ratio:.1}: 64 KiB {small_time:?}, 1 MiB {large_time:?}"
+    );
 }
 
 #[test]
@@ -331,4 +419,3 @@ fn tool_arguments_not_listed_are_forwarded_as_sent() {
     );
     assert_eq!(arguments["query"], secret);
 }
-

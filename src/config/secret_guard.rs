@@ -5,8 +5,8 @@
 
 use super::{ConfigError, invalid};
 
-pub use crate::policy::secrets::{GuardMode, RuleConfig, SecretGuardConfig};
 use crate::policy::secrets::SecretGuard;
+pub use crate::policy::secrets::{GuardMode, RuleConfig, SecretGuardConfig};
 
 /// Compiles every rule as `serve` will; the first error, under its key.
 pub(super) fn validate(config: &SecretGuardConfig) -> Result<(), ConfigError> {

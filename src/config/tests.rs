@@ -525,5 +525,8 @@ fn secret_guard_rules_are_checked_when_loading() {
     let err = from_parts(None, "f", &env(&[("MEMGATE_SECRET_GUARD__MODE", "block")]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("secret_guard.mode") || err.contains("SECRET_GUARD__MODE"), "{err}");
+    assert!(
+        err.contains("secret_guard.mode") || err.contains("SECRET_GUARD__MODE"),
+        "{err}"
+    );
 }

@@ -47,9 +47,8 @@ pub use rpc::{
     RATE_LIMITED, UNAUTHORIZED, code_for_status, error_body, error_object,
 };
 pub use rules::{
-    default_secret_scan,
     STANDARD_MEMORY_ID_ARGS, STANDARD_USER_ARGS, ScopedBy, ToolRule, UnknownTools,
-    default_tool_rules,
+    default_secret_scan, default_tool_rules,
 };
 pub use tools_list::tools_list_ids;
 

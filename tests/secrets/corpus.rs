@@ -128,7 +128,11 @@ pub fn secrets(rng: &mut Rng) -> Vec<Secret> {
         value: redis_password,
     };
     let aws_secret = random_looking(rng, BASE64, 40);
-    let env_password = random_looking(rng, "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789!#%", 22);
+    let env_password = random_looking(
+        rng,
+        "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789!#%",
+        22,
+    );
     let client_secret = random_looking(rng, ALNUM, 32);
     let bearer = random_looking(rng, BASE64URL, 40);
     vec![
@@ -138,20 +142,39 @@ pub fn secrets(rng: &mut Rng) -> Vec<Secret> {
         plain("private_key", pem(rng, "")),
         plain(
             "aws_access_key_id",
-            ["AK", "IA", &rng.string("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)].concat(),
+            [
+                "AK",
+                "IA",
+                &rng.string("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16),
+            ]
+            .concat(),
         ),
         plain(
             "aws_access_key_id",
-            ["AS", "IA", &rng.string("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)].concat(),
+            [
+                "AS",
+                "IA",
+                &rng.string("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16),
+            ]
+            .concat(),
         ),
         Secret {
             rule: "aws_secret_access_key",
             written: format!("aws_secret_access_key = {aws_secret}"),
             value: aws_secret,
         },
-        plain("github_token", ["gh", "p_", &rng.string(ALNUM, 36)].concat()),
-        plain("github_token", ["gh", "o_", &rng.string(ALNUM, 36)].concat()),
-        plain("github_token", ["gh", "s_", &rng.string(ALNUM, 36)].concat()),
+        plain(
+            "github_token",
+            ["gh", "p_", &rng.string(ALNUM, 36)].concat(),
+        ),
+        plain(
+            "github_token",
+            ["gh", "o_", &rng.string(ALNUM, 36)].concat(),
+        ),
+        plain(
+            "github_token",
+            ["gh", "s_", &rng.string(ALNUM, 36)].concat(),
+        ),
         plain(
             "github_token",
             [
@@ -208,8 +231,14 @@ pub fn secrets(rng: &mut Rng) -> Vec<Secret> {
             ]
             .concat(),
         ),
-        plain("stripe_key", ["sk", "_live_", &rng.string(ALNUM, 24)].concat()),
-        plain("stripe_key", ["rk", "_live_", &rng.string(ALNUM, 99)].concat()),
+        plain(
+            "stripe_key",
+            ["sk", "_live_", &rng.string(ALNUM, 24)].concat(),
+        ),
+        plain(
+            "stripe_key",
+            ["rk", "_live_", &rng.string(ALNUM, 99)].concat(),
+        ),
         plain(
             "openai_api_key",
             [
@@ -224,7 +253,14 @@ pub fn secrets(rng: &mut Rng) -> Vec<Secret> {
         ),
         plain(
             "openai_api_key",
-            ["sk-", &rng.string(ALNUM, 20), "T3Blbk", "FJ", &rng.string(ALNUM, 20)].concat(),
+            [
+                "sk-",
+                &rng.string(ALNUM, 20),
+                "T3Blbk",
+                "FJ",
+                &rng.string(ALNUM, 20),
+            ]
+            .concat(),
         ),
         plain(
             "anthropic_api_key",
@@ -293,11 +329,15 @@ pub fn contexts(secret: &Secret) -> Vec<(&'static str, String)> {
         ),
         (
             "code",
-            format!("def connect():\n    # TODO move to vault\n    client = Client(\"{w}\")\n    return client\n"),
+            format!(
+                "def connect():\n    # TODO move to vault\n    client = Client(\"{w}\")\n    return client\n"
+            ),
         ),
         (
             "yaml",
-            format!("services:\n  api:\n    image: app:1.4\n    environment:\n      - CONFIG={w}\n"),
+            format!(
+                "services:\n  api:\n    image: app:1.4\n    environment:\n      - CONFIG={w}\n"
+            ),
         ),
         (
             "shell",
@@ -305,24 +345,118 @@ pub fn contexts(secret: &Secret) -> Vec<(&'static str, String)> {
         ),
         (
             "url_encoded",
-            format!("callback https://app.example.com/cb?state=ok&v={}", percent_encode(w)),
+            format!(
+                "callback https://app.example.com/cb?state=ok&v={}",
+                percent_encode(w)
+            ),
         ),
         ("percent_all", percent_encode_all(w)),
     ]
 }
 
 const WORDS: &[&str] = &[
-    "the", "user", "prefers", "tabs", "over", "spaces", "in", "python", "projects", "and",
-    "uses", "black", "with", "line", "length", "100", "deploys", "go", "through", "github",
-    "actions", "on", "every", "merge", "to", "main", "team", "standup", "is", "at", "nine",
-    "thirty", "likes", "dark", "mode", "postgres", "database", "migration", "was", "slow",
-    "because", "of", "missing", "index", "customer", "asked", "about", "invoice", "token",
-    "budget", "for", "the", "model", "context", "window", "secret", "santa", "password",
-    "reset", "flow", "needs", "email", "verification", "key", "insight", "api", "design",
-    "review", "rust", "async", "tokio", "runtime", "memory", "leak", "fixed", "by", "dropping",
-    "handle", "auth", "middleware", "rate", "limit", "kubernetes", "cluster", "upgraded",
-    "terraform", "module", "vault", "rotation", "schedule", "weekly", "monday", "friday",
-    "coffee", "oat", "milk", "vegetarian", "allergic", "peanuts", "daughter", "birthday", "june",
+    "the",
+    "user",
+    "prefers",
+    "tabs",
+    "over",
+    "spaces",
+    "in",
+    "python",
+    "projects",
+    "and",
+    "uses",
+    "black",
+    "with",
+    "line",
+    "length",
+    "100",
+    "deploys",
+    "go",
+    "through",
+    "github",
+    "actions",
+    "on",
+    "every",
+    "merge",
+    "to",
+    "main",
+    "team",
+    "standup",
+    "is",
+    "at",
+    "nine",
+    "thirty",
+    "likes",
+    "dark",
+    "mode",
+    "postgres",
+    "database",
+    "migration",
+    "was",
+    "slow",
+    "because",
+    "of",
+    "missing",
+    "index",
+    "customer",
+    "asked",
+    "about",
+    "invoice",
+    "token",
+    "budget",
+    "for",
+    "the",
+    "model",
+    "context",
+    "window",
+    "secret",
+    "santa",
+    "password",
+    "reset",
+    "flow",
+    "needs",
+    "email",
+    "verification",
+    "key",
+    "insight",
+    "api",
+    "design",
+    "review",
+    "rust",
+    "async",
+    "tokio",
+    "runtime",
+    "memory",
+    "leak",
+    "fixed",
+    "by",
+    "dropping",
+    "handle",
+    "auth",
+    "middleware",
+    "rate",
+    "limit",
+    "kubernetes",
+    "cluster",
+    "upgraded",
+    "terraform",
+    "module",
+    "vault",
+    "rotation",
+    "schedule",
+    "weekly",
+    "monday",
+    "friday",
+    "coffee",
+    "oat",
+    "milk",
+    "vegetarian",
+    "allergic",
+    "peanuts",
+    "daughter",
+    "birthday",
+    "june",
 ];
 
 fn sentence(rng: &mut Rng, words: usize) -> String {
@@ -370,31 +504,69 @@ fn code(rng: &mut Rng) -> String {
     let snippets = [
         format!("let token = tokenizer.encode(&{id});\nlet count = token.len();"),
         format!("password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt())  # {id}"),
-        format!("api_key = os.environ[\"OPENAI_API_KEY\"]\nclient = OpenAI(api_key=api_key)"),
-        format!("const secretName = \"prod-db-credentials-v2\";\nconst {id} = await getSecret(secretName);"),
+        format!(
+            "api_key = os.environ[\"OPENAI_API_KEY\"]\nclient = OpenAI(api_key=api_key)  # {id}"
+        ),
+        format!(
+            "const secretName = \"prod-db-credentials-v2\";\nconst {id} = await getSecret(secretName);"
+        ),
         format!("if not settings.SECRET_KEY:\n    raise ImproperlyConfigured(\"{id}\")"),
         format!("token_count = sum(len(m.content) for m in messages)  # {id}"),
-        format!("fn {id}(&self) -> Result<Token, AuthError> {{\n    self.store.token_by_hash(&hash)\n}}"),
+        format!(
+            "fn {id}(&self) -> Result<Token, AuthError> {{\n    self.store.token_by_hash(&hash)\n}}"
+        ),
         format!("SELECT id, user_id, token_prefix FROM tokens WHERE user_id = $1 -- {id}"),
-        format!("headers = {{\"Authorization\": f\"Bearer {{access_token}}\"}}\nresp = httpx.get(url, headers=headers)"),
-        format!("export PASSWORD_FILE=/run/secrets/db_password\nexport {}=1", id.to_uppercase()),
-        format!("secret_ref: vault:secret/data/{}#password", id.replace('_', "-")),
-        format!("auth_token: ${{AUTH_TOKEN}}\nretry_count: {}", rng.below(10)),
+        format!(
+            "headers = {{\"Authorization\": f\"Bearer {{access_token}}\"}}\nresp = httpx.get({id}, headers=headers)"
+        ),
+        format!(
+            "export PASSWORD_FILE=/run/secrets/db_password\nexport {}=1",
+            id.to_uppercase()
+        ),
+        format!(
+            "secret_ref: vault:secret/data/{}#password",
+            id.replace('_', "-")
+        ),
+        format!(
+            "auth_token: ${{AUTH_TOKEN}}\nretry_count: {}",
+            rng.below(10)
+        ),
         format!("password: <your password here>   # see docs/{id}.md"),
         format!("git commit -m \"fix {id}\" && git push origin main"),
-        format!("max_tokens = {}\ntemperature = 0.{}", 256 * (1 + rng.below(16)), rng.below(10)),
+        format!(
+            "max_tokens = {}\ntemperature = 0.{}",
+            256 * (1 + rng.below(16)),
+            rng.below(10)
+        ),
     ];
     snippets[rng.below(snippets.len())].clone()
 }
 
 fn url(rng: &mut Rng) -> String {
-    let hosts = ["github.com", "docs.rs", "api.example.com", "localhost:8000", "mem0.ai", "grafana.internal:3000"];
+    let hosts = [
+        "github.com",
+        "docs.rs",
+        "api.example.com",
+        "localhost:8000",
+        "mem0.ai",
+        "grafana.internal:3000",
+    ];
     let host = rng.pick(&hosts);
     match rng.below(4) {
         0 => format!("https://{host}/{}/{}", identifier(rng), rng.below(10_000)),
-        1 => format!("https://{host}/search?q={}&page={}", rng.pick(WORDS), rng.below(50)),
-        2 => format!("ssh://git@{host}/org/{}.git", identifier(rng).replace('_', "-")),
-        _ => format!("postgres://{host}/app?sslmode=require&application_name={}", identifier(rng)),
+        1 => format!(
+            "https://{host}/search?q={}&page={}",
+            rng.pick(WORDS),
+            rng.below(50)
+        ),
+        2 => format!(
+            "ssh://git@{host}/org/{}.git",
+            identifier(rng).replace('_', "-")
+        ),
+        _ => format!(
+            "postgres://{host}/app?sslmode=require&application_name={}",
+            identifier(rng)
+        ),
     }
 }
 
@@ -406,7 +578,13 @@ fn base64_image(rng: &mut Rng) -> String {
 }
 
 fn path(rng: &mut Rng) -> String {
-    let roots = ["/home/dev/src", "~/projects", "./src", "C:\\Users\\dev\\repo", "/var/lib/memgate"];
+    let roots = [
+        "/home/dev/src",
+        "~/projects",
+        "./src",
+        "C:\\Users\\dev\\repo",
+        "/var/lib/memgate",
+    ];
     let exts = ["rs", "py", "ts", "toml", "yaml", "md"];
     format!(
         "{}/{}/{}.{}",

@@ -367,7 +367,11 @@ mod tests {
             rules["add_coding_preference"].secret_scan_args("add_coding_preference"),
             ["text"]
         );
-        assert!(rules["search_memories"].secret_scan_args("search_memories").is_empty());
+        assert!(
+            rules["search_memories"]
+                .secret_scan_args("search_memories")
+                .is_empty()
+        );
         let written: ToolRule =
             serde_json::from_str(r#"{"permission":"write","scoped_by":"upstream"}"#).unwrap();
         assert!(

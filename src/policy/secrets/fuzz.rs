@@ -7,9 +7,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::{
-    GuardMode, GuardOutcome, RuleConfig, SecretGuard, SecretGuardConfig, ValueOutcome,
-};
+use super::{GuardMode, GuardOutcome, RuleConfig, SecretGuard, SecretGuardConfig, ValueOutcome};
 use crate::policy::json::parse_value;
 
 /// Same keys, same array lengths, same non-string values; strings may differ.
@@ -21,8 +19,7 @@ pub fn same_shape(sent: &Value, forwarded: &Value) -> bool {
         }
         (Value::Object(a), Value::Object(b)) => {
             a.len() == b.len()
-                && a
-                    .iter()
+                && a.iter()
                     .all(|(key, a)| b.get(key).is_some_and(|b| same_shape(a, b)))
         }
         (a, b) => a == b,

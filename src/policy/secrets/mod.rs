@@ -4,8 +4,9 @@
 //! and vector store, and redacts or refuses it.
 //!
 //! Pure: built once from [`SecretGuardConfig`], then every call is a
-//! function of its input. All matching is done by the `regex` crate (finite
-//! automata, no backtracking): time is linear in the input's length.
+//! function of its input. Matching is done by the `regex` crate's finite
+//! automata, never backtracking, so time is linear in the input's length;
+//! each shipped pattern starts with (or holds) literals the crate skips to.
 //!
 //! What is scanned (docs/design.md):
 //! - `POST /memories`: `messages[*].content` (a string, or parts with `text`;
@@ -32,7 +33,7 @@ mod tests;
 
 use std::fmt;
 
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
 use super::json::{JsonError, parse_value, to_bytes};
@@ -45,9 +46,6 @@ use walk::{Scope, Walk};
 /// custom rule): enough for any sensible rule, too little for a pattern that
 /// would make every scan slow.
 pub const CUSTOM_PATTERN_SIZE_LIMIT: usize = 1 << 20;
-
-/// Compiled size allowed for all rules together in one set.
-const SET_SIZE_LIMIT: usize = 64 << 20;
 
 /// Nesting accepted in a scanned body; [`parse_value`] clamps it to its own ceiling.
 const MAX_DEPTH: usize = 128;
@@ -150,9 +148,6 @@ struct Hit {
 pub struct SecretGuard {
     mode: GuardMode,
     scan_responses: bool,
-    /// The rules' patterns, in the order of `rules`: one pass says which
-    /// rules match a string at all.
-    set: RegexSet,
     rules: Vec<Rule>,
     /// Key names of [`CREDENTIAL_FIELD`] members, with that rule's allow-list;
     /// `None` when the rule is disabled.
@@ -207,7 +202,10 @@ impl SecretGuard {
                 for pattern in &rule.allow {
                     let key = format!("secret_guard.rules.{name}.allow");
                     if pattern.trim().is_empty() {
-                        return Err(error(key, "an empty pattern would allow every match".into()));
+                        return Err(error(
+                            key,
+                            "an empty pattern would allow every match".into(),
+                        ));
                     }
                     allow.push(compile_custom(pattern).map_err(|message| error(key, message))?);
                 }
@@ -247,15 +245,6 @@ impl SecretGuard {
                 allow: allow_of(name, &[])?,
             });
         }
-        let set = RegexSetBuilder::new(compiled.iter().map(|rule| rule.regex.as_str()))
-            .size_limit(SET_SIZE_LIMIT)
-            .build()
-            .map_err(|e| {
-                error(
-                    "secret_guard.rules".into(),
-                    format!("the rules together are too large to compile: {e}"),
-                )
-            })?;
         let credential_field = if enabled(CREDENTIAL_FIELD) {
             let keys = Regex::new(rules::CREDENTIAL_KEY_PATTERN).expect("shipped patterns compile");
             Some((keys, allow_of(CREDENTIAL_FIELD, &[])?))
@@ -271,7 +260,6 @@ impl SecretGuard {
         Ok(SecretGuard {
             mode: config.mode,
             scan_responses: config.scan_responses,
-            set,
             rules: compiled,
             credential_field,
             replacements,
@@ -443,10 +431,15 @@ impl SecretGuard {
         merge(hits)
     }
 
+    /// The hits of every rule in `text`.
     fn scan_plain(&self, text: &str) -> Vec<Hit> {
         let mut hits = Vec::new();
-        for index in self.set.matches(text).iter() {
-            let rule = &self.rules[index];
+        for (index, rule) in self.rules.iter().enumerate() {
+            // Most strings match nothing: asking first skips building the
+            // capture positions.
+            if !rule.regex.is_match(text) {
+                continue;
+            }
             for captures in rule.regex.captures_iter(text) {
                 let secret = rule
                     .secret_group

@@ -82,17 +82,6 @@ fn guard(mode: GuardMode) -> SecretGuard {
 }
 
 proptest! {
-    /// Arbitrary bytes, and JSON with secrets in it, through every scan.
-    #[test]
-    fn the_fuzz_entry_holds_on_generated_input(
-        data in prop::collection::vec(any::<u8>(), 0..256),
-        metadata in json_with(prop_oneof![ordinary_text(), secret()].boxed()),
-    ) {
-        fuzz_entry(&data);
-        fuzz_entry(&add_body(vec![String::new()], metadata.clone(), false));
-        fuzz_entry(&serde_json::to_vec(&json!({"text": metadata.clone(), "data": metadata})).unwrap());
-    }
-
     /// Clean means the caller forwards the bytes as sent.
     #[test]
     fn a_body_without_secrets_is_left_as_sent(

@@ -99,7 +99,10 @@ fn an_escaped_pem_block_is_one_secret() {
     ]
     .concat();
     let body = add_body(&format!("key:\n{pem}\nthanks"), json!({}));
-    assert!(String::from_utf8_lossy(&body).contains("\\n"), "sent escaped");
+    assert!(
+        String::from_utf8_lossy(&body).contains("\\n"),
+        "sent escaped"
+    );
     let (value, findings) = redacted(guard(GuardMode::Redact).scan_mem0_add(&body).unwrap());
     assert_eq!(
         value["messages"][0]["content"],
@@ -169,7 +172,10 @@ fn credential_named_members_count_when_their_value_looks_generated() {
         json!({"client_secret": value, "password_hint": "first pet", "max_tokens": "2048", "token_url": "https://auth.example.com/token"}),
     );
     let (out, findings) = redacted(guard(GuardMode::Redact).scan_mem0_add(&body).unwrap());
-    assert_eq!(out["metadata"]["client_secret"], "[REDACTED:credential_field]");
+    assert_eq!(
+        out["metadata"]["client_secret"],
+        "[REDACTED:credential_field]"
+    );
     assert_eq!(out["metadata"]["password_hint"], "first pet");
     assert_eq!(findings.len(), 1);
     assert_eq!(findings[0].path, "metadata.client_secret");
@@ -241,7 +247,11 @@ fn off_scans_nothing_and_bad_json_is_an_error_otherwise() {
         guard(GuardMode::Off).scan_mem0_add(b"{not json").unwrap(),
         GuardOutcome::Clean
     );
-    assert!(guard(GuardMode::Off).redact_response(&add_body(&github(), json!({}))).is_none());
+    assert!(
+        guard(GuardMode::Off)
+            .redact_response(&add_body(&github(), json!({})))
+            .is_none()
+    );
     for body in [&b"{not json"[..], b"{\"a\":1,\"a\":2}", b"\xff"] {
         assert!(guard(GuardMode::Redact).scan_mem0_add(body).is_err());
     }
@@ -249,7 +259,10 @@ fn off_scans_nothing_and_bad_json_is_an_error_otherwise() {
 
 #[test]
 fn responses_are_redacted_everywhere_whatever_the_mode() {
-    let body = serde_json::to_vec(&json!({"results": [{"id": "m1", "memory": format!("token {}", github())}]})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"results": [{"id": "m1", "memory": format!("token {}", github())}]}),
+    )
+    .unwrap();
     for mode in [GuardMode::Redact, GuardMode::Refuse] {
         let (out, findings) = guard(mode).redact_response(&body).unwrap();
         let out: Value = serde_json::from_slice(&out).unwrap();
@@ -257,7 +270,11 @@ fn responses_are_redacted_everywhere_whatever_the_mode() {
         assert_eq!(findings[0].path, "results[0].memory");
         assert_eq!(findings[0].action, Action::Redacted);
     }
-    assert!(guard(GuardMode::Redact).redact_response(b"event: x").is_none());
+    assert!(
+        guard(GuardMode::Redact)
+            .redact_response(b"event: x")
+            .is_none()
+    );
     let (text, rules) = guard(GuardMode::Redact)
         .redact_text(&format!("a {} b", github()))
         .unwrap();
@@ -286,14 +303,23 @@ fn rule(pattern: Option<&str>, allow: &[&str], enabled: bool) -> RuleConfig {
 #[test]
 fn custom_rules_allow_lists_and_disabled_rules() {
     let guard = with_rules(&[
-        ("internal_key", rule(Some(r"key=(?P<secret>ik_[a-z0-9]{8})"), &["^ik_00000000$"], true)),
+        (
+            "internal_key",
+            rule(
+                Some(r"key=(?P<secret>ik_[a-z0-9]{8})"),
+                &["^ik_00000000$"],
+                true,
+            ),
+        ),
         ("github_token", rule(None, &["Ab3dEf"], true)),
         ("jwt", rule(None, &[], false)),
     ])
     .unwrap();
     assert!(guard.rule_names().contains(&"internal_key"));
     assert!(!guard.rule_names().contains(&"jwt"));
-    let (text, rules) = guard.redact_text("key=ik_a1b2c3d4 key=ik_00000000").unwrap();
+    let (text, rules) = guard
+        .redact_text("key=ik_a1b2c3d4 key=ik_00000000")
+        .unwrap();
     assert_eq!(text, "key=[REDACTED:internal_key] key=ik_00000000");
     assert_eq!(rules, ["internal_key"]);
     assert!(guard.redact_text(&github()).is_none(), "allowed");
@@ -302,14 +328,46 @@ fn custom_rules_allow_lists_and_disabled_rules() {
 #[test]
 fn bad_rules_are_refused_under_their_key() {
     let cases: &[(&str, RuleConfig, &str)] = &[
-        ("Bad-Name", rule(Some("x"), &[], true), "secret_guard.rules.Bad-Name"),
-        ("mine", rule(None, &[], true), "secret_guard.rules.mine.pattern"),
-        ("mine", rule(Some("(unclosed"), &[], true), "secret_guard.rules.mine.pattern"),
-        ("mine", rule(Some("a*"), &[], true), "secret_guard.rules.mine.pattern"),
-        ("mine", rule(Some("x{1000}{1000}"), &[], true), "secret_guard.rules.mine.pattern"),
-        ("mine", rule(Some("x"), &[" "], true), "secret_guard.rules.mine.allow"),
-        ("jwt", rule(None, &["["], true), "secret_guard.rules.jwt.allow"),
-        ("jwt", rule(Some("x"), &[], true), "secret_guard.rules.jwt.pattern"),
+        (
+            "Bad-Name",
+            rule(Some("x"), &[], true),
+            "secret_guard.rules.Bad-Name",
+        ),
+        (
+            "mine",
+            rule(None, &[], true),
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "mine",
+            rule(Some("(unclosed"), &[], true),
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "mine",
+            rule(Some("a*"), &[], true),
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "mine",
+            rule(Some("x{1000}{1000}"), &[], true),
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "mine",
+            rule(Some("x"), &[" "], true),
+            "secret_guard.rules.mine.allow",
+        ),
+        (
+            "jwt",
+            rule(None, &["["], true),
+            "secret_guard.rules.jwt.allow",
+        ),
+        (
+            "jwt",
+            rule(Some("x"), &[], true),
+            "secret_guard.rules.jwt.pattern",
+        ),
     ];
     for (name, config, key) in cases {
         let err = with_rules(&[(name, config.clone())]).unwrap_err();
