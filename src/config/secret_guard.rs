@@ -1,4 +1,4 @@
-//! `[secret_guard]`: secrets in writes bound for mem0 (docs/design.md). The
+//! `[secret_guard]`: secrets in writes bound for mem0. The
 //! section's types belong to the pure core (`crate::policy::secrets`), which
 //! builds the guard from them; here they are checked when the config loads,
 //! so a bad pattern stops memgate before it binds, naming its key.

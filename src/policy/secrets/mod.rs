@@ -8,7 +8,7 @@
 //! automata, never backtracking, so time is linear in the input's length;
 //! each shipped pattern starts with (or holds) literals the crate skips to.
 //!
-//! What is scanned (docs/design.md):
+//! What is scanned:
 //! - `POST /memories`: `messages[*].content` (a string, or parts with `text`;
 //!   `messages` itself when it is a string) and `metadata` at any depth;
 //! - `PUT /memories/{id}`: `text`, `data` and `metadata`;
