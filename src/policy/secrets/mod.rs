@@ -129,9 +129,23 @@ struct Rule {
 }
 
 impl Rule {
+    /// Whether a match is left alone: allowed, or a redaction marker, so
+    /// that a redacted text scanned again holds nothing to find.
     fn allows(&self, secret: &str) -> bool {
-        self.allow.iter().any(|allow| allow.is_match(secret))
+        is_marker(secret) || self.allow.iter().any(|allow| allow.is_match(secret))
     }
+}
+
+/// `[REDACTED:<rule>]`, as the guard writes it.
+fn is_marker(text: &str) -> bool {
+    text.strip_prefix("[REDACTED:")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
 }
 
 /// A secret's span in a scanned string, and its rule: an index into the

@@ -160,10 +160,11 @@ pub const SHIPPED: &[ShippedRule] = &[
         check: Check::Random,
         allow: &[],
     },
-    // scheme://user:password@host: only the password is the secret.
+    // scheme://user:password@host: only the password is the secret. `[`
+    // and `]` are delimiters, percent-encoded in a password (RFC 3986).
     ShippedRule {
         name: "url_password",
-        pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@"'<>\[\]]*:(?P<secret>[^\s/?#@"'<>]+)@[A-Za-z0-9\[]"#,
+        pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@"'<>\[\]]*:(?P<secret>[^\s/?#@"'<>\[\]]+)@[A-Za-z0-9\[]"#,
         check: Check::Format,
         allow: PLACEHOLDERS,
     },

@@ -148,6 +148,12 @@ fn url_passwords_lose_only_the_password() {
         value["data"],
         "db is postgres://app:[REDACTED:url_password]@db.internal:5432/app"
     );
+    // Scanned again, the redacted text holds nothing.
+    assert!(
+        guard(GuardMode::Redact)
+            .redact_text(value["data"].as_str().unwrap())
+            .is_none()
+    );
     // Placeholders are no password.
     for text in [
         "postgres://app:${DB_PASSWORD}@db/app",
