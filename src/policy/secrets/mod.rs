@@ -136,6 +136,31 @@ impl Rule {
     }
 }
 
+/// `text` without the redaction markers in it: what is left of a value
+/// after earlier redactions, which alone says whether it looks generated.
+fn without_markers(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("[REDACTED:") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut rest = String::with_capacity(text.len());
+    let mut remaining = text;
+    while let Some(at) = remaining.find("[REDACTED:") {
+        let marker_end = remaining[at..].find(']').map(|end| at + end + 1);
+        match marker_end.filter(|&end| is_marker(&remaining[at..end])) {
+            Some(end) => {
+                rest.push_str(&remaining[..at]);
+                remaining = &remaining[end..];
+            }
+            None => {
+                rest.push_str(&remaining[..at + 1]);
+                remaining = &remaining[at + 1..];
+            }
+        }
+    }
+    rest.push_str(remaining);
+    std::borrow::Cow::Owned(rest)
+}
+
 /// `[REDACTED:<rule>]`, as the guard writes it.
 fn is_marker(text: &str) -> bool {
     text.strip_prefix("[REDACTED:")
@@ -427,7 +452,7 @@ impl SecretGuard {
     fn is_credential_field(&self, key: &str, value: &str) -> bool {
         self.credential_field.as_ref().is_some_and(|(keys, allow)| {
             keys.is_match(key)
-                && entropy::looks_random(value)
+                && entropy::looks_random(&without_markers(value))
                 && !allow.iter().any(|a| a.is_match(value))
         })
     }

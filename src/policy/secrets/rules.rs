@@ -161,10 +161,11 @@ pub const SHIPPED: &[ShippedRule] = &[
         allow: &[],
     },
     // scheme://user:password@host: only the password is the secret. `[`
-    // and `]` are delimiters, percent-encoded in a password (RFC 3986).
+    // and `]` are delimiters, percent-encoded in a password (RFC 3986). The
+    // match ends at the `@`, so that the host may start the next URL.
     ShippedRule {
         name: "url_password",
-        pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@"'<>\[\]]*:(?P<secret>[^\s/?#@"'<>\[\]]+)@[A-Za-z0-9\[]"#,
+        pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@"'<>\[\]]*:(?P<secret>[^\s/?#@"'<>\[\]]+)@"#,
         check: Check::Format,
         allow: PLACEHOLDERS,
     },

@@ -148,6 +148,14 @@ fn url_passwords_lose_only_the_password() {
         value["data"],
         "db is postgres://app:[REDACTED:url_password]@db.internal:5432/app"
     );
+    let (text, rules) = guard(GuardMode::Redact)
+        .redact_text(&format!("a://u:{password}@b://v:{password}@c"))
+        .unwrap();
+    assert_eq!(
+        text,
+        "a://u:[REDACTED:url_password]@b://v:[REDACTED:url_password]@c"
+    );
+    assert_eq!(rules.len(), 2);
     // Scanned again, the redacted text holds nothing.
     assert!(
         guard(GuardMode::Redact)
@@ -185,6 +193,25 @@ fn credential_named_members_count_when_their_value_looks_generated() {
     assert_eq!(out["metadata"]["password_hint"], "first pet");
     assert_eq!(findings.len(), 1);
     assert_eq!(findings[0].path, "metadata.client_secret");
+    // What is left beside an earlier redaction is judged alone.
+    let pem_start = ["-----BEGIN ", "PRIVATE KEY-----"].concat();
+    let mixed = add_body(
+        "x",
+        json!({"password": format!("mW{pem_start}abc"), "token": format!("{value}[REDACTED:jwt]")}),
+    );
+    let (out_mixed, _) = redacted(guard(GuardMode::Redact).scan_mem0_add(&mixed).unwrap());
+    assert_eq!(out_mixed["metadata"]["password"], "mW[REDACTED:private_key]");
+    assert_eq!(out_mixed["metadata"]["token"], "[REDACTED:credential_field]");
+    let again = serde_json::to_vec(&out_mixed).unwrap();
+    assert_eq!(
+        guard(GuardMode::Redact).scan_mem0_add(&again).unwrap(),
+        GuardOutcome::Clean
+    );
+    let again = serde_json::to_vec(&out).unwrap();
+    assert_eq!(
+        guard(GuardMode::Redact).scan_mem0_add(&again).unwrap(),
+        GuardOutcome::Clean
+    );
 }
 
 #[test]
