@@ -447,13 +447,22 @@ impl SecretGuard {
         self.rules.len()
     }
 
-    /// Whether a member named `key` with the string `value` is a
-    /// [`CREDENTIAL_FIELD`] finding.
-    fn is_credential_field(&self, key: &str, value: &str) -> bool {
-        self.credential_field.as_ref().is_some_and(|(keys, allow)| {
-            keys.is_match(key)
-                && entropy::looks_random(&without_markers(value))
-                && !allow.iter().any(|a| a.is_match(value))
+    /// Whether a member named `key` is named like a credential
+    /// ([`CREDENTIAL_FIELD`] on).
+    fn is_credential_key(&self, key: &str) -> bool {
+        self.credential_field
+            .as_ref()
+            .is_some_and(|(keys, _)| keys.is_match(key))
+    }
+
+    /// Whether the value `sent` of a credential-named member is a
+    /// [`CREDENTIAL_FIELD`] finding, judged on `left`: the value with what
+    /// other rules found already redacted, so that the verdict is the same
+    /// on the value as sent and on the value as forwarded.
+    fn is_credential_value(&self, sent: &str, left: &str) -> bool {
+        self.credential_field.as_ref().is_some_and(|(_, allow)| {
+            entropy::looks_random(&without_markers(left))
+                && !allow.iter().any(|a| a.is_match(sent))
         })
     }
 

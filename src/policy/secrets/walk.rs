@@ -74,8 +74,8 @@ impl<'g> Walk<'g> {
     /// the member is named like one (a tool argument called `api_key`).
     fn member<'a>(&mut self, key: &str, value: &'a mut Value, path: &mut Vec<Step<'a>>) {
         match value {
-            Value::String(text) if self.guard.is_credential_field(key, text) => {
-                self.credential_field(text, path);
+            Value::String(text) if self.guard.is_credential_key(key) => {
+                self.credential_string(text, path);
             }
             other => self.subtree(other, path),
         }
@@ -160,11 +160,36 @@ impl<'g> Walk<'g> {
         }
     }
 
-    fn credential_field(&mut self, text: &mut String, path: &[Step<'_>]) {
-        let rule = self.guard.credential_field_index();
-        self.found(rule, path);
-        if self.action == Action::Redacted {
+    /// The value of a member named like a credential: what the rules find
+    /// in it, and the whole value when what is left looks generated.
+    fn credential_string(&mut self, text: &mut String, path: &[Step<'_>]) {
+        if self.refused.is_some() {
+            return;
+        }
+        let hits = self.guard.scan_text(text);
+        let left = if hits.is_empty() {
+            None
+        } else {
+            Some(self.guard.redacted(text, &hits))
+        };
+        let whole = self
+            .guard
+            .is_credential_value(text, left.as_deref().unwrap_or(text));
+        for hit in &hits {
+            self.found(hit.rule, path);
+            if self.refused.is_some() {
+                return;
+            }
+        }
+        if whole {
+            let rule = self.guard.credential_field_index();
+            self.found(rule, path);
+            if self.refused.is_some() {
+                return;
+            }
             *text = self.guard.replacements[rule].clone();
+        } else if let Some(left) = left {
+            *text = left;
         }
     }
 
