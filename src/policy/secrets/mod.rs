@@ -47,6 +47,10 @@ use walk::{Scope, Walk};
 /// would make every scan slow.
 pub const CUSTOM_PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
+/// Scans of one string while each redaction exposes another secret at its
+/// edge; in practice a second pass finds nothing.
+const MAX_PASSES: usize = 4;
+
 /// Nesting accepted in a scanned body; [`parse_value`] clamps it to its own ceiling.
 const MAX_DEPTH: usize = 128;
 
@@ -383,15 +387,35 @@ impl SecretGuard {
         if self.mode == GuardMode::Off {
             return None;
         }
+        let (redacted, rules) = self.redact_all(text)?;
+        let rules = rules
+            .into_iter()
+            .map(|rule| self.rule_name(rule).to_owned())
+            .collect();
+        Some((redacted, rules))
+    }
+
+    /// `text` with every secret replaced, and the rules found (in order),
+    /// or `None` when it holds none. A replacement can leave a shape at its
+    /// edge that was not one before (`mcp_` + 43 characters that ran on into
+    /// a redacted URL), so the result is scanned again, up to
+    /// [`MAX_PASSES`] times.
+    fn redact_all(&self, text: &str) -> Option<(String, Vec<usize>)> {
         let hits = self.scan_text(text);
         if hits.is_empty() {
             return None;
         }
-        let rules = hits
-            .iter()
-            .map(|hit| self.rule_name(hit.rule).to_owned())
-            .collect();
-        Some((self.redacted(text, &hits), rules))
+        let mut rules: Vec<usize> = hits.iter().map(|hit| hit.rule).collect();
+        let mut redacted = self.redacted(text, &hits);
+        for _ in 1..MAX_PASSES {
+            let more = self.scan_text(&redacted);
+            if more.is_empty() {
+                break;
+            }
+            rules.extend(more.iter().map(|hit| hit.rule));
+            redacted = self.redacted(&redacted, &more);
+        }
+        Some((redacted, rules))
     }
 
     fn scan_body(&self, body: &[u8], scope: Scope<'_>) -> Result<GuardOutcome, JsonError> {

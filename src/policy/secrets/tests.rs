@@ -418,3 +418,14 @@ fn overlapping_findings_are_one_redaction() {
     assert_eq!(text, "GITHUB_TOKEN=[REDACTED:github_token]");
     assert_eq!(rules, ["github_token"]);
 }
+
+#[test]
+fn a_shape_left_at_the_edge_of_a_redaction_goes_too() {
+    let token_like = ["mcp", "_", "YTBXaK7JQEVT0mlAmrtVETW0TesULeetLDQ8B8vW2ZB"].concat();
+    let webhook = ["https://hooks.", "slack.com/services/T0000/B0000/abcdefghijklmnop"].concat();
+    let (text, rules) = guard(GuardMode::Redact)
+        .redact_text(&format!("{token_like}{webhook}"))
+        .unwrap();
+    assert_eq!(text, "[REDACTED:memgate_token][REDACTED:slack_webhook]");
+    assert_eq!(rules, ["slack_webhook", "memgate_token"]);
+}

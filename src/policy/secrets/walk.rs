@@ -166,17 +166,15 @@ impl<'g> Walk<'g> {
         if self.refused.is_some() {
             return;
         }
-        let hits = self.guard.scan_text(text);
-        let left = if hits.is_empty() {
-            None
-        } else {
-            Some(self.guard.redacted(text, &hits))
+        let (left, rules) = match self.guard.redact_all(text) {
+            Some((left, rules)) => (Some(left), rules),
+            None => (None, Vec::new()),
         };
         let whole = self
             .guard
             .is_credential_value(text, left.as_deref().unwrap_or(text));
-        for hit in &hits {
-            self.found(hit.rule, path);
+        for rule in rules {
+            self.found(rule, path);
             if self.refused.is_some() {
                 return;
             }
@@ -197,17 +195,16 @@ impl<'g> Walk<'g> {
         if self.refused.is_some() {
             return;
         }
-        let hits = self.guard.scan_text(text);
-        if hits.is_empty() {
+        let Some((redacted, rules)) = self.guard.redact_all(text) else {
             return;
-        }
-        for hit in &hits {
-            self.found(hit.rule, path);
+        };
+        for rule in rules {
+            self.found(rule, path);
             if self.refused.is_some() {
                 return;
             }
         }
-        *text = self.guard.redacted(text, &hits);
+        *text = redacted;
     }
 
     fn found(&mut self, rule: usize, path: &[Step<'_>]) {
