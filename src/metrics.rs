@@ -59,6 +59,8 @@ pub struct Metrics {
     pub upstream_spawns: IntCounterVec,
     /// `within` (7d|30d): enabled tokens that expire within that window.
     pub tokens_expiring: IntGaugeVec,
+    /// `rule`, `action` (redacted|refused): secrets the secret guard found in writes.
+    pub secrets_found: IntCounterVec,
     /// `version`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -271,6 +273,12 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| panic!("metric tokens_expiring is malformed: {e}")),
             ),
+            secrets_found: counter_vec(
+                &r,
+                "secrets_found_total",
+                "Secrets found in writes bound for mem0 ([secret_guard]), by rule and action: redacted or refused.",
+                &["rule", "action"],
+            ),
             build_info,
             registry: r,
         }
@@ -350,6 +358,13 @@ impl Metrics {
         }
         for op in ["ping", "token_by_hash", "insert_audit", "record_scopes"] {
             self.store_queries.with_label_values(&[op]);
+        }
+        // Custom rules' series start at their first finding.
+        for rule in crate::policy::secrets::shipped_names() {
+            for action in crate::policy::secrets::Action::ALL {
+                self.secrets_found
+                    .with_label_values(&[rule, action.as_str()]);
+            }
         }
     }
 

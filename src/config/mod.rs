@@ -16,6 +16,7 @@ mod mcp;
 mod mem0;
 mod oauth;
 mod rate_limit;
+mod secret_guard;
 mod server;
 mod spawn;
 mod tls;
@@ -39,6 +40,7 @@ pub use oauth::{
     check_authorization_server_url,
 };
 pub use rate_limit::{RateLimitBackend, RateLimitConfig, RedisConfig};
+pub use secret_guard::{GuardMode, RuleConfig, SecretGuardConfig};
 pub use server::{LogConfig, ServerConfig};
 pub use spawn::{PORT_PLACEHOLDER, SPAWN_UPSTREAM, SpawnConfig, SpawnTransport};
 pub use tls::TlsConfig;
@@ -84,6 +86,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub redis: RedisConfig,
     pub audit: AuditConfig,
+    pub secret_guard: SecretGuardConfig,
     pub tls: TlsConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
@@ -134,6 +137,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
+            secret_guard: SecretGuardConfig::default(),
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
@@ -161,6 +165,7 @@ impl Config {
         self.limits.validate()?;
         self.rate_limit.validate(&self.redis)?;
         self.audit.validate()?;
+        secret_guard::validate(&self.secret_guard)?;
         self.auth.validate_last_used()?;
         self.tls.validate()?;
         self.server.validate()?;

@@ -475,3 +475,58 @@ fn upstream_header_names_and_values_are_checked_when_loading() {
         "{err}"
     );
 }
+
+#[test]
+fn secret_guard_rules_are_checked_when_loading() {
+    let c = from_parts(
+        Some(
+            "[secret_guard]\nmode = \"refuse\"\n[secret_guard.rules.internal_key]\n\
+             pattern = \"ik_[a-z0-9]{32}\"\nallow = [\"^ik_0+$\"]\n[secret_guard.rules.jwt]\nenabled = false\n",
+        ),
+        "f",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.secret_guard.mode, GuardMode::Refuse);
+    assert!(!c.secret_guard.rules["jwt"].enabled);
+    let c = from_parts(None, "f", &env(&[("MEMGATE_SECRET_GUARD__MODE", "off")])).unwrap();
+    assert_eq!(c.secret_guard.mode, GuardMode::Off);
+    let cases: &[(&str, &str)] = &[
+        ("[secret_guard]\nmode = \"block\"", "secret_guard.mode"),
+        (
+            "[secret_guard.rules.mine]\npattern = \"ik_(\"",
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "[secret_guard.rules.mine]\npattern = \"ik_[a-z]{8}\"\nallow = [\"\"]",
+            "secret_guard.rules.mine.allow",
+        ),
+        (
+            "[secret_guard.rules.My-Rule]\npattern = \"ik_[a-z]{8}\"",
+            "secret_guard.rules.My-Rule",
+        ),
+        (
+            "[secret_guard.rules.github_token]\npattern = \"gh_[a-z]{8}\"",
+            "secret_guard.rules.github_token.pattern",
+        ),
+        (
+            "[secret_guard.rules.mine]\nallow = [\"x\"]",
+            "secret_guard.rules.mine.pattern",
+        ),
+        (
+            "[secret_guard.rules.mine]\npattern = \"x\"\nenable = true",
+            "secret_guard.rules.mine",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = from_parts(Some(text), "f", &[]).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err:?} should name {key}");
+    }
+    let err = from_parts(None, "f", &env(&[("MEMGATE_SECRET_GUARD__MODE", "block")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("secret_guard.mode") || err.contains("SECRET_GUARD__MODE"),
+        "{err}"
+    );
+}

@@ -50,7 +50,7 @@ pub use rpc::{
 };
 pub use rules::{
     STANDARD_MEMORY_ID_ARGS, STANDARD_USER_ARGS, ScopedBy, ToolRule, UnknownTools,
-    default_tool_rules,
+    default_secret_scan, default_tool_rules,
 };
 pub use tools_list::tools_list_ids;
 
@@ -219,6 +219,7 @@ impl McpPolicy {
                 user_args: Vec::new(),
                 memory_id_args: STANDARD_MEMORY_ID_ARGS.map(str::to_owned).to_vec(),
                 inject_user: false,
+                secret_scan: None,
             })),
         }
     }

@@ -14,5 +14,6 @@ pub mod path;
 pub mod percent;
 pub mod query;
 pub mod scope;
+pub mod secrets;
 pub mod sse;
 pub mod upstream_name;

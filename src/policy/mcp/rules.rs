@@ -65,6 +65,12 @@ pub struct ToolRule {
     /// Add the user argument, set to the scope, when the call carries none.
     #[serde(default)]
     pub inject_user: bool,
+    /// Arguments the secret guard scans (`[secret_guard]`), each at any
+    /// depth; unset means the shipped list for the tool's name
+    /// ([`default_secret_scan`]), so a table replacing a shipped rule keeps
+    /// its scan unless it says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_scan: Option<Vec<String>>,
 }
 
 /// A tool rule as written in the config: `scoped_by` may be left out.
@@ -81,6 +87,8 @@ struct ToolRuleSpec {
     memory_id_args: Vec<String>,
     #[serde(default)]
     inject_user: bool,
+    #[serde(default)]
+    secret_scan: Option<Vec<String>>,
 }
 
 impl From<ToolRuleSpec> for ToolRule {
@@ -104,6 +112,7 @@ impl From<ToolRuleSpec> for ToolRule {
             user_args: spec.user_args,
             memory_id_args: spec.memory_id_args,
             inject_user: spec.inject_user,
+            secret_scan: spec.secret_scan,
         }
     }
 }
@@ -117,6 +126,7 @@ impl ToolRule {
             user_args: Vec::new(),
             memory_id_args: Vec::new(),
             inject_user: false,
+            secret_scan: None,
         }
     }
 
@@ -127,6 +137,15 @@ impl ToolRule {
             .first()
             .map(String::as_str)
             .unwrap_or(STANDARD_USER_ARGS[0])
+    }
+
+    /// The arguments of `tool` (this rule's name) the secret guard scans:
+    /// the rule's `secret_scan`, or the shipped list for that name.
+    pub fn secret_scan_args<'a>(&'a self, tool: &str) -> Vec<&'a str> {
+        match &self.secret_scan {
+            Some(args) => args.iter().map(String::as_str).collect(),
+            None => default_secret_scan(tool).to_vec(),
+        }
     }
 
     /// Every argument name checked as a user argument for this tool: the
@@ -194,6 +213,7 @@ pub fn default_tool_rules() -> BTreeMap<String, ToolRule> {
         user_args: user(),
         memory_id_args: Vec::new(),
         inject_user: true,
+        secret_scan: None,
     };
     // Tools on one memory: its owner decides, whatever the upstream does with
     // users; a user argument is still forced.
@@ -203,6 +223,7 @@ pub fn default_tool_rules() -> BTreeMap<String, ToolRule> {
         user_args: user(),
         memory_id_args: memory(),
         inject_user: false,
+        secret_scan: None,
     };
     // The Mem0 MCP Server stack's tools take no user: each server process
     // calls mem0 with one id fixed by its environment.
@@ -226,6 +247,43 @@ pub fn default_tool_rules() -> BTreeMap<String, ToolRule> {
         .into_iter()
         .map(|(name, rule)| (name.to_owned(), rule))
         .collect()
+}
+
+/// The arguments the secret guard scans in the shipped write tools, by tool
+/// name: the text each one stores. mem0's own servers' `add_memory` (`text`,
+/// or `messages`, and `metadata`) and `update_memory` (`text` or `data`);
+/// the Mem0 MCP Server stack's `add_coding_preference` and its decision and
+/// component records (which have no shipped rule, so their scan applies to
+/// the rule an operator writes for them). Other tools: none.
+pub fn default_secret_scan(tool: &str) -> &'static [&'static str] {
+    match tool {
+        "add_memory" => &["text", "messages", "metadata"],
+        "update_memory" => &["text", "data", "metadata"],
+        "add_coding_preference" => &["text"],
+        "create_decision" => &[
+            "title",
+            "decision",
+            "context",
+            "rationale",
+            "consequences",
+            "alternatives",
+            "description",
+            "text",
+            "content",
+            "notes",
+            "metadata",
+        ],
+        "create_component" => &[
+            "name",
+            "description",
+            "details",
+            "text",
+            "content",
+            "notes",
+            "metadata",
+        ],
+        _ => &[],
+    }
 }
 
 #[cfg(test)]
@@ -296,5 +354,41 @@ mod tests {
             assert!(!rules[name].memory_id_args.is_empty(), "{name}");
         }
         assert_eq!(rules["add_memory"].scoped_by, ScopedBy::Argument);
+    }
+
+    #[test]
+    fn secret_scan_defaults_by_name_and_a_rule_may_replace_it() {
+        let rules = default_tool_rules();
+        assert_eq!(
+            rules["add_memory"].secret_scan_args("add_memory"),
+            ["text", "messages", "metadata"]
+        );
+        assert_eq!(
+            rules["add_coding_preference"].secret_scan_args("add_coding_preference"),
+            ["text"]
+        );
+        assert!(
+            rules["search_memories"]
+                .secret_scan_args("search_memories")
+                .is_empty()
+        );
+        let written: ToolRule =
+            serde_json::from_str(r#"{"permission":"write","scoped_by":"upstream"}"#).unwrap();
+        assert!(
+            written
+                .secret_scan_args("create_decision")
+                .contains(&"rationale"),
+            "a rule written for a stack tool keeps that tool's scan"
+        );
+        let own: ToolRule =
+            serde_json::from_str(r#"{"permission":"write","secret_scan":["body"]}"#).unwrap();
+        assert_eq!(own.secret_scan_args("add_memory"), ["body"]);
+        let none: ToolRule =
+            serde_json::from_str(r#"{"permission":"write","secret_scan":[]}"#).unwrap();
+        assert!(none.secret_scan_args("add_memory").is_empty());
+        assert!(
+            serde_json::from_str::<ToolRule>(r#"{"permission":"write","secret_scan":"text"}"#)
+                .is_err()
+        );
     }
 }
