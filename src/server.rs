@@ -30,6 +30,7 @@ use crate::ownership::OwnerResolver;
 use crate::policy::admission::HeadLimits;
 use crate::policy::mcp::{McpPolicy, default_tool_rules};
 use crate::policy::mem0::Mem0Policy;
+use crate::policy::secrets::{GuardMode, SecretGuard};
 use crate::proxy::Shared;
 use crate::proxy::mcp::{McpFlow, McpSettings};
 use crate::proxy::mem0::Mem0Flow;
@@ -116,12 +117,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.mem0.owner_cache_capacity,
         config.limits.max_response_bytes,
     ));
+    let guard = secret_guard(&config)?;
     let mem0_flow = Mem0Flow::new(
         mem0_policy,
         owners.clone(),
         config.limits.max_response_bytes,
         mem0_listener.forward_credentials,
-    );
+    )
+    .guarding_secrets(guard.clone());
     let sessions = session_bindings(&config, &store, &background);
     let mcp_upstreams = mcp_upstreams(
         &config,
@@ -130,7 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sessions.clone(),
     )?;
     let supervisor = mcp_upstreams.supervisor().cloned();
-    let mcp_flow = mcp_flow(&config, mcp_upstreams.clone(), owners, sessions);
+    let mcp_flow = mcp_flow(&config, mcp_upstreams.clone(), owners, sessions, guard);
     let listeners = [
         (
             Listener::Mcp,
@@ -358,6 +361,7 @@ fn mcp_flow(
     upstreams: Arc<Upstreams>,
     owners: Arc<OwnerResolver>,
     sessions: Arc<SessionBindings>,
+    secret_guard: Option<Arc<SecretGuard>>,
 ) -> McpFlow {
     let mcp_policy = McpPolicy {
         tools: {
@@ -399,7 +403,18 @@ fn mcp_flow(
         max_body_bytes: config.limits.max_body_bytes,
         max_response_bytes: config.limits.max_response_bytes,
         forward_credentials: config.mcp.forward_credentials,
+        secret_guard,
     })
+}
+
+/// The secret guard both listeners share, or `None` with `mode = "off"`.
+fn secret_guard(config: &Config) -> anyhow::Result<Option<Arc<SecretGuard>>> {
+    if config.secret_guard.mode == GuardMode::Off {
+        return Ok(None);
+    }
+    let guard = SecretGuard::from_config(&config.secret_guard)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?;
+    Ok(Some(Arc::new(guard)))
 }
 
 /// A proxied listener on `listen`: the gate behind the connection guard, on

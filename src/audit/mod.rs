@@ -16,6 +16,8 @@ pub mod kind {
     pub const PERMISSION_DENIED: &str = "permission_denied";
     pub const OWNERSHIP_DENIED: &str = "ownership_denied";
     pub const SESSION_DENIED: &str = "session_denied";
+    /// A write held a secret: redacted before it reached mem0, or refused.
+    pub const SECRET_BLOCKED: &str = "secret_blocked";
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const TOKEN_ADMIN: &str = "token_admin";
     pub const USER_ADMIN: &str = "user_admin";
@@ -26,6 +28,7 @@ pub mod kind {
         PERMISSION_DENIED,
         OWNERSHIP_DENIED,
         SESSION_DENIED,
+        SECRET_BLOCKED,
         RATE_LIMITED,
         TOKEN_ADMIN,
         USER_ADMIN,

@@ -61,6 +61,7 @@ use serde_json::{Map, Value};
 
 use super::deny::Deny;
 use super::query::Query;
+use super::secrets::{Finding, SecretGuard, ValueOutcome};
 use super::sse::SseEvent;
 use super::{json, mem0};
 use crate::identity::{Identity, Permission};
@@ -153,6 +154,20 @@ impl McpForward {
             .filter(|id| !id.is_null())
             .collect()
     }
+}
+
+/// What the secret guard made of a `tools/call` ([`McpPolicy::scan_secrets`]).
+#[derive(Debug)]
+pub enum SecretScan {
+    /// Nothing found, or not a `tools/call`: the body goes on as sent.
+    Clean,
+    /// Send `body` instead: the same message with every secret replaced.
+    Redacted {
+        body: Vec<u8>,
+        findings: Vec<Finding>,
+    },
+    /// Refuse the call in-band with `deny`.
+    Refused { deny: McpDeny, finding: Finding },
 }
 
 /// A refusal, ready to send: `status` with `body` as `application/json`.
@@ -256,6 +271,52 @@ impl McpPolicy {
         self.tools
             .get_key_value(tool)
             .map_or("unknown", |(name, _)| name.as_str())
+    }
+
+    /// The secret guard on a `tools/call`: the tool's `secret_scan` arguments
+    /// (its rule's, else the shipped list for its name) scanned, and the body
+    /// with every secret replaced. Anything that is not one well-formed
+    /// `tools/call` is left to [`Self::decide`], which refuses what it cannot read.
+    pub fn scan_secrets(&self, guard: &SecretGuard, body: &[u8]) -> SecretScan {
+        let Ok(mut message) = json::parse_value(body, self.max_json_depth) else {
+            return SecretScan::Clean;
+        };
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let Some(params) = message
+            .as_object_mut()
+            .filter(|m| m.get("method").and_then(Value::as_str) == Some(TOOLS_CALL))
+            .and_then(|m| m.get_mut("params"))
+            .and_then(Value::as_object_mut)
+        else {
+            return SecretScan::Clean;
+        };
+        let Some(tool) = params
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return SecretScan::Clean;
+        };
+        let fields: Vec<&str> = match self.tools.get(&tool) {
+            Some(rule) => rule.secret_scan_args(&tool),
+            None => default_secret_scan(&tool).to_vec(),
+        };
+        let Some(arguments) = params.get_mut("arguments").and_then(Value::as_object_mut) else {
+            return SecretScan::Clean;
+        };
+        match guard.scan_tool_arguments(&fields, arguments) {
+            ValueOutcome::Clean => SecretScan::Clean,
+            ValueOutcome::Refused { finding } => {
+                let mut deny = McpDeny::from_deny(&Deny::forbidden(finding.to_string()), &id);
+                deny.method = Some(TOOLS_CALL.to_owned());
+                deny.tool = Some(self.tool_label(&tool).to_owned());
+                SecretScan::Refused { deny, finding }
+            }
+            ValueOutcome::Redacted { findings } => SecretScan::Redacted {
+                body: json::to_bytes(&message),
+                findings,
+            },
+        }
     }
 
     /// Decides a request body (one message); see the module docs. A JSON-RPC

@@ -10,7 +10,7 @@ use pingora::prelude::*;
 use serde_json::Value;
 
 use super::headers::Redirects;
-use super::{Refusal, body, errors, headers};
+use super::{Refusal, RefusedFor, body, errors, headers};
 use crate::identity::Identity;
 use crate::listener::{Listener, Relayed, Session};
 use crate::metrics::{METRICS, memo};
@@ -22,6 +22,7 @@ use crate::policy::mem0::{
     owner_ids_in,
 };
 use crate::policy::path;
+use crate::policy::secrets::{Finding, GuardOutcome, SecretGuard};
 use crate::upstream::exchange::{Exchanged, UpstreamClient};
 
 /// What the flow did with a request.
@@ -41,6 +42,8 @@ pub struct Mem0Flow {
     owners: Arc<OwnerResolver>,
     max_response_bytes: usize,
     forward_credentials: bool,
+    /// The secret guard, unless `[secret_guard] mode = "off"`.
+    guard: Option<Arc<SecretGuard>>,
 }
 
 impl Mem0Flow {
@@ -56,7 +59,14 @@ impl Mem0Flow {
             owners,
             max_response_bytes,
             forward_credentials,
+            guard: None,
         }
+    }
+
+    /// Scans writes for secrets with `guard` (docs/design.md §13).
+    pub fn guarding_secrets(mut self, guard: Option<Arc<SecretGuard>>) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Handles one authenticated request. Sets `route` for metrics.
@@ -65,8 +75,9 @@ impl Mem0Flow {
         session: &mut Session,
         identity: &Identity,
         route: &mut &'static str,
+        secrets: &mut Vec<Finding>,
     ) -> Result<Handled> {
-        match self.decide(session, identity, route).await {
+        match self.decide(session, identity, route, secrets).await {
             Ok(Decided::Exchange(authorised)) => {
                 self.forward(session, identity, authorised).await?;
                 Ok(Handled::Responded(None))
@@ -75,12 +86,8 @@ impl Mem0Flow {
                 path_and_query: path_and_query(&forward),
                 scope: forward.scope,
             }),
-            Err(Refused {
-                deny,
-                allow,
-                ownership,
-            }) => {
-                if ownership {
+            Err(Refused { deny, allow, kind }) => {
+                if kind == RefusedFor::Ownership {
                     METRICS.ownership_denials.with_label_values(&[*route]).inc();
                 }
                 let mut extra = Vec::new();
@@ -90,7 +97,7 @@ impl Mem0Flow {
                 let body =
                     errors::error_body(Listener::Mem0, deny.status, &deny.message, &Value::Null);
                 errors::respond_json(session, deny.status, body, &extra).await?;
-                Ok(Handled::Responded(Some(Refusal::of(deny, ownership))))
+                Ok(Handled::Responded(Some(Refusal::new(deny, kind))))
             }
         }
     }
@@ -101,6 +108,7 @@ impl Mem0Flow {
         session: &mut Session,
         identity: &Identity,
         route: &mut &'static str,
+        secrets: &mut Vec<Finding>,
     ) -> std::result::Result<Decided, Refused> {
         let req = session.req_header();
         // Shared, not copied: the body is read (a mutable borrow) before the
@@ -123,7 +131,7 @@ impl Mem0Flow {
                 return Err(Refused {
                     deny,
                     allow,
-                    ownership: false,
+                    kind: RefusedFor::Policy,
                 });
             }
         };
@@ -141,6 +149,7 @@ impl Mem0Flow {
         let content_type =
             header_names::single(&req.headers, &http::header::CONTENT_TYPE)?.map(str::to_string);
         let body = body::read_whole(session, self.policy.max_body_bytes).await?;
+        let (body, scanned) = self.guarded(matched.route, body, secrets)?;
         let decision = self.policy.authorise(
             identity,
             &scope,
@@ -149,6 +158,11 @@ impl Mem0Flow {
             content_type.as_deref(),
             body.as_deref(),
         );
+        // The policy's own refusals (415, 400…) come first, in their order;
+        // a body the guard could not read is never forwarded.
+        if !scanned && !matches!(decision, Decision::Deny(_)) {
+            return Err(Deny::bad_request("The request body is not valid JSON").into());
+        }
         let memory_id = matched.memory_id.clone();
         let forward = match decision {
             Decision::Deny(deny) => return Err(deny.into()),
@@ -164,11 +178,15 @@ impl Mem0Flow {
                 decide_owner(identity, &need.scope, &need.memory_id, owner.as_deref()).map_err(
                     |deny| {
                         // 403 here means another owner; 404 means no such memory.
-                        let ownership = deny.status == 403;
+                        let kind = if deny.status == 403 {
+                            RefusedFor::Ownership
+                        } else {
+                            RefusedFor::Policy
+                        };
                         Refused {
                             deny,
                             allow: None,
-                            ownership,
+                            kind,
                         }
                     },
                 )?;
@@ -305,6 +323,46 @@ impl Mem0Flow {
     }
 }
 
+impl Mem0Flow {
+    /// The secret guard on a write bound for mem0 (`POST /memories`, `PUT
+    /// /memories/{id}`): the body with every secret replaced, or a refusal.
+    /// What it found goes to `secrets`, never any part of a value. With the
+    /// body, whether it was scanned: one the guard cannot read as strict JSON
+    /// must not be forwarded.
+    fn guarded(
+        &self,
+        route: Route,
+        body: Option<Bytes>,
+        secrets: &mut Vec<Finding>,
+    ) -> std::result::Result<(Option<Bytes>, bool), Refused> {
+        let (Some(guard), Some(sent)) = (&self.guard, &body) else {
+            return Ok((body, true));
+        };
+        let outcome = match route {
+            Route::CreateMemories => guard.scan_mem0_add(sent),
+            Route::UpdateMemory => guard.scan_mem0_update(sent),
+            _ => return Ok((body, true)),
+        };
+        match outcome {
+            Err(_) => Ok((body, false)),
+            Ok(GuardOutcome::Clean) => Ok((body, true)),
+            Ok(GuardOutcome::Redacted { body, findings }) => {
+                secrets.extend(findings);
+                Ok((Some(Bytes::from(body)), true))
+            }
+            Ok(GuardOutcome::Refused { finding }) => {
+                let deny = Deny::forbidden(finding.to_string());
+                secrets.push(finding);
+                Err(Refused {
+                    deny,
+                    allow: None,
+                    kind: RefusedFor::Secret,
+                })
+            }
+        }
+    }
+}
+
 /// A request the policy let through, with what it needs downstream.
 struct Authorised {
     forward: Forward,
@@ -322,12 +380,12 @@ enum Decided {
     Stream(Forward),
 }
 
-/// A refused request: the denial, an `Allow` header for 405s, and whether it
-/// is an ownership refusal.
+/// A refused request: the denial, an `Allow` header for 405s, and what kind
+/// of refusal it is for the audit trail.
 struct Refused {
     deny: Deny,
     allow: Option<String>,
-    ownership: bool,
+    kind: RefusedFor,
 }
 
 impl From<Deny> for Refused {
@@ -335,7 +393,7 @@ impl From<Deny> for Refused {
         Refused {
             deny,
             allow: None,
-            ownership: false,
+            kind: RefusedFor::Policy,
         }
     }
 }

@@ -10,9 +10,11 @@ mod handler;
 pub mod headers;
 pub mod mcp;
 pub mod mem0;
+mod refusal;
 mod request;
 
 use errors::status_label;
+pub use refusal::{Refusal, RefusedFor};
 use request::{presented, project, request_id, truncate};
 
 use std::net::IpAddr;
@@ -35,6 +37,7 @@ use crate::policy::admission::{HeadLimits, admit_head};
 use crate::policy::deny::Deny;
 use crate::policy::header_names;
 use crate::policy::scope::{IsolationMode, scope_for};
+use crate::policy::secrets::Finding;
 use crate::ratelimit::{PROBE_INTERVAL, RateLimits, RetryAfter};
 use crate::scopes::ScopeLog;
 use crate::upstream::exchange::{OpenExchange, Outgoing};
@@ -55,6 +58,8 @@ pub struct RequestCtx {
     request_id: String,
     /// MCP responses streamed through are watched with this.
     mcp_watch: Option<StreamWatch>,
+    /// Secrets the guard found in the request's body (rule and place only).
+    secrets: Vec<Finding>,
     /// A streamed answer ended early (either side failed or left): the client
     /// must not see it as complete.
     cut_short: bool,
@@ -75,6 +80,7 @@ impl RequestCtx {
             route: "denied",
             request_id: String::new(),
             mcp_watch: None,
+            secrets: Vec::new(),
             cut_short: false,
             _in_flight: shared.in_flight.enter(),
         }
@@ -109,54 +115,6 @@ pub struct Gate {
 pub enum Flow {
     Mem0(Mem0Flow),
     Mcp(Box<McpFlow>),
-}
-
-/// A refusal of an authenticated request, from either flow: what the client
-/// was told, and what the audit trail calls it (docs/design.md §6).
-pub struct Refusal {
-    pub status: u16,
-    pub message: String,
-    /// `permission_denied`, `ownership_denied` or `session_denied`.
-    pub kind: &'static str,
-    /// The JSON-RPC method and tool of a refused MCP request.
-    pub mcp_method: Option<String>,
-    pub tool: Option<String>,
-}
-
-impl Refusal {
-    /// A policy decision against the caller: another user's memory when
-    /// `ownership`, else a permission or rule.
-    pub fn of(deny: Deny, ownership: bool) -> Refusal {
-        Refusal {
-            status: deny.status,
-            message: deny.message,
-            kind: if ownership {
-                audit::kind::OWNERSHIP_DENIED
-            } else {
-                audit::kind::PERMISSION_DENIED
-            },
-            mcp_method: None,
-            tool: None,
-        }
-    }
-
-    /// An MCP session that is not the caller's (or not known): `why` is for
-    /// the audit trail; the client is told only that it was not found.
-    pub fn session(status: u16, why: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            message: why.into(),
-            kind: audit::kind::SESSION_DENIED,
-            mcp_method: None,
-            tool: None,
-        }
-    }
-
-    /// Permission, ownership and session refusals are audited; malformed
-    /// requests (400, 404, 405, 413…) are not decisions about a user's rights.
-    fn audited(&self) -> bool {
-        self.status == 403 || self.kind == audit::kind::SESSION_DENIED
-    }
 }
 
 impl Gate {
@@ -372,15 +330,6 @@ impl Gate {
         errors::respond_error(session, self.listener, 503, message).await?;
         Ok(true)
     }
-
-    /// Audits a policy refusal worth keeping.
-    fn audit_refusal(&self, session: &Session, ctx: &RequestCtx, refusal: Refusal) {
-        let mut event = self.event(session, ctx, refusal.kind, false);
-        event.reason = Some(truncate(&refusal.message, 256));
-        event.mcp_method = refusal.mcp_method;
-        event.tool = refusal.tool;
-        self.shared.audit.record(event);
-    }
 }
 
 impl Gate {
@@ -421,7 +370,10 @@ impl Gate {
             return Ok(true);
         }
         let (refusal, stream) = match &self.flow {
-            Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
+            Flow::Mem0(flow) => match flow
+                .handle(session, &identity, &mut ctx.route, &mut ctx.secrets)
+                .await?
+            {
                 Handled::Responded(refusal) => (refusal, None),
                 Handled::Stream {
                     path_and_query,
@@ -436,7 +388,10 @@ impl Gate {
                 let scope = scope_for(&identity, &self.isolation, project.as_deref());
                 // Not boxed: with owner lookups boxed inside, this future is
                 // about the mem0 flow's size, and a box cost a copy per request.
-                match flow.handle(session, &identity, &scope).await? {
+                match flow
+                    .handle(session, &identity, &scope, &mut ctx.secrets)
+                    .await?
+                {
                     McpHandled::Responded(refusal) => (refusal, None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
                 }
@@ -447,6 +402,7 @@ impl Gate {
         {
             self.audit_refusal(session, ctx, refusal);
         }
+        self.record_secrets(session, ctx);
         match stream {
             None => Ok(true),
             Some((scope, watch)) => {

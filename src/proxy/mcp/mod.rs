@@ -20,17 +20,18 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use serde_json::{Value, json};
 
-use super::{Refusal, body, headers};
+use super::{Refusal, RefusedFor, body, headers};
 use crate::http1::request::RequestHead;
 use crate::identity::Identity;
 use crate::listener::{Relayed, Session, SetHeaders};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::mcp::{
-    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, admit_head,
+    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, SecretScan, admit_head,
     decide_owners, is_param_header, method_label, origin_allowed, param_header_rewrites,
     session_key,
 };
+use crate::policy::secrets::{Finding, SecretGuard};
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
 use crate::upstream::exchange::{OpenExchange, UpstreamClient};
@@ -66,6 +67,8 @@ pub struct McpFlow {
     max_body_bytes: usize,
     max_response_bytes: usize,
     forward_credentials: bool,
+    /// The secret guard, unless `[secret_guard] mode = "off"`.
+    guard: Option<Arc<SecretGuard>>,
 }
 
 /// The settings `McpFlow` is built from.
@@ -85,6 +88,8 @@ pub struct McpSettings {
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub forward_credentials: bool,
+    /// Scans the `secret_scan` arguments of tool calls (docs/design.md §13).
+    pub secret_guard: Option<Arc<SecretGuard>>,
 }
 
 impl McpFlow {
@@ -108,6 +113,7 @@ impl McpFlow {
             max_body_bytes: s.max_body_bytes,
             max_response_bytes: s.max_response_bytes,
             forward_credentials: s.forward_credentials,
+            guard: s.secret_guard,
         }
     }
 
@@ -170,6 +176,7 @@ impl McpFlow {
         session: &mut Session,
         identity: &Identity,
         scope: &str,
+        secrets: &mut Vec<Finding>,
     ) -> Result<McpHandled> {
         let req = session.req_header();
         let head = admit_head(&self.paths, &req.method, &req.uri, &req.headers);
@@ -242,10 +249,41 @@ impl McpFlow {
         let legacy_session = (endpoint == Endpoint::LegacyMessages)
             .then(|| session_id.clone())
             .flatten();
+        let scan = self
+            .guard
+            .as_deref()
+            .map(|g| self.policy.scan_secrets(g, &body));
+        let body = match scan {
+            None | Some(SecretScan::Clean) => body,
+            Some(SecretScan::Redacted { body, findings }) => {
+                secrets.extend(findings);
+                body
+            }
+            Some(SecretScan::Refused { deny, finding }) => {
+                secrets.push(finding);
+                return self
+                    .refuse_request(
+                        session,
+                        identity,
+                        scope,
+                        legacy_session,
+                        deny,
+                        RefusedFor::Secret,
+                    )
+                    .await;
+            }
+        };
         let forward = match self.policy.decide(identity, scope, &body) {
             McpDecision::Deny(deny) => {
                 return self
-                    .refuse_request(session, identity, scope, legacy_session, deny, false)
+                    .refuse_request(
+                        session,
+                        identity,
+                        scope,
+                        legacy_session,
+                        deny,
+                        RefusedFor::Policy,
+                    )
                     .await;
             }
             McpDecision::Forward(forward) => forward,
@@ -261,9 +299,13 @@ impl McpFlow {
                 .inc();
         }
         if let Err(deny) = self.check_owners(identity, scope, &forward).await {
-            let ownership = deny.status == 403;
+            let why = if deny.status == 403 {
+                RefusedFor::Ownership
+            } else {
+                RefusedFor::Policy
+            };
             return self
-                .refuse_request(session, identity, scope, legacy_session, deny, ownership)
+                .refuse_request(session, identity, scope, legacy_session, deny, why)
                 .await;
         }
         if endpoint == Endpoint::LegacyMessages

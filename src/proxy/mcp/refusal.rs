@@ -5,11 +5,11 @@ use super::*;
 use crate::policy::deny::Deny;
 
 /// A refused JSON-RPC request, for the audit trail.
-fn call_refusal(deny: McpDeny, ownership: bool) -> Refusal {
+fn call_refusal(deny: McpDeny, why: RefusedFor) -> Refusal {
     Refusal {
         mcp_method: deny.method,
         tool: deny.tool,
-        ..Refusal::of(Deny::new(deny.status, deny.message), ownership)
+        ..Refusal::new(Deny::new(deny.status, deny.message), why)
     }
 }
 
@@ -40,9 +40,9 @@ impl McpFlow {
         scope: &str,
         legacy_session: Option<String>,
         deny: McpDeny,
-        ownership: bool,
+        why: RefusedFor,
     ) -> Result<McpHandled> {
-        if ownership {
+        if why == RefusedFor::Ownership {
             METRICS
                 .ownership_denials
                 .with_label_values(&[crate::metrics::MCP_OWNERSHIP_ROUTE])
@@ -54,10 +54,10 @@ impl McpFlow {
         };
         match (legacy_session, refused_id) {
             (Some(key), Some(id)) if matches!(deny.status, 403 | 404) => {
-                self.refuse_on_stream(session, identity, scope, key, id, deny, ownership)
+                self.refuse_on_stream(session, identity, scope, key, id, deny, why)
                     .await
             }
-            _ => self.refuse_call(session, deny, ownership).await,
+            _ => self.refuse_call(session, deny, why).await,
         }
     }
 
@@ -76,7 +76,7 @@ impl McpFlow {
         session_key: String,
         id: Value,
         deny: McpDeny,
-        ownership: bool,
+        why: RefusedFor,
     ) -> Result<McpHandled> {
         if id.is_null() {
             let mut header = ResponseHeader::build(202, Some(2))?;
@@ -106,7 +106,7 @@ impl McpFlow {
             self.forward(session, identity, scope, stand_in, Vec::new())
                 .await?;
         }
-        Ok(McpHandled::Responded(Some(call_refusal(deny, ownership))))
+        Ok(McpHandled::Responded(Some(call_refusal(deny, why))))
     }
 
     /// Answers a refused JSON-RPC request. A policy refusal (403, or 404 for
@@ -117,7 +117,7 @@ impl McpFlow {
         &self,
         session: &mut Session,
         mut deny: McpDeny,
-        ownership: bool,
+        why: RefusedFor,
     ) -> Result<McpHandled> {
         let cors = self.cors_origin(session.req_header());
         let in_band = matches!(deny.status, 403 | 404);
@@ -144,7 +144,7 @@ impl McpFlow {
         headers::secure_response(&mut header)?;
         session.write_response_header(Box::new(header)).await?;
         session.write_response_body(Bytes::from(body), true).await?;
-        Ok(McpHandled::Responded(Some(call_refusal(deny, ownership))))
+        Ok(McpHandled::Responded(Some(call_refusal(deny, why))))
     }
 }
 
