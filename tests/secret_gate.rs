@@ -270,3 +270,38 @@ async fn mode_off_forwards_secrets_untouched() {
     assert_eq!(status, 200);
     assert!(received(&env)[0].contains(&secret.value));
 }
+
+#[tokio::test]
+async fn with_scan_responses_a_memory_stored_before_the_guard_comes_back_redacted() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mem0 = support::mem0::Mem0::start().await;
+    let mut cfg = MemgateConfig::new(&db.url, &mem0.url());
+    cfg.mem0_upstream = mem0.url();
+    cfg.extra = "[secret_guard]\nscan_responses = true\n".into();
+    let gate = Memgate::start(cfg).await;
+    let token = gate.create_token("alice", &[]);
+    let secret = github_token();
+    mem0.seed("alice", &format!("the CI token is {}", secret.value));
+    let listing = reqwest::Client::new()
+        .get(gate.mem0_url("/memories?user_id=alice"))
+        .header("x-mcp-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listing.status().as_u16(), 200);
+    let text = listing.text().await.unwrap();
+    assert!(!text.contains(&secret.value), "{text}");
+    assert!(text.contains("the CI token is [REDACTED:"), "{text}");
+    let metric = format!(
+        "memgate_secrets_found_total{{action=\"redacted\",rule=\"{}\"}}",
+        secret.rule
+    );
+    let env = Env {
+        _db: db,
+        upstream: Upstream::start().await,
+        gate,
+        token,
+    };
+    assert_eq!(metric_reaches(&env, &metric, 1.0).await, 1.0);
+    assert_eq!(wait_for_events(&env, 1).await.len(), 1);
+}

@@ -79,7 +79,7 @@ impl Mem0Flow {
     ) -> Result<Handled> {
         match self.decide(session, identity, route, secrets).await {
             Ok(Decided::Exchange(authorised)) => {
-                self.forward(session, identity, authorised).await?;
+                self.forward(session, identity, authorised, secrets).await?;
                 Ok(Handled::Responded(None))
             }
             Ok(Decided::Stream(forward)) => Ok(Handled::Stream {
@@ -207,6 +207,7 @@ impl Mem0Flow {
         session: &mut Session,
         identity: &Identity,
         authorised: Authorised,
+        secrets: &mut Vec<Finding>,
     ) -> Result<()> {
         let Authorised {
             mut forward,
@@ -250,7 +251,7 @@ impl Mem0Flow {
         );
         let redirects = Redirects::of(self.client.target(), session);
         let (header, body) = match self
-            .after_response(&forward, memory_id.as_deref(), answer, &redirects)
+            .after_response(&forward, memory_id.as_deref(), answer, &redirects, secrets)
             .await
         {
             Ok(parts) => parts,
@@ -270,6 +271,7 @@ impl Mem0Flow {
         memory_id: Option<&str>,
         answer: Exchanged,
         redirects: &Redirects<'_>,
+        secrets: &mut Vec<Finding>,
     ) -> std::result::Result<(Relayed, Bytes), Deny> {
         let Exchanged {
             header: upstream,
@@ -315,6 +317,13 @@ impl Mem0Flow {
             && let Some(id) = memory_id
         {
             self.owners.forget(id);
+        }
+        // Memories stored before the guard was on go back without their secrets.
+        if let Some(guard) = self.guard.as_deref().filter(|g| g.scans_responses())
+            && let Some((redacted, found)) = guard.redact_response(&body)
+        {
+            secrets.extend(found);
+            body = Bytes::from(redacted);
         }
         Ok((
             headers::client_response(upstream, Some(body.len()), redirects),

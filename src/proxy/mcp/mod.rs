@@ -31,7 +31,7 @@ use crate::policy::mcp::{
     decide_owners, is_param_header, method_label, origin_allowed, param_header_rewrites,
     session_key,
 };
-use crate::policy::secrets::{Finding, SecretGuard};
+use crate::policy::secrets::{Action, Finding, SecretGuard};
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
 use crate::sessions::{SessionBindings, SessionUse};
 use crate::upstream::exchange::{OpenExchange, UpstreamClient};
@@ -320,7 +320,7 @@ impl McpFlow {
                     .insert(id.clone(), pending.split_off(keep_from));
             }
         }
-        self.forward(session, identity, scope, forward, body)
+        self.forward(session, identity, scope, forward, body, secrets)
             .await?;
         Ok(McpHandled::Responded(None))
     }
@@ -415,6 +415,7 @@ impl McpFlow {
         scope: &str,
         forward: McpForward,
         client_body: Vec<u8>,
+        secrets: &mut Vec<Finding>,
     ) -> Result<()> {
         let client = match self.upstreams.client(scope, &identity.user_id).await {
             Ok(client) => client,
@@ -466,10 +467,10 @@ impl McpFlow {
         let mut header = upstream;
         add_cors(&mut header, cors.as_deref())?;
         if header.is_event_stream() {
-            self.relay_events(session, identity, header, open, &ids)
+            self.relay_events(session, identity, header, open, (&ids, secrets))
                 .await
         } else {
-            self.relay_whole(session, identity, header, open, &ids)
+            self.relay_whole(session, identity, header, open, (&ids, secrets))
                 .await
         }
     }
@@ -499,6 +500,30 @@ impl McpFlow {
         Ok(())
     }
 
+    /// With `scan_responses`, an answer's secrets (memories stored before
+    /// the guard was on) replaced in place: JSON as JSON, other text as
+    /// text. Whether anything was.
+    fn redact_answer(&self, text: &mut String, secrets: &mut Vec<Finding>) -> bool {
+        let Some(guard) = self.guard.as_deref().filter(|g| g.scans_responses()) else {
+            return false;
+        };
+        if let Some((redacted, found)) = guard.redact_response(text.as_bytes()) {
+            *text = String::from_utf8(redacted).expect("JSON is UTF-8");
+            secrets.extend(found);
+            return true;
+        }
+        let Some((redacted, rules)) = guard.redact_text(text) else {
+            return false;
+        };
+        *text = redacted;
+        secrets.extend(rules.into_iter().map(|rule| Finding {
+            rule,
+            path: "(text)".into(),
+            action: Action::Redacted,
+        }));
+        true
+    }
+
     /// An event-stream answer, event by event: each complete event goes out
     /// as soon as it is in, tool lists trimmed to what the caller may call.
     async fn relay_events(
@@ -507,7 +532,7 @@ impl McpFlow {
         identity: &Identity,
         mut header: Relayed,
         mut open: OpenExchange<'_>,
-        ids: &[Value],
+        (ids, secrets): (&[Value], &mut Vec<Finding>),
     ) -> Result<()> {
         body::frame_stream(&mut header, session, None)?;
         session.write_relayed(header).await?;
@@ -515,6 +540,9 @@ impl McpFlow {
         let mut filter = |event: &mut SseEvent| {
             if !ids.is_empty() {
                 self.policy.filter_sse_event(identity, event, ids);
+            }
+            if let Some(data) = event.data.as_mut() {
+                self.redact_answer(data, secrets);
             }
         };
         loop {
@@ -549,7 +577,7 @@ impl McpFlow {
         identity: &Identity,
         mut header: Relayed,
         mut open: OpenExchange<'_>,
-        ids: &[Value],
+        (ids, secrets): (&[Value], &mut Vec<Finding>),
     ) -> Result<()> {
         let mut buf = BytesMut::new();
         loop {
@@ -581,6 +609,11 @@ impl McpFlow {
             && let Some(filtered) = self.policy.filter_tools_list(identity, &body, ids)
         {
             body = Bytes::from(filtered);
+        }
+        if let Ok(mut text) = String::from_utf8(body.to_vec())
+            && self.redact_answer(&mut text, secrets)
+        {
+            body = Bytes::from(text);
         }
         header.set(http::header::CONTENT_LENGTH, body.len().into())?;
         session.write_relayed(header).await?;

@@ -103,8 +103,15 @@ impl McpFlow {
                 body: Some(ping.to_string().into_bytes()),
                 ..McpForward::default()
             };
-            self.forward(session, identity, scope, stand_in, Vec::new())
-                .await?;
+            self.forward(
+                session,
+                identity,
+                scope,
+                stand_in,
+                Vec::new(),
+                &mut Vec::new(),
+            )
+            .await?;
         }
         Ok(McpHandled::Responded(Some(call_refusal(deny, why))))
     }
