@@ -485,8 +485,7 @@ impl SecretGuard {
     /// on the value as sent and on the value as forwarded.
     fn is_credential_value(&self, sent: &str, left: &str) -> bool {
         self.credential_field.as_ref().is_some_and(|(_, allow)| {
-            entropy::looks_random(&without_markers(left))
-                && !allow.iter().any(|a| a.is_match(sent))
+            entropy::looks_random(&without_markers(left)) && !allow.iter().any(|a| a.is_match(sent))
         })
     }
 

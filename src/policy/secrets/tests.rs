@@ -200,8 +200,14 @@ fn credential_named_members_count_when_their_value_looks_generated() {
         json!({"password": format!("mW{pem_start}abc"), "token": format!("{value}[REDACTED:jwt]")}),
     );
     let (out_mixed, _) = redacted(guard(GuardMode::Redact).scan_mem0_add(&mixed).unwrap());
-    assert_eq!(out_mixed["metadata"]["password"], "mW[REDACTED:private_key]");
-    assert_eq!(out_mixed["metadata"]["token"], "[REDACTED:credential_field]");
+    assert_eq!(
+        out_mixed["metadata"]["password"],
+        "mW[REDACTED:private_key]"
+    );
+    assert_eq!(
+        out_mixed["metadata"]["token"],
+        "[REDACTED:credential_field]"
+    );
     let again = serde_json::to_vec(&out_mixed).unwrap();
     assert_eq!(
         guard(GuardMode::Redact).scan_mem0_add(&again).unwrap(),
@@ -422,7 +428,11 @@ fn overlapping_findings_are_one_redaction() {
 #[test]
 fn a_shape_left_at_the_edge_of_a_redaction_goes_too() {
     let token_like = ["mcp", "_", "YTBXaK7JQEVT0mlAmrtVETW0TesULeetLDQ8B8vW2ZB"].concat();
-    let webhook = ["https://hooks.", "slack.com/services/T0000/B0000/abcdefghijklmnop"].concat();
+    let webhook = [
+        "https://hooks.",
+        "slack.com/services/T0000/B0000/abcdefghijklmnop",
+    ]
+    .concat();
     let (text, rules) = guard(GuardMode::Redact)
         .redact_text(&format!("{token_like}{webhook}"))
         .unwrap();
