@@ -10,6 +10,9 @@ use serde_json::Value;
 use super::{GuardMode, GuardOutcome, RuleConfig, SecretGuard, SecretGuardConfig, ValueOutcome};
 use crate::policy::json::{JsonError, parse_value};
 
+/// A scan of a write body, as [`SecretGuard::scan_mem0_add`].
+type BodyScan = fn(&SecretGuard, &[u8]) -> Result<GuardOutcome, JsonError>;
+
 /// Same keys, same array lengths, same non-string values; strings may differ.
 pub fn same_shape(sent: &Value, forwarded: &Value) -> bool {
     match (sent, forwarded) {
@@ -67,8 +70,7 @@ fn guards() -> &'static [SecretGuard; 3] {
 pub fn fuzz_entry(data: &[u8]) {
     let sent = parse_value(data, super::MAX_DEPTH).ok();
     for guard in guards() {
-        let scans: [fn(&SecretGuard, &[u8]) -> Result<GuardOutcome, JsonError>; 2] =
-            [SecretGuard::scan_mem0_add, SecretGuard::scan_mem0_update];
+        let scans: [BodyScan; 2] = [SecretGuard::scan_mem0_add, SecretGuard::scan_mem0_update];
         for scan in scans {
             match (scan(guard, data), &sent) {
                 (Ok(GuardOutcome::Redacted { body, findings }), Some(sent)) => {
