@@ -25,8 +25,9 @@ use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
 
 use crate::audit::{self, AuditEvent, Auditor};
-use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
-use crate::identity::Identity;
+use crate::auth::oauth::{self, AuthMethod, OAuth};
+use crate::auth::{Authenticator, Denial, PresentedHeaders, Refused, StoreAccess};
+use crate::identity::{Identity, Permission};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::listener::per_thread::RuntimeTasks;
 use crate::listener::{Handler, Listener, Session};
@@ -46,6 +47,8 @@ use mem0::{Handled, Mem0Flow};
 pub struct RequestCtx {
     started: Instant,
     identity: Option<Arc<Identity>>,
+    /// How `identity` authenticated.
+    auth_method: Option<AuthMethod>,
     /// The mem0 user_id the request acts for (docs/design.md §3).
     scope: String,
     /// Set when the request is streamed to a rewritten path and query.
@@ -70,6 +73,7 @@ impl RequestCtx {
             started: Instant::now(),
             client_ip,
             identity: None,
+            auth_method: None,
             scope: String::new(),
             rewritten_uri: None,
             route: "denied",
@@ -95,6 +99,8 @@ pub struct Shared {
 
 pub struct Gate {
     listener: Listener,
+    /// The OAuth resource this listener is.
+    resource: oauth::Listener,
     shared: Arc<Shared>,
     /// Sends streamed requests; the flows' exchanges share its idle connections.
     upstreams: Arc<Upstreams>,
@@ -172,6 +178,10 @@ impl Gate {
         let label = [listener.as_str()];
         Gate {
             listener,
+            resource: match listener {
+                Listener::Mcp => oauth::Listener::Mcp,
+                Listener::Mem0 | Listener::Admin => oauth::Listener::Mem0,
+            },
             shared,
             upstreams,
             forward_credentials,
@@ -204,6 +214,7 @@ impl Gate {
             event.user_id = Some(identity.user_id.clone());
             event.token_prefix = Some(identity.token_prefix.clone());
         }
+        event.auth_method = ctx.auth_method.map(|m| m.as_str().to_string());
         event
     }
 
@@ -275,7 +286,9 @@ impl Gate {
             // A cut-off address gets 429 for anything but a valid token: one
             // it already proved, or one a store probe just found.
             Err(failure) if blocked.is_some() => {
-                if !matches!(failure.denial, Denial::Throttled | Denial::StoreUnavailable) {
+                if !(failure.denial.is_unavailable()
+                    || failure.denial == Refused::Token(Denial::Throttled))
+                {
                     self.shared.limits.note_failed_auth(ip);
                 }
                 let message = Denial::Throttled.message();
@@ -291,7 +304,7 @@ impl Gate {
                 return Ok(None);
             }
             Err(failure) => {
-                if failure.denial != Denial::StoreUnavailable {
+                if !failure.denial.is_unavailable() {
                     self.shared.limits.note_failed_auth(ip);
                 }
                 let mut event = self.event(session, ctx, audit::kind::AUTH_FAILURE, false);
@@ -301,45 +314,127 @@ impl Gate {
                 }
                 event.user_id = failure.user_id;
                 event.token_prefix = failure.token_prefix;
+                event.auth_method =
+                    (failure.method != crate::auth::NO_METHOD).then(|| failure.method.to_string());
                 self.shared.audit.record(event);
                 let denial = failure.denial;
-                errors::respond_error(session, self.listener, denial.status(), &denial.message())
-                    .await?;
+                let challenge = self
+                    .shared
+                    .auth
+                    .oauth()
+                    .and_then(|oauth| self.unauthorized_challenge(oauth, &denial));
+                errors::respond_challenged(
+                    session,
+                    self.listener,
+                    denial.status(),
+                    &denial.message(),
+                    challenge,
+                )
+                .await?;
                 return Ok(None);
             }
         };
-        let identity = authenticated.identity;
+        let identity = authenticated.identity.clone();
         ctx.identity = Some(identity.clone());
+        ctx.auth_method = Some(authenticated.method);
+        let key = authenticated.rate_limit_key();
         if let Err(retry) = self
             .shared
             .limits
             .check_token(
-                &identity.token_prefix,
-                authenticated.token.rate_limit_rps,
-                &authenticated.token.state.limiter,
+                &key,
+                authenticated.rate_limit_rps,
+                &authenticated.state.limiter,
             )
             .await
         {
-            let message = "Rate limit exceeded for this token; retry later";
-            self.refuse_rate_limited(
-                session,
-                ctx,
-                "token",
-                identity.token_prefix.clone(),
-                retry,
-                message,
-            )
-            .await?;
+            let message = match authenticated.method {
+                AuthMethod::Token => "Rate limit exceeded for this token; retry later",
+                AuthMethod::Jwt | AuthMethod::Introspection => {
+                    "Rate limit exceeded for this user; retry later"
+                }
+            };
+            self.refuse_rate_limited(session, ctx, "token", key, retry, message)
+                .await?;
             return Ok(None);
         }
         if self.shared.audit.success_due(
-            &authenticated.token.state.success_audited,
+            &authenticated.state.success_audited,
             authenticated.at.timestamp(),
         ) {
             let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
             self.shared.audit.record(event);
         }
         Ok(Some(identity))
+    }
+
+    /// The OAuth challenge of a refused request: where this resource's
+    /// metadata is, and for a presented token, why it was refused. `None`
+    /// for a refusal that is not a 401.
+    fn unauthorized_challenge(&self, oauth: &OAuth, refused: &Refused) -> Option<String> {
+        match refused {
+            Refused::OAuth(denial) => {
+                oauth.unauthorized_challenge(self.resource, None, Some(*denial))
+            }
+            _ if refused.status() != 401 => None,
+            _ if refused.is_missing() => oauth.unauthorized_challenge(self.resource, None, None),
+            Refused::Token(denial) => {
+                Some(oauth.refused_token_challenge(self.resource, &denial.message()))
+            }
+        }
+    }
+
+    /// Answers a GET of this listener's Protected Resource Metadata (RFC
+    /// 9728) when OAuth is on: memgate's own, public document, never
+    /// forwarded. `Ok(true)`: it was answered.
+    async fn serve_resource_metadata(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(oauth) = self.shared.auth.oauth() else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        if req.method != http::Method::GET {
+            return Ok(false);
+        }
+        let Ok(path) = crate::policy::path::normalise(req.uri.path()) else {
+            return Ok(false);
+        };
+        if !oauth
+            .metadata_paths(self.resource)
+            .iter()
+            .any(|served| *served == path)
+        {
+            return Ok(false);
+        }
+        ctx.route = "oauth_metadata";
+        let document = oauth.metadata_document(self.resource).clone();
+        errors::respond_json(session, 200, document, &[]).await?;
+        Ok(true)
+    }
+
+    /// Answers HTTP 403 with the step-up challenge for a request an OAuth
+    /// caller's scopes do not cover (`needed`), and audits it.
+    async fn refuse_insufficient_scope(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        needed: Permission,
+        body: bytes::Bytes,
+        refusal: Refusal,
+    ) -> Result<()> {
+        let Some(oauth) = self.shared.auth.oauth() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "an insufficient scope without OAuth",
+            );
+        };
+        let challenge = oauth.insufficient_scope_challenge(self.resource, needed);
+        errors::respond_json(session, 403, body, &[("www-authenticate", challenge)]).await?;
+        self.audit_refusal(session, ctx, refusal);
+        Ok(())
     }
 
     /// Records the project scope a user works in (`auto` isolation) before
@@ -413,6 +508,9 @@ impl Gate {
         {
             return Ok(true);
         }
+        if self.serve_resource_metadata(session, ctx).await? {
+            return Ok(true);
+        }
         let Some(identity) = self.admit(session, ctx).await? else {
             return Ok(true);
         };
@@ -420,25 +518,64 @@ impl Gate {
         if self.record_project_scope(session, &identity).await? {
             return Ok(true);
         }
+        // An OAuth caller's permissions are its token's scopes: one it lacks
+        // is asked for with a challenge the client can step up on.
+        let scoped = ctx.auth_method.is_some_and(|m| m != AuthMethod::Token);
         let (refusal, stream) = match &self.flow {
-            Flow::Mem0(flow) => match flow.handle(session, &identity, &mut ctx.route).await? {
-                Handled::Responded(refusal) => (refusal, None),
-                Handled::Stream {
-                    path_and_query,
-                    scope,
-                } => {
-                    ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
-                    (None, Some((scope, None)))
+            Flow::Mem0(flow) => {
+                if scoped
+                    && let Some(needed) = flow.missing_permission(session.req_header(), &identity)
+                {
+                    let message = format!(
+                        "Access denied: this access token lacks the scope that grants the {} permission",
+                        needed.as_str()
+                    );
+                    let deny = crate::policy::deny::Deny::forbidden(message);
+                    let body = errors::error_body(
+                        self.listener,
+                        403,
+                        &deny.message,
+                        &serde_json::Value::Null,
+                    );
+                    let refusal = Refusal::of(deny, false);
+                    self.refuse_insufficient_scope(session, ctx, needed, body, refusal)
+                        .await?;
+                    return Ok(true);
                 }
-            },
+                match flow.handle(session, &identity, &mut ctx.route).await? {
+                    Handled::Responded(refusal) => (refusal, None),
+                    Handled::Stream {
+                        path_and_query,
+                        scope,
+                    } => {
+                        ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
+                        (None, Some((scope, None)))
+                    }
+                }
+            }
             Flow::Mcp(flow) => {
                 let project = project(session.req_header());
                 let scope = scope_for(&identity, &self.isolation, project.as_deref());
                 // Not boxed: with owner lookups boxed inside, this future is
                 // about the mem0 flow's size, and a box cost a copy per request.
-                match flow.handle(session, &identity, &scope).await? {
+                match flow.handle(session, &identity, &scope, scoped).await? {
                     McpHandled::Responded(refusal) => (refusal, None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
+                    McpHandled::InsufficientScope {
+                        needed,
+                        body,
+                        refusal,
+                    } => {
+                        self.refuse_insufficient_scope(
+                            session,
+                            ctx,
+                            needed,
+                            bytes::Bytes::from(body),
+                            refusal,
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
                 }
             }
         };

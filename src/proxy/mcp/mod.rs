@@ -8,7 +8,7 @@
 mod refusal;
 mod response;
 
-use refusal::{PendingRefusal, refuse, take_refusal};
+use refusal::{PendingRefusal, call_refusal, refuse, take_refusal};
 pub use response::StreamWatch;
 
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
@@ -22,12 +22,12 @@ use serde_json::{Value, json};
 
 use super::{Refusal, body, headers};
 use crate::http1::request::RequestHead;
-use crate::identity::Identity;
+use crate::identity::{Identity, Permission};
 use crate::listener::{Relayed, Session, SetHeaders};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::mcp::{
-    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, admit_head,
+    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, TOOLS_CALL, admit_head,
     decide_owners, is_param_header, method_label, origin_allowed, param_header_rewrites,
     session_key,
 };
@@ -48,6 +48,15 @@ pub enum McpHandled {
     /// Proxy it through pingora as it is (GET streams, DELETE, other paths),
     /// watching the response with this state.
     Stream(StreamWatch),
+    /// A call the caller's OAuth scopes do not cover: nothing was sent. The
+    /// gate answers HTTP 403 with a challenge naming the scope, since MCP
+    /// clients step up on that and not on an in-band error.
+    InsufficientScope {
+        needed: Permission,
+        /// The JSON-RPC error for the refused request.
+        body: Vec<u8>,
+        refusal: Refusal,
+    },
 }
 
 pub struct McpFlow {
@@ -164,12 +173,15 @@ impl McpFlow {
         Ok(false)
     }
 
-    /// Handles one authenticated request.
+    /// Handles one authenticated request. `scoped`: the identity's
+    /// permissions come from OAuth scopes, so a call refused for a missing
+    /// permission is [`McpHandled::InsufficientScope`].
     pub async fn handle(
         &self,
         session: &mut Session,
         identity: &Identity,
         scope: &str,
+        scoped: bool,
     ) -> Result<McpHandled> {
         let req = session.req_header();
         let head = admit_head(&self.paths, &req.method, &req.uri, &req.headers);
@@ -244,6 +256,13 @@ impl McpFlow {
             .flatten();
         let forward = match self.policy.decide(identity, scope, &body) {
             McpDecision::Deny(deny) => {
+                if scoped && let Some(needed) = self.missing_permission(identity, &deny) {
+                    return Ok(McpHandled::InsufficientScope {
+                        needed,
+                        body: deny.body.clone(),
+                        refusal: call_refusal(deny, false),
+                    });
+                }
                 return self
                     .refuse_request(session, identity, scope, legacy_session, deny, false)
                     .await;
@@ -281,6 +300,15 @@ impl McpFlow {
         self.forward(session, identity, scope, forward, body)
             .await?;
         Ok(McpHandled::Responded(None))
+    }
+
+    /// The permission a refused tools/call needed that `identity` lacks.
+    fn missing_permission(&self, identity: &Identity, deny: &McpDeny) -> Option<Permission> {
+        if deny.status != 403 || deny.method.as_deref() != Some(TOOLS_CALL) {
+            return None;
+        }
+        let rule = self.policy.rule_for(deny.tool.as_deref()?)?;
+        (!identity.permissions.allows(rule.permission)).then_some(rule.permission)
     }
 
     /// The owners of every memory id the calls name, then the policy's verdict.
