@@ -301,7 +301,7 @@ impl Running<'_> {
             if let Some(supervisor) = &supervisor {
                 supervisor.stop_all().await;
             }
-            flush(&stopping, &shared, store.as_ref()).await;
+            flush(&stopping, shared, store.as_ref()).await;
         });
         Ok(())
     }

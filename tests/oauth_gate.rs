@@ -554,3 +554,26 @@ async fn python_sdk_1_calls_tools_with_an_access_token() {
 async fn python_sdk_2_calls_tools_with_an_access_token() {
     python_sdk_calls_tools_with_an_access_token(SdkClient::Python2).await;
 }
+
+#[test]
+fn check_config_reports_oauth_errors_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let config = |secret_var: &str| {
+        format!(
+            "[database]\nurl = \"sqlite://x.db?mode=rwc\"\n\
+             [oauth]\nenabled = true\nissuer = \"https://issuer.example.com\"\n\
+             [oauth.introspection]\nurl = \"https://issuer.example.com/introspect\"\n\
+             client_id = \"memgate\"\nclient_secret = {{ env = \"{secret_var}\" }}\n"
+        )
+    };
+    std::fs::write(&path, config("MEMGATE_TEST_UNSET_INTROSPECTION_SECRET")).unwrap();
+    let message = err(&cli(&path, &["check-config"]));
+    assert!(
+        message.contains("oauth.introspection.client_secret"),
+        "{message}"
+    );
+    // With the secret in the environment the same file passes.
+    std::fs::write(&path, config("PATH")).unwrap();
+    ok(&cli(&path, &["check-config"]));
+}

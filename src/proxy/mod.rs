@@ -402,11 +402,7 @@ impl Gate {
         let Ok(path) = crate::policy::path::normalise(req.uri.path()) else {
             return Ok(false);
         };
-        if !oauth
-            .metadata_paths(self.resource)
-            .iter()
-            .any(|served| *served == path)
-        {
+        if !oauth.metadata_paths(self.resource).contains(&path) {
             return Ok(false);
         }
         ctx.route = "oauth_metadata";
