@@ -215,7 +215,10 @@ impl Authenticator {
             Ok(credential) => self.check(credential, store).await,
             Err(Denial::Malformed) if self.oauth.is_some() => {
                 match credential::oauth_bearer(headers) {
-                    Ok(credential) => self.check_oauth(credential).await,
+                    // Boxed: verification may fetch keys or introspect, a
+                    // future far larger than the memgate-token path's, which
+                    // every request's future would otherwise carry.
+                    Ok(credential) => Box::pin(self.check_oauth(credential)).await,
                     Err(denial) => Err(Failure {
                         method: NO_METHOD,
                         ..Failure::from(denial)
@@ -444,5 +447,34 @@ impl Authenticator {
             self.apply_change(change).await;
         }
         feed.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oauth_token_is_named_by_its_hash_never_by_itself() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let label = oauth_token_label(jwt, AuthMethod::Jwt);
+        assert_eq!(label, format!("jwt:{}", &token::hash_hex(jwt)[..8]));
+        assert!(!jwt.contains(&label[4..]));
+        let opaque = oauth_token_label("2YotnFZFEjr1zCsicMWpAA", AuthMethod::Introspection);
+        assert!(
+            opaque.starts_with("oauth:") && opaque.len() == 14,
+            "{opaque}"
+        );
+    }
+
+    #[test]
+    fn only_unreachable_stores_and_issuers_are_not_the_clients_failure() {
+        assert!(Refused::Token(Denial::StoreUnavailable).is_unavailable());
+        assert!(Refused::OAuth(OAuthDenial::Unavailable).is_unavailable());
+        assert!(!Refused::Token(Denial::Unknown).is_unavailable());
+        let expired = Refused::OAuth(oauth::InvalidToken::Expired.into());
+        assert!(!expired.is_unavailable());
+        assert_eq!((expired.status(), expired.reason()), (401, "expired"));
+        assert_eq!(Refused::OAuth(OAuthDenial::Unavailable).status(), 503);
     }
 }

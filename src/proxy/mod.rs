@@ -23,6 +23,7 @@ use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
+use serde_json::Value;
 
 use crate::audit::{self, AuditEvent, Auditor};
 use crate::auth::oauth::{self, AuthMethod, OAuth};
@@ -522,17 +523,12 @@ impl Gate {
                 if scoped
                     && let Some(needed) = flow.missing_permission(session.req_header(), &identity)
                 {
-                    let message = format!(
-                        "Access denied: this access token lacks the scope that grants the {} permission",
+                    let deny = crate::policy::deny::Deny::forbidden(format!(
+                        "Access denied: this access token lacks the scope that grants the {} \
+                         permission",
                         needed.as_str()
-                    );
-                    let deny = crate::policy::deny::Deny::forbidden(message);
-                    let body = errors::error_body(
-                        self.listener,
-                        403,
-                        &deny.message,
-                        &serde_json::Value::Null,
-                    );
+                    ));
+                    let body = errors::error_body(self.listener, 403, &deny.message, &Value::Null);
                     let refusal = Refusal::of(deny, false);
                     self.refuse_insufficient_scope(session, ctx, needed, body, refusal)
                         .await?;

@@ -224,6 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn a_described_refusal_keeps_only_what_rfc_6750_allows_in_a_description() {
+        let value = unauthorized_described(
+            "https://h/.well-known/oauth-protected-resource",
+            None,
+            Some("use \"Authorization: Bearer\" \\ not\tthis é"),
+        );
+        assert!(
+            value.ends_with(
+                "error=\"invalid_token\", error_description=\"use Authorization: Bearer  notthis \""
+            ),
+            "{value}"
+        );
+        assert!(http::HeaderValue::from_str(&value).is_ok());
+    }
+
+    #[test]
     fn every_error_description_uses_only_the_characters_rfc_6750_allows() {
         use InvalidToken::*;
         for why in [
