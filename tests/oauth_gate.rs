@@ -384,6 +384,16 @@ async fn refused_access_tokens_get_invalid_token_and_reach_no_upstream() {
             vec![bearer(&good), ("x-mcp-userid", "bob".into())],
         ),
     ];
+    // Without introspection configured an opaque token cannot be checked.
+    let opaque = [bearer("2YotnFZFEjr1zCsicMWpAA")];
+    let refused = send(http().get(gate.mem0_url("/memories")), &opaque).await;
+    assert_invalid_token(&refused, "an opaque token");
+    assert!(
+        refused
+            .challenge
+            .unwrap()
+            .contains("error_description=\"The access token is not a well-formed JWT\""),
+    );
     for (what, headers) in &cases {
         let mem0 = post_memories(gate, headers).await;
         assert_invalid_token(&mem0, what);
@@ -405,7 +415,7 @@ async fn refused_access_tokens_get_invalid_token_and_reach_no_upstream() {
     assert!(env.mcp.http_requests().is_empty());
     assert!(env.mem0.requests().is_empty());
 
-    let failures = audit_rows(&env.db, "auth_failure", 7).await;
+    let failures = audit_rows(&env.db, "auth_failure", 8).await;
     let jwt_failures = failures
         .iter()
         .filter(|e| e.auth_method.as_deref() == Some("jwt"))

@@ -257,11 +257,14 @@ impl Authenticator {
         };
         let method = match bearer_shape(credential.token) {
             BearerShape::Jwt => AuthMethod::Jwt,
-            BearerShape::Opaque => AuthMethod::Introspection,
-            BearerShape::Memgate | BearerShape::Malformed => {
+            BearerShape::Opaque if oauth.introspects() => AuthMethod::Introspection,
+            // Nothing could check it: a JWT is all memgate takes then.
+            BearerShape::Opaque | BearerShape::Memgate | BearerShape::Malformed => {
                 return Err(Failure {
+                    denial: Refused::OAuth(oauth::InvalidToken::Malformed.into()),
                     method: NO_METHOD,
-                    ..Failure::from(Denial::Malformed)
+                    user_id: None,
+                    token_prefix: None,
                 });
             }
         };

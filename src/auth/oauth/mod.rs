@@ -299,6 +299,11 @@ impl OAuth {
         &self.listener(listener).document
     }
 
+    /// Whether opaque (non-JWT) access tokens are introspected.
+    pub fn introspects(&self) -> bool {
+        self.settings.introspection.is_some()
+    }
+
     /// The scope a request needing `needed` asks for.
     pub fn scope_for(&self, needed: Permission) -> Option<&str> {
         self.settings.rules.scopes.scope_for(needed)
