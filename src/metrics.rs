@@ -139,8 +139,9 @@ impl Metrics {
             auth_decisions: counter_vec(
                 &r,
                 "auth_decisions_total",
-                "Authentication outcomes: result allow|deny|error and the reason.",
-                &["result", "reason"],
+                "Authentication outcomes: result allow|deny|error, the reason, and the \
+                 auth_method (token|jwt|introspection, none when no credential was readable).",
+                &["result", "reason", "auth_method"],
             ),
             auth_user_failures: counter_vec(
                 &r,
@@ -291,7 +292,6 @@ impl Metrics {
     /// its series cannot exist before the user's first failure.
     fn touch_known_labels(&self) {
         for reason in [
-            "missing",
             "malformed",
             "unknown",
             "revoked",
@@ -299,13 +299,32 @@ impl Metrics {
             "user_mismatch",
             "rate_limited",
         ] {
-            self.auth_decisions.with_label_values(&["deny", reason]);
+            self.auth_decisions
+                .with_label_values(&["deny", reason, "token"]);
+        }
+        for reason in ["missing", "malformed"] {
+            self.auth_decisions
+                .with_label_values(&["deny", reason, "none"]);
         }
         self.auth_decisions
-            .with_label_values(&["deny", "store_unavailable"]);
-        self.auth_decisions
-            .with_label_values(&["error", "store_unavailable"]);
-        self.auth_decisions.with_label_values(&["allow", "ok"]);
+            .with_label_values(&["error", "store_unavailable", "token"]);
+        for method in ["jwt", "introspection"] {
+            for reason in [
+                "expired",
+                "wrong_audience",
+                "user_mismatch",
+                "bad_signature",
+            ] {
+                self.auth_decisions
+                    .with_label_values(&["deny", reason, method]);
+            }
+            self.auth_decisions
+                .with_label_values(&["error", "issuer_unavailable", method]);
+        }
+        for method in ["token", "jwt", "introspection"] {
+            self.auth_decisions
+                .with_label_values(&["allow", "ok", method]);
+        }
         for outcome in ["hit", "miss", "negative_hit", "stale"] {
             self.auth_cache.with_label_values(&[outcome]);
         }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::admin::AdminApi;
 use crate::audit::{self, Spool};
 use crate::auth::Authenticator;
+use crate::auth::oauth::{self, OAuth, OAuthSettings};
 use crate::config::Config;
 use crate::lifecycle::InFlight;
 use crate::listener::connections::{ConnectionRules, Guarded};
@@ -85,7 +86,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the background runtime")?;
     let store = background.block_on(open_store(&config))?;
-    let auth = Arc::new(Authenticator::new(store.clone(), &config.auth));
+    let mut auth = Authenticator::new(store.clone(), &config.auth);
+    if let Some(settings) = OAuthSettings::from_config(&config, |v| std::env::var(v).ok())? {
+        let oauth = Arc::new(OAuth::new(settings)?);
+        // The first requests need not wait for discovery; a failure here
+        // is retried when a token needs the keys.
+        background.spawn({
+            let oauth = oauth.clone();
+            async move { oauth.prefetch_keys().await }
+        });
+        tracing::info!(
+            mcp = oauth.resource(oauth::Listener::Mcp),
+            mem0 = oauth.resource(oauth::Listener::Mem0),
+            "OAuth access tokens are accepted"
+        );
+        auth = auth.with_oauth(oauth);
+    }
+    let auth = Arc::new(auth);
     background.spawn(
         auth.clone()
             .watch_changes(Duration::from_millis(config.auth.change_poll_ms)),
@@ -287,7 +304,7 @@ impl Running<'_> {
             if let Some(supervisor) = &supervisor {
                 supervisor.stop_all().await;
             }
-            flush(&stopping, &shared, store.as_ref()).await;
+            flush(&stopping, shared, store.as_ref()).await;
         });
         Ok(())
     }

@@ -10,8 +10,6 @@
 //! unless `MEMGATE_REQUIRE_OIDC=1` (as in CI), which makes them fail instead.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +23,6 @@ use memgate::auth::oauth::{
 use memgate::config::{Config, OneOrMany};
 use memgate::identity::Permission;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// memgate's MCP resource in these tests (its default, from `mcp.listen`).
@@ -35,7 +32,10 @@ const MEM0: &str = "http://127.0.0.1:8000";
 const OTHER: &str = "https://other.example.com/api";
 /// A resource whose access tokens the provider issues opaque, for introspection.
 const OPAQUE: &str = "http://127.0.0.1:8080/opaque";
-const REDIRECT: &str = "http://127.0.0.1:4711/callback";
+
+mod support;
+
+use support::oidc::{Provider, authorization_code, client_credentials};
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -58,229 +58,6 @@ fn verifier(issuer: &str, edit: impl FnOnce(&mut Config)) -> OAuth {
     .expect("settings")
     .expect("enabled");
     OAuth::new(settings).expect("verifier")
-}
-
-// ---------------------------------------------------------------------------
-// The real authorization server.
-
-/// oidc-provider in a child process; stopped when dropped.
-struct Provider {
-    child: Child,
-    issuer: String,
-}
-
-impl Provider {
-    /// `None` (after saying why) when Node.js or the provider's packages
-    /// are missing and `MEMGATE_REQUIRE_OIDC` does not demand them.
-    fn start() -> Option<Provider> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let installed = dir.join("node_modules/oidc-provider/package.json").exists();
-        let node = Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !(installed && node) {
-            let why = if node {
-                "tests/oidc/node_modules is missing (run npm ci in tests/oidc)"
-            } else {
-                "node is not installed"
-            };
-            assert!(
-                std::env::var_os("MEMGATE_REQUIRE_OIDC").is_none(),
-                "MEMGATE_REQUIRE_OIDC is set but {why}"
-            );
-            eprintln!("skipping the oidc-provider tests: {why}");
-            return None;
-        }
-        let mut child = Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .args(["0", MCP, OTHER, "--opaque", OPAQUE])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line)
-            .expect("read the provider's first line");
-        // Whatever it prints later is drained: a closed pipe would kill it.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
-        let issuer = ready["issuer"].as_str().unwrap().to_string();
-        Some(Provider { child, issuer })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-async fn token_endpoint(issuer: &str, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Value {
-    let mut request = http().post(format!("{issuer}/token")).form(form);
-    if let Some((id, secret)) = basic {
-        request = request.basic_auth(id, Some(secret));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert!(status.is_success(), "token endpoint: {status} {body}");
-    body
-}
-
-/// An access token for `resource` by the client credentials grant.
-async fn client_credentials(issuer: &str, scope: &str, resource: &str) -> String {
-    let body = token_endpoint(
-        issuer,
-        &[
-            ("grant_type", "client_credentials"),
-            ("scope", scope),
-            ("resource", resource),
-        ],
-        Some(("memgate-m2m", "m2m-secret")),
-    )
-    .await;
-    body["access_token"].as_str().unwrap().to_string()
-}
-
-/// Cookies as a browser keeps them for one site (paths ignored: every
-/// cookie of the provider goes back to it).
-#[derive(Default)]
-struct Cookies(HashMap<String, String>);
-
-impl Cookies {
-    fn take(&mut self, response: &reqwest::Response) {
-        for set in response.headers().get_all(reqwest::header::SET_COOKIE) {
-            let set = set.to_str().unwrap();
-            let pair = set.split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            let expired = set
-                .to_ascii_lowercase()
-                .contains("expires=thu, 01 jan 1970");
-            if value.is_empty() || expired {
-                self.0.remove(name);
-            } else {
-                self.0.insert(name.to_string(), value.to_string());
-            }
-        }
-    }
-
-    fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-/// The access and ID token a user gets through the browser flow: the
-/// authorization request with a PKCE challenge, the provider's login page
-/// (signing in as `user`) and consent page, the code at the redirect URI,
-/// and the code exchanged with the verifier.
-async fn authorization_code(issuer: &str, user: &str, scope: &str) -> (String, String) {
-    let verifier: String = {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).unwrap();
-        URL_SAFE_NO_PAD.encode(bytes)
-    };
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let base = url::Url::parse(issuer).unwrap();
-    let mut next = url::Url::parse_with_params(
-        &format!("{issuer}/auth"),
-        [
-            ("client_id", "memgate-cli"),
-            ("response_type", "code"),
-            ("redirect_uri", REDIRECT),
-            ("scope", scope),
-            ("resource", MCP),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-            ("state", "state-1"),
-            ("nonce", "nonce-1"),
-        ],
-    )
-    .unwrap();
-    let client = http();
-    let mut cookies = Cookies::default();
-    let code = 'flow: {
-        for _ in 0..12 {
-            let mut request = client
-                .get(next.clone())
-                .header(reqwest::header::COOKIE, cookies.header());
-            if next.path().starts_with("/interaction/") {
-                // The page says which prompt it is; answer it with its form.
-                let page = client
-                    .get(next.clone())
-                    .header(reqwest::header::COOKIE, cookies.header())
-                    .send()
-                    .await
-                    .unwrap();
-                cookies.take(&page);
-                let html = page.text().await.unwrap();
-                let form: Vec<(&str, &str)> = if html.contains("value=\"login\"") {
-                    vec![("prompt", "login"), ("login", user), ("password", "any")]
-                } else {
-                    assert!(html.contains("value=\"consent\""), "{html}");
-                    vec![("prompt", "consent")]
-                };
-                request = client
-                    .post(next.clone())
-                    .header(reqwest::header::COOKIE, cookies.header())
-                    .form(&form);
-            }
-            let response = request.send().await.unwrap();
-            cookies.take(&response);
-            assert!(
-                response.status().is_redirection(),
-                "{next}: {}",
-                response.status()
-            );
-            let location = response.headers()[reqwest::header::LOCATION]
-                .to_str()
-                .unwrap()
-                .to_string();
-            next = base.join(&location).unwrap();
-            if location.starts_with(REDIRECT) {
-                let query: HashMap<_, _> = next.query_pairs().into_owned().collect();
-                assert_eq!(query.get("state").map(String::as_str), Some("state-1"));
-                break 'flow query["code"].clone();
-            }
-        }
-        panic!("the authorization flow did not reach the redirect URI");
-    };
-    let body = token_endpoint(
-        issuer,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", "memgate-cli"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &verifier),
-            ("resource", MCP),
-        ],
-        None,
-    )
-    .await;
-    (
-        body["access_token"].as_str().unwrap().to_string(),
-        body["id_token"].as_str().unwrap().to_string(),
-    )
 }
 
 // ---------------------------------------------------------------------------
@@ -482,7 +259,7 @@ async fn answer(mut conn: tokio::net::TcpStream, state: Arc<IssuerState>) {
 
 #[tokio::test]
 async fn real_tokens_by_client_credentials_and_by_authorization_code_with_pkce() {
-    let Some(mut provider) = Provider::start() else {
+    let Some(mut provider) = Provider::start(&[MCP, OTHER], &[OPAQUE]) else {
         return;
     };
     let issuer = provider.issuer.clone();
@@ -506,7 +283,7 @@ async fn real_tokens_by_client_credentials_and_by_authorization_code_with_pkce()
     );
 
     // A person through the browser flow: sub is who signed in.
-    let (access, id_token) = authorization_code(&issuer, "alice", "openid mcp:read").await;
+    let (access, id_token) = authorization_code(&issuer, "alice", "openid mcp:read", MCP).await;
     let verified = oauth.verify(&access, Some("alice")).await.unwrap();
     assert_eq!(verified.user_id, "alice");
     assert!(verified.permissions.allows(Permission::Read));
@@ -590,7 +367,7 @@ async fn real_tokens_by_client_credentials_and_by_authorization_code_with_pkce()
 
 #[tokio::test]
 async fn real_opaque_tokens_are_introspected_at_the_provider() {
-    let Some(mut provider) = Provider::start() else {
+    let Some(mut provider) = Provider::start(&[MCP, OTHER], &[OPAQUE]) else {
         return;
     };
     let issuer = provider.issuer.clone();

@@ -142,7 +142,7 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     let text = metrics().await;
     for name in [
         "memgate_requests_total{listener=\"mem0\",route=\"denied\",status=\"401\"} 1",
-        "memgate_auth_decisions_total{reason=\"missing\",result=\"deny\"} 1",
+        "memgate_auth_decisions_total{auth_method=\"none\",reason=\"missing\",result=\"deny\"} 1",
         "# HELP memgate_request_duration_seconds",
         "memgate_build_info{version=",
     ] {

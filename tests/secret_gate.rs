@@ -1,7 +1,7 @@
 //! End to end: the secret guard in memgate's request path. A real memgate
 //! process in front of recording upstreams; each test checks what the client
 //! got, what the upstream received (never the secret), the audit trail and
-//! the metric (docs/design.md §13). The guard's rules themselves are tested
+//! the metric (docs/design.md §12). The guard's rules themselves are tested
 //! on their own in `tests/secret_guard.rs`.
 
 mod support;

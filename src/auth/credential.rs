@@ -50,6 +50,34 @@ pub fn extract<'a>(h: &PresentedHeaders<'a>) -> Result<Credential<'a>, Denial> {
     })
 }
 
+/// A bearer token that is not memgate's own (an OAuth access token), for a
+/// request [`extract`] refused as malformed. Such a token is accepted only as
+/// the one `Authorization: Bearer` value with no `X-MCP-Token` beside it:
+/// memgate's own header carries memgate's own tokens only.
+pub fn oauth_bearer<'a>(h: &PresentedHeaders<'a>) -> Result<Credential<'a>, Denial> {
+    if !h.x_mcp_token.is_empty() {
+        return Err(Denial::Malformed);
+    }
+    let value = single(&h.authorization)?.ok_or(Denial::Missing)?;
+    let token = bearer_token(value).ok_or(Denial::Malformed)?;
+    let token = std::str::from_utf8(token).map_err(|_| Denial::Malformed)?;
+    if token.starts_with(token::TOKEN_PREFIX) {
+        return Err(Denial::Malformed);
+    }
+    let claimed_user_id = match single(&h.x_mcp_user_id)? {
+        None => None,
+        Some(raw) => Some(
+            std::str::from_utf8(raw)
+                .map_err(|_| Denial::UserMismatch)?
+                .trim(),
+        ),
+    };
+    Ok(Credential {
+        token,
+        claimed_user_id,
+    })
+}
+
 fn single<'a>(values: &[&'a [u8]]) -> Result<Option<&'a [u8]>, Denial> {
     match values {
         [] => Ok(None),
@@ -127,6 +155,28 @@ mod tests {
         ] {
             assert_eq!(extract(&h), Err(Denial::Malformed), "{h:?}");
         }
+    }
+
+    #[test]
+    fn oauth_bearers_come_only_from_authorization() {
+        let jwt = "eyJh.eyJz.c2ln";
+        let bearer = format!("Bearer {jwt}");
+        let c = oauth_bearer(&headers(&[], &[&bearer], &[" alice "])).unwrap();
+        assert_eq!((c.token, c.claimed_user_id), (jwt, Some("alice")));
+        assert_eq!(
+            extract(&headers(&[], &[&bearer], &[])),
+            Err(Denial::Malformed)
+        );
+        for h in [
+            headers(&[jwt], &[], &[]),
+            headers(&[jwt], &[&bearer], &[]),
+            headers(&[], &[&bearer, &bearer], &[]),
+            headers(&[], &["Basic dXNlcjpwYXNz"], &[]),
+            headers(&[], &["Bearer mcp_short"], &[]),
+        ] {
+            assert_eq!(oauth_bearer(&h), Err(Denial::Malformed), "{h:?}");
+        }
+        assert_eq!(oauth_bearer(&headers(&[], &[], &[])), Err(Denial::Missing));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Authentication (docs/design.md §1 step 2, §2): credential → identity, through the
-//! token cache, failing closed when the store cannot answer.
+//! Authentication (docs/design.md §1 step 2, §2): credential → identity. A
+//! memgate token goes through the token cache, failing closed when the store
+//! cannot answer; with `[oauth]` on, another bearer token goes to the OAuth
+//! verifier, failing closed when its issuer cannot answer.
 
 mod cache;
 pub mod credential;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use cache::Unavailable;
-pub use cache::{CachedToken, Lookup, TokenCache};
+pub use cache::{CachedToken, Lookup, TokenCache, TokenState};
 pub use credential::{Credential, PresentedHeaders};
 pub use denial::Denial;
 use known::KnownTokens;
@@ -24,22 +26,90 @@ use crate::identity::Identity;
 use crate::metrics::{METRICS, memo};
 use crate::store::{Store, TokenChange, TokenStatus};
 use crate::token;
+use oauth::{AuthMethod, BearerShape, OAuth, OAuthDenial, bearer_shape};
 
 /// A request that proved who it is.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
     pub identity: Arc<Identity>,
-    /// The cached token: its record (e.g. its own rate limit) and per-token state.
-    pub token: Arc<CachedToken>,
+    pub method: AuthMethod,
+    /// The credential's own requests-per-second limit (memgate tokens only).
+    pub rate_limit_rps: Option<u32>,
+    /// The rate limiter and audit sampling mark: the token's for a memgate
+    /// token, the user's for an OAuth access token (a client fetches a new
+    /// one whenever it likes, so the user is what a budget can hold to).
+    pub state: Arc<TokenState>,
     /// When the token was found valid: one clock read serves every check of
     /// this request (expiry, last-used, audit sampling).
     pub at: DateTime<Utc>,
 }
 
+impl Authenticated {
+    /// What the rate limit is kept under: the token's display prefix, or
+    /// `user:` and the user id for OAuth callers.
+    pub fn rate_limit_key(&self) -> String {
+        match self.method {
+            AuthMethod::Token => self.identity.token_prefix.clone(),
+            AuthMethod::Jwt | AuthMethod::Introspection => {
+                format!("user:{}", self.identity.user_id)
+            }
+        }
+    }
+}
+
+/// Why a request did not authenticate: memgate's token check refused it, or
+/// the OAuth verifier did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Token(Denial),
+    OAuth(OAuthDenial),
+}
+
+impl Refused {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refused::Token(d) => d.status(),
+            Refused::OAuth(d) => d.status(),
+        }
+    }
+
+    /// A stable label for metrics and the audit.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::Token(d) => d.reason(),
+            Refused::OAuth(d) => d.reason(),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refused::Token(d) => d.message(),
+            Refused::OAuth(d) => d.message().to_string(),
+        }
+    }
+
+    /// memgate could not decide (its store or the issuer did not answer):
+    /// not the client's failure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Refused::Token(Denial::StoreUnavailable) | Refused::OAuth(OAuthDenial::Unavailable)
+        )
+    }
+
+    /// No token was presented at all.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Refused::Token(Denial::Missing))
+    }
+}
+
 /// A request that did not, with what is known about who tried (for the audit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    pub denial: Denial,
+    pub denial: Refused,
+    /// How the request tried to authenticate: `token`, `jwt`, `introspection`,
+    /// or `none` when it presented nothing memgate could read.
+    pub method: &'static str,
     /// The token's user, when the token is real (revoked, expired, mismatch).
     pub user_id: Option<String>,
     /// The display prefix of a well-formed presented token.
@@ -49,11 +119,26 @@ pub struct Failure {
 impl From<Denial> for Failure {
     fn from(denial: Denial) -> Failure {
         Failure {
-            denial,
+            denial: Refused::Token(denial),
+            method: AuthMethod::Token.as_str(),
             user_id: None,
             token_prefix: None,
         }
     }
+}
+
+/// The metrics label of a request that presented no credential memgate reads.
+pub const NO_METHOD: &str = "none";
+
+/// The non-secret label of an OAuth access token in logs, the audit and
+/// rate-limit keys: `jwt:` (or `oauth:` for an opaque token) and the first 8
+/// hex digits of its SHA-256, never any part of the token itself.
+pub fn oauth_token_label(bearer: &str, method: AuthMethod) -> String {
+    let kind = match method {
+        AuthMethod::Jwt => "jwt",
+        AuthMethod::Token | AuthMethod::Introspection => "oauth",
+    };
+    format!("{kind}:{}", &token::hash_hex(bearer)[..8])
 }
 
 /// Whether a token the cache does not know may be looked up in the store.
@@ -72,6 +157,11 @@ pub struct Authenticator {
     cache: TokenCache,
     last_used: last_used::LastUsed,
     known: KnownTokens,
+    /// The OAuth verifier when `[oauth]` is on.
+    oauth: Option<Arc<OAuth>>,
+    /// Rate limiter and audit sampling per OAuth user, kept while the user
+    /// is active.
+    oauth_users: moka::sync::Cache<String, Arc<TokenState>>,
 }
 
 impl Authenticator {
@@ -86,7 +176,23 @@ impl Authenticator {
             ),
             last_used: last_used::LastUsed::new(Duration::from_secs(cfg.last_used_interval_secs)),
             known: KnownTokens::default(),
+            oauth: None,
+            oauth_users: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_capacity)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
         }
+    }
+
+    /// Accepts OAuth access tokens too, checked by `oauth`.
+    pub fn with_oauth(mut self, oauth: Arc<OAuth>) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// The OAuth verifier, when `[oauth]` is on.
+    pub fn oauth(&self) -> Option<&Arc<OAuth>> {
+        self.oauth.as_ref()
     }
 
     /// Writes pending `last_used_at` updates.
@@ -105,27 +211,94 @@ impl Authenticator {
         headers: &PresentedHeaders<'_>,
         store: StoreAccess<'_>,
     ) -> Result<Authenticated, Failure> {
-        let result = self.check(headers, store).await;
+        let result = match credential::extract(headers) {
+            Ok(credential) => self.check(credential, store).await,
+            Err(Denial::Malformed) if self.oauth.is_some() => {
+                match credential::oauth_bearer(headers) {
+                    // Boxed: verification may fetch keys or introspect, a
+                    // future far larger than the memgate-token path's, which
+                    // every request's future would otherwise carry.
+                    Ok(credential) => Box::pin(self.check_oauth(credential)).await,
+                    Err(denial) => Err(Failure {
+                        method: NO_METHOD,
+                        ..Failure::from(denial)
+                    }),
+                }
+            }
+            Err(denial) => Err(Failure {
+                method: NO_METHOD,
+                ..Failure::from(denial)
+            }),
+        };
         match &result {
-            Ok(_) => memo::inc(&METRICS.auth_decisions, &["allow", "ok"]),
-            Err(Failure { denial: d, .. }) => {
-                let result = if *d == Denial::StoreUnavailable {
+            Ok(ok) => memo::inc(
+                &METRICS.auth_decisions,
+                &["allow", "ok", ok.method.as_str()],
+            ),
+            Err(failure) => {
+                let result = if failure.denial.is_unavailable() {
                     "error"
                 } else {
                     "deny"
                 };
-                memo::inc(&METRICS.auth_decisions, &[result, d.reason()]);
+                memo::inc(
+                    &METRICS.auth_decisions,
+                    &[result, failure.denial.reason(), failure.method],
+                );
             }
         }
         result
     }
 
+    /// A bearer token that is not memgate's own, by the OAuth verifier.
+    async fn check_oauth(&self, credential: Credential<'_>) -> Result<Authenticated, Failure> {
+        let Some(oauth) = &self.oauth else {
+            return Err(Denial::Malformed.into());
+        };
+        let method = match bearer_shape(credential.token) {
+            BearerShape::Jwt => AuthMethod::Jwt,
+            BearerShape::Opaque if oauth.introspects() => AuthMethod::Introspection,
+            // Nothing could check it: a JWT is all memgate takes then.
+            BearerShape::Opaque | BearerShape::Memgate | BearerShape::Malformed => {
+                return Err(Failure {
+                    denial: Refused::OAuth(oauth::InvalidToken::Malformed.into()),
+                    method: NO_METHOD,
+                    user_id: None,
+                    token_prefix: None,
+                });
+            }
+        };
+        let label = oauth_token_label(credential.token, method);
+        let verified = oauth
+            .verify(credential.token, credential.claimed_user_id)
+            .await
+            .map_err(|denial| Failure {
+                denial: Refused::OAuth(denial),
+                method: method.as_str(),
+                user_id: None,
+                token_prefix: Some(label.clone()),
+            })?;
+        let state = self
+            .oauth_users
+            .get_with_by_ref(&verified.user_id, Arc::default);
+        Ok(Authenticated {
+            identity: Arc::new(Identity {
+                user_id: verified.user_id,
+                permissions: verified.permissions,
+                token_prefix: label,
+            }),
+            method: verified.method,
+            rate_limit_rps: None,
+            state,
+            at: Utc::now(),
+        })
+    }
+
     async fn check(
         &self,
-        headers: &PresentedHeaders<'_>,
+        credential: Credential<'_>,
         store: StoreAccess<'_>,
     ) -> Result<Authenticated, Failure> {
-        let credential = credential::extract(headers)?;
         let key = token::hash(credential.token);
         let found = match store {
             StoreAccess::Open => self.lookup(key).await,
@@ -141,14 +314,13 @@ impl Authenticator {
             Err(denial) => Err(denial),
         }
         .map_err(|denial| Failure {
-            denial,
-            user_id: None,
             token_prefix: Some(token::display_prefix(credential.token).to_string()),
+            ..Failure::from(denial)
         })?;
         let fail = |denial| Failure {
-            denial,
             user_id: Some(record.identity.user_id.clone()),
             token_prefix: Some(record.identity.token_prefix.clone()),
+            ..Failure::from(denial)
         };
         let now = Utc::now();
         match record.status(now) {
@@ -171,7 +343,9 @@ impl Authenticator {
         self.last_used.note(&record, now);
         Ok(Authenticated {
             identity: record.identity.clone(),
-            token: record,
+            method: AuthMethod::Token,
+            rate_limit_rps: record.rate_limit_rps,
+            state: record.state.clone(),
             at: now,
         })
     }
@@ -276,5 +450,34 @@ impl Authenticator {
             self.apply_change(change).await;
         }
         feed.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oauth_token_is_named_by_its_hash_never_by_itself() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let label = oauth_token_label(jwt, AuthMethod::Jwt);
+        assert_eq!(label, format!("jwt:{}", &token::hash_hex(jwt)[..8]));
+        assert!(!jwt.contains(&label[4..]));
+        let opaque = oauth_token_label("2YotnFZFEjr1zCsicMWpAA", AuthMethod::Introspection);
+        assert!(
+            opaque.starts_with("oauth:") && opaque.len() == 14,
+            "{opaque}"
+        );
+    }
+
+    #[test]
+    fn only_unreachable_stores_and_issuers_are_not_the_clients_failure() {
+        assert!(Refused::Token(Denial::StoreUnavailable).is_unavailable());
+        assert!(Refused::OAuth(OAuthDenial::Unavailable).is_unavailable());
+        assert!(!Refused::Token(Denial::Unknown).is_unavailable());
+        let expired = Refused::OAuth(oauth::InvalidToken::Expired.into());
+        assert!(!expired.is_unavailable());
+        assert_eq!((expired.status(), expired.reason()), (401, "expired"));
+        assert_eq!(Refused::OAuth(OAuthDenial::Unavailable).status(), 503);
     }
 }

@@ -138,6 +138,7 @@ pub(crate) fn event_json(e: &AuditEvent) -> Value {
         "tool": e.tool,
         "reason": e.reason,
         "request_id": e.request_id,
+        "auth_method": e.auth_method,
     })
 }
 
@@ -176,8 +177,8 @@ pub async fn audit(store: &dyn Store, args: AuditArgs) -> anyhow::Result<String>
     Ok(render_table(&COLUMNS, &rows))
 }
 
-const COLUMNS: [&str; 9] = [
-    "TIME", "EVENT", "RESULT", "USER", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
+const COLUMNS: [&str; 10] = [
+    "TIME", "EVENT", "RESULT", "USER", "AUTH", "TOKEN", "IP", "REQUEST", "TOOL", "REASON",
 ];
 
 /// One event as the cells of [`COLUMNS`].
@@ -188,6 +189,7 @@ fn event_row(e: &AuditEvent) -> Vec<String> {
         e.event.clone(),
         if e.success { "ok" } else { "FAIL" }.into(),
         dash(&e.user_id),
+        dash(&e.auth_method),
         dash(&e.token_prefix),
         dash(&e.ip),
         format!("{} {}", dash(&e.method), dash(&e.path)),

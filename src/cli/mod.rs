@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::auth::oauth::{OAuth, OAuthSettings};
 use crate::config::{self, Config};
 use crate::store::{self, Store};
 
@@ -84,6 +85,13 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<config::Loaded> {
     let loaded = config::load(cli.config.as_deref())?;
     if matches!(cli.command, Command::CheckConfig(_)) {
         loaded.config.check_upstream_headers()?;
+        // `[oauth]` as `serve` resolves it: the introspection secret, the
+        // resources and their metadata URLs.
+        if let Some(settings) =
+            OAuthSettings::from_config(&loaded.config, |v| std::env::var(v).ok())?
+        {
+            OAuth::new(settings)?;
+        }
     }
     Ok(loaded)
 }

@@ -172,13 +172,32 @@ impl Mem0Policy {
 
     /// Step 2: the route's permission (403), decided before any body is read.
     pub fn admit(&self, identity: &Identity, matched: &RouteMatch) -> Result<(), Deny> {
+        match self.missing_permission(identity, matched) {
+            None => Ok(()),
+            Some(Permission::Admin) if matched.route == Route::DeleteAllMemories => {
+                Err(Deny::forbidden(
+                    "Access denied: deleting all memories needs the admin permission \
+                     (mem0.allow_delete_all is off); delete memories one at a time instead",
+                ))
+            }
+            Some(needed) => Err(Deny::forbidden(format!(
+                "Access denied: this token lacks the {} permission",
+                needed.as_str()
+            ))),
+        }
+    }
+
+    /// The permission `matched` needs that `identity` lacks, if any: the
+    /// route's own, or admin for deleting all memories.
+    pub fn missing_permission(
+        &self,
+        identity: &Identity,
+        matched: &RouteMatch,
+    ) -> Option<Permission> {
         let permissions = identity.permissions;
         let needed = matched.permission();
         if !permissions.allows(needed) {
-            return Err(Deny::forbidden(format!(
-                "Access denied: this token lacks the {} permission",
-                needed.as_str()
-            )));
+            return Some(needed);
         }
         // On mem0 0.1.118–1.0.5 this call drops the whole collection whatever
         // its filters, so it stays admin-only unless the operator opts in.
@@ -186,12 +205,9 @@ impl Mem0Policy {
             && !self.allow_delete_all
             && !permissions.allows(Permission::Admin)
         {
-            return Err(Deny::forbidden(
-                "Access denied: deleting all memories needs the admin permission \
-                 (mem0.allow_delete_all is off); delete memories one at a time instead",
-            ));
+            return Some(Permission::Admin);
         }
-        Ok(())
+        None
     }
 
     /// Step 2b: the query alone (400), so that a request refused for it is

@@ -81,18 +81,34 @@ pub async fn respond_json(
     session.send_response(Box::new(header), body).await
 }
 
-/// Writes an error response in the listener's format. 401s on the MCP listener
-/// carry the `WWW-Authenticate` challenge MCP clients look for.
+/// Writes an error response in the listener's format. 401s carry the
+/// `WWW-Authenticate` challenge MCP clients look for.
 pub async fn respond_error(
     session: &mut impl Respond,
     listener: Listener,
     status: u16,
     message: &str,
 ) -> Result<()> {
+    respond_challenged(session, listener, status, message, None).await
+}
+
+/// [`respond_error`] with the `WWW-Authenticate` value `challenge` (for a
+/// 401 without one: `Bearer realm="memgate"`).
+pub async fn respond_challenged(
+    session: &mut impl Respond,
+    listener: Listener,
+    status: u16,
+    message: &str,
+    challenge: Option<String>,
+) -> Result<()> {
     let body = error_body(listener, status, message, &serde_json::Value::Null);
     let mut extra = Vec::new();
-    if status == 401 {
-        extra.push(("www-authenticate", "Bearer realm=\"memgate\"".to_string()));
+    match challenge {
+        Some(challenge) => extra.push(("www-authenticate", challenge)),
+        None if status == 401 => {
+            extra.push(("www-authenticate", "Bearer realm=\"memgate\"".to_string()));
+        }
+        None => {}
     }
     if status == 503 {
         extra.push(("retry-after", "1".to_string()));

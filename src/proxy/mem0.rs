@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::headers::Redirects;
 use super::{Refusal, RefusedFor, body, errors, headers};
-use crate::identity::Identity;
+use crate::identity::{Identity, Permission};
 use crate::listener::{Listener, Relayed, Session};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
@@ -63,7 +63,7 @@ impl Mem0Flow {
         }
     }
 
-    /// Scans writes for secrets with `guard` (docs/design.md §13).
+    /// Scans writes for secrets with `guard` (docs/design.md §12).
     pub fn guarding_secrets(mut self, guard: Option<Arc<SecretGuard>>) -> Self {
         self.guard = guard;
         self
@@ -100,6 +100,20 @@ impl Mem0Flow {
                 Ok(Handled::Responded(Some(Refusal::new(deny, kind))))
             }
         }
+    }
+
+    /// The permission a request needs that `identity` lacks (an OAuth
+    /// caller's scopes do not grant it), when its route is known.
+    pub fn missing_permission(
+        &self,
+        req: &pingora::http::RequestHeader,
+        identity: &Identity,
+    ) -> Option<Permission> {
+        let matched = self
+            .policy
+            .route(req.method.as_str(), req.uri.path())
+            .ok()?;
+        self.policy.missing_permission(identity, &matched)
     }
 
     /// Route → permission → body → owner, in docs/design.md §4's order.

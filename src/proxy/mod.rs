@@ -3,6 +3,7 @@
 //! step hands decisions to `auth` and `policy`; this layer knows nothing of
 //! mem0's routes (docs/design.md §1, §10).
 
+mod authenticate;
 pub mod body;
 pub mod client_ip;
 pub mod errors;
@@ -12,6 +13,7 @@ pub mod mcp;
 pub mod mem0;
 mod refusal;
 mod request;
+mod stream;
 
 use errors::status_label;
 pub use refusal::{Refusal, RefusedFor};
@@ -25,10 +27,12 @@ use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
+use serde_json::Value;
 
 use crate::audit::{self, AuditEvent, Auditor};
-use crate::auth::{Authenticator, Denial, PresentedHeaders, StoreAccess};
-use crate::identity::Identity;
+use crate::auth::oauth::{self, AuthMethod, OAuth};
+use crate::auth::{Authenticator, Denial, PresentedHeaders, Refused, StoreAccess};
+use crate::identity::{Identity, Permission};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::listener::per_thread::RuntimeTasks;
 use crate::listener::{Handler, Listener, Session};
@@ -49,6 +53,8 @@ use mem0::{Handled, Mem0Flow};
 pub struct RequestCtx {
     started: Instant,
     identity: Option<Arc<Identity>>,
+    /// How `identity` authenticated.
+    auth_method: Option<AuthMethod>,
     /// The mem0 user_id the request acts for (docs/design.md §3).
     scope: String,
     /// Set when the request is streamed to a rewritten path and query.
@@ -75,6 +81,7 @@ impl RequestCtx {
             started: Instant::now(),
             client_ip,
             identity: None,
+            auth_method: None,
             scope: String::new(),
             rewritten_uri: None,
             route: "denied",
@@ -101,6 +108,8 @@ pub struct Shared {
 
 pub struct Gate {
     listener: Listener,
+    /// The OAuth resource this listener is.
+    resource: oauth::Listener,
     shared: Arc<Shared>,
     /// Sends streamed requests; the flows' exchanges share its idle connections.
     upstreams: Arc<Upstreams>,
@@ -130,6 +139,10 @@ impl Gate {
         let label = [listener.as_str()];
         Gate {
             listener,
+            resource: match listener {
+                Listener::Mcp => oauth::Listener::Mcp,
+                Listener::Mem0 | Listener::Admin => oauth::Listener::Mem0,
+            },
             shared,
             upstreams,
             forward_credentials,
@@ -162,6 +175,7 @@ impl Gate {
             event.user_id = Some(identity.user_id.clone());
             event.token_prefix = Some(identity.token_prefix.clone());
         }
+        event.auth_method = ctx.auth_method.map(|m| m.as_str().to_string());
         event
     }
 
@@ -182,122 +196,6 @@ impl Gate {
             .filter_map(|v| v.to_str().ok())
             .collect();
         client_ip::client_ip(peer, &forwarded, &self.shared.trusted_proxies)
-    }
-
-    /// Answers 429 in the listener's format and audits it (sampled).
-    async fn refuse_rate_limited(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        kind: &'static str,
-        key: String,
-        retry: RetryAfter,
-        message: &str,
-    ) -> Result<bool> {
-        METRICS.rate_limited.with_label_values(&[kind]).inc();
-        let make = || {
-            let mut event = self.event(session, ctx, audit::kind::RATE_LIMITED, false);
-            event.reason = Some(kind.to_string());
-            event
-        };
-        self.shared
-            .audit
-            .record_sampled(&format!("429/{kind}/{key}"), make)
-            .await;
-        let body = errors::error_body(self.listener, 429, message, &serde_json::Value::Null);
-        errors::respond_json(session, 429, body, &[("retry-after", retry.header_value())]).await?;
-        Ok(true)
-    }
-
-    /// Authentication, the per-IP and per-token limits, and the audit of both.
-    /// `Ok(None)` means a response was sent.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Arc<Identity>>> {
-        let ip = ctx.client_ip;
-        let blocked = self.shared.limits.ip_blocked(ip);
-        let probe = || self.shared.limits.take_probe(ip);
-        let store = match blocked {
-            None => StoreAccess::Open,
-            Some(_) => StoreAccess::Probe(&probe),
-        };
-        let outcome = self
-            .shared
-            .auth
-            .authenticate(&presented(session.req_header()), store)
-            .await;
-        let authenticated = match outcome {
-            Ok(authenticated) => authenticated,
-            // A cut-off address gets 429 for anything but a valid token: one
-            // it already proved, or one a store probe just found.
-            Err(failure) if blocked.is_some() => {
-                if !matches!(failure.denial, Denial::Throttled | Denial::StoreUnavailable) {
-                    self.shared.limits.note_failed_auth(ip);
-                }
-                let message = Denial::Throttled.message();
-                self.refuse_rate_limited(
-                    session,
-                    ctx,
-                    "failed_auth_ip",
-                    ip.to_string(),
-                    RetryAfter(PROBE_INTERVAL),
-                    &message,
-                )
-                .await?;
-                return Ok(None);
-            }
-            Err(failure) => {
-                if failure.denial != Denial::StoreUnavailable {
-                    self.shared.limits.note_failed_auth(ip);
-                }
-                let mut event = self.event(session, ctx, audit::kind::AUTH_FAILURE, false);
-                event.reason = Some(failure.denial.reason().to_string());
-                if let Some(user) = &failure.user_id {
-                    METRICS.auth_user_failures.with_label_values(&[user]).inc();
-                }
-                event.user_id = failure.user_id;
-                event.token_prefix = failure.token_prefix;
-                self.shared.audit.record(event);
-                let denial = failure.denial;
-                errors::respond_error(session, self.listener, denial.status(), &denial.message())
-                    .await?;
-                return Ok(None);
-            }
-        };
-        let identity = authenticated.identity;
-        ctx.identity = Some(identity.clone());
-        if let Err(retry) = self
-            .shared
-            .limits
-            .check_token(
-                &identity.token_prefix,
-                authenticated.token.rate_limit_rps,
-                &authenticated.token.state.limiter,
-            )
-            .await
-        {
-            let message = "Rate limit exceeded for this token; retry later";
-            self.refuse_rate_limited(
-                session,
-                ctx,
-                "token",
-                identity.token_prefix.clone(),
-                retry,
-                message,
-            )
-            .await?;
-            return Ok(None);
-        }
-        if self.shared.audit.success_due(
-            &authenticated.token.state.success_audited,
-            authenticated.at.timestamp(),
-        ) {
-            let event = self.event(session, ctx, audit::kind::AUTH_SUCCESS, true);
-            self.shared.audit.record(event);
-        }
-        Ok(Some(identity))
     }
 
     /// Records the project scope a user works in (`auto` isolation) before
@@ -362,6 +260,9 @@ impl Gate {
         {
             return Ok(true);
         }
+        if self.serve_resource_metadata(session, ctx).await? {
+            return Ok(true);
+        }
         let Some(identity) = self.admit(session, ctx).await? else {
             return Ok(true);
         };
@@ -369,31 +270,65 @@ impl Gate {
         if self.record_project_scope(session, &identity).await? {
             return Ok(true);
         }
+        // An OAuth caller's permissions are its token's scopes: one it lacks
+        // is asked for with a challenge the client can step up on.
+        let scoped = ctx.auth_method.is_some_and(|m| m != AuthMethod::Token);
         let (refusal, stream) = match &self.flow {
-            Flow::Mem0(flow) => match flow
-                .handle(session, &identity, &mut ctx.route, &mut ctx.secrets)
-                .await?
-            {
-                Handled::Responded(refusal) => (refusal, None),
-                Handled::Stream {
-                    path_and_query,
-                    scope,
-                } => {
-                    ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
-                    (None, Some((scope, None)))
+            Flow::Mem0(flow) => {
+                if scoped
+                    && let Some(needed) = flow.missing_permission(session.req_header(), &identity)
+                {
+                    let deny = crate::policy::deny::Deny::forbidden(format!(
+                        "Access denied: this access token lacks the scope that grants the {} \
+                         permission",
+                        needed.as_str()
+                    ));
+                    let body = errors::error_body(self.listener, 403, &deny.message, &Value::Null);
+                    let refusal = Refusal::new(deny, RefusedFor::Policy);
+                    self.refuse_insufficient_scope(session, ctx, needed, body, refusal)
+                        .await?;
+                    return Ok(true);
                 }
-            },
+                match flow
+                    .handle(session, &identity, &mut ctx.route, &mut ctx.secrets)
+                    .await?
+                {
+                    Handled::Responded(refusal) => (refusal, None),
+                    Handled::Stream {
+                        path_and_query,
+                        scope,
+                    } => {
+                        ctx.rewritten_uri = (!path_and_query.is_empty()).then_some(path_and_query);
+                        (None, Some((scope, None)))
+                    }
+                }
+            }
             Flow::Mcp(flow) => {
                 let project = project(session.req_header());
                 let scope = scope_for(&identity, &self.isolation, project.as_deref());
                 // Not boxed: with owner lookups boxed inside, this future is
                 // about the mem0 flow's size, and a box cost a copy per request.
                 match flow
-                    .handle(session, &identity, &scope, &mut ctx.secrets)
+                    .handle(session, &identity, &scope, scoped, &mut ctx.secrets)
                     .await?
                 {
                     McpHandled::Responded(refusal) => (refusal, None),
                     McpHandled::Stream(watch) => (None, Some((scope, Some(watch)))),
+                    McpHandled::InsufficientScope {
+                        needed,
+                        body,
+                        refusal,
+                    } => {
+                        self.refuse_insufficient_scope(
+                            session,
+                            ctx,
+                            needed,
+                            bytes::Bytes::from(body),
+                            refusal,
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
                 }
             }
         };
@@ -409,182 +344,6 @@ impl Gate {
                 ctx.scope = scope;
                 ctx.mcp_watch = watch;
                 Ok(false)
-            }
-        }
-    }
-
-    /// Proxies a request the policy passes on as it is (allow-listed mem0
-    /// routes; MCP streams, DELETEs and other paths): the client's body is
-    /// streamed up, the answer streamed back, SSE event by event on MCP.
-    async fn stream(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        // respond_or_pass only lets authenticated requests reach this point.
-        let Some(identity) = ctx.identity.as_ref() else {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "unauthenticated request reached the upstream phase",
-            );
-        };
-        let framing = match body::RequestFraming::of(session) {
-            Ok(framing) => framing,
-            Err(deny) => {
-                return self
-                    .refuse_and_close(session, deny.status, &deny.message)
-                    .await;
-            }
-        };
-        let Some(client) = self
-            .upstream_for(session, &ctx.scope, &identity.user_id)
-            .await?
-        else {
-            return Ok(());
-        };
-        let req = session.req_header();
-        let path_and_query = match ctx.rewritten_uri.take() {
-            Some(uri) => uri,
-            None => req
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
-        };
-        let mut upstream_req = headers::upstream_request(
-            req,
-            &path_and_query,
-            identity,
-            &ctx.scope,
-            self.forward_credentials,
-            client.target().host_for(headers::client_host(req)),
-            |_, _| true,
-        )?;
-        if let Some(length) = framing.content_length() {
-            upstream_req.content_length(length as u64);
-        }
-        if framing == body::RequestFraming::Chunked {
-            upstream_req.chunked();
-        }
-        let started = Instant::now();
-        let body = match framing {
-            body::RequestFraming::Empty | body::RequestFraming::Length(0) => Outgoing::Whole(None),
-            _ => {
-                body::continue_if_expected(session).await?;
-                Outgoing::From(&mut *session)
-            }
-        };
-        // Failures are the upstream's unless the client's side failed;
-        // `fail` answers them.
-        let (upstream, mut open) =
-            client
-                .open_with(upstream_req, body)
-                .await
-                .map_err(|e| match e.esource() {
-                    pingora::ErrorSource::Downstream => e,
-                    _ => e.into_up(),
-                })?;
-        memo::observe(
-            &METRICS.upstream_duration,
-            &[self.listener.as_str()],
-            started.elapsed().as_secs_f64(),
-        );
-        let upstream_length = upstream.length.and_then(|n| usize::try_from(n).ok());
-        let redirects = headers::Redirects::of(client.target(), session);
-        let mut header = headers::client_response(upstream, None, &redirects);
-        let event_stream = header.is_event_stream();
-        if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
-            let cors = flow.cors_origin(session.req_header());
-            flow.on_response_header(watch, &mut header, cors.as_deref())?;
-        }
-        // The upstream's length stands unless memgate rewrites the body
-        // (SSE on MCP); otherwise the body is sent chunked.
-        let rewritten = ctx.mcp_watch.as_ref().is_some_and(StreamWatch::rewrites);
-        let length = upstream_length.filter(|_| !rewritten);
-        body::frame_stream(&mut header, session, length)?;
-        session
-            .write_relayed(header)
-            .await
-            .map_err(|e| e.into_down())?;
-        if self.relay(session, ctx, &client, &mut open).await? {
-            if event_stream {
-                open.close().await;
-            } else {
-                open.finish().await;
-            }
-        }
-        Ok(())
-    }
-
-    /// The upstream for this request's scope, or `None` once the client was
-    /// told why there is none (not ready yet: 503 with `Retry-After`; not
-    /// safe to reach: 500, and the operator is told in the log).
-    async fn upstream_for(
-        &self,
-        session: &mut Session,
-        scope: &str,
-        user_id: &str,
-    ) -> Result<Option<UpstreamLease>> {
-        match self.upstreams.client(scope, user_id).await {
-            Ok(client) => Ok(Some(client)),
-            Err(NoUpstream::NotReady(why)) => {
-                let body =
-                    errors::error_body(self.listener, 503, &why.message, &serde_json::Value::Null);
-                let retry = [("retry-after", why.retry_after_secs.to_string())];
-                errors::respond_json(session, 503, body, &retry).await?;
-                Ok(None)
-            }
-            Err(NoUpstream::Unsafe(why)) => {
-                tracing::error!(error = %why, "no upstream for this scope; nothing sent");
-                errors::respond_error(
-                    session,
-                    self.listener,
-                    500,
-                    "This request's upstream cannot be reached safely; the operator must check the logs",
-                )
-                .await?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Passes the upstream's body on as it arrives (MCP streams watched on
-    /// the way). Whether it ended complete: `false` when either side failed
-    /// or the client left (`ctx.cut_short`).
-    async fn relay(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        client: &UpstreamLease,
-        open: &mut OpenExchange<'_>,
-    ) -> Result<bool> {
-        loop {
-            let next = tokio::select! {
-                biased;
-                next = open.next_chunk() => next,
-                // The client went away: stop reading the upstream.
-                _ = session.read_body_or_idle() => {
-                    ctx.cut_short = true;
-                    return Ok(false);
-                }
-            };
-            let (mut chunk, end) = match next {
-                Ok(Some(chunk)) => (Some(chunk), false),
-                Ok(None) => (None, true),
-                Err(e) => {
-                    // Too late for an error response: end the client's stream.
-                    tracing::info!(listener = self.listener.as_str(), error = %e, "upstream stream ended with an error");
-                    ctx.cut_short = true;
-                    return Ok(false);
-                }
-            };
-            if let (Flow::Mcp(flow), Some(watch)) = (&self.flow, ctx.mcp_watch.as_mut()) {
-                flow.on_response_chunk(watch, client, &mut chunk, end)?;
-            }
-            if chunk.is_some() || end {
-                session
-                    .write_response_body(chunk.unwrap_or_default(), end)
-                    .await
-                    .map_err(|e| e.into_down())?;
-            }
-            if end {
-                return Ok(true);
             }
         }
     }

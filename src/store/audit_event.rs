@@ -22,6 +22,8 @@ pub struct AuditEvent {
     pub tool: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    /// How the request authenticated: `token`, `jwt` or `introspection`.
+    pub auth_method: Option<String>,
 }
 
 impl AuditEvent {

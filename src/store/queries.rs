@@ -18,7 +18,7 @@ pub(crate) use token_columns;
 macro_rules! audit_columns {
     () => {
         "event_id, time, event, success, user_id, token_prefix, ip, user_agent, method, \
-         path, mcp_method, tool, reason, request_id"
+         path, mcp_method, tool, reason, request_id, auth_method"
     };
 }
 pub(crate) use audit_columns;
@@ -154,7 +154,8 @@ macro_rules! impl_store {
                     .push_bind(&e.mcp_method)
                     .push_bind(&e.tool)
                     .push_bind(&e.reason)
-                    .push_bind(&e.request_id);
+                    .push_bind(&e.request_id)
+                    .push_bind(&e.auth_method);
             });
             // A replay from the spool may repeat events already written.
             q.push(" ON CONFLICT (event_id) DO NOTHING");

@@ -16,11 +16,12 @@ is unusable: a final {"step": "session", "ok": false, "fatal": ...} line is
 printed and the exit status is 3.
 
 Usage:
-    mcp_client.py [--sse] [--step-timeout S] [--calls JSON] [URL]
+    mcp_client.py [--sse] [--bearer] [--step-timeout S] [--calls JSON] [URL]
 
 URL is the MCP endpoint (Streamable HTTP) or the /sse endpoint (--sse); it
 defaults to $MEMGATE_MCP_URL. The token comes from $MEMGATE_TOKEN (or
---token). The calls default to $MEMGATE_CALLS: a JSON array of
+--token); it is sent in X-MCP-Token, or with --bearer (an OAuth access
+token) as "Authorization: Bearer". The calls default to $MEMGATE_CALLS: a JSON array of
 {"tool": NAME, "arguments": {...}}.
 """
 
@@ -127,12 +128,17 @@ async def main():
     parser.add_argument("--calls", default=os.environ.get("MEMGATE_CALLS", "[]"))
     parser.add_argument("--sse", action="store_true",
                         help="use the legacy SSE transport (GET /sse + POST /messages/)")
+    parser.add_argument("--bearer", action="store_true",
+                        help="send the token as 'Authorization: Bearer' (OAuth access tokens)")
     parser.add_argument("--step-timeout", type=float, default=10.0)
     args = parser.parse_args()
     if not args.url or not args.token:
         parser.error("a URL and a token are required")
     calls = json.loads(args.calls)
-    headers = {"X-MCP-Token": args.token}
+    if args.bearer:
+        headers = {"Authorization": f"Bearer {args.token}"}
+    else:
+        headers = {"X-MCP-Token": args.token}
 
     status = 0
     try:

@@ -15,6 +15,7 @@
 // The login and consent pages are oidc-provider's development interactions:
 // GET the interaction URL, POST prompt=login&login=USER&password=any, then
 // POST prompt=consent. Access tokens are signed ES256; ID tokens RS256.
+// Access tokens live 300 s, or ACCESS_TOKEN_TTL seconds when that is set.
 // Prints one JSON line {"issuer": ...} on stdout when it listens.
 
 import { createServer } from 'node:http';
@@ -38,6 +39,7 @@ async function signingKey(alg, kid) {
 }
 
 const SCOPES = 'mcp:read mcp:write mcp:admin';
+const TTL = Number(process.env.ACCESS_TOKEN_TTL || 300);
 
 // The port must be known before the issuer is: listen first, then mount.
 const server = createServer();
@@ -82,13 +84,13 @@ const provider = new Provider(issuer, {
         }
         if (opaqueResources.includes(indicator)) {
           return {
-            scope: SCOPES, audience: indicator, accessTokenTTL: 300, accessTokenFormat: 'opaque',
+            scope: SCOPES, audience: indicator, accessTokenTTL: TTL, accessTokenFormat: 'opaque',
           };
         }
         return {
           scope: SCOPES,
           audience: indicator,
-          accessTokenTTL: 300,
+          accessTokenTTL: TTL,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'ES256' } },
         };
@@ -96,7 +98,7 @@ const provider = new Provider(issuer, {
     },
   },
   pkce: { required: () => true },
-  ttl: { AccessToken: 300, ClientCredentials: 300, IdToken: 300 },
+  ttl: { AccessToken: TTL, ClientCredentials: TTL, IdToken: 300 },
 });
 server.on('request', provider.callback());
 console.log(JSON.stringify({ issuer }));

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 pub mod mcp_server;
 pub mod mem0;
+pub mod oidc;
 pub mod sdk;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_memgate");

@@ -88,14 +88,33 @@ pub fn unauthorized(
     scope: Option<&str>,
     refused: Option<InvalidToken>,
 ) -> String {
+    unauthorized_described(
+        resource_metadata,
+        scope,
+        refused.map(InvalidToken::description),
+    )
+}
+
+/// [`unauthorized`] for a refused token described by `description` (which
+/// must not repeat the token): memgate's own tokens are refused this way.
+pub fn unauthorized_described(
+    resource_metadata: &str,
+    scope: Option<&str>,
+    description: Option<&str>,
+) -> String {
     let mut value = format!("Bearer resource_metadata={}", quoted(resource_metadata));
     if let Some(scope) = scope {
         value.push_str(", scope=");
         value.push_str(&quoted(scope));
     }
-    if let Some(why) = refused {
+    if let Some(description) = description {
+        // RFC 6750 §3 allows no quote or backslash in a description.
+        let description: String = description
+            .chars()
+            .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
+            .collect();
         value.push_str(", error=\"invalid_token\", error_description=");
-        value.push_str(&quoted(why.description()));
+        value.push_str(&quoted(&description));
     }
     value
 }
@@ -202,6 +221,22 @@ mod tests {
         ] {
             assert!(http::HeaderValue::from_str(&value).is_ok(), "{value}");
         }
+    }
+
+    #[test]
+    fn a_described_refusal_keeps_only_what_rfc_6750_allows_in_a_description() {
+        let value = unauthorized_described(
+            "https://h/.well-known/oauth-protected-resource",
+            None,
+            Some("use \"Authorization: Bearer\" \\ not\tthis é"),
+        );
+        assert!(
+            value.ends_with(
+                "error=\"invalid_token\", error_description=\"use Authorization: Bearer  notthis \""
+            ),
+            "{value}"
+        );
+        assert!(http::HeaderValue::from_str(&value).is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 
 pub use challenge::{
     WELL_KNOWN, insufficient_scope, metadata_document, metadata_paths, metadata_url, unauthorized,
+    unauthorized_described,
 };
 pub use claims::{
     CheckedClaims, ClaimRules, ScopeMap, check_introspection, check_jwt_claims,
@@ -298,6 +299,11 @@ impl OAuth {
         &self.listener(listener).document
     }
 
+    /// Whether opaque (non-JWT) access tokens are introspected.
+    pub fn introspects(&self) -> bool {
+        self.settings.introspection.is_some()
+    }
+
     /// The scope a request needing `needed` asks for.
     pub fn scope_for(&self, needed: Permission) -> Option<&str> {
         self.settings.rules.scopes.scope_for(needed)
@@ -319,6 +325,12 @@ impl OAuth {
         };
         let scope = needed.and_then(|p| self.scope_for(p));
         Some(unauthorized(self.metadata_url(listener), scope, invalid))
+    }
+
+    /// The `WWW-Authenticate` value of a 401 for one of memgate's own
+    /// tokens refused for the reason `description`.
+    pub fn refused_token_challenge(&self, listener: Listener, description: &str) -> String {
+        unauthorized_described(self.metadata_url(listener), None, Some(description))
     }
 
     /// The `WWW-Authenticate` value of the 403 for a token without the

@@ -8,7 +8,7 @@
 mod refusal;
 mod response;
 
-use refusal::{PendingRefusal, refuse, take_refusal};
+use refusal::{PendingRefusal, call_refusal, refuse, take_refusal};
 pub use response::StreamWatch;
 
 use crate::policy::endpoint::{McpEndpoint as Endpoint, McpPaths};
@@ -22,14 +22,14 @@ use serde_json::{Value, json};
 
 use super::{Refusal, RefusedFor, body, headers};
 use crate::http1::request::RequestHead;
-use crate::identity::Identity;
+use crate::identity::{Identity, Permission};
 use crate::listener::{Relayed, Session, SetHeaders};
 use crate::metrics::{METRICS, memo};
 use crate::ownership::{LookupError, OwnerResolver};
 use crate::policy::mcp::{
-    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, SecretScan, admit_head,
-    decide_owners, is_param_header, method_label, origin_allowed, param_header_rewrites,
-    session_key,
+    MCP_SESSION_ID, McpDecision, McpDeny, McpForward, McpHead, McpPolicy, SecretScan, TOOLS_CALL,
+    admit_head, decide_owners, is_param_header, method_label, origin_allowed,
+    param_header_rewrites, session_key,
 };
 use crate::policy::secrets::{Action, Finding, SecretGuard};
 use crate::policy::sse::{SseEvent, SseRewriter, endpoint_session_id};
@@ -49,6 +49,15 @@ pub enum McpHandled {
     /// Proxy it through pingora as it is (GET streams, DELETE, other paths),
     /// watching the response with this state.
     Stream(StreamWatch),
+    /// A call the caller's OAuth scopes do not cover: nothing was sent. The
+    /// gate answers HTTP 403 with a challenge naming the scope, since MCP
+    /// clients step up on that and not on an in-band error.
+    InsufficientScope {
+        needed: Permission,
+        /// The JSON-RPC error for the refused request.
+        body: Vec<u8>,
+        refusal: Refusal,
+    },
 }
 
 pub struct McpFlow {
@@ -88,7 +97,7 @@ pub struct McpSettings {
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub forward_credentials: bool,
-    /// Scans the `secret_scan` arguments of tool calls (docs/design.md §13).
+    /// Scans the `secret_scan` arguments of tool calls (docs/design.md §12).
     pub secret_guard: Option<Arc<SecretGuard>>,
 }
 
@@ -170,12 +179,15 @@ impl McpFlow {
         Ok(false)
     }
 
-    /// Handles one authenticated request.
+    /// Handles one authenticated request. `scoped`: the identity's
+    /// permissions come from OAuth scopes, so a call refused for a missing
+    /// permission is [`McpHandled::InsufficientScope`].
     pub async fn handle(
         &self,
         session: &mut Session,
         identity: &Identity,
         scope: &str,
+        scoped: bool,
         secrets: &mut Vec<Finding>,
     ) -> Result<McpHandled> {
         let req = session.req_header();
@@ -275,6 +287,13 @@ impl McpFlow {
         };
         let forward = match self.policy.decide(identity, scope, &body) {
             McpDecision::Deny(deny) => {
+                if scoped && let Some(needed) = self.missing_permission(identity, &deny) {
+                    return Ok(McpHandled::InsufficientScope {
+                        needed,
+                        body: deny.body.clone(),
+                        refusal: call_refusal(deny, RefusedFor::Policy),
+                    });
+                }
                 return self
                     .refuse_request(
                         session,
@@ -323,6 +342,15 @@ impl McpFlow {
         self.forward(session, identity, scope, forward, body, secrets)
             .await?;
         Ok(McpHandled::Responded(None))
+    }
+
+    /// The permission a refused tools/call needed that `identity` lacks.
+    fn missing_permission(&self, identity: &Identity, deny: &McpDeny) -> Option<Permission> {
+        if deny.status != 403 || deny.method.as_deref() != Some(TOOLS_CALL) {
+            return None;
+        }
+        let rule = self.policy.rule_for(deny.tool.as_deref()?)?;
+        (!identity.permissions.allows(rule.permission)).then_some(rule.permission)
     }
 
     /// The owners of every memory id the calls name, then the policy's verdict.

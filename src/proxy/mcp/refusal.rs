@@ -5,7 +5,7 @@ use super::*;
 use crate::policy::deny::Deny;
 
 /// A refused JSON-RPC request, for the audit trail.
-fn call_refusal(deny: McpDeny, why: RefusedFor) -> Refusal {
+pub(super) fn call_refusal(deny: McpDeny, why: RefusedFor) -> Refusal {
     Refusal {
         mcp_method: deny.method,
         tool: deny.tool,

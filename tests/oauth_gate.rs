@@ -1,0 +1,589 @@
+//! OAuth access tokens through a running memgate, end to end: tokens from a
+//! real authorization server (oidc-provider, tests/support/oidc.rs) on both
+//! proxied listeners, the Protected Resource Metadata memgate serves, the
+//! challenges of every refusal, and what the upstreams, the audit trail and
+//! `/metrics` saw. memgate's own tokens keep working beside them.
+//!
+//! Without `node` or tests/oidc/node_modules these tests are skipped unless
+//! `MEMGATE_REQUIRE_OIDC=1`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::mcp_server::McpEnv;
+use support::oidc::{Provider, authorization_code, client_credentials};
+use support::sdk::SdkClient;
+use support::*;
+
+/// The resources memgate names in `oauth.audience`: clients reach it under
+/// these names whatever ports the test binds.
+const MCP_RESOURCE: &str = "http://memgate.test/mcp";
+const MEM0_RESOURCE: &str = "http://memgate.test:8000";
+const MCP_METADATA: &str = "http://memgate.test/.well-known/oauth-protected-resource/mcp";
+const MEM0_METADATA: &str = "http://memgate.test:8000/.well-known/oauth-protected-resource";
+/// Another resource server at the same authorization server.
+const OTHER: &str = "https://other.example.com/api";
+/// The user client-credentials tokens name (`sub` is the client id).
+const M2M_USER: &str = "memgate-m2m";
+
+struct Env {
+    provider: Provider,
+    env: McpEnv,
+}
+
+/// oidc-provider, stand-in upstreams and memgate trusting the provider;
+/// `None` when the provider cannot run here (see the module docs).
+async fn start(ttl_secs: Option<u64>, oauth_extra: &str) -> Option<Env> {
+    let provider = Provider::start_with_ttl(&[MCP_RESOURCE, MEM0_RESOURCE, OTHER], &[], ttl_secs)?;
+    let extra = format!(
+        "[oauth]\nenabled = true\nissuer = {issuer:?}\naudience = [{MCP_RESOURCE:?}, {MEM0_RESOURCE:?}]\n{oauth_extra}\n",
+        issuer = provider.issuer,
+    );
+    let env = McpEnv::start("", &extra).await;
+    Some(Env { provider, env })
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    challenge: Option<String>,
+    session: Option<String>,
+    text: String,
+}
+
+impl Reply {
+    /// The one JSON-RPC message of a JSON or event-stream body.
+    fn message(&self) -> Value {
+        let text = self.text.trim_start();
+        if text.starts_with('{') {
+            return serde_json::from_str(text).unwrap_or(Value::Null);
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find_map(|data| serde_json::from_str(data.trim()).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+async fn reply_of(response: reqwest::Response) -> Reply {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let challenge = header("www-authenticate");
+    let session = header("mcp-session-id");
+    Reply {
+        status: response.status().as_u16(),
+        challenge,
+        session,
+        text: response.text().await.unwrap_or_default(),
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder, headers: &[(&str, String)]) -> Reply {
+    let request = headers
+        .iter()
+        .fold(request, |r, (name, value)| r.header(*name, value));
+    reply_of(request.send().await.expect("request")).await
+}
+
+/// POSTs one JSON-RPC message to the MCP endpoint.
+async fn rpc(gate: &Memgate, headers: &[(&str, String)], body: &Value) -> Reply {
+    let request = http()
+        .post(gate.mcp_url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    send(request, headers).await
+}
+
+/// An initialised Streamable HTTP session with these credential headers.
+async fn session(
+    gate: &Memgate,
+    headers: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "memgate-tests", "version": "0"},
+        },
+    });
+    let reply = rpc(gate, headers, &initialize).await;
+    assert_eq!(reply.status, 200, "initialize: {reply:?}");
+    let id = reply.session.clone().expect("Mcp-Session-Id");
+    let mut with_session = headers.to_vec();
+    with_session.push(("mcp-session-id", id));
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let reply = rpc(gate, &with_session, &initialized).await;
+    assert_eq!(reply.status, 202, "notifications/initialized: {reply:?}");
+    with_session
+}
+
+fn tool_call(id: i64, tool: &str, arguments: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    })
+}
+
+fn add_memory_body() -> String {
+    json!({"messages": [{"role": "user", "content": "likes tea"}]}).to_string()
+}
+
+async fn post_memories(gate: &Memgate, headers: &[(&str, String)]) -> Reply {
+    let request = http()
+        .post(gate.mem0_url("/memories"))
+        .header("content-type", "application/json")
+        .body(add_memory_body());
+    send(request, headers).await
+}
+
+/// Audit events of `event` in the store, once the writer stored `at_least`.
+async fn audit_rows(db: &TestDb, event: &str, at_least: usize) -> Vec<memgate::audit::AuditEvent> {
+    let store = db.store().await;
+    let filter = memgate::store::AuditFilter {
+        since: chrono::Utc::now() - chrono::Duration::days(1),
+        until: None,
+        user_id: None,
+        event: Some(event.into()),
+        limit: 1000,
+        newest_first: false,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = store.audit_events(&filter).await.unwrap();
+        if rows.len() >= at_least || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_callers_use_both_listeners_as_the_user_their_token_names() {
+    let Some(Env { provider, env }) = start(None, "").await else {
+        return;
+    };
+    let gate = &env.gate;
+    let jwt = client_credentials(&provider.issuer, "mcp:read mcp:write", MCP_RESOURCE).await;
+    let auth = [bearer(&jwt)];
+
+    // MCP: a session, tools/list and a write tool, acting as the claim's user.
+    let in_session = session(gate, &auth).await;
+    let listed = rpc(
+        gate,
+        &in_session,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let tools: Vec<Value> = listed.message()["result"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        tools.iter().any(|t| t["name"] == "add_memory"),
+        "{listed:?}"
+    );
+    let called = rpc(
+        gate,
+        &in_session,
+        &tool_call(3, "add_memory", json!({"text": "likes tea"})),
+    )
+    .await;
+    assert_eq!(called.status, 200, "{called:?}");
+    assert!(called.message()["result"].is_object(), "{called:?}");
+    let calls = env.mcp.calls_of("add_memory");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user_id"], M2M_USER, "{calls:?}");
+    // The upstream never sees the access token.
+    for request in env.mcp.http_requests() {
+        assert!(request.header("authorization").is_none(), "{request:?}");
+    }
+
+    // mem0: the same token, scoped to the same user.
+    let added = post_memories(gate, &auth).await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let listed = send(http().get(gate.mem0_url("/memories")), &auth).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let seen = env.mem0.requests();
+    let post = seen
+        .iter()
+        .find(|r| r.method == "POST" && r.uri.starts_with("/memories"))
+        .expect("POST /memories upstream");
+    let body: Value = serde_json::from_slice(&post.body).unwrap();
+    assert_eq!(body["user_id"], M2M_USER, "{body}");
+    let get = seen
+        .iter()
+        .find(|r| r.method == "GET" && r.uri.starts_with("/memories"))
+        .expect("GET /memories upstream");
+    assert!(
+        get.uri.contains(&format!("user_id={M2M_USER}")),
+        "{}",
+        get.uri
+    );
+    assert!(seen.iter().all(|r| r.header("authorization").is_none()));
+
+    // memgate's own token beside it, unchanged.
+    let alice = gate.create_token("alice", &[]);
+    let own = post_memories(gate, &[("x-mcp-token", alice)]).await;
+    assert_eq!(own.status, 200, "{own:?}");
+
+    let successes = audit_rows(&env.db, "auth_success", 2).await;
+    let method_of = |user: &str| {
+        successes
+            .iter()
+            .find(|e| e.user_id.as_deref() == Some(user))
+            .and_then(|e| e.auth_method.clone())
+    };
+    assert_eq!(method_of(M2M_USER).as_deref(), Some("jwt"), "{successes:?}");
+    assert_eq!(
+        method_of("alice").as_deref(),
+        Some("token"),
+        "{successes:?}"
+    );
+    let label = successes
+        .iter()
+        .find(|e| e.user_id.as_deref() == Some(M2M_USER))
+        .and_then(|e| e.token_prefix.clone())
+        .unwrap();
+    assert!(label.starts_with("jwt:") && label.len() == 12, "{label}");
+    assert!(
+        !jwt.contains(&label[4..]),
+        "the label is not part of the token"
+    );
+
+    let allowed = |method: &str| {
+        format!(
+            "memgate_auth_decisions_total{{auth_method=\"{method}\",reason=\"ok\",result=\"allow\"}}"
+        )
+    };
+    assert!(gate.metric(&allowed("jwt")).await >= 5.0);
+    assert!(gate.metric(&allowed("token")).await >= 1.0);
+}
+
+#[tokio::test]
+async fn metadata_is_served_by_memgate_and_401s_point_at_it() {
+    let Some(Env { provider, env }) = start(None, "").await else {
+        return;
+    };
+    let gate = &env.gate;
+    for (url, resource) in [
+        (
+            gate.mcp_url("/.well-known/oauth-protected-resource"),
+            MCP_RESOURCE,
+        ),
+        (
+            gate.mcp_url("/.well-known/oauth-protected-resource/mcp"),
+            MCP_RESOURCE,
+        ),
+        (
+            gate.mem0_url("/.well-known/oauth-protected-resource"),
+            MEM0_RESOURCE,
+        ),
+    ] {
+        let response = http().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let document: Value = response.json().await.unwrap();
+        assert_eq!(document["resource"], resource, "{url}: {document}");
+        assert_eq!(
+            document["authorization_servers"],
+            json!([provider.issuer]),
+            "{document}"
+        );
+        assert!(
+            document["scopes_supported"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("mcp:write")),
+            "{document}"
+        );
+    }
+
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    let mcp = rpc(gate, &[], &initialize).await;
+    let mem0 = send(http().get(gate.mem0_url("/memories")), &[]).await;
+    for (reply, metadata) in [(&mcp, MCP_METADATA), (&mem0, MEM0_METADATA)] {
+        assert_eq!(reply.status, 401, "{reply:?}");
+        let challenge = reply.challenge.as_deref().unwrap_or_default();
+        assert_eq!(
+            challenge,
+            format!("Bearer resource_metadata=\"{metadata}\""),
+            "no token, no error code"
+        );
+    }
+    // A refused memgate token gets the same pointer and says what is wrong.
+    let unknown = format!("mcp_{}", "A".repeat(43));
+    let refused = send(
+        http().get(gate.mem0_url("/memories")),
+        &[("x-mcp-token", unknown)],
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    let challenge = refused.challenge.unwrap_or_default();
+    assert!(
+        challenge.starts_with(&format!(
+            "Bearer resource_metadata=\"{MEM0_METADATA}\", error=\"invalid_token\""
+        )),
+        "{challenge}"
+    );
+
+    assert!(env.mcp.http_requests().is_empty());
+    assert!(env.mem0.requests().is_empty());
+}
+
+/// The `error="invalid_token"` 401 of a refused access token.
+fn assert_invalid_token(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 401, "{what}: {reply:?}");
+    let challenge = reply.challenge.as_deref().unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\""),
+        "{what}: {challenge}"
+    );
+    assert!(
+        challenge.contains("error=\"invalid_token\", error_description=\""),
+        "{what}: {challenge}"
+    );
+}
+
+#[tokio::test]
+async fn refused_access_tokens_get_invalid_token_and_reach_no_upstream() {
+    let Some(Env { provider, env }) = start(None, "").await else {
+        return;
+    };
+    let gate = &env.gate;
+    let issuer = &provider.issuer;
+    let other = client_credentials(issuer, "mcp:read mcp:write", OTHER).await;
+    let (_, id_token) =
+        authorization_code(issuer, "alice", "openid mcp:read mcp:write", MCP_RESOURCE).await;
+    let good = client_credentials(issuer, "mcp:read mcp:write", MCP_RESOURCE).await;
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("another resource's token", vec![bearer(&other)]),
+        ("an ID token", vec![bearer(&id_token)]),
+        (
+            "X-MCP-UserID naming another user",
+            vec![bearer(&good), ("x-mcp-userid", "bob".into())],
+        ),
+    ];
+    // Without introspection configured an opaque token cannot be checked.
+    let opaque = [bearer("2YotnFZFEjr1zCsicMWpAA")];
+    let refused = send(http().get(gate.mem0_url("/memories")), &opaque).await;
+    assert_invalid_token(&refused, "an opaque token");
+    assert!(
+        refused
+            .challenge
+            .unwrap()
+            .contains("error_description=\"The access token is not a well-formed JWT\""),
+    );
+    for (what, headers) in &cases {
+        let mem0 = post_memories(gate, headers).await;
+        assert_invalid_token(&mem0, what);
+        let mcp = rpc(
+            gate,
+            headers,
+            &tool_call(1, "add_memory", json!({"text": "x"})),
+        )
+        .await;
+        assert_invalid_token(&mcp, what);
+        assert!(
+            mcp.challenge.unwrap().contains(MCP_METADATA),
+            "{what}: the MCP listener names its own metadata"
+        );
+    }
+    // A JWT only ever comes in Authorization: memgate's header is for its own tokens.
+    let in_own_header = post_memories(gate, &[("x-mcp-token", good.clone())]).await;
+    assert_eq!(in_own_header.status, 401, "{in_own_header:?}");
+    assert!(env.mcp.http_requests().is_empty());
+    assert!(env.mem0.requests().is_empty());
+
+    let failures = audit_rows(&env.db, "auth_failure", 8).await;
+    let jwt_failures = failures
+        .iter()
+        .filter(|e| e.auth_method.as_deref() == Some("jwt"))
+        .count();
+    assert_eq!(jwt_failures, 6, "{failures:?}");
+    assert!(
+        gate.metric(
+            "memgate_auth_decisions_total{auth_method=\"jwt\",reason=\"wrong_audience\",result=\"deny\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refused() {
+    // Tokens that live a second, and no leeway for the clock.
+    let Some(Env { provider, env }) = start(Some(1), "leeway_secs = 0").await else {
+        return;
+    };
+    let jwt = client_credentials(&provider.issuer, "mcp:read", MCP_RESOURCE).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reply = send(http().get(env.gate.mem0_url("/memories")), &[bearer(&jwt)]).await;
+    assert_invalid_token(&reply, "an expired token");
+    assert!(
+        reply
+            .challenge
+            .unwrap()
+            .contains("error_description=\"The access token expired\""),
+    );
+    assert!(env.mem0.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_without_the_scope_a_request_needs_gets_a_step_up_challenge() {
+    let Some(Env { provider, env }) = start(None, "").await else {
+        return;
+    };
+    let gate = &env.gate;
+    let read_only = client_credentials(&provider.issuer, "mcp:read", MCP_RESOURCE).await;
+    let auth = [bearer(&read_only)];
+    let step_up = |reply: &Reply, metadata: &str| {
+        assert_eq!(reply.status, 403, "{reply:?}");
+        let challenge = reply.challenge.as_deref().unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer error=\"insufficient_scope\", scope=\"mcp:write\""),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains(&format!("resource_metadata=\"{metadata}\"")),
+            "{challenge}"
+        );
+    };
+
+    let mem0 = post_memories(gate, &auth).await;
+    step_up(&mem0, MEM0_METADATA);
+    assert!(env.mem0.requests().is_empty(), "nothing reached mem0");
+    // Reading is within the token's scope.
+    let read = send(http().get(gate.mem0_url("/memories")), &auth).await;
+    assert_eq!(read.status, 200, "{read:?}");
+
+    let in_session = session(gate, &auth).await;
+    let refused = rpc(
+        gate,
+        &in_session,
+        &tool_call(7, "add_memory", json!({"text": "x"})),
+    )
+    .await;
+    step_up(&refused, MCP_METADATA);
+    let error = refused.message();
+    assert_eq!(error["id"], 7, "{refused:?}");
+    assert_eq!(error["error"]["code"], -32003, "{refused:?}");
+    let allowed = rpc(
+        gate,
+        &in_session,
+        &tool_call(8, "get_all_memories", json!({})),
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert!(allowed.message()["result"].is_object(), "{allowed:?}");
+    assert!(env.mcp.calls_of("add_memory").is_empty());
+    assert_eq!(env.mcp.calls_of("get_all_memories").len(), 1);
+
+    // A read-only memgate token keeps the in-band refusal.
+    let token = gate.create_token("carol", &["--permissions", "read"]);
+    let own = session(gate, &[("x-mcp-token", token)]).await;
+    let in_band = rpc(
+        gate,
+        &own,
+        &tool_call(9, "add_memory", json!({"text": "x"})),
+    )
+    .await;
+    assert_eq!(in_band.status, 200, "{in_band:?}");
+    assert!(in_band.challenge.is_none());
+    assert_eq!(in_band.message()["error"]["code"], -32003, "{in_band:?}");
+    assert!(env.mcp.calls_of("add_memory").is_empty());
+
+    let refusals = audit_rows(&env.db, "permission_denied", 3).await;
+    let jwt_refusals = refusals
+        .iter()
+        .filter(|e| {
+            e.auth_method.as_deref() == Some("jwt") && e.user_id.as_deref() == Some(M2M_USER)
+        })
+        .count();
+    assert_eq!(jwt_refusals, 2, "{refusals:?}");
+}
+
+async fn python_sdk_calls_tools_with_an_access_token(client: SdkClient) {
+    if !client.ready() {
+        return;
+    }
+    let Some(Env { provider, env }) = start(None, "").await else {
+        return;
+    };
+    let jwt = client_credentials(&provider.issuer, "mcp:read mcp:write", MCP_RESOURCE).await;
+    let calls = json!([
+        {"tool": "add_memory", "arguments": {"text": "x"}},
+        {"tool": "get_all_memories", "arguments": {}},
+    ]);
+    let run = client
+        .run(
+            &env.gate.mcp_url("/mcp"),
+            &jwt,
+            &calls,
+            &["--bearer"],
+            Duration::from_secs(60),
+        )
+        .await;
+    let out = run.describe();
+    assert!(run.success && run.fatal().is_none(), "{out}");
+    assert_eq!(run.step("initialize").unwrap()["ok"], true, "{out}");
+    let results = run.calls();
+    assert_eq!(results.len(), 2, "{out}");
+    assert!(results.iter().all(|c| c["ok"] == true), "{out}");
+    let added = env.mcp.calls_of("add_memory");
+    assert_eq!(added.len(), 1, "{out}");
+    assert_eq!(added[0]["user_id"], M2M_USER);
+}
+
+#[tokio::test]
+async fn python_sdk_1_calls_tools_with_an_access_token() {
+    python_sdk_calls_tools_with_an_access_token(SdkClient::Python1).await;
+}
+
+#[tokio::test]
+async fn python_sdk_2_calls_tools_with_an_access_token() {
+    python_sdk_calls_tools_with_an_access_token(SdkClient::Python2).await;
+}
+
+#[test]
+fn check_config_reports_oauth_errors_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let config = |secret_var: &str| {
+        format!(
+            "[database]\nurl = \"sqlite://x.db?mode=rwc\"\n\
+             [oauth]\nenabled = true\nissuer = \"https://issuer.example.com\"\n\
+             [oauth.introspection]\nurl = \"https://issuer.example.com/introspect\"\n\
+             client_id = \"memgate\"\nclient_secret = {{ env = \"{secret_var}\" }}\n"
+        )
+    };
+    std::fs::write(&path, config("MEMGATE_TEST_UNSET_INTROSPECTION_SECRET")).unwrap();
+    let message = err(&cli(&path, &["check-config"]));
+    assert!(
+        message.contains("oauth.introspection.client_secret"),
+        "{message}"
+    );
+    // With the secret in the environment the same file passes.
+    std::fs::write(&path, config("PATH")).unwrap();
+    ok(&cli(&path, &["check-config"]));
+}
