@@ -86,23 +86,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the background runtime")?;
     let store = background.block_on(open_store(&config))?;
-    let mut auth = Authenticator::new(store.clone(), &config.auth);
-    if let Some(settings) = OAuthSettings::from_config(&config, |v| std::env::var(v).ok())? {
-        let oauth = Arc::new(OAuth::new(settings)?);
-        // The first requests need not wait for discovery; a failure here
-        // is retried when a token needs the keys.
-        background.spawn({
-            let oauth = oauth.clone();
-            async move { oauth.prefetch_keys().await }
-        });
-        tracing::info!(
-            mcp = oauth.resource(oauth::Listener::Mcp),
-            mem0 = oauth.resource(oauth::Listener::Mem0),
-            "OAuth access tokens are accepted"
-        );
-        auth = auth.with_oauth(oauth);
-    }
-    let auth = Arc::new(auth);
+    let auth = Arc::new(authenticator(&config, &store, &background)?);
     background.spawn(
         auth.clone()
             .watch_changes(Duration::from_millis(config.auth.change_poll_ms)),
@@ -332,6 +316,32 @@ fn session_bindings(
     ));
     background.spawn(session_housekeeping(sessions.clone(), idle));
     sessions
+}
+
+/// memgate's tokens through the store and, with `[oauth]`, access tokens
+/// through the verifier (its keys fetched in the background).
+fn authenticator(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    background: &tokio::runtime::Runtime,
+) -> anyhow::Result<Authenticator> {
+    let auth = Authenticator::new(store.clone(), &config.auth);
+    let Some(settings) = OAuthSettings::from_config(config, |v| std::env::var(v).ok())? else {
+        return Ok(auth);
+    };
+    let oauth = Arc::new(OAuth::new(settings)?);
+    // The first requests need not wait for discovery; a failure here
+    // is retried when a token needs the keys.
+    background.spawn({
+        let oauth = oauth.clone();
+        async move { oauth.prefetch_keys().await }
+    });
+    tracing::info!(
+        mcp = oauth.resource(oauth::Listener::Mcp),
+        mem0 = oauth.resource(oauth::Listener::Mem0),
+        "OAuth access tokens are accepted"
+    );
+    Ok(auth.with_oauth(oauth))
 }
 
 /// Connects to the store and brings its schema up to date.

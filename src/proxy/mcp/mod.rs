@@ -205,37 +205,10 @@ impl McpFlow {
             }
         };
         let method = req.method.clone();
-        if let Some(id) = &session_id {
-            match self.sessions.check(id, &identity.user_id).await {
-                Ok(SessionUse::Owner) => {}
-                // Only ids memgate saw the upstream hand to this user are
-                // forwarded: an upstream may read another spelling as the
-                // same session, and a forgotten one is started again.
-                Ok(SessionUse::Unknown) => {
-                    return self
-                        .refuse_session(session, "session id never handed to this user")
-                        .await;
-                }
-                Ok(SessionUse::Foreign) => {
-                    return self
-                        .refuse_session(session, "session belongs to another user")
-                        .await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check an MCP session's owner");
-                    let message =
-                        "Cannot verify this session right now (store unreachable); retry shortly";
-                    refuse(
-                        session,
-                        503,
-                        message,
-                        &Value::Null,
-                        &[("retry-after", "1".into())],
-                    )
-                    .await?;
-                    return Ok(McpHandled::Responded(None));
-                }
-            }
+        if let Some(id) = &session_id
+            && let Some(answered) = self.check_session(session, id, &identity.user_id).await?
+        {
+            return Ok(answered);
         }
         if !posts_jsonrpc {
             let rewriter = matches!(endpoint, Endpoint::Streamable | Endpoint::LegacyStream)
@@ -261,18 +234,9 @@ impl McpFlow {
         let legacy_session = (endpoint == Endpoint::LegacyMessages)
             .then(|| session_id.clone())
             .flatten();
-        let scan = self
-            .guard
-            .as_deref()
-            .map(|g| self.policy.scan_secrets(g, &body));
-        let body = match scan {
-            None | Some(SecretScan::Clean) => body,
-            Some(SecretScan::Redacted { body, findings }) => {
-                secrets.extend(findings);
-                body
-            }
-            Some(SecretScan::Refused { deny, finding }) => {
-                secrets.push(finding);
+        let body = match self.guard_call(body, secrets) {
+            Ok(body) => body,
+            Err(deny) => {
                 return self
                     .refuse_request(
                         session,
@@ -307,16 +271,7 @@ impl McpFlow {
             }
             McpDecision::Forward(forward) => forward,
         };
-        for call in &forward.calls {
-            let tool = call
-                .tool
-                .as_deref()
-                .map_or("", |t| self.policy.tool_label(t));
-            METRICS
-                .mcp_requests
-                .with_label_values(&[method_label(&call.method), tool])
-                .inc();
-        }
+        self.count_calls(&forward);
         if let Err(deny) = self.check_owners(identity, scope, &forward).await {
             let why = if deny.status == 403 {
                 RefusedFor::Ownership
@@ -330,18 +285,102 @@ impl McpFlow {
         if endpoint == Endpoint::LegacyMessages
             && let Some(id) = &session_id
         {
-            let ids = forward.tools_list_ids();
-            if !ids.is_empty() {
-                let mut pending = self.pending_lists.get(id).unwrap_or_default();
-                pending.extend(ids);
-                let keep_from = pending.len().saturating_sub(64);
-                self.pending_lists
-                    .insert(id.clone(), pending.split_off(keep_from));
-            }
+            self.note_tools_lists(id, &forward);
         }
         self.forward(session, identity, scope, forward, body, secrets)
             .await?;
         Ok(McpHandled::Responded(None))
+    }
+
+    /// The session a request uses must be one the upstream handed to this
+    /// user. `Some`: the request was answered (404, or 503 when the store
+    /// cannot say).
+    async fn check_session(
+        &self,
+        session: &mut Session,
+        id: &str,
+        user_id: &str,
+    ) -> Result<Option<McpHandled>> {
+        match self.sessions.check(id, user_id).await {
+            Ok(SessionUse::Owner) => Ok(None),
+            // Only ids memgate saw the upstream hand to this user are
+            // forwarded: an upstream may read another spelling as the
+            // same session, and a forgotten one is started again.
+            Ok(SessionUse::Unknown) => self
+                .refuse_session(session, "session id never handed to this user")
+                .await
+                .map(Some),
+            Ok(SessionUse::Foreign) => self
+                .refuse_session(session, "session belongs to another user")
+                .await
+                .map(Some),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an MCP session's owner");
+                let message =
+                    "Cannot verify this session right now (store unreachable); retry shortly";
+                refuse(
+                    session,
+                    503,
+                    message,
+                    &Value::Null,
+                    &[("retry-after", "1".into())],
+                )
+                .await?;
+                Ok(Some(McpHandled::Responded(None)))
+            }
+        }
+    }
+
+    /// The secret guard on a `tools/call`'s arguments: the body to forward
+    /// (redacted when the guard found something), or the in-band refusal.
+    /// What it found goes to `secrets`.
+    fn guard_call(
+        &self,
+        body: Vec<u8>,
+        secrets: &mut Vec<Finding>,
+    ) -> std::result::Result<Vec<u8>, McpDeny> {
+        let Some(guard) = self.guard.as_deref() else {
+            return Ok(body);
+        };
+        match self.policy.scan_secrets(guard, &body) {
+            SecretScan::Clean => Ok(body),
+            SecretScan::Redacted { body, findings } => {
+                secrets.extend(findings);
+                Ok(body)
+            }
+            SecretScan::Refused { deny, finding } => {
+                secrets.push(finding);
+                Err(deny)
+            }
+        }
+    }
+
+    /// Counts each forwarded request by method and tool.
+    fn count_calls(&self, forward: &McpForward) {
+        for call in &forward.calls {
+            let tool = call
+                .tool
+                .as_deref()
+                .map_or("", |t| self.policy.tool_label(t));
+            METRICS
+                .mcp_requests
+                .with_label_values(&[method_label(&call.method), tool])
+                .inc();
+        }
+    }
+
+    /// Legacy SSE: the `tools/list` answers come on the session's stream,
+    /// so their ids are kept to trim them there (the latest 64).
+    fn note_tools_lists(&self, session_id: &str, forward: &McpForward) {
+        let ids = forward.tools_list_ids();
+        if ids.is_empty() {
+            return;
+        }
+        let mut pending = self.pending_lists.get(session_id).unwrap_or_default();
+        pending.extend(ids);
+        let keep_from = pending.len().saturating_sub(64);
+        self.pending_lists
+            .insert(session_id.to_owned(), pending.split_off(keep_from));
     }
 
     /// The permission a refused tools/call needed that `identity` lacks.
