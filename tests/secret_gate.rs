@@ -7,7 +7,6 @@
 mod support;
 
 #[path = "secrets/corpus.rs"]
-#[allow(dead_code)]
 mod corpus;
 
 use serde_json::{Value, json};
