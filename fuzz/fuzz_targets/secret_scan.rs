@@ -7,6 +7,10 @@
 #[path = "../../src/identity.rs"]
 mod identity;
 
+#[allow(dead_code)]
+#[path = "../../src/http1/mod.rs"]
+mod http1;
+
 // Only part of the policy is reachable from this target.
 #[allow(dead_code, unused_imports)]
 #[path = "../../src/policy/mod.rs"]

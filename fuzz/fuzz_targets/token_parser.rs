@@ -1,4 +1,5 @@
-//! Drives credential extraction (`auth::credential::extract`) and the token
+//! Drives credential extraction (`auth::credential::extract`, and
+//! `oauth_bearer` for other schemes' bearer tokens) and the token
 //! format (`token.rs`) with arbitrary header values. Panics when a promise is
 //! broken, not only on a crash:
 //!
@@ -35,7 +36,7 @@ mod denial;
 mod credential;
 
 // `credential.rs` names it `super::Denial`, as in memgate's `auth` module.
-use credential::{PresentedHeaders, extract};
+use credential::{PresentedHeaders, extract, oauth_bearer};
 use denial::Denial;
 
 const SECRET_CHARS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -137,6 +138,21 @@ fn presented<'a>(token: &[&'a [u8]], auth: &[&'a [u8]], user: &[&'a [u8]]) -> Pr
     }
 }
 
+/// `oauth_bearer`: another scheme's token is taken only as the one
+/// `Authorization: Bearer` value, never beside `X-MCP-Token`, never an
+/// `mcp_` token, and exactly the bearer value presented.
+fn check_oauth_bearer(headers: &PresentedHeaders<'_>) {
+    let Ok(credential) = oauth_bearer(headers) else {
+        return;
+    };
+    assert!(headers.x_mcp_token.is_empty(), "{headers:?}");
+    assert!(!credential.token.starts_with(token::TOKEN_PREFIX));
+    let [sent] = headers.authorization.as_slice() else {
+        panic!("accepted without exactly one Authorization value: {headers:?}");
+    };
+    assert_eq!(bearer(sent), Some(credential.token.as_bytes()), "{sent:?}");
+}
+
 fn check_extract(headers: &PresentedHeaders<'_>) {
     let result = extract(headers);
     let no_token = headers.x_mcp_token.is_empty() && headers.authorization.is_empty();
@@ -222,6 +238,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     }
     check_extract(&headers);
+    check_oauth_bearer(&headers);
     // Each value on its own, in each header, and the whole input as text.
     for line in &lines {
         let (Line::Token(value) | Line::Authorization(value) | Line::UserId(value)) = line else {
@@ -229,6 +246,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         };
         check_extract(&presented(&[value], &[], &[]));
         check_extract(&presented(&[], &[value], &[]));
+        check_oauth_bearer(&presented(&[], &[value], &[]));
         if let Ok(text) = std::str::from_utf8(value) {
             check_token_helpers(text);
             check_token_helpers(text.trim());
