@@ -304,3 +304,76 @@ async fn with_scan_responses_a_memory_stored_before_the_guard_comes_back_redacte
     assert_eq!(metric_reaches(&env, &metric, 1.0).await, 1.0);
     assert_eq!(wait_for_events(&env, 1).await.len(), 1);
 }
+
+/// One write of `text` in `place`: a message, a metadata value, or an MCP
+/// tool argument. The URL it goes to and its body.
+fn write_in(env: &Env, place: &str, text: &str) -> (String, Value) {
+    match place {
+        "message" => (
+            env.gate.mem0_url("/memories"),
+            json!({"messages": [{"role": "user", "content": text}], "user_id": "alice"}),
+        ),
+        "metadata" => (
+            env.gate.mem0_url("/memories"),
+            json!({
+                "messages": [{"role": "user", "content": "a note about the deploy"}],
+                "user_id": "alice",
+                "metadata": {"notes": {"deploy": text}},
+            }),
+        ),
+        _ => (
+            env.gate.mcp_url("/mcp"),
+            json!({
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "add_memory", "arguments": {"text": text}},
+            }),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn every_corpus_secret_in_every_context_and_place_is_kept_from_the_upstream() {
+    let redact = env("redact").await;
+    let refuse = env("refuse").await;
+    let mut rng = corpus::Rng::new(2026);
+    let mut writes = 0;
+    let secrets = corpus::secrets(&mut rng);
+    for secret in &secrets {
+        for (context, text) in corpus::contexts(secret) {
+            for place in ["message", "metadata", "tool"] {
+                let what = format!("{} in {context} as {place}", secret.rule);
+                for env in [&redact, &refuse] {
+                    env.upstream.clear();
+                    let (url, body) = write_in(env, place, &text);
+                    let (status, answer) = post(env, url, &body).await;
+                    let received = received(env);
+                    assert!(
+                        received.iter().all(|b| !b.contains(&secret.value)),
+                        "{what}: the upstream received the secret"
+                    );
+                    assert!(!answer.to_string().contains(&secret.value), "{what}");
+                    if std::ptr::eq(env, &redact) {
+                        assert_eq!(status, 200, "{what}: {answer}");
+                        assert_eq!(received.len(), 1, "{what}: forwarded once");
+                    } else {
+                        let refused = match place {
+                            "tool" => status == 200 && answer["error"]["code"].is_i64(),
+                            _ => status == 403,
+                        };
+                        assert!(refused, "{what}: {status} {answer}");
+                        assert!(received.is_empty(), "{what}: nothing forwarded");
+                    }
+                }
+                writes += 1;
+            }
+        }
+    }
+    assert!(writes >= 300, "{writes} writes");
+    for env in [&redact, &refuse] {
+        let log = env.gate.log();
+        assert!(
+            secrets.iter().all(|s| !log.contains(&s.value)),
+            "a secret was logged"
+        );
+    }
+}
