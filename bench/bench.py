@@ -640,6 +640,7 @@ SCENARIOS = [
     ("tokio-post", "hand-written HTTP/1 on tokio, no auth: POST /memories (1 KiB)", "post", "tokio"),
     ("memgate-get", "memgate, cached token: GET /memories", "get", "memgate"),
     ("memgate-post", "memgate, rewrite: POST /memories (1 KiB)", "post", "memgate"),
+    ("memgate-post-noguard", "memgate, rewrite, secret guard off: POST /memories (1 KiB)", "post", "memgate"),
     ("memgate-nocache", "memgate, cache off: GET /memories (32 tokens)", "get", "memgate"),
     ("memgate-mcp", "memgate, MCP: POST /mcp tools/call", "mcp", "memgate"),
 ]
@@ -679,6 +680,10 @@ def mode_load():
     mg = {
         "memgate-get": Memgate("get", 20, rate_limit=no_limits),
         "memgate-post": Memgate("post", 30, rate_limit=no_limits),
+        # The same with `[secret_guard] mode = "off"`: what scanning writes costs.
+        "memgate-post-noguard": Memgate(
+            "post-noguard", 80, rate_limit=no_limits, extra='[secret_guard]\nmode = "off"'
+        ),
         "memgate-nocache": Memgate("nocache", 40, auth={"cache_ttl_secs": 0}, rate_limit=no_limits),
         "memgate-mcp": Memgate("mcp", 50, rate_limit=no_limits),
     }

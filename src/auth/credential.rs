@@ -36,17 +36,9 @@ pub fn extract<'a>(h: &PresentedHeaders<'a>) -> Result<Credential<'a>, Denial> {
     if !token::is_well_formed(token) {
         return Err(Denial::Malformed);
     }
-    let claimed_user_id = match single(&h.x_mcp_user_id)? {
-        None => None,
-        Some(raw) => Some(
-            std::str::from_utf8(raw)
-                .map_err(|_| Denial::UserMismatch)?
-                .trim(),
-        ),
-    };
     Ok(Credential {
         token,
-        claimed_user_id,
+        claimed_user_id: claimed_user_id(h)?,
     })
 }
 
@@ -64,18 +56,21 @@ pub fn oauth_bearer<'a>(h: &PresentedHeaders<'a>) -> Result<Credential<'a>, Deni
     if token.starts_with(token::TOKEN_PREFIX) {
         return Err(Denial::Malformed);
     }
-    let claimed_user_id = match single(&h.x_mcp_user_id)? {
-        None => None,
-        Some(raw) => Some(
-            std::str::from_utf8(raw)
-                .map_err(|_| Denial::UserMismatch)?
-                .trim(),
-        ),
-    };
     Ok(Credential {
         token,
-        claimed_user_id,
+        claimed_user_id: claimed_user_id(h)?,
     })
+}
+
+/// The one `X-MCP-UserID` value, trimmed; one that is not text names nobody.
+fn claimed_user_id<'a>(h: &PresentedHeaders<'a>) -> Result<Option<&'a str>, Denial> {
+    single(&h.x_mcp_user_id)?
+        .map(|raw| {
+            std::str::from_utf8(raw)
+                .map(str::trim)
+                .map_err(|_| Denial::UserMismatch)
+        })
+        .transpose()
 }
 
 fn single<'a>(values: &[&'a [u8]]) -> Result<Option<&'a [u8]>, Denial> {
