@@ -47,11 +47,11 @@ pub struct Authenticated {
 impl Authenticated {
     /// What the rate limit is kept under: the token's display prefix, or
     /// `user:` and the user id for OAuth callers.
-    pub fn rate_limit_key(&self) -> String {
+    pub fn rate_limit_key(&self) -> std::borrow::Cow<'_, str> {
         match self.method {
-            AuthMethod::Token => self.identity.token_prefix.clone(),
+            AuthMethod::Token => std::borrow::Cow::Borrowed(&self.identity.token_prefix),
             AuthMethod::Jwt | AuthMethod::Introspection => {
-                format!("user:{}", self.identity.user_id)
+                std::borrow::Cow::Owned(format!("user:{}", self.identity.user_id))
             }
         }
     }

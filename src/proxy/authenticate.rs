@@ -122,7 +122,7 @@ impl Gate {
                     "Rate limit exceeded for this user; retry later"
                 }
             };
-            self.refuse_rate_limited(session, ctx, "token", key, retry, message)
+            self.refuse_rate_limited(session, ctx, "token", key.into_owned(), retry, message)
                 .await?;
             return Ok(None);
         }
