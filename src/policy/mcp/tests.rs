@@ -1078,3 +1078,88 @@ fn legacy_session_ids_are_compared_as_the_upstream_parses_them() {
         "0F1E2D3C4B5A69788796A5B4C3D2E1F0"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The secret guard on tool calls
+
+fn guard(mode: &str) -> crate::policy::secrets::SecretGuard {
+    use crate::policy::secrets::{GuardMode, SecretGuard, SecretGuardConfig};
+    let mode = match mode {
+        "off" => GuardMode::Off,
+        "refuse" => GuardMode::Refuse,
+        _ => GuardMode::Redact,
+    };
+    SecretGuard::from_config(&SecretGuardConfig {
+        mode,
+        ..SecretGuardConfig::default()
+    })
+    .unwrap()
+}
+
+/// A memgate token, built so that no scanner of this repository reads it as one.
+fn planted_token() -> String {
+    format!("mcp_{}", "Zq7Lp2Xw9Kd4Rt6Yb1Nm3Vc8Hs5Jf0Gu2Ea7Wo4Qi9T")
+}
+
+#[test]
+fn the_guard_scans_the_tool_s_secret_scan_arguments_only() {
+    let policy = McpPolicy::default();
+    let token = planted_token();
+    let call = |tool: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+               "params": {"name": tool, "arguments": args}})
+        .to_string()
+    };
+    let body = call(
+        "add_memory",
+        json!({"text": format!("key {token}"), "user_id": "alice"}),
+    );
+    match policy.scan_secrets(&guard("redact"), body.as_bytes()) {
+        SecretScan::Redacted { body, findings } => {
+            let sent: Value = serde_json::from_slice(&body).unwrap();
+            let text = sent["params"]["arguments"]["text"].as_str().unwrap();
+            assert!(
+                !text.contains(&token) && text.starts_with("key [REDACTED:"),
+                "{text}"
+            );
+            assert_eq!(sent["params"]["arguments"]["user_id"], "alice");
+            assert_eq!(sent["id"], 9);
+            assert_eq!(findings.len(), 1);
+            assert_eq!(findings[0].path, "arguments.text");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Refused in-band, with the request's id, naming rule and place only.
+    match policy.scan_secrets(&guard("refuse"), body.as_bytes()) {
+        SecretScan::Refused { deny, finding } => {
+            assert_eq!(deny.status, 403);
+            assert_eq!(deny.tool.as_deref(), Some("add_memory"));
+            let error: Value = serde_json::from_slice(&deny.body).unwrap();
+            assert_eq!(error["id"], 9);
+            assert!(!String::from_utf8_lossy(&deny.body).contains(&token));
+            assert_eq!(finding.path, "arguments.text");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A read tool has no secret_scan arguments; other messages are not scanned.
+    let read = call("search_memories", json!({"query": format!("key {token}")}));
+    assert!(matches!(
+        policy.scan_secrets(&guard("refuse"), read.as_bytes()),
+        SecretScan::Clean
+    ));
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"text": token}});
+    let ping = ping.to_string();
+    assert!(matches!(
+        policy.scan_secrets(&guard("refuse"), ping.as_bytes()),
+        SecretScan::Clean
+    ));
+    // Off finds nothing; an unreadable body is left to `decide`, which refuses it.
+    assert!(matches!(
+        policy.scan_secrets(&guard("off"), body.as_bytes()),
+        SecretScan::Clean
+    ));
+    assert!(matches!(
+        policy.scan_secrets(&guard("refuse"), b"{not json"),
+        SecretScan::Clean
+    ));
+}
