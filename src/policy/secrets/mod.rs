@@ -48,7 +48,7 @@ use walk::{Scope, Walk};
 pub const CUSTOM_PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
 /// Scans of one string while each redaction exposes another secret at its
-/// edge; in practice a second pass finds nothing.
+/// edge; in practice the scan after the first finds nothing.
 const MAX_PASSES: usize = 4;
 
 /// Nesting accepted in a scanned body; [`parse_value`] clamps it to its own ceiling.
