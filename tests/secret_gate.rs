@@ -79,6 +79,11 @@ async fn post(env: &Env, url: String, body: &Value) -> (u16, Value) {
     )
 }
 
+/// `POST /memories` of a message that mentions `secret`.
+async fn add_memory(env: &Env, secret: &str) -> (u16, Value) {
+    post(env, env.gate.mem0_url("/memories"), &add_body(secret)).await
+}
+
 /// Every body the upstream received, as text.
 fn received(env: &Env) -> Vec<String> {
     env.upstream
@@ -128,12 +133,7 @@ async fn wait_for_events(env: &Env, n: usize) -> Vec<Value> {
 async fn a_secret_in_a_mem0_write_is_redacted_before_mem0_sees_it() {
     let env = env("redact").await;
     let secret = github_token();
-    let (status, _) = post(
-        &env,
-        env.gate.mem0_url("/memories"),
-        &add_body(&secret.value),
-    )
-    .await;
+    let (status, _) = add_memory(&env, &secret.value).await;
     assert_eq!(status, 200);
     let bodies = received(&env);
     assert_eq!(bodies.len(), 1, "{bodies:?}");
@@ -169,12 +169,7 @@ async fn a_secret_in_a_mem0_write_is_redacted_before_mem0_sees_it() {
 async fn a_secret_in_a_mem0_write_is_refused_in_refuse_mode_and_nothing_is_sent() {
     let env = env("refuse").await;
     let secret = github_token();
-    let (status, body) = post(
-        &env,
-        env.gate.mem0_url("/memories"),
-        &add_body(&secret.value),
-    )
-    .await;
+    let (status, body) = add_memory(&env, &secret.value).await;
     assert_eq!(status, 403, "{body}");
     let detail = body["detail"].as_str().unwrap();
     assert!(
@@ -260,12 +255,7 @@ async fn a_secret_in_an_mcp_tool_argument_is_redacted_or_refused_in_band() {
 async fn mode_off_forwards_secrets_untouched() {
     let env = env("off").await;
     let secret = github_token();
-    let (status, _) = post(
-        &env,
-        env.gate.mem0_url("/memories"),
-        &add_body(&secret.value),
-    )
-    .await;
+    let (status, _) = add_memory(&env, &secret.value).await;
     assert_eq!(status, 200);
     assert!(received(&env)[0].contains(&secret.value));
 }
