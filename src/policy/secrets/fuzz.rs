@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use super::walk::Scope;
 use super::{GuardMode, GuardOutcome, RuleConfig, SecretGuard, SecretGuardConfig, ValueOutcome};
 use crate::policy::json::{JsonError, parse_value};
 
@@ -92,6 +93,21 @@ pub fn fuzz_entry(data: &[u8]) {
                 (Ok(GuardOutcome::Clean), _) => {}
                 (Err(_), parsed) => assert!(parsed.is_none(), "a valid body was refused"),
             }
+        }
+        if guard.certainly_clean(data) {
+            for scope in [Scope::Mem0Add, Scope::Mem0Update] {
+                assert!(
+                    matches!(
+                        guard.scan_parsed(data, scope),
+                        Ok(GuardOutcome::Clean) | Err(_)
+                    ),
+                    "the prefilter cleared a write holding a secret"
+                );
+            }
+            assert!(
+                guard.redact_response_parsed(data).is_none(),
+                "the prefilter cleared a body holding a secret"
+            );
         }
         if let (Some((body, _)), Some(sent)) = (guard.redact_response(data), &sent) {
             check_shape(sent, &body);

@@ -22,6 +22,7 @@
 
 pub mod entropy;
 mod fuzz;
+mod prefilter;
 pub mod rules;
 pub mod settings;
 mod walk;
@@ -38,6 +39,7 @@ use serde_json::{Map, Value};
 
 use super::json::{JsonError, parse_value, to_bytes};
 pub use fuzz::{fuzz_entry, same_shape};
+use prefilter::{Judged, Prefilter};
 pub use rules::{CREDENTIAL_FIELD, shipped_names};
 pub use settings::{GuardConfigError, GuardMode, RuleConfig, SecretGuardConfig};
 use walk::{Scope, Walk};
@@ -130,6 +132,9 @@ struct Rule {
     secret_group: Option<usize>,
     check: rules::Check,
     allow: Vec<Regex>,
+    /// A shipped rule's literals ([`rules::ShippedRule::needs`]); `None` for
+    /// an operator's rule.
+    needs: Option<&'static [&'static str]>,
 }
 
 impl Rule {
@@ -198,6 +203,9 @@ pub struct SecretGuard {
     /// `[REDACTED:<rule>]` of every rule, by index, and of
     /// [`CREDENTIAL_FIELD`] last.
     replacements: Vec<String>,
+    /// The whole-body check that lets most writes skip the scan; `None` when
+    /// the rules in force cannot be judged that way.
+    prefilter: Option<Prefilter>,
 }
 
 impl SecretGuard {
@@ -266,6 +274,7 @@ impl SecretGuard {
                 regex,
                 check: shipped.check,
                 allow: allow_of(shipped.name, shipped.allow)?,
+                needs: Some(shipped.needs),
             });
         }
         for (name, rule) in &config.rules {
@@ -286,6 +295,7 @@ impl SecretGuard {
                 regex,
                 check: rules::Check::Format,
                 allow: allow_of(name, &[])?,
+                needs: None,
             });
         }
         let credential_field = if enabled(CREDENTIAL_FIELD) {
@@ -300,12 +310,20 @@ impl SecretGuard {
             .chain(std::iter::once(CREDENTIAL_FIELD))
             .map(|name| format!("[REDACTED:{name}]"))
             .collect();
+        let prefilter = Prefilter::new(
+            compiled.iter().map(|rule| match rule.needs {
+                Some(needs) => Judged::Shipped(&rule.regex, needs),
+                None => Judged::Custom(&rule.regex),
+            }),
+            credential_field.is_some(),
+        );
         Ok(SecretGuard {
             mode: config.mode,
             scan_responses: config.scan_responses,
             rules: compiled,
             credential_field,
             replacements,
+            prefilter,
         })
     }
 
@@ -328,9 +346,23 @@ impl SecretGuard {
         names
     }
 
-    /// `POST /memories`: `messages` contents and `metadata`. A body that is
-    /// not strict JSON is an error (the caller answers 400), never forwarded
-    /// unscanned.
+    /// Whether `body` certainly holds nothing to find, judged on its raw
+    /// text without parsing it (most writes): a quick answer for callers
+    /// that would otherwise parse the body only to scan it. `false` means
+    /// only that it must be scanned.
+    pub fn certainly_clean(&self, body: &[u8]) -> bool {
+        self.mode == GuardMode::Off
+            || self
+                .prefilter
+                .as_ref()
+                .is_some_and(|prefilter| prefilter.clean(body))
+    }
+
+    /// `POST /memories`: `messages` contents and `metadata`. A body that may
+    /// hold a secret and is not strict JSON is an error (the caller answers
+    /// 400), never forwarded unscanned. One that [`Self::certainly_clean`]
+    /// clears is not parsed here: the policy that reads it next refuses what
+    /// is not strict JSON.
     pub fn scan_mem0_add(&self, body: &[u8]) -> Result<GuardOutcome, JsonError> {
         self.scan_body(body, Scope::Mem0Add)
     }
@@ -370,6 +402,14 @@ impl SecretGuard {
     /// cannot be refused). `None` when nothing was found, the guard is off,
     /// or the body is not JSON (it is then passed on as it is).
     pub fn redact_response(&self, body: &[u8]) -> Option<(Vec<u8>, Vec<Finding>)> {
+        if self.certainly_clean(body) {
+            return None;
+        }
+        self.redact_response_parsed(body)
+    }
+
+    /// [`Self::redact_response`] without the quick answer.
+    fn redact_response_parsed(&self, body: &[u8]) -> Option<(Vec<u8>, Vec<Finding>)> {
         if self.mode == GuardMode::Off {
             return None;
         }
@@ -419,6 +459,15 @@ impl SecretGuard {
     }
 
     fn scan_body(&self, body: &[u8], scope: Scope<'_>) -> Result<GuardOutcome, JsonError> {
+        if self.certainly_clean(body) {
+            return Ok(GuardOutcome::Clean);
+        }
+        self.scan_parsed(body, scope)
+    }
+
+    /// [`Self::scan_body`] without the quick answer: the body parsed and
+    /// every string it carries to mem0 scanned.
+    fn scan_parsed(&self, body: &[u8], scope: Scope<'_>) -> Result<GuardOutcome, JsonError> {
         if self.mode == GuardMode::Off {
             return Ok(GuardOutcome::Clean);
         }

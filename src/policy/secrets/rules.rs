@@ -27,6 +27,10 @@ pub struct ShippedRule {
     /// Matches left alone by default: placeholders in documentation and
     /// examples, which carry no credential. An operator's `allow` adds to these.
     pub allow: &'static [&'static str],
+    /// Literals, in ASCII lower case, one of which every match of `pattern`
+    /// holds (compared with the text in ASCII lower case): a body holding
+    /// none of any rule's is clean without being parsed (see `prefilter`).
+    pub needs: &'static [&'static str],
 }
 
 /// Assignments whose value is a placeholder or a reference to where the real
@@ -47,6 +51,11 @@ macro_rules! credential_word {
     };
 }
 
+/// What every match of [`credential_word`] holds, in ASCII lower case:
+/// each spelling of a password, `secret`, `token`, the `key` of `api_key` and
+/// its kin, and `credential`.
+const CREDENTIAL_WORD_NEEDS: &[&str] = &["passw", "pwd", "secret", "token", "key", "credential"];
+
 macro_rules! credential_key {
     () => {
         r"(?i:[A-Za-z0-9_.\-]*(?:passw(?:or)?d|pwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|auth[_\-]?key|credentials?|session[_\-]?key|signing[_\-]?key|encryption[_\-]?key)[A-Za-z0-9_.\-]*)"
@@ -63,6 +72,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?s)-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY( BLOCK)?-----.*?(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY( BLOCK)?-----|\z)",
         check: Check::Format,
         allow: &[],
+        needs: &["-----begin"],
     },
     // AWS access key ids: a four-letter prefix naming the kind (AKIA long-term,
     // ASIA temporary, …) and 16 upper-case letters and digits.
@@ -71,6 +81,9 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z2-7]{16}(?-u:\b)",
         check: Check::Format,
         allow: &[],
+        needs: &[
+            "akia", "asia", "abia", "acca", "agpa", "aida", "aroa", "aipa", "anpa", "anva", "apka",
+        ],
     },
     // AWS secret access keys: 40 base64 characters, recognisable only by the
     // name they are given.
@@ -79,6 +92,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r#"(?i:secret[_\-.]?access[_\-.]?key|aws[_\-.]?secret[_\-.]?key)\\?["']?\s*(?:=|:|:=|=>)\s*\\?["']?(?P<secret>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)"#,
         check: Check::Random,
         allow: &[],
+        needs: &["secret"],
     },
     // GitHub: ghp_ (personal), gho_ (OAuth), ghu_ (user-to-server), ghs_
     // (server-to-server), ghr_ (refresh) + 36 alphanumerics; fine-grained
@@ -88,6 +102,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?-u:\b)",
         check: Check::Format,
         allow: &[],
+        needs: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
     },
     // GitLab: glpat- (personal), gldt- (deploy), glrt- (runner), glptt-
     // (pipeline trigger), glft- (feed), glsoat- (SCIM), glcbt- (CI job) and
@@ -97,6 +112,9 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?:glpat|gldt|glrt|glptt|glft|glsoat|glcbt|gloas)-[A-Za-z0-9_\-]{20,}",
         check: Check::Format,
         allow: &[],
+        needs: &[
+            "glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-", "glcbt-", "gloas-",
+        ],
     },
     // Slack: xoxb- (bot), xoxp- (user), xoxa-/xoxr- (app and refresh),
     // xoxe- (rotating), xoxs-/xoxo- (legacy); xapp- app-level tokens.
@@ -105,6 +123,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?:xox[abeoprs](?:\.[a-z0-9]+)?-[0-9A-Za-z\-]{10,}|xapp-[0-9]-[0-9A-Za-z\-]{10,})",
         check: Check::Format,
         allow: &[],
+        needs: &["xox", "xapp-"],
     },
     // Incoming-webhook URLs carry their own credential in the path.
     ShippedRule {
@@ -112,6 +131,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,}",
         check: Check::Format,
         allow: &[],
+        needs: &["hooks.slack.com/"],
     },
     // Stripe secret (sk_) and restricted (rk_) keys, live and test; the
     // publishable pk_ keys are public by design.
@@ -120,6 +140,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)[sr]k_(?:live|test)_[0-9A-Za-z]{24,}",
         check: Check::Format,
         allow: &[],
+        needs: &["k_live_", "k_test_"],
     },
     // Anthropic: sk-ant-<kind><2 digits>- then the key (api03, admin01, …).
     ShippedRule {
@@ -127,6 +148,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)sk-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{32,}",
         check: Check::Format,
         allow: &[],
+        needs: &["sk-ant-"],
     },
     // OpenAI: every key kind (legacy sk-, sk-proj-, sk-svcacct-, sk-admin-)
     // holds "T3BlbkFJ", base64 of "OpenAI"; project keys are also long.
@@ -135,6 +157,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)sk-(?:(?:proj|svcacct|admin|None)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}|(?-u:\b)sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}",
         check: Check::Format,
         allow: &[],
+        needs: &["sk-"],
     },
     // Google API keys: AIza + 35 characters of [0-9A-Za-z_-].
     ShippedRule {
@@ -142,6 +165,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?P<secret>AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|\z)",
         check: Check::Format,
         allow: &[],
+        needs: &["aiza"],
     },
     // A signed JWT: header and payload are base64url JSON objects ("eyJ" is
     // `{"`), then a signature.
@@ -150,6 +174,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}",
         check: Check::Format,
         allow: &[],
+        needs: &["eyj"],
     },
     // memgate's own tokens: mcp_ + exactly 43 base64url characters. Random
     // ones, so that a 43-character identifier such as
@@ -159,6 +184,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?-u:\b)(?P<secret>mcp_[A-Za-z0-9_\-]{43})(?:[^A-Za-z0-9_\-]|\z)",
         check: Check::Random,
         allow: &[],
+        needs: &["mcp_"],
     },
     // scheme://user:password@host: only the password is the secret. `[`
     // and `]` are delimiters, percent-encoded in a password (RFC 3986). The
@@ -168,6 +194,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@"'<>\[\]]*:(?P<secret>[^\s/?#@"'<>\[\]]+)@"#,
         check: Check::Format,
         allow: PLACEHOLDERS,
+        needs: &["://"],
     },
     // Authorization: Bearer <token> (curl lines, logged headers).
     ShippedRule {
@@ -175,6 +202,7 @@ pub const SHIPPED: &[ShippedRule] = &[
         pattern: r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9._~+/\-]{20,}=*)",
         check: Check::Random,
         allow: PLACEHOLDERS,
+        needs: &["bearer"],
     },
     // password = "…", API_KEY: …, "client_secret": "…" in prose, code, YAML,
     // .env files and shell history, when the value looks generated.
@@ -193,8 +221,16 @@ pub const SHIPPED: &[ShippedRule] = &[
         ),
         check: Check::Random,
         allow: PLACEHOLDERS,
+        needs: CREDENTIAL_WORD_NEEDS,
     },
 ];
+
+/// Names that are credentials only as a JSON member's key.
+macro_rules! key_only_names {
+    () => {
+        r"(?i:auth|authorization|bearer|cookie|apikey)"
+    };
+}
 
 /// The rule a JSON member counts under when its key is named like a
 /// credential and its value looks generated (`{"db_password": "…"}`).
@@ -202,10 +238,32 @@ pub const CREDENTIAL_FIELD: &str = "credential_field";
 
 /// Key names ([`CREDENTIAL_FIELD`]): the same words as in assignments, plus
 /// names that are credentials only as a JSON key.
-pub const CREDENTIAL_KEY_PATTERN: &str = concat!(
-    r"^(?:",
+pub const CREDENTIAL_KEY_PATTERN: &str =
+    concat!(r"^(?:", credential_key!(), "|", key_only_names!(), r")$");
+
+/// What every key [`CREDENTIAL_KEY_PATTERN`] matches holds, in ASCII lower
+/// case: the assignment words and the names that are credentials only as
+/// keys (`authorization`, `apikey` hold `auth` and `key`).
+pub const CREDENTIAL_KEY_NEEDS: &[&str] = &[
+    "passw",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+    "bearer",
+    "cookie",
+];
+
+/// [`CREDENTIAL_KEY_PATTERN`] as it is found in a whole JSON text: a key
+/// named like a credential, its closing quote and the colon after it.
+pub const CREDENTIAL_KEY_IN_TEXT: &str = concat!(
+    r"(?:",
     credential_key!(),
-    r"|(?i:auth|authorization|bearer|cookie|apikey))$"
+    "|",
+    key_only_names!(),
+    r#")"[ \t\r\n]*:"#
 );
 
 /// Every shipped rule name, including [`CREDENTIAL_FIELD`], for metrics

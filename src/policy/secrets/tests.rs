@@ -281,7 +281,7 @@ fn a_key_that_is_itself_a_secret_is_left_out_of_the_path() {
 }
 
 #[test]
-fn off_scans_nothing_and_bad_json_is_an_error_otherwise() {
+fn off_scans_nothing_and_bad_json_that_may_hide_a_secret_is_an_error() {
     assert_eq!(
         guard(GuardMode::Off).scan_mem0_add(b"{not json").unwrap(),
         GuardOutcome::Clean
@@ -291,9 +291,24 @@ fn off_scans_nothing_and_bad_json_is_an_error_otherwise() {
             .redact_response(&add_body(&github(), json!({})))
             .is_none()
     );
-    for body in [&b"{not json"[..], b"{\"a\":1,\"a\":2}", b"\xff"] {
+    let secret = github();
+    let broken = [
+        format!("{{not json {secret}"),
+        format!("{{\"a\":\"{secret}\",\"a\":2}}"),
+        format!("{{\"a\":\"%67{}\",}}", &secret[1..]),
+        format!("{{\"a\":\"\\x41 {secret}\"}}"),
+    ];
+    for body in broken.iter().map(String::as_bytes).chain([&b"\xff"[..]]) {
         assert!(guard(GuardMode::Redact).scan_mem0_add(body).is_err());
     }
+    // Holding none of the literals any secret needs, it is clean without
+    // being parsed: the policy that reads it next refuses its syntax.
+    assert_eq!(
+        guard(GuardMode::Redact)
+            .scan_mem0_add(b"{not json")
+            .unwrap(),
+        GuardOutcome::Clean
+    );
 }
 
 #[test]
@@ -438,4 +453,51 @@ fn a_shape_left_at_the_edge_of_a_redaction_goes_too() {
         .unwrap();
     assert_eq!(text, "[REDACTED:memgate_token][REDACTED:slack_webhook]");
     assert_eq!(rules, ["slack_webhook", "memgate_token"]);
+}
+
+#[test]
+fn the_prefilter_clears_ordinary_writes_and_nothing_that_holds_a_secret() {
+    let guard = guard(GuardMode::Redact);
+    let ordinary = [
+        add_body(&"x".repeat(900), json!({"source": "bench"})),
+        add_body(
+            "The user prefers dark mode in every editor and wants answers in French.",
+            json!({"category": "preferences", "tags": ["ui", "language"]}),
+        ),
+        // The words alone are not enough: no `=` or `:` follows them.
+        add_body(
+            "Rotate the deploy token weekly; the primary key of users is id.\nSee the auth docs.",
+            json!({"note": "monkey keyboard author"}),
+        ),
+    ];
+    for body in &ordinary {
+        assert!(
+            guard.certainly_clean(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let generated = ["Zq8pL2vX", "9mK4wR7t"].concat();
+    let after_g = &github()[1..];
+    let hiding = [
+        add_body(&github(), json!({})),
+        add_body("see metadata", json!({"db": {"password": generated}})),
+        add_body(
+            "",
+            json!({"url": format!("postgres://app:{generated}@db/app")}),
+        ),
+        // An escape or a percent-encoding hides the literal from the raw text.
+        format!(r#"{{"messages":[{{"role":"user","content":"\u0067{after_g}"}}]}}"#).into_bytes(),
+        format!(r#"{{"messages":[{{"role":"user","content":"%67{after_g}"}}]}}"#).into_bytes(),
+        // A key matched case-insensitively: the long s folds onto `s`.
+        add_body("see metadata", json!({"\u{17F}ecret": generated})),
+    ];
+    for body in &hiding {
+        assert!(
+            !guard.certainly_clean(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        assert_ne!(guard.scan_mem0_add(body).unwrap(), GuardOutcome::Clean);
+    }
 }
