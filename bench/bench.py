@@ -623,6 +623,105 @@ def med(xs):
 
 
 # --------------------------------------------------------------------------
+# An OAuth issuer of the bench's own, for the JWT scenario: an RSA key made
+# with openssl, its key set served on loopback, and one access token signed
+# with it (RS256: openssl signs PKCS#1 v1.5 directly).
+
+
+class JwtIssuer:
+    def __init__(self, port):
+        import http.server
+        import threading
+
+        self.port = port
+        self.issuer = f"http://127.0.0.1:{port}"
+        self.dir = WORK / "jwt-issuer"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = self.dir / "key.pem"
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(self.key), "2048"], check=True, capture_output=True
+        )
+        modulus = subprocess.run(
+            ["openssl", "rsa", "-in", str(self.key), "-noout", "-modulus"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip().split("=", 1)[1]
+        jwks = json.dumps(
+            {
+                "keys": [
+                    {
+                        "kty": "RSA",
+                        "kid": "bench",
+                        "alg": "RS256",
+                        "use": "sig",
+                        "n": b64url(bytes.fromhex(modulus)),
+                        "e": b64url((65537).to_bytes(3, "big")),
+                    }
+                ]
+            }
+        ).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200 if self.path == "/jwks" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(jwks)))
+                self.end_headers()
+                self.wfile.write(jwks)
+
+            def log_message(self, *_):
+                pass
+
+        check_port_free(port)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def config(self, audience):
+        return "\n".join(
+            [
+                "[oauth]",
+                "enabled = true",
+                f'issuer = "{self.issuer}"',
+                f'jwks_uri = "{self.issuer}/jwks"',
+                f'audience = ["{audience}"]',
+            ]
+        )
+
+    def token(self, audience, user=USER):
+        """An access token for `audience` valid for a day, as an
+        authorization server issues one (RFC 9068 `at+jwt`)."""
+        now = int(time.time())
+        header = {"alg": "RS256", "typ": "at+jwt", "kid": "bench"}
+        claims = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": user,
+            "scope": "mcp:read mcp:write",
+            "iat": now,
+            "exp": now + 86400,
+            "jti": secrets.token_urlsafe(12),
+        }
+        signing_input = ".".join(
+            b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        )
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
+        return f"{signing_input}.{b64url(signature)}"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# --------------------------------------------------------------------------
 # Mode: load
 
 
@@ -639,6 +738,7 @@ SCENARIOS = [
     ("tokio-get", "hand-written HTTP/1 on tokio, no auth: GET /memories", "get", "tokio"),
     ("tokio-post", "hand-written HTTP/1 on tokio, no auth: POST /memories (1 KiB)", "post", "tokio"),
     ("memgate-get", "memgate, cached token: GET /memories", "get", "memgate"),
+    ("memgate-jwt", "memgate, cached OAuth JWT (RS256): GET /memories", "get", "memgate"),
     ("memgate-post", "memgate, rewrite: POST /memories (1 KiB)", "post", "memgate"),
     ("memgate-post-noguard", "memgate, rewrite, secret guard off: POST /memories (1 KiB)", "post", "memgate"),
     ("memgate-nocache", "memgate, cache off: GET /memories (32 tokens)", "get", "memgate"),
@@ -687,6 +787,13 @@ def mode_load():
         "memgate-nocache": Memgate("nocache", 40, auth={"cache_ttl_secs": 0}, rate_limit=no_limits),
         "memgate-mcp": Memgate("mcp", 50, rate_limit=no_limits),
     }
+    issuer = None
+    if "memgate-jwt" in (s[0] for s in SCENARIOS):
+        # The same memgate as memgate-get but for `[oauth]`, whose key set
+        # it fetches from this bench's own issuer.
+        issuer = JwtIssuer(PORT_BASE + 95)
+        audience = f"http://127.0.0.1:{PORT_BASE + 90}"
+        mg["memgate-jwt"] = Memgate("jwt", 90, rate_limit=no_limits, extra=issuer.config(audience))
     flood = {
         "default": Memgate("flood-default", 60),
         "raised": Memgate("flood-raised", 70, rate_limit={"failed_auth_per_ip_per_min": 1000000}),
@@ -721,6 +828,12 @@ def mode_load():
             m = mg[key]
             port = m.mem0_port
             lua = write_rotating_lua(key, nocache_tokens)
+            pids = [m.pid]
+        elif key == "memgate-jwt":
+            m = mg[key]
+            port = m.mem0_port
+            jwt = issuer.token(f"http://127.0.0.1:{port}")
+            lua = write_lua(key, "GET", {"Authorization": f"Bearer {jwt}"})
             pids = [m.pid]
         elif target == "memgate":
             m = mg[key]

@@ -2,7 +2,8 @@
 //!
 //! - `auth/*`: token hashing alone, and `Authenticator::authenticate` on the
 //!   cache-hit path (header extraction, SHA-256, cache lookup, status checks,
-//!   the `last_used_at` note and the metrics), over a real SQLite store.
+//!   the `last_used_at` note and the metrics), over a real SQLite store; and
+//!   the same for a cached OAuth access token (a JWT verified once).
 //! - `mem0_decide/*`: `Mem0Policy::decide` for every mem0 route (including
 //!   the JSON rewrite of a 1 KiB `POST /memories` body, and two refusals).
 //! - `mem0_response/*`: filtering a list response and reading created ids.
@@ -53,6 +54,76 @@ pub fn create_body_1k() -> Vec<u8> {
     let body = make(1024 - base);
     assert_eq!(body.len(), 1024);
     body.into_bytes()
+}
+
+fn auth_store(auth: &Authenticator) -> Arc<dyn Store> {
+    auth.store().clone()
+}
+
+/// An authenticator with `[oauth]` trusting an issuer served here on
+/// loopback (an ES256 key made with rcgen, its key set answered to every
+/// request), and an access token of that issuer for memgate's MCP resource.
+async fn jwt_authenticator(store: Arc<dyn Store>) -> (Authenticator, String) {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use memgate::auth::oauth::{OAuth, OAuthSettings};
+    use memgate::config::{Config, OneOrMany};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
+    let raw = pair.public_key_raw();
+    let jwks = json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "bench",
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+    }]})
+    .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let resource = "http://127.0.0.1:8080/mcp";
+    let mut config = Config::default();
+    config.oauth.enabled = true;
+    config.oauth.issuer = OneOrMany::One(issuer.clone());
+    config.oauth.jwks_uri = format!("{issuer}/jwks");
+    config.validate().expect("valid config");
+    let settings = OAuthSettings::from_config(&config, |_| None)
+        .expect("settings")
+        .expect("enabled");
+    let oauth = OAuth::new(settings).expect("verifier");
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("bench".into());
+    header.typ = Some("at+jwt".into());
+    let claims = json!({
+        "iss": issuer, "aud": resource, "sub": "bench", "scope": "mcp:read mcp:write",
+        "iat": now, "exp": now + 86_400, "jti": "bench-1",
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+    let jwt = jsonwebtoken::encode(&header, &claims, &key).expect("signed");
+    let auth = Authenticator::new(store, &AuthConfig::default()).with_oauth(Arc::new(oauth));
+    (auth, jwt)
 }
 
 fn bench_auth(c: &mut Criterion) {
@@ -119,6 +190,26 @@ fn bench_auth(c: &mut Criterion) {
             };
             black_box(
                 auth.authenticate(black_box(&h), StoreAccess::Open)
+                    .await
+                    .is_ok(),
+            )
+        })
+    });
+    let (jwt_auth, jwt) = rt.block_on(jwt_authenticator(auth_store(&auth)));
+    let jwt_bearer = format!("Bearer {jwt}");
+    let jwt_headers = || PresentedHeaders {
+        authorization: vec![jwt_bearer.as_bytes()],
+        ..PresentedHeaders::default()
+    };
+    // The first call fetches the key set and verifies; later ones hit the cache.
+    rt.block_on(jwt_auth.authenticate(&jwt_headers(), StoreAccess::Open))
+        .expect("the JWT authenticates");
+    group.bench_function("authenticate_cache_hit_jwt", |b| {
+        b.to_async(&rt).iter(|| async {
+            let h = jwt_headers();
+            black_box(
+                jwt_auth
+                    .authenticate(black_box(&h), StoreAccess::Open)
                     .await
                     .is_ok(),
             )

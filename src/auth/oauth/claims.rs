@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::denial::InvalidToken;
-use crate::config::OAuthConfig;
 use crate::identity::{Permission, Permissions, user_id_problem};
 
 /// Scope → the permissions it grants (`[oauth.scopes]`).
@@ -70,17 +69,6 @@ pub struct ClaimRules {
 }
 
 impl ClaimRules {
-    /// The rules `[oauth]` sets, with the audiences the listeners gave.
-    pub fn from_config(cfg: &OAuthConfig, audiences: Vec<String>) -> Option<ClaimRules> {
-        Some(ClaimRules {
-            issuers: cfg.issuer.values().into_iter().map(String::from).collect(),
-            audiences,
-            leeway_secs: i64::try_from(cfg.leeway_secs).ok()?,
-            user_claim: cfg.user_claim.clone(),
-            scopes: ScopeMap::from_config(&cfg.scopes)?,
-        })
-    }
-
     /// The configured issuer a token claims, before its signature is
     /// checked: it picks the key set, so a token can only ever be checked
     /// with the keys of the issuer it names.
@@ -283,6 +271,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::OAuthConfig;
 
     const NOW: i64 = 1_800_000_000;
     const MCP: &str = "https://memgate.example.com/mcp";

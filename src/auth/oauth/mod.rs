@@ -16,6 +16,7 @@ mod claims;
 mod denial;
 mod http;
 mod introspection;
+mod jws;
 mod keys;
 mod shape;
 
@@ -24,8 +25,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
@@ -43,9 +42,12 @@ pub use introspection::IntrospectionSettings;
 pub use keys::discovery_urls;
 pub use shape::{BearerShape, MAX_JWT_LEN, bearer_shape};
 
-use crate::config::{Config, ConfigError, OAuthResources, check_authorization_server_url};
+use crate::config::{
+    Config, ConfigError, OAuthConfig, OAuthResources, check_authorization_server_url,
+};
 use crate::identity::{Permission, Permissions};
 use crate::token::{self, TokenHash};
+use jws::JwsHeader;
 use keys::IssuerKeys;
 
 /// How a request authenticated, for the audit and the metrics.
@@ -163,6 +165,19 @@ impl OAuthSettings {
             mcp_endpoint_paths: vec![config.mcp.path.clone()],
             cache_capacity: config.auth.cache_capacity,
         }))
+    }
+}
+
+impl ClaimRules {
+    /// The rules `[oauth]` sets, with the audiences the listeners gave.
+    pub fn from_config(cfg: &OAuthConfig, audiences: Vec<String>) -> Option<ClaimRules> {
+        Some(ClaimRules {
+            issuers: cfg.issuer.values().into_iter().map(String::from).collect(),
+            audiences,
+            leeway_secs: i64::try_from(cfg.leeway_secs).ok()?,
+            user_claim: cfg.user_claim.clone(),
+            scopes: ScopeMap::from_config(&cfg.scopes)?,
+        })
     }
 }
 
@@ -413,41 +428,16 @@ impl OAuth {
     }
 
     async fn check_jwt(&self, jwt: &str, now: i64) -> Result<Verified, OAuthDenial> {
-        let mut segments = jwt.split('.');
-        let (Some(header), Some(payload)) = (segments.next(), segments.next()) else {
-            return Err(InvalidToken::Malformed.into());
-        };
-        let header = json_segment(header)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(InvalidToken::Malformed)?;
-        let alg = Algorithm::from_str(alg)
-            .ok()
-            .filter(|alg| self.settings.allowed_algs.contains(alg))
-            .ok_or(InvalidToken::AlgorithmNotAllowed)?;
-        if header.contains_key("crit") {
-            return Err(InvalidToken::CriticalHeader.into());
-        }
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err(InvalidToken::Malformed.into()),
-        };
-        let typ = match header.get("typ") {
-            None => None,
-            Some(Value::String(typ)) => Some(typ.as_str()),
-            Some(_) => return Err(InvalidToken::Malformed.into()),
-        };
+        let (header, unverified) = jws::read_unverified(jwt, &self.settings.allowed_algs)?;
+        let JwsHeader { alg, kid, typ } = header;
         // The claimed issuer picks the keys; the claims are trusted only
         // once the signature is verified below.
-        let unverified = json_segment(payload)?;
         let issuer = self.settings.rules.issuer_of(&unverified)?;
         let keys = self
             .issuers
             .get(issuer)
             .ok_or(InvalidToken::UnknownIssuer)?;
-        let key = keys.key_for(kid, alg).await?;
+        let key = keys.key_for(kid.as_deref(), alg).await?;
         let mut validation = Validation::new(alg);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
@@ -462,7 +452,7 @@ impl OAuth {
                 _ => InvalidToken::Malformed,
             })?
             .claims;
-        let checked = check_jwt_claims(&self.settings.rules, typ, &claims, now)?;
+        let checked = check_jwt_claims(&self.settings.rules, typ.as_deref(), &claims, now)?;
         Ok(verified(checked, AuthMethod::Jwt))
     }
 
@@ -510,13 +500,3 @@ fn verified(checked: CheckedClaims, method: AuthMethod) -> Verified {
     }
 }
 
-/// A JWS segment that must decode to a JSON object.
-fn json_segment(segment: &str) -> Result<Map<String, Value>, InvalidToken> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| InvalidToken::Malformed)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(object)) => Ok(object),
-        _ => Err(InvalidToken::Malformed),
-    }
-}
