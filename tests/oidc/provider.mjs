@@ -6,7 +6,10 @@
 //
 // PORT 0 picks a free port. Every RESOURCE is a resource server whose tokens
 // carry it as aud, with the scopes mcp:read mcp:write mcp:admin; the first is
-// the default when a client names none. Access tokens for the resources after
+// the default when a client names none. A `*` in a RESOURCE stands for a port
+// number (http://127.0.0.1:*/mcp), for resource servers started after the
+// provider, on ports it cannot know; the token's aud is the URL the client
+// named. Access tokens for the resources after
 // --opaque are opaque, for introspection (RFC 7662) at /token/introspection,
 // which confidential clients may call. Clients:
 //   memgate-m2m  confidential, client_credentials (secret: m2m-secret)
@@ -16,7 +19,13 @@
 // GET the interaction URL, POST prompt=login&login=USER&password=any, then
 // POST prompt=consent. Access tokens are signed ES256; ID tokens RS256.
 // Access tokens live 300 s, or ACCESS_TOKEN_TTL seconds when that is set.
-// Prints one JSON line {"issuer": ...} on stdout when it listens.
+// With DYNAMIC_REGISTRATION=1 any client may register itself (RFC 7591, at
+// the registration_endpoint discovery names, no initial access token), as MCP
+// clients do, and the resource scopes are also the provider's own, because a
+// registration may only name scopes the provider lists.
+// Prints one JSON line {"issuer": ...} on stdout when it listens, then one
+// line per event a test may check: {"event": "registration" | "authorization"
+// | "grant" | "error", ...} with the client, resource and scope involved.
 
 import { createServer } from 'node:http';
 
@@ -28,6 +37,16 @@ const split = rest.indexOf('--opaque');
 const jwtResources = split === -1 ? rest : rest.slice(0, split);
 const opaqueResources = split === -1 ? [] : rest.slice(split + 1);
 const resources = [...jwtResources, ...opaqueResources];
+const REGISTRATION = process.env.DYNAMIC_REGISTRATION === '1';
+
+// A resource argument as a whole-string pattern: `*` matches a port number.
+function pattern(resource) {
+  const escaped = resource.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[0-9]{1,5}');
+  return new RegExp(`^${escaped}$`);
+}
+const jwtPatterns = jwtResources.map(pattern);
+const opaquePatterns = opaqueResources.map(pattern);
+const known = (patterns, indicator) => patterns.some((p) => p.test(indicator));
 if (jwtResources.length === 0) {
   console.error('usage: node provider.mjs PORT RESOURCE... [--opaque RESOURCE...]');
   process.exit(2);
@@ -70,7 +89,9 @@ const provider = new Provider(issuer, {
     claims: async () => ({ sub: id, email: `${id}@example.test` }),
   }),
   claims: { openid: ['sub'], email: ['email'] },
+  ...(REGISTRATION ? { scopes: ['openid', 'offline_access', ...SCOPES.split(' ')] } : {}),
   features: {
+    registration: { enabled: REGISTRATION },
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
@@ -79,10 +100,10 @@ const provider = new Provider(issuer, {
       defaultResource: () => resources[0],
       useGrantedResource: () => true,
       getResourceServerInfo: (_ctx, indicator) => {
-        if (!resources.includes(indicator)) {
+        if (!known(jwtPatterns, indicator) && !known(opaquePatterns, indicator)) {
           throw new errors.InvalidTarget();
         }
-        if (opaqueResources.includes(indicator)) {
+        if (known(opaquePatterns, indicator)) {
           return {
             scope: SCOPES, audience: indicator, accessTokenTTL: TTL, accessTokenFormat: 'opaque',
           };
@@ -102,6 +123,34 @@ const provider = new Provider(issuer, {
 });
 server.on('request', provider.callback());
 console.log(JSON.stringify({ issuer }));
+
+const report = (line) => console.log(JSON.stringify(line));
+provider.on('registration_create.success', (_ctx, client) => report({
+  event: 'registration',
+  client_id: client.clientId,
+  redirect_uris: client.redirectUris,
+  token_endpoint_auth_method: client.tokenEndpointAuthMethod,
+  scope: client.scope ?? null,
+}));
+provider.on('authorization.accepted', (ctx) => report({
+  event: 'authorization',
+  client_id: ctx.oidc.client?.clientId,
+  account: ctx.oidc.session?.accountId ?? null,
+  resource: ctx.oidc.params.resource ?? null,
+  scope: ctx.oidc.params.scope ?? null,
+  code_challenge_method: ctx.oidc.params.code_challenge_method ?? null,
+}));
+provider.on('grant.success', (ctx) => report({
+  event: 'grant',
+  grant_type: ctx.oidc.params.grant_type,
+  client_id: ctx.oidc.client?.clientId,
+  resource: ctx.oidc.params.resource ?? null,
+}));
+for (const name of ['registration_create.error', 'authorization.error', 'grant.error', 'server_error']) {
+  provider.on(name, (_ctx, error) => report({
+    event: 'error', on: name, error: error?.error ?? String(error), detail: error?.error_description ?? null,
+  }));
+}
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => server.close(() => process.exit(0)));

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,6 +24,18 @@ const REDIRECT: &str = "http://127.0.0.1:4711/callback";
 pub struct Provider {
     child: Child,
     pub issuer: String,
+    /// The events it reported (registrations, authorizations, grants,
+    /// errors), in order; see tests/oidc/provider.mjs.
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+/// How to run the provider beyond its resources.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Access tokens live this long (the provider's default otherwise).
+    pub ttl_secs: Option<u64>,
+    /// Clients may register themselves (RFC 7591), as MCP clients do.
+    pub dynamic_registration: bool,
 }
 
 impl Provider {
@@ -39,6 +52,19 @@ impl Provider {
         opaque: &[&str],
         ttl_secs: Option<u64>,
     ) -> Option<Provider> {
+        Provider::start_with(
+            resources,
+            opaque,
+            Options {
+                ttl_secs,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// [`Provider::start`] with `options`. A `*` in a resource stands for
+    /// any port number (provider.mjs).
+    pub fn start_with(resources: &[&str], opaque: &[&str], options: Options) -> Option<Provider> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
         let installed = dir.join("node_modules/oidc-provider/package.json").exists();
         let node = Command::new("node")
@@ -64,7 +90,16 @@ impl Provider {
             .args(resources)
             .arg("--opaque")
             .args(opaque)
-            .envs(ttl_secs.map(|ttl| ("ACCESS_TOKEN_TTL", ttl.to_string())))
+            .envs(
+                options
+                    .ttl_secs
+                    .map(|ttl| ("ACCESS_TOKEN_TTL", ttl.to_string())),
+            )
+            .envs(
+                options
+                    .dynamic_registration
+                    .then_some(("DYNAMIC_REGISTRATION", "1".to_string())),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -73,12 +108,37 @@ impl Provider {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut stdout, &mut line)
             .expect("read the provider's first line");
-        // Whatever it prints later is drained: a closed pipe would kill it.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        // Whatever it prints later is kept, and the pipe drained: a closed
+        // pipe would kill it.
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(stdout) {
+                let Ok(line) = line else { break };
+                if let Ok(event) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
         let ready: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
         let issuer = ready["issuer"].as_str().unwrap().to_string();
-        Some(Provider { child, issuer })
+        Some(Provider {
+            child,
+            issuer,
+            events,
+        })
+    }
+
+    /// The events of kind `event` the provider reported so far.
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == event)
+            .cloned()
+            .collect()
     }
 
     pub fn stop(&mut self) {

@@ -68,6 +68,14 @@ impl SdkClient {
         }
     }
 
+    /// The script that signs in through the SDK's own OAuth client.
+    fn oauth_script(self) -> PathBuf {
+        match self {
+            SdkClient::Python1 | SdkClient::Python2 => repo("tests/clients/oauth_client.py"),
+            SdkClient::TypeScript => repo("tests/clients/oauth_client.mjs"),
+        }
+    }
+
     /// What is missing for this client to run, if anything.
     fn missing(self) -> Option<String> {
         let installed = match self {
@@ -125,13 +133,33 @@ impl SdkClient {
         extra: &[&str],
         limit: Duration,
     ) -> SdkRun {
-        let child = tokio::process::Command::new(self.program())
+        let mut command = tokio::process::Command::new(self.program());
+        command
             .arg(self.script())
             .args(extra)
             .arg(url)
             // The token stays out of the process list.
             .env("MEMGATE_TOKEN", token)
-            .env("MEMGATE_CALLS", calls.to_string())
+            .env("MEMGATE_CALLS", calls.to_string());
+        self.finish(command, limit).await
+    }
+
+    /// Runs the client's OAuth script against `url` with no credentials:
+    /// the SDK's own OAuth client discovers the authorization server from
+    /// memgate's 401 and signs in as `user` at its login page (see
+    /// `tests/clients/oauth_client.py`), then makes the calls `calls`.
+    pub async fn run_oauth(self, url: &str, user: &str, calls: &Value, limit: Duration) -> SdkRun {
+        let mut command = tokio::process::Command::new(self.program());
+        command
+            .arg(self.oauth_script())
+            .args(["--user", user])
+            .arg(url)
+            .env("MEMGATE_CALLS", calls.to_string());
+        self.finish(command, limit).await
+    }
+
+    async fn finish(self, mut command: tokio::process::Command, limit: Duration) -> SdkRun {
+        let child = command
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
