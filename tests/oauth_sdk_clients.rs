@@ -301,8 +301,9 @@ fn assert_session(run: &SdkRun, calls: usize, refused: usize) {
     assert!(refusals.iter().all(|c| c["ok"] == false), "{out}");
 }
 
-/// Audit events of `event` in the store, once the writer stored `at_least`.
-async fn audit_rows(db: &TestDb, event: &str, at_least: usize) -> Vec<memgate::audit::AuditEvent> {
+/// Audit events of `event` in the store, once the writer stored one for
+/// each of `users` (memgate records after it answers), or after 10 s.
+async fn audit_rows(db: &TestDb, event: &str, users: &[&str]) -> Vec<memgate::audit::AuditEvent> {
     let store = db.store().await;
     let filter = memgate::store::AuditFilter {
         since: chrono::Utc::now() - chrono::Duration::days(1),
@@ -315,7 +316,10 @@ async fn audit_rows(db: &TestDb, event: &str, at_least: usize) -> Vec<memgate::a
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let rows = store.audit_events(&filter).await.unwrap();
-        if rows.len() >= at_least || std::time::Instant::now() > deadline {
+        let all_there = users
+            .iter()
+            .all(|user| rows.iter().any(|e| e.user_id.as_deref() == Some(*user)));
+        if all_there || std::time::Instant::now() > deadline {
             return rows;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -360,6 +364,11 @@ async fn sdk_signs_in_and_each_user_stays_in_their_own_memories(client: SdkClien
         "{}",
         alice.describe()
     );
+    let reached = upstream.tool_calls();
+    assert_eq!(reached.len(), 3, "{reached:?}");
+    for (tool, arguments) in &reached {
+        assert_eq!(arguments["user_id"], "alice", "{tool}: {reached:?}");
+    }
     let listed = &alice.calls()[1];
     assert!(
         result_text(listed).contains("alice likes tea"),
@@ -404,7 +413,7 @@ async fn sdk_signs_in_and_each_user_stays_in_their_own_memories(client: SdkClien
     }
 
     // memgate's record: each user authenticated by a JWT, under their name.
-    let successes = audit_rows(&env.env.db, "auth_success", 2).await;
+    let successes = audit_rows(&env.env.db, "auth_success", &["alice", "bob"]).await;
     for user in ["alice", "bob"] {
         let theirs: Vec<_> = successes
             .iter()
