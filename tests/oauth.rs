@@ -439,7 +439,9 @@ async fn metadata_and_challenges_name_memgates_resources_and_the_issuer() {
         json!({
             "resource": MCP,
             "authorization_servers": ["https://idp.example.com/realms/main"],
-            "scopes_supported": ["mcp:admin", "mcp:read", "mcp:write"],
+            // Admin is asked for only on a step-up challenge: clients ask
+            // for every scope offered.
+            "scopes_supported": ["mcp:read", "mcp:write"],
             "bearer_methods_supported": ["header"],
         })
     );

@@ -310,24 +310,30 @@ async fn metadata_is_served_by_memgate_and_401s_point_at_it() {
             json!([provider.issuer]),
             "{document}"
         );
-        assert!(
-            document["scopes_supported"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("mcp:write")),
-            "{document}"
+        assert_eq!(
+            document["scopes_supported"],
+            json!(["mcp:read", "mcp:write"]),
+            "no scope granting admin is offered: {document}"
         );
     }
 
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
     let mcp = rpc(gate, &[], &initialize).await;
     let mem0 = send(http().get(gate.mem0_url("/memories")), &[]).await;
-    for (reply, metadata) in [(&mcp, MCP_METADATA), (&mem0, MEM0_METADATA)] {
+    let delete_all = send(http().delete(gate.mem0_url("/memories?user_id=alice")), &[]).await;
+    // The scope asked for: what the route needs on the mem0 listener, an
+    // ordinary session's read and write on the MCP listener, whose need is
+    // in a message memgate reads only after authentication.
+    for (reply, metadata, scope) in [
+        (&mcp, MCP_METADATA, "mcp:read mcp:write"),
+        (&mem0, MEM0_METADATA, "mcp:read"),
+        (&delete_all, MEM0_METADATA, "mcp:admin"),
+    ] {
         assert_eq!(reply.status, 401, "{reply:?}");
         let challenge = reply.challenge.as_deref().unwrap_or_default();
         assert_eq!(
             challenge,
-            format!("Bearer resource_metadata=\"{metadata}\""),
+            format!("Bearer resource_metadata=\"{metadata}\", scope=\"{scope}\""),
             "no token, no error code"
         );
     }
@@ -342,7 +348,8 @@ async fn metadata_is_served_by_memgate_and_401s_point_at_it() {
     let challenge = refused.challenge.unwrap_or_default();
     assert!(
         challenge.starts_with(&format!(
-            "Bearer resource_metadata=\"{MEM0_METADATA}\", error=\"invalid_token\""
+            "Bearer resource_metadata=\"{MEM0_METADATA}\", scope=\"mcp:read\", \
+             error=\"invalid_token\""
         )),
         "{challenge}"
     );

@@ -10,14 +10,13 @@
 //! the provider's record, the audit trail and `/metrics` must show each
 //! acting as themselves only.
 //!
-//! Both SDKs ask for every scope the Protected Resource Metadata lists when
-//! the 401 names none, and the provider here grants whatever its users
-//! consent to, as many do. With memgate's default `[oauth.scopes]` that list
-//! includes `mcp:admin`, so every user who signs in through an SDK is an
-//! admin, free to name another user; the sign-in tests therefore map only
-//! `mcp:read` and `mcp:write`, and
-//! [`with_the_default_scopes_an_sdk_user_still_cannot_read_another_users_memories`]
-//! holds memgate's defaults to the same isolation.
+//! Both SDKs ask for the scope memgate's 401 names, else for every scope the
+//! metadata offers, and the provider here grants whatever its users consent
+//! to, as many do. So memgate's 401 on the MCP listener names an ordinary
+//! session's `mcp:read mcp:write`, and the metadata offers no scope that
+//! grants admin: with memgate's default `[oauth.scopes]`, which map
+//! `mcp:admin` too, a user who signs in through an SDK is never an admin
+//! ([`with_the_default_scopes_an_sdk_user_is_not_an_admin`]).
 //!
 //! Skipped without the SDKs (unless `MEMGATE_REQUIRE_SDK_CLIENTS=1`) or
 //! without oidc-provider (unless `MEMGATE_REQUIRE_OIDC=1`).
@@ -46,16 +45,15 @@ struct Env {
 }
 
 /// oidc-provider with dynamic registration, the stand-in upstreams, and
-/// memgate trusting the provider, with `oauth.scopes` replaced by `scopes`
-/// (an inline TOML table) when given; `None` when the provider cannot run
-/// here.
+/// memgate trusting the provider with its default `[oauth.scopes]`; `None`
+/// when the provider cannot run here.
 ///
 /// `oauth.audience` is left out: memgate then names its resources after its
 /// listen addresses (`http://127.0.0.1:PORT/mcp` for the MCP listener),
 /// which is exactly the URL the SDKs connect to, and both SDKs refuse
 /// metadata whose `resource` does not match that URL. Those ports are picked
 /// when memgate starts, after the provider, so the provider takes any port.
-async fn start(scopes: Option<&str>) -> Option<Env> {
+async fn start() -> Option<Env> {
     let provider = Provider::start_with(
         &["http://127.0.0.1:*/mcp", "http://127.0.0.1:*"],
         &[],
@@ -73,12 +71,6 @@ async fn start(scopes: Option<&str>) -> Option<Env> {
         "[oauth]\nenabled = true\nissuer = {issuer:?}\n",
         issuer = provider.issuer
     );
-    // A file's `[oauth.scopes]` is laid over the default table, which keeps
-    // `mcp:admin`; the environment replaces the table whole.
-    if let Some(scopes) = scopes {
-        cfg.env
-            .push(("MEMGATE_OAUTH__SCOPES".into(), scopes.to_string()));
-    }
     let gate = Memgate::start(cfg).await;
     let env = McpEnv {
         db,
@@ -89,9 +81,9 @@ async fn start(scopes: Option<&str>) -> Option<Env> {
     Some(Env { provider, env })
 }
 
-/// Scopes for reading and writing one's own memories only: what the
-/// metadata then lists, and so all an SDK asks for.
-const USER_SCOPES: &str = r#"{ "mcp:read" = "read", "mcp:write" = "write" }"#;
+/// What memgate's 401 asks for on the MCP listener, and so all an SDK
+/// asks for: reading and writing one's own memories.
+const USER_SCOPES: &str = "mcp:read mcp:write";
 
 /// What a user's run asks for: a write, a listing of their own memories,
 /// and a search.
@@ -252,7 +244,7 @@ fn assert_discovered(run: &SdkRun, env: &Env, user: &str) -> String {
     client_id.to_string()
 }
 
-/// The SDK asked for exactly the scopes the metadata lists, and got them.
+/// The SDK asked for exactly the scopes memgate's 401 names, and got them.
 fn assert_scope(run: &SdkRun, scopes: &str) {
     let out = run.describe();
     let sorted = |list: &str| {
@@ -343,7 +335,7 @@ async fn sdk_signs_in_and_each_user_stays_in_their_own_memories(client: SdkClien
     if !client.ready() {
         return;
     }
-    let Some(env) = start(Some(USER_SCOPES)).await else {
+    let Some(env) = start().await else {
         return;
     };
     let gate = &env.env.gate;
@@ -356,7 +348,7 @@ async fn sdk_signs_in_and_each_user_stays_in_their_own_memories(client: SdkClien
         .await;
     assert_session(&alice, 3, 0);
     let alice_client = assert_discovered(&alice, &env, "alice");
-    assert_scope(&alice, "mcp:read mcp:write");
+    assert_scope(&alice, USER_SCOPES);
     let added = upstream.calls_of("add_memory");
     assert_eq!(
         added,
@@ -387,7 +379,7 @@ async fn sdk_signs_in_and_each_user_stays_in_their_own_memories(client: SdkClien
     let out = bob.describe();
     assert_session(&bob, 4, 1);
     let bob_client = assert_discovered(&bob, &env, "bob");
-    assert_scope(&bob, "mcp:read mcp:write");
+    assert_scope(&bob, USER_SCOPES);
     assert_ne!(alice_client, bob_client, "each run registers itself");
     let results = bob.calls();
     for seen in &results[1..3] {
@@ -464,11 +456,10 @@ async fn typescript_sdk_oauth_client_signs_in_through_discovery() {
     sdk_signs_in_and_each_user_stays_in_their_own_memories(SdkClient::TypeScript).await;
 }
 
-/// memgate's default `[oauth.scopes]` list `mcp:admin` in the metadata; an
-/// SDK asks for it with the rest, and a user who consents gets a token that
-/// memgate must still not let read another user's memories.
+/// memgate's default `[oauth.scopes]` map `mcp:admin` too; an SDK that
+/// signs bob in must still not be given a token that lets him name alice.
 #[tokio::test]
-async fn with_the_default_scopes_an_sdk_user_still_cannot_read_another_users_memories() {
+async fn with_the_default_scopes_an_sdk_user_is_not_an_admin() {
     let clients: Vec<SdkClient> = [
         SdkClient::Python1,
         SdkClient::Python2,
@@ -480,7 +471,7 @@ async fn with_the_default_scopes_an_sdk_user_still_cannot_read_another_users_mem
     if clients.is_empty() {
         return;
     }
-    let Some(env) = start(None).await else {
+    let Some(env) = start().await else {
         return;
     };
     let endpoint = env.env.gate.mcp_url("/mcp");
@@ -491,6 +482,7 @@ async fn with_the_default_scopes_an_sdk_user_still_cannot_read_another_users_mem
         let out = bob.describe();
         assert!(bob.success && bob.fatal().is_none(), "{out}");
         assert_discovered(&bob, &env, "bob");
+        assert_scope(&bob, USER_SCOPES);
         let reached: Vec<_> = upstream
             .tool_calls()
             .into_iter()
@@ -498,7 +490,7 @@ async fn with_the_default_scopes_an_sdk_user_still_cannot_read_another_users_mem
             .collect();
         assert!(
             reached.is_empty(),
-            "{}: bob, signed in with the scopes memgate advertises ({}), read alice's \
+            "{}: bob, signed in with the scopes memgate asks for ({}), read alice's \
              memories: {reached:?}\n{out}",
             client.name(),
             bob.step("oauth").unwrap()["scope"]

@@ -264,11 +264,30 @@ fn check_spans_under(prefix: &str, table: &toml::Table) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Tables that a file sets whole, replacing the default's entries instead
+/// of adding to them: an operator who writes `[oauth.scopes]` lists every
+/// scope that grants anything, so a default such as `mcp:admin` cannot
+/// linger unseen (the environment's `MEMGATE_OAUTH__SCOPES` does the same).
+const SET_WHOLE: &[&str] = &["oauth.scopes"];
+
 /// Merges `top` into `base`, table by table.
 fn overlay(base: &mut toml::Table, top: toml::Table) {
+    overlay_at("", base, top);
+}
+
+fn overlay_at(prefix: &str, base: &mut toml::Table, top: toml::Table) {
     for (key, value) in top {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => overlay(below, above),
+            (Some(toml::Value::Table(below)), toml::Value::Table(above))
+                if !SET_WHOLE.contains(&path.as_str()) =>
+            {
+                overlay_at(&path, below, above);
+            }
             (_, value) => {
                 base.insert(key, value);
             }

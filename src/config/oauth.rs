@@ -483,6 +483,17 @@ mod tests {
     }
 
     #[test]
+    fn a_files_scope_table_replaces_the_default_one() {
+        let c = load(
+            &format!("{ON}[oauth.scopes]\n\"memgate:use\" = \"read,write\"\n"),
+            &[],
+        )
+        .unwrap();
+        let scopes: Vec<&str> = c.oauth.scopes.keys().map(String::as_str).collect();
+        assert_eq!(scopes, ["memgate:use"], "no default scope lingers");
+    }
+
+    #[test]
     fn explicit_audiences_name_each_listeners_resource() {
         let c = load(
             &format!(

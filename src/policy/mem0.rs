@@ -187,27 +187,25 @@ impl Mem0Policy {
         }
     }
 
-    /// The permission `matched` needs that `identity` lacks, if any: the
-    /// route's own, or admin for deleting all memories.
+    /// The permission `matched` needs: the route's own, or admin for
+    /// deleting all memories.
+    pub fn needed_permission(&self, matched: &RouteMatch) -> Permission {
+        // On mem0 0.1.118–1.0.5 this call drops the whole collection whatever
+        // its filters, so it stays admin-only unless the operator opts in.
+        if matched.route == Route::DeleteAllMemories && !self.allow_delete_all {
+            return Permission::Admin;
+        }
+        matched.permission()
+    }
+
+    /// The permission `matched` needs that `identity` lacks, if any.
     pub fn missing_permission(
         &self,
         identity: &Identity,
         matched: &RouteMatch,
     ) -> Option<Permission> {
-        let permissions = identity.permissions;
-        let needed = matched.permission();
-        if !permissions.allows(needed) {
-            return Some(needed);
-        }
-        // On mem0 0.1.118–1.0.5 this call drops the whole collection whatever
-        // its filters, so it stays admin-only unless the operator opts in.
-        if matched.route == Route::DeleteAllMemories
-            && !self.allow_delete_all
-            && !permissions.allows(Permission::Admin)
-        {
-            return Some(Permission::Admin);
-        }
-        None
+        let needed = self.needed_permission(matched);
+        (!identity.permissions.allows(needed)).then_some(needed)
     }
 
     /// Step 2b: the query alone (400), so that a request refused for it is

@@ -90,7 +90,7 @@ impl Gate {
                     .shared
                     .auth
                     .oauth()
-                    .and_then(|oauth| self.unauthorized_challenge(oauth, &denial));
+                    .and_then(|oauth| self.unauthorized_challenge(session, oauth, &denial));
                 errors::respond_challenged(
                     session,
                     self.listener,
@@ -141,18 +141,30 @@ impl Gate {
     /// for a refusal that is not a 401.
     pub(super) fn unauthorized_challenge(
         &self,
+        session: &Session,
         oauth: &OAuth,
         refused: &Refused,
     ) -> Option<String> {
+        let needed = self.needed_permission(session.req_header());
         match refused {
             Refused::OAuth(denial) => {
-                oauth.unauthorized_challenge(self.resource, None, Some(*denial))
+                oauth.unauthorized_challenge(self.resource, needed, Some(*denial))
             }
             _ if refused.status() != 401 => None,
-            _ if refused.is_missing() => oauth.unauthorized_challenge(self.resource, None, None),
+            _ if refused.is_missing() => oauth.unauthorized_challenge(self.resource, needed, None),
             Refused::Token(denial) => {
-                Some(oauth.refused_token_challenge(self.resource, &denial.message()))
+                Some(oauth.refused_token_challenge(self.resource, needed, &denial.message()))
             }
+        }
+    }
+
+    /// The permission a request needs, when its head alone tells: a mem0
+    /// route's. An MCP request's need is in its message, read only after
+    /// authentication.
+    fn needed_permission(&self, req: &RequestHeader) -> Option<Permission> {
+        match &self.flow {
+            Flow::Mem0(flow) => flow.needed_permission(req),
+            Flow::Mcp(_) => None,
         }
     }
 

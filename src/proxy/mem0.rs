@@ -116,6 +116,15 @@ impl Mem0Flow {
         self.policy.missing_permission(identity, &matched)
     }
 
+    /// The permission a request's route needs, when it has a route.
+    pub fn needed_permission(&self, req: &pingora::http::RequestHeader) -> Option<Permission> {
+        let matched = self
+            .policy
+            .route(req.method.as_str(), req.uri.path())
+            .ok()?;
+        Some(self.policy.needed_permission(&matched))
+    }
+
     /// Route → permission → body → owner, in docs/design.md §4's order.
     async fn decide(
         &self,

@@ -50,9 +50,35 @@ impl ScopeMap {
         first(&|p| !p.admin && p.allows(needed)).or_else(|| first(&|p| p.admin))
     }
 
-    /// Every scope memgate knows, for `scopes_supported`.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+    /// The scopes offered in `scopes_supported`: every scope memgate knows
+    /// except those granting admin. MCP clients ask for all they are offered,
+    /// and an authorization server that lets users consent to their own
+    /// scopes would make every user an admin; admin is asked for only on the
+    /// step-up challenge of a request that needs it.
+    pub fn offered(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(|(_, grants)| !grants.admin)
+            .map(|(scope, _)| scope.as_str())
+    }
+
+    /// The scopes a client asks for when memgate cannot tell what its
+    /// request needs (a 401 on the MCP listener, whose need is in a message
+    /// read only after authentication): one granting read and one granting
+    /// write, neither granting admin. Empty when no such scope exists.
+    pub fn session_scopes(&self) -> Vec<&str> {
+        let mut scopes = Vec::new();
+        for needed in [Permission::Read, Permission::Write] {
+            let fitting = self
+                .0
+                .iter()
+                .find(|(_, grants)| !grants.admin && grants.allows(needed))
+                .map(|(scope, _)| scope.as_str());
+            if let Some(scope) = fitting.filter(|scope| !scopes.contains(scope)) {
+                scopes.push(scope);
+            }
+        }
+        scopes
     }
 }
 
@@ -528,5 +554,29 @@ mod tests {
             Err(InvalidToken::Expired)
         );
         assert_eq!(answer(json!({"sub": null})), Err(InvalidToken::UserClaim));
+    }
+
+    #[test]
+    fn scopes_granting_admin_are_neither_offered_nor_asked_for_without_need() {
+        let scopes = rules().scopes;
+        assert_eq!(
+            scopes.offered().collect::<Vec<_>>(),
+            ["mcp:read", "mcp:write"]
+        );
+        assert_eq!(scopes.session_scopes(), ["mcp:read", "mcp:write"]);
+        assert_eq!(scopes.scope_for(Permission::Admin), Some("mcp:admin"));
+        let map = |pairs: &[(&str, &str)]| {
+            let table: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(scope, grants)| ((*scope).to_owned(), (*grants).to_owned()))
+                .collect();
+            ScopeMap::from_config(&table).unwrap()
+        };
+        let only_admin = map(&[("all", "admin")]);
+        assert_eq!(only_admin.offered().count(), 0);
+        assert!(only_admin.session_scopes().is_empty());
+        let one = map(&[("rw", "read,write"), ("root", "admin,read")]);
+        assert_eq!(one.offered().collect::<Vec<_>>(), ["rw"]);
+        assert_eq!(one.session_scopes(), ["rw"]);
     }
 }

@@ -260,7 +260,7 @@ impl OAuth {
             let document = metadata_document(
                 resource,
                 settings.rules.issuers.iter().map(String::as_str),
-                settings.rules.scopes.names(),
+                settings.rules.scopes.offered(),
             );
             Ok::<_, OAuthSetupError>(ListenerMetadata {
                 resource: resource.to_string(),
@@ -325,8 +325,8 @@ impl OAuth {
     }
 
     /// The `WWW-Authenticate` value of a 401 on `listener`: no token
-    /// (`refused` = `None`) or a refused one. `needed` adds the scope the
-    /// request needs when known. `None` for a denial that is not a 401.
+    /// (`refused` = `None`) or a refused one. `None` for a denial that is
+    /// not a 401. Its `scope` is what [`Self::challenge_scope`] gives.
     pub fn unauthorized_challenge(
         &self,
         listener: Listener,
@@ -338,14 +338,42 @@ impl OAuth {
             Some(OAuthDenial::InvalidToken(why)) => Some(why),
             Some(OAuthDenial::Unavailable) => return None,
         };
-        let scope = needed.and_then(|p| self.scope_for(p));
-        Some(unauthorized(self.metadata_url(listener), scope, invalid))
+        let scope = self.challenge_scope(needed);
+        Some(unauthorized(
+            self.metadata_url(listener),
+            scope.as_deref(),
+            invalid,
+        ))
     }
 
     /// The `WWW-Authenticate` value of a 401 for one of memgate's own
     /// tokens refused for the reason `description`.
-    pub fn refused_token_challenge(&self, listener: Listener, description: &str) -> String {
-        unauthorized_described(self.metadata_url(listener), None, Some(description))
+    pub fn refused_token_challenge(
+        &self,
+        listener: Listener,
+        needed: Option<Permission>,
+        description: &str,
+    ) -> String {
+        let scope = self.challenge_scope(needed);
+        unauthorized_described(
+            self.metadata_url(listener),
+            scope.as_deref(),
+            Some(description),
+        )
+    }
+
+    /// The `scope` of a 401, which MCP clients ask for ahead of
+    /// `scopes_supported`: the one scope a request needing `needed` asks
+    /// for, or without a known need the read and write scopes of an
+    /// ordinary session. Never an admin scope unless the request needs admin.
+    fn challenge_scope(&self, needed: Option<Permission>) -> Option<String> {
+        match needed {
+            Some(needed) => self.scope_for(needed).map(str::to_owned),
+            None => {
+                let scopes = self.settings.rules.scopes.session_scopes();
+                (!scopes.is_empty()).then(|| scopes.join(" "))
+            }
+        }
     }
 
     /// The `WWW-Authenticate` value of the 403 for a token without the
@@ -499,4 +527,3 @@ fn verified(checked: CheckedClaims, method: AuthMethod) -> Verified {
         method,
     }
 }
-
