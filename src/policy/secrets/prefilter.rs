@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 
 use super::rules::{CREDENTIAL_KEY_IN_TEXT, CREDENTIAL_KEY_NEEDS};
@@ -30,16 +30,21 @@ use crate::policy::percent;
 
 /// Characters outside ASCII that Unicode case folding maps onto an ASCII
 /// letter: `ſ` (long s) onto `s` and the Kelvin sign onto `k`.
-const FOLDS_ONTO_ASCII: [char; 2] = ['\u{17F}', '\u{212A}'];
+const FOLDS_ONTO_ASCII: [&str; 2] = ["\u{17F}", "\u{212A}"];
 
 /// The whole-body check, built with the guard ([`Prefilter::new`]).
 #[derive(Debug)]
 pub(super) struct Prefilter {
-    /// Every literal some rule needs, searched ASCII-case-insensitively.
+    /// Every literal some rule needs, in ASCII lower case, searched in the
+    /// body lowered the same way. Leftmost-first, which lets the search run
+    /// on its vectorised literal engine; the matches it steps over are
+    /// accounted for in `candidates`.
     literals: AhoCorasick,
     /// For each literal, by pattern id: the checks (indices into `checks`)
-    /// whose every match holds it, as a bit set.
-    needed_by: Vec<u64>,
+    /// that a match of it makes candidates, as a bit set. Those needing the
+    /// literal itself, and those needing any literal a match of it can hide
+    /// (one inside it, around it, or starting within it).
+    candidates: Vec<u64>,
     /// What confirms a candidate on the decoded body: the shipped rules'
     /// own patterns, then credential-named keys followed by `":`.
     checks: Vec<Regex>,
@@ -102,13 +107,23 @@ impl Prefilter {
             need(&mut literals, CREDENTIAL_KEY_NEEDS, checks.len());
             checks.push(keys);
         }
+        let candidates = literals
+            .iter()
+            .map(|found| {
+                literals
+                    .iter()
+                    .zip(&needed_by)
+                    .filter(|(other, _)| can_hide(found, other))
+                    .fold(0, |mask, (_, needed)| mask | needed)
+            })
+            .collect();
         let literals = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
             .build(&literals)
             .expect("a few short literals build");
         Some(Prefilter {
             literals,
-            needed_by,
+            candidates,
             checks,
             custom,
         })
@@ -125,13 +140,14 @@ impl Prefilter {
         };
         let bytes = text.as_bytes();
         if memchr::memchr_iter(b'%', bytes).any(|at| percent::escape_at(bytes, at))
-            || text.contains(FOLDS_ONTO_ASCII)
+            || folds_onto_ascii(bytes)
         {
             return false;
         }
+        let lowered = bytes.to_ascii_lowercase();
         let mut candidates = 0u64;
-        for found in self.literals.find_overlapping_iter(bytes) {
-            candidates |= self.needed_by[found.pattern().as_usize()];
+        for found in self.literals.find_iter(&lowered) {
+            candidates |= self.candidates[found.pattern().as_usize()];
         }
         let mut checked = 0u64;
         while candidates & !checked != 0 {
@@ -143,6 +159,24 @@ impl Prefilter {
         }
         !self.custom.iter().any(|regex| regex.is_match(&text))
     }
+}
+
+/// Whether a leftmost-first search that reports `found` can step over an
+/// occurrence of `other` (every occurrence it steps over overlaps a
+/// reported match): `other` inside `found`, `found` inside `other`, or
+/// `other` starting within `found` (a suffix of `found` begins `other`).
+fn can_hide(found: &str, other: &str) -> bool {
+    found.contains(other)
+        || other.contains(found)
+        || (1..found.len()).any(|at| other.starts_with(&found[at..]))
+}
+
+/// Whether `bytes` holds a character of [`FOLDS_ONTO_ASCII`], found by
+/// their UTF-8 lead bytes first.
+fn folds_onto_ascii(bytes: &[u8]) -> bool {
+    let [first, second] = FOLDS_ONTO_ASCII.map(str::as_bytes);
+    memchr::memchr2_iter(first[0], second[0], bytes)
+        .any(|at| bytes[at..].starts_with(first) || bytes[at..].starts_with(second))
 }
 
 /// Whether `pattern` asserts the start or end of the text or of a line
@@ -240,7 +274,19 @@ mod tests {
             .filter_map(char::from_u32)
             .filter(|c| letter.is_match(c.encode_utf8(&mut [0; 4])))
             .collect();
-        assert_eq!(folding, FOLDS_ONTO_ASCII);
+        let expected: Vec<char> = FOLDS_ONTO_ASCII.iter().flat_map(|c| c.chars()).collect();
+        assert_eq!(folding, expected);
+        assert!(folds_onto_ascii("a \u{212A}ey".as_bytes()));
+        assert!(!folds_onto_ascii("é ſ".replace('ſ', "s").as_bytes()));
+    }
+
+    #[test]
+    fn a_reported_literal_accounts_for_those_it_can_step_over() {
+        assert!(can_hide("sk-", "sk-ant-"), "one starting where it starts");
+        assert!(can_hide("sk-ant-", "sk-"), "one inside it");
+        assert!(can_hide("passw", "word"), "one starting within it");
+        assert!(can_hide("aida", "akia"), "a shared letter at the seam");
+        assert!(!can_hide("eyj", "mcp_") && !can_hide("mcp_", "eyj"));
     }
 
     #[test]
