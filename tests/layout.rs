@@ -38,9 +38,8 @@ const LAYERS: &[&[&str]] = &[
     &["identity", "http1", "token"],
 ];
 
-/// Imports that still point up a layer or across one, as (from, to). The
-/// configuration checks a TLS certificate by loading it as the listener does.
-const KNOWN_UPWARD: &[(&str, &str)] = &[("config", "listener")];
+/// Imports that still point up a layer or across one, as (from, to): none.
+const KNOWN_UPWARD: &[(&str, &str)] = &[];
 
 /// Top-level modules that may name pingora: the server and the listeners,
 /// and (until they stop using pingora's error and head types) the upstream

@@ -44,6 +44,7 @@ pub use secret_guard::{GuardMode, RuleConfig, SecretGuardConfig};
 pub use server::{LogConfig, ServerConfig};
 pub use spawn::{PORT_PLACEHOLDER, SPAWN_UPSTREAM, SpawnConfig, SpawnTransport};
 pub use tls::TlsConfig;
+pub use tls::certified_key;
 
 use serde::{Deserialize, Serialize};
 

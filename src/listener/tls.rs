@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use pingora::listeners::tls::TlsSettings;
 use pingora_rustls::sign::CertifiedKey;
-use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora_rustls::{ClientHello, ResolvesServerCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,25 +33,7 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
 
 /// Reads and checks a PEM certificate chain and private key.
 pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<CertifiedKey>, TlsError> {
-    pingora_rustls::install_default_crypto_provider();
-    let (certs, key) = pingora_rustls::load_certs_and_key_files(cert_path, key_path)
-        .map_err(|e| TlsError::Load(e.to_string()))?
-        .ok_or_else(|| {
-            TlsError::Load(format!(
-                "no certificate in {cert_path} or no key in {key_path}"
-            ))
-        })?;
-    let provider = CryptoProvider::get_default()
-        .ok_or_else(|| TlsError::Load("no TLS crypto provider".into()))?;
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::Load(format!("{key_path}: {e}")))?;
-    let certified = CertifiedKey::new(certs, signing_key);
-    certified
-        .keys_match()
-        .map_err(|e| TlsError::Load(format!("{cert_path} and {key_path} do not match: {e}")))?;
-    Ok(Arc::new(certified))
+    crate::config::certified_key(cert_path, key_path).map_err(TlsError::Load)
 }
 
 impl ReloadingCert {
