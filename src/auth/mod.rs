@@ -134,11 +134,16 @@ pub const NO_METHOD: &str = "none";
 /// rate-limit keys: `jwt:` (or `oauth:` for an opaque token) and the first 8
 /// hex digits of its SHA-256, never any part of the token itself.
 pub fn oauth_token_label(bearer: &str, method: AuthMethod) -> String {
+    oauth_token_label_of(&token::hash(bearer), method)
+}
+
+/// [`oauth_token_label`] from the token's SHA-256, already computed.
+fn oauth_token_label_of(hash: &token::TokenHash, method: AuthMethod) -> String {
     let kind = match method {
         AuthMethod::Jwt => "jwt",
         AuthMethod::Token | AuthMethod::Introspection => "oauth",
     };
-    format!("{kind}:{}", &token::hash_hex(bearer)[..8])
+    format!("{kind}:{}", hex::encode(&hash[..4]))
 }
 
 /// Whether a token the cache does not know may be looked up in the store.
@@ -268,9 +273,11 @@ impl Authenticator {
                 });
             }
         };
-        let label = oauth_token_label(credential.token, method);
+        // One hash of a token of a few hundred bytes: the cache key and the label.
+        let hash = token::hash(credential.token);
+        let label = oauth_token_label_of(&hash, method);
         let verified = oauth
-            .verify(credential.token, credential.claimed_user_id)
+            .verify_hashed(credential.token, hash, credential.claimed_user_id)
             .await
             .map_err(|denial| Failure {
                 denial: Refused::OAuth(denial),

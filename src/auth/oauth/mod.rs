@@ -399,15 +399,25 @@ impl OAuth {
         bearer: &str,
         claimed_user_id: Option<&str>,
     ) -> Result<Verified, OAuthDenial> {
-        let verified = self.verified(bearer).await?;
+        self.verify_hashed(bearer, token::hash(bearer), claimed_user_id)
+            .await
+    }
+
+    /// [`Self::verify`] for a caller that has hashed the token already.
+    pub async fn verify_hashed(
+        &self,
+        bearer: &str,
+        key: TokenHash,
+        claimed_user_id: Option<&str>,
+    ) -> Result<Verified, OAuthDenial> {
+        let verified = self.verified(bearer, key).await?;
         if claimed_user_id.is_some_and(|claimed| claimed != verified.user_id) {
             return Err(InvalidToken::UserMismatch.into());
         }
         Ok(verified)
     }
 
-    async fn verified(&self, bearer: &str) -> Result<Verified, OAuthDenial> {
-        let key = token::hash(bearer);
+    async fn verified(&self, bearer: &str, key: TokenHash) -> Result<Verified, OAuthDenial> {
         let now = Utc::now().timestamp();
         if let Some(hit) = self.cache.get(&key).await {
             if now < hit.valid_until {

@@ -42,10 +42,15 @@ pub fn bearer_shape(bearer: &str) -> BearerShape {
         // A mangled memgate token: never sent to an authorization server.
         return BearerShape::Malformed;
     }
-    let segments: Vec<&str> = bearer.split('.').collect();
+    let mut segments = bearer.split('.');
     if bearer.len() <= MAX_JWT_LEN
-        && segments.len() == 3
-        && segments.iter().all(|s| is_base64url(s))
+        && segments
+            .by_ref()
+            .take(3)
+            .filter(|s| is_base64url(s))
+            .count()
+            == 3
+        && segments.next().is_none()
     {
         return BearerShape::Jwt;
     }
