@@ -337,8 +337,8 @@ fn authenticator(
         async move { oauth.prefetch_keys().await }
     });
     tracing::info!(
-        mcp = oauth.resource(oauth::Listener::Mcp),
-        mem0 = oauth.resource(oauth::Listener::Mem0),
+        mcp = oauth.resource(oauth::Resource::Mcp),
+        mem0 = oauth.resource(oauth::Resource::Mem0),
         "OAuth access tokens are accepted"
     );
     Ok(auth.with_oauth(oauth))

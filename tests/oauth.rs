@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use memgate::auth::oauth::{
-    AuthMethod, InvalidToken, Listener, OAuth, OAuthDenial, OAuthSettings, Verified,
+    AuthMethod, InvalidToken, OAuth, OAuthDenial, OAuthSettings, Resource, Verified,
 };
 use memgate::config::{Config, OneOrMany};
 use memgate::identity::Permission;
@@ -289,7 +289,7 @@ async fn real_tokens_by_client_credentials_and_by_authorization_code_with_pkce()
     assert!(verified.permissions.allows(Permission::Read));
     assert!(!verified.permissions.allows(Permission::Write));
     // Step-up: the request needing write gets 403 naming the scope for it.
-    let step_up = oauth.insufficient_scope_challenge(Listener::Mcp, Permission::Write);
+    let step_up = oauth.insufficient_scope_challenge(Resource::Mcp, Permission::Write);
     assert!(
         step_up.starts_with("Bearer error=\"insufficient_scope\", scope=\"mcp:write\""),
         "{step_up}"
@@ -420,20 +420,20 @@ async fn real_opaque_tokens_are_introspected_at_the_provider() {
 #[tokio::test]
 async fn metadata_and_challenges_name_memgates_resources_and_the_issuer() {
     let oauth = verifier("https://idp.example.com/realms/main", |_| {});
-    assert_eq!(oauth.resource(Listener::Mcp), MCP);
-    assert_eq!(oauth.resource(Listener::Mem0), MEM0);
+    assert_eq!(oauth.resource(Resource::Mcp), MCP);
+    assert_eq!(oauth.resource(Resource::Mem0), MEM0);
     assert_eq!(
-        oauth.metadata_paths(Listener::Mcp),
+        oauth.metadata_paths(Resource::Mcp),
         [
             "/.well-known/oauth-protected-resource",
             "/.well-known/oauth-protected-resource/mcp"
         ]
     );
     assert_eq!(
-        oauth.metadata_paths(Listener::Mem0),
+        oauth.metadata_paths(Resource::Mem0),
         ["/.well-known/oauth-protected-resource"]
     );
-    let document: Value = serde_json::from_slice(oauth.metadata_document(Listener::Mcp)).unwrap();
+    let document: Value = serde_json::from_slice(oauth.metadata_document(Resource::Mcp)).unwrap();
     assert_eq!(
         document,
         json!({
@@ -446,7 +446,7 @@ async fn metadata_and_challenges_name_memgates_resources_and_the_issuer() {
         })
     );
     assert_eq!(
-        oauth.unauthorized_challenge(Listener::Mem0, Some(Permission::Read), None),
+        oauth.unauthorized_challenge(Resource::Mem0, Some(Permission::Read), None),
         Some(
             "Bearer resource_metadata=\"http://127.0.0.1:8000/.well-known/oauth-protected-resource\", \
              scope=\"mcp:read\""
@@ -455,14 +455,14 @@ async fn metadata_and_challenges_name_memgates_resources_and_the_issuer() {
     );
     let refused = oauth
         .unauthorized_challenge(
-            Listener::Mcp,
+            Resource::Mcp,
             None,
             Some(OAuthDenial::InvalidToken(InvalidToken::Expired)),
         )
         .unwrap();
     assert!(refused.contains("error=\"invalid_token\""), "{refused}");
     assert_eq!(
-        oauth.unauthorized_challenge(Listener::Mcp, None, Some(OAuthDenial::Unavailable)),
+        oauth.unauthorized_challenge(Resource::Mcp, None, Some(OAuthDenial::Unavailable)),
         None
     );
 }

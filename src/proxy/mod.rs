@@ -109,7 +109,7 @@ pub struct Shared {
 pub struct Gate {
     listener: Listener,
     /// The OAuth resource this listener is.
-    resource: oauth::Listener,
+    resource: oauth::Resource,
     shared: Arc<Shared>,
     /// Sends streamed requests; the flows' exchanges share its idle connections.
     upstreams: Arc<Upstreams>,
@@ -140,8 +140,8 @@ impl Gate {
         Gate {
             listener,
             resource: match listener {
-                Listener::Mcp => oauth::Listener::Mcp,
-                Listener::Mem0 | Listener::Admin => oauth::Listener::Mem0,
+                Listener::Mcp => oauth::Resource::Mcp,
+                Listener::Mem0 | Listener::Admin => oauth::Resource::Mem0,
             },
             shared,
             upstreams,

@@ -85,9 +85,9 @@ pub struct Verified {
     pub method: AuthMethod,
 }
 
-/// Which proxied listener a request came in on: each is its own resource.
+/// Which protected resource a request is for: each proxied listener is one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Listener {
+pub enum Resource {
     Mcp,
     Mem0,
 }
@@ -192,8 +192,8 @@ pub enum OAuthSetupError {
     NoCryptoBackend,
 }
 
-/// What one listener tells clients.
-struct ListenerMetadata {
+/// What memgate tells clients about one resource.
+struct ResourceMetadata {
     resource: String,
     metadata_url: String,
     paths: Vec<String>,
@@ -229,8 +229,8 @@ pub struct OAuth {
     issuers: HashMap<String, IssuerKeys>,
     http: reqwest::Client,
     cache: moka::future::Cache<TokenHash, Arc<Cached>>,
-    mcp: ListenerMetadata,
-    mem0: ListenerMetadata,
+    mcp: ResourceMetadata,
+    mem0: ResourceMetadata,
 }
 
 impl OAuth {
@@ -262,7 +262,7 @@ impl OAuth {
                 settings.rules.issuers.iter().map(String::as_str),
                 settings.rules.scopes.offered(),
             );
-            Ok::<_, OAuthSetupError>(ListenerMetadata {
+            Ok::<_, OAuthSetupError>(ResourceMetadata {
                 resource: resource.to_string(),
                 metadata_url,
                 paths: metadata_paths(resource, &extra),
@@ -285,33 +285,33 @@ impl OAuth {
         })
     }
 
-    fn listener(&self, listener: Listener) -> &ListenerMetadata {
-        match listener {
-            Listener::Mcp => &self.mcp,
-            Listener::Mem0 => &self.mem0,
+    fn described(&self, resource: Resource) -> &ResourceMetadata {
+        match resource {
+            Resource::Mcp => &self.mcp,
+            Resource::Mem0 => &self.mem0,
         }
     }
 
-    /// The resource identifier of `listener` (RFC 9728 `resource`).
-    pub fn resource(&self, listener: Listener) -> &str {
-        &self.listener(listener).resource
+    /// The resource identifier of `resource` (RFC 9728 `resource`).
+    pub fn resource(&self, resource: Resource) -> &str {
+        &self.described(resource).resource
     }
 
-    /// Where `listener`'s metadata is, for `resource_metadata` in challenges.
-    pub fn metadata_url(&self, listener: Listener) -> &str {
-        &self.listener(listener).metadata_url
+    /// Where `resource`'s metadata is, for `resource_metadata` in challenges.
+    pub fn metadata_url(&self, resource: Resource) -> &str {
+        &self.described(resource).metadata_url
     }
 
-    /// The request paths (decoded, exact) on which `listener` answers GET
+    /// The request paths (decoded, exact) on which `resource`'s listener answers GET
     /// with [`OAuth::metadata_document`] itself, never forwarding them.
-    pub fn metadata_paths(&self, listener: Listener) -> &[String] {
-        &self.listener(listener).paths
+    pub fn metadata_paths(&self, resource: Resource) -> &[String] {
+        &self.described(resource).paths
     }
 
-    /// The Protected Resource Metadata of `listener`, as JSON bytes
+    /// The Protected Resource Metadata of `resource`, as JSON bytes
     /// (`Content-Type: application/json`).
-    pub fn metadata_document(&self, listener: Listener) -> &bytes::Bytes {
-        &self.listener(listener).document
+    pub fn metadata_document(&self, resource: Resource) -> &bytes::Bytes {
+        &self.described(resource).document
     }
 
     /// Whether opaque (non-JWT) access tokens are introspected.
@@ -324,12 +324,12 @@ impl OAuth {
         self.settings.rules.scopes.scope_for(needed)
     }
 
-    /// The `WWW-Authenticate` value of a 401 on `listener`: no token
+    /// The `WWW-Authenticate` value of a 401 for `resource`: no token
     /// (`refused` = `None`) or a refused one. `None` for a denial that is
     /// not a 401. Its `scope` is what [`Self::challenge_scope`] gives.
     pub fn unauthorized_challenge(
         &self,
-        listener: Listener,
+        resource: Resource,
         needed: Option<Permission>,
         refused: Option<OAuthDenial>,
     ) -> Option<String> {
@@ -340,7 +340,7 @@ impl OAuth {
         };
         let scope = self.challenge_scope(needed);
         Some(unauthorized(
-            self.metadata_url(listener),
+            self.metadata_url(resource),
             scope.as_deref(),
             invalid,
         ))
@@ -350,13 +350,13 @@ impl OAuth {
     /// tokens refused for the reason `description`.
     pub fn refused_token_challenge(
         &self,
-        listener: Listener,
+        resource: Resource,
         needed: Option<Permission>,
         description: &str,
     ) -> String {
         let scope = self.challenge_scope(needed);
         unauthorized_described(
-            self.metadata_url(listener),
+            self.metadata_url(resource),
             scope.as_deref(),
             Some(description),
         )
@@ -378,8 +378,8 @@ impl OAuth {
 
     /// The `WWW-Authenticate` value of the 403 for a token without the
     /// permission `needed`.
-    pub fn insufficient_scope_challenge(&self, listener: Listener, needed: Permission) -> String {
-        insufficient_scope(self.metadata_url(listener), self.scope_for(needed))
+    pub fn insufficient_scope_challenge(&self, resource: Resource, needed: Permission) -> String {
+        insufficient_scope(self.metadata_url(resource), self.scope_for(needed))
     }
 
     /// Fetches every issuer's keys now, so the first request does not wait
