@@ -11,7 +11,8 @@
 // provider, on ports it cannot know; the token's aud is the URL the client
 // named. Access tokens for the resources after
 // --opaque are opaque, for introspection (RFC 7662) at /token/introspection,
-// which confidential clients may call. Clients:
+// which confidential clients may call. Clients may revoke their own tokens
+// at /token/revocation (RFC 7009). Clients:
 //   memgate-m2m  confidential, client_credentials (secret: m2m-secret)
 //   memgate-cli  public, authorization_code with PKCE, redirect
 //                http://127.0.0.1/callback (any port, as for native apps)
@@ -25,7 +26,10 @@
 // registration may only name scopes the provider lists.
 // Prints one JSON line {"issuer": ...} on stdout when it listens, then one
 // line per event a test may check: {"event": "registration" | "authorization"
-// | "grant" | "error", ...} with the client, resource and scope involved.
+// | "grant" | "error", ...} with the client, resource and scope involved, and
+// {"event": "introspection", "client_id", "status", "active"} for every
+// introspection request answered (never the token), so a test can count how
+// often a resource server asks.
 
 import { createServer } from 'node:http';
 
@@ -95,6 +99,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
+    revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => resources[0],
@@ -121,10 +126,22 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   ttl: { AccessToken: TTL, ClientCredentials: TTL, IdToken: 300 },
 });
+const report = (line) => console.log(JSON.stringify(line));
+// Before callback(): Koa composes the middleware there.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.oidc?.route === 'introspection') {
+    report({
+      event: 'introspection',
+      client_id: ctx.oidc.client?.clientId ?? null,
+      status: ctx.status,
+      active: ctx.body?.active ?? null,
+    });
+  }
+});
 server.on('request', provider.callback());
 console.log(JSON.stringify({ issuer }));
 
-const report = (line) => console.log(JSON.stringify(line));
 provider.on('registration_create.success', (_ctx, client) => report({
   event: 'registration',
   client_id: client.clientId,
