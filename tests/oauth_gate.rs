@@ -37,12 +37,18 @@ struct Env {
 /// `None` when the provider cannot run here (see the module docs).
 async fn start(ttl_secs: Option<u64>, oauth_extra: &str) -> Option<Env> {
     let provider = Provider::start_with_ttl(&[MCP_RESOURCE, MEM0_RESOURCE, OTHER], &[], ttl_secs)?;
+    Some(trusting(provider, oauth_extra).await)
+}
+
+/// Stand-in upstreams and memgate trusting `provider`; `oauth_extra` follows
+/// the `[oauth]` keys (and may open its subsections).
+async fn trusting(provider: Provider, oauth_extra: &str) -> Env {
     let extra = format!(
         "[oauth]\nenabled = true\nissuer = {issuer:?}\naudience = [{MCP_RESOURCE:?}, {MEM0_RESOURCE:?}]\n{oauth_extra}\n",
         issuer = provider.issuer,
     );
     let env = McpEnv::start("", &extra).await;
-    Some(Env { provider, env })
+    Env { provider, env }
 }
 
 fn http() -> reqwest::Client {
@@ -528,6 +534,310 @@ async fn a_token_without_the_scope_a_request_needs_gets_a_step_up_challenge() {
         })
         .count();
     assert_eq!(jwt_refusals, 2, "{refusals:?}");
+}
+
+/// How long memgate may reuse an introspection answer in the test below:
+/// long enough that a burst of requests is answered from its cache, short
+/// enough to wait out.
+const INTROSPECTION_CACHE_SECS: u64 = 4;
+
+/// The introspection requests the provider answered, once it reported at
+/// least `at_least` (it reports each before memgate gets the answer, but
+/// its output is read on another thread).
+async fn introspections(provider: &Provider, at_least: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while provider.events("introspection").len() < at_least && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Anything reported after the ones awaited has been written by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    provider.events("introspection")
+}
+
+/// Whether the provider answered introspection requests with these
+/// `active` values, in order, always to memgate's client.
+fn assert_introspected(seen: &[Value], active: &[bool], what: &str) {
+    let answers: Vec<Value> = seen.iter().map(|e| e["active"].clone()).collect();
+    let expected: Vec<Value> = active.iter().map(|a| json!(a)).collect();
+    assert_eq!(answers, expected, "{what}: {seen:?}");
+    for event in seen {
+        assert_eq!(event["client_id"], "memgate-m2m", "{what}: {event}");
+        assert_eq!(event["status"], 200, "{what}: {event}");
+    }
+}
+
+/// Revokes `token` at the provider (RFC 7009) as the public client it was
+/// issued to.
+async fn revoke(issuer: &str, token: &str) {
+    let response = http()
+        .post(format!("{issuer}/token/revocation"))
+        .form(&[
+            ("token", token),
+            ("token_type_hint", "access_token"),
+            ("client_id", "memgate-cli"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "revocation");
+}
+
+/// Scrapes `/metrics` until `name` reaches `at_least` (memgate counts a
+/// request after answering it) or 10 s passed; the last value seen.
+async fn metric_reaching(gate: &Memgate, name: &str, at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = gate.metric(name).await;
+        if value >= at_least || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_cached() {
+    // The provider issues opaque tokens for memgate's own resources, so only
+    // introspection can tell memgate what they are.
+    let Some(provider) = Provider::start(&[OTHER], &[MCP_RESOURCE, MEM0_RESOURCE]) else {
+        return;
+    };
+    let issuer = provider.issuer.clone();
+    // The secret comes from a file, as in production, never from the config.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("introspection-secret");
+    std::fs::write(&secret_file, "m2m-secret\n").unwrap();
+    let introspection = format!(
+        "[oauth.introspection]\nurl = \"{issuer}/token/introspection\"\n\
+         client_id = \"memgate-m2m\"\nclient_secret = {{ file = {file:?} }}\n\
+         cache_secs = {INTROSPECTION_CACHE_SECS}\n",
+        file = secret_file.to_str().unwrap(),
+    );
+    let Env { mut provider, env } = trusting(provider, &introspection).await;
+    let gate = &env.gate;
+    let scope = "openid mcp:read mcp:write";
+    // Introspection answers name the user in `sub` (memgate's user claim):
+    // the account that signed in.
+    let (alice, _) = authorization_code(&issuer, "alice", scope, MEM0_RESOURCE).await;
+    assert!(!alice.contains('.'), "an opaque token: {alice}");
+    let auth = [bearer(&alice)];
+
+    // One token, both listeners, several requests: the provider is asked once.
+    let listed = send(http().get(gate.mem0_url("/memories")), &auth).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let first_answered = std::time::Instant::now();
+    let added = post_memories(gate, &auth).await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let in_session = session(gate, &auth).await;
+    let called = rpc(
+        gate,
+        &in_session,
+        &tool_call(2, "add_memory", json!({"text": "likes tea"})),
+    )
+    .await;
+    assert_eq!(called.status, 200, "{called:?}");
+    assert!(called.message()["result"].is_object(), "{called:?}");
+    let in_window = first_answered.elapsed();
+    assert_introspected(
+        &introspections(&provider, 1).await,
+        &[true],
+        "five requests with one token",
+    );
+    assert!(
+        in_window < Duration::from_secs(INTROSPECTION_CACHE_SECS - 1),
+        "the requests took {in_window:?}: longer than the answer is surely cached"
+    );
+
+    // Each upstream saw the requests scoped to alice, and never the token.
+    let seen = env.mem0.requests();
+    let get = seen
+        .iter()
+        .find(|r| r.method == "GET" && r.uri.starts_with("/memories"))
+        .expect("GET /memories upstream");
+    assert!(get.uri.contains("user_id=alice"), "{}", get.uri);
+    let post = seen
+        .iter()
+        .find(|r| r.method == "POST" && r.uri.starts_with("/memories"))
+        .expect("POST /memories upstream");
+    let body: Value = serde_json::from_slice(&post.body).unwrap();
+    assert_eq!(body["user_id"], "alice", "{body}");
+    let calls = env.mcp.calls_of("add_memory");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user_id"], "alice", "{calls:?}");
+    assert!(seen.iter().all(|r| r.header("authorization").is_none()));
+    assert!(
+        env.mcp
+            .http_requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none())
+    );
+
+    let allowed = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"ok\",result=\"allow\"}";
+    let allowed_count = metric_reaching(gate, allowed, 5.0).await;
+    assert!(allowed_count >= 5.0, "{allowed} = {allowed_count}");
+    let successes = audit_rows(&env.db, "auth_success", 1).await;
+    let alices: Vec<_> = successes
+        .iter()
+        .filter(|e| e.user_id.as_deref() == Some("alice"))
+        .collect();
+    assert!(!alices.is_empty(), "{successes:?}");
+    for row in &alices {
+        assert_eq!(row.auth_method.as_deref(), Some("introspection"), "{row:?}");
+        let label = row.token_prefix.as_deref().unwrap_or_default();
+        assert!(label.starts_with("oauth:") && label.len() == 14, "{label}");
+        assert!(
+            !alice.contains(&label[6..]),
+            "the label is not part of the token"
+        );
+    }
+
+    // Refusals: a token the provider never issued, one revoked before its
+    // first use, and alice's once memgate's answer about it has aged out.
+    // The provider's word that a token is inactive is cached too.
+    revoke(&issuer, &alice).await;
+    let never_issued = "2YotnFZFEjr1zCsicMWpAAxxxxxxxxxxxxxxxxxxxxx".to_string();
+    let (revoked, _) = authorization_code(&issuer, "bob", scope, MEM0_RESOURCE).await;
+    revoke(&issuer, &revoked).await;
+    let mem0_before = env.mem0.requests().len();
+    let mcp_before = env.mcp.http_requests().len();
+    for (what, token) in [("never issued", &never_issued), ("revoked", &revoked)] {
+        let mem0 = send(http().get(gate.mem0_url("/memories")), &[bearer(token)]).await;
+        assert_invalid_token(&mem0, what);
+        assert!(
+            mem0.challenge
+                .unwrap()
+                .contains("error_description=\"The access token is not active\""),
+            "{what}"
+        );
+        let mcp = rpc(
+            gate,
+            &[bearer(token)],
+            &tool_call(3, "add_memory", json!({"text": "x"})),
+        )
+        .await;
+        assert_invalid_token(&mcp, what);
+        assert!(mcp.challenge.unwrap().contains(MCP_METADATA), "{what}");
+    }
+    assert_introspected(
+        &introspections(&provider, 3).await,
+        &[true, false, false],
+        "two refused tokens, each on both listeners",
+    );
+    // Until memgate's answer about alice's token ages out it holds; after,
+    // the provider is asked again and the revocation counts, also in the
+    // MCP session the token opened.
+    let aged = Duration::from_millis(INTROSPECTION_CACHE_SECS * 1000 + 100);
+    tokio::time::sleep(aged.saturating_sub(first_answered.elapsed())).await;
+    let mem0 = send(http().get(gate.mem0_url("/memories")), &auth).await;
+    assert_invalid_token(&mem0, "revoked after use");
+    let mcp = rpc(
+        gate,
+        &in_session,
+        &tool_call(4, "add_memory", json!({"text": "x"})),
+    )
+    .await;
+    assert_invalid_token(&mcp, "revoked after use, in its session");
+    assert_introspected(
+        &introspections(&provider, 4).await,
+        &[true, false, false, false],
+        "alice's token after revocation",
+    );
+    assert_eq!(
+        env.mem0.requests().len(),
+        mem0_before,
+        "nothing reached mem0"
+    );
+    assert_eq!(
+        env.mcp.http_requests().len(),
+        mcp_before,
+        "nothing reached the MCP server"
+    );
+    assert_eq!(env.mcp.calls_of("add_memory").len(), 1);
+    let inactive = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"inactive\",result=\"deny\"}";
+    let inactive_count = metric_reaching(gate, inactive, 6.0).await;
+    assert_eq!(inactive_count, 6.0, "{inactive}");
+
+    // The provider unreachable: an answer memgate already has holds, a token
+    // it has not seen gets 503 (not the token's fault: no invalid_token).
+    let (cached, _) = authorization_code(&issuer, "carol", scope, MEM0_RESOURCE).await;
+    let (fresh, _) = authorization_code(&issuer, "dave", scope, MEM0_RESOURCE).await;
+    let before_stop = send(http().get(gate.mem0_url("/memories")), &[bearer(&cached)]).await;
+    assert_eq!(before_stop.status, 200, "{before_stop:?}");
+    provider.stop();
+    let after_stop = send(http().get(gate.mem0_url("/memories")), &[bearer(&cached)]).await;
+    assert_eq!(after_stop.status, 200, "a cached answer: {after_stop:?}");
+    let mem0_before = env.mem0.requests().len();
+    let mcp_before = env.mcp.http_requests().len();
+    let mem0 = send(http().get(gate.mem0_url("/memories")), &[bearer(&fresh)]).await;
+    let mcp = rpc(
+        gate,
+        &[bearer(&fresh)],
+        &tool_call(5, "add_memory", json!({"text": "x"})),
+    )
+    .await;
+    for (listener, reply) in [("mem0", &mem0), ("MCP", &mcp)] {
+        assert_eq!(reply.status, 503, "{listener}: {reply:?}");
+        assert!(reply.challenge.is_none(), "{listener}: {reply:?}");
+    }
+    assert_eq!(
+        env.mem0.requests().len(),
+        mem0_before,
+        "nothing reached mem0"
+    );
+    assert_eq!(
+        env.mcp.http_requests().len(),
+        mcp_before,
+        "nothing reached the MCP server"
+    );
+    assert!(
+        env.mem0
+            .requests()
+            .iter()
+            .all(|r| !r.uri.contains("user_id=dave"))
+    );
+    let unavailable = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"issuer_unavailable\",result=\"error\"}";
+    let unavailable_count = metric_reaching(gate, unavailable, 2.0).await;
+    assert_eq!(unavailable_count, 2.0, "{unavailable}");
+
+    // The audit says how each refusal authenticated and why, and no record
+    // or log line holds a token.
+    let failures = audit_rows(&env.db, "auth_failure", 8).await;
+    let reasons: Vec<(Option<&str>, Option<&str>)> = failures
+        .iter()
+        .map(|e| (e.auth_method.as_deref(), e.reason.as_deref()))
+        .collect();
+    let count = |reason: &str| {
+        reasons
+            .iter()
+            .filter(|r| **r == (Some("introspection"), Some(reason)))
+            .count()
+    };
+    assert_eq!(count("inactive"), 6, "{failures:?}");
+    assert_eq!(count("issuer_unavailable"), 2, "{failures:?}");
+    let store = env.db.store().await;
+    let everything = store
+        .audit_events(&memgate::store::AuditFilter {
+            since: chrono::Utc::now() - chrono::Duration::days(1),
+            until: None,
+            user_id: None,
+            event: None,
+            limit: 1000,
+            newest_first: false,
+        })
+        .await
+        .unwrap();
+    let log = gate.log();
+    for token in [&alice, &never_issued, &revoked, &cached, &fresh] {
+        for row in &everything {
+            let text = serde_json::to_string(row).unwrap();
+            assert!(
+                !text.contains(token.as_str()),
+                "a token in the audit: {text}"
+            );
+        }
+        assert!(!log.contains(token.as_str()), "a token in memgate's log");
+    }
 }
 
 async fn python_sdk_calls_tools_with_an_access_token(client: SdkClient) {
