@@ -12,6 +12,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sha2::Digest;
 use support::mcp_server::McpEnv;
 use support::oidc::{Provider, authorization_code, client_credentials};
 use support::sdk::SdkClient;
@@ -639,14 +640,14 @@ async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_c
     assert_eq!(called.status, 200, "{called:?}");
     assert!(called.message()["result"].is_object(), "{called:?}");
     let in_window = first_answered.elapsed();
+    assert!(
+        in_window < Duration::from_secs(INTROSPECTION_CACHE_SECS - 1),
+        "the requests took {in_window:?}: longer than the answer is surely cached"
+    );
     assert_introspected(
         &introspections(&provider, 1).await,
         &[true],
         "five requests with one token",
-    );
-    assert!(
-        in_window < Duration::from_secs(INTROSPECTION_CACHE_SECS - 1),
-        "the requests took {in_window:?}: longer than the answer is surely cached"
     );
 
     // Each upstream saw the requests scoped to alice, and never the token.
@@ -682,14 +683,14 @@ async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_c
         .filter(|e| e.user_id.as_deref() == Some("alice"))
         .collect();
     assert!(!alices.is_empty(), "{successes:?}");
+    // The token is named by a digest of it, never by any part of itself.
+    let label = format!(
+        "oauth:{}",
+        &hex::encode(sha2::Sha256::digest(alice.as_bytes()))[..8]
+    );
     for row in &alices {
         assert_eq!(row.auth_method.as_deref(), Some("introspection"), "{row:?}");
-        let label = row.token_prefix.as_deref().unwrap_or_default();
-        assert!(label.starts_with("oauth:") && label.len() == 14, "{label}");
-        assert!(
-            !alice.contains(&label[6..]),
-            "the label is not part of the token"
-        );
+        assert_eq!(row.token_prefix.as_deref(), Some(label.as_str()), "{row:?}");
     }
 
     // Refusals: a token the provider never issued, one revoked before its
@@ -789,12 +790,6 @@ async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_c
         env.mcp.http_requests().len(),
         mcp_before,
         "nothing reached the MCP server"
-    );
-    assert!(
-        env.mem0
-            .requests()
-            .iter()
-            .all(|r| !r.uri.contains("user_id=dave"))
     );
     let unavailable = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"issuer_unavailable\",result=\"error\"}";
     let unavailable_count = metric_reaching(gate, unavailable, 2.0).await;
