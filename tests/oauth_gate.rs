@@ -442,6 +442,18 @@ async fn refused_access_tokens_get_invalid_token_and_reach_no_upstream() {
         .await
             >= 2.0
     );
+
+    // Accepted once, the token is remembered; X-MCP-UserID is still checked
+    // on every request that carries it.
+    let accepted = send(http().get(gate.mem0_url("/memories")), &[bearer(&good)]).await;
+    assert_eq!(accepted.status, 200, "{accepted:?}");
+    let claimed = [bearer(&good), ("x-mcp-userid", "bob".into())];
+    let mismatch = send(http().get(gate.mem0_url("/memories")), &claimed).await;
+    assert_invalid_token(
+        &mismatch,
+        "X-MCP-UserID naming another user, the token remembered",
+    );
+    assert_eq!(env.mem0.requests().len(), 1, "only the accepted request");
 }
 
 #[tokio::test]

@@ -167,6 +167,18 @@ pub struct Authenticator {
     /// Rate limiter and audit sampling per OAuth user, kept while the user
     /// is active.
     oauth_users: moka::sync::Cache<String, Arc<TokenState>>,
+    /// JWTs accepted before, by hash, as the request path needs them: a
+    /// repeated JWT costs its hash and a lookup, as a memgate token does.
+    /// Only JWTs: an introspected answer must be asked for again when its
+    /// cache period ends, which the verifier's own cache keeps.
+    jwt_hits: moka::sync::Cache<token::TokenHash, Arc<JwtHit>>,
+}
+
+/// A JWT the verifier accepted, until its `exp`.
+struct JwtHit {
+    identity: Arc<Identity>,
+    /// `exp`, seconds since the epoch.
+    expires_at: i64,
 }
 
 impl Authenticator {
@@ -183,6 +195,10 @@ impl Authenticator {
             known: KnownTokens::default(),
             oauth: None,
             oauth_users: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_capacity)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            jwt_hits: moka::sync::Cache::builder()
                 .max_capacity(cfg.cache_capacity)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
@@ -275,30 +291,64 @@ impl Authenticator {
         };
         // One hash of a token of a few hundred bytes: the cache key and the label.
         let hash = token::hash(credential.token);
+        let refused = |denial: OAuthDenial, label: String| Failure {
+            denial: Refused::OAuth(denial),
+            method: method.as_str(),
+            user_id: None,
+            token_prefix: Some(label),
+        };
+        let at = Utc::now();
+        if let Some(hit) = self.jwt_hits.get(&hash)
+            && at.timestamp() < hit.expires_at
+        {
+            if credential
+                .claimed_user_id
+                .is_some_and(|claimed| claimed != hit.identity.user_id)
+            {
+                let label = hit.identity.token_prefix.clone();
+                return Err(refused(oauth::InvalidToken::UserMismatch.into(), label));
+            }
+            return Ok(self.oauth_caller(hit.identity.clone(), AuthMethod::Jwt, at));
+        }
         let label = oauth_token_label_of(&hash, method);
         let verified = oauth
             .verify_hashed(credential.token, hash, credential.claimed_user_id)
             .await
-            .map_err(|denial| Failure {
-                denial: Refused::OAuth(denial),
-                method: method.as_str(),
-                user_id: None,
-                token_prefix: Some(label.clone()),
-            })?;
+            .map_err(|denial| refused(denial, label.clone()))?;
+        let identity = Arc::new(Identity {
+            user_id: verified.user_id,
+            permissions: verified.permissions,
+            token_prefix: label,
+        });
+        if verified.method == AuthMethod::Jwt
+            && let Some(expires_at) = verified.expires_at
+        {
+            let hit = JwtHit {
+                identity: identity.clone(),
+                expires_at: expires_at.timestamp(),
+            };
+            self.jwt_hits.insert(hash, Arc::new(hit));
+        }
+        Ok(self.oauth_caller(identity, verified.method, at))
+    }
+
+    /// An OAuth caller, with the rate limiter and audit mark of its user.
+    fn oauth_caller(
+        &self,
+        identity: Arc<Identity>,
+        method: AuthMethod,
+        at: DateTime<Utc>,
+    ) -> Authenticated {
         let state = self
             .oauth_users
-            .get_with_by_ref(&verified.user_id, Arc::default);
-        Ok(Authenticated {
-            identity: Arc::new(Identity {
-                user_id: verified.user_id,
-                permissions: verified.permissions,
-                token_prefix: label,
-            }),
-            method: verified.method,
+            .get_with_by_ref(&identity.user_id, Arc::default);
+        Authenticated {
+            identity,
+            method,
             rate_limit_rps: None,
             state,
-            at: Utc::now(),
-        })
+            at,
+        }
     }
 
     async fn check(
