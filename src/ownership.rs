@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::listener::Listener;
 use crate::policy::mem0::owner_from_get_response;
 use crate::upstream::exchange::UpstreamClient;
 use crate::upstream::mem0::get_memory;
@@ -61,13 +60,13 @@ impl OwnerResolver {
     }
 
     async fn lookup(&self, memory_id: &str) -> Result<String, LookupError> {
-        let unreachable = |e: &pingora::Error| LookupError::Upstream {
-            status: crate::upstream::upstream_failure(Listener::Mem0, e).0,
-            message: "Cannot verify who owns this memory: the mem0 upstream did not answer".into(),
-        };
         let answer = get_memory(&self.client, memory_id, self.max_response_bytes)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|status| LookupError::Upstream {
+                status,
+                message: "Cannot verify who owns this memory: the mem0 upstream did not answer"
+                    .into(),
+            })?;
         match answer.header.status.as_u16() {
             200 => {}
             404 => return Err(LookupError::NotFound),

@@ -43,15 +43,8 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[];
 
 /// Top-level modules that may name pingora: the server and the listeners,
 /// and (until they stop using pingora's error and head types) the upstream
-/// client, the request phases, the admin listener and the owner lookups.
-const PINGORA_ALLOWED: &[&str] = &[
-    "admin",
-    "listener",
-    "ownership",
-    "proxy",
-    "server",
-    "upstream",
-];
+/// client, the request phases and the admin listener.
+const PINGORA_ALLOWED: &[&str] = &["admin", "listener", "proxy", "server", "upstream"];
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

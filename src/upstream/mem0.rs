@@ -14,33 +14,38 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
-use pingora::prelude::*;
 use serde_json::Value;
 
 use super::exchange::{Exchanged, UpstreamClient};
 use super::target::UpstreamTarget;
 use crate::config::Config;
 use crate::http1::request::{InvalidHead, RequestHead};
+use crate::listener::Listener;
 use crate::policy::header_names::{X_MCP_USERID, X_MEMGATE_SCOPE};
 use crate::policy::mem0::memory_path;
 use crate::policy::percent;
 
 /// `GET /memories/{id}` as memgate asks it to learn who owns a memory: with
 /// no identity headers, so mem0 answers the item whoever owns it (or 404, or
-/// 200 `null`).
+/// 200 `null`). A failed exchange is the status the client is answered with
+/// ([`super::upstream_failure`]: 504 when mem0 went quiet, else 502).
 pub async fn get_memory(
     client: &UpstreamClient,
     memory_id: &str,
     max_response: usize,
-) -> Result<Exchanged> {
+) -> std::result::Result<Exchanged, u16> {
     let head = || {
         let mut req = RequestHead::new(&http::Method::GET, &memory_path(memory_id))?;
         req.header(&http::header::HOST, client.target().authority().as_bytes())?;
         req.header(&http::header::ACCEPT, b"application/json")?;
         Ok::<_, InvalidHead>(req)
     };
-    let req = head().map_err(|e| Error::explain(ErrorType::InternalError, e.0))?;
-    client.exchange(req, None, max_response).await
+    // A memory id the policy let through always makes a valid head.
+    let req = head().map_err(|_| 502u16)?;
+    client
+        .exchange(req, None, max_response)
+        .await
+        .map_err(|e| super::upstream_failure(Listener::Mem0, &e).0)
 }
 
 /// How many memories mem0's `GET /memories?user_id=…` hands out, by server
