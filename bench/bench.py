@@ -1527,10 +1527,10 @@ def assemble():
     parts = [
         "# memgate benchmark results\n",
         "Produced by `bench/run.sh` (load, `rss`, `bench`), `bench/soak.sh` (soak) and the fuzz runs (fuzz); raw numbers are in `bench/results/*.json`. "
-        "Re-running a mode rewrites its section; the real-peer, layout and secret-guard sections are written by hand (`bench/results/realpeers.md` from `tests/realstack/run.sh`, `bench/results/layout.md`, `bench/results/secretguard.md`). What the numbers mean and where the time goes is in the "
+        "Re-running a mode rewrites its section; the real-peer, layout, secret-guard and OAuth sections are written by hand (`bench/results/realpeers.md` from `tests/realstack/run.sh`, `bench/results/layout.md`, `bench/results/secretguard.md`, `bench/results/oauth.md`). What the numbers mean and where the time goes is in the "
         "Analysis section at the end (hand-written in `bench/results/analysis.md`, not regenerated).\n",
     ]
-    for name in ("load", "rss", "criterion", "soak", "fuzz", "spawn", "cutoff", "layout", "secretguard", "realpeers", "analysis"):
+    for name in ("load", "rss", "criterion", "soak", "fuzz", "spawn", "cutoff", "layout", "secretguard", "oauth", "realpeers", "analysis"):
         path = RESULTS_DIR / f"{name}.md"
         if path.exists():
             parts.append(path.read_text().rstrip() + "\n")
