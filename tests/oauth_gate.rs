@@ -163,25 +163,25 @@ async fn post_memories(gate: &Memgate, headers: &[(&str, String)]) -> Reply {
     send(request, headers).await
 }
 
+/// Nothing reached either upstream since they had received `mem0_before`
+/// and `mcp_before` requests.
+fn assert_nothing_forwarded(env: &McpEnv, mem0_before: usize, mcp_before: usize) {
+    assert_eq!(
+        env.mem0.requests().len(),
+        mem0_before,
+        "nothing reached mem0"
+    );
+    assert_eq!(
+        env.mcp.http_requests().len(),
+        mcp_before,
+        "nothing reached the MCP server"
+    );
+}
+
 /// Audit events of `event` in the store, once the writer stored `at_least`.
 async fn audit_rows(db: &TestDb, event: &str, at_least: usize) -> Vec<memgate::audit::AuditEvent> {
-    let store = db.store().await;
-    let filter = memgate::store::AuditFilter {
-        since: chrono::Utc::now() - chrono::Duration::days(1),
-        until: None,
-        user_id: None,
-        event: Some(event.into()),
-        limit: 1000,
-        newest_first: false,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = store.audit_events(&filter).await.unwrap();
-        if rows.len() >= at_least || std::time::Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    db.audit_rows_until(event, |rows| rows.len() >= at_least)
+        .await
 }
 
 #[tokio::test]
@@ -756,16 +756,7 @@ async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_c
         &[true, false, false, false],
         "alice's token after revocation",
     );
-    assert_eq!(
-        env.mem0.requests().len(),
-        mem0_before,
-        "nothing reached mem0"
-    );
-    assert_eq!(
-        env.mcp.http_requests().len(),
-        mcp_before,
-        "nothing reached the MCP server"
-    );
+    assert_nothing_forwarded(&env, mem0_before, mcp_before);
     assert_eq!(env.mcp.calls_of("add_memory").len(), 1);
     let inactive = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"inactive\",result=\"deny\"}";
     let inactive_count = metric_reaching(gate, inactive, 6.0).await;
@@ -793,16 +784,7 @@ async fn opaque_access_tokens_are_introspected_at_the_provider_and_the_answers_c
         assert_eq!(reply.status, 503, "{listener}: {reply:?}");
         assert!(reply.challenge.is_none(), "{listener}: {reply:?}");
     }
-    assert_eq!(
-        env.mem0.requests().len(),
-        mem0_before,
-        "nothing reached mem0"
-    );
-    assert_eq!(
-        env.mcp.http_requests().len(),
-        mcp_before,
-        "nothing reached the MCP server"
-    );
+    assert_nothing_forwarded(&env, mem0_before, mcp_before);
     let unavailable = "memgate_auth_decisions_total{auth_method=\"introspection\",reason=\"issuer_unavailable\",result=\"error\"}";
     let unavailable_count = metric_reaching(gate, unavailable, 2.0).await;
     assert_eq!(unavailable_count, 2.0, "{unavailable}");

@@ -296,26 +296,12 @@ fn assert_session(run: &SdkRun, calls: usize, refused: usize) {
 /// Audit events of `event` in the store, once the writer stored one for
 /// each of `users` (memgate records after it answers), or after 10 s.
 async fn audit_rows(db: &TestDb, event: &str, users: &[&str]) -> Vec<memgate::audit::AuditEvent> {
-    let store = db.store().await;
-    let filter = memgate::store::AuditFilter {
-        since: chrono::Utc::now() - chrono::Duration::days(1),
-        until: None,
-        user_id: None,
-        event: Some(event.into()),
-        limit: 1000,
-        newest_first: false,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = store.audit_events(&filter).await.unwrap();
-        let all_there = users
+    db.audit_rows_until(event, |rows| {
+        users
             .iter()
-            .all(|user| rows.iter().any(|e| e.user_id.as_deref() == Some(*user)));
-        if all_there || std::time::Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .all(|user| rows.iter().any(|e| e.user_id.as_deref() == Some(*user)))
+    })
+    .await
 }
 
 /// A `/metrics` sample once it reaches `at_least` (memgate counts after it

@@ -19,25 +19,12 @@
 // URL defaults to $MEMGATE_MCP_URL, the token comes from $MEMGATE_TOKEN (or
 // --token), the calls from $MEMGATE_CALLS: [{"tool": NAME, "arguments": {}}].
 
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 
-const SDK_VERSION = JSON.parse(
-  readFileSync(new URL("./node_modules/@modelcontextprotocol/sdk/package.json", import.meta.url)),
-).version;
-
-// Codes the SDK raises itself when the connection is gone or silent.
-const LOCAL_FAILURES = new Set([ErrorCode.ConnectionClosed, ErrorCode.RequestTimeout]);
-
-class SessionDied extends Error {}
-
-function emit(line) {
-  process.stdout.write(`${JSON.stringify(line)}\n`);
-}
+import { runAndExit, runCalls, step } from "./session.mjs";
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -60,90 +47,9 @@ const transport = new StreamableHTTPClientTransport(new URL(url), {
 });
 const client = new Client({ name: "memgate-sdk-test", version: "0" });
 
-// Runs one request: its result, or null after printing an in-band error.
-async function step(name, run, extra = {}) {
-  try {
-    return await run();
-  } catch (error) {
-    if (error instanceof McpError && !LOCAL_FAILURES.has(error.code)) {
-      const prefix = `MCP error ${error.code}: `;
-      const message = error.message.startsWith(prefix)
-        ? error.message.slice(prefix.length)
-        : error.message;
-      emit({
-        step: name,
-        ok: false,
-        error_kind: "McpError",
-        error_code: error.code,
-        error_message: message,
-        result: null,
-        ...extra,
-      });
-      return null;
-    }
-    throw new SessionDied(`${name}: ${error?.name}: ${error?.message}`);
-  }
-}
-
 async function run() {
-  const options = { timeout };
-  await step("initialize", () => client.connect(transport, options));
-  emit({
-    step: "initialize",
-    ok: true,
-    error_code: null,
-    error_message: null,
-    result: {
-      serverInfo: client.getServerVersion(),
-      capabilities: client.getServerCapabilities(),
-    },
-    sdk: `@modelcontextprotocol/sdk ${SDK_VERSION}`,
-    session_id: transport.sessionId ?? null,
-  });
-
-  const tools = await step("tools/list", () => client.listTools(undefined, options));
-  if (tools) {
-    emit({
-      step: "tools/list",
-      ok: true,
-      error_code: null,
-      error_message: null,
-      result: tools.tools.map((tool) => tool.name),
-    });
-  }
-
-  for (const [index, call] of calls.entries()) {
-    const extra = { index, tool: call.tool, session_id: transport.sessionId ?? null };
-    const result = await step(
-      "tools/call",
-      () => client.callTool({ name: call.tool, arguments: call.arguments ?? {} }, undefined, options),
-      extra,
-    );
-    if (!result) continue;
-    if (result.isError) {
-      const text = (result.content ?? []).map((c) => c.text ?? "").join(" ");
-      emit({ step: "tools/call", ok: false, error_kind: "isError", error_code: null, error_message: text, result, ...extra });
-    } else {
-      emit({ step: "tools/call", ok: true, error_code: null, error_message: null, result, ...extra });
-    }
-  }
+  await step("initialize", () => client.connect(transport, { timeout }));
+  await runCalls(client, transport, calls, timeout);
 }
 
-let status = 0;
-try {
-  await run();
-} catch (error) {
-  emit({ step: "session", ok: false, fatal: error instanceof SessionDied ? error.message : String(error?.stack ?? error) });
-  status = 3;
-}
-try {
-  await transport.terminateSession();
-  await client.close();
-} catch (error) {
-  if (status === 0) {
-    emit({ step: "session", ok: false, fatal: `close: ${error?.message}` });
-    status = 3;
-  }
-}
-if (status === 0) emit({ step: "close", ok: true });
-process.exit(status);
+await runAndExit(run, () => ({ client, transport }));

@@ -75,6 +75,19 @@ def leaves(exc):
     return [exc]
 
 
+def report_fatal(exc):
+    """Prints what ended a session (the SessionDied reasons, else each
+    exception with its traceback) and gives the exit status, 3."""
+    died = [e for e in leaves(exc) if isinstance(e, SessionDied)]
+    for leaf in died or leaves(exc):
+        line = {"step": "session", "ok": False,
+                "fatal": str(leaf) if died else f"{type(leaf).__name__}: {leaf}"}
+        if not died:
+            line["traceback"] = "".join(traceback.format_exception(leaf))[-2000:]
+        emit(**line)
+    return 3
+
+
 async def step(name, timeout, coro_fn, **extra):
     """Runs one request; returns its result or raises SessionDied."""
     try:
@@ -168,14 +181,7 @@ async def main():
     except BaseException as exc:  # noqa: BLE001 - whatever ended the session
         if not isinstance(exc, Exception):
             raise
-        died = [e for e in leaves(exc) if isinstance(e, SessionDied)]
-        for leaf in died or leaves(exc):
-            line = {"step": "session", "ok": False,
-                    "fatal": str(leaf) if died else f"{type(leaf).__name__}: {leaf}"}
-            if not died:
-                line["traceback"] = "".join(traceback.format_exception(leaf))[-2000:]
-            emit(**line)
-        status = 3
+        status = report_fatal(exc)
     if status == 0:
         emit(step="close", ok=True)
     return status

@@ -29,30 +29,17 @@
 // Usage: node oauth_client.mjs --user USER [--step-timeout S] [--calls JSON] URL
 
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 
-const SDK_VERSION = JSON.parse(
-  readFileSync(new URL("./node_modules/@modelcontextprotocol/sdk/package.json", import.meta.url)),
-).version;
+import { SDK_VERSION, SessionDied, emit, runAndExit, runCalls } from "./session.mjs";
 
 // Where the authorization server sends the browser back. Nothing listens
 // there: the redirect is read off the Location header instead.
 const REDIRECT_URI = "http://127.0.0.1:4711/callback";
-
-// Codes the SDK raises itself when the connection is gone or silent.
-const LOCAL_FAILURES = new Set([ErrorCode.ConnectionClosed, ErrorCode.RequestTimeout]);
-
-class SessionDied extends Error {}
-
-function emit(line) {
-  process.stdout.write(`${JSON.stringify(line)}\n`);
-}
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -221,31 +208,6 @@ const provider = new MemoryProvider();
 const newTransport = () =>
   new StreamableHTTPClientTransport(new URL(url), { authProvider: provider, fetch: recordingFetch });
 
-// Runs one request: its result, or null after printing an in-band error.
-async function step(name, run, extra = {}) {
-  try {
-    return await run();
-  } catch (error) {
-    if (error instanceof McpError && !LOCAL_FAILURES.has(error.code)) {
-      const prefix = `MCP error ${error.code}: `;
-      const message = error.message.startsWith(prefix)
-        ? error.message.slice(prefix.length)
-        : error.message;
-      emit({
-        step: name,
-        ok: false,
-        error_kind: "McpError",
-        error_code: error.code,
-        error_message: message,
-        result: null,
-        ...extra,
-      });
-      return null;
-    }
-    throw new SessionDied(`${name}: ${error?.name}: ${error?.message}`);
-  }
-}
-
 let client = new Client({ name: "memgate-sdk-oauth-test", version: "0" });
 let transport = newTransport();
 
@@ -278,47 +240,8 @@ async function connect() {
 }
 
 async function run() {
-  const options = { timeout };
   await connect();
-  emit({
-    step: "initialize",
-    ok: true,
-    error_code: null,
-    error_message: null,
-    result: {
-      serverInfo: client.getServerVersion(),
-      capabilities: client.getServerCapabilities(),
-    },
-    sdk: `@modelcontextprotocol/sdk ${SDK_VERSION}`,
-    session_id: transport.sessionId ?? null,
-  });
-
-  const tools = await step("tools/list", () => client.listTools(undefined, options));
-  if (tools) {
-    emit({
-      step: "tools/list",
-      ok: true,
-      error_code: null,
-      error_message: null,
-      result: tools.tools.map((tool) => tool.name),
-    });
-  }
-
-  for (const [index, call] of calls.entries()) {
-    const extra = { index, tool: call.tool, session_id: transport.sessionId ?? null };
-    const result = await step(
-      "tools/call",
-      () => client.callTool({ name: call.tool, arguments: call.arguments ?? {} }, undefined, options),
-      extra,
-    );
-    if (!result) continue;
-    if (result.isError) {
-      const text = (result.content ?? []).map((c) => c.text ?? "").join(" ");
-      emit({ step: "tools/call", ok: false, error_kind: "isError", error_code: null, error_message: text, result, ...extra });
-    } else {
-      emit({ step: "tools/call", ok: true, error_code: null, error_message: null, result, ...extra });
-    }
-  }
+  await runCalls(client, transport, calls, timeout);
 }
 
 function report() {
@@ -343,22 +266,4 @@ function report() {
   });
 }
 
-let status = 0;
-try {
-  await run();
-} catch (error) {
-  emit({ step: "session", ok: false, fatal: error instanceof SessionDied ? error.message : String(error?.stack ?? error) });
-  status = 3;
-}
-try {
-  await transport.terminateSession();
-  await client.close();
-} catch (error) {
-  if (status === 0) {
-    emit({ step: "session", ok: false, fatal: `close: ${error?.message}` });
-    status = 3;
-  }
-}
-report();
-if (status === 0) emit({ step: "close", ok: true });
-process.exit(status);
+await runAndExit(run, () => ({ client, transport }), report);

@@ -33,7 +33,6 @@ import http.client
 import json
 import os
 import sys
-import traceback
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import anyio
@@ -44,7 +43,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientMetadata
 
 # mcp_client.py sits beside this script: its session steps and output are shared.
-from mcp_client import SDK_MAJOR, SessionDied, emit, leaves, run_session
+from mcp_client import SDK_MAJOR, SessionDied, emit, report_fatal, run_session
 
 try:  # 2.x: the callback returns the redirect's parameters as a model
     from mcp.client.auth import AuthorizationCodeResult
@@ -226,14 +225,7 @@ async def main():
             raise
         if not reported:
             report()
-        died = [e for e in leaves(exc) if isinstance(e, SessionDied)]
-        for leaf in died or leaves(exc):
-            line = {"step": "session", "ok": False,
-                    "fatal": str(leaf) if died else f"{type(leaf).__name__}: {leaf}"}
-            if not died:
-                line["traceback"] = "".join(traceback.format_exception(leaf))[-2000:]
-            emit(**line)
-        status = 3
+        status = report_fatal(exc)
     if status == 0:
         emit(step="close", ok=True)
     return status

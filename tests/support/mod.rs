@@ -98,6 +98,32 @@ impl TestDb {
         store
     }
 
+    /// The audit events of `event`, once `done` says enough are stored
+    /// (memgate records after it answers), or whatever is there after 10 s.
+    pub async fn audit_rows_until(
+        &self,
+        event: &str,
+        done: impl Fn(&[memgate::audit::AuditEvent]) -> bool,
+    ) -> Vec<memgate::audit::AuditEvent> {
+        let store = self.store().await;
+        let filter = memgate::store::AuditFilter {
+            since: chrono::Utc::now() - chrono::Duration::days(1),
+            until: None,
+            user_id: None,
+            event: Some(event.into()),
+            limit: 1000,
+            newest_first: false,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = store.audit_events(&filter).await.unwrap();
+            if done(&rows) || std::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The same database reached through `relay` (for outage tests).
     pub fn url_via(&self, relay: SocketAddr) -> String {
         let name = self
