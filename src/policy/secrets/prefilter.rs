@@ -61,9 +61,9 @@ pub(super) enum Judged<'r> {
 }
 
 impl Prefilter {
-    /// `None` when some custom rule cannot be judged on a whole body, or the
-    /// rules need more literals than one search can tell apart: every body
-    /// is then scanned in full.
+    /// `None` when some custom rule cannot be judged on a whole body, a
+    /// shipped rule names no literal, or there are more shipped rules than
+    /// the 64-bit candidate sets hold: every body is then scanned in full.
     pub(super) fn new<'r>(
         rules: impl IntoIterator<Item = Judged<'r>>,
         credential_field: bool,
